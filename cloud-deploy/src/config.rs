@@ -1,0 +1,64 @@
+//! `walle-cloud` configuration: one typed struct, loadable from TOML, overridable by flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything `walle-cloud serve` needs. Every field has an embedded default.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CloudConfig {
+    /// Directory for the SQLite database, bundles, the publisher key and the admin token.
+    pub data_dir: PathBuf,
+    /// Control plane (HTTP/JSON + web console) listen address.
+    pub http_addr: SocketAddr,
+    /// Device plane (gRPC) listen address.
+    pub grpc_addr: SocketAddr,
+    /// Metadata database; defaults to `sqlite://<data_dir>/walle.db`.
+    pub database_url: Option<String>,
+    /// Largest accepted bundle upload, in bytes.
+    pub max_bundle_bytes: u64,
+    /// When set, devices must present this secret to register.
+    pub enrollment_secret: Option<String>,
+    /// Fallback sync period devices are told to use.
+    pub sync_interval_secs: u32,
+    /// Window within which notified devices spread their syncs.
+    pub pace_window_ms: u32,
+}
+
+impl Default for CloudConfig {
+    fn default() -> Self {
+        CloudConfig {
+            data_dir: PathBuf::from("walle-data"),
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            database_url: None,
+            max_bundle_bytes: 64 * 1024 * 1024,
+            enrollment_secret: None,
+            sync_interval_secs: 300,
+            pace_window_ms: 2_000,
+        }
+    }
+}
+
+impl CloudConfig {
+    /// Reads a TOML config file; absent fields take their defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<CloudConfig, crate::CloudError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::CloudError::Config(format!("cannot read {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| crate::CloudError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| {
+            format!(
+                "sqlite://{}?mode=rwc",
+                self.data_dir.join("walle.db").display()
+            )
+        })
+    }
+}

@@ -1,0 +1,89 @@
+//! `/v1/tasks` and `/v1/tasks/{name}/versions`.
+
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use walle_proto::manifest::is_valid_task_name;
+
+use super::bad_json;
+use crate::store::tasks::{TaskRow, VersionRow};
+use crate::{AppState, CloudError, catalog};
+
+pub(super) fn routes(state: &AppState) -> Router<AppState> {
+    let limit = usize::try_from(state.config.max_bundle_bytes).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/tasks", get(list_tasks).post(create_task))
+        .route(
+            "/tasks/{name}/versions",
+            get(list_versions)
+                .post(upload_version)
+                .layer(DefaultBodyLimit::max(limit)),
+        )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewTask {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+async fn create_task(
+    State(state): State<AppState>,
+    body: Result<Json<NewTask>, JsonRejection>,
+) -> Result<(StatusCode, Json<TaskRow>), CloudError> {
+    let Json(task) = body.map_err(bad_json)?;
+    if !is_valid_task_name(&task.name) {
+        return Err(CloudError::Invalid(format!(
+            "`name` {:?} is not a valid task name (1-64 chars of a-z, 0-9 and '-', starting with a letter)",
+            task.name
+        )));
+    }
+    let row = state.db.create_task(&task.name, &task.description).await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn list_tasks(State(state): State<AppState>) -> Result<Json<Vec<TaskRow>>, CloudError> {
+    Ok(Json(state.db.list_tasks().await?))
+}
+
+async fn list_versions(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<VersionRow>>, CloudError> {
+    if !state.db.task_exists(&name).await? {
+        return Err(CloudError::NotFound(format!(
+            "task {name:?} does not exist"
+        )));
+    }
+    Ok(Json(state.db.list_versions(&name).await?))
+}
+
+async fn upload_version(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<(StatusCode, Json<VersionRow>), CloudError> {
+    let bytes = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            CloudError::TooLarge(format!(
+                "bundle is larger than the {}-byte limit",
+                state.config.max_bundle_bytes
+            ))
+        } else {
+            CloudError::Invalid(rejection.body_text())
+        }
+    })?;
+    if bytes.is_empty() {
+        return Err(CloudError::Invalid(
+            "request body is empty; send the bundle file".into(),
+        ));
+    }
+    let row = catalog::publish_version(&state, &name, bytes).await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}

@@ -1,0 +1,437 @@
+//! The device plane: the gRPC service devices talk to (`walle.device.v1.DevicePlane`).
+//!
+//! Every input is validated here, at the boundary, and rejected with `INVALID_ARGUMENT` naming
+//! the field; nothing from a rejected request is stored.
+
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+use walle_proto::v1::device_plane_server::DevicePlane;
+use walle_proto::v1::{
+    BundleChunk, DesiredTask, DeviceProfile, FetchBundleRequest, Notice, RegisterRequest,
+    RegisterResponse, ReportRequest, ReportResponse, SignedManifest, SubscribeRequest, SyncRequest,
+    SyncResponse, TaskEvent, UploadRequest, UploadResponse, desired_task, notice, task_event,
+};
+
+use crate::store::events::TaskEventRow;
+use crate::{AppState, CloudError, secrets};
+
+/// Largest bundle chunk sent in one message.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Most events or records accepted in one Report or Upload call.
+const MAX_BATCH: usize = 1000;
+/// Largest accepted tunnel record payload.
+const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Largest accepted identifier (device id, event id, record id, task name, version).
+const MAX_ID_CHARS: usize = 128;
+/// Largest accepted free-text field (profile fields, failure details).
+const MAX_TEXT_CHARS: usize = 4096;
+
+/// The gRPC service implementation.
+pub struct DevicePlaneService {
+    state: AppState,
+}
+
+impl DevicePlaneService {
+    /// A service over the shared cloud state.
+    pub fn new(state: AppState) -> Self {
+        DevicePlaneService { state }
+    }
+
+    async fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
+        let header = request.metadata().get("authorization").ok_or_else(|| {
+            Status::unauthenticated("missing `authorization: Bearer <device token>` metadata")
+        })?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| {
+                Status::unauthenticated("`authorization` metadata must be `Bearer <device token>`")
+            })?;
+        self.state
+            .db
+            .device_by_token_hash(&secrets::token_hash(token))
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::unauthenticated("unknown device token; register again"))
+    }
+}
+
+fn internal(e: CloudError) -> Status {
+    tracing::error!(error = %e, "device plane call failed");
+    match e {
+        CloudError::NotFound(m) => Status::not_found(m),
+        CloudError::Invalid(m) => Status::invalid_argument(m),
+        other => Status::internal(other.to_string()),
+    }
+}
+
+fn check_id(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("`{field}` is empty")));
+    }
+    if value.chars().count() > MAX_ID_CHARS || value.chars().any(char::is_control) {
+        return Err(Status::invalid_argument(format!(
+            "`{field}` must be at most {MAX_ID_CHARS} printable characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_text(field: &str, value: &str) -> Result<(), Status> {
+    if value.chars().count() > MAX_TEXT_CHARS {
+        return Err(Status::invalid_argument(format!(
+            "`{field}` is longer than {MAX_TEXT_CHARS} characters"
+        )));
+    }
+    Ok(())
+}
+
+fn check_profile(profile: Option<&DeviceProfile>) -> Result<&DeviceProfile, Status> {
+    let p = profile.ok_or_else(|| Status::invalid_argument("`profile` is required"))?;
+    check_id("profile.device_id", &p.device_id)?;
+    check_id("profile.app_id", &p.app_id)?;
+    for (field, value) in [
+        ("profile.app_version", &p.app_version),
+        ("profile.os", &p.os),
+        ("profile.os_version", &p.os_version),
+        ("profile.model", &p.model),
+        ("profile.hardware_tier", &p.hardware_tier),
+        ("profile.region", &p.region),
+    ] {
+        check_text(field, value)?;
+    }
+    if p.tags.len() > 64 {
+        return Err(Status::invalid_argument(
+            "`profile.tags` has more than 64 tags",
+        ));
+    }
+    for tag in &p.tags {
+        check_id("profile.tags[]", tag)?;
+    }
+    Ok(p)
+}
+
+fn profile_json(p: &DeviceProfile) -> String {
+    serde_json::json!({
+        "device_id": p.device_id,
+        "app_id": p.app_id,
+        "app_version": p.app_version,
+        "os": p.os,
+        "os_version": p.os_version,
+        "model": p.model,
+        "hardware_tier": p.hardware_tier,
+        "region": p.region,
+        "tags": p.tags,
+    })
+    .to_string()
+}
+
+fn event_kind_name(kind: i32) -> Option<&'static str> {
+    match task_event::Kind::try_from(kind).ok()? {
+        task_event::Kind::Installed => Some("installed"),
+        task_event::Kind::InstallFailed => Some("install_failed"),
+        task_event::Kind::RunOk => Some("run_ok"),
+        task_event::Kind::RunFailed => Some("run_failed"),
+        task_event::Kind::RolledBack => Some("rolled_back"),
+        task_event::Kind::Removed => Some("removed"),
+        task_event::Kind::Unspecified => None,
+    }
+}
+
+fn check_event(index: usize, e: &TaskEvent) -> Result<TaskEventRow, Status> {
+    let at = |field: &str| format!("events[{index}].{field}");
+    check_id(&at("id"), &e.id)?;
+    check_id(&at("task"), &e.task)?;
+    check_id(&at("version"), &e.version)?;
+    if !e.release_id.is_empty() {
+        check_id(&at("release_id"), &e.release_id)?;
+    }
+    check_text(&at("detail"), &e.detail)?;
+    let kind = event_kind_name(e.kind).ok_or_else(|| {
+        Status::invalid_argument(format!(
+            "`{}` {} is not a known event kind",
+            at("kind"),
+            e.kind
+        ))
+    })?;
+    Ok(TaskEventRow {
+        id: e.id.clone(),
+        kind,
+        task: e.task.clone(),
+        version: e.version.clone(),
+        release_id: e.release_id.clone(),
+        at_ms: e.at_ms,
+        detail: e.detail.clone(),
+        duration_ms: e.duration_ms.min(i64::MAX as u64) as i64,
+    })
+}
+
+type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl DevicePlane for DevicePlaneService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let request = request.into_inner();
+        if let Some(secret) = &self.state.config.enrollment_secret
+            && secrets::token_hash(secret) != secrets::token_hash(&request.enrollment_secret)
+        {
+            return Err(Status::permission_denied("wrong enrollment secret"));
+        }
+        let profile = check_profile(request.profile.as_ref())?;
+        let token = secrets::new_token("wld").map_err(internal)?;
+        self.state
+            .db
+            .upsert_device(
+                &profile.device_id,
+                &secrets::token_hash(&token),
+                &profile_json(profile),
+            )
+            .await
+            .map_err(internal)?;
+        tracing::info!(device = %profile.device_id, "device registered");
+        Ok(Response::new(RegisterResponse {
+            device_token: token,
+            publisher_keys: vec![self.state.publisher.public_key()],
+            sync_interval_secs: self.state.config.sync_interval_secs,
+        }))
+    }
+
+    type SubscribeStream = ReceiverStream<Result<Notice, Status>>;
+
+    async fn subscribe(
+        &self,
+        request: Request<SubscribeRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        let device = self.authenticate(&request).await?;
+        let receiver = self.state.hub.subscribe(&device);
+        // The device syncs on HELLO, which covers anything it missed while disconnected.
+        self.state.hub.notify_one_fresh(
+            &device,
+            Notice {
+                kind: notice::Kind::Hello as i32,
+                task: String::new(),
+                release_id: String::new(),
+                pace_window_ms: 0,
+            },
+        );
+        tracing::debug!(%device, "device subscribed");
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+
+    async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
+        let device = self.authenticate(&request).await?;
+        let request = request.into_inner();
+        let profile = request
+            .profile
+            .as_ref()
+            .map(|p| check_profile(Some(p)))
+            .transpose()?;
+        if let Some(p) = profile
+            && p.device_id != device
+        {
+            return Err(Status::invalid_argument(
+                "`profile.device_id` does not match the device token",
+            ));
+        }
+        if request.installed.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "`installed` has more than {MAX_BATCH} entries"
+            )));
+        }
+        for (i, t) in request.installed.iter().enumerate() {
+            check_id(&format!("installed[{i}].task"), &t.task)?;
+            check_id(&format!("installed[{i}].version"), &t.version)?;
+        }
+        let db = &self.state.db;
+        db.touch_device(&device, profile.map(profile_json).as_deref())
+            .await
+            .map_err(internal)?;
+        for t in &request.installed {
+            db.set_device_task(&device, &t.task, &t.version, "installed", "")
+                .await
+                .map_err(internal)?;
+        }
+        let active = db.active_releases().await.map_err(internal)?;
+        let mut desired = Vec::with_capacity(active.len());
+        for release in &active {
+            let signature = hex::decode(&release.signature_hex).map_err(|e| {
+                Status::internal(format!(
+                    "stored signature of {} is not hex: {e}",
+                    release.id
+                ))
+            })?;
+            desired.push(DesiredTask {
+                task: release.task.clone(),
+                action: desired_task::Action::Install as i32,
+                manifest: Some(SignedManifest {
+                    manifest_json: release.manifest_json.clone().into_bytes(),
+                    signature,
+                    key_id: release.key_id.clone(),
+                }),
+                release_id: release.id.clone(),
+            });
+        }
+        for t in &request.installed {
+            if !active.iter().any(|r| r.task == t.task) {
+                desired.push(DesiredTask {
+                    task: t.task.clone(),
+                    action: desired_task::Action::Remove as i32,
+                    manifest: None,
+                    release_id: String::new(),
+                });
+            }
+        }
+        Ok(Response::new(SyncResponse {
+            desired,
+            next_sync_secs: self.state.config.sync_interval_secs,
+        }))
+    }
+
+    type FetchBundleStream = BoxedStream<BundleChunk>;
+
+    async fn fetch_bundle(
+        &self,
+        request: Request<FetchBundleRequest>,
+    ) -> Result<Response<Self::FetchBundleStream>, Status> {
+        self.authenticate(&request).await?;
+        let FetchBundleRequest { digest, offset } = request.into_inner();
+        if digest.len() != 64
+            || !digest
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
+            return Err(Status::invalid_argument(
+                "`digest` must be 64 lowercase hex characters (sha256)",
+            ));
+        }
+        let size = self
+            .state
+            .db
+            .bundle_is_known(&digest)
+            .await
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found(format!("no bundle with digest {digest}")))?
+            as u64;
+        if offset > size {
+            return Err(Status::out_of_range(format!(
+                "offset {offset} is past the bundle's {size} bytes"
+            )));
+        }
+        let (tx, rx) = mpsc::channel(4);
+        if offset == size {
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
+        let mut source = self
+            .state
+            .bundles
+            .read_from(&digest, offset)
+            .await
+            .map_err(internal)?;
+        tokio::spawn(async move {
+            let mut position = offset;
+            while let Some(next) = source.next().await {
+                let bytes = match next {
+                    Ok(bytes) => bytes,
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        return;
+                    }
+                };
+                for piece in bytes.chunks(CHUNK_BYTES) {
+                    let chunk = BundleChunk {
+                        offset: position,
+                        data: piece.to_vec(),
+                        total_size: size,
+                    };
+                    position += piece.len() as u64;
+                    if tx.send(Ok(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn report(
+        &self,
+        request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let device = self.authenticate(&request).await?;
+        let events = request.into_inner().events;
+        if events.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "`events` has more than {MAX_BATCH} entries"
+            )));
+        }
+        let rows = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| check_event(i, e))
+            .collect::<Result<Vec<_>, _>>()?;
+        let db = &self.state.db;
+        let accepted = db
+            .insert_task_events(&device, &rows)
+            .await
+            .map_err(internal)?;
+        for row in &rows {
+            let state = match row.kind {
+                "installed" => "installed",
+                "rolled_back" => "installed",
+                "removed" => "removed",
+                _ => continue,
+            };
+            db.set_device_task(&device, &row.task, &row.version, state, &row.detail)
+                .await
+                .map_err(internal)?;
+        }
+        Ok(Response::new(ReportResponse { accepted }))
+    }
+
+    async fn upload(
+        &self,
+        request: Request<UploadRequest>,
+    ) -> Result<Response<UploadResponse>, Status> {
+        let device = self.authenticate(&request).await?;
+        let records = request.into_inner().records;
+        if records.len() > MAX_BATCH {
+            return Err(Status::invalid_argument(format!(
+                "`records` has more than {MAX_BATCH} entries"
+            )));
+        }
+        let mut rows = Vec::with_capacity(records.len());
+        for (i, r) in records.into_iter().enumerate() {
+            check_id(&format!("records[{i}].id"), &r.id)?;
+            check_id(&format!("records[{i}].task"), &r.task)?;
+            check_id(&format!("records[{i}].version"), &r.version)?;
+            if r.payload.len() > MAX_RECORD_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "`records[{i}].payload` is {} bytes, more than {MAX_RECORD_BYTES}",
+                    r.payload.len()
+                )));
+            }
+            let payload = String::from_utf8(r.payload)
+                .ok()
+                .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok())
+                .ok_or_else(|| {
+                    Status::invalid_argument(format!("`records[{i}].payload` is not UTF-8 JSON"))
+                })?;
+            rows.push((r.id, r.task, r.version, r.created_at_ms, payload));
+        }
+        let (stored, duplicates) = self
+            .state
+            .db
+            .insert_records(&device, &rows)
+            .await
+            .map_err(internal)?;
+        Ok(Response::new(UploadResponse { stored, duplicates }))
+    }
+}

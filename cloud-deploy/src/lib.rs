@@ -1,0 +1,210 @@
+//! Walle's cloud: where task versions are stored and released to device fleets.
+//!
+//! One process serves two planes:
+//! - the **control plane** ([`control`]): HTTP/JSON for operators, the web console and the
+//!   `walle` CLI — tasks, versions (bundle uploads), releases, devices, received records;
+//! - the **device plane** ([`device_plane`]): the gRPC service devices register with, subscribe
+//!   to for push notices, sync and fetch bundles from, and report and upload to.
+//!
+//! State lives in a SQL database ([`store`], SQLite by default), bundles in an object store
+//! ([`bundles`], the local filesystem by default), and the ed25519 publisher key that signs every
+//! manifest in the data dir ([`secrets`]).
+//!
+//! This crate must not run task code or know how devices execute tasks.
+
+pub mod bundles;
+pub mod catalog;
+pub mod config;
+pub mod control;
+pub mod device_plane;
+pub mod notify;
+pub mod release;
+pub mod secrets;
+pub mod store;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::TcpListenerStream;
+use walle_proto::signing::Publisher;
+use walle_proto::v1::device_plane_server::DevicePlaneServer;
+
+pub use config::CloudConfig;
+
+/// Everything that can go wrong in the cloud, with what and where.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("database: {0}")]
+    Database(String),
+    #[error("bundle storage: {0}")]
+    Storage(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+impl CloudError {
+    /// An I/O error on a path.
+    pub fn io(path: &Path, source: std::io::Error) -> CloudError {
+        CloudError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// State shared by every handler of both planes.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<CloudConfig>,
+    pub db: store::Db,
+    pub bundles: bundles::BundleStore,
+    pub publisher: Arc<Publisher>,
+    pub hub: notify::NoticeHub,
+    /// sha256 of the operator (admin) token.
+    pub admin_token_hash: String,
+}
+
+/// A running cloud: both planes listening, until [`Cloud::shutdown`].
+pub struct Cloud {
+    /// Where the control plane (HTTP) listens.
+    pub http_addr: SocketAddr,
+    /// Where the device plane (gRPC) listens.
+    pub grpc_addr: SocketAddr,
+    /// The operator token (kept in the data dir).
+    pub admin_token: String,
+    state: AppState,
+    stop: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Cloud {
+    /// Opens storage and starts both planes. Ports 0 in the config pick free ports.
+    pub async fn start(config: CloudConfig) -> Result<Cloud, CloudError> {
+        std::fs::create_dir_all(&config.data_dir)
+            .map_err(|e| CloudError::io(&config.data_dir, e))?;
+        let publisher = secrets::load_or_create_publisher(&config.data_dir)?;
+        let admin_token = secrets::load_or_create_admin_token(&config.data_dir)?;
+        let db = store::Db::connect(&config.database_url()).await?;
+        let bundles = bundles::BundleStore::local(&config.data_dir.join("objects"))?;
+        let state = AppState {
+            config: Arc::new(config.clone()),
+            db,
+            bundles,
+            publisher: Arc::new(publisher),
+            hub: notify::NoticeHub::default(),
+            admin_token_hash: secrets::token_hash(&admin_token),
+        };
+        let http = bind(config.http_addr).await?;
+        let grpc = bind(config.grpc_addr).await?;
+        let http_addr = http.local_addr().map_err(|e| CloudError::Bind {
+            addr: config.http_addr,
+            source: e,
+        })?;
+        let grpc_addr = grpc.local_addr().map_err(|e| CloudError::Bind {
+            addr: config.grpc_addr,
+            source: e,
+        })?;
+        let (stop, stopped) = watch::channel(false);
+        let servers = vec![
+            tokio::spawn(serve_http(http, state.clone(), stopped.clone())),
+            tokio::spawn(serve_grpc(grpc, state.clone(), stopped)),
+        ];
+        tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "walle-cloud started");
+        Ok(Cloud {
+            http_addr,
+            grpc_addr,
+            admin_token,
+            state,
+            stop,
+            servers,
+        })
+    }
+
+    /// The control-plane base URL, e.g. `http://127.0.0.1:8080`.
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http_addr)
+    }
+
+    /// The device-plane URL, e.g. `http://127.0.0.1:50051`.
+    pub fn grpc_url(&self) -> String {
+        format!("http://{}", self.grpc_addr)
+    }
+
+    /// Number of devices holding an open notice stream.
+    pub fn connected_devices(&self) -> usize {
+        self.state.hub.connected_devices()
+    }
+
+    /// Stops both planes, ends device streams and closes the database.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        self.state.hub.close_all();
+        for server in self.servers {
+            let _ = server.await;
+        }
+        self.state.db.close().await;
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, CloudError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| CloudError::Bind { addr, source })
+}
+
+async fn stopped(mut signal: watch::Receiver<bool>) {
+    let _ = signal.wait_for(|stop| *stop).await;
+}
+
+async fn serve_http(listener: TcpListener, state: AppState, stop: watch::Receiver<bool>) {
+    let app = control::router(state);
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(stopped(stop))
+        .await
+    {
+        tracing::error!(error = %e, "control plane server failed");
+    }
+}
+
+async fn serve_grpc(listener: TcpListener, state: AppState, stop: watch::Receiver<bool>) {
+    let hub = state.hub.clone();
+    let service = DevicePlaneServer::new(device_plane::DevicePlaneService::new(state));
+    let shutdown = async move {
+        stopped(stop).await;
+        hub.close_all();
+    };
+    let result = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
+        .add_service(service)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "device plane server failed");
+    }
+}

@@ -1,0 +1,90 @@
+//! `walle-cloud`: the Walle cloud server.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use walle_cloud::{Cloud, CloudConfig};
+
+#[derive(Parser)]
+#[command(
+    name = "walle-cloud",
+    version,
+    about = "Walle cloud: stores task versions and releases them to device fleets"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the control plane (HTTP/JSON + web console) and the device plane (gRPC).
+    Serve(ServeArgs),
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// TOML config file; flags below override its values.
+    #[arg(long, env = "WALLE_CLOUD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Data directory (SQLite database, bundles, publisher key, admin token).
+    #[arg(long, env = "WALLE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Control plane listen address [default: 127.0.0.1:8080].
+    #[arg(long, env = "WALLE_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// Device plane (gRPC) listen address [default: 127.0.0.1:50051].
+    #[arg(long, env = "WALLE_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Database URL [default: sqlite://<data-dir>/walle.db].
+    #[arg(long, env = "WALLE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Secret devices must present to register [default: none required].
+    #[arg(long, env = "WALLE_ENROLLMENT_SECRET")]
+    enrollment_secret: Option<String>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .init();
+    let Command::Serve(args) = Cli::parse().command;
+    let mut config = match &args.config {
+        Some(path) => CloudConfig::from_toml_file(path)?,
+        None => CloudConfig::default(),
+    };
+    if let Some(v) = args.data_dir {
+        config.data_dir = v;
+    }
+    if let Some(v) = args.http_addr {
+        config.http_addr = v;
+    }
+    if let Some(v) = args.grpc_addr {
+        config.grpc_addr = v;
+    }
+    if let Some(v) = args.database_url {
+        config.database_url = Some(v);
+    }
+    if let Some(v) = args.enrollment_secret {
+        config.enrollment_secret = Some(v);
+    }
+    let data_dir = config.data_dir.clone();
+    let cloud = Cloud::start(config).await.context("starting walle-cloud")?;
+    eprintln!(
+        "walle-cloud: control plane http://{} (console at /console/), device plane http://{}\n\
+         operator token in {}",
+        cloud.http_addr,
+        cloud.grpc_addr,
+        data_dir.join("admin.token").display()
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    cloud.shutdown().await;
+    Ok(())
+}

@@ -1,0 +1,82 @@
+//! The cloud's metadata database (sqlx `Any`: SQLite by default; the same queries are written
+//! to run on PostgreSQL). Queries live in the submodule that owns each table.
+
+pub mod devices;
+pub mod events;
+pub mod releases;
+pub mod tasks;
+
+use sqlx::AnyPool;
+use sqlx::any::AnyPoolOptions;
+
+use crate::CloudError;
+
+/// Handle to the metadata database.
+#[derive(Clone)]
+pub struct Db {
+    pool: AnyPool,
+}
+
+impl Db {
+    /// Connects and brings the schema up to date.
+    pub async fn connect(url: &str) -> Result<Db, CloudError> {
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new()
+            .max_connections(8)
+            .connect(url)
+            .await
+            .map_err(|e| CloudError::Database(format!("connecting to {}: {e}", redact(url))))?;
+        if url.starts_with("sqlite:") {
+            // WAL lets readers (syncs, console) proceed while a writer (reports) commits.
+            sqlx::query("PRAGMA journal_mode = WAL")
+                .execute(&pool)
+                .await
+                .map_err(db_err("enabling WAL"))?;
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&pool)
+                .await
+                .map_err(|e| CloudError::Database(format!("migrating: {e}")))?;
+        } else {
+            return Err(CloudError::Config(format!(
+                "unsupported database URL {}: this build supports sqlite:",
+                redact(url)
+            )));
+        }
+        Ok(Db { pool })
+    }
+
+    /// The underlying pool, for the table modules.
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+/// Maps a sqlx error to a `CloudError` saying what was being done.
+pub(crate) fn db_err(doing: &'static str) -> impl Fn(sqlx::Error) -> CloudError {
+    move |e| CloudError::Database(format!("{doing}: {e}"))
+}
+
+/// Whether a sqlx error is a unique-key violation.
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+/// The current time in Unix milliseconds.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((_, host)) => format!("…@{host}"),
+        None => url.to_owned(),
+    }
+}

@@ -1,0 +1,178 @@
+//! The user-behaviour event: the one typed record every pipeline stage passes along.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest accepted event, serialized as JSON.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024;
+/// Largest accepted length of any one string field (id, session, page, item, custom kind).
+pub const MAX_FIELD_CHARS: usize = 256;
+
+/// What the user did.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Enter,
+    Exit,
+    Click,
+    Expose,
+    Scroll,
+    /// An app-defined event; its name is in `args["name"]` or the page field.
+    Custom,
+}
+
+impl EventKind {
+    /// The lowercase name used in JSON and in trigger conditions.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EventKind::Enter => "enter",
+            EventKind::Exit => "exit",
+            EventKind::Click => "click",
+            EventKind::Expose => "expose",
+            EventKind::Scroll => "scroll",
+            EventKind::Custom => "custom",
+        }
+    }
+}
+
+/// One user-behaviour event as the host app reports it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Event {
+    /// Unique id (per device) chosen by the host app.
+    pub id: String,
+    /// Unix time in milliseconds.
+    pub ts: i64,
+    /// App session the event belongs to.
+    pub session: String,
+    /// Page (screen) the event happened on, e.g. "item", "home".
+    pub page: String,
+    /// What happened.
+    pub event: EventKind,
+    /// Item (e.g. product id) the event concerns; empty when none.
+    #[serde(default)]
+    pub item: String,
+    /// Free-form arguments (e.g. `{"action": "add_to_cart"}`).
+    #[serde(default)]
+    pub args: serde_json::Map<String, serde_json::Value>,
+}
+
+/// Why an event was rejected at ingest.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum EventError {
+    #[error("event is not valid JSON for the event schema: {0}")]
+    Malformed(String),
+    #[error("event is {size} bytes, more than the {max}-byte limit")]
+    TooLarge { size: usize, max: usize },
+    #[error("event field `{field}` is empty")]
+    EmptyField { field: &'static str },
+    #[error("event field `{field}` is {len} characters, more than {max}")]
+    FieldTooLong {
+        field: &'static str,
+        len: usize,
+        max: usize,
+    },
+    #[error("event timestamp {0} is negative")]
+    NegativeTimestamp(i64),
+}
+
+impl Event {
+    /// Parses and validates one JSON event (one line of a JSONL stream).
+    pub fn from_json(text: &str) -> Result<Event, EventError> {
+        if text.len() > MAX_EVENT_BYTES {
+            return Err(EventError::TooLarge {
+                size: text.len(),
+                max: MAX_EVENT_BYTES,
+            });
+        }
+        let event: Event =
+            serde_json::from_str(text).map_err(|e| EventError::Malformed(e.to_string()))?;
+        event.validate()?;
+        Ok(event)
+    }
+
+    /// Checks the invariants the rest of the pipeline relies on.
+    pub fn validate(&self) -> Result<(), EventError> {
+        for (field, value, may_be_empty) in [
+            ("id", &self.id, false),
+            ("session", &self.session, false),
+            ("page", &self.page, false),
+            ("item", &self.item, true),
+        ] {
+            if value.is_empty() && !may_be_empty {
+                return Err(EventError::EmptyField { field });
+            }
+            let len = value.chars().count();
+            if len > MAX_FIELD_CHARS {
+                return Err(EventError::FieldTooLong {
+                    field,
+                    len,
+                    max: MAX_FIELD_CHARS,
+                });
+            }
+        }
+        if self.ts < 0 {
+            return Err(EventError::NegativeTimestamp(self.ts));
+        }
+        Ok(())
+    }
+
+    /// The value of a matchable field by name, if the name is one.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "session" => Some(&self.session),
+            "page" => Some(&self.page),
+            "event" => Some(self.event.as_str()),
+            "item" => Some(&self.item),
+            _ => None,
+        }
+    }
+
+    /// The event as a JSON value, as tasks see it.
+    pub fn to_json(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_valid_event() {
+        let e = Event::from_json(
+            r#"{"id":"e1","ts":5,"session":"s","page":"item","event":"click","item":"sku","args":{"action":"add_to_cart"}}"#,
+        )
+        .unwrap();
+        assert_eq!(e.event, EventKind::Click);
+        assert_eq!(e.field("item"), Some("sku"));
+        assert_eq!(e.args["action"], "add_to_cart");
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        assert!(matches!(
+            Event::from_json("{not json"),
+            Err(EventError::Malformed(_))
+        ));
+        assert!(matches!(
+            Event::from_json(r#"{"id":"e1","ts":5,"session":"s","page":"p","event":"teleport"}"#),
+            Err(EventError::Malformed(m)) if m.contains("teleport")
+        ));
+        assert_eq!(
+            Event::from_json(r#"{"id":"","ts":5,"session":"s","page":"p","event":"click"}"#),
+            Err(EventError::EmptyField { field: "id" })
+        );
+        assert_eq!(
+            Event::from_json(r#"{"id":"a","ts":-1,"session":"s","page":"p","event":"click"}"#),
+            Err(EventError::NegativeTimestamp(-1))
+        );
+        let huge = format!(
+            r#"{{"id":"a","ts":1,"session":"s","page":"p","event":"click","args":{{"x":"{}"}}}}"#,
+            "y".repeat(MAX_EVENT_BYTES)
+        );
+        assert!(matches!(
+            Event::from_json(&huge),
+            Err(EventError::TooLarge { .. })
+        ));
+    }
+}

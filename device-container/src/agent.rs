@@ -1,0 +1,372 @@
+//! The agent: what a host app embeds (`Agent::start`, `agent.track(event)`) and what the
+//! `walle-device` binary runs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use walle_pipeline::{Event, Firing, TriggerSet};
+use walle_proto::v1::{TaskEvent, TunnelRecord, task_event};
+use walle_vm::VmPool;
+
+use crate::connection::Client;
+use crate::install::{InstalledTask, Installer};
+use crate::{AgentError, DeviceConfig, connection, credential, ingest, runner, uplink};
+
+/// Output records kept per task for `Agent::outputs` (the tunnel keeps its own queue).
+const RECENT_OUTPUTS_PER_TASK: usize = 100;
+/// Install failures kept for status.
+const RECENT_FAILURES: usize = 20;
+
+/// Monotonic counters of what the agent did.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub events_accepted: AtomicU64,
+    pub events_rejected: AtomicU64,
+    pub triggers_fired: AtomicU64,
+    pub runs_ok: AtomicU64,
+    pub runs_failed: AtomicU64,
+    pub runs_dropped: AtomicU64,
+    pub records_uploaded: AtomicU64,
+    pub pending_runs: AtomicUsize,
+}
+
+/// State shared by the agent's background tasks and its API.
+pub(crate) struct Shared {
+    pub config: DeviceConfig,
+    pub device_id: String,
+    pub installer: RwLock<Installer>,
+    pub vm: Arc<VmPool>,
+    pub triggers: Mutex<TriggerSet>,
+    pub active: Mutex<HashMap<String, InstalledTask>>,
+    pub runs: mpsc::Sender<Firing>,
+    pub outbox: Mutex<VecDeque<TunnelRecord>>,
+    pub reports: Mutex<VecDeque<TaskEvent>>,
+    pub wake_uplink: Notify,
+    pub client: Mutex<Option<Client>>,
+    pub connected: AtomicBool,
+    /// Bundle digests that failed to install; not retried until a different version is desired.
+    pub failed_digests: Mutex<HashSet<String>>,
+    pub counters: Counters,
+    pub recent_outputs: Mutex<HashMap<String, VecDeque<serde_json::Value>>>,
+    pub recent_failures: Mutex<VecDeque<String>>,
+    id_prefix: String,
+    id_seq: AtomicU64,
+}
+
+/// Locks a mutex, recovering the data if a panicking thread poisoned it.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// A new id unique on this device (random per start + counter).
+    pub fn next_id(&self) -> String {
+        format!(
+            "{}-{}",
+            self.id_prefix,
+            self.id_seq.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Queues a task event for the cloud.
+    pub fn report(
+        &self,
+        kind: task_event::Kind,
+        task: &str,
+        version: &str,
+        release_id: &str,
+        detail: &str,
+        duration_ms: u64,
+    ) {
+        let mut detail = detail.to_owned();
+        if detail.chars().count() > 4000 {
+            detail = detail.chars().take(4000).collect::<String>() + "…";
+        }
+        lock(&self.reports).push_back(TaskEvent {
+            id: self.next_id(),
+            kind: kind as i32,
+            task: task.to_owned(),
+            version: version.to_owned(),
+            release_id: release_id.to_owned(),
+            at_ms: now_ms(),
+            detail,
+            duration_ms,
+        });
+        self.wake_uplink.notify_one();
+    }
+
+    /// Remembers an install failure for status.
+    pub fn note_failure(&self, message: String) {
+        let mut failures = lock(&self.recent_failures);
+        if failures.len() >= RECENT_FAILURES {
+            failures.pop_front();
+        }
+        failures.push_back(message);
+    }
+
+    /// Queues a task's output record for upload and keeps it for `Agent::outputs`.
+    pub fn emit(&self, task: &InstalledTask, record: serde_json::Value) {
+        {
+            let mut recent = lock(&self.recent_outputs);
+            let queue = recent.entry(task.task().to_owned()).or_default();
+            if queue.len() >= RECENT_OUTPUTS_PER_TASK {
+                queue.pop_front();
+            }
+            queue.push_back(record.clone());
+        }
+        lock(&self.outbox).push_back(TunnelRecord {
+            id: self.next_id(),
+            task: task.task().to_owned(),
+            version: task.version(),
+            created_at_ms: now_ms(),
+            payload: record.to_string().into_bytes(),
+        });
+        self.wake_uplink.notify_one();
+    }
+
+    /// Validates an event, matches it against installed triggers and queues the resulting runs.
+    pub fn track(&self, event: Event) -> Result<usize, AgentError> {
+        if let Err(e) = event.validate() {
+            self.counters
+                .events_rejected
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(AgentError::BadEvent(e));
+        }
+        self.counters
+            .events_accepted
+            .fetch_add(1, Ordering::Relaxed);
+        let firings = lock(&self.triggers).on_event(&event);
+        let fired = firings.len();
+        for firing in firings {
+            self.counters.triggers_fired.fetch_add(1, Ordering::Relaxed);
+            self.counters.pending_runs.fetch_add(1, Ordering::SeqCst);
+            if self.runs.try_send(firing).is_err() {
+                self.counters.pending_runs.fetch_sub(1, Ordering::SeqCst);
+                self.counters.runs_dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("run queue full: a task run was dropped");
+            }
+        }
+        Ok(fired)
+    }
+
+    /// Parses one JSON event and tracks it.
+    pub fn track_json(&self, line: &str) -> Result<usize, AgentError> {
+        match Event::from_json(line) {
+            Ok(event) => self.track(event),
+            Err(e) => {
+                self.counters
+                    .events_rejected
+                    .fetch_add(1, Ordering::Relaxed);
+                Err(AgentError::BadEvent(e))
+            }
+        }
+    }
+
+    pub fn status(&self) -> AgentStatus {
+        let c = &self.counters;
+        let mut installed: Vec<TaskStatus> = lock(&self.active)
+            .values()
+            .map(|t| TaskStatus {
+                task: t.task().to_owned(),
+                version: t.version(),
+                release_id: t.release_id.clone(),
+            })
+            .collect();
+        installed.sort_by(|a, b| a.task.cmp(&b.task));
+        AgentStatus {
+            device_id: self.device_id.clone(),
+            connected: self.connected.load(Ordering::Relaxed),
+            installed,
+            events_accepted: c.events_accepted.load(Ordering::Relaxed),
+            events_rejected: c.events_rejected.load(Ordering::Relaxed),
+            triggers_fired: c.triggers_fired.load(Ordering::Relaxed),
+            runs_ok: c.runs_ok.load(Ordering::Relaxed),
+            runs_failed: c.runs_failed.load(Ordering::Relaxed),
+            runs_dropped: c.runs_dropped.load(Ordering::Relaxed),
+            runs_pending: c.pending_runs.load(Ordering::SeqCst),
+            records_queued: lock(&self.outbox).len(),
+            records_uploaded: c.records_uploaded.load(Ordering::Relaxed),
+            reports_queued: lock(&self.reports).len(),
+            recent_install_failures: lock(&self.recent_failures).iter().cloned().collect(),
+        }
+    }
+}
+
+/// One installed task as status shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct TaskStatus {
+    pub task: String,
+    pub version: String,
+    pub release_id: String,
+}
+
+/// A snapshot of what the agent is and did.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentStatus {
+    pub device_id: String,
+    pub connected: bool,
+    pub installed: Vec<TaskStatus>,
+    pub events_accepted: u64,
+    pub events_rejected: u64,
+    pub triggers_fired: u64,
+    pub runs_ok: u64,
+    pub runs_failed: u64,
+    pub runs_dropped: u64,
+    pub runs_pending: usize,
+    pub records_queued: usize,
+    pub records_uploaded: u64,
+    pub reports_queued: usize,
+    pub recent_install_failures: Vec<String>,
+}
+
+/// A running device agent.
+pub struct Agent {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    background: Vec<JoinHandle<()>>,
+    ingest_addr: Option<SocketAddr>,
+}
+
+impl Agent {
+    /// Starts the agent: restores installed tasks from disk, then connects to the cloud (forever,
+    /// with backoff) and serves the local ingest endpoint if configured.
+    pub async fn start(config: DeviceConfig) -> Result<Agent, AgentError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            AgentError::State(format!("cannot create {}: {e}", config.data_dir.display()))
+        })?;
+        let device_id = credential::device_id(&config.data_dir, &config.profile.device_id)?;
+        let trusted = credential::load(&config.data_dir)?
+            .map(|c| c.trusted_keys())
+            .unwrap_or_default();
+        let installer = Installer::new(config.data_dir.join("tasks"), trusted);
+        let vm = Arc::new(VmPool::new(config.vm_threads).map_err(AgentError::Vm)?);
+        let (runs, run_queue) = mpsc::channel(config.run_queue.max(1));
+        let shared = Arc::new(Shared {
+            device_id,
+            installer: RwLock::new(installer),
+            vm,
+            triggers: Mutex::new(TriggerSet::new()),
+            active: Mutex::new(HashMap::new()),
+            runs,
+            outbox: Mutex::new(VecDeque::new()),
+            reports: Mutex::new(VecDeque::new()),
+            wake_uplink: Notify::new(),
+            client: Mutex::new(None),
+            connected: AtomicBool::new(false),
+            failed_digests: Mutex::new(HashSet::new()),
+            counters: Counters::default(),
+            recent_outputs: Mutex::new(HashMap::new()),
+            recent_failures: Mutex::new(VecDeque::new()),
+            id_prefix: hex::encode(crate::random::bytes::<8>()),
+            id_seq: AtomicU64::new(0),
+            config,
+        });
+        connection::restore_installed(&shared).await;
+        let (stop, stopped) = watch::channel(false);
+        let mut background = vec![
+            tokio::spawn(connection::run(shared.clone(), stopped.clone())),
+            tokio::spawn(runner::run(shared.clone(), run_queue, stopped.clone())),
+            tokio::spawn(uplink::run(shared.clone(), stopped.clone())),
+        ];
+        let ingest_addr = match shared.config.ingest_addr {
+            Some(addr) => {
+                let (bound, server) = ingest::serve(shared.clone(), addr, stopped).await?;
+                background.push(server);
+                Some(bound)
+            }
+            None => None,
+        };
+        tracing::info!(device = %shared.device_id, "walle-device agent started");
+        Ok(Agent {
+            shared,
+            stop,
+            background,
+            ingest_addr,
+        })
+    }
+
+    /// This device's id.
+    pub fn device_id(&self) -> &str {
+        &self.shared.device_id
+    }
+
+    /// Where the local ingest endpoint listens, if enabled.
+    pub fn ingest_addr(&self) -> Option<SocketAddr> {
+        self.ingest_addr
+    }
+
+    /// Feeds one user-behaviour event; returns how many task runs it triggered.
+    pub fn track(&self, event: Event) -> Result<usize, AgentError> {
+        self.shared.track(event)
+    }
+
+    /// Feeds one event given as JSON (one line of a JSONL stream).
+    pub fn track_json(&self, line: &str) -> Result<usize, AgentError> {
+        self.shared.track_json(line)
+    }
+
+    /// The most recent output records of a task (up to 100).
+    pub fn outputs(&self, task: &str) -> Vec<serde_json::Value> {
+        lock(&self.shared.recent_outputs)
+            .get(task)
+            .map(|q| q.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// A snapshot of the agent's state and counters.
+    pub fn status(&self) -> AgentStatus {
+        self.shared.status()
+    }
+
+    /// Waits until `condition` holds for the status, or `timeout` passes.
+    pub async fn wait_for(
+        &self,
+        timeout: Duration,
+        condition: impl Fn(&AgentStatus) -> bool,
+    ) -> Result<AgentStatus, AgentError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status();
+            if condition(&status) {
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                return Err(AgentError::Timeout(format!(
+                    "condition not met within {timeout:?}; last status: {}",
+                    serde_json::to_string(&status).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits until every queued run has finished and every output and report was acknowledged.
+    pub async fn flush(&self, timeout: Duration) -> Result<AgentStatus, AgentError> {
+        self.wait_for(timeout, |s| {
+            s.runs_pending == 0 && s.records_queued == 0 && s.reports_queued == 0
+        })
+        .await
+    }
+
+    /// Stops background work and the ingest endpoint.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.background {
+            let _ = task.await;
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! `walle-device` configuration: one typed struct, loadable from TOML, overridable by flags.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// The device's description of itself, sent to the cloud for targeting.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProfileConfig {
+    pub device_id: String,
+    pub app_id: String,
+    pub app_version: String,
+    pub os: String,
+    pub os_version: String,
+    pub model: String,
+    pub hardware_tier: String,
+    pub region: String,
+    pub tags: Vec<String>,
+}
+
+impl Default for ProfileConfig {
+    fn default() -> Self {
+        ProfileConfig {
+            device_id: String::new(),
+            app_id: "com.example.app".into(),
+            app_version: "1.0.0".into(),
+            os: std::env::consts::OS.into(),
+            os_version: String::new(),
+            model: String::new(),
+            hardware_tier: "mid".into(),
+            region: String::new(),
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// Everything the agent needs. Every field has a default except the device id, which is
+/// generated and kept in the data dir when left empty.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    /// Device-plane URL of the cloud, e.g. `http://127.0.0.1:50051`.
+    pub cloud_url: String,
+    /// Directory for the credential and installed tasks.
+    pub data_dir: PathBuf,
+    /// Secret the cloud requires at registration, if any.
+    pub enrollment_secret: String,
+    /// Local ingest endpoint for the host app (HTTP on loopback); `None` disables it.
+    pub ingest_addr: Option<SocketAddr>,
+    /// Worker threads of the task VM.
+    pub vm_threads: usize,
+    /// Task runs waiting to execute; events that would overflow it are dropped and counted.
+    pub run_queue: usize,
+    pub profile: ProfileConfig,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        DeviceConfig {
+            cloud_url: "http://127.0.0.1:50051".into(),
+            data_dir: PathBuf::from("walle-device-data"),
+            enrollment_secret: String::new(),
+            ingest_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            vm_threads: std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2),
+            run_queue: 1024,
+            profile: ProfileConfig::default(),
+        }
+    }
+}
+
+impl DeviceConfig {
+    /// Reads a TOML config file; absent fields take their defaults.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<DeviceConfig, crate::AgentError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            crate::AgentError::Config(format!("cannot read {}: {e}", path.display()))
+        })?;
+        toml::from_str(&text)
+            .map_err(|e| crate::AgentError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}

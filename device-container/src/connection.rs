@@ -1,0 +1,430 @@
+//! The connection to the cloud: register, subscribe to notices, sync, fetch, verify and install.
+//!
+//! The loop never gives up: any failure ends the session and a new one starts after an
+//! exponential backoff with jitter. A notice is answered by a sync at a random time inside its
+//! pace window; a periodic sync covers missed notices.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+use walle_proto::manifest::ReleaseManifest;
+use walle_proto::v1::device_plane_client::DevicePlaneClient;
+use walle_proto::v1::{
+    DesiredTask, DeviceProfile, FetchBundleRequest, InstalledTask as InstalledProto,
+    RegisterRequest, SubscribeRequest, SyncRequest, desired_task, task_event,
+};
+use walle_vm::TaskCode;
+
+use crate::agent::{Shared, lock};
+use crate::credential::{self, Credential};
+use crate::install::InstalledTask;
+use crate::{AgentError, random};
+
+/// Largest bundle the agent downloads, whatever a manifest claims.
+const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
+/// Download attempts (each resuming where the last stopped) before a fetch fails.
+const FETCH_ATTEMPTS: usize = 4;
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Adds the device token to every call.
+#[derive(Clone)]
+pub struct Auth(AsciiMetadataValue);
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+/// An authenticated device-plane client.
+pub type Client = DevicePlaneClient<InterceptedService<Channel, Auth>>;
+
+/// Runs sessions until stopped.
+pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let outcome = tokio::select! {
+            outcome = session(&shared) => outcome,
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let was_connected = shared.connected.swap(false, Ordering::SeqCst);
+        *lock(&shared.client) = None;
+        if let Err(e) = outcome {
+            tracing::warn!(device = %shared.device_id, error = %e, "cloud session ended");
+        }
+        if was_connected {
+            backoff = BACKOFF_MIN;
+        }
+        let delay = backoff / 2 + random::jitter(backoff.as_millis() as u64 / 2 + 1);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn session(shared: &Arc<Shared>) -> Result<(), AgentError> {
+    let channel = Endpoint::from_shared(shared.config.cloud_url.clone())
+        .map_err(|e| AgentError::Config(format!("cloud_url {:?}: {e}", shared.config.cloud_url)))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .connect()
+        .await
+        .map_err(|e| {
+            AgentError::Transport(format!("connecting to {}: {e}", shared.config.cloud_url))
+        })?;
+    let credential = ensure_registered(shared, channel.clone()).await?;
+    let token = AsciiMetadataValue::try_from(format!("Bearer {}", credential.device_token))
+        .map_err(|_| AgentError::State("stored device token is not ASCII".into()))?;
+    let mut client = DevicePlaneClient::with_interceptor(channel, Auth(token));
+    let mut notices = match client.subscribe(SubscribeRequest {}).await {
+        Ok(response) => response.into_inner(),
+        Err(status) if status.code() == Code::Unauthenticated => {
+            // The cloud forgot us (or the token was revoked): register again next session.
+            let _ = std::fs::remove_file(shared.config.data_dir.join("credential.json"));
+            return Err(AgentError::Rpc("subscribe", status));
+        }
+        Err(status) => return Err(AgentError::Rpc("subscribe", status)),
+    };
+    *lock(&shared.client) = Some(client.clone());
+    shared.connected.store(true, Ordering::SeqCst);
+    shared.wake_uplink.notify_one();
+    let interval = Duration::from_secs(u64::from(credential.sync_interval_secs.max(1)));
+    loop {
+        tokio::select! {
+            message = notices.message() => {
+                let notice = message
+                    .map_err(|s| AgentError::Rpc("subscribe stream", s))?
+                    .ok_or_else(|| AgentError::Transport("cloud closed the notice stream".into()))?;
+                tokio::time::sleep(random::jitter(u64::from(notice.pace_window_ms))).await;
+                sync_and_apply(shared, &mut client).await?;
+            }
+            _ = tokio::time::sleep(interval) => sync_and_apply(shared, &mut client).await?,
+        }
+    }
+}
+
+fn profile(shared: &Shared) -> DeviceProfile {
+    let p = &shared.config.profile;
+    DeviceProfile {
+        device_id: shared.device_id.clone(),
+        app_id: p.app_id.clone(),
+        app_version: p.app_version.clone(),
+        os: p.os.clone(),
+        os_version: p.os_version.clone(),
+        model: p.model.clone(),
+        hardware_tier: p.hardware_tier.clone(),
+        region: p.region.clone(),
+        tags: p.tags.clone(),
+    }
+}
+
+async fn ensure_registered(shared: &Shared, channel: Channel) -> Result<Credential, AgentError> {
+    let data_dir = &shared.config.data_dir;
+    if let Some(stored) = credential::load(data_dir)? {
+        shared.installer_mut().set_trusted(stored.trusted_keys());
+        return Ok(stored);
+    }
+    let response = DevicePlaneClient::new(channel)
+        .register(RegisterRequest {
+            profile: Some(profile(shared)),
+            enrollment_secret: shared.config.enrollment_secret.clone(),
+        })
+        .await
+        .map_err(|s| AgentError::Rpc("register", s))?
+        .into_inner();
+    let credential = Credential {
+        device_token: response.device_token,
+        publisher_keys: response
+            .publisher_keys
+            .iter()
+            .map(|k| (k.key_id.clone(), hex::encode(&k.public_key)))
+            .collect(),
+        sync_interval_secs: response.sync_interval_secs,
+    };
+    credential::store(data_dir, &credential)?;
+    shared
+        .installer_mut()
+        .set_trusted(credential.trusted_keys());
+    tracing::info!(device = %shared.device_id, "registered with the cloud");
+    Ok(credential)
+}
+
+impl Shared {
+    fn installer_mut(&self) -> std::sync::RwLockWriteGuard<'_, crate::install::Installer> {
+        self.installer.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn installer(&self) -> crate::install::Installer {
+        self.installer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+/// Pulls the desired task set and converges to it.
+async fn sync_and_apply(shared: &Arc<Shared>, client: &mut Client) -> Result<(), AgentError> {
+    let installed: Vec<InstalledProto> = lock(&shared.active)
+        .values()
+        .map(|t| InstalledProto {
+            task: t.task().to_owned(),
+            version: t.version(),
+            bundle_digest: t.manifest.bundle_digest.clone(),
+        })
+        .collect();
+    let response = client
+        .sync(SyncRequest {
+            profile: Some(profile(shared)),
+            installed,
+        })
+        .await
+        .map_err(|s| AgentError::Rpc("sync", s))?
+        .into_inner();
+    for desired in response.desired {
+        match desired_task::Action::try_from(desired.action) {
+            Ok(desired_task::Action::Install) => apply_install(shared, client, desired).await?,
+            Ok(desired_task::Action::Remove) => apply_remove(shared, &desired.task).await,
+            _ => {
+                tracing::warn!(task = %desired.task, action = desired.action, "ignoring unknown sync action")
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn apply_install(
+    shared: &Arc<Shared>,
+    client: &mut Client,
+    desired: DesiredTask,
+) -> Result<(), AgentError> {
+    let installer = shared.installer();
+    let refuse = |version: &str, reason: String| {
+        tracing::warn!(device = %shared.device_id, task = %desired.task, version, %reason, "install refused");
+        shared.note_failure(format!("{}@{version}: {reason}", desired.task));
+        shared.report(
+            task_event::Kind::InstallFailed,
+            &desired.task,
+            version,
+            &desired.release_id,
+            &reason,
+            0,
+        );
+    };
+    let Some(signed) = desired.manifest.as_ref() else {
+        refuse("", "sync answer has no manifest".into());
+        return Ok(());
+    };
+    let manifest = match installer.verify_manifest(signed) {
+        Ok(m) if m.task.name == desired.task => m,
+        Ok(m) => {
+            refuse(
+                &m.task.version.to_string(),
+                format!("signed manifest is for task {:?}", m.task.name),
+            );
+            return Ok(());
+        }
+        Err(e) => {
+            // Remember the exact signed bytes so a bad manifest is not retried at every sync.
+            let fingerprint = walle_proto::bundle::digest_hex(&signed.manifest_json);
+            if lock(&shared.failed_digests).insert(fingerprint) {
+                refuse("", e.to_string());
+            }
+            return Ok(());
+        }
+    };
+    let version = manifest.task.version.to_string();
+    let already = lock(&shared.active)
+        .get(&desired.task)
+        .is_some_and(|t| t.manifest.bundle_digest == manifest.bundle_digest);
+    if already || lock(&shared.failed_digests).contains(&manifest.bundle_digest) {
+        return Ok(());
+    }
+    let bytes = match fetch_bundle(client, &manifest).await {
+        Ok(bytes) => bytes,
+        Err(e) => {
+            // Not reported as an install failure: it is retried at the next notice or sync.
+            tracing::warn!(device = %shared.device_id, task = %desired.task, error = %e, "bundle download failed");
+            shared.note_failure(format!("{}@{version}: {e}", desired.task));
+            return Ok(());
+        }
+    };
+    let unpacked = {
+        let (manifest, release_id) = (manifest.clone(), desired.release_id.clone());
+        tokio::task::spawn_blocking(move || installer.unpack(&manifest, &release_id, &bytes))
+            .await
+            .map_err(|e| AgentError::State(format!("install worker failed: {e}")))?
+    };
+    let result = match unpacked {
+        Ok(installed) => activate(shared, installed).await,
+        Err(e) => Err(e.to_string()),
+    };
+    match result {
+        Ok(()) => {
+            tracing::info!(device = %shared.device_id, task = %desired.task, %version, "task installed");
+            shared.report(
+                task_event::Kind::Installed,
+                &desired.task,
+                &version,
+                &desired.release_id,
+                "",
+                0,
+            );
+        }
+        Err(reason) => {
+            lock(&shared.failed_digests).insert(manifest.bundle_digest.clone());
+            refuse(&version, reason);
+        }
+    }
+    Ok(())
+}
+
+/// Downloads a bundle, resuming from the last received byte after an interrupted stream.
+async fn fetch_bundle(
+    client: &mut Client,
+    manifest: &ReleaseManifest,
+) -> Result<Vec<u8>, AgentError> {
+    let size = manifest.bundle_size;
+    if size > MAX_BUNDLE_BYTES {
+        return Err(AgentError::Transport(format!(
+            "bundle of {size} bytes exceeds the {MAX_BUNDLE_BYTES}-byte limit"
+        )));
+    }
+    let mut bytes: Vec<u8> = Vec::with_capacity(size as usize);
+    let mut last_error = None;
+    for _ in 0..FETCH_ATTEMPTS {
+        match fetch_from(client, manifest, &mut bytes).await {
+            Ok(()) if bytes.len() as u64 == size => return Ok(bytes),
+            Ok(()) => last_error = Some(format!("stream ended at byte {} of {size}", bytes.len())),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(AgentError::Transport(format!(
+        "fetching bundle {}: {}",
+        manifest.bundle_digest,
+        last_error.unwrap_or_default()
+    )))
+}
+
+async fn fetch_from(
+    client: &mut Client,
+    manifest: &ReleaseManifest,
+    bytes: &mut Vec<u8>,
+) -> Result<(), String> {
+    let mut stream = client
+        .fetch_bundle(FetchBundleRequest {
+            digest: manifest.bundle_digest.clone(),
+            offset: bytes.len() as u64,
+        })
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    while let Some(chunk) = stream.message().await.map_err(|s| s.to_string())? {
+        if chunk.offset != bytes.len() as u64 {
+            return Err(format!(
+                "chunk at offset {} while expecting {}",
+                chunk.offset,
+                bytes.len()
+            ));
+        }
+        if bytes.len() as u64 + chunk.data.len() as u64 > manifest.bundle_size {
+            return Err(format!(
+                "cloud sent more than the signed size of {} bytes",
+                manifest.bundle_size
+            ));
+        }
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(())
+}
+
+/// Loads a version into the VM, then switches the active pointer, triggers and runs to it. If
+/// loading fails, nothing changes: the previous version stays active.
+async fn activate(shared: &Arc<Shared>, installed: InstalledTask) -> Result<(), String> {
+    load_into_vm(shared, &installed).await?;
+    if let Err(e) = shared.installer().activate(&installed) {
+        shared.vm.unload(&installed.vm_key());
+        return Err(e.to_string());
+    }
+    let task = installed.task().to_owned();
+    lock(&shared.triggers).install(&task, &installed.manifest.task.triggers);
+    let previous = lock(&shared.active).insert(task, installed.clone());
+    if let Some(previous) = previous
+        && previous.vm_key() != installed.vm_key()
+    {
+        shared.vm.unload(&previous.vm_key());
+    }
+    Ok(())
+}
+
+async fn load_into_vm(shared: &Arc<Shared>, installed: &InstalledTask) -> Result<(), String> {
+    let manifest = &installed.manifest.task;
+    let entry = installed.dir.join(&manifest.entry);
+    let source = std::fs::read_to_string(&entry)
+        .map_err(|e| format!("cannot read {}: {e}", entry.display()))?;
+    let code = TaskCode {
+        key: installed.vm_key(),
+        entry_path: manifest.entry.clone(),
+        source,
+        handler: manifest.handler.clone(),
+        max_output_bytes: manifest.limits.max_output_bytes,
+    };
+    let vm = shared.vm.clone();
+    tokio::task::spawn_blocking(move || vm.load(code))
+        .await
+        .map_err(|e| format!("VM load worker failed: {e}"))?
+        .map_err(|e| e.to_string())
+}
+
+async fn apply_remove(shared: &Arc<Shared>, task: &str) {
+    let Some(previous) = lock(&shared.active).remove(task) else {
+        return;
+    };
+    lock(&shared.triggers).remove(task);
+    shared.vm.unload(&previous.vm_key());
+    if let Err(e) = shared.installer().remove(task) {
+        tracing::warn!(task, error = %e, "removing task files failed");
+    }
+    shared.report(
+        task_event::Kind::Removed,
+        task,
+        &previous.version(),
+        &previous.release_id,
+        "",
+        0,
+    );
+}
+
+/// Reloads the tasks that were active before a restart.
+pub(crate) async fn restore_installed(shared: &Arc<Shared>) {
+    let installed = match shared.installer().all_current() {
+        Ok(list) => list,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read installed tasks");
+            return;
+        }
+    };
+    for task in installed {
+        match load_into_vm(shared, &task).await {
+            Ok(()) => {
+                lock(&shared.triggers).install(task.task(), &task.manifest.task.triggers);
+                lock(&shared.active).insert(task.task().to_owned(), task);
+            }
+            Err(e) => {
+                tracing::error!(task = %task.vm_key(), error = %e, "installed task failed to load")
+            }
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! Executes task runs queued by trigger matches, on the VM pool, and routes their results.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use tokio::sync::{Semaphore, mpsc, watch};
+use walle_pipeline::Firing;
+use walle_proto::v1::task_event;
+
+use crate::agent::{Shared, lock};
+
+/// Takes queued runs until stopped; at most one run per VM worker thread at a time.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    mut queue: mpsc::Receiver<Firing>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let slots = Arc::new(Semaphore::new(shared.vm.threads()));
+    loop {
+        let firing = tokio::select! {
+            firing = queue.recv() => match firing { Some(f) => f, None => return },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            execute(&shared, firing).await;
+            shared.counters.pending_runs.fetch_sub(1, Ordering::SeqCst);
+            drop(permit);
+        });
+    }
+}
+
+async fn execute(shared: &Arc<Shared>, firing: Firing) {
+    let Some(task) = lock(&shared.active).get(&firing.task).cloned() else {
+        // Removed between match and run: nothing to run.
+        return;
+    };
+    let vm = shared.vm.clone();
+    let key = task.vm_key();
+    let context = firing.to_json();
+    let started = Instant::now();
+    let result = tokio::task::spawn_blocking(move || vm.run(&key, context)).await;
+    let duration_ms = started.elapsed().as_millis() as u64;
+    let version = task.version();
+    match result {
+        Ok(Ok(records)) => {
+            shared.counters.runs_ok.fetch_add(1, Ordering::Relaxed);
+            for record in records {
+                shared.emit(&task, record);
+            }
+            shared.report(
+                task_event::Kind::RunOk,
+                task.task(),
+                &version,
+                &task.release_id,
+                "",
+                duration_ms,
+            );
+        }
+        Ok(Err(e)) => {
+            shared.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(task = %task.vm_key(), error = %e, "task run failed");
+            shared.report(
+                task_event::Kind::RunFailed,
+                task.task(),
+                &version,
+                &task.release_id,
+                &e.to_string(),
+                duration_ms,
+            );
+        }
+        Err(e) => {
+            shared.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
+            shared.report(
+                task_event::Kind::RunFailed,
+                task.task(),
+                &version,
+                &task.release_id,
+                &format!("run worker failed: {e}"),
+                duration_ms,
+            );
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The contract between Walle's cloud, devices and SDK.
+//!
+//! - [`v1`]: the device-plane gRPC protocol (`walle/device/v1/device.proto`), compiled with
+//!   `protox` so no system `protoc` is needed: messages plus tonic client and server.
+//! - [`manifest`]: `walle.toml`, the task manifest, with validation that names the field at
+//!   fault, and the [`manifest::ReleaseManifest`] the cloud signs.
+//! - [`bundle`]: the task bundle file format (tar + zstd), packed deterministically and read
+//!   back with every entry checked.
+//! - [`signing`]: ed25519 signing of release manifests and their verification on devices.
+//!
+//! This crate holds formats and their validation only: no I/O beyond reading a task directory,
+//! no networking, no storage.
+
+pub mod bundle;
+pub mod manifest;
+pub mod signing;
+
+/// Device plane, version 1: generated messages, `device_plane_client` and `device_plane_server`.
+pub mod v1 {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("walle.device.v1");
+}

@@ -1,0 +1,312 @@
+//! `walle.toml`, the task manifest, and the signed release manifest built from it.
+
+use serde::{Deserialize, Serialize};
+use walle_pipeline::PatternSpec;
+
+/// File name of the manifest at the root of every task directory and bundle.
+pub const MANIFEST_FILE: &str = "walle.toml";
+/// Largest accepted task name.
+pub const MAX_NAME_CHARS: usize = 64;
+/// Default cap on one run's output (all records it uploads), in bytes.
+pub const DEFAULT_MAX_OUTPUT_BYTES: u64 = 64 * 1024;
+
+/// How a task's script runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Python,
+    Wasm,
+}
+
+/// Per-run limits a task declares.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest total size of the records one run may upload.
+    #[serde(default = "default_max_output_bytes")]
+    pub max_output_bytes: u64,
+}
+
+fn default_max_output_bytes() -> u64 {
+    DEFAULT_MAX_OUTPUT_BYTES
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
+}
+
+/// A validated task manifest (`walle.toml`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskManifest {
+    /// Task name: lowercase letters, digits and `-`, starting with a letter.
+    pub name: String,
+    /// Semantic version of this task version.
+    pub version: semver::Version,
+    pub runtime: Runtime,
+    /// Path of the entry script inside the bundle.
+    pub entry: String,
+    /// Function in the entry script called with the trigger context.
+    pub handler: String,
+    pub description: String,
+    /// Paths of ONNX models inside the bundle.
+    pub models: Vec<String>,
+    pub triggers: Vec<PatternSpec>,
+    pub limits: Limits,
+}
+
+/// `walle.toml` as written, before validation; every field optional so that a missing one is
+/// reported by name rather than as a parse error.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Option<String>,
+    version: Option<String>,
+    runtime: Option<String>,
+    entry: Option<String>,
+    handler: Option<String>,
+    #[serde(default)]
+    description: String,
+    #[serde(default)]
+    models: Vec<String>,
+    #[serde(default)]
+    triggers: Vec<PatternSpec>,
+    #[serde(default)]
+    limits: Limits,
+}
+
+/// Why a manifest is not acceptable. Each variant names the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("walle.toml is not valid TOML for the manifest schema: {0}")]
+    Syntax(String),
+    #[error("walle.toml: missing required field `{0}`")]
+    MissingField(&'static str),
+    #[error(
+        "walle.toml: `name` {0:?} is not a valid task name (1-64 chars of a-z, 0-9 and '-', starting with a letter)"
+    )]
+    BadName(String),
+    #[error("walle.toml: `version` {value:?} is not semver: {reason}")]
+    BadVersion { value: String, reason: String },
+    #[error("walle.toml: unknown `runtime` {0:?} (expected \"python\" or \"wasm\")")]
+    UnknownRuntime(String),
+    #[error("walle.toml: `{field}` path {path:?} must be relative, inside the bundle")]
+    BadPath { field: &'static str, path: String },
+    #[error("walle.toml: `handler` {0:?} is not a valid function name")]
+    BadHandler(String),
+    #[error("walle.toml: `limits.max_output_bytes` must be between 1 and {max}, got {value}")]
+    BadLimit { value: u64, max: u64 },
+    #[error("walle.toml: invalid trigger: {0}")]
+    Trigger(#[from] walle_pipeline::PatternError),
+}
+
+/// Largest output cap a manifest may ask for.
+const MAX_OUTPUT_CAP: u64 = 16 * 1024 * 1024;
+
+impl TaskManifest {
+    /// Parses and validates the text of a `walle.toml`.
+    pub fn parse(text: &str) -> Result<TaskManifest, ManifestError> {
+        let raw: RawManifest =
+            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_owned()))?;
+        let name = raw.name.ok_or(ManifestError::MissingField("name"))?;
+        if !is_valid_task_name(&name) {
+            return Err(ManifestError::BadName(name));
+        }
+        let version_text = raw.version.ok_or(ManifestError::MissingField("version"))?;
+        let version =
+            semver::Version::parse(&version_text).map_err(|e| ManifestError::BadVersion {
+                value: version_text.clone(),
+                reason: e.to_string(),
+            })?;
+        let runtime = match raw
+            .runtime
+            .ok_or(ManifestError::MissingField("runtime"))?
+            .as_str()
+        {
+            "python" => Runtime::Python,
+            "wasm" => Runtime::Wasm,
+            other => return Err(ManifestError::UnknownRuntime(other.to_owned())),
+        };
+        let entry = raw.entry.ok_or(ManifestError::MissingField("entry"))?;
+        check_relative_path("entry", &entry)?;
+        for model in &raw.models {
+            check_relative_path("models", model)?;
+        }
+        let handler = raw.handler.unwrap_or_else(|| "run".to_owned());
+        if !is_identifier(&handler) {
+            return Err(ManifestError::BadHandler(handler));
+        }
+        let max = raw.limits.max_output_bytes;
+        if max == 0 || max > MAX_OUTPUT_CAP {
+            return Err(ManifestError::BadLimit {
+                value: max,
+                max: MAX_OUTPUT_CAP,
+            });
+        }
+        walle_pipeline::validate_patterns(&raw.triggers)?;
+        Ok(TaskManifest {
+            name,
+            version,
+            runtime,
+            entry,
+            handler,
+            description: raw.description,
+            models: raw.models,
+            triggers: raw.triggers,
+            limits: raw.limits,
+        })
+    }
+
+    /// Paths the bundle must contain for this manifest to make sense.
+    pub fn required_files(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.entry.as_str()).chain(self.models.iter().map(String::as_str))
+    }
+}
+
+/// Whether `name` is a valid task name.
+pub fn is_valid_task_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some('a'..='z'))
+        && name.len() <= MAX_NAME_CHARS
+        && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '-'))
+}
+
+fn is_identifier(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether `path` is a safe relative path inside a bundle: no root, no `..`, no empty parts.
+pub fn is_safe_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.starts_with('/')
+        && !path.contains('\\')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+fn check_relative_path(field: &'static str, path: &str) -> Result<(), ManifestError> {
+    if is_safe_relative_path(path) {
+        Ok(())
+    } else {
+        Err(ManifestError::BadPath {
+            field,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// What the cloud signs for a task version: the manifest plus the bundle's identity. Devices
+/// trust nothing in it until the signature over its exact JSON bytes verifies.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseManifest {
+    pub task: TaskManifest,
+    /// sha256 of the bundle file, lowercase hex.
+    pub bundle_digest: String,
+    /// Size of the bundle file in bytes.
+    pub bundle_size: u64,
+}
+
+impl ReleaseManifest {
+    /// The exact bytes that get signed.
+    pub fn to_signed_bytes(&self) -> Vec<u8> {
+        // Serializing plain data with string keys cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name = "ipv-feature"
+version = "1.2.3"
+runtime = "python"
+entry = "main.py"
+
+[[triggers]]
+name = "item-page-view"
+partition_by = ["session", "item"]
+steps = [{ event = "enter", page = "item" }, { event = "exit", page = "item" }]
+"#;
+
+    #[test]
+    fn parses_a_good_manifest_with_defaults() {
+        let m = TaskManifest::parse(GOOD).unwrap();
+        assert_eq!(m.name, "ipv-feature");
+        assert_eq!(m.version, semver::Version::new(1, 2, 3));
+        assert_eq!(m.runtime, Runtime::Python);
+        assert_eq!(m.handler, "run");
+        assert_eq!(m.limits.max_output_bytes, DEFAULT_MAX_OUTPUT_BYTES);
+        assert_eq!(m.triggers[0].steps.len(), 2);
+    }
+
+    #[test]
+    fn missing_fields_are_named() {
+        for field in ["name", "version", "runtime", "entry"] {
+            // Drop the top-level line only (the trigger has a `name` too).
+            let line = GOOD
+                .lines()
+                .find(|l| l.starts_with(&format!("{field} =")))
+                .unwrap();
+            let text = GOOD.replacen(line, "", 1);
+            let err = TaskManifest::parse(&text).unwrap_err();
+            assert!(
+                matches!(err, ManifestError::MissingField(f) if f == field),
+                "{field}: {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_semver_is_reported_with_the_value() {
+        let err = TaskManifest::parse(&GOOD.replace("1.2.3", "1.2")).unwrap_err();
+        assert!(matches!(&err, ManifestError::BadVersion { value, .. } if value == "1.2"));
+        assert!(err.to_string().contains("not semver"), "{err}");
+    }
+
+    #[test]
+    fn unknown_runtime_is_reported() {
+        let err = TaskManifest::parse(&GOOD.replace("\"python\"", "\"lua\"")).unwrap_err();
+        assert!(
+            matches!(&err, ManifestError::UnknownRuntime(r) if r == "lua"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn other_mistakes_are_specific() {
+        let cases = [
+            (GOOD.replace("ipv-feature", "IPV"), "not a valid task name"),
+            (GOOD.replace("main.py", "../main.py"), "must be relative"),
+            (
+                format!("{GOOD}\nflavour = \"x\""),
+                "unknown field `flavour`",
+            ),
+            (GOOD.replace("\"exit\"", "\"leave\""), "invalid trigger"),
+            (
+                format!("{GOOD}\n[limits]\nmax_output_bytes = 0"),
+                "max_output_bytes",
+            ),
+            (format!("handler = \"no-dash\"\n{GOOD}"), "handler"),
+        ];
+        for (text, expected) in cases {
+            let err = TaskManifest::parse(&text).unwrap_err().to_string();
+            assert!(err.contains(expected), "expected {expected:?} in {err:?}");
+        }
+    }
+
+    #[test]
+    fn safe_paths() {
+        assert!(is_safe_relative_path("a/b.py"));
+        for bad in ["", "/etc/passwd", "a/../b", "./a", "a//b", "a\\b"] {
+            assert!(!is_safe_relative_path(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,68 @@
+// Walle console: reads the control-plane API with the operator token and renders tables.
+"use strict";
+
+const tokenInput = document.getElementById("token");
+const statusLine = document.getElementById("status");
+tokenInput.value = sessionStorage.getItem("walle-token") || "";
+
+async function api(path) {
+  const response = await fetch("/v1" + path, {
+    headers: { Authorization: "Bearer " + tokenInput.value },
+  });
+  const body = await response.json();
+  if (!response.ok) throw new Error(body.error || response.statusText);
+  return body;
+}
+
+function render(tableId, columns, rows) {
+  const table = document.getElementById(tableId);
+  table.replaceChildren();
+  const head = table.insertRow();
+  for (const [title] of columns) {
+    const th = document.createElement("th");
+    th.textContent = title;
+    head.appendChild(th);
+  }
+  for (const row of rows) {
+    const tr = table.insertRow();
+    for (const [, cell] of columns) tr.insertCell().textContent = cell(row);
+  }
+}
+
+const time = (ms) => new Date(ms).toLocaleString();
+
+async function refresh() {
+  try {
+    const [releases, tasks, devices, records] = await Promise.all([
+      api("/releases"), api("/tasks"), api("/devices"), api("/records?limit=20"),
+    ]);
+    const stats = await Promise.all(releases.map((r) => api("/releases/" + r.id)));
+    render("releases", [
+      ["id", (r) => r.id], ["task", (r) => r.task], ["version", (r) => r.version],
+      ["state", (r) => r.state], ["installed", (r) => `${r.stats.installed}/${r.stats.targeted}`],
+      ["install failed", (r) => r.stats.install_failed],
+      ["runs ok / failed", (r) => `${r.stats.runs_ok} / ${r.stats.runs_failed}`],
+      ["created", (r) => time(r.created_at_ms)],
+    ], stats);
+    render("tasks", [["name", (t) => t.name], ["description", (t) => t.description],
+      ["created", (t) => time(t.created_at_ms)]], tasks);
+    render("devices", [
+      ["id", (d) => d.id], ["app", (d) => `${d.profile.app_id} ${d.profile.app_version}`],
+      ["tasks", (d) => d.tasks.map((t) => `${t.task}@${t.version} (${t.state})`).join(", ")],
+      ["last seen", (d) => time(d.last_seen_ms)],
+    ], devices);
+    render("records", [["device", (r) => r.device_id], ["task", (r) => `${r.task}@${r.version}`],
+      ["payload", (r) => JSON.stringify(r.payload)], ["received", (r) => time(r.received_at_ms)]], records);
+    statusLine.textContent = "Updated " + new Date().toLocaleTimeString();
+  } catch (e) {
+    statusLine.textContent = "Error: " + e.message;
+  }
+}
+
+document.getElementById("login").addEventListener("submit", (event) => {
+  event.preventDefault();
+  sessionStorage.setItem("walle-token", tokenInput.value);
+  refresh();
+});
+if (tokenInput.value) refresh();
+setInterval(() => tokenInput.value && refresh(), 5000);
