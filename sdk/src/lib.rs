@@ -1,1 +1,17 @@
-//! placeholder
+//! Walle's task-authoring SDK and the `walle` CLI.
+//!
+//! - [`client`]: a typed client for the cloud's control-plane HTTP API (what `walle task
+//!   publish` and `walle release …` use).
+//! - [`local`]: run a task directory over a JSONL event file in the device's sandboxed VM,
+//!   without a cloud (`walle task test`).
+//! - [`demo`]: `walle demo`, a cloud and devices in one process, end to end.
+//! - [`events`]: synthetic user-behaviour streams with independently computed expectations.
+//!
+//! Packing and manifest validation come from `walle_proto::bundle`, the same code the cloud
+//! uses, so what passes `walle task pack` passes upload. This crate must not reach into the
+//! cloud's storage: it speaks the public APIs only.
+
+pub mod client;
+pub mod demo;
+pub mod events;
+pub mod local;

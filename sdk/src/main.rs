@@ -1,1 +1,216 @@
-fn main() {}
+//! `walle`: the Walle command line for task authors and release managers.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use walle_sdk::client::ControlClient;
+use walle_sdk::{demo, local};
+
+#[derive(Parser)]
+#[command(
+    name = "walle",
+    version,
+    about = "Walle: write, test, publish and release on-device ML tasks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+struct CloudArgs {
+    /// Control-plane URL of the cloud.
+    #[arg(long, env = "WALLE_CLOUD", default_value = "http://127.0.0.1:8080")]
+    cloud: String,
+    /// Operator token (the cloud keeps the admin token in <data-dir>/admin.token).
+    #[arg(long, env = "WALLE_TOKEN", hide_env_values = true)]
+    token: String,
+}
+
+impl CloudArgs {
+    fn client(&self) -> ControlClient {
+        ControlClient::new(&self.cloud, &self.token)
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Work on a task: pack, test locally, publish.
+    #[command(subcommand)]
+    Task(TaskCommand),
+    /// Release task versions to the fleet.
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+    /// Start a cloud and devices in this process, release the example task and show it running.
+    Demo {
+        /// Number of devices.
+        #[arg(long, default_value_t = 3)]
+        devices: usize,
+        /// App sessions replayed per device.
+        #[arg(long, default_value_t = 3)]
+        sessions: usize,
+        /// Keep cloud and device data here instead of a temporary directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Leave the cloud running afterwards so the web console can be opened; Ctrl-C stops it.
+        #[arg(long)]
+        keep_running: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum TaskCommand {
+    /// Validate a task directory and pack it into a bundle file.
+    Pack {
+        /// Task directory (holding walle.toml).
+        dir: PathBuf,
+        /// Output file [default: <name>-<version>.walle in the current directory].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Run a task directory locally over a JSONL event file and print its outputs.
+    Test {
+        /// Task directory (holding walle.toml).
+        dir: PathBuf,
+        /// JSONL file, one event per line.
+        #[arg(long)]
+        events: PathBuf,
+    },
+    /// Upload a task version (a task directory or a packed bundle) to the cloud.
+    Publish {
+        /// Task directory or .walle bundle file.
+        path: PathBuf,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ReleaseCommand {
+    /// Release a published task version to every device.
+    Create {
+        #[arg(long)]
+        task: String,
+        #[arg(long)]
+        version: String,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+    /// Show a release and its fleet statistics.
+    Status {
+        id: String,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    match Cli::parse().command {
+        Command::Task(TaskCommand::Pack { dir, output }) => pack(&dir, output),
+        Command::Task(TaskCommand::Test { dir, events }) => test(&dir, &events),
+        Command::Task(TaskCommand::Publish { path, cloud }) => publish(&path, &cloud).await,
+        Command::Release(ReleaseCommand::Create {
+            task,
+            version,
+            cloud,
+        }) => {
+            let release = cloud.client().create_release(&task, &version).await?;
+            println!("{}", serde_json::to_string_pretty(&release)?);
+            Ok(())
+        }
+        Command::Release(ReleaseCommand::Status { id, cloud }) => {
+            let status = cloud.client().release_status(&id).await?;
+            println!("{}", serde_json::to_string_pretty(&status)?);
+            Ok(())
+        }
+        Command::Demo {
+            devices,
+            sessions,
+            data_dir,
+            keep_running,
+        } => {
+            if devices == 0 {
+                bail!("--devices must be at least 1");
+            }
+            demo::run(demo::DemoOptions {
+                devices,
+                sessions,
+                data_dir,
+                keep_running,
+            })
+            .await
+        }
+    }
+}
+
+fn pack(dir: &Path, output: Option<PathBuf>) -> anyhow::Result<()> {
+    let (manifest, bytes) =
+        walle_proto::bundle::pack_dir(dir).with_context(|| format!("packing {}", dir.display()))?;
+    let output = output
+        .unwrap_or_else(|| PathBuf::from(format!("{}-{}.walle", manifest.name, manifest.version)));
+    std::fs::write(&output, &bytes).with_context(|| format!("writing {}", output.display()))?;
+    println!(
+        "packed {} {} into {} ({} bytes, sha256 {})",
+        manifest.name,
+        manifest.version,
+        output.display(),
+        bytes.len(),
+        walle_proto::bundle::digest_hex(&bytes)
+    );
+    Ok(())
+}
+
+fn test(dir: &Path, events: &Path) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let run = local::run_task(dir, &lines)?;
+    for (line, error) in &run.rejected {
+        eprintln!("{}:{line}: {error}", events.display());
+    }
+    for output in &run.outputs {
+        println!("{output}");
+    }
+    for failure in &run.failures {
+        eprintln!("run failed: {failure}");
+    }
+    eprintln!(
+        "{} events, {} rejected, {} triggers fired, {} outputs, {} failed runs",
+        run.events,
+        run.rejected.len(),
+        run.fired,
+        run.outputs.len(),
+        run.failures.len()
+    );
+    if !run.failures.is_empty() {
+        bail!("{} runs failed", run.failures.len());
+    }
+    Ok(())
+}
+
+async fn publish(path: &Path, cloud: &CloudArgs) -> anyhow::Result<()> {
+    let bytes = if path.is_dir() {
+        walle_proto::bundle::pack_dir(path)
+            .with_context(|| format!("packing {}", path.display()))?
+            .1
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let manifest = walle_proto::bundle::read_bundle(&bytes)
+        .with_context(|| format!("{} is not a valid bundle", path.display()))?
+        .manifest;
+    let client = cloud.client();
+    client
+        .ensure_task(&manifest.name, &manifest.description)
+        .await?;
+    let version = client.upload_version(&manifest.name, bytes).await?;
+    println!("{}", serde_json::to_string_pretty(&version)?);
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! A typed client for the cloud's control-plane HTTP API.
+
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+/// Why a control-plane call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the cloud at {url}: {source}")]
+    Unreachable { url: String, source: reqwest::Error },
+    #[error("{method} {path} failed with HTTP {status}: {message}")]
+    Api {
+        method: &'static str,
+        path: String,
+        status: u16,
+        message: String,
+    },
+    #[error("{method} {path}: unexpected answer: {source}")]
+    Decode {
+        method: &'static str,
+        path: String,
+        source: reqwest::Error,
+    },
+}
+
+impl ClientError {
+    /// The HTTP status of an API error, if that is what this is.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// Control-plane client authenticated with an operator token.
+#[derive(Clone)]
+pub struct ControlClient {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl ControlClient {
+    /// A client for the control plane at `base` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base: &str, token: &str) -> ControlClient {
+        ControlClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<reqwest::Body>,
+        json_body: Option<Value>,
+    ) -> Result<T, ClientError> {
+        let url = format!("{}/v1{path}", self.base);
+        let mut request = match method {
+            "POST" => self.http.post(&url),
+            _ => self.http.get(&url),
+        }
+        .bearer_auth(&self.token);
+        if let Some(body) = body {
+            request = request
+                .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+                .body(body);
+        }
+        if let Some(json_body) = json_body {
+            request = request.json(&json_body);
+        }
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Unreachable {
+                url: self.base.clone(),
+                source,
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let text = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Value>(&text)
+                .ok()
+                .and_then(|v| v.get("error").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or(text);
+            return Err(ClientError::Api {
+                method,
+                path: path.to_owned(),
+                status: status.as_u16(),
+                message,
+            });
+        }
+        response.json().await.map_err(|source| ClientError::Decode {
+            method,
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Creates a task.
+    pub async fn create_task(&self, name: &str, description: &str) -> Result<Value, ClientError> {
+        let body = json!({ "name": name, "description": description });
+        self.call("POST", "/tasks", None, Some(body)).await
+    }
+
+    /// Creates a task unless it exists already.
+    pub async fn ensure_task(&self, name: &str, description: &str) -> Result<(), ClientError> {
+        match self.create_task(name, description).await {
+            Ok(_) => Ok(()),
+            Err(e) if e.status() == Some(409) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Uploads a bundle as a new version of `task`.
+    pub async fn upload_version(&self, task: &str, bundle: Vec<u8>) -> Result<Value, ClientError> {
+        self.call(
+            "POST",
+            &format!("/tasks/{task}/versions"),
+            Some(bundle.into()),
+            None,
+        )
+        .await
+    }
+
+    /// Releases `task@version` to the fleet.
+    pub async fn create_release(&self, task: &str, version: &str) -> Result<Value, ClientError> {
+        let body = json!({ "task": task, "version": version });
+        self.call("POST", "/releases", None, Some(body)).await
+    }
+
+    /// A release with its fleet statistics.
+    pub async fn release_status(&self, id: &str) -> Result<Value, ClientError> {
+        self.call("GET", &format!("/releases/{id}"), None, None)
+            .await
+    }
+
+    /// All registered devices.
+    pub async fn devices(&self) -> Result<Vec<Value>, ClientError> {
+        self.call("GET", "/devices", None, None).await
+    }
+
+    /// Received tunnel records, newest first, optionally filtered.
+    pub async fn records(
+        &self,
+        task: Option<&str>,
+        device: Option<&str>,
+    ) -> Result<Vec<Value>, ClientError> {
+        let mut query = vec!["limit=1000".to_owned()];
+        if let Some(task) = task {
+            query.push(format!("task={task}"));
+        }
+        if let Some(device) = device {
+            query.push(format!("device={device}"));
+        }
+        self.call("GET", &format!("/records?{}", query.join("&")), None, None)
+            .await
+    }
+}
