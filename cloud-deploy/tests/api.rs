@@ -1,0 +1,567 @@
+//! The cloud's two planes at their boundaries, over real HTTP and gRPC on loopback: auth, input
+//! validation with specific errors, idempotent uploads, resumable bundle fetches, persistence.
+
+use std::path::Path;
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use tonic::Code;
+use tonic::metadata::AsciiMetadataValue;
+use walle_cloud::{Cloud, CloudConfig};
+use walle_proto::v1::device_plane_client::DevicePlaneClient;
+use walle_proto::v1::{
+    DeviceProfile, FetchBundleRequest, RegisterRequest, ReportRequest, SubscribeRequest,
+    SyncRequest, TaskEvent, TunnelRecord, UploadRequest, desired_task, notice, task_event,
+};
+
+async fn start(dir: &Path, configure: impl FnOnce(&mut CloudConfig)) -> Cloud {
+    let mut config = CloudConfig {
+        data_dir: dir.to_owned(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        ..CloudConfig::default()
+    };
+    configure(&mut config);
+    Cloud::start(config).await.unwrap()
+}
+
+fn task_dir(root: &Path, name: &str, version: &str, script: &str) -> std::path::PathBuf {
+    let dir = root.join(format!("{name}-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("walle.toml"),
+        format!("name = \"{name}\"\nversion = \"{version}\"\nruntime = \"python\"\nentry = \"main.py\"\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("main.py"), script).unwrap();
+    dir
+}
+
+fn bundle(root: &Path, name: &str, version: &str) -> Vec<u8> {
+    walle_proto::bundle::pack_dir(&task_dir(
+        root,
+        name,
+        version,
+        "def run(ctx):\n    return ctx\n",
+    ))
+    .unwrap()
+    .1
+}
+
+struct Http {
+    base: String,
+    token: String,
+    client: reqwest::Client,
+}
+
+impl Http {
+    fn new(cloud: &Cloud) -> Http {
+        Http {
+            base: cloud.http_url(),
+            token: cloud.admin_token.clone(),
+            client: reqwest::Client::new(),
+        }
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let response = request.bearer_auth(&self.token).send().await.unwrap();
+        let status = response.status();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    async fn post_json(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        self.send(self.client.post(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    async fn post_bytes(&self, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+        self.send(self.client.post(format!("{}{path}", self.base)).body(body))
+            .await
+    }
+
+    async fn get(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.client.get(format!("{}{path}", self.base)))
+            .await
+    }
+}
+
+fn error_of(body: &Value) -> &str {
+    body["error"].as_str().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn control_plane_requires_an_operator_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), |_| {}).await;
+    let client = reqwest::Client::new();
+    let health = client
+        .get(format!("{}/v1/health", cloud.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let anonymous = client
+        .get(format!("{}/v1/tasks", cloud.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    let wrong = client
+        .post(format!("{}/v1/tasks", cloud.http_url()))
+        .bearer_auth("wlo_not-the-token")
+        .json(&json!({"name": "sneaky"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
+    let http = Http::new(&cloud);
+    assert_eq!(http.get("/v1/tasks").await, (StatusCode::OK, json!([])));
+    let console = client
+        .get(format!("{}/console/", cloud.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(console.text().await.unwrap().contains("Walle console"));
+    cloud.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_uploads_and_requests_get_specific_errors_and_store_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), |c| c.max_bundle_bytes = 64 * 1024).await;
+    let http = Http::new(&cloud);
+
+    let (status, body) = http
+        .post_json("/v1/tasks", json!({"name": "Bad Name"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("not a valid task name"), "{body}");
+    let (status, body) = http
+        .post_json("/v1/tasks", json!({"name": "t", "colour": "red"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("colour"), "{body}");
+    assert_eq!(
+        http.post_json("/v1/tasks", json!({"name": "t"})).await.0,
+        StatusCode::CREATED
+    );
+    assert_eq!(
+        http.post_json("/v1/tasks", json!({"name": "t"})).await.0,
+        StatusCode::CONFLICT
+    );
+
+    let (status, body) = http
+        .post_bytes("/v1/tasks/t/versions", b"not a bundle".to_vec())
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("tar+zstd"), "{body}");
+
+    let bad_semver = task_dir(dir.path(), "t", "1.0", "def run(ctx): pass\n");
+    let tar = {
+        // Pack by hand: pack_dir itself refuses invalid manifests.
+        let mut builder = tar::Builder::new(Vec::new());
+        for file in ["walle.toml", "main.py"] {
+            builder
+                .append_path_with_name(bad_semver.join(file), file)
+                .unwrap();
+        }
+        zstd::encode_all(builder.into_inner().unwrap().as_slice(), 1).unwrap()
+    };
+    let (status, body) = http.post_bytes("/v1/tasks/t/versions", tar).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        error_of(&body).contains("`version` \"1.0\" is not semver"),
+        "{body}"
+    );
+
+    let (status, body) = http
+        .post_bytes("/v1/tasks/t/versions", bundle(dir.path(), "other", "1.0.0"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("uploaded to task \"t\""), "{body}");
+    let (status, _) = http
+        .post_bytes(
+            "/v1/tasks/missing/versions",
+            bundle(dir.path(), "missing", "1.0.0"),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = http
+        .post_bytes("/v1/tasks/t/versions", vec![7u8; 100 * 1024])
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+
+    assert_eq!(
+        http.get("/v1/tasks/t/versions").await,
+        (StatusCode::OK, json!([]))
+    );
+    let (status, _) = http
+        .post_bytes("/v1/tasks/t/versions", bundle(dir.path(), "t", "1.0.0"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let (status, body) = http
+        .post_bytes("/v1/tasks/t/versions", bundle(dir.path(), "t", "1.0.0"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let (status, body) = http
+        .post_json("/v1/releases", json!({"task": "t", "version": "9.9.9"}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = http
+        .post_json("/v1/releases", json!({"task": "t", "version": "latest"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("not semver"), "{body}");
+    assert_eq!(http.get("/v1/releases").await, (StatusCode::OK, json!([])));
+    assert_eq!(
+        http.get("/v1/releases/rel_nope").await.0,
+        StatusCode::NOT_FOUND
+    );
+    let (status, body) = http.get("/v1/records?limit=lots").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    cloud.shutdown().await;
+}
+
+type Client = DevicePlaneClient<tonic::transport::Channel>;
+
+fn profile(id: &str) -> DeviceProfile {
+    DeviceProfile {
+        device_id: id.into(),
+        app_id: "com.example".into(),
+        app_version: "1.0.0".into(),
+        ..Default::default()
+    }
+}
+
+fn authed<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    let value = AsciiMetadataValue::try_from(format!("Bearer {token}")).unwrap();
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+async fn register(
+    client: &mut Client,
+    id: &str,
+    secret: &str,
+) -> Result<walle_proto::v1::RegisterResponse, tonic::Status> {
+    client
+        .register(RegisterRequest {
+            profile: Some(profile(id)),
+            enrollment_secret: secret.into(),
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+#[tokio::test]
+async fn device_plane_authenticates_validates_and_stores_records_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), |c| c.enrollment_secret = Some("s3cret".into())).await;
+    let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+
+    assert_eq!(
+        register(&mut client, "d1", "wrong")
+            .await
+            .unwrap_err()
+            .code(),
+        Code::PermissionDenied
+    );
+    let no_profile = client
+        .register(RegisterRequest {
+            profile: None,
+            enrollment_secret: "s3cret".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(no_profile.code(), Code::InvalidArgument);
+    assert!(no_profile.message().contains("profile"));
+    let empty_id = register(&mut client, "", "s3cret").await.unwrap_err();
+    assert!(
+        empty_id.message().contains("profile.device_id"),
+        "{empty_id}"
+    );
+    let registered = register(&mut client, "d1", "s3cret").await.unwrap();
+    let token = registered.device_token;
+
+    let anonymous = client.subscribe(SubscribeRequest {}).await.unwrap_err();
+    assert_eq!(anonymous.code(), Code::Unauthenticated);
+    let forged = client
+        .sync(authed(SyncRequest::default(), "wld_forged"))
+        .await
+        .unwrap_err();
+    assert_eq!(forged.code(), Code::Unauthenticated);
+
+    let mut notices = client
+        .subscribe(authed(SubscribeRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let hello = notices.message().await.unwrap().unwrap();
+    assert_eq!(hello.kind, notice::Kind::Hello as i32);
+
+    let record = |id: &str, payload: &[u8]| TunnelRecord {
+        id: id.into(),
+        task: "t".into(),
+        version: "1.0.0".into(),
+        created_at_ms: 1,
+        payload: payload.to_vec(),
+    };
+    let bad = client
+        .upload(authed(
+            UploadRequest {
+                records: vec![record("r1", br#"{"ok":1}"#), record("r2", b"{not json")],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), Code::InvalidArgument);
+    assert!(bad.message().contains("records[1].payload"), "{bad}");
+    let upload = || UploadRequest {
+        records: vec![record("r1", br#"{"ok":1}"#), record("r2", br#"{"ok":2}"#)],
+    };
+    let first = client
+        .upload(authed(upload(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((first.stored, first.duplicates), (2, 0));
+    let again = client
+        .upload(authed(upload(), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((again.stored, again.duplicates), (0, 2));
+    let http = Http::new(&cloud);
+    let (_, records) = http.get("/v1/records?device=d1").await;
+    assert_eq!(records.as_array().unwrap().len(), 2, "{records}");
+
+    let event = |kind: i32| TaskEvent {
+        id: "e1".into(),
+        kind,
+        task: "t".into(),
+        version: "1.0.0".into(),
+        ..Default::default()
+    };
+    let unknown_kind = client
+        .report(authed(
+            ReportRequest {
+                events: vec![event(42)],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        unknown_kind.message().contains("events[0].kind"),
+        "{unknown_kind}"
+    );
+    let report = || ReportRequest {
+        events: vec![event(task_event::Kind::RunOk as i32)],
+    };
+    assert_eq!(
+        client
+            .report(authed(report(), &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        1
+    );
+    assert_eq!(
+        client
+            .report(authed(report(), &token))
+            .await
+            .unwrap()
+            .into_inner()
+            .accepted,
+        0
+    );
+
+    let bad_digest = client
+        .fetch_bundle(authed(
+            FetchBundleRequest {
+                digest: "../../etc".into(),
+                offset: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(bad_digest.code(), Code::InvalidArgument);
+    let unknown = client
+        .fetch_bundle(authed(
+            FetchBundleRequest {
+                digest: "a".repeat(64),
+                offset: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    drop(notices);
+    cloud.shutdown().await;
+}
+
+#[tokio::test]
+async fn releases_push_notices_and_sync_serves_verifiable_manifests_and_resumable_bundles() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), |_| {}).await;
+    let http = Http::new(&cloud);
+    let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+    let registered = register(&mut client, "d1", "").await.unwrap();
+    let token = registered.device_token.clone();
+    let mut notices = client
+        .subscribe(authed(SubscribeRequest {}, &token))
+        .await
+        .unwrap()
+        .into_inner();
+    notices.message().await.unwrap().unwrap();
+
+    http.post_json("/v1/tasks", json!({"name": "t"})).await;
+    // Big enough (incompressible) to span several chunks.
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    let payload: String = (0..200_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'a' + (x % 26) as u8)
+        })
+        .collect();
+    let dir_with_data = task_dir(dir.path(), "t", "1.0.0", "def run(ctx):\n    return ctx\n");
+    std::fs::write(dir_with_data.join("data.txt"), payload).unwrap();
+    let bytes = walle_proto::bundle::pack_dir(&dir_with_data).unwrap().1;
+    let (status, version) = http.post_bytes("/v1/tasks/t/versions", bytes.clone()).await;
+    assert_eq!(status, StatusCode::CREATED, "{version}");
+    let (status, release) = http
+        .post_json("/v1/releases", json!({"task": "t", "version": "1.0.0"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let pushed = notices.message().await.unwrap().unwrap();
+    assert_eq!(pushed.kind, notice::Kind::TaskChanged as i32);
+    assert_eq!(pushed.task, "t");
+    assert_eq!(pushed.release_id, release["id"].as_str().unwrap());
+
+    let sync = client
+        .sync(authed(
+            SyncRequest {
+                profile: Some(profile("d1")),
+                installed: vec![],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sync.desired.len(), 1);
+    let desired = &sync.desired[0];
+    assert_eq!(desired.action, desired_task::Action::Install as i32);
+    let manifest = walle_proto::signing::verify(
+        desired.manifest.as_ref().unwrap(),
+        &registered.publisher_keys,
+    )
+    .unwrap();
+    assert_eq!(
+        manifest.bundle_digest,
+        walle_proto::bundle::digest_hex(&bytes)
+    );
+    assert_eq!(manifest.bundle_size, bytes.len() as u64);
+
+    let fetch = |offset: u64| FetchBundleRequest {
+        digest: manifest.bundle_digest.clone(),
+        offset,
+    };
+    let mut stream = client
+        .fetch_bundle(authed(fetch(0), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut whole = Vec::new();
+    let mut chunks = 0;
+    while let Some(chunk) = stream.message().await.unwrap() {
+        assert_eq!(chunk.offset, whole.len() as u64);
+        whole.extend_from_slice(&chunk.data);
+        chunks += 1;
+    }
+    assert_eq!(whole, bytes);
+    assert!(chunks > 1, "expected a chunked stream");
+    let resume_at = bytes.len() as u64 - 1000;
+    let mut stream = client
+        .fetch_bundle(authed(fetch(resume_at), &token))
+        .await
+        .unwrap()
+        .into_inner();
+    let mut tail = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        tail.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(tail, &bytes[resume_at as usize..]);
+    let past_end = client
+        .fetch_bundle(authed(fetch(bytes.len() as u64 + 1), &token))
+        .await
+        .unwrap_err();
+    assert_eq!(past_end.code(), Code::OutOfRange);
+
+    // A task the device has but no release wants any more is removed.
+    let sync = client
+        .sync(authed(
+            SyncRequest {
+                profile: None,
+                installed: vec![walle_proto::v1::InstalledTask {
+                    task: "gone".into(),
+                    version: "0.1.0".into(),
+                    bundle_digest: String::new(),
+                }],
+            },
+            &token,
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        sync.desired
+            .iter()
+            .any(|d| d.task == "gone" && d.action == desired_task::Action::Remove as i32)
+    );
+    drop(notices);
+    cloud.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_cloud_keeps_its_key_tasks_and_releases() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path(), |_| {}).await;
+    let http = Http::new(&cloud);
+    http.post_json("/v1/tasks", json!({"name": "t"})).await;
+    http.post_bytes("/v1/tasks/t/versions", bundle(dir.path(), "t", "1.0.0"))
+        .await;
+    http.post_json("/v1/releases", json!({"task": "t", "version": "1.0.0"}))
+        .await;
+    let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+    let before = register(&mut client, "d1", "").await.unwrap();
+    let token = cloud.admin_token.clone();
+    cloud.shutdown().await;
+
+    let cloud = start(dir.path(), |_| {}).await;
+    assert_eq!(cloud.admin_token, token);
+    let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+    let sync = client
+        .sync(authed(SyncRequest::default(), &before.device_token))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(sync.desired.len(), 1);
+    walle_proto::signing::verify(
+        sync.desired[0].manifest.as_ref().unwrap(),
+        &before.publisher_keys,
+    )
+    .unwrap();
+    let (_, releases) = Http::new(&cloud).get("/v1/releases").await;
+    assert_eq!(releases[0]["state"], "active");
+    cloud.shutdown().await;
+}

@@ -1,0 +1,302 @@
+//! End to end over real gRPC and HTTP on loopback: a cloud, devices, publish → push → pull → run →
+//! upload, and the refusal of tampered bundles.
+
+use std::path::Path;
+use std::time::Duration;
+
+use walle_pipeline::{Event, EventKind};
+use walle_sdk::demo::{Fleet, check_records};
+use walle_sdk::events::synthetic_stream;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+fn example_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/ipv-feature")
+}
+
+/// Copies the example task to `dest` with another version and, optionally, another script.
+fn variant(dest: &Path, version: &str, script: Option<&str>) -> std::path::PathBuf {
+    let dir = dest.join(format!("ipv-{version}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let manifest = std::fs::read_to_string(example_dir().join("walle.toml")).unwrap();
+    std::fs::write(
+        dir.join("walle.toml"),
+        manifest.replace("version = \"1.0.0\"", &format!("version = \"{version}\"")),
+    )
+    .unwrap();
+    let original = std::fs::read_to_string(example_dir().join("main.py")).unwrap();
+    std::fs::write(dir.join("main.py"), script.unwrap_or(&original)).unwrap();
+    dir
+}
+
+fn visit(session: &str, item: &str, start: i64) -> Vec<Event> {
+    let event = |n: i64, kind: EventKind| Event {
+        id: format!("{session}-{item}-{n}"),
+        ts: start + n * 1000,
+        session: session.into(),
+        page: "item".into(),
+        event: kind,
+        item: item.into(),
+        args: Default::default(),
+    };
+    vec![
+        event(0, EventKind::Enter),
+        event(1, EventKind::Click),
+        event(3, EventKind::Exit),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_release_run_and_upload_reach_the_cloud_store() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 2).await.unwrap();
+    let version = fleet.publish(&example_dir()).await.unwrap();
+    assert_eq!(version["version"], "1.0.0");
+    fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+
+    for (index, agent) in fleet.agents.iter().enumerate() {
+        let (events, visits) = synthetic_stream(100 + index as u64, 2, 1_000_000);
+        for event in events {
+            agent.track(event).unwrap();
+        }
+        let status = agent.flush(TIMEOUT).await.unwrap();
+        assert_eq!(status.triggers_fired as usize, visits.len());
+        assert_eq!(status.runs_failed, 0);
+        let records = fleet
+            .client
+            .records(Some("ipv-feature"), Some(agent.device_id()))
+            .await
+            .unwrap();
+        assert_eq!(check_records(&records, &visits), Vec::<String>::new());
+        assert!(
+            records
+                .iter()
+                .all(|r| r["version"] == "1.0.0" && r["device_id"] == agent.device_id())
+        );
+    }
+
+    let devices = fleet.client.devices().await.unwrap();
+    assert_eq!(devices.len(), 2);
+    for device in &devices {
+        assert_eq!(device["tasks"][0]["version"], "1.0.0", "{device}");
+        assert_eq!(device["tasks"][0]["state"], "installed", "{device}");
+    }
+    let releases: Vec<serde_json::Value> = reqwest::Client::new()
+        .get(format!("{}/v1/releases", fleet.cloud.http_url()))
+        .bearer_auth(&fleet.cloud.admin_token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let status = fleet
+        .client
+        .release_status(releases[0]["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(status["stats"]["installed"], 2, "{status}");
+    assert_eq!(status["stats"]["targeted"], 2, "{status}");
+    assert!(
+        status["stats"]["runs_ok"].as_i64().unwrap() >= 4,
+        "{status}"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_bundle_is_refused_reported_and_the_old_version_keeps_running() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await.unwrap();
+    let agent = &fleet.agents[0];
+    fleet.publish(&example_dir()).await.unwrap();
+    fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+
+    // Version 2 is stored, then its bytes are corrupted in the cloud's object store: what the
+    // device downloads no longer matches the digest in the signed manifest.
+    let v2 = fleet
+        .publish(&variant(root.path(), "2.0.0", None))
+        .await
+        .unwrap();
+    let digest = v2["bundle_digest"].as_str().unwrap();
+    let blob = root
+        .path()
+        .join("cloud/objects/bundles/sha256")
+        .join(digest);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&blob, bytes).unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "2.0.0")
+        .await
+        .unwrap();
+    let release_id = release["id"].as_str().unwrap();
+
+    let mut failed = serde_json::Value::Null;
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        failed = fleet.client.release_status(release_id).await.unwrap();
+        if failed["stats"]["install_failed"] == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        failed["stats"]["install_failed"], 1,
+        "refusal was not reported: {failed}"
+    );
+    assert_eq!(failed["stats"]["installed"], 0, "{failed}");
+    let status = agent.status();
+    assert_eq!(status.installed[0].version, "1.0.0");
+    assert!(
+        status
+            .recent_install_failures
+            .iter()
+            .any(|f| f.contains("digest mismatch")),
+        "{:?}",
+        status.recent_install_failures
+    );
+
+    // The old version still runs and uploads.
+    for event in visit("s-after", "sku-1", 5_000) {
+        agent.track(event).unwrap();
+    }
+    agent.flush(TIMEOUT).await.unwrap();
+    let records = fleet
+        .client
+        .records(Some("ipv-feature"), None)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["version"], "1.0.0");
+    assert_eq!(records[0]["payload"]["dwell_ms"], 3000);
+
+    // A good version 3 then replaces it.
+    fleet
+        .publish(&variant(root.path(), "3.0.0", None))
+        .await
+        .unwrap();
+    fleet
+        .client
+        .create_release("ipv-feature", "3.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "3.0.0").await.unwrap();
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_that_fails_to_load_is_refused_and_failed_runs_are_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await.unwrap();
+    let agent = &fleet.agents[0];
+    // 1.0.0 raises on every run; 1.1.0 does not even compile.
+    let raising = variant(
+        root.path(),
+        "1.0.0",
+        Some("def run(ctx):\n    raise RuntimeError('model missing')\n"),
+    );
+    fleet.publish(&raising).await.unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    for event in visit("s1", "sku-9", 0) {
+        agent.track(event).unwrap();
+    }
+    let status = agent.flush(TIMEOUT).await.unwrap();
+    assert_eq!((status.runs_ok, status.runs_failed), (0, 1));
+    let stats = fleet
+        .client
+        .release_status(release["id"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(stats["stats"]["runs_failed"], 1, "{stats}");
+
+    let broken = variant(root.path(), "1.1.0", Some("def run(ctx) return 1\n"));
+    fleet.publish(&broken).await.unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "1.1.0")
+        .await
+        .unwrap();
+    let id = release["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = fleet.client.release_status(&id).await.unwrap();
+        if status["stats"]["install_failed"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "load failure not reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(agent.status().installed[0].version, "1.0.0");
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_device_comes_back_with_its_installed_task() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await.unwrap();
+    fleet.publish(&example_dir()).await.unwrap();
+    fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    let Fleet {
+        cloud,
+        agents,
+        client,
+    } = fleet;
+    for agent in agents {
+        agent.shutdown().await;
+    }
+    // Same data dir, no ingest endpoint: the agent restores its task before talking to the cloud.
+    let agent = walle_device::Agent::start(walle_device::DeviceConfig {
+        cloud_url: cloud.grpc_url(),
+        data_dir: root.path().join("device-1"),
+        ingest_addr: None,
+        vm_threads: 1,
+        profile: walle_device::ProfileConfig {
+            device_id: "demo-device-1".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    assert_eq!(agent.status().installed[0].version, "1.0.0");
+    for event in visit("s2", "sku-2", 0) {
+        agent.track(event).unwrap();
+    }
+    agent.flush(TIMEOUT).await.unwrap();
+    assert_eq!(
+        client
+            .records(Some("ipv-feature"), Some("demo-device-1"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    agent.shutdown().await;
+    cloud.shutdown().await;
+}
