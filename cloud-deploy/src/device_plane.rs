@@ -23,8 +23,8 @@ use crate::{AppState, CloudError, secrets};
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Most events or records accepted in one Report or Upload call.
 const MAX_BATCH: usize = 1000;
-/// Largest accepted tunnel record payload.
-const MAX_RECORD_BYTES: usize = 1024 * 1024;
+/// Largest accepted tunnel record payload (what a task may declare as its output cap).
+const MAX_RECORD_BYTES: usize = walle_proto::manifest::MAX_OUTPUT_CAP as usize;
 /// Largest accepted identifier (device id, event id, record id, task name, version).
 const MAX_ID_CHARS: usize = 128;
 /// Largest accepted free-text field (profile fields, failure details).

@@ -224,7 +224,7 @@ async fn apply_install(
         );
     };
     let Some(signed) = desired.manifest.as_ref() else {
-        refuse("", "sync answer has no manifest".into());
+        refuse(UNKNOWN_VERSION, "sync answer has no manifest".into());
         return Ok(());
     };
     let manifest = match installer.verify_manifest(signed) {
@@ -240,7 +240,7 @@ async fn apply_install(
             // Remember the exact signed bytes so a bad manifest is not retried at every sync.
             let fingerprint = walle_proto::bundle::digest_hex(&signed.manifest_json);
             if lock(&shared.failed_digests).insert(fingerprint) {
-                refuse("", e.to_string());
+                refuse(&claimed_version(&signed.manifest_json), e.to_string());
             }
             return Ok(());
         }
@@ -289,6 +289,16 @@ async fn apply_install(
         }
     }
     Ok(())
+}
+
+/// Version label for refusals where no version can be trusted or read.
+const UNKNOWN_VERSION: &str = "unknown";
+
+/// The version an unverified manifest claims, for labelling its refusal only (never trusted).
+fn claimed_version(manifest_json: &[u8]) -> String {
+    serde_json::from_slice::<ReleaseManifest>(manifest_json)
+        .map(|m| m.task.version.to_string())
+        .unwrap_or_else(|_| UNKNOWN_VERSION.to_owned())
 }
 
 /// Downloads a bundle, resuming from the last received byte after an interrupted stream.

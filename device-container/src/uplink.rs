@@ -12,6 +12,8 @@ use crate::agent::{Shared, lock};
 
 /// Largest batch per call.
 const BATCH: usize = 500;
+/// Payload bytes per upload call, well under the gRPC message limit of 4 MiB.
+const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Flush period when nothing wakes the uplink.
 const PERIOD: Duration = Duration::from_millis(500);
 
@@ -41,6 +43,12 @@ async fn flush_reports(shared: &Shared, client: &mut crate::connection::Client) 
             lock(&shared.reports).drain(..sent);
             true
         }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            // The cloud will never accept this batch; retrying would block every later report.
+            tracing::error!(error = %status, dropped = sent, "cloud rejected a report batch; dropping it");
+            lock(&shared.reports).drain(..sent);
+            true
+        }
         Err(status) => {
             tracing::warn!(error = %status, "report upload failed; will retry");
             false
@@ -50,7 +58,20 @@ async fn flush_reports(shared: &Shared, client: &mut crate::connection::Client) 
 
 /// Sends one batch of tunnel records; returns whether more may be waiting.
 async fn flush_records(shared: &Shared, client: &mut crate::connection::Client) -> bool {
-    let batch: Vec<_> = lock(&shared.outbox).iter().take(BATCH).cloned().collect();
+    let batch: Vec<_> = {
+        let outbox = lock(&shared.outbox);
+        let mut bytes = 0;
+        // At least one record; then as many as fit the byte budget.
+        outbox
+            .iter()
+            .take(BATCH)
+            .take_while(|r| {
+                bytes += r.payload.len();
+                bytes <= MAX_BATCH_BYTES || bytes == r.payload.len()
+            })
+            .cloned()
+            .collect()
+    };
     if batch.is_empty() {
         return false;
     }
@@ -62,6 +83,11 @@ async fn flush_records(shared: &Shared, client: &mut crate::connection::Client) 
                 .counters
                 .records_uploaded
                 .fetch_add(sent as u64, Ordering::Relaxed);
+            true
+        }
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            tracing::error!(error = %status, dropped = sent, "cloud rejected a record batch; dropping it");
+            lock(&shared.outbox).drain(..sent);
             true
         }
         Err(status) => {

@@ -103,8 +103,9 @@ pub enum ManifestError {
     Trigger(#[from] walle_pipeline::PatternError),
 }
 
-/// Largest output cap a manifest may ask for.
-const MAX_OUTPUT_CAP: u64 = 16 * 1024 * 1024;
+/// Largest output cap a manifest may ask for: the cloud's limit on one tunnel record, so that a
+/// run within its limit always produces sendable records.
+pub const MAX_OUTPUT_CAP: u64 = 1024 * 1024;
 
 impl TaskManifest {
     /// Parses and validates the text of a `walle.toml`.

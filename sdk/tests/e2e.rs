@@ -300,3 +300,73 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
     agent.shutdown().await;
     cloud.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_signed_by_an_untrusted_key_is_refused_and_reported() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await.unwrap();
+    fleet.publish(&example_dir()).await.unwrap();
+    fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+
+    // The cloud comes back on the same addresses with a publisher key the device never trusted.
+    let Fleet {
+        cloud,
+        agents,
+        client,
+    } = fleet;
+    let (http_addr, grpc_addr) = (cloud.http_addr, cloud.grpc_addr);
+    cloud.shutdown().await;
+    std::fs::write(root.path().join("cloud/publisher.key"), "09".repeat(32)).unwrap();
+    let cloud = walle_cloud::Cloud::start(walle_cloud::CloudConfig {
+        data_dir: root.path().join("cloud"),
+        http_addr,
+        grpc_addr,
+        pace_window_ms: 300,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let fleet = Fleet {
+        cloud,
+        agents,
+        client,
+    };
+    fleet
+        .publish(&variant(root.path(), "2.0.0", None))
+        .await
+        .unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "2.0.0")
+        .await
+        .unwrap();
+    let id = release["id"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = fleet.client.release_status(&id).await.unwrap();
+        if status["stats"]["install_failed"] == 1 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusal not reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = fleet.agents[0].status();
+    assert_eq!(status.installed[0].version, "1.0.0");
+    assert!(
+        status
+            .recent_install_failures
+            .iter()
+            .any(|f| f.contains("does not trust")),
+        "{:?}",
+        status.recent_install_failures
+    );
+    fleet.shutdown().await;
+}
