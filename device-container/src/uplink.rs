@@ -1,14 +1,17 @@
 //! Sends queued reports and tunnel records to the cloud whenever connected, in order, retrying
 //! until acknowledged. Records carry ids, so a batch sent twice is stored once.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
-use walle_proto::v1::{ReportRequest, UploadRequest};
+use tonic::{Code, Status};
+use walle_proto::v1::{ReportRequest, TunnelRecord, UploadRequest};
 
 use crate::agent::{Shared, lock};
+use crate::connection::Client;
 
 /// Largest batch per call.
 const BATCH: usize = 500;
@@ -25,74 +28,84 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.wait_for(|s| *s) => return,
         }
         let client = lock(&shared.client).clone();
-        let Some(mut client) = client else { continue };
-        while flush_reports(&shared, &mut client).await {}
-        while flush_records(&shared, &mut client).await {}
+        let Some(client) = client else { continue };
+        while flush_reports(&shared, &client).await {}
+        while flush_records(&shared, &client).await {}
     }
 }
 
-/// Sends one batch of reports; returns whether more may be waiting.
-async fn flush_reports(shared: &Shared, client: &mut crate::connection::Client) -> bool {
-    let batch: Vec<_> = lock(&shared.reports).iter().take(BATCH).cloned().collect();
-    if batch.is_empty() {
-        return false;
-    }
-    let sent = batch.len();
-    match client.report(ReportRequest { events: batch }).await {
-        Ok(_) => {
-            lock(&shared.reports).drain(..sent);
-            true
-        }
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-            // The cloud will never accept this batch; retrying would block every later report.
-            tracing::error!(error = %status, dropped = sent, "cloud rejected a report batch; dropping it");
-            lock(&shared.reports).drain(..sent);
-            true
-        }
-        Err(status) => {
-            tracing::warn!(error = %status, "report upload failed; will retry");
-            false
-        }
-    }
+async fn flush_reports(shared: &Shared, client: &Client) -> bool {
+    let mut client = client.clone();
+    flush_batch(
+        &shared.reports,
+        "report",
+        |q| q.iter().take(BATCH).cloned().collect(),
+        |events| async move { client.report(ReportRequest { events }).await.map(drop) },
+    )
+    .await
+    .is_some()
 }
 
-/// Sends one batch of tunnel records; returns whether more may be waiting.
-async fn flush_records(shared: &Shared, client: &mut crate::connection::Client) -> bool {
-    let batch: Vec<_> = {
-        let outbox = lock(&shared.outbox);
-        let mut bytes = 0;
-        // At least one record; then as many as fit the byte budget.
-        outbox
-            .iter()
-            .take(BATCH)
-            .take_while(|r| {
-                bytes += r.payload.len();
-                bytes <= MAX_BATCH_BYTES || bytes == r.payload.len()
-            })
-            .cloned()
-            .collect()
-    };
-    if batch.is_empty() {
-        return false;
+async fn flush_records(shared: &Shared, client: &Client) -> bool {
+    let mut client = client.clone();
+    let sent = flush_batch(
+        &shared.outbox,
+        "record",
+        records_batch,
+        |records| async move { client.upload(UploadRequest { records }).await.map(drop) },
+    )
+    .await;
+    if let Some(count) = sent {
+        shared
+            .counters
+            .records_uploaded
+            .fetch_add(count as u64, Ordering::Relaxed);
     }
-    let sent = batch.len();
-    match client.upload(UploadRequest { records: batch }).await {
-        Ok(_) => {
-            lock(&shared.outbox).drain(..sent);
-            shared
-                .counters
-                .records_uploaded
-                .fetch_add(sent as u64, Ordering::Relaxed);
-            true
-        }
-        Err(status) if status.code() == tonic::Code::InvalidArgument => {
-            tracing::error!(error = %status, dropped = sent, "cloud rejected a record batch; dropping it");
-            lock(&shared.outbox).drain(..sent);
-            true
+    sent.is_some()
+}
+
+/// The oldest records that fit one call: at least one, then as many as the byte budget allows.
+fn records_batch(outbox: &VecDeque<TunnelRecord>) -> Vec<TunnelRecord> {
+    let mut bytes = 0;
+    outbox
+        .iter()
+        .take(BATCH)
+        .take_while(|r| {
+            bytes += r.payload.len();
+            bytes <= MAX_BATCH_BYTES || bytes == r.payload.len()
+        })
+        .cloned()
+        .collect()
+}
+
+/// Sends the front batch of `queue` and removes it once acknowledged. Returns how many items were
+/// sent (or dropped as permanently rejected), or `None` when the queue is empty or the call failed
+/// and should be retried later.
+async fn flush_batch<T: Clone, Fut>(
+    queue: &Mutex<VecDeque<T>>,
+    what: &'static str,
+    take: impl FnOnce(&VecDeque<T>) -> Vec<T>,
+    send: impl FnOnce(Vec<T>) -> Fut,
+) -> Option<usize>
+where
+    Fut: Future<Output = Result<(), Status>>,
+{
+    let batch = take(&lock(queue));
+    let count = batch.len();
+    if count == 0 {
+        return None;
+    }
+    match send(batch).await {
+        Ok(()) => {}
+        Err(status) if status.code() == Code::InvalidArgument => {
+            // The cloud will never accept this batch; retrying would block everything behind it.
+            tracing::error!(error = %status, dropped = count, "cloud rejected a {what} batch; dropping it");
         }
         Err(status) => {
-            tracing::warn!(error = %status, "record upload failed; will retry");
-            false
+            tracing::warn!(error = %status, "{what} upload failed; will retry");
+            return None;
         }
     }
+    lock(queue).drain(..count);
+    Some(count)
 }

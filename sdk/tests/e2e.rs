@@ -29,6 +29,22 @@ fn variant(dest: &Path, version: &str, script: Option<&str>) -> std::path::PathB
     dir
 }
 
+/// Waits until the release reports `install_failed == 1` and returns its status.
+async fn wait_install_failed(fleet: &Fleet, release_id: &str) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let status = fleet.client.release_status(release_id).await.unwrap();
+        if status["stats"]["install_failed"] == 1 {
+            return status;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "refusal not reported: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 fn visit(session: &str, item: &str, start: i64) -> Vec<Event> {
     let event = |n: i64, kind: EventKind| Event {
         id: format!("{session}-{item}-{n}"),
@@ -144,19 +160,7 @@ async fn a_tampered_bundle_is_refused_reported_and_the_old_version_keeps_running
         .unwrap();
     let release_id = release["id"].as_str().unwrap();
 
-    let mut failed = serde_json::Value::Null;
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    while tokio::time::Instant::now() < deadline {
-        failed = fleet.client.release_status(release_id).await.unwrap();
-        if failed["stats"]["install_failed"] == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(
-        failed["stats"]["install_failed"], 1,
-        "refusal was not reported: {failed}"
-    );
+    let failed = wait_install_failed(&fleet, release_id).await;
     assert_eq!(failed["stats"]["installed"], 0, "{failed}");
     let status = agent.status();
     assert_eq!(status.installed[0].version, "1.0.0");
@@ -235,18 +239,7 @@ async fn a_version_that_fails_to_load_is_refused_and_failed_runs_are_reported() 
         .await
         .unwrap();
     let id = release["id"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let status = fleet.client.release_status(&id).await.unwrap();
-        if status["stats"]["install_failed"] == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "load failure not reported: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_install_failed(&fleet, &id).await;
     assert_eq!(agent.status().installed[0].version, "1.0.0");
     fleet.shutdown().await;
 }
@@ -346,18 +339,7 @@ async fn a_manifest_signed_by_an_untrusted_key_is_refused_and_reported() {
         .await
         .unwrap();
     let id = release["id"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    loop {
-        let status = fleet.client.release_status(&id).await.unwrap();
-        if status["stats"]["install_failed"] == 1 {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "refusal not reported: {status}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_install_failed(&fleet, &id).await;
     let status = fleet.agents[0].status();
     assert_eq!(status.installed[0].version, "1.0.0");
     assert!(
