@@ -25,6 +25,8 @@ pub struct CloudConfig {
     pub sync_interval_secs: u32,
     /// Window within which notified devices spread their syncs.
     pub pace_window_ms: u32,
+    /// How often the release controller checks health gates and abort rules.
+    pub controller_interval_ms: u64,
 }
 
 impl Default for CloudConfig {
@@ -38,6 +40,7 @@ impl Default for CloudConfig {
             enrollment_secret: None,
             sync_interval_secs: 300,
             pace_window_ms: 2_000,
+            controller_interval_ms: 1_000,
         }
     }
 }

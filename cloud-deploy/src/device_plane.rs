@@ -3,6 +3,7 @@
 //! Every input is validated here, at the boundary, and rejected with `INVALID_ARGUMENT` naming
 //! the field; nothing from a rejected request is stored.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 
 use futures::{Stream, StreamExt};
@@ -16,6 +17,8 @@ use walle_proto::v1::{
     SyncResponse, TaskEvent, UploadRequest, UploadResponse, desired_task, notice, task_event,
 };
 
+use crate::release::select::{LiveRelease, choose};
+use crate::release::target::Profile;
 use crate::store::events::TaskEventRow;
 use crate::{AppState, CloudError, secrets};
 
@@ -116,19 +119,22 @@ fn check_profile(profile: Option<&DeviceProfile>) -> Result<&DeviceProfile, Stat
     Ok(p)
 }
 
+fn profile_of(p: &DeviceProfile) -> Profile {
+    Profile {
+        device_id: p.device_id.clone(),
+        app_id: p.app_id.clone(),
+        app_version: p.app_version.clone(),
+        os: p.os.clone(),
+        os_version: p.os_version.clone(),
+        model: p.model.clone(),
+        hardware_tier: p.hardware_tier.clone(),
+        region: p.region.clone(),
+        tags: p.tags.clone(),
+    }
+}
+
 fn profile_json(p: &DeviceProfile) -> String {
-    serde_json::json!({
-        "device_id": p.device_id,
-        "app_id": p.app_id,
-        "app_version": p.app_version,
-        "os": p.os,
-        "os_version": p.os_version,
-        "model": p.model,
-        "hardware_tier": p.hardware_tier,
-        "region": p.region,
-        "tags": p.tags,
-    })
-    .to_string()
+    serde_json::to_string(&profile_of(p)).unwrap_or_default()
 }
 
 fn event_kind_name(kind: i32) -> Option<&'static str> {
@@ -259,28 +265,47 @@ impl DevicePlane for DevicePlaneService {
                 .await
                 .map_err(internal)?;
         }
-        let active = db.active_releases().await.map_err(internal)?;
-        let mut desired = Vec::with_capacity(active.len());
-        for release in &active {
-            let signature = hex::decode(&release.signature_hex).map_err(|e| {
+        let profile = match profile {
+            Some(p) => profile_of(p),
+            None => db
+                .device_profile(&device)
+                .await
+                .map_err(internal)?
+                .unwrap_or_default(),
+        };
+        let running: HashMap<String, String> = request
+            .installed
+            .iter()
+            .map(|t| (t.task.clone(), t.version.clone()))
+            .collect();
+        let served = db.served_releases().await.map_err(internal)?;
+        let releases: Vec<LiveRelease> = served.iter().map(|s| s.release.clone()).collect();
+        let chosen = choose(&releases, &profile, &running);
+        let mut desired = Vec::with_capacity(chosen.len());
+        for served in served.iter().filter(|s| {
+            chosen
+                .get(&s.release.task)
+                .is_some_and(|c| c.id == s.release.id)
+        }) {
+            let signature = hex::decode(&served.signature_hex).map_err(|e| {
                 Status::internal(format!(
                     "stored signature of {} is not hex: {e}",
-                    release.id
+                    served.release.id
                 ))
             })?;
             desired.push(DesiredTask {
-                task: release.task.clone(),
+                task: served.release.task.clone(),
                 action: desired_task::Action::Install as i32,
                 manifest: Some(SignedManifest {
-                    manifest_json: release.manifest_json.clone().into_bytes(),
+                    manifest_json: served.manifest_json.clone().into_bytes(),
                     signature,
-                    key_id: release.key_id.clone(),
+                    key_id: served.key_id.clone(),
                 }),
-                release_id: release.id.clone(),
+                release_id: served.release.id.clone(),
             });
         }
         for t in &request.installed {
-            if !active.iter().any(|r| r.task == t.task) {
+            if !chosen.contains_key(&t.task) {
                 desired.push(DesiredTask {
                     task: t.task.clone(),
                     action: desired_task::Action::Remove as i32,

@@ -131,9 +131,16 @@ impl Cloud {
             source: e,
         })?;
         let (stop, stopped) = watch::channel(false);
+        let controller_interval =
+            std::time::Duration::from_millis(config.controller_interval_ms.max(10));
         let servers = vec![
             tokio::spawn(serve_http(http, state.clone(), stopped.clone())),
-            tokio::spawn(serve_grpc(grpc, state.clone(), stopped)),
+            tokio::spawn(serve_grpc(grpc, state.clone(), stopped.clone())),
+            tokio::spawn(release::controller::run(
+                state.clone(),
+                controller_interval,
+                stopped,
+            )),
         ];
         tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "walle-cloud started");
         Ok(Cloud {

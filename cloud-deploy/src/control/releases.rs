@@ -1,27 +1,34 @@
-//! `/v1/releases`.
+//! `/v1/releases`: create under a policy, preview, list, status, and operator actions.
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
 use super::bad_json;
-use crate::store::releases::{ReleaseRow, ReleaseStats};
-use crate::{AppState, CloudError, release};
+use crate::release::policy::ReleasePolicy;
+use crate::release::{self, Action, PreviewStage, ReleaseStats};
+use crate::store::releases::ReleaseRow;
+use crate::{AppState, CloudError};
 
 pub(super) fn routes() -> Router<AppState> {
     Router::new()
         .route("/releases", get(list_releases).post(create_release))
+        .route("/releases/preview", post(preview))
         .route("/releases/{id}", get(release_status))
+        .route("/releases/{id}/{action}", post(act))
 }
 
+/// Body of `POST /v1/releases` and `POST /v1/releases/preview`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NewRelease {
     task: String,
     version: String,
+    #[serde(default)]
+    policy: ReleasePolicy,
 }
 
 #[derive(Serialize)]
@@ -31,19 +38,46 @@ struct ReleaseStatus {
     stats: ReleaseStats,
 }
 
+fn checked(body: Result<Json<NewRelease>, JsonRejection>) -> Result<NewRelease, CloudError> {
+    let Json(new) = body.map_err(bad_json)?;
+    if semver::Version::parse(&new.version).is_err() {
+        return Err(CloudError::Invalid(format!(
+            "version: {:?} is not semver",
+            new.version
+        )));
+    }
+    new.policy.validate().map_err(CloudError::Invalid)?;
+    Ok(new)
+}
+
 async fn create_release(
     State(state): State<AppState>,
     body: Result<Json<NewRelease>, JsonRejection>,
 ) -> Result<(StatusCode, Json<ReleaseRow>), CloudError> {
-    let Json(new) = body.map_err(bad_json)?;
-    if semver::Version::parse(&new.version).is_err() {
-        return Err(CloudError::Invalid(format!(
-            "`version` {:?} is not semver",
-            new.version
+    let new = checked(body)?;
+    let row = release::create_release(&state, &new.task, &new.version, new.policy).await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn preview(
+    State(state): State<AppState>,
+    body: Result<Json<NewRelease>, JsonRejection>,
+) -> Result<Json<Vec<PreviewStage>>, CloudError> {
+    let new = checked(body)?;
+    if state
+        .db
+        .get_version(&new.task, &new.version)
+        .await?
+        .is_none()
+    {
+        return Err(CloudError::NotFound(format!(
+            "task {:?} has no version {:?}",
+            new.task, new.version
         )));
     }
-    let row = release::create_release(&state, &new.task, &new.version).await?;
-    Ok((StatusCode::CREATED, Json(row)))
+    Ok(Json(
+        release::preview(&state, &new.task, &new.version, new.policy).await?,
+    ))
 }
 
 async fn list_releases(State(state): State<AppState>) -> Result<Json<Vec<ReleaseRow>>, CloudError> {
@@ -59,6 +93,18 @@ async fn release_status(
         .get_release(&id)
         .await?
         .ok_or_else(|| CloudError::NotFound(format!("no release {id:?}")))?;
-    let stats = state.db.release_stats(&release).await?;
+    let stats = release::stats(&state, &release).await?;
     Ok(Json(ReleaseStatus { release, stats }))
+}
+
+async fn act(
+    State(state): State<AppState>,
+    Path((id, action)): Path<(String, String)>,
+) -> Result<Json<ReleaseRow>, CloudError> {
+    let action = Action::parse(&action).ok_or_else(|| {
+        CloudError::NotFound(format!(
+            "no release action {action:?} (pause, resume, advance, abort, rollback)"
+        ))
+    })?;
+    Ok(Json(release::act(&state, &id, action).await?))
 }

@@ -66,6 +66,23 @@ impl Db {
             .map_err(db_err("decoding device id"))
     }
 
+    /// The stored profile of a device.
+    pub async fn device_profile(
+        &self,
+        id: &str,
+    ) -> Result<Option<crate::release::target::Profile>, CloudError> {
+        let row = sqlx::query("SELECT profile_json FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await
+            .map_err(db_err("reading device profile"))?;
+        let Some(row) = row else { return Ok(None) };
+        let json: String = row
+            .try_get("profile_json")
+            .map_err(db_err("decoding device profile"))?;
+        Ok(Some(serde_json::from_str(&json).unwrap_or_default()))
+    }
+
     /// Records that a device was seen, with its current profile.
     pub async fn touch_device(
         &self,

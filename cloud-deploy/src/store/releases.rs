@@ -1,99 +1,127 @@
 //! Table `releases`.
 
-use serde::Serialize;
 // Dynamic SQL here only splices the constant column lists below; values are always bound.
+use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{Db, db_err, now_ms};
 use crate::CloudError;
+use crate::release::policy::ReleasePolicy;
+use crate::release::select::{LiveRelease, ReleaseState};
 
 /// A release as the control plane shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct ReleaseRow {
     pub id: String,
+    pub seq: i64,
     pub task: String,
     pub version: String,
     pub state: String,
+    pub state_reason: String,
+    pub policy: serde_json::Value,
+    pub stage: i64,
+    pub stage_started_at_ms: i64,
     pub created_at_ms: i64,
+    #[serde(skip)]
+    pub salt: String,
 }
 
-/// An active release with the signed manifest devices receive.
+impl ReleaseRow {
+    /// The release in the form the selection rule uses.
+    pub fn live(&self) -> Result<LiveRelease, CloudError> {
+        let policy: ReleasePolicy = serde_json::from_value(self.policy.clone()).map_err(|e| {
+            CloudError::Internal(format!("stored policy of {} is invalid: {e}", self.id))
+        })?;
+        Ok(LiveRelease {
+            id: self.id.clone(),
+            seq: self.seq,
+            task: self.task.clone(),
+            version: self.version.clone(),
+            state: ReleaseState::parse(&self.state).ok_or_else(|| {
+                CloudError::Internal(format!(
+                    "release {} has unknown state {:?}",
+                    self.id, self.state
+                ))
+            })?,
+            stage: usize::try_from(self.stage).unwrap_or(0),
+            salt: self.salt.clone(),
+            policy,
+        })
+    }
+}
+
+/// A release devices may follow, with the signed manifest they receive.
 #[derive(Debug, Clone)]
-pub struct ActiveRelease {
-    pub id: String,
-    pub task: String,
-    pub version: String,
+pub struct ServedRelease {
+    pub release: LiveRelease,
     pub manifest_json: String,
     pub signature_hex: String,
     pub key_id: String,
 }
 
-/// How a release is doing across the fleet.
-#[derive(Debug, Clone, Serialize, Default)]
-pub struct ReleaseStats {
-    /// Registered devices the release targets (all of them, for now).
-    pub targeted: i64,
-    /// Devices whose active version of the task is this release's version.
-    pub installed: i64,
-    /// Devices that reported a failed install of this release.
+/// What devices reported about one release.
+#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+pub struct ReleaseHealth {
+    /// Devices that reported an install outcome (installed or failed).
+    pub executed: i64,
+    /// Devices that reported at least one failure of the counted kinds.
+    pub failed_devices: i64,
+    /// Devices that reported a failed install.
     pub install_failed: i64,
     pub runs_ok: i64,
     pub runs_failed: i64,
 }
 
-const RELEASE_COLUMNS: &str = "id, task, version, state, created_at_ms";
+const RELEASE_COLUMNS: &str = "id, seq, task, version, state, state_reason, policy_json, stage, stage_started_at_ms, created_at_ms, salt";
 
 fn release_from_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRow, sqlx::Error> {
+    let policy_json: String = row.try_get("policy_json")?;
     Ok(ReleaseRow {
         id: row.try_get("id")?,
+        seq: row.try_get("seq")?,
         task: row.try_get("task")?,
         version: row.try_get("version")?,
         state: row.try_get("state")?,
+        state_reason: row.try_get("state_reason")?,
+        policy: serde_json::from_str(&policy_json).unwrap_or(serde_json::Value::Null),
+        stage: row.try_get("stage")?,
+        stage_started_at_ms: row.try_get("stage_started_at_ms")?,
         created_at_ms: row.try_get("created_at_ms")?,
+        salt: row.try_get("salt")?,
     })
 }
 
 impl Db {
-    /// Creates an active release of a task version; earlier active releases of the same task are
-    /// superseded in the same transaction.
+    /// Creates an active release at its first stage.
     pub async fn create_release(
         &self,
         id: &str,
         task: &str,
         version: &str,
+        policy: &ReleasePolicy,
+        salt: &str,
     ) -> Result<ReleaseRow, CloudError> {
-        let created_at_ms = now_ms();
-        let mut tx = self
-            .pool()
-            .begin()
-            .await
-            .map_err(db_err("starting release transaction"))?;
+        let now = now_ms();
+        let policy_json = serde_json::to_string(policy)
+            .map_err(|e| CloudError::Internal(format!("encoding policy: {e}")))?;
         sqlx::query(
-            "UPDATE releases SET state = 'superseded' WHERE task = $1 AND state = 'active'",
-        )
-        .bind(task)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err("superseding releases"))?;
-        sqlx::query(
-            "INSERT INTO releases (id, seq, task, version, state, created_at_ms) \
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, 'active', $4 FROM releases",
+            "INSERT INTO releases (id, seq, task, version, state, created_at_ms, policy_json, salt, stage, \
+             stage_started_at_ms, priority, state_reason) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, 'active', $4, $5, $6, 0, $4, $7, '' FROM releases",
         )
         .bind(id)
         .bind(task)
         .bind(version)
-        .bind(created_at_ms)
-        .execute(&mut *tx)
+        .bind(now)
+        .bind(&policy_json)
+        .bind(salt)
+        .bind(i64::from(policy.priority))
+        .execute(self.pool())
         .await
         .map_err(db_err("creating release"))?;
-        tx.commit().await.map_err(db_err("committing release"))?;
-        Ok(ReleaseRow {
-            id: id.to_owned(),
-            task: task.to_owned(),
-            version: version.to_owned(),
-            state: "active".to_owned(),
-            created_at_ms,
-        })
+        self.get_release(id)
+            .await?
+            .ok_or_else(|| CloudError::Internal(format!("release {id} vanished after insert")))
     }
 
     /// All releases, newest first.
@@ -125,67 +153,173 @@ impl Db {
             .map_err(db_err("decoding release"))
     }
 
-    /// Every active release with its signed manifest, oldest first.
-    pub async fn active_releases(&self) -> Result<Vec<ActiveRelease>, CloudError> {
+    /// Releases devices may follow (active or paused), with their signed manifests, oldest first.
+    pub async fn served_releases(&self) -> Result<Vec<ServedRelease>, CloudError> {
         let rows = sqlx::query(
-            "SELECT r.id, r.task, r.version, v.manifest_json, v.signature_hex, v.key_id \
+            "SELECT r.id, r.seq, r.task, r.version, r.state, r.state_reason, r.policy_json, r.stage, \
+             r.stage_started_at_ms, r.created_at_ms, r.salt, v.manifest_json, v.signature_hex, v.key_id \
              FROM releases r JOIN task_versions v ON v.task = r.task AND v.version = r.version \
-             WHERE r.state = 'active' ORDER BY r.seq",
+             WHERE r.state IN ('active', 'paused') ORDER BY r.seq",
         )
         .fetch_all(self.pool())
         .await
-        .map_err(db_err("reading active releases"))?;
-        rows.iter()
-            .map(|row| {
-                Ok(ActiveRelease {
-                    id: row.try_get("id")?,
-                    task: row.try_get("task")?,
-                    version: row.try_get("version")?,
-                    manifest_json: row.try_get("manifest_json")?,
-                    signature_hex: row.try_get("signature_hex")?,
-                    key_id: row.try_get("key_id")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err("decoding active releases"))
+        .map_err(db_err("reading served releases"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let release = release_from_row(row).map_err(db_err("decoding served release"))?;
+            out.push(ServedRelease {
+                release: release.live()?,
+                manifest_json: row
+                    .try_get("manifest_json")
+                    .map_err(db_err("decoding manifest"))?,
+                signature_hex: row
+                    .try_get("signature_hex")
+                    .map_err(db_err("decoding signature"))?,
+                key_id: row.try_get("key_id").map_err(db_err("decoding key id"))?,
+            });
+        }
+        Ok(out)
     }
 
-    /// Fleet-wide progress of one release.
-    pub async fn release_stats(&self, release: &ReleaseRow) -> Result<ReleaseStats, CloudError> {
+    /// Moves a release to `to` if it is in one of `from`; returns whether it moved.
+    pub async fn transition_release(
+        &self,
+        id: &str,
+        from: &[ReleaseState],
+        to: ReleaseState,
+        reason: &str,
+    ) -> Result<bool, CloudError> {
+        let current = match self.get_release(id).await? {
+            Some(row) => row.state,
+            None => return Err(CloudError::NotFound(format!("no release {id:?}"))),
+        };
+        if !from.iter().any(|s| s.as_str() == current) {
+            return Ok(false);
+        }
+        let result = sqlx::query(
+            "UPDATE releases SET state = $1, state_reason = $2 WHERE id = $3 AND state = $4",
+        )
+        .bind(to.as_str())
+        .bind(reason)
+        .bind(id)
+        .bind(&current)
+        .execute(self.pool())
+        .await
+        .map_err(db_err("changing release state"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Moves a release from stage `from` to `from + 1`; returns whether it moved (it does not when
+    /// someone else advanced it first).
+    pub async fn advance_stage(&self, id: &str, from: i64) -> Result<bool, CloudError> {
+        let result = sqlx::query(
+            "UPDATE releases SET stage = $1, stage_started_at_ms = $2 WHERE id = $3 AND stage = $4 AND state = 'active'",
+        )
+        .bind(from + 1)
+        .bind(now_ms())
+        .bind(id)
+        .bind(from)
+        .execute(self.pool())
+        .await
+        .map_err(db_err("advancing release"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Marks active or paused releases of `task` that can no longer win for any device (lower
+    /// priority, or equal priority and older, than a release covering everyone) as superseded.
+    pub async fn supersede_covered(
+        &self,
+        by: &str,
+        task: &str,
+        seq: i64,
+        priority: i32,
+    ) -> Result<u64, CloudError> {
+        let result = sqlx::query(
+            "UPDATE releases SET state = 'superseded', superseded_by = $1, \
+             state_reason = 'covered by newer full release ' || $1 \
+             WHERE task = $2 AND state IN ('active', 'paused') AND seq < $3 AND priority <= $4",
+        )
+        .bind(by)
+        .bind(task)
+        .bind(seq)
+        .bind(i64::from(priority))
+        .execute(self.pool())
+        .await
+        .map_err(db_err("superseding releases"))?;
+        Ok(result.rows_affected())
+    }
+
+    /// Re-activates the releases that `aborted` superseded, so their devices roll back to them.
+    pub async fn restore_superseded(&self, aborted: &str) -> Result<u64, CloudError> {
+        let result = sqlx::query(
+            "UPDATE releases SET state = 'active', superseded_by = '', \
+             state_reason = 'restored: ' || $1 || ' was aborted' \
+             WHERE superseded_by = $1 AND state = 'superseded'",
+        )
+        .bind(aborted)
+        .execute(self.pool())
+        .await
+        .map_err(db_err("restoring superseded releases"))?;
+        Ok(result.rows_affected())
+    }
+
+    /// What devices reported about a release; `failure_kinds` are the event kinds that count as
+    /// failures for `failed_devices`.
+    pub async fn release_health(
+        &self,
+        id: &str,
+        failure_kinds: &[&str],
+    ) -> Result<ReleaseHealth, CloudError> {
         let count = |sql: &'static str| async move {
             sqlx::query(sql)
-                .bind(&release.id)
+                .bind(id)
                 .fetch_one(self.pool())
                 .await
                 .and_then(|row| row.try_get::<i64, _>(0))
-                .map_err(db_err("counting release progress"))
+                .map_err(db_err("counting release health"))
         };
-        let installed = sqlx::query(
-            "SELECT COUNT(*) FROM device_tasks WHERE task = $1 AND version = $2 AND state = 'installed'",
-        )
-        .bind(&release.task)
-        .bind(&release.version)
-        .fetch_one(self.pool())
-        .await
-        .and_then(|row| row.try_get::<i64, _>(0))
-        .map_err(db_err("counting installs"))?;
-        let targeted = sqlx::query("SELECT COUNT(*) FROM devices")
+        let failed_devices = if failure_kinds.is_empty() {
+            0
+        } else {
+            // The kinds come from a fixed enum, never from input.
+            let kinds = failure_kinds
+                .iter()
+                .map(|k| format!("'{k}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            sqlx::query(AssertSqlSafe(format!(
+                "SELECT COUNT(DISTINCT device_id) FROM task_events WHERE release_id = $1 AND kind IN ({kinds})"
+            )))
+            .bind(id)
             .fetch_one(self.pool())
             .await
             .and_then(|row| row.try_get::<i64, _>(0))
-            .map_err(db_err("counting devices"))?;
-        Ok(ReleaseStats {
-            targeted,
-            installed,
+            .map_err(db_err("counting failed devices"))?
+        };
+        Ok(ReleaseHealth {
+            executed: count(
+                "SELECT COUNT(DISTINCT device_id) FROM task_events WHERE release_id = $1 AND kind IN ('installed', 'install_failed')",
+            )
+            .await?,
+            failed_devices,
             install_failed: count(
                 "SELECT COUNT(DISTINCT device_id) FROM task_events WHERE release_id = $1 AND kind = 'install_failed'",
             )
             .await?,
             runs_ok: count("SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_ok'").await?,
-            runs_failed: count(
-                "SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_failed'",
-            )
-            .await?,
+            runs_failed: count("SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_failed'")
+                .await?,
         })
+    }
+
+    /// Devices whose active version of `task` is `version`.
+    pub async fn count_installed(&self, task: &str, version: &str) -> Result<i64, CloudError> {
+        sqlx::query("SELECT COUNT(*) FROM device_tasks WHERE task = $1 AND version = $2 AND state = 'installed'")
+            .bind(task)
+            .bind(version)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(db_err("counting installs"))
     }
 }

@@ -1,0 +1,308 @@
+//! The release controller: binding task versions to parts of the fleet under a policy, moving
+//! them through their stages, and telling devices when what they should run has changed.
+//!
+//! - [`target`]: predicates over the device profile;
+//! - [`policy`]: stages over sticky buckets, health gate, abort rule, priority, validation;
+//! - [`select`]: the one rule that decides which release each device follows;
+//! - [`controller`]: the loop that advances and aborts releases by their health.
+
+pub mod controller;
+pub mod policy;
+pub mod select;
+pub mod target;
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use walle_proto::v1::{Notice, notice};
+
+use crate::store::releases::{ReleaseHealth, ReleaseRow};
+use crate::{AppState, CloudError, secrets};
+use policy::ReleasePolicy;
+use select::{LiveRelease, ReleaseState, choose};
+use target::Profile;
+
+/// Tells every subscribed device that what it should run for `task` may have changed.
+pub(crate) fn notify_change(state: &AppState, task: &str, release_id: &str) -> usize {
+    state.hub.notify_all(&Notice {
+        kind: notice::Kind::TaskChanged as i32,
+        task: task.to_owned(),
+        release_id: release_id.to_owned(),
+        pace_window_ms: state.config.pace_window_ms,
+    })
+}
+
+/// Creates a release of `task@version` under `policy` and notifies devices.
+pub async fn create_release(
+    state: &AppState,
+    task: &str,
+    version: &str,
+    policy: ReleasePolicy,
+) -> Result<ReleaseRow, CloudError> {
+    policy.validate().map_err(CloudError::Invalid)?;
+    if state.db.get_version(task, version).await?.is_none() {
+        return Err(CloudError::NotFound(format!(
+            "task {task:?} has no version {version:?}"
+        )));
+    }
+    let id = format!("rel_{}", hex::encode(secrets::random_bytes::<8>()?));
+    let release = state
+        .db
+        .create_release(&id, task, version, &policy, &id)
+        .await?;
+    supersede_if_full(state, &release).await?;
+    let notified = notify_change(state, task, &id);
+    tracing::info!(release = %id, task, version, notified, "release created");
+    Ok(release)
+}
+
+/// A release at its last stage of 100 % for everyone makes older releases it outranks moot.
+async fn supersede_if_full(state: &AppState, release: &ReleaseRow) -> Result<(), CloudError> {
+    let live = release.live()?;
+    let full = live.policy.target.is_everyone()
+        && live.stage == live.policy.last_stage()
+        && live.policy.stage_buckets(live.stage) == policy::BUCKETS;
+    if full && live.state == ReleaseState::Active {
+        state
+            .db
+            .supersede_covered(&live.id, &live.task, live.seq, live.policy.priority)
+            .await?;
+    }
+    Ok(())
+}
+
+/// What an operator can do to a release.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Pause,
+    Resume,
+    Advance,
+    Abort,
+    Rollback,
+}
+
+impl Action {
+    /// Parses the action name used in `POST /v1/releases/{id}/{action}`.
+    pub fn parse(name: &str) -> Option<Action> {
+        match name {
+            "pause" => Some(Action::Pause),
+            "resume" => Some(Action::Resume),
+            "advance" => Some(Action::Advance),
+            "abort" => Some(Action::Abort),
+            "rollback" => Some(Action::Rollback),
+            _ => None,
+        }
+    }
+}
+
+/// Applies an operator action; `Conflict` when the release's state does not allow it.
+pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRow, CloudError> {
+    let release = state
+        .db
+        .get_release(id)
+        .await?
+        .ok_or_else(|| CloudError::NotFound(format!("no release {id:?}")))?;
+    use ReleaseState::*;
+    let moved = match action {
+        Action::Pause => {
+            state
+                .db
+                .transition_release(id, &[Active], Paused, "paused by operator")
+                .await?
+        }
+        Action::Resume => {
+            state
+                .db
+                .transition_release(id, &[Paused], Active, "")
+                .await?
+        }
+        Action::Abort => {
+            state
+                .db
+                .transition_release(id, &[Active, Paused], Aborted, "aborted by operator")
+                .await?
+        }
+        Action::Rollback => {
+            state
+                .db
+                .transition_release(id, &[Active, Paused], Aborted, "rolled back by operator")
+                .await?
+        }
+        Action::Advance => {
+            let live = release.live()?;
+            if live.state != Active || live.stage >= live.policy.last_stage() {
+                false
+            } else {
+                state.db.advance_stage(id, release.stage).await?
+            }
+        }
+    };
+    if !moved {
+        return Err(CloudError::Conflict(format!(
+            "release {id} is {} at stage {} of {}; cannot {action:?}",
+            release.state,
+            release.stage + 1,
+            release.live()?.policy.stages.len()
+        )));
+    }
+    if matches!(action, Action::Abort | Action::Rollback) {
+        state.db.restore_superseded(id).await?;
+    }
+    let updated = state
+        .db
+        .get_release(id)
+        .await?
+        .ok_or_else(|| CloudError::NotFound(format!("no release {id:?}")))?;
+    supersede_if_full(state, &updated).await?;
+    notify_change(state, &updated.task, id);
+    tracing::info!(release = %id, ?action, state = %updated.state, stage = updated.stage, "release changed by operator");
+    Ok(updated)
+}
+
+/// Every registered device's profile and what it runs per task.
+async fn fleet(state: &AppState) -> Result<Vec<(Profile, HashMap<String, String>)>, CloudError> {
+    Ok(state
+        .db
+        .list_devices()
+        .await?
+        .into_iter()
+        .map(|device| {
+            let profile: Profile = serde_json::from_value(device.profile).unwrap_or_default();
+            let running = device
+                .tasks
+                .into_iter()
+                .filter(|t| t.state == "installed")
+                .map(|t| (t.task, t.version))
+                .collect();
+            (profile, running)
+        })
+        .collect())
+}
+
+/// How many devices one stage of a previewed release gives each version.
+#[derive(Debug, Clone, Serialize)]
+pub struct PreviewStage {
+    pub stage: usize,
+    pub percent: f64,
+    /// Version → number of registered devices that would run it ("none": not installed).
+    pub versions: HashMap<String, usize>,
+}
+
+/// "If I start this release now": per stage, how many registered devices get which version.
+pub async fn preview(
+    state: &AppState,
+    task: &str,
+    version: &str,
+    policy: ReleasePolicy,
+) -> Result<Vec<PreviewStage>, CloudError> {
+    policy.validate().map_err(CloudError::Invalid)?;
+    let mut releases: Vec<LiveRelease> = state
+        .db
+        .served_releases()
+        .await?
+        .into_iter()
+        .map(|s| s.release)
+        .filter(|r| r.task == task)
+        .collect();
+    let candidate_seq = releases.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
+    let stages = policy.stages.clone();
+    releases.push(LiveRelease {
+        id: "preview".into(),
+        seq: candidate_seq,
+        task: task.to_owned(),
+        version: version.to_owned(),
+        state: ReleaseState::Active,
+        stage: 0,
+        salt: "preview".into(),
+        policy,
+    });
+    let devices = fleet(state).await?;
+    let mut out = Vec::with_capacity(stages.len());
+    for (stage, percent) in stages.into_iter().enumerate() {
+        if let Some(candidate) = releases.last_mut() {
+            candidate.stage = stage;
+        }
+        let mut versions: HashMap<String, usize> = HashMap::new();
+        for (profile, running) in &devices {
+            let chosen = choose(&releases, profile, running);
+            let label = chosen
+                .get(task)
+                .map(|r| r.version.clone())
+                .unwrap_or_else(|| "none".into());
+            *versions.entry(label).or_default() += 1;
+        }
+        out.push(PreviewStage {
+            stage,
+            percent,
+            versions,
+        });
+    }
+    Ok(out)
+}
+
+/// A release's progress across the fleet.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReleaseStats {
+    /// Registered devices this release is selected for now (targeting, stage and priority).
+    pub targeted: usize,
+    /// Devices whose active version of the task is this release's version.
+    pub installed: i64,
+    /// Share of targeted devices that have it installed.
+    pub coverage: f64,
+    #[serde(flatten)]
+    pub health: ReleaseHealth,
+}
+
+/// Statistics of one release.
+pub async fn stats(state: &AppState, release: &ReleaseRow) -> Result<ReleaseStats, CloudError> {
+    let live = release.live()?;
+    let mut releases: Vec<LiveRelease> = state
+        .db
+        .served_releases()
+        .await?
+        .into_iter()
+        .map(|s| s.release)
+        .filter(|r| r.task == live.task)
+        .collect();
+    if !releases.iter().any(|r| r.id == live.id) {
+        releases.push(live.clone());
+    }
+    let targeted = fleet(state)
+        .await?
+        .iter()
+        .filter(|(profile, running)| {
+            choose(&releases, profile, running)
+                .get(&live.task)
+                .is_some_and(|r| r.id == live.id)
+        })
+        .count();
+    let installed = state.db.count_installed(&live.task, &live.version).await?;
+    let kinds = failure_kinds(&live.policy);
+    let health = state.db.release_health(&live.id, &kinds).await?;
+    Ok(ReleaseStats {
+        targeted,
+        installed,
+        coverage: if targeted == 0 {
+            0.0
+        } else {
+            installed as f64 / targeted as f64
+        },
+        health,
+    })
+}
+
+/// The task-event kinds a policy's abort rule counts as failures.
+pub fn failure_kinds(policy: &ReleasePolicy) -> Vec<&'static str> {
+    let kinds = policy
+        .abort
+        .as_ref()
+        .map(|a| a.kinds.clone())
+        .unwrap_or_else(|| vec![policy::FailureKind::Install, policy::FailureKind::Run]);
+    kinds
+        .into_iter()
+        .map(|k| match k {
+            policy::FailureKind::Install => "install_failed",
+            policy::FailureKind::Run => "run_failed",
+        })
+        .collect()
+}

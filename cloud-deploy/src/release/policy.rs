@@ -1,0 +1,241 @@
+//! Release policies: who (targeting), how fast (stages over sticky buckets), when to move on
+//! (health gate), when to stop (abort rule), and which release wins (priority).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::target::Target;
+
+/// Buckets per 100 %: stages are resolved to basis points, so 0.5 % is expressible.
+pub const BUCKETS: u32 = 10_000;
+
+/// A release policy as operators write it. Every field has a default: a policy of `{}` means
+/// every device, one stage at 100 %, manual gate, no automatic abort, priority 0.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReleasePolicy {
+    pub target: Target,
+    /// Cumulative percentages of targeted devices, strictly increasing, the last at most 100.
+    pub stages: Vec<f64>,
+    /// Higher wins when several active releases of one task target a device; then the newest.
+    pub priority: i32,
+    pub gate: Gate,
+    /// Automatic abort; none when absent.
+    pub abort: Option<AbortRule>,
+}
+
+impl Default for ReleasePolicy {
+    fn default() -> Self {
+        ReleasePolicy {
+            target: Target::default(),
+            stages: vec![100.0],
+            priority: 0,
+            gate: Gate::default(),
+            abort: None,
+        }
+    }
+}
+
+/// When a stage may advance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Gate {
+    /// Advance automatically when the conditions below hold; otherwise wait for `advance`.
+    pub auto_advance: bool,
+    /// Share of reporting devices that installed and ran without failure (0–1).
+    pub min_success_rate: f64,
+    /// Reporting devices needed before the success rate counts.
+    pub min_devices: u32,
+    /// Time the stage must have run before it may advance.
+    pub min_soak_secs: u64,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Gate {
+            auto_advance: false,
+            min_success_rate: 0.95,
+            min_devices: 1,
+            min_soak_secs: 0,
+        }
+    }
+}
+
+/// Kinds of failure an abort rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    Install,
+    Run,
+}
+
+/// When a release aborts by itself (its devices then fall back to the version they had).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AbortRule {
+    /// Abort when at least this many devices failed.
+    #[serde(default)]
+    pub max_failed_devices: Option<u32>,
+    /// Abort when at least this share (0–1) of reporting devices failed.
+    #[serde(default)]
+    pub max_failure_rate: Option<f64>,
+    /// Reporting devices needed before the rule is applied.
+    #[serde(default = "default_min_executed")]
+    pub min_executed: u32,
+    /// Which failures count.
+    #[serde(default = "default_failure_kinds")]
+    pub kinds: Vec<FailureKind>,
+}
+
+fn default_min_executed() -> u32 {
+    1
+}
+
+fn default_failure_kinds() -> Vec<FailureKind> {
+    vec![FailureKind::Install, FailureKind::Run]
+}
+
+impl ReleasePolicy {
+    /// Checks the whole policy; the error names the offending field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.target.validate("policy.target")?;
+        if self.stages.is_empty() {
+            return Err("policy.stages: give at least one stage (e.g. [1, 10, 50, 100])".into());
+        }
+        let mut previous = 0.0;
+        for (i, &stage) in self.stages.iter().enumerate() {
+            if !stage.is_finite() || stage <= 0.0 || stage > 100.0 {
+                return Err(format!(
+                    "policy.stages[{i}]: {stage} is not a percentage in (0, 100]"
+                ));
+            }
+            if stage <= previous {
+                return Err(format!(
+                    "policy.stages[{i}]: {stage} is not above the previous stage {previous}; stages are cumulative and strictly increasing"
+                ));
+            }
+            previous = stage;
+        }
+        unit_interval("policy.gate.min_success_rate", self.gate.min_success_rate)?;
+        if let Some(abort) = &self.abort {
+            if abort.max_failed_devices.is_none() && abort.max_failure_rate.is_none() {
+                return Err("policy.abort: give max_failed_devices and/or max_failure_rate".into());
+            }
+            if abort.max_failed_devices == Some(0) {
+                return Err("policy.abort.max_failed_devices: must be at least 1".into());
+            }
+            if let Some(rate) = abort.max_failure_rate {
+                unit_interval("policy.abort.max_failure_rate", rate)?;
+            }
+            if abort.kinds.is_empty() {
+                return Err("policy.abort.kinds: give at least one of \"install\", \"run\"".into());
+            }
+        }
+        Ok(())
+    }
+
+    /// The share of targeted devices (in buckets of [`BUCKETS`]) a stage includes.
+    pub fn stage_buckets(&self, stage: usize) -> u32 {
+        let percent = self
+            .stages
+            .get(stage)
+            .or(self.stages.last())
+            .copied()
+            .unwrap_or(100.0);
+        ((percent * f64::from(BUCKETS) / 100.0).round() as u32).min(BUCKETS)
+    }
+
+    /// Index of the last stage.
+    pub fn last_stage(&self) -> usize {
+        self.stages.len().saturating_sub(1)
+    }
+}
+
+fn unit_interval(field: &str, value: f64) -> Result<(), String> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!("{field}: {value} is not between 0 and 1"))
+    }
+}
+
+/// The device's sticky bucket for a release, in `0..BUCKETS`. The same device and salt always
+/// give the same bucket, so as stages grow a device that was in stays in.
+pub fn bucket(device_id: &str, salt: &str) -> u32 {
+    let digest = Sha256::digest(format!("{salt}\0{device_id}").as_bytes());
+    let value = u64::from_be_bytes([
+        digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
+    ]);
+    (value % u64::from(BUCKETS)) as u32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(json: &str) -> Result<ReleasePolicy, String> {
+        let policy: ReleasePolicy = serde_json::from_str(json).map_err(|e| e.to_string())?;
+        policy.validate().map(|_| policy)
+    }
+
+    #[test]
+    fn defaults_mean_everyone_at_once() {
+        let p = policy("{}").unwrap();
+        assert!(p.target.is_everyone());
+        assert_eq!(p.stage_buckets(0), BUCKETS);
+    }
+
+    #[test]
+    fn invalid_policies_name_the_field() {
+        for (json, field) in [
+            (r#"{"stages": [10, 5]}"#, "policy.stages[1]"),
+            (r#"{"stages": [10, 10]}"#, "policy.stages[1]"),
+            (r#"{"stages": [50, 150]}"#, "policy.stages[1]"),
+            (r#"{"stages": [0]}"#, "policy.stages[0]"),
+            (r#"{"stages": []}"#, "policy.stages"),
+            (
+                r#"{"gate": {"min_success_rate": 1.5}}"#,
+                "policy.gate.min_success_rate",
+            ),
+            (
+                r#"{"abort": {"max_failure_rate": -0.1}}"#,
+                "policy.abort.max_failure_rate",
+            ),
+            (r#"{"abort": {"min_executed": 3}}"#, "policy.abort"),
+            (
+                r#"{"target": {"app_version": "five"}}"#,
+                "policy.target.app_version",
+            ),
+            (r#"{"stagez": [1]}"#, "unknown field `stagez`"),
+            (r#"{"gate": {"auto": true}}"#, "unknown field `auto`"),
+        ] {
+            let err = policy(json).unwrap_err();
+            assert!(err.contains(field), "{json}: {err}");
+        }
+    }
+
+    #[test]
+    fn buckets_are_sticky_uniform_and_salted() {
+        assert_eq!(bucket("device-1", "salt"), bucket("device-1", "salt"));
+        let in_ten_percent = (0..10_000)
+            .filter(|i| bucket(&format!("device-{i}"), "salt") < BUCKETS / 10)
+            .count();
+        assert!((800..1200).contains(&in_ten_percent), "{in_ten_percent}");
+        let moved = (0..1000)
+            .filter(|i| {
+                bucket(&format!("d{i}"), "a") / 1000 != bucket(&format!("d{i}"), "b") / 1000
+            })
+            .count();
+        assert!(moved > 500, "salt does not reshuffle buckets: {moved}");
+    }
+
+    #[test]
+    fn stages_resolve_to_buckets() {
+        let p = policy(r#"{"stages": [0.5, 10, 100]}"#).unwrap();
+        assert_eq!(
+            (p.stage_buckets(0), p.stage_buckets(1), p.stage_buckets(2)),
+            (50, 1000, 10_000)
+        );
+        assert_eq!(p.last_stage(), 2);
+    }
+}

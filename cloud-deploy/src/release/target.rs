@@ -1,0 +1,211 @@
+//! Targeting: predicates over the device profile, combined with all/any/not.
+
+use serde::{Deserialize, Serialize};
+
+/// The profile fields targeting reads (what devices send at Register and Sync).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Profile {
+    pub device_id: String,
+    pub app_id: String,
+    pub app_version: String,
+    pub os: String,
+    pub os_version: String,
+    pub model: String,
+    pub hardware_tier: String,
+    pub region: String,
+    pub tags: Vec<String>,
+}
+
+/// Which devices a release is for. `{"all": []}` (the default) matches every device.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Target {
+    /// Every sub-predicate holds (true when empty).
+    All(Vec<Target>),
+    /// At least one sub-predicate holds.
+    Any(Vec<Target>),
+    /// The sub-predicate does not hold.
+    Not(Box<Target>),
+    /// The host app is exactly this one.
+    AppId(String),
+    /// The app version satisfies a semver requirement, e.g. `">=5.2, <6"`.
+    AppVersion(String),
+    /// The OS is this one (case-insensitive), e.g. `"android"`.
+    Os(String),
+    /// The OS version satisfies a semver requirement (versions like `14` read as `14.0.0`).
+    OsVersion(String),
+    /// The device model is one of these.
+    Model(Vec<String>),
+    /// The hardware tier is one of these.
+    HardwareTier(Vec<String>),
+    /// The region is one of these.
+    Region(Vec<String>),
+    /// The device carries this tag.
+    Tag(String),
+    /// The device is one of these.
+    DeviceIds(Vec<String>),
+}
+
+impl Default for Target {
+    fn default() -> Self {
+        Target::All(Vec::new())
+    }
+}
+
+/// Reads a version leniently: `14` → 14.0.0, `17.4` → 17.4.0, `5.2.0-beta` as is.
+pub fn lenient_version(text: &str) -> Option<semver::Version> {
+    let text = text.trim();
+    if let Ok(v) = semver::Version::parse(text) {
+        return Some(v);
+    }
+    let parts: Vec<&str> = text.split('.').collect();
+    let padded = match parts.len() {
+        1 => format!("{text}.0.0"),
+        2 => format!("{text}.0"),
+        _ => return None,
+    };
+    semver::Version::parse(&padded).ok()
+}
+
+fn version_satisfies(requirement: &str, version: &str) -> bool {
+    match (
+        semver::VersionReq::parse(requirement),
+        lenient_version(version),
+    ) {
+        (Ok(req), Some(v)) => req.matches(&v),
+        _ => false,
+    }
+}
+
+impl Target {
+    /// Whether a device with this profile is targeted.
+    pub fn matches(&self, p: &Profile) -> bool {
+        match self {
+            Target::All(all) => all.iter().all(|t| t.matches(p)),
+            Target::Any(any) => any.iter().any(|t| t.matches(p)),
+            Target::Not(inner) => !inner.matches(p),
+            Target::AppId(id) => p.app_id == *id,
+            Target::AppVersion(req) => version_satisfies(req, &p.app_version),
+            Target::Os(os) => p.os.eq_ignore_ascii_case(os),
+            Target::OsVersion(req) => version_satisfies(req, &p.os_version),
+            Target::Model(models) => models.contains(&p.model),
+            Target::HardwareTier(tiers) => tiers.contains(&p.hardware_tier),
+            Target::Region(regions) => regions.contains(&p.region),
+            Target::Tag(tag) => p.tags.contains(tag),
+            Target::DeviceIds(ids) => ids.contains(&p.device_id),
+        }
+    }
+
+    /// Whether this matches every device (no predicate at all).
+    pub fn is_everyone(&self) -> bool {
+        matches!(self, Target::All(all) if all.is_empty())
+    }
+
+    /// Checks requirements parse and lists are non-empty; the error names the field.
+    pub fn validate(&self, path: &str) -> Result<(), String> {
+        let nonempty = |field: &str, list: &[String]| {
+            if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
+                Err(format!("{path}.{field}: give at least one non-empty value"))
+            } else {
+                Ok(())
+            }
+        };
+        match self {
+            Target::All(list) | Target::Any(list) => {
+                let name = if matches!(self, Target::All(_)) {
+                    "all"
+                } else {
+                    "any"
+                };
+                if matches!(self, Target::Any(_)) && list.is_empty() {
+                    return Err(format!("{path}.any: give at least one predicate"));
+                }
+                for (i, t) in list.iter().enumerate() {
+                    t.validate(&format!("{path}.{name}[{i}]"))?;
+                }
+                Ok(())
+            }
+            Target::Not(inner) => inner.validate(&format!("{path}.not")),
+            Target::AppVersion(req) | Target::OsVersion(req) => {
+                let field = if matches!(self, Target::AppVersion(_)) {
+                    "app_version"
+                } else {
+                    "os_version"
+                };
+                semver::VersionReq::parse(req).map(drop).map_err(|e| {
+                    format!("{path}.{field}: {req:?} is not a semver requirement: {e}")
+                })
+            }
+            Target::AppId(s) | Target::Os(s) | Target::Tag(s) if s.trim().is_empty() => {
+                Err(format!("{path}: value is empty"))
+            }
+            Target::Model(l) => nonempty("model", l),
+            Target::HardwareTier(l) => nonempty("hardware_tier", l),
+            Target::Region(l) => nonempty("region", l),
+            Target::DeviceIds(l) => nonempty("device_ids", l),
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone() -> Profile {
+        Profile {
+            device_id: "d1".into(),
+            app_id: "shop".into(),
+            app_version: "5.2.0".into(),
+            os: "Android".into(),
+            os_version: "14".into(),
+            model: "Pixel 8".into(),
+            hardware_tier: "high".into(),
+            region: "eu".into(),
+            tags: vec!["beta".into()],
+        }
+    }
+
+    fn target(json: &str) -> Target {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn predicates_and_combinators() {
+        let p = phone();
+        for (json, expected) in [
+            (r#"{"all": []}"#, true),
+            (r#"{"app_version": ">=5.0, <6"}"#, true),
+            (r#"{"app_version": ">=5.3"}"#, false),
+            (r#"{"os_version": ">=12"}"#, true),
+            (r#"{"os": "android"}"#, true),
+            (r#"{"hardware_tier": ["mid", "high"]}"#, true),
+            (r#"{"region": ["us"]}"#, false),
+            (r#"{"tag": "beta"}"#, true),
+            (r#"{"device_ids": ["d2"]}"#, false),
+            (r#"{"model": ["Pixel 8"]}"#, true),
+            (r#"{"not": {"tag": "beta"}}"#, false),
+            (r#"{"any": [{"region": ["us"]}, {"app_id": "shop"}]}"#, true),
+            (
+                r#"{"all": [{"region": ["eu"]}, {"hardware_tier": ["low"]}]}"#,
+                false,
+            ),
+        ] {
+            assert_eq!(target(json).matches(&p), expected, "{json}");
+        }
+    }
+
+    #[test]
+    fn validation_names_the_field() {
+        let err = target(r#"{"all": [{"tag": "x"}, {"app_version": ">>5"}]}"#)
+            .validate("policy.target")
+            .unwrap_err();
+        assert!(err.starts_with("policy.target.all[1].app_version"), "{err}");
+        let err = target(r#"{"any": []}"#)
+            .validate("policy.target")
+            .unwrap_err();
+        assert!(err.contains("policy.target.any"), "{err}");
+        assert!(serde_json::from_str::<Target>(r#"{"colour": "red"}"#).is_err());
+    }
+}
