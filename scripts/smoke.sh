@@ -43,14 +43,23 @@ wait_for 30 "the cloud" get "$cloud_http/v1/health"
   --device-id smoke-1 --ingest-addr "127.0.0.1:$ingest_port" >"$work/device.log" 2>&1 &
 pids+=($!)
 ingest="http://127.0.0.1:$ingest_port"
-connected() { get "$ingest/v1/status" | grep -q '"connected":true'; }
+connected() { [[ "$(get "$ingest/v1/status")" == *'"connected":true'* ]]; }
 wait_for 30 "the device to connect" connected
 
 export WALLE_CLOUD="$cloud_http" WALLE_TOKEN="$(cat "$work/cloud/admin.token")"
 "$bin/walle" task pack examples/tasks/ipv-feature -o "$work/ipv.walle"
 "$bin/walle" task publish "$work/ipv.walle" >"$work/publish.log"
+"$bin/walle" release preview --task ipv-feature --version 1.0.0 --policy examples/policies/staged.json \
+  >"$work/preview.log" || fail "walle release preview failed"
+grep -q '"percent": 10' "$work/preview.log" || fail "preview does not list the stages"
 "$bin/walle" release create --task ipv-feature --version 1.0.0 >"$work/release.log"
-installed() { get "$ingest/v1/status" | grep -q '"version":"1.0.0"'; }
+release_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$work/release.log")
+# (Output is captured before grep: `cmd | grep -q` under pipefail fails when grep exits early.)
+paused=$("$bin/walle" release act "$release_id" pause)
+grep -q '"state": "paused"' <<<"$paused" || fail "pause did not pause: $paused"
+resumed=$("$bin/walle" release act "$release_id" resume)
+grep -q '"state": "active"' <<<"$resumed" || fail "resume did not resume: $resumed"
+installed() { [[ "$(get "$ingest/v1/status")" == *'"version":"1.0.0"'* ]]; }
 wait_for 30 "the device to install ipv-feature 1.0.0" installed
 
 replay=$("$bin/walle-device" replay examples/events/ipv-sample.jsonl --to "$ingest" 2>"$work/replay.err")
@@ -66,7 +75,8 @@ assert records["sku-42"]["dwell_ms"] == 10000 and records["sku-42"]["clicks"] ==
 assert records["sku-42"]["add_to_cart"] == 1 and records["sku-42"]["scrolls"] == 1, records
 assert records["sku-7"]["dwell_ms"] == 5000 and records["sku-7"]["clicks"] == 0, records
 '
-"$bin/walle-device" status --to "$ingest" | grep -q '"runs_ok": 2' || fail "device status does not show 2 runs"
+"$bin/walle-device" status --to "$ingest" >"$work/status.log"
+grep -q '"runs_ok": 2' "$work/status.log" || fail "device status does not show 2 runs: $(cat "$work/status.log")"
 "$bin/walle" task test examples/tasks/ipv-feature --events examples/events/ipv-sample.jsonl >"$work/local.log" 2>&1 \
   || fail "walle task test failed"
 grep -q '"dwell_ms":10000' "$work/local.log" || fail "walle task test did not print the feature"

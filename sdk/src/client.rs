@@ -126,10 +126,38 @@ impl ControlClient {
         .await
     }
 
-    /// Releases `task@version` to the fleet.
+    /// Releases `task@version` to every device at once (the default policy).
     pub async fn create_release(&self, task: &str, version: &str) -> Result<Value, ClientError> {
-        let body = json!({ "task": task, "version": version });
+        self.create_release_with(task, version, json!({})).await
+    }
+
+    /// Releases `task@version` under a policy (targeting, stages, gate, abort rule, priority).
+    pub async fn create_release_with(
+        &self,
+        task: &str,
+        version: &str,
+        policy: Value,
+    ) -> Result<Value, ClientError> {
+        let body = json!({ "task": task, "version": version, "policy": policy });
         self.call("POST", "/releases", None, Some(body)).await
+    }
+
+    /// Per stage, how many registered devices would run which version under this policy.
+    pub async fn preview_release(
+        &self,
+        task: &str,
+        version: &str,
+        policy: Value,
+    ) -> Result<Value, ClientError> {
+        let body = json!({ "task": task, "version": version, "policy": policy });
+        self.call("POST", "/releases/preview", None, Some(body))
+            .await
+    }
+
+    /// Applies an operator action: pause, resume, advance, abort or rollback.
+    pub async fn release_action(&self, id: &str, action: &str) -> Result<Value, ClientError> {
+        self.call("POST", &format!("/releases/{id}/{action}"), None, None)
+            .await
     }
 
     /// A release with its fleet statistics.

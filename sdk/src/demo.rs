@@ -173,7 +173,8 @@ pub async fn run(options: DemoOptions) -> anyhow::Result<()> {
     let outcome = drive(&fleet, &task_dir, options.sessions).await;
     if options.keep_running {
         println!(
-            "operator token: {}\ncloud left running; press Ctrl-C to stop",
+            "console: {}/console/#token={}\ncloud left running; press Ctrl-C to stop",
+            fleet.cloud.http_url(),
             fleet.cloud.admin_token
         );
         tokio::signal::ctrl_c().await.ok();

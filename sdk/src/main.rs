@@ -88,12 +88,35 @@ enum TaskCommand {
 
 #[derive(Subcommand)]
 enum ReleaseCommand {
-    /// Release a published task version to every device.
+    /// Release a published task version (to every device at once unless a policy says otherwise).
     Create {
         #[arg(long)]
         task: String,
         #[arg(long)]
         version: String,
+        /// JSON policy file: target, stages, gate, abort, priority (see README).
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+    /// Show, per stage, how many registered devices would run which version.
+    Preview {
+        #[arg(long)]
+        task: String,
+        #[arg(long)]
+        version: String,
+        /// JSON policy file.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+    /// Pause, resume, advance, abort or roll back a release.
+    Act {
+        id: String,
+        #[arg(value_parser = ["pause", "resume", "advance", "abort", "rollback"])]
+        action: String,
         #[command(flatten)]
         cloud: CloudArgs,
     },
@@ -119,16 +142,36 @@ async fn main() -> anyhow::Result<()> {
         Command::Release(ReleaseCommand::Create {
             task,
             version,
+            policy,
             cloud,
         }) => {
-            let release = cloud.client().create_release(&task, &version).await?;
-            println!("{}", serde_json::to_string_pretty(&release)?);
-            Ok(())
+            let policy = read_policy(policy.as_deref())?;
+            print_json(
+                &cloud
+                    .client()
+                    .create_release_with(&task, &version, policy)
+                    .await?,
+            )
+        }
+        Command::Release(ReleaseCommand::Preview {
+            task,
+            version,
+            policy,
+            cloud,
+        }) => {
+            let policy = read_policy(policy.as_deref())?;
+            print_json(
+                &cloud
+                    .client()
+                    .preview_release(&task, &version, policy)
+                    .await?,
+            )
+        }
+        Command::Release(ReleaseCommand::Act { id, action, cloud }) => {
+            print_json(&cloud.client().release_action(&id, &action).await?)
         }
         Command::Release(ReleaseCommand::Status { id, cloud }) => {
-            let status = cloud.client().release_status(&id).await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(())
+            print_json(&cloud.client().release_status(&id).await?)
         }
         Command::Demo {
             devices,
@@ -148,6 +191,20 @@ async fn main() -> anyhow::Result<()> {
             .await
         }
     }
+}
+
+fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn read_policy(path: Option<&Path>) -> anyhow::Result<serde_json::Value> {
+    let Some(path) = path else {
+        return Ok(serde_json::json!({}));
+    };
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))
 }
 
 fn pack(dir: &Path, output: Option<PathBuf>) -> anyhow::Result<()> {

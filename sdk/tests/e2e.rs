@@ -352,3 +352,51 @@ async fn a_manifest_signed_by_an_untrusted_key_is_refused_and_reported() {
     );
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_a_release_rolls_real_devices_back_to_the_previous_version() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 2).await.unwrap();
+    fleet.publish(&example_dir()).await.unwrap();
+    fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    fleet
+        .publish(&variant(root.path(), "2.0.0", None))
+        .await
+        .unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "2.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "2.0.0").await.unwrap();
+
+    let aborted = fleet
+        .client
+        .release_action(release["id"].as_str().unwrap(), "rollback")
+        .await
+        .unwrap();
+    assert_eq!(aborted["state"], "aborted");
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    for agent in &fleet.agents {
+        for event in visit("s-rolled-back", "sku-5", 0) {
+            agent.track(event).unwrap();
+        }
+        agent.flush(TIMEOUT).await.unwrap();
+    }
+    let records = fleet
+        .client
+        .records(Some("ipv-feature"), None)
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 2);
+    assert!(
+        records.iter().all(|r| r["version"] == "1.0.0"),
+        "{records:?}"
+    );
+    fleet.shutdown().await;
+}

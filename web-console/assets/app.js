@@ -3,6 +3,12 @@
 
 const tokenInput = document.getElementById("token");
 const statusLine = document.getElementById("status");
+// A token in the URL fragment (#token=...) is never sent to the server; take it and drop it.
+const fragmentToken = new URLSearchParams(location.hash.slice(1)).get("token");
+if (fragmentToken) {
+  sessionStorage.setItem("walle-token", fragmentToken);
+  history.replaceState(null, "", location.pathname);
+}
 tokenInput.value = sessionStorage.getItem("walle-token") || "";
 
 async function api(path) {
@@ -12,6 +18,33 @@ async function api(path) {
   const body = await response.json();
   if (!response.ok) throw new Error(body.error || response.statusText);
   return body;
+}
+
+async function act(id, action) {
+  const response = await fetch(`/v1/releases/${id}/${action}`, {
+    method: "POST",
+    headers: { Authorization: "Bearer " + tokenInput.value },
+  });
+  const body = await response.json();
+  statusLine.textContent = response.ok ? `${action}: ${id} is now ${body.state}` : "Error: " + body.error;
+  refresh();
+}
+
+// The operator actions a release in this state allows, as buttons.
+function actionButtons(release) {
+  const lastStage = release.stage >= release.policy.stages.length - 1;
+  const allowed = {
+    active: lastStage ? ["pause", "rollback"] : ["pause", "advance", "rollback"],
+    paused: ["resume", "rollback"],
+  }[release.state] || [];
+  const cell = document.createElement("span");
+  for (const action of allowed) {
+    const button = document.createElement("button");
+    button.textContent = action;
+    button.addEventListener("click", () => act(release.id, action));
+    cell.appendChild(button);
+  }
+  return cell;
 }
 
 function render(tableId, columns, rows) {
@@ -25,7 +58,12 @@ function render(tableId, columns, rows) {
   }
   for (const row of rows) {
     const tr = table.insertRow();
-    for (const [, cell] of columns) tr.insertCell().textContent = cell(row);
+    for (const [, cell] of columns) {
+      const value = cell(row);
+      const td = tr.insertCell();
+      if (value instanceof Node) td.appendChild(value);
+      else td.textContent = value;
+    }
   }
 }
 
@@ -39,10 +77,13 @@ async function refresh() {
     const stats = await Promise.all(releases.map((r) => api("/releases/" + r.id)));
     render("releases", [
       ["id", (r) => r.id], ["task", (r) => r.task], ["version", (r) => r.version],
-      ["state", (r) => r.state], ["installed", (r) => `${r.stats.installed}/${r.stats.targeted}`],
+      ["state", (r) => r.state + (r.state_reason ? ` (${r.state_reason})` : "")],
+      ["stage", (r) => `${r.stage + 1}/${r.policy.stages.length}: ${r.policy.stages[r.stage]}%`],
+      ["installed", (r) => `${r.stats.installed}/${r.stats.targeted}`],
       ["install failed", (r) => r.stats.install_failed],
       ["runs ok / failed", (r) => `${r.stats.runs_ok} / ${r.stats.runs_failed}`],
       ["created", (r) => time(r.created_at_ms)],
+      ["actions", (r) => actionButtons(r)],
     ], stats);
     render("tasks", [["name", (t) => t.name], ["description", (t) => t.description],
       ["created", (t) => time(t.created_at_ms)]], tasks);

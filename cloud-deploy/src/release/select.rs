@@ -124,7 +124,7 @@ mod tests {
     fn device(i: usize) -> Profile {
         Profile {
             device_id: format!("device-{i}"),
-            hardware_tier: if i % 2 == 0 { "high" } else { "low" }.into(),
+            hardware_tier: if i.is_multiple_of(2) { "high" } else { "low" }.into(),
             ..Profile::default()
         }
     }

@@ -1,0 +1,538 @@
+//! Release policies over real gRPC and HTTP, with simulated devices: targeting (late joiners,
+//! profile changes), sticky stages, priority, customised versions, health-gated auto-advance,
+//! auto-abort with rollback, operator actions and preview.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tonic::metadata::AsciiMetadataValue;
+use walle_cloud::release::policy::bucket;
+use walle_cloud::{Cloud, CloudConfig};
+use walle_proto::v1::device_plane_client::DevicePlaneClient;
+use walle_proto::v1::{
+    DeviceProfile, InstalledTask, RegisterRequest, ReportRequest, SubscribeRequest, SyncRequest,
+    TaskEvent, desired_task, notice, task_event,
+};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn start(dir: &Path) -> Cloud {
+    Cloud::start(CloudConfig {
+        data_dir: dir.to_owned(),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        controller_interval_ms: 30,
+        pace_window_ms: 0,
+        ..CloudConfig::default()
+    })
+    .await
+    .unwrap()
+}
+
+/// The control plane as an operator uses it.
+struct Operator {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Operator {
+    fn new(cloud: &Cloud) -> Operator {
+        Operator {
+            base: cloud.http_url(),
+            token: cloud.admin_token.clone(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let url = format!("{}{path}", self.base);
+        let request = match method {
+            "POST" => self.http.post(url),
+            _ => self.http.get(url),
+        };
+        let request = match body {
+            Some(body) => request.json(&body),
+            None => request,
+        };
+        let response = request.bearer_auth(&self.token).send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Creates task `t` (once) and uploads `version`.
+    async fn publish(&self, root: &Path, version: &str) {
+        self.call("POST", "/v1/tasks", Some(json!({"name": "t"})))
+            .await;
+        let dir = root.join(format!("t-{version}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("walle.toml"),
+            format!(
+                "name = \"t\"\nversion = \"{version}\"\nruntime = \"python\"\nentry = \"main.py\"\n"
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.join("main.py"), "def run(ctx):\n    return None\n").unwrap();
+        let bytes = walle_proto::bundle::pack_dir(&dir).unwrap().1;
+        let response = self
+            .http
+            .post(format!("{}/v1/tasks/t/versions", self.base))
+            .bearer_auth(&self.token)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            201,
+            "{}",
+            response.text().await.unwrap()
+        );
+    }
+
+    async fn release(&self, version: &str, policy: Value) -> String {
+        let (status, body) = self
+            .call(
+                "POST",
+                "/v1/releases",
+                Some(json!({"task": "t", "version": version, "policy": policy})),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+        body["id"].as_str().unwrap().to_owned()
+    }
+
+    async fn status(&self, id: &str) -> Value {
+        self.call("GET", &format!("/v1/releases/{id}"), None)
+            .await
+            .1
+    }
+
+    /// Polls the release until `condition` holds.
+    async fn wait_release(&self, id: &str, condition: impl Fn(&Value) -> bool) -> Value {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let status = self.status(id).await;
+            if condition(&status) {
+                return status;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "release never reached the condition: {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// A device simulated with a raw gRPC client: it syncs, "installs" what it is told and reports.
+struct SimDevice {
+    token: AsciiMetadataValue,
+    client: DevicePlaneClient<tonic::transport::Channel>,
+    profile: DeviceProfile,
+    installed: Option<(String, String)>,
+}
+
+impl SimDevice {
+    async fn register(cloud: &Cloud, id: &str, tier: &str) -> SimDevice {
+        let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+        let profile = DeviceProfile {
+            device_id: id.into(),
+            app_id: "shop".into(),
+            app_version: "5.0.0".into(),
+            hardware_tier: tier.into(),
+            ..Default::default()
+        };
+        let response = client
+            .register(RegisterRequest {
+                profile: Some(profile.clone()),
+                enrollment_secret: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        SimDevice {
+            token: format!("Bearer {}", response.device_token).parse().unwrap(),
+            client,
+            profile,
+            installed: None,
+        }
+    }
+
+    fn authed<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.token.clone());
+        request
+    }
+
+    /// Syncs and returns (version, release id) the cloud wants for task `t`, if any.
+    async fn desired(&mut self) -> Option<(String, String)> {
+        let installed = self
+            .installed
+            .iter()
+            .map(|(version, _)| InstalledTask {
+                task: "t".into(),
+                version: version.clone(),
+                bundle_digest: String::new(),
+            })
+            .collect();
+        let request = self.authed(SyncRequest {
+            profile: Some(self.profile.clone()),
+            installed,
+        });
+        let response = self.client.sync(request).await.unwrap().into_inner();
+        let desired = response
+            .desired
+            .into_iter()
+            .find(|d| d.task == "t" && d.action == desired_task::Action::Install as i32)?;
+        let manifest: Value =
+            serde_json::from_slice(&desired.manifest.unwrap().manifest_json).unwrap();
+        Some((
+            manifest["task"]["version"].as_str().unwrap().to_owned(),
+            desired.release_id,
+        ))
+    }
+
+    async fn report(&mut self, kind: task_event::Kind, version: &str, release_id: &str) {
+        let event = TaskEvent {
+            id: format!(
+                "{}-{}-{kind:?}-{release_id}",
+                self.profile.device_id, version
+            ),
+            kind: kind as i32,
+            task: "t".into(),
+            version: version.into(),
+            release_id: release_id.into(),
+            at_ms: 1,
+            ..Default::default()
+        };
+        let request = self.authed(ReportRequest {
+            events: vec![event],
+        });
+        self.client.report(request).await.unwrap();
+    }
+
+    /// Syncs, installs whatever is desired and reports it; returns the version now installed.
+    async fn converge(&mut self) -> Option<String> {
+        match self.desired().await {
+            Some((version, release)) => {
+                if self.installed.as_ref().map(|(v, _)| v) != Some(&version) {
+                    self.report(task_event::Kind::Installed, &version, &release)
+                        .await;
+                    self.installed = Some((version.clone(), release));
+                }
+                Some(version)
+            }
+            None => {
+                self.installed = None;
+                None
+            }
+        }
+    }
+}
+
+async fn fleet(cloud: &Cloud, n: usize, tier: &str) -> Vec<SimDevice> {
+    let mut devices = Vec::with_capacity(n);
+    for i in 0..n {
+        devices.push(SimDevice::register(cloud, &format!("device-{i}"), tier).await);
+    }
+    devices
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staged_release_is_sticky_and_advances_on_health() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path()).await;
+    let op = Operator::new(&cloud);
+    op.publish(dir.path(), "1.0.0").await;
+    op.publish(dir.path(), "2.0.0").await;
+    let base = op.release("1.0.0", json!({})).await;
+    let mut devices = fleet(&cloud, 40, "mid").await;
+    for d in &mut devices {
+        assert_eq!(d.converge().await.as_deref(), Some("1.0.0"));
+    }
+    let mut watcher = devices[0]
+        .client
+        .clone()
+        .subscribe(devices[0].authed(SubscribeRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    watcher.message().await.unwrap();
+
+    let staged = op
+        .release(
+            "2.0.0",
+            json!({"stages": [25, 100], "gate": {"auto_advance": true, "min_devices": 3, "min_success_rate": 1.0}}),
+        )
+        .await;
+    assert_eq!(
+        watcher.message().await.unwrap().unwrap().kind,
+        notice::Kind::TaskChanged as i32
+    );
+    let mut in_first_stage = Vec::new();
+    for (i, d) in devices.iter_mut().enumerate() {
+        let expected_in = bucket(&format!("device-{i}"), &staged) < 2500;
+        let got = d.desired().await.map(|(v, _)| v);
+        assert_eq!(got.as_deref() == Some("2.0.0"), expected_in, "device-{i}");
+        if expected_in {
+            in_first_stage.push(i);
+        }
+    }
+    assert!(
+        in_first_stage.len() >= 3,
+        "need 3 devices in the first stage, got {in_first_stage:?}"
+    );
+    // Only two report so far: the gate (3 devices) holds.
+    for &i in &in_first_stage[..2] {
+        devices[i].converge().await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(op.status(&staged).await["stage"], 0);
+    devices[in_first_stage[2]].converge().await;
+    op.wait_release(&staged, |s| s["stage"] == 1).await;
+    assert_eq!(watcher.message().await.unwrap().unwrap().release_id, staged);
+    for d in &mut devices {
+        assert_eq!(
+            d.converge().await.as_deref(),
+            Some("2.0.0"),
+            "stage 2 is 100 %"
+        );
+    }
+    // The full release superseded the base release.
+    assert_eq!(op.status(&base).await["state"], "superseded");
+    let status = op.status(&staged).await;
+    assert_eq!(status["stats"]["installed"], 40, "{status}");
+    assert_eq!(status["stats"]["targeted"], 40, "{status}");
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_abort_the_release_and_roll_devices_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path()).await;
+    let op = Operator::new(&cloud);
+    op.publish(dir.path(), "1.0.0").await;
+    op.publish(dir.path(), "2.0.0").await;
+    let base = op.release("1.0.0", json!({})).await;
+    let mut devices = fleet(&cloud, 4, "mid").await;
+    for d in &mut devices {
+        d.converge().await;
+    }
+    let bad = op
+        .release(
+            "2.0.0",
+            json!({"abort": {"max_failure_rate": 0.5, "min_executed": 4, "kinds": ["run"]}}),
+        )
+        .await;
+    assert_eq!(op.status(&base).await["state"], "superseded");
+    for d in &mut devices {
+        assert_eq!(d.converge().await.as_deref(), Some("2.0.0"));
+    }
+    // One run failure in four devices: 25 % < 50 %, no abort.
+    devices[0]
+        .report(task_event::Kind::RunFailed, "2.0.0", &bad)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(op.status(&bad).await["state"], "active");
+    devices[1]
+        .report(task_event::Kind::RunFailed, "2.0.0", &bad)
+        .await;
+    let aborted = op.wait_release(&bad, |s| s["state"] == "aborted").await;
+    assert!(
+        aborted["state_reason"].as_str().unwrap().contains("2 of 4"),
+        "{aborted}"
+    );
+    assert_eq!(
+        op.status(&base).await["state"],
+        "active",
+        "the previous release is restored"
+    );
+    for d in &mut devices {
+        assert_eq!(d.converge().await.as_deref(), Some("1.0.0"), "rolled back");
+    }
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn targeting_priority_customised_versions_and_late_joiners() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path()).await;
+    let op = Operator::new(&cloud);
+    for v in ["1.0.0", "2.0.0", "2.1.0", "3.0.0"] {
+        op.publish(dir.path(), v).await;
+    }
+    // A larger model for high-tier devices, a smaller one for the rest, at the same time.
+    op.release("2.0.0", json!({"target": {"hardware_tier": ["high"]}}))
+        .await;
+    op.release(
+        "2.1.0",
+        json!({"target": {"not": {"hardware_tier": ["high"]}}}),
+    )
+    .await;
+    let mut high = SimDevice::register(&cloud, "h1", "high").await;
+    let mut low = SimDevice::register(&cloud, "l1", "low").await;
+    assert_eq!(high.converge().await.as_deref(), Some("2.0.0"));
+    assert_eq!(low.converge().await.as_deref(), Some("2.1.0"));
+    // A device registering after the releases, and one whose profile changes, follow targeting.
+    let mut late = SimDevice::register(&cloud, "late", "high").await;
+    assert_eq!(late.converge().await.as_deref(), Some("2.0.0"));
+    low.profile.hardware_tier = "high".into();
+    assert_eq!(low.converge().await.as_deref(), Some("2.0.0"));
+    low.profile.app_version = "4.0.0".into();
+    // Priority beats newness: an urgent release for old app versions wins over both.
+    let urgent = op
+        .release(
+            "1.0.0",
+            json!({"priority": 10, "target": {"app_version": "<5"}}),
+        )
+        .await;
+    assert_eq!(low.converge().await.as_deref(), Some("1.0.0"));
+    assert_eq!(high.converge().await.as_deref(), Some("2.0.0"));
+    // A newer release of equal priority wins over an older one.
+    let newest = op
+        .release(
+            "3.0.0",
+            json!({"target": {"device_ids": ["h1"]}, "stages": [50, 100]}),
+        )
+        .await;
+    let expected = if bucket("h1", &newest) < 5000 {
+        "3.0.0"
+    } else {
+        "2.0.0"
+    };
+    assert_eq!(high.converge().await.as_deref(), Some(expected));
+
+    // Paused: devices that run it keep it, no one else gets it.
+    let (code, _) = op
+        .call("POST", &format!("/v1/releases/{urgent}/pause"), None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        low.converge().await.as_deref(),
+        Some("1.0.0"),
+        "keeps the paused version"
+    );
+    let mut another = SimDevice::register(&cloud, "old-app", "low").await;
+    another.profile.app_version = "4.1.0".into();
+    assert_eq!(
+        another.converge().await.as_deref(),
+        Some("2.1.0"),
+        "paused release takes no one new"
+    );
+    let (code, _) = op
+        .call("POST", &format!("/v1/releases/{urgent}/resume"), None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(another.converge().await.as_deref(), Some("1.0.0"));
+    cloud.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_actions_preview_and_invalid_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(dir.path()).await;
+    let op = Operator::new(&cloud);
+    op.publish(dir.path(), "1.0.0").await;
+    op.publish(dir.path(), "2.0.0").await;
+    op.release("1.0.0", json!({})).await;
+    let mut devices = fleet(&cloud, 30, "mid").await;
+    for d in &mut devices {
+        d.converge().await;
+    }
+
+    let (code, preview) = op
+        .call(
+            "POST",
+            "/v1/releases/preview",
+            Some(json!({"task": "t", "version": "2.0.0", "policy": {"stages": [10, 100]}})),
+        )
+        .await;
+    assert_eq!(code, 200, "{preview}");
+    let first = (0..30)
+        .filter(|i| bucket(&format!("device-{i}"), "preview") < 1000)
+        .count();
+    assert_eq!(
+        preview[0]["versions"]["2.0.0"].as_u64().unwrap_or(0) as usize,
+        first,
+        "{preview}"
+    );
+    assert_eq!(
+        preview[0]["versions"]["1.0.0"].as_u64().unwrap_or(0) as usize,
+        30 - first,
+        "{preview}"
+    );
+    assert_eq!(preview[1]["versions"]["2.0.0"], 30, "{preview}");
+
+    let id = op.release("2.0.0", json!({"stages": [10, 50, 100]})).await;
+    let post = |action: &str| format!("/v1/releases/{id}/{action}");
+    assert_eq!(
+        op.call("POST", &post("resume"), None).await.0,
+        409,
+        "resume of an active release"
+    );
+    assert_eq!(op.call("POST", &post("advance"), None).await.1["stage"], 1);
+    assert_eq!(op.call("POST", &post("advance"), None).await.1["stage"], 2);
+    let (code, body) = op.call("POST", &post("advance"), None).await;
+    assert_eq!(code, 409, "advance past the last stage: {body}");
+    assert_eq!(op.call("POST", &post("dance"), None).await.0, 404);
+    for d in &mut devices {
+        assert_eq!(d.converge().await.as_deref(), Some("2.0.0"));
+    }
+    let (code, body) = op.call("POST", &post("rollback"), None).await;
+    assert_eq!(
+        (code, body["state"].as_str()),
+        (200, Some("aborted")),
+        "{body}"
+    );
+    for d in &mut devices {
+        assert_eq!(d.converge().await.as_deref(), Some("1.0.0"));
+    }
+    assert_eq!(
+        op.call("POST", &post("abort"), None).await.0,
+        409,
+        "already aborted"
+    );
+
+    for (policy, field) in [
+        (json!({"stages": [50, 10]}), "policy.stages[1]"),
+        (json!({"stages": [10, 120]}), "policy.stages[1]"),
+        (
+            json!({"gate": {"min_success_rate": 2}}),
+            "policy.gate.min_success_rate",
+        ),
+        (
+            json!({"target": {"app_version": "five"}}),
+            "policy.target.app_version",
+        ),
+        (
+            json!({"abort": {"max_failure_rate": 0.5, "min_executed": 1, "kinds": ["crash"]}}),
+            "crash",
+        ),
+        (json!({"stagez": [1]}), "stagez"),
+    ] {
+        let (code, body) = op
+            .call(
+                "POST",
+                "/v1/releases",
+                Some(json!({"task": "t", "version": "2.0.0", "policy": policy})),
+            )
+            .await;
+        assert_eq!(code, 400, "{policy}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().contains(field),
+            "{policy}: {body}"
+        );
+    }
+    let (_, releases) = op.call("GET", "/v1/releases", None).await;
+    assert_eq!(
+        releases.as_array().unwrap().len(),
+        2,
+        "invalid policies created nothing"
+    );
+    cloud.shutdown().await;
+}
