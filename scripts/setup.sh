@@ -11,3 +11,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
 fi
 command -v cargo >/dev/null 2>&1 || { echo "setup: cargo (Rust 1.95) is required" >&2; exit 1; }
+
+# The cloud's tests run against PostgreSQL as well as SQLite (WALLE_TEST_POSTGRES_URL, default
+# postgres://postgres@127.0.0.1:5432/test). Start the machine's cluster if it is installed but down.
+pg_up() { python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 2)' 2>/dev/null; }
+if [ -z "${WALLE_TEST_POSTGRES_URL:-}" ] && ! pg_up; then
+  if command -v pg_ctlcluster >/dev/null 2>&1 && [ -d /etc/postgresql ]; then
+    echo "setup: starting PostgreSQL"
+    pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+  fi
+  pg_up || { echo "setup: PostgreSQL is needed on 127.0.0.1:5432 (or set WALLE_TEST_POSTGRES_URL)" >&2; exit 1; }
+fi

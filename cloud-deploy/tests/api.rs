@@ -7,23 +7,15 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
-use walle_cloud::{Cloud, CloudConfig};
+mod common;
+
+use common::Backend;
+use walle_cloud::Cloud;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
 use walle_proto::v1::{
     DeviceProfile, FetchBundleRequest, RegisterRequest, ReportRequest, SubscribeRequest,
     SyncRequest, TaskEvent, TunnelRecord, UploadRequest, desired_task, notice, task_event,
 };
-
-async fn start(dir: &Path, configure: impl FnOnce(&mut CloudConfig)) -> Cloud {
-    let mut config = CloudConfig {
-        data_dir: dir.to_owned(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        ..CloudConfig::default()
-    };
-    configure(&mut config);
-    Cloud::start(config).await.unwrap()
-}
 
 fn task_dir(root: &Path, name: &str, version: &str, script: &str) -> std::path::PathBuf {
     let dir = root.join(format!("{name}-{version}"));
@@ -89,10 +81,9 @@ fn error_of(body: &Value) -> &str {
     body["error"].as_str().unwrap_or_default()
 }
 
-#[tokio::test]
-async fn control_plane_requires_an_operator_token() {
+async fn control_plane_requires_an_operator_token(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path(), |_| {}).await;
+    let cloud = backend.start(dir.path(), |_| {}).await;
     let client = reqwest::Client::new();
     let health = client
         .get(format!("{}/v1/health", cloud.http_url()))
@@ -125,10 +116,11 @@ async fn control_plane_requires_an_operator_token() {
     cloud.shutdown().await;
 }
 
-#[tokio::test]
-async fn bad_uploads_and_requests_get_specific_errors_and_store_nothing() {
+async fn bad_uploads_and_requests_get_specific_errors_and_store_nothing(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path(), |c| c.max_bundle_bytes = 64 * 1024).await;
+    let cloud = backend
+        .start(dir.path(), |c| c.max_bundle_bytes = 64 * 1024)
+        .await;
     let http = Http::new(&cloud);
 
     let (status, body) = http
@@ -255,10 +247,11 @@ async fn register(
         .map(|r| r.into_inner())
 }
 
-#[tokio::test]
-async fn device_plane_authenticates_validates_and_stores_records_once() {
+async fn device_plane_authenticates_validates_and_stores_records_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path(), |c| c.enrollment_secret = Some("s3cret".into())).await;
+    let cloud = backend
+        .start(dir.path(), |c| c.enrollment_secret = Some("s3cret".into()))
+        .await;
     let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
 
     assert_eq!(
@@ -406,10 +399,11 @@ async fn device_plane_authenticates_validates_and_stores_records_once() {
     cloud.shutdown().await;
 }
 
-#[tokio::test]
-async fn releases_push_notices_and_sync_serves_verifiable_manifests_and_resumable_bundles() {
+async fn releases_push_notices_and_sync_serves_verifiable_manifests_and_resumable_bundles(
+    backend: Backend,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path(), |_| {}).await;
+    let cloud = backend.start(dir.path(), |_| {}).await;
     let http = Http::new(&cloud);
     let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
     let registered = register(&mut client, "d1", "").await.unwrap();
@@ -532,10 +526,9 @@ async fn releases_push_notices_and_sync_serves_verifiable_manifests_and_resumabl
     cloud.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_restarted_cloud_keeps_its_key_tasks_and_releases() {
+async fn a_restarted_cloud_keeps_its_key_tasks_and_releases(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path(), |_| {}).await;
+    let cloud = backend.start(dir.path(), |_| {}).await;
     let http = Http::new(&cloud);
     http.post_json("/v1/tasks", json!({"name": "t"})).await;
     http.post_bytes("/v1/tasks/t/versions", bundle(dir.path(), "t", "1.0.0"))
@@ -547,7 +540,7 @@ async fn a_restarted_cloud_keeps_its_key_tasks_and_releases() {
     let token = cloud.admin_token.clone();
     cloud.shutdown().await;
 
-    let cloud = start(dir.path(), |_| {}).await;
+    let cloud = backend.start(dir.path(), |_| {}).await;
     assert_eq!(cloud.admin_token, token);
     let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
     let sync = client
@@ -565,3 +558,11 @@ async fn a_restarted_cloud_keeps_its_key_tasks_and_releases() {
     assert_eq!(releases[0]["state"], "active");
     cloud.shutdown().await;
 }
+
+on_both_backends!(
+    control_plane_requires_an_operator_token,
+    bad_uploads_and_requests_get_specific_errors_and_store_nothing,
+    device_plane_authenticates_validates_and_stores_records_once,
+    releases_push_notices_and_sync_serves_verifiable_manifests_and_resumable_bundles,
+    a_restarted_cloud_keeps_its_key_tasks_and_releases,
+);

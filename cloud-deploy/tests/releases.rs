@@ -8,7 +8,10 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use tonic::metadata::AsciiMetadataValue;
 use walle_cloud::release::policy::bucket;
-use walle_cloud::{Cloud, CloudConfig};
+mod common;
+
+use common::Backend;
+use walle_cloud::Cloud;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
 use walle_proto::v1::{
     DeviceProfile, InstalledTask, RegisterRequest, ReportRequest, SubscribeRequest, SyncRequest,
@@ -17,17 +20,14 @@ use walle_proto::v1::{
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
-async fn start(dir: &Path) -> Cloud {
-    Cloud::start(CloudConfig {
-        data_dir: dir.to_owned(),
-        http_addr: "127.0.0.1:0".parse().unwrap(),
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        controller_interval_ms: 30,
-        pace_window_ms: 0,
-        ..CloudConfig::default()
-    })
-    .await
-    .unwrap()
+/// A cloud whose controller and pace window are fast enough for tests.
+async fn start(backend: &Backend, dir: &Path) -> Cloud {
+    backend
+        .start(dir, |c| {
+            c.controller_interval_ms = 30;
+            c.pace_window_ms = 0;
+        })
+        .await
 }
 
 /// The control plane as an operator uses it.
@@ -243,10 +243,9 @@ async fn fleet(cloud: &Cloud, n: usize, tier: &str) -> Vec<SimDevice> {
     devices
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn staged_release_is_sticky_and_advances_on_health() {
+async fn staged_release_is_sticky_and_advances_on_health(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path()).await;
+    let cloud = start(&backend, dir.path()).await;
     let op = Operator::new(&cloud);
     op.publish(dir.path(), "1.0.0").await;
     op.publish(dir.path(), "2.0.0").await;
@@ -311,10 +310,9 @@ async fn staged_release_is_sticky_and_advances_on_health() {
     cloud.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failures_abort_the_release_and_roll_devices_back() {
+async fn failures_abort_the_release_and_roll_devices_back(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path()).await;
+    let cloud = start(&backend, dir.path()).await;
     let op = Operator::new(&cloud);
     op.publish(dir.path(), "1.0.0").await;
     op.publish(dir.path(), "2.0.0").await;
@@ -358,10 +356,9 @@ async fn failures_abort_the_release_and_roll_devices_back() {
     cloud.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn targeting_priority_customised_versions_and_late_joiners() {
+async fn targeting_priority_customised_versions_and_late_joiners(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path()).await;
+    let cloud = start(&backend, dir.path()).await;
     let op = Operator::new(&cloud);
     for v in ["1.0.0", "2.0.0", "2.1.0", "3.0.0"] {
         op.publish(dir.path(), v).await;
@@ -432,10 +429,9 @@ async fn targeting_priority_customised_versions_and_late_joiners() {
     cloud.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn operator_actions_preview_and_invalid_policies() {
+async fn operator_actions_preview_and_invalid_policies(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
-    let cloud = start(dir.path()).await;
+    let cloud = start(&backend, dir.path()).await;
     let op = Operator::new(&cloud);
     op.publish(dir.path(), "1.0.0").await;
     op.publish(dir.path(), "2.0.0").await;
@@ -536,3 +532,10 @@ async fn operator_actions_preview_and_invalid_policies() {
     );
     cloud.shutdown().await;
 }
+
+on_both_backends!(
+    staged_release_is_sticky_and_advances_on_health,
+    failures_abort_the_release_and_roll_devices_back,
+    targeting_priority_customised_versions_and_late_joiners,
+    operator_actions_preview_and_invalid_policies,
+);

@@ -1,5 +1,7 @@
-//! The cloud's metadata database (sqlx `Any`: SQLite by default; the same queries are written
-//! to run on PostgreSQL). Queries live in the submodule that owns each table.
+//! The cloud's metadata database through sqlx `Any`: SQLite by default, PostgreSQL for
+//! scale-out, selected by the URL. The same queries run on both (`$N` placeholders, times as
+//! BIGINT milliseconds); each backend has its own migration directory with the same schema.
+//! Queries live in the submodule that owns each table.
 
 pub mod devices;
 pub mod events;
@@ -36,9 +38,14 @@ impl Db {
                 .run(&pool)
                 .await
                 .map_err(|e| CloudError::Database(format!("migrating: {e}")))?;
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            sqlx::migrate!("./migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(|e| CloudError::Database(format!("migrating: {e}")))?;
         } else {
             return Err(CloudError::Config(format!(
-                "unsupported database URL {}: this build supports sqlite:",
+                "unsupported database URL {}: use sqlite://PATH or postgres://USER@HOST/DB",
                 redact(url)
             )));
         }
