@@ -25,6 +25,7 @@ pub mod store;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -88,6 +89,10 @@ pub struct AppState {
     pub hub: notify::NoticeHub,
     /// sha256 of the operator (admin) token.
     pub admin_token_hash: String,
+    /// Identifies this process among replicas (e.g. as lease holder).
+    pub replica_id: String,
+    /// Whether this replica currently holds the release-controller lease.
+    pub controller_active: Arc<AtomicBool>,
 }
 
 /// A running cloud: both planes listening, until [`Cloud::shutdown`].
@@ -119,6 +124,8 @@ impl Cloud {
             publisher: Arc::new(publisher),
             hub: notify::NoticeHub::default(),
             admin_token_hash: secrets::token_hash(&admin_token),
+            replica_id: format!("replica-{}", hex::encode(secrets::random_bytes::<6>()?)),
+            controller_active: Arc::new(AtomicBool::new(false)),
         };
         let http = bind(config.http_addr).await?;
         let grpc = bind(config.grpc_addr).await?;
@@ -133,15 +140,22 @@ impl Cloud {
         let (stop, stopped) = watch::channel(false);
         let controller_interval =
             std::time::Duration::from_millis(config.controller_interval_ms.max(10));
-        let servers = vec![
+        let mut servers = vec![
             tokio::spawn(serve_http(http, state.clone(), stopped.clone())),
             tokio::spawn(serve_grpc(grpc, state.clone(), stopped.clone())),
             tokio::spawn(release::controller::run(
                 state.clone(),
                 controller_interval,
-                stopped,
+                stopped.clone(),
             )),
         ];
+        if let Some(url) = state.db.postgres_url() {
+            servers.push(tokio::spawn(notify::listen(
+                url.to_owned(),
+                state.hub.clone(),
+                stopped,
+            )));
+        }
         tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "walle-cloud started");
         Ok(Cloud {
             http_addr,
@@ -161,6 +175,16 @@ impl Cloud {
     /// The device-plane URL, e.g. `http://127.0.0.1:50051`.
     pub fn grpc_url(&self) -> String {
         format!("http://{}", self.grpc_addr)
+    }
+
+    /// Whether this replica currently runs the release controller.
+    pub fn is_controller(&self) -> bool {
+        self.state.controller_active.load(Ordering::SeqCst)
+    }
+
+    /// This replica's id.
+    pub fn replica_id(&self) -> &str {
+        &self.state.replica_id
     }
 
     /// Number of devices holding an open notice stream.

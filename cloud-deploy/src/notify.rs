@@ -68,3 +68,75 @@ impl NoticeHub {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();
     }
 }
+
+/// PostgreSQL channel on which replicas share notices.
+pub const CHANNEL: &str = "walle_notices";
+
+/// Sends a notice to every subscribed device of every replica: through PostgreSQL
+/// `NOTIFY` when the cloud runs on PostgreSQL (each replica's [`listen`] delivers it to its own
+/// devices), straight to this replica's devices otherwise.
+pub async fn publish(db: &crate::store::Db, hub: &NoticeHub, notice: Notice) {
+    if db.postgres_url().is_none() {
+        hub.notify_all(&notice);
+        return;
+    }
+    let payload = serde_json::json!({
+        "kind": notice.kind,
+        "task": notice.task,
+        "release_id": notice.release_id,
+        "pace_window_ms": notice.pace_window_ms,
+    })
+    .to_string();
+    if let Err(e) = db.pg_notify(CHANNEL, &payload).await {
+        // Other replicas' devices catch up at their periodic sync; ours hear it now.
+        tracing::warn!(error = %e, "cannot fan the notice out to other replicas");
+        hub.notify_all(&notice);
+    }
+}
+
+fn parse_notice(payload: &str) -> Option<Notice> {
+    let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    Some(Notice {
+        kind: i32::try_from(value["kind"].as_i64()?).ok()?,
+        task: value["task"].as_str()?.to_owned(),
+        release_id: value["release_id"].as_str()?.to_owned(),
+        pace_window_ms: u32::try_from(value["pace_window_ms"].as_u64()?).ok()?,
+    })
+}
+
+/// Delivers notices published by any replica to this replica's devices, until stopped.
+/// Reconnects after connection loss (devices cover anything missed by their periodic sync).
+pub async fn listen(url: String, hub: NoticeHub, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let session = async {
+            let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
+            listener.listen(CHANNEL).await?;
+            loop {
+                let notification = listener.recv().await?;
+                match parse_notice(notification.payload()) {
+                    Some(notice) => {
+                        hub.notify_all(&notice);
+                    }
+                    None => tracing::warn!(
+                        payload = notification.payload(),
+                        "ignoring malformed notice"
+                    ),
+                }
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), sqlx::Error>(())
+        };
+        tokio::select! {
+            result = session => {
+                if let Err(e) = result {
+                    tracing::warn!(error = %e, "notice listener lost its connection; reconnecting");
+                }
+            }
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}

@@ -539,3 +539,117 @@ on_both_backends!(
     targeting_priority_customised_versions_and_late_joiners,
     operator_actions_preview_and_invalid_policies,
 );
+
+/// Waits until exactly one of the replicas runs the controller, checking it never is both.
+async fn single_controller(replicas: &[&Cloud]) -> usize {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let holders: Vec<usize> = (0..replicas.len())
+            .filter(|&i| replicas[i].is_controller())
+            .collect();
+        assert!(
+            holders.len() <= 1,
+            "two replicas run the controller at once"
+        );
+        if let [holder] = holders[..] {
+            return holder;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica took the controller lease"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_on_one_postgres_behave_as_one_service() {
+    let backend = Backend::postgres().await;
+    // Replicas share the database and, here, the data dir (publisher key, operator token and
+    // bundles; a shared volume or object store in production).
+    let dir = tempfile::tempdir().unwrap();
+    let a = start(&backend, dir.path()).await;
+    let b = start(&backend, dir.path()).await;
+    let holder = single_controller(&[&a, &b]).await;
+    for _ in 0..20 {
+        assert_eq!(
+            single_controller(&[&a, &b]).await,
+            holder,
+            "the lease must not flap"
+        );
+    }
+
+    // A device on replica B hears about a release created through replica A.
+    let mut device = SimDevice::register(&b, "device-on-b", "mid").await;
+    let mut notices = device
+        .client
+        .clone()
+        .subscribe(device.authed(SubscribeRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        notices.message().await.unwrap().unwrap().kind,
+        notice::Kind::Hello as i32
+    );
+    let op_a = Operator::new(&a);
+    op_a.publish(dir.path(), "1.0.0").await;
+    op_a.publish(dir.path(), "2.0.0").await;
+    let first = op_a.release("1.0.0", json!({})).await;
+    let pushed = tokio::time::timeout(TIMEOUT, notices.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (pushed.kind, pushed.release_id.as_str()),
+        (notice::Kind::TaskChanged as i32, first.as_str())
+    );
+    assert_eq!(device.converge().await.as_deref(), Some("1.0.0"));
+
+    // The controller replica goes away: the other takes over and keeps gating releases.
+    let (survivor, gone) = if holder == 0 { (b, a) } else { (a, b) };
+    gone.shutdown().await;
+    single_controller(&[&survivor]).await;
+    let op = Operator::new(&survivor);
+    let doomed = op
+        .release(
+            "2.0.0",
+            json!({"abort": {"max_failed_devices": 1, "kinds": ["run"]}}),
+        )
+        .await;
+    assert_eq!(device.converge().await.as_deref(), Some("2.0.0"));
+    device
+        .report(task_event::Kind::RunFailed, "2.0.0", &doomed)
+        .await;
+    let aborted = op.wait_release(&doomed, |s| s["state"] == "aborted").await;
+    assert!(
+        aborted["state_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("auto-abort"),
+        "{aborted}"
+    );
+    assert_eq!(
+        device.converge().await.as_deref(),
+        Some("1.0.0"),
+        "rolled back by the survivor"
+    );
+
+    // A restarted replica picks up where the releases are.
+    let restarted = start(&backend, dir.path()).await;
+    let (_, releases) = Operator::new(&restarted)
+        .call("GET", "/v1/releases", None)
+        .await;
+    let states: Vec<(&str, &str)> = releases
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["id"].as_str().unwrap(), r["state"].as_str().unwrap()))
+        .collect();
+    assert!(states.contains(&(doomed.as_str(), "aborted")), "{states:?}");
+    assert!(states.contains(&(first.as_str(), "active")), "{states:?}");
+    single_controller(&[&survivor, &restarted]).await;
+    restarted.shutdown().await;
+    survivor.shutdown().await;
+}

@@ -2,6 +2,7 @@
 //! fires. It only writes state through conditional updates, so two controllers racing (e.g. two
 //! replicas) cannot advance a stage twice.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -12,16 +13,44 @@ use crate::store::now_ms;
 use crate::store::releases::ReleaseHealth;
 use crate::{AppState, CloudError};
 
-/// Runs [`tick`] every `interval` until stopped.
+/// Name of the lease that makes one replica the release controller.
+pub const LEASE: &str = "release-controller";
+
+/// Runs [`tick`] every `interval` until stopped, on the replica that holds the controller lease.
+/// The lease lasts ten intervals (at least a second), so a replica that dies without giving it up
+/// is replaced soon after.
 pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<bool>) {
+    let ttl_ms = (interval.as_millis() as i64 * 10).max(1000);
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let held = match state
+            .db
+            .acquire_lease(LEASE, &state.replica_id, ttl_ms)
+            .await
+        {
+            Ok(held) => held,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew the controller lease");
+                false
+            }
+        };
+        if held != state.controller_active.swap(held, Ordering::SeqCst) {
+            tracing::info!(replica = %state.replica_id, held, "release controller lease changed hands");
+        }
+        if !held {
+            continue;
         }
         if let Err(e) = tick(&state).await {
             tracing::warn!(error = %e, "release controller tick failed");
         }
+    }
+    if state.controller_active.swap(false, Ordering::SeqCst)
+        && let Err(e) = state.db.release_lease(LEASE, &state.replica_id).await
+    {
+        tracing::warn!(error = %e, "cannot give up the controller lease");
     }
 }
 
@@ -105,7 +134,7 @@ pub async fn tick(state: &AppState) -> Result<(), CloudError> {
                 {
                     state.db.restore_superseded(&live.id).await?;
                     tracing::warn!(release = %live.id, %reason, "release aborted");
-                    notify_change(state, &live.task, &live.id);
+                    notify_change(state, &live.task, &live.id).await;
                 }
             }
             Decision::Advance => {
@@ -114,7 +143,7 @@ pub async fn tick(state: &AppState) -> Result<(), CloudError> {
                     if let Some(updated) = state.db.get_release(&live.id).await? {
                         supersede_if_full(state, &updated).await?;
                     }
-                    notify_change(state, &live.task, &live.id);
+                    notify_change(state, &live.task, &live.id).await;
                 }
             }
             Decision::Hold => {}

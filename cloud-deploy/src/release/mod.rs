@@ -22,14 +22,16 @@ use policy::ReleasePolicy;
 use select::{LiveRelease, ReleaseState, choose};
 use target::Profile;
 
-/// Tells every subscribed device that what it should run for `task` may have changed.
-pub(crate) fn notify_change(state: &AppState, task: &str, release_id: &str) -> usize {
-    state.hub.notify_all(&Notice {
+/// Tells every subscribed device, on every replica, that what it should run for `task` may
+/// have changed.
+pub(crate) async fn notify_change(state: &AppState, task: &str, release_id: &str) {
+    let notice = Notice {
         kind: notice::Kind::TaskChanged as i32,
         task: task.to_owned(),
         release_id: release_id.to_owned(),
         pace_window_ms: state.config.pace_window_ms,
-    })
+    };
+    crate::notify::publish(&state.db, &state.hub, notice).await;
 }
 
 /// Creates a release of `task@version` under `policy` and notifies devices.
@@ -51,8 +53,8 @@ pub async fn create_release(
         .create_release(&id, task, version, &policy, &id)
         .await?;
     supersede_if_full(state, &release).await?;
-    let notified = notify_change(state, task, &id);
-    tracing::info!(release = %id, task, version, notified, "release created");
+    notify_change(state, task, &id).await;
+    tracing::info!(release = %id, task, version, "release created");
     Ok(release)
 }
 
@@ -154,7 +156,7 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
         .await?
         .ok_or_else(|| CloudError::NotFound(format!("no release {id:?}")))?;
     supersede_if_full(state, &updated).await?;
-    notify_change(state, &updated.task, id);
+    notify_change(state, &updated.task, id).await;
     tracing::info!(release = %id, ?action, state = %updated.state, stage = updated.stage, "release changed by operator");
     Ok(updated)
 }

@@ -5,6 +5,7 @@
 
 pub mod devices;
 pub mod events;
+pub mod leases;
 pub mod releases;
 pub mod tasks;
 
@@ -17,6 +18,7 @@ use crate::CloudError;
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    url: String,
 }
 
 impl Db {
@@ -49,7 +51,15 @@ impl Db {
                 redact(url)
             )));
         }
-        Ok(Db { pool })
+        Ok(Db {
+            pool,
+            url: url.to_owned(),
+        })
+    }
+
+    /// The URL of a PostgreSQL database, or `None` for SQLite.
+    pub fn postgres_url(&self) -> Option<&str> {
+        (!self.url.starts_with("sqlite:")).then_some(self.url.as_str())
     }
 
     /// The underlying pool, for the table modules.
