@@ -19,8 +19,9 @@ pub struct CloudConfig {
     pub database_url: Option<String>,
     /// Largest accepted bundle upload, in bytes.
     pub max_bundle_bytes: u64,
-    /// When set, devices must present this secret to register.
-    pub enrollment_secret: Option<String>,
+    /// Whether devices of apps not registered through `/v1/apps` may register (without a
+    /// secret). Devices of registered apps always need their app's enrollment secret.
+    pub open_enrollment: bool,
     /// Fallback sync period devices are told to use.
     pub sync_interval_secs: u32,
     /// Window within which notified devices spread their syncs.
@@ -37,7 +38,7 @@ impl Default for CloudConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: None,
             max_bundle_bytes: 64 * 1024 * 1024,
-            enrollment_secret: None,
+            open_enrollment: true,
             sync_interval_secs: 300,
             pace_window_ms: 2_000,
             controller_interval_ms: 1_000,

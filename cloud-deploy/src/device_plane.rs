@@ -186,12 +186,29 @@ impl DevicePlane for DevicePlaneService {
         request: Request<RegisterRequest>,
     ) -> Result<Response<RegisterResponse>, Status> {
         let request = request.into_inner();
-        if let Some(secret) = &self.state.config.enrollment_secret
-            && secrets::token_hash(secret) != secrets::token_hash(&request.enrollment_secret)
-        {
-            return Err(Status::permission_denied("wrong enrollment secret"));
-        }
         let profile = check_profile(request.profile.as_ref())?;
+        match self
+            .state
+            .db
+            .app_secret_hash(&profile.app_id)
+            .await
+            .map_err(internal)?
+        {
+            Some(hash) if hash != secrets::token_hash(&request.enrollment_secret) => {
+                return Err(Status::permission_denied(format!(
+                    "wrong enrollment secret for app {:?}",
+                    profile.app_id
+                )));
+            }
+            Some(_) => {}
+            None if !self.state.config.open_enrollment => {
+                return Err(Status::permission_denied(format!(
+                    "app {:?} is not registered for enrollment",
+                    profile.app_id
+                )));
+            }
+            None => {}
+        }
         let token = secrets::new_token("wld").map_err(internal)?;
         self.state
             .db

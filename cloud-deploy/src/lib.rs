@@ -12,6 +12,7 @@
 //!
 //! This crate must not run task code or know how devices execute tasks.
 
+pub mod auth;
 pub mod bundles;
 pub mod catalog;
 pub mod config;
@@ -58,6 +59,8 @@ pub enum CloudError {
     Conflict(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     TooLarge(String),
     #[error("cannot listen on {addr}: {source}")]

@@ -41,9 +41,9 @@ struct ServeArgs {
     /// Database URL [default: sqlite://<data-dir>/walle.db].
     #[arg(long, env = "WALLE_DATABASE_URL")]
     database_url: Option<String>,
-    /// Secret devices must present to register [default: none required].
-    #[arg(long, env = "WALLE_ENROLLMENT_SECRET")]
-    enrollment_secret: Option<String>,
+    /// Refuse devices of apps not registered through /v1/apps (each with its enrollment secret).
+    #[arg(long, env = "WALLE_CLOSED_ENROLLMENT")]
+    closed_enrollment: bool,
 }
 
 #[tokio::main]
@@ -70,8 +70,8 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.database_url {
         config.database_url = Some(v);
     }
-    if let Some(v) = args.enrollment_secret {
-        config.enrollment_secret = Some(v);
+    if args.closed_enrollment {
+        config.open_enrollment = false;
     }
     let data_dir = config.data_dir.clone();
     let cloud = Cloud::start(config).await.context("starting walle-cloud")?;

@@ -250,9 +250,20 @@ async fn register(
 async fn device_plane_authenticates_validates_and_stores_records_once(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let cloud = backend
-        .start(dir.path(), |c| c.enrollment_secret = Some("s3cret".into()))
+        .start(dir.path(), |c| c.open_enrollment = false)
         .await;
     let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+    let unregistered = register(&mut client, "d1", "").await.unwrap_err();
+    assert_eq!(unregistered.code(), Code::PermissionDenied);
+    assert!(
+        unregistered.message().contains("not registered"),
+        "{unregistered}"
+    );
+    let (status, app) = Http::new(&cloud)
+        .post_json("/v1/apps", json!({"app_id": "com.example"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{app}");
+    let secret = app["enrollment_secret"].as_str().unwrap().to_owned();
 
     assert_eq!(
         register(&mut client, "d1", "wrong")
@@ -264,18 +275,18 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
     let no_profile = client
         .register(RegisterRequest {
             profile: None,
-            enrollment_secret: "s3cret".into(),
+            enrollment_secret: secret.clone(),
         })
         .await
         .unwrap_err();
     assert_eq!(no_profile.code(), Code::InvalidArgument);
     assert!(no_profile.message().contains("profile"));
-    let empty_id = register(&mut client, "", "s3cret").await.unwrap_err();
+    let empty_id = register(&mut client, "", &secret).await.unwrap_err();
     assert!(
         empty_id.message().contains("profile.device_id"),
         "{empty_id}"
     );
-    let registered = register(&mut client, "d1", "s3cret").await.unwrap();
+    let registered = register(&mut client, "d1", &secret).await.unwrap();
     let token = registered.device_token;
 
     let anonymous = client.subscribe(SubscribeRequest {}).await.unwrap_err();
@@ -559,7 +570,130 @@ async fn a_restarted_cloud_keeps_its_key_tasks_and_releases(backend: Backend) {
     cloud.shutdown().await;
 }
 
+async fn roles_limit_operators_and_every_mutation_is_audited(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = backend.start(dir.path(), |_| {}).await;
+    let admin = Http::new(&cloud);
+    let mut tokens = std::collections::HashMap::new();
+    for role in ["viewer", "developer", "release-manager"] {
+        let (status, body) = admin
+            .post_json(
+                "/v1/tokens",
+                json!({"name": format!("{role} bot"), "role": role}),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{body}");
+        tokens.insert(
+            role,
+            (
+                body["id"].as_str().unwrap().to_owned(),
+                body["token"].as_str().unwrap().to_owned(),
+            ),
+        );
+    }
+    let (status, body) = admin
+        .post_json("/v1/tokens", json!({"name": "x", "role": "god"}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error_of(&body).contains("role"), "{body}");
+    let as_role = |role: &str| Http {
+        base: cloud.http_url(),
+        token: tokens[role].1.clone(),
+        client: reqwest::Client::new(),
+    };
+
+    let viewer = as_role("viewer");
+    assert_eq!(viewer.get("/v1/tasks").await.0, StatusCode::OK);
+    let (status, body) = viewer.post_json("/v1/tasks", json!({"name": "t"})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(error_of(&body).contains("needs developer"), "{body}");
+    assert_eq!(viewer.get("/v1/audit").await.0, StatusCode::FORBIDDEN);
+
+    let developer = as_role("developer");
+    assert_eq!(
+        developer
+            .post_json("/v1/tasks", json!({"name": "t"}))
+            .await
+            .0,
+        StatusCode::CREATED
+    );
+    let (status, _) = developer
+        .post_bytes("/v1/tasks/t/versions", bundle(dir.path(), "t", "1.0.0"))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let release = json!({"task": "t", "version": "1.0.0"});
+    assert_eq!(
+        developer.post_json("/v1/releases", release.clone()).await.0,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        developer
+            .post_json("/v1/tokens", json!({"name": "me", "role": "admin"}))
+            .await
+            .0,
+        StatusCode::FORBIDDEN
+    );
+
+    let manager = as_role("release-manager");
+    assert_eq!(
+        manager.post_json("/v1/releases", release).await.0,
+        StatusCode::CREATED
+    );
+
+    let (status, _) = admin
+        .post_json(
+            &format!("/v1/tokens/{}/revoke", tokens["developer"].0),
+            json!(null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        developer.get("/v1/tasks").await.0,
+        StatusCode::UNAUTHORIZED,
+        "revoked"
+    );
+
+    let (status, audit) = admin.get("/v1/audit").await;
+    assert_eq!(status, StatusCode::OK);
+    let entries: Vec<(String, String, i64)> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["actor"].as_str().unwrap().to_owned(),
+                e["path"].as_str().unwrap().to_owned(),
+                e["status"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    let has = |actor: &str, path: &str, status: i64| {
+        entries
+            .iter()
+            .any(|(a, p, s)| a.starts_with(actor) && p == path && *s == status)
+    };
+    assert!(has("viewer bot", "/v1/tasks", 403), "{entries:?}");
+    assert!(has("developer bot", "/v1/tasks", 201), "{entries:?}");
+    assert!(
+        has("developer bot", "/v1/tasks/t/versions", 201),
+        "{entries:?}"
+    );
+    assert!(has("developer bot", "/v1/releases", 403), "{entries:?}");
+    assert!(
+        has("release-manager bot", "/v1/releases", 201),
+        "{entries:?}"
+    );
+    assert!(has("bootstrap admin", "/v1/tokens", 400), "{entries:?}");
+    assert!(entries.iter().all(|(_, p, _)| !p.is_empty()));
+    assert!(
+        !entries.iter().any(|(_, p, _)| p == "/v1/audit"),
+        "reads are not audited"
+    );
+    cloud.shutdown().await;
+}
+
 on_both_backends!(
+    roles_limit_operators_and_every_mutation_is_audited,
     control_plane_requires_an_operator_token,
     bad_uploads_and_requests_get_specific_errors_and_store_nothing,
     device_plane_authenticates_validates_and_stores_records_once,

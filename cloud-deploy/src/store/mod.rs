@@ -3,6 +3,7 @@
 //! BIGINT milliseconds); each backend has its own migration directory with the same schema.
 //! Queries live in the submodule that owns each table.
 
+pub mod auth;
 pub mod devices;
 pub mod events;
 pub mod leases;
