@@ -28,6 +28,11 @@ pub struct CloudConfig {
     pub pace_window_ms: u32,
     /// How often the release controller checks health gates and abort rules.
     pub controller_interval_ms: u64,
+    /// Bundle downloads served at once; devices beyond it are told when to come back.
+    pub max_concurrent_transfers: usize,
+    /// Base of the come-back hint given to devices refused a transfer (plus random jitter of the
+    /// same size, so refused devices do not return together).
+    pub transfer_retry_ms: u32,
 }
 
 impl Default for CloudConfig {
@@ -42,6 +47,8 @@ impl Default for CloudConfig {
             sync_interval_secs: 300,
             pace_window_ms: 2_000,
             controller_interval_ms: 1_000,
+            max_concurrent_transfers: 256,
+            transfer_retry_ms: 1_000,
         }
     }
 }

@@ -177,6 +177,24 @@ fn check_event(index: usize, e: &TaskEvent) -> Result<TaskEventRow, Status> {
     })
 }
 
+/// Metadata key of the come-back hint on a refused transfer, in milliseconds.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// `RESOURCE_EXHAUSTED` telling the device when to come back: `base_ms` plus up to `base_ms` of
+/// jitter.
+fn busy(base_ms: u32) -> Status {
+    let jitter =
+        u32::from_le_bytes(secrets::random_bytes::<4>().unwrap_or_default()) % base_ms.max(1);
+    let retry_ms = base_ms.saturating_add(jitter);
+    let mut status = Status::resource_exhausted(format!(
+        "too many bundle transfers in progress; come back in {retry_ms} ms"
+    ));
+    if let Ok(value) = retry_ms.to_string().parse() {
+        status.metadata_mut().insert(RETRY_AFTER_MS, value);
+    }
+    status
+}
+
 type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
@@ -367,6 +385,9 @@ impl DevicePlane for DevicePlaneService {
                 "offset {offset} is past the bundle's {size} bytes"
             )));
         }
+        let Ok(permit) = self.state.transfers.clone().try_acquire_owned() else {
+            return Err(busy(self.state.config.transfer_retry_ms));
+        };
         let (tx, rx) = mpsc::channel(4);
         if offset == size {
             return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
@@ -378,6 +399,8 @@ impl DevicePlane for DevicePlaneService {
             .await
             .map_err(internal)?;
         tokio::spawn(async move {
+            // Held until the transfer ends or the device goes away.
+            let _permit = permit;
             let mut position = offset;
             while let Some(next) = source.next().await {
                 let bytes = match next {

@@ -96,6 +96,8 @@ pub struct AppState {
     pub replica_id: String,
     /// Whether this replica currently holds the release-controller lease.
     pub controller_active: Arc<AtomicBool>,
+    /// Permits for concurrent bundle transfers.
+    pub transfers: Arc<tokio::sync::Semaphore>,
 }
 
 /// A running cloud: both planes listening, until [`Cloud::shutdown`].
@@ -129,6 +131,9 @@ impl Cloud {
             admin_token_hash: secrets::token_hash(&admin_token),
             replica_id: format!("replica-{}", hex::encode(secrets::random_bytes::<6>()?)),
             controller_active: Arc::new(AtomicBool::new(false)),
+            transfers: Arc::new(tokio::sync::Semaphore::new(
+                config.max_concurrent_transfers.max(1),
+            )),
         };
         let http = bind(config.http_addr).await?;
         let grpc = bind(config.grpc_addr).await?;

@@ -692,7 +692,75 @@ async fn roles_limit_operators_and_every_mutation_is_audited(backend: Backend) {
     cloud.shutdown().await;
 }
 
+async fn bundle_transfers_are_capped_and_excess_devices_told_when_to_come_back(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = backend
+        .start(dir.path(), |c| {
+            c.max_concurrent_transfers = 1;
+            c.transfer_retry_ms = 700;
+        })
+        .await;
+    let http = Http::new(&cloud);
+    http.post_json("/v1/tasks", json!({"name": "t"})).await;
+    let task = task_dir(dir.path(), "t", "1.0.0", "def run(ctx):\n    return ctx\n");
+    // Incompressible, so the transfer spans many chunks and stays open while unread.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: Vec<u8> = (0..2_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(task.join("weights.bin"), noise).unwrap();
+    let bytes = walle_proto::bundle::pack_dir(&task).unwrap().1;
+    let (_, version) = http.post_bytes("/v1/tasks/t/versions", bytes).await;
+    let digest = version["bundle_digest"].as_str().unwrap().to_owned();
+    let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+    let token = register(&mut client, "d1", "").await.unwrap().device_token;
+    let fetch = || {
+        authed(
+            FetchBundleRequest {
+                digest: digest.clone(),
+                offset: 0,
+            },
+            &token,
+        )
+    };
+
+    let mut first = client.fetch_bundle(fetch()).await.unwrap().into_inner();
+    first.message().await.unwrap().unwrap();
+    let refused = client.fetch_bundle(fetch()).await.unwrap_err();
+    assert_eq!(refused.code(), Code::ResourceExhausted, "{refused}");
+    let hint: u64 = refused
+        .metadata()
+        .get("retry-after-ms")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((700..1400).contains(&hint), "hint {hint} ms");
+
+    // The slot frees when the first transfer goes away.
+    drop(first);
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match client.fetch_bundle(fetch()).await {
+            Ok(_) => break,
+            Err(status) if status.code() == Code::ResourceExhausted => {
+                assert!(tokio::time::Instant::now() < deadline, "slot never freed");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+            Err(status) => panic!("{status}"),
+        }
+    }
+    cloud.shutdown().await;
+}
+
 on_both_backends!(
+    bundle_transfers_are_capped_and_excess_devices_told_when_to_come_back,
     roles_limit_operators_and_every_mutation_is_audited,
     control_plane_requires_an_operator_token,
     bad_uploads_and_requests_get_specific_errors_and_store_nothing,

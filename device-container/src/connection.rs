@@ -301,7 +301,35 @@ fn claimed_version(manifest_json: &[u8]) -> String {
         .unwrap_or_else(|_| UNKNOWN_VERSION.to_owned())
 }
 
-/// Downloads a bundle, resuming from the last received byte after an interrupted stream.
+/// Why one download attempt stopped.
+enum FetchFailure {
+    /// The cloud is at its transfer cap and said when to come back.
+    Busy(Duration),
+    Failed(String),
+}
+
+/// Most come-back hints obeyed for one download before giving up until the next sync.
+const MAX_BUSY_RETRIES: usize = 30;
+/// Longest come-back hint obeyed.
+const MAX_RETRY_HINT: Duration = Duration::from_secs(60);
+
+/// The come-back hint of a refused transfer (`RESOURCE_EXHAUSTED` with `retry-after-ms`).
+fn retry_hint(status: &Status) -> Option<Duration> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let millis: u64 = status
+        .metadata()
+        .get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(millis).min(MAX_RETRY_HINT))
+}
+
+/// Downloads a bundle, resuming from the last received byte after an interrupted stream and
+/// coming back when the cloud says if it is busy.
 async fn fetch_bundle(
     client: &mut Client,
     manifest: &ReleaseManifest,
@@ -313,18 +341,29 @@ async fn fetch_bundle(
         )));
     }
     let mut bytes: Vec<u8> = Vec::with_capacity(size as usize);
-    let mut last_error = None;
-    for _ in 0..FETCH_ATTEMPTS {
+    let mut last_error = String::new();
+    let (mut failures, mut busy) = (0, 0);
+    while failures < FETCH_ATTEMPTS && busy <= MAX_BUSY_RETRIES {
         match fetch_from(client, manifest, &mut bytes).await {
             Ok(()) if bytes.len() as u64 == size => return Ok(bytes),
-            Ok(()) => last_error = Some(format!("stream ended at byte {} of {size}", bytes.len())),
-            Err(e) => last_error = Some(e),
+            Ok(()) => {
+                failures += 1;
+                last_error = format!("stream ended at byte {} of {size}", bytes.len());
+            }
+            Err(FetchFailure::Busy(wait)) => {
+                busy += 1;
+                last_error = format!("cloud busy; told to come back in {wait:?}");
+                tokio::time::sleep(wait).await;
+            }
+            Err(FetchFailure::Failed(e)) => {
+                failures += 1;
+                last_error = e;
+            }
         }
     }
     Err(AgentError::Transport(format!(
-        "fetching bundle {}: {}",
-        manifest.bundle_digest,
-        last_error.unwrap_or_default()
+        "fetching bundle {}: {last_error}",
+        manifest.bundle_digest
     )))
 }
 
@@ -332,28 +371,36 @@ async fn fetch_from(
     client: &mut Client,
     manifest: &ReleaseManifest,
     bytes: &mut Vec<u8>,
-) -> Result<(), String> {
+) -> Result<(), FetchFailure> {
+    let failed = |status: Status| match retry_hint(&status) {
+        Some(wait) => FetchFailure::Busy(wait),
+        None => FetchFailure::Failed(status.to_string()),
+    };
     let mut stream = client
         .fetch_bundle(FetchBundleRequest {
             digest: manifest.bundle_digest.clone(),
             offset: bytes.len() as u64,
         })
         .await
-        .map_err(|s| s.to_string())?
+        .map_err(failed)?
         .into_inner();
-    while let Some(chunk) = stream.message().await.map_err(|s| s.to_string())? {
+    while let Some(chunk) = stream
+        .message()
+        .await
+        .map_err(|s| FetchFailure::Failed(s.to_string()))?
+    {
         if chunk.offset != bytes.len() as u64 {
-            return Err(format!(
+            return Err(FetchFailure::Failed(format!(
                 "chunk at offset {} while expecting {}",
                 chunk.offset,
                 bytes.len()
-            ));
+            )));
         }
         if bytes.len() as u64 + chunk.data.len() as u64 > manifest.bundle_size {
-            return Err(format!(
+            return Err(FetchFailure::Failed(format!(
                 "cloud sent more than the signed size of {} bytes",
                 manifest.bundle_size
-            ));
+            )));
         }
         bytes.extend_from_slice(&chunk.data);
     }
@@ -436,5 +483,23 @@ pub(crate) async fn restore_installed(shared: &Arc<Shared>) {
                 tracing::error!(task = %task.vm_key(), error = %e, "installed task failed to load")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn obeys_the_clouds_come_back_hint_within_bounds() {
+        let mut busy = Status::resource_exhausted("busy");
+        busy.metadata_mut()
+            .insert("retry-after-ms", "1500".parse().unwrap());
+        assert_eq!(retry_hint(&busy), Some(Duration::from_millis(1500)));
+        busy.metadata_mut()
+            .insert("retry-after-ms", "99999999".parse().unwrap());
+        assert_eq!(retry_hint(&busy), Some(MAX_RETRY_HINT));
+        assert_eq!(retry_hint(&Status::resource_exhausted("no hint")), None);
+        assert_eq!(retry_hint(&Status::unavailable("down")), None);
     }
 }
