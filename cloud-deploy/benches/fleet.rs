@@ -40,7 +40,12 @@ fn profile(i: usize) -> DeviceProfile {
         device_id: format!("sim-{i:06}"),
         app_id: "com.example.shop".into(),
         app_version: format!("5.{}.0", i % 4),
-        os: if i.is_multiple_of(2) { "android" } else { "ios" }.into(),
+        os: if i.is_multiple_of(2) {
+            "android"
+        } else {
+            "ios"
+        }
+        .into(),
         os_version: "14".into(),
         hardware_tier: ["low", "mid", "high"][i % 3].into(),
         region: ["eu", "us", "ap"][i % 3].into(),

@@ -28,6 +28,9 @@ pub struct CloudConfig {
     pub pace_window_ms: u32,
     /// How often the release controller checks health gates and abort rules.
     pub controller_interval_ms: u64,
+    /// How often the release controller samples each release's coverage (for the series the
+    /// console draws).
+    pub coverage_sample_ms: u64,
     /// Bundle downloads served at once; devices beyond it are told when to come back.
     pub max_concurrent_transfers: usize,
     /// Base of the come-back hint given to devices refused a transfer (plus random jitter of the
@@ -47,6 +50,7 @@ impl Default for CloudConfig {
             sync_interval_secs: 300,
             pace_window_ms: 2_000,
             controller_interval_ms: 1_000,
+            coverage_sample_ms: 10_000,
             max_concurrent_transfers: 256,
             transfer_retry_ms: 1_000,
         }

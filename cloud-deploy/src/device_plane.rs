@@ -322,6 +322,12 @@ impl DevicePlane for DevicePlaneService {
                 .get(&s.release.task)
                 .is_some_and(|c| c.id == s.release.id)
         }) {
+            let pulling = running.get(&served.release.task) != Some(&served.release.version);
+            if pulling {
+                db.record_sync(&served.release.id, &device)
+                    .await
+                    .map_err(internal)?;
+            }
             let signature = hex::decode(&served.signature_hex).map_err(|e| {
                 Status::internal(format!(
                     "stored signature of {} is not hex: {e}",

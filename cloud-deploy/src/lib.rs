@@ -157,9 +157,9 @@ impl Cloud {
                 stopped.clone(),
             )),
         ];
-        if let Some(url) = state.db.postgres_url() {
+        if state.db.postgres_url().is_some() {
             servers.push(tokio::spawn(notify::listen(
-                url.to_owned(),
+                state.db.clone(),
                 state.hub.clone(),
                 stopped,
             )));

@@ -77,7 +77,8 @@ pub const CHANNEL: &str = "walle_notices";
 /// devices), straight to this replica's devices otherwise.
 pub async fn publish(db: &crate::store::Db, hub: &NoticeHub, notice: Notice) {
     if db.postgres_url().is_none() {
-        hub.notify_all(&notice);
+        let delivered = hub.notify_all(&notice);
+        count_delivered(db, &notice, delivered).await;
         return;
     }
     let payload = serde_json::json!({
@@ -90,7 +91,17 @@ pub async fn publish(db: &crate::store::Db, hub: &NoticeHub, notice: Notice) {
     if let Err(e) = db.pg_notify(CHANNEL, &payload).await {
         // Other replicas' devices catch up at their periodic sync; ours hear it now.
         tracing::warn!(error = %e, "cannot fan the notice out to other replicas");
-        hub.notify_all(&notice);
+        let delivered = hub.notify_all(&notice);
+        count_delivered(db, &notice, delivered).await;
+    }
+}
+
+async fn count_delivered(db: &crate::store::Db, notice: &Notice, delivered: usize) {
+    if notice.release_id.is_empty() {
+        return;
+    }
+    if let Err(e) = db.add_notified(&notice.release_id, delivered).await {
+        tracing::warn!(error = %e, "cannot count delivered notices");
     }
 }
 
@@ -106,7 +117,14 @@ fn parse_notice(payload: &str) -> Option<Notice> {
 
 /// Delivers notices published by any replica to this replica's devices, until stopped.
 /// Reconnects after connection loss (devices cover anything missed by their periodic sync).
-pub async fn listen(url: String, hub: NoticeHub, mut stop: tokio::sync::watch::Receiver<bool>) {
+pub async fn listen(
+    db: crate::store::Db,
+    hub: NoticeHub,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let Some(url) = db.postgres_url().map(str::to_owned) else {
+        return;
+    };
     loop {
         let session = async {
             let mut listener = sqlx::postgres::PgListener::connect(&url).await?;
@@ -115,7 +133,8 @@ pub async fn listen(url: String, hub: NoticeHub, mut stop: tokio::sync::watch::R
                 let notification = listener.recv().await?;
                 match parse_notice(notification.payload()) {
                     Some(notice) => {
-                        hub.notify_all(&notice);
+                        let delivered = hub.notify_all(&notice);
+                        count_delivered(&db, &notice, delivered).await;
                     }
                     None => tracing::warn!(
                         payload = notification.payload(),

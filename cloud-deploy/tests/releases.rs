@@ -25,6 +25,7 @@ async fn start(backend: &Backend, dir: &Path) -> Cloud {
     backend
         .start(dir, |c| {
             c.controller_interval_ms = 30;
+            c.coverage_sample_ms = 30;
             c.pace_window_ms = 0;
         })
         .await
@@ -307,6 +308,41 @@ async fn staged_release_is_sticky_and_advances_on_health(backend: Backend) {
     let status = op.status(&staged).await;
     assert_eq!(status["stats"]["installed"], 40, "{status}");
     assert_eq!(status["stats"]["targeted"], 40, "{status}");
+    assert_eq!(
+        status["stats"]["synced"], 40,
+        "every device pulled it once: {status}"
+    );
+    assert_eq!(
+        status["stats"]["notified"], 2,
+        "created + advanced, one subscriber: {status}"
+    );
+    // The coverage series shows both stages and ends fully installed.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let series = loop {
+        let (_, series) = op
+            .call("GET", &format!("/v1/releases/{staged}/coverage"), None)
+            .await;
+        let last = series
+            .as_array()
+            .and_then(|s| s.last())
+            .cloned()
+            .unwrap_or_default();
+        if last["installed"] == 40 && last["targeted"] == 40 {
+            break series;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "coverage never reached 40: {series}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let samples = series.as_array().unwrap();
+    assert!(samples.iter().any(|s| s["stage"] == 0), "{series}");
+    assert!(
+        samples
+            .windows(2)
+            .all(|w| w[0]["at_ms"].as_i64() < w[1]["at_ms"].as_i64())
+    );
     cloud.shutdown().await;
 }
 

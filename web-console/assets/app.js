@@ -20,6 +20,28 @@ async function api(path) {
   return body;
 }
 
+// Installed share of targeted devices over time, as a small SVG line.
+function sparkline(samples) {
+  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+  svg.setAttribute("width", "120");
+  svg.setAttribute("height", "24");
+  if (samples.length > 0) {
+    const t0 = samples[0].at_ms;
+    const span = Math.max(1, samples[samples.length - 1].at_ms - t0);
+    const points = samples.map((s) => {
+      const share = s.targeted > 0 ? s.installed / s.targeted : 0;
+      return `${(118 * (s.at_ms - t0)) / span + 1},${22 - 20 * share + 1}`;
+    });
+    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
+    line.setAttribute("points", points.join(" "));
+    line.setAttribute("fill", "none");
+    line.setAttribute("stroke", "#2b7de9");
+    line.setAttribute("stroke-width", "2");
+    svg.appendChild(line);
+  }
+  return svg;
+}
+
 async function act(id, action) {
   const response = await fetch(`/v1/releases/${id}/${action}`, {
     method: "POST",
@@ -74,12 +96,19 @@ async function refresh() {
     const [releases, tasks, devices, records] = await Promise.all([
       api("/releases"), api("/tasks"), api("/devices"), api("/records?limit=20"),
     ]);
-    const stats = await Promise.all(releases.map((r) => api("/releases/" + r.id)));
+    const stats = await Promise.all(releases.map(async (r) => {
+      const [status, coverage] = await Promise.all([
+        api("/releases/" + r.id), api(`/releases/${r.id}/coverage`),
+      ]);
+      return { ...status, coverage };
+    }));
     render("releases", [
       ["id", (r) => r.id], ["task", (r) => r.task], ["version", (r) => r.version],
       ["state", (r) => r.state + (r.state_reason ? ` (${r.state_reason})` : "")],
       ["stage", (r) => `${r.stage + 1}/${r.policy.stages.length}: ${r.policy.stages[r.stage]}%`],
       ["installed", (r) => `${r.stats.installed}/${r.stats.targeted}`],
+      ["coverage over time", (r) => sparkline(r.coverage)],
+      ["notified / synced", (r) => `${r.stats.notified} / ${r.stats.synced}`],
       ["install failed", (r) => r.stats.install_failed],
       ["runs ok / failed", (r) => `${r.stats.runs_ok} / ${r.stats.runs_failed}`],
       ["created", (r) => time(r.created_at_ms)],

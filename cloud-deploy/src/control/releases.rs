@@ -11,6 +11,7 @@ use super::bad_json;
 use crate::release::policy::ReleasePolicy;
 use crate::release::{self, Action, PreviewStage, ReleaseStats};
 use crate::store::releases::ReleaseRow;
+use crate::store::stats::CoverageSample;
 use crate::{AppState, CloudError};
 
 pub(super) fn routes() -> Router<AppState> {
@@ -18,6 +19,7 @@ pub(super) fn routes() -> Router<AppState> {
         .route("/releases", get(list_releases).post(create_release))
         .route("/releases/preview", post(preview))
         .route("/releases/{id}", get(release_status))
+        .route("/releases/{id}/coverage", get(coverage))
         .route("/releases/{id}/{action}", post(act))
 }
 
@@ -95,6 +97,16 @@ async fn release_status(
         .ok_or_else(|| CloudError::NotFound(format!("no release {id:?}")))?;
     let stats = release::stats(&state, &release).await?;
     Ok(Json(ReleaseStatus { release, stats }))
+}
+
+async fn coverage(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<CoverageSample>>, CloudError> {
+    if state.db.get_release(&id).await?.is_none() {
+        return Err(CloudError::NotFound(format!("no release {id:?}")));
+    }
+    Ok(Json(state.db.samples(&id).await?))
 }
 
 async fn act(

@@ -21,6 +21,8 @@ pub const LEASE: &str = "release-controller";
 /// is replaced soon after.
 pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<bool>) {
     let ttl_ms = (interval.as_millis() as i64 * 10).max(1000);
+    let sample_every = Duration::from_millis(state.config.coverage_sample_ms.max(10));
+    let mut last_sample: Option<std::time::Instant> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
@@ -45,6 +47,12 @@ pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<
         }
         if let Err(e) = tick(&state).await {
             tracing::warn!(error = %e, "release controller tick failed");
+        }
+        if last_sample.is_none_or(|t| t.elapsed() >= sample_every) {
+            last_sample = Some(std::time::Instant::now());
+            if let Err(e) = sample_coverage(&state).await {
+                tracing::warn!(error = %e, "coverage sampling failed");
+            }
         }
     }
     if state.controller_active.swap(false, Ordering::SeqCst)
@@ -148,6 +156,26 @@ pub async fn tick(state: &AppState) -> Result<(), CloudError> {
             }
             Decision::Hold => {}
         }
+    }
+    Ok(())
+}
+
+/// Records targeted and installed devices of every active or paused release.
+pub async fn sample_coverage(state: &AppState) -> Result<(), CloudError> {
+    let at_ms = now_ms();
+    for row in state.db.list_releases().await? {
+        if row.state != ReleaseState::Active.as_str() && row.state != ReleaseState::Paused.as_str()
+        {
+            continue;
+        }
+        let stats = super::stats(state, &row).await?;
+        let sample = crate::store::stats::CoverageSample {
+            at_ms,
+            stage: row.stage,
+            targeted: stats.targeted as i64,
+            installed: stats.installed,
+        };
+        state.db.add_sample(&row.id, &sample).await?;
     }
     Ok(())
 }

@@ -251,6 +251,10 @@ pub struct ReleaseStats {
     pub installed: i64,
     /// Share of targeted devices that have it installed.
     pub coverage: f64,
+    /// Notices about this release delivered to device streams.
+    pub notified: i64,
+    /// Devices that pulled this release.
+    pub synced: i64,
     #[serde(flatten)]
     pub health: ReleaseHealth,
 }
@@ -281,9 +285,12 @@ pub async fn stats(state: &AppState, release: &ReleaseRow) -> Result<ReleaseStat
     let installed = state.db.count_installed(&live.task, &live.version).await?;
     let kinds = failure_kinds(&live.policy);
     let health = state.db.release_health(&live.id, &kinds).await?;
+    let (notified, synced) = state.db.notified_and_synced(&live.id).await?;
     Ok(ReleaseStats {
         targeted,
         installed,
+        notified,
+        synced,
         coverage: if targeted == 0 {
             0.0
         } else {

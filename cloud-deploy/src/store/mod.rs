@@ -8,6 +8,7 @@ pub mod devices;
 pub mod events;
 pub mod leases;
 pub mod releases;
+pub mod stats;
 pub mod tasks;
 
 use sqlx::AnyPool;
