@@ -14,6 +14,19 @@ fn example_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/ipv-feature")
 }
 
+/// A fleet of `devices` running the example task at 1.0.0.
+async fn running_example(root: &Path, devices: usize) -> Fleet {
+    let fleet = Fleet::start(root, devices).await.unwrap();
+    fleet.publish(&example_dir()).await.unwrap();
+    fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    fleet
+}
+
 /// Copies the example task to `dest` with another version and, optionally, another script.
 fn variant(dest: &Path, version: &str, script: Option<&str>) -> std::path::PathBuf {
     let dir = dest.join(format!("ipv-{version}"));
@@ -247,14 +260,7 @@ async fn a_version_that_fails_to_load_is_refused_and_failed_runs_are_reported() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_device_comes_back_with_its_installed_task() {
     let root = tempfile::tempdir().unwrap();
-    let fleet = Fleet::start(root.path(), 1).await.unwrap();
-    fleet.publish(&example_dir()).await.unwrap();
-    fleet
-        .client
-        .create_release("ipv-feature", "1.0.0")
-        .await
-        .unwrap();
-    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    let fleet = running_example(root.path(), 1).await;
     let Fleet {
         cloud,
         agents,
@@ -297,14 +303,7 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_signed_by_an_untrusted_key_is_refused_and_reported() {
     let root = tempfile::tempdir().unwrap();
-    let fleet = Fleet::start(root.path(), 1).await.unwrap();
-    fleet.publish(&example_dir()).await.unwrap();
-    fleet
-        .client
-        .create_release("ipv-feature", "1.0.0")
-        .await
-        .unwrap();
-    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    let fleet = running_example(root.path(), 1).await;
 
     // The cloud comes back on the same addresses with a publisher key the device never trusted.
     let Fleet {
@@ -356,14 +355,7 @@ async fn a_manifest_signed_by_an_untrusted_key_is_refused_and_reported() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aborting_a_release_rolls_real_devices_back_to_the_previous_version() {
     let root = tempfile::tempdir().unwrap();
-    let fleet = Fleet::start(root.path(), 2).await.unwrap();
-    fleet.publish(&example_dir()).await.unwrap();
-    fleet
-        .client
-        .create_release("ipv-feature", "1.0.0")
-        .await
-        .unwrap();
-    fleet.wait_installed("ipv-feature", "1.0.0").await.unwrap();
+    let fleet = running_example(root.path(), 2).await;
     fleet
         .publish(&variant(root.path(), "2.0.0", None))
         .await
