@@ -20,6 +20,7 @@ use walle_proto::v1::{
 use crate::release::select::{LiveRelease, choose};
 use crate::release::target::Profile;
 use crate::store::events::TaskEventRow;
+use crate::store::now_ms;
 use crate::{AppState, CloudError, secrets};
 
 /// Largest bundle chunk sent in one message.
@@ -30,6 +31,8 @@ const MAX_BATCH: usize = 1000;
 const MAX_RECORD_BYTES: usize = walle_proto::manifest::MAX_OUTPUT_CAP as usize;
 /// Largest accepted identifier (device id, event id, record id, task name, version).
 const MAX_ID_CHARS: usize = 128;
+/// `last_seen` is refreshed at most this often by Syncs that change nothing else.
+const LAST_SEEN_RESOLUTION_MS: i64 = 60_000;
 /// Largest accepted free-text field (profile fields, failure details).
 const MAX_TEXT_CHARS: usize = 4096;
 
@@ -292,21 +295,36 @@ impl DevicePlane for DevicePlaneService {
             check_id(&format!("installed[{i}].version"), &t.version)?;
         }
         let db = &self.state.db;
-        db.touch_device(&device, profile.map(profile_json).as_deref())
+        // A steady-state Sync only reads: the device row and its task rows are written only when
+        // something changed (or last_seen is stale), so a fleet polling in place costs no writes.
+        let seen = db.device_seen(&device).await.map_err(internal)?;
+        let new_profile_json = profile.map(profile_json);
+        let profile_changed = new_profile_json
+            .as_ref()
+            .is_some_and(|json| seen.as_ref().is_none_or(|s| &s.profile_json != json));
+        let stale = seen
+            .as_ref()
+            .is_none_or(|s| now_ms() - s.last_seen_ms >= LAST_SEEN_RESOLUTION_MS);
+        if profile_changed || stale {
+            db.touch_device(
+                &device,
+                new_profile_json.as_deref().filter(|_| profile_changed),
+            )
             .await
             .map_err(internal)?;
-        for t in &request.installed {
-            db.set_device_task(&device, &t.task, &t.version, "installed", "")
-                .await
-                .map_err(internal)?;
         }
-        let profile = match profile {
-            Some(p) => profile_of(p),
-            None => db
-                .device_profile(&device)
-                .await
-                .map_err(internal)?
-                .unwrap_or_default(),
+        let recorded = db.device_task_versions(&device).await.map_err(internal)?;
+        for t in &request.installed {
+            if recorded.get(&t.task) != Some(&(t.version.clone(), "installed".to_owned())) {
+                db.set_device_task(&device, &t.task, &t.version, "installed", "")
+                    .await
+                    .map_err(internal)?;
+            }
+        }
+        let profile = match (profile, seen) {
+            (Some(p), _) => profile_of(p),
+            (None, Some(seen)) => serde_json::from_str(&seen.profile_json).unwrap_or_default(),
+            (None, None) => Profile::default(),
         };
         let running: HashMap<String, String> = request
             .installed

@@ -416,6 +416,15 @@ async fn targeting_priority_customised_versions_and_late_joiners(backend: Backen
     assert_eq!(late.converge().await.as_deref(), Some("2.0.0"));
     low.profile.hardware_tier = "high".into();
     assert_eq!(low.converge().await.as_deref(), Some("2.0.0"));
+    // The cloud keeps the changed profile (preview and statistics read the stored one).
+    let (_, devices) = op.call("GET", "/v1/devices", None).await;
+    let stored = devices
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "l1")
+        .unwrap();
+    assert_eq!(stored["profile"]["hardware_tier"], "high", "{stored}");
     low.profile.app_version = "4.0.0".into();
     // Priority beats newness: an urgent release for old app versions wins over both.
     let urgent = op

@@ -1,10 +1,19 @@
 //! Tables `devices` and `device_tasks`.
 
+use std::collections::HashMap;
+
 use serde::Serialize;
 use sqlx::Row;
 
 use super::{Db, db_err, now_ms};
 use crate::CloudError;
+
+/// A device's stored profile (JSON) and when it was last seen.
+#[derive(Debug, Clone)]
+pub struct DeviceSeen {
+    pub profile_json: String,
+    pub last_seen_ms: i64,
+}
 
 /// A device as the control plane lists it.
 #[derive(Debug, Clone, Serialize)]
@@ -66,21 +75,43 @@ impl Db {
             .map_err(db_err("decoding device id"))
     }
 
-    /// The stored profile of a device.
-    pub async fn device_profile(
-        &self,
-        id: &str,
-    ) -> Result<Option<crate::release::target::Profile>, CloudError> {
-        let row = sqlx::query("SELECT profile_json FROM devices WHERE id = $1")
+    /// What Sync needs to decide whether to write: the stored profile and last-seen time.
+    pub async fn device_seen(&self, id: &str) -> Result<Option<DeviceSeen>, CloudError> {
+        let row = sqlx::query("SELECT profile_json, last_seen_ms FROM devices WHERE id = $1")
             .bind(id)
             .fetch_optional(self.pool())
             .await
-            .map_err(db_err("reading device profile"))?;
-        let Some(row) = row else { return Ok(None) };
-        let json: String = row
-            .try_get("profile_json")
-            .map_err(db_err("decoding device profile"))?;
-        Ok(Some(serde_json::from_str(&json).unwrap_or_default()))
+            .map_err(db_err("reading device"))?;
+        row.map(|r| {
+            Ok(DeviceSeen {
+                profile_json: r.try_get("profile_json")?,
+                last_seen_ms: r.try_get("last_seen_ms")?,
+            })
+        })
+        .transpose()
+        .map_err(db_err("decoding device"))
+    }
+
+    /// Task → (version, state) as last recorded for a device.
+    pub async fn device_task_versions(
+        &self,
+        id: &str,
+    ) -> Result<HashMap<String, (String, String)>, CloudError> {
+        let rows =
+            sqlx::query("SELECT task, version, state FROM device_tasks WHERE device_id = $1")
+                .bind(id)
+                .fetch_all(self.pool())
+                .await
+                .map_err(db_err("reading device tasks"))?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("task")?,
+                    (r.try_get("version")?, r.try_get("state")?),
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding device tasks"))
     }
 
     /// Records that a device was seen, with its current profile.
