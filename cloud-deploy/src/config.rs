@@ -31,6 +31,8 @@ pub struct CloudConfig {
     /// How often the release controller samples each release's coverage (for the series the
     /// console draws).
     pub coverage_sample_ms: u64,
+    /// TLS for both planes; plain TCP when absent.
+    pub tls: Option<crate::tls::TlsFiles>,
     /// Bundle downloads served at once; devices beyond it are told when to come back.
     pub max_concurrent_transfers: usize,
     /// Base of the come-back hint given to devices refused a transfer (plus random jitter of the
@@ -51,6 +53,7 @@ impl Default for CloudConfig {
             pace_window_ms: 2_000,
             controller_interval_ms: 1_000,
             coverage_sample_ms: 10_000,
+            tls: None,
             max_concurrent_transfers: 256,
             transfer_retry_ms: 1_000,
         }

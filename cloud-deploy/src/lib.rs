@@ -22,6 +22,7 @@ pub mod notify;
 pub mod release;
 pub mod secrets;
 pub mod store;
+pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -135,6 +136,9 @@ impl Cloud {
                 config.max_concurrent_transfers.max(1),
             )),
         };
+        // Load TLS material before listening, so a bad file fails the start with its path.
+        let http_tls = config.tls.as_ref().map(|t| t.server_config()).transpose()?;
+        let grpc_tls = config.tls.as_ref().map(|t| t.load()).transpose()?;
         let http = bind(config.http_addr).await?;
         let grpc = bind(config.grpc_addr).await?;
         let http_addr = http.local_addr().map_err(|e| CloudError::Bind {
@@ -149,8 +153,8 @@ impl Cloud {
         let controller_interval =
             std::time::Duration::from_millis(config.controller_interval_ms.max(10));
         let mut servers = vec![
-            tokio::spawn(serve_http(http, state.clone(), stopped.clone())),
-            tokio::spawn(serve_grpc(grpc, state.clone(), stopped.clone())),
+            tokio::spawn(serve_http(http, http_tls, state.clone(), stopped.clone())),
+            tokio::spawn(serve_grpc(grpc, grpc_tls, state.clone(), stopped.clone())),
             tokio::spawn(release::controller::run(
                 state.clone(),
                 controller_interval,
@@ -177,12 +181,20 @@ impl Cloud {
 
     /// The control-plane base URL, e.g. `http://127.0.0.1:8080`.
     pub fn http_url(&self) -> String {
-        format!("http://{}", self.http_addr)
+        format!("{}://{}", self.scheme(), self.http_addr)
+    }
+
+    fn scheme(&self) -> &'static str {
+        if self.state.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 
     /// The device-plane URL, e.g. `http://127.0.0.1:50051`.
     pub fn grpc_url(&self) -> String {
-        format!("http://{}", self.grpc_addr)
+        format!("{}://{}", self.scheme(), self.grpc_addr)
     }
 
     /// Whether this replica currently runs the release controller.
@@ -221,24 +233,55 @@ async fn stopped(mut signal: watch::Receiver<bool>) {
     let _ = signal.wait_for(|stop| *stop).await;
 }
 
-async fn serve_http(listener: TcpListener, state: AppState, stop: watch::Receiver<bool>) {
+async fn serve_http(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::rustls::ServerConfig>,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) {
     let app = control::router(state);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stopped(stop))
-        .await
-    {
+    let result = match tls {
+        Some(config) => {
+            axum::serve(tls::TlsListener::new(listener, config), app)
+                .with_graceful_shutdown(stopped(stop))
+                .await
+        }
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopped(stop))
+                .await
+        }
+    };
+    if let Err(e) = result {
         tracing::error!(error = %e, "control plane server failed");
     }
 }
 
-async fn serve_grpc(listener: TcpListener, state: AppState, stop: watch::Receiver<bool>) {
+async fn serve_grpc(
+    listener: TcpListener,
+    tls: Option<(Vec<u8>, Vec<u8>)>,
+    state: AppState,
+    stop: watch::Receiver<bool>,
+) {
     let hub = state.hub.clone();
     let service = DevicePlaneServer::new(device_plane::DevicePlaneService::new(state));
     let shutdown = async move {
         stopped(stop).await;
         hub.close_all();
     };
-    let result = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some((cert, key)) = tls {
+        let identity = tonic::transport::Identity::from_pem(cert, key);
+        builder =
+            match builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)) {
+                Ok(builder) => builder,
+                Err(e) => {
+                    tracing::error!(error = %e, "device plane TLS configuration failed");
+                    return;
+                }
+            };
+    }
+    let result = builder
         .http2_keepalive_interval(Some(std::time::Duration::from_secs(30)))
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)

@@ -41,6 +41,12 @@ struct ServeArgs {
     /// Database URL [default: sqlite://<data-dir>/walle.db].
     #[arg(long, env = "WALLE_DATABASE_URL")]
     database_url: Option<String>,
+    /// PEM certificate chain: serve both planes over TLS (with --tls-key).
+    #[arg(long, env = "WALLE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "WALLE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Refuse devices of apps not registered through /v1/apps (each with its enrollment secret).
     #[arg(long, env = "WALLE_CLOSED_ENROLLMENT")]
     closed_enrollment: bool,
@@ -70,16 +76,19 @@ async fn main() -> anyhow::Result<()> {
     if let Some(v) = args.database_url {
         config.database_url = Some(v);
     }
+    if let (Some(cert_pem), Some(key_pem)) = (args.tls_cert, args.tls_key) {
+        config.tls = Some(walle_cloud::tls::TlsFiles { cert_pem, key_pem });
+    }
     if args.closed_enrollment {
         config.open_enrollment = false;
     }
     let data_dir = config.data_dir.clone();
     let cloud = Cloud::start(config).await.context("starting walle-cloud")?;
     eprintln!(
-        "walle-cloud: control plane http://{} (console at /console/), device plane http://{}\n\
+        "walle-cloud: control plane {} (console at /console/), device plane {}\n\
          operator token in {}",
-        cloud.http_addr,
-        cloud.grpc_addr,
+        cloud.http_url(),
+        cloud.grpc_url(),
         data_dir.join("admin.token").display()
     );
     tokio::signal::ctrl_c()

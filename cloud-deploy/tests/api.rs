@@ -768,3 +768,85 @@ on_both_backends!(
     releases_push_notices_and_sync_serves_verifiable_manifests_and_resumable_bundles,
     a_restarted_cloud_keeps_its_key_tasks_and_releases,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_planes_serve_tls_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned(), "127.0.0.1".to_owned()])
+            .unwrap();
+    let cert_pem = certified.cert.pem();
+    let tls = walle_cloud::tls::TlsFiles {
+        cert_pem: dir.path().join("cert.pem"),
+        key_pem: dir.path().join("key.pem"),
+    };
+    std::fs::write(&tls.cert_pem, &cert_pem).unwrap();
+    std::fs::write(&tls.key_pem, certified.signing_key.serialize_pem()).unwrap();
+    let cloud = Backend::sqlite()
+        .start(&dir.path().join("data"), |c| c.tls = Some(tls.clone()))
+        .await;
+    assert!(cloud.http_url().starts_with("https://") && cloud.grpc_url().starts_with("https://"));
+
+    // Control plane: HTTPS with the certificate trusted works; plain HTTP and untrusted do not.
+    let trusting = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let health = trusting
+        .get(format!("{}/v1/health", cloud.http_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    let plain = reqwest::get(format!("http://{}/v1/health", cloud.http_addr)).await;
+    assert!(plain.is_err() || !plain.unwrap().status().is_success());
+    assert!(
+        reqwest::get(format!("{}/v1/health", cloud.http_url()))
+            .await
+            .is_err(),
+        "untrusted certificate accepted"
+    );
+
+    // Device plane: gRPC over TLS with the certificate trusted works; plain does not.
+    let tls_config = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(cert_pem.as_bytes()));
+    let channel = tonic::transport::Endpoint::from_shared(cloud.grpc_url())
+        .unwrap()
+        .tls_config(tls_config)
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    register(&mut DevicePlaneClient::new(channel), "tls-device", "")
+        .await
+        .unwrap();
+    let plain = async {
+        let mut client = DevicePlaneClient::connect(format!("http://{}", cloud.grpc_addr))
+            .await
+            .ok()?;
+        register(&mut client, "plain-device", "").await.ok()
+    };
+    assert!(
+        plain.await.is_none(),
+        "plain gRPC accepted by a TLS device plane"
+    );
+    cloud.shutdown().await;
+
+    // A key that does not match fails the start with the file named.
+    std::fs::write(
+        &tls.key_pem,
+        rcgen::KeyPair::generate().unwrap().serialize_pem(),
+    )
+    .unwrap();
+    let err = Cloud::start(walle_cloud::CloudConfig {
+        data_dir: dir.path().join("data"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        tls: Some(tls.clone()),
+        ..Default::default()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("cert.pem"), "{err}");
+}

@@ -47,6 +47,8 @@ pub struct DeviceConfig {
     pub data_dir: PathBuf,
     /// Secret the cloud requires at registration, if any.
     pub enrollment_secret: String,
+    /// PEM certificate (or CA) to trust for an `https://` cloud URL.
+    pub cloud_ca_cert: Option<PathBuf>,
     /// Local ingest endpoint for the host app (HTTP on loopback); `None` disables it.
     pub ingest_addr: Option<SocketAddr>,
     /// Worker threads of the task VM.
@@ -62,6 +64,7 @@ impl Default for DeviceConfig {
             cloud_url: "http://127.0.0.1:50051".into(),
             data_dir: PathBuf::from("walle-device-data"),
             enrollment_secret: String::new(),
+            cloud_ca_cert: None,
             ingest_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
             vm_threads: std::thread::available_parallelism()
                 .map(|n| n.get())

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
 use walle_proto::manifest::ReleaseManifest;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
@@ -75,9 +75,21 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+fn endpoint(config: &crate::DeviceConfig) -> Result<Endpoint, AgentError> {
+    let endpoint = Endpoint::from_shared(config.cloud_url.clone())
+        .map_err(|e| AgentError::Config(format!("cloud_url {:?}: {e}", config.cloud_url)))?;
+    let Some(ca) = &config.cloud_ca_cert else {
+        return Ok(endpoint);
+    };
+    let pem = std::fs::read(ca)
+        .map_err(|e| AgentError::Config(format!("cloud_ca_cert {}: {e}", ca.display())))?;
+    endpoint
+        .tls_config(ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)))
+        .map_err(|e| AgentError::Config(format!("TLS with cloud_ca_cert {}: {e}", ca.display())))
+}
+
 async fn session(shared: &Arc<Shared>) -> Result<(), AgentError> {
-    let channel = Endpoint::from_shared(shared.config.cloud_url.clone())
-        .map_err(|e| AgentError::Config(format!("cloud_url {:?}: {e}", shared.config.cloud_url)))?
+    let channel = endpoint(&shared.config)?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(30))
         .connect()

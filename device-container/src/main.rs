@@ -60,6 +60,9 @@ struct RunArgs {
     /// Enrollment secret the cloud requires, if any.
     #[arg(long, env = "WALLE_ENROLLMENT_SECRET")]
     enrollment_secret: Option<String>,
+    /// PEM certificate to trust for an https:// cloud.
+    #[arg(long, env = "WALLE_CLOUD_CA_CERT")]
+    cloud_ca_cert: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -103,6 +106,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(v) = args.enrollment_secret {
         config.enrollment_secret = v;
+    }
+    if let Some(v) = args.cloud_ca_cert {
+        config.cloud_ca_cert = Some(v);
     }
     let agent = Agent::start(config).await.context("starting the agent")?;
     eprintln!(

@@ -15,6 +15,8 @@ pub enum ClientError {
         status: u16,
         message: String,
     },
+    #[error("cannot use the CA certificate: {source}")]
+    Tls { source: reqwest::Error },
     #[error("{method} {path}: unexpected answer: {source}")]
     Decode {
         method: &'static str,
@@ -49,6 +51,25 @@ impl ControlClient {
             token: token.to_owned(),
             http: reqwest::Client::new(),
         }
+    }
+
+    /// A client for an `https://` control plane whose certificate is (or is signed by) `ca_pem`.
+    pub fn with_ca_cert(
+        base: &str,
+        token: &str,
+        ca_pem: &[u8],
+    ) -> Result<ControlClient, ClientError> {
+        let tls = |source| ClientError::Tls { source };
+        let certificate = reqwest::Certificate::from_pem(ca_pem).map_err(tls)?;
+        let http = reqwest::Client::builder()
+            .add_root_certificate(certificate)
+            .build()
+            .map_err(tls)?;
+        Ok(ControlClient {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            http,
+        })
     }
 
     async fn call<T: DeserializeOwned>(

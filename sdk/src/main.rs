@@ -26,11 +26,21 @@ struct CloudArgs {
     /// Operator token (the cloud keeps the admin token in <data-dir>/admin.token).
     #[arg(long, env = "WALLE_TOKEN", hide_env_values = true)]
     token: String,
+    /// PEM certificate to trust for an https:// cloud.
+    #[arg(long, env = "WALLE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
 }
 
 impl CloudArgs {
-    fn client(&self) -> ControlClient {
-        ControlClient::new(&self.cloud, &self.token)
+    fn client(&self) -> anyhow::Result<ControlClient> {
+        match &self.ca_cert {
+            None => Ok(ControlClient::new(&self.cloud, &self.token)),
+            Some(path) => {
+                let pem =
+                    std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+                Ok(ControlClient::with_ca_cert(&self.cloud, &self.token, &pem)?)
+            }
+        }
     }
 }
 
@@ -148,7 +158,7 @@ async fn main() -> anyhow::Result<()> {
             let policy = read_policy(policy.as_deref())?;
             print_json(
                 &cloud
-                    .client()
+                    .client()?
                     .create_release_with(&task, &version, policy)
                     .await?,
             )
@@ -162,16 +172,16 @@ async fn main() -> anyhow::Result<()> {
             let policy = read_policy(policy.as_deref())?;
             print_json(
                 &cloud
-                    .client()
+                    .client()?
                     .preview_release(&task, &version, policy)
                     .await?,
             )
         }
         Command::Release(ReleaseCommand::Act { id, action, cloud }) => {
-            print_json(&cloud.client().release_action(&id, &action).await?)
+            print_json(&cloud.client()?.release_action(&id, &action).await?)
         }
         Command::Release(ReleaseCommand::Status { id, cloud }) => {
-            print_json(&cloud.client().release_status(&id).await?)
+            print_json(&cloud.client()?.release_status(&id).await?)
         }
         Command::Demo {
             devices,
@@ -263,7 +273,7 @@ async fn publish(path: &Path, cloud: &CloudArgs) -> anyhow::Result<()> {
     let manifest = walle_proto::bundle::read_bundle(&bytes)
         .with_context(|| format!("{} is not a valid bundle", path.display()))?
         .manifest;
-    let client = cloud.client();
+    let client = cloud.client()?;
     client
         .ensure_task(&manifest.name, &manifest.description)
         .await?;

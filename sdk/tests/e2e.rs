@@ -392,3 +392,71 @@ async fn aborting_a_release_rolls_real_devices_back_to_the_previous_version() {
     );
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_and_the_sdk_work_with_a_tls_cloud() {
+    let root = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_owned()]).unwrap();
+    let cert_path = root.path().join("cert.pem");
+    std::fs::write(&cert_path, certified.cert.pem()).unwrap();
+    std::fs::write(
+        root.path().join("key.pem"),
+        certified.signing_key.serialize_pem(),
+    )
+    .unwrap();
+    let cloud = walle_cloud::Cloud::start(walle_cloud::CloudConfig {
+        data_dir: root.path().join("cloud"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        pace_window_ms: 0,
+        tls: Some(walle_cloud::tls::TlsFiles {
+            cert_pem: cert_path.clone(),
+            key_pem: root.path().join("key.pem"),
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = walle_sdk::client::ControlClient::with_ca_cert(
+        &cloud.http_url(),
+        &cloud.admin_token,
+        certified.cert.pem().as_bytes(),
+    )
+    .unwrap();
+    let agent = walle_device::Agent::start(walle_device::DeviceConfig {
+        cloud_url: cloud.grpc_url(),
+        cloud_ca_cert: Some(cert_path),
+        data_dir: root.path().join("device"),
+        ingest_addr: None,
+        vm_threads: 1,
+        profile: walle_device::ProfileConfig {
+            device_id: "tls-phone".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    agent.wait_for(TIMEOUT, |s| s.connected).await.unwrap();
+    let (manifest, bundle) = walle_proto::bundle::pack_dir(&example_dir()).unwrap();
+    client.ensure_task(&manifest.name, "").await.unwrap();
+    client.upload_version(&manifest.name, bundle).await.unwrap();
+    client.create_release("ipv-feature", "1.0.0").await.unwrap();
+    agent
+        .wait_for(TIMEOUT, |s| {
+            s.installed.iter().any(|t| t.version == "1.0.0")
+        })
+        .await
+        .unwrap();
+    for event in visit("s-tls", "sku-3", 0) {
+        agent.track(event).unwrap();
+    }
+    agent.flush(TIMEOUT).await.unwrap();
+    let records = client
+        .records(Some("ipv-feature"), Some("tls-phone"))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    agent.shutdown().await;
+    cloud.shutdown().await;
+}
