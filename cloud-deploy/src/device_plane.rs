@@ -315,7 +315,10 @@ impl DevicePlane for DevicePlaneService {
         }
         let recorded = db.device_task_versions(&device).await.map_err(internal)?;
         for t in &request.installed {
-            if recorded.get(&t.task) != Some(&(t.version.clone(), "installed".to_owned())) {
+            let changed =
+                recorded.get(&t.task) != Some(&(t.version.clone(), "installed".to_owned()));
+            // Rows only for tasks that exist: a device cannot fill the table with made-up names.
+            if changed && db.task_exists(&t.task).await.map_err(internal)? {
                 db.set_device_task(&device, &t.task, &t.version, "installed", "")
                     .await
                     .map_err(internal)?;
@@ -346,12 +349,10 @@ impl DevicePlane for DevicePlaneService {
                     .await
                     .map_err(internal)?;
             }
-            let signature = hex::decode(&served.signature_hex).map_err(|e| {
-                Status::internal(format!(
-                    "stored signature of {} is not hex: {e}",
-                    served.release.id
-                ))
-            })?;
+            let Ok(signature) = hex::decode(&served.signature_hex) else {
+                tracing::error!(release = %served.release.id, "stored signature is not hex; not serving it");
+                continue;
+            };
             desired.push(DesiredTask {
                 task: served.release.task.clone(),
                 action: desired_task::Action::Install as i32,
@@ -467,11 +468,32 @@ impl DevicePlane for DevicePlaneService {
             .map(|(i, e)| check_event(i, e))
             .collect::<Result<Vec<_>, _>>()?;
         let db = &self.state.db;
+        // Release health and install counts drive automatic advance and abort, so only events
+        // about a release this device was actually handed, for its task and version, count.
+        // Others are dropped (and logged), not stored: one stray event must not fail the batch.
+        let mut trusted = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.release_id.is_empty() {
+                trusted.push(row);
+                continue;
+            }
+            let pulled = db
+                .pulled_release(&row.release_id, &device)
+                .await
+                .map_err(internal)?;
+            if pulled.as_ref() == Some(&(row.task.clone(), row.version.clone())) {
+                trusted.push(row);
+            } else {
+                tracing::warn!(%device, release = %row.release_id, task = %row.task, version = %row.version,
+                    "dropping a report about a release this device was not handed");
+            }
+        }
+        let rows = trusted;
         let accepted = db
             .insert_task_events(&device, &rows)
             .await
             .map_err(internal)?;
-        for row in &rows {
+        for row in rows.iter().filter(|r| !r.release_id.is_empty()) {
             let state = match row.kind {
                 "installed" => "installed",
                 "rolled_back" => "installed",

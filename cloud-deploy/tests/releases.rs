@@ -578,7 +578,72 @@ async fn operator_actions_preview_and_invalid_policies(backend: Backend) {
     cloud.shutdown().await;
 }
 
+async fn pausing_a_full_release_hands_devices_back_and_forged_reports_do_not_count(
+    backend: Backend,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(&backend, dir.path()).await;
+    let op = Operator::new(&cloud);
+    op.publish(dir.path(), "1.0.0").await;
+    op.publish(dir.path(), "2.0.0").await;
+    let base = op.release("1.0.0", json!({})).await;
+    let mut old = SimDevice::register(&cloud, "old", "mid").await;
+    assert_eq!(old.converge().await.as_deref(), Some("1.0.0"));
+    let next = op
+        .release(
+            "2.0.0",
+            json!({"abort": {"max_failed_devices": 1, "kinds": ["install", "run"]}}),
+        )
+        .await;
+    assert_eq!(op.status(&base).await["state"], "superseded");
+    let mut upgraded = SimDevice::register(&cloud, "upgraded", "mid").await;
+    assert_eq!(upgraded.converge().await.as_deref(), Some("2.0.0"));
+
+    // A device that was never handed `next` reports failures for it: they must not count.
+    let mut forger = SimDevice::register(&cloud, "forger", "mid").await;
+    forger
+        .report(task_event::Kind::RunFailed, "2.0.0", &next)
+        .await;
+    forger
+        .report(task_event::Kind::InstallFailed, "2.0.0", &next)
+        .await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let status = op.status(&next).await;
+    assert_eq!(
+        status["state"], "active",
+        "a forged report aborted the release: {status}"
+    );
+    assert_eq!(status["stats"]["failed_devices"], 0, "{status}");
+
+    // Pausing the full release: devices that run it keep it, everyone else goes back to `base`
+    // instead of losing the task.
+    let (code, _) = op
+        .call("POST", &format!("/v1/releases/{next}/pause"), None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(
+        op.status(&base).await["state"],
+        "active",
+        "pause restores the superseded release"
+    );
+    assert_eq!(upgraded.converge().await.as_deref(), Some("2.0.0"));
+    assert_eq!(forger.converge().await.as_deref(), Some("1.0.0"));
+    let mut newcomer = SimDevice::register(&cloud, "newcomer", "mid").await;
+    assert_eq!(newcomer.converge().await.as_deref(), Some("1.0.0"));
+    // Resuming takes everyone to `next` again.
+    let (code, _) = op
+        .call("POST", &format!("/v1/releases/{next}/resume"), None)
+        .await;
+    assert_eq!(code, 200);
+    assert_eq!(op.status(&base).await["state"], "superseded");
+    for d in [&mut old, &mut newcomer, &mut forger] {
+        assert_eq!(d.converge().await.as_deref(), Some("2.0.0"));
+    }
+    cloud.shutdown().await;
+}
+
 on_both_backends!(
+    pausing_a_full_release_hands_devices_back_and_forged_reports_do_not_count,
     staged_release_is_sticky_and_advances_on_health,
     failures_abort_the_release_and_roll_devices_back,
     targeting_priority_customised_versions_and_late_joiners,

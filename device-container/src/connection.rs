@@ -104,13 +104,23 @@ async fn session(shared: &Arc<Shared>) -> Result<(), AgentError> {
     let mut notices = match client.subscribe(SubscribeRequest {}).await {
         Ok(response) => response.into_inner(),
         Err(status) if status.code() == Code::Unauthenticated => {
-            // The cloud forgot us (or the token was revoked): register again next session.
-            let _ = std::fs::remove_file(shared.config.data_dir.join("credential.json"));
+            // The cloud forgot us (or the token was revoked): register again next session, but
+            // keep trusting the publisher keys we have (see `ensure_registered`).
+            credential::store(
+                &shared.config.data_dir,
+                &Credential {
+                    device_token: String::new(),
+                    ..credential
+                },
+            )?;
             return Err(AgentError::Rpc("subscribe", status));
         }
         Err(status) => return Err(AgentError::Rpc("subscribe", status)),
     };
     *lock(&shared.client) = Some(client.clone());
+    // `connected` (which also resets the reconnect backoff) waits for the first good sync, so a
+    // cloud that accepts streams but fails syncs does not get a reconnect storm.
+    sync_and_apply(shared, &mut client).await?;
     shared.connected.store(true, Ordering::SeqCst);
     shared.wake_uplink.notify_one();
     let interval = Duration::from_secs(u64::from(credential.sync_interval_secs.max(1)));
@@ -145,9 +155,12 @@ fn profile(shared: &Shared) -> DeviceProfile {
 
 async fn ensure_registered(shared: &Shared, channel: Channel) -> Result<Credential, AgentError> {
     let data_dir = &shared.config.data_dir;
-    if let Some(stored) = credential::load(data_dir)? {
+    let stored = credential::load(data_dir)?;
+    if let Some(stored) = &stored
+        && !stored.device_token.is_empty()
+    {
         shared.installer_mut().set_trusted(stored.trusted_keys());
-        return Ok(stored);
+        return Ok(stored.clone());
     }
     let response = DevicePlaneClient::new(channel)
         .register(RegisterRequest {
@@ -157,13 +170,19 @@ async fn ensure_registered(shared: &Shared, channel: Channel) -> Result<Credenti
         .await
         .map_err(|s| AgentError::Rpc("register", s))?
         .into_inner();
-    let credential = Credential {
-        device_token: response.device_token,
-        publisher_keys: response
+    // Trust on first registration only: a re-registration (after the cloud rejected our token)
+    // keeps the keys we already trust, so whoever answers it cannot make us run their code.
+    let publisher_keys = match stored.filter(|s| !s.publisher_keys.is_empty()) {
+        Some(previous) => previous.publisher_keys,
+        None => response
             .publisher_keys
             .iter()
             .map(|k| (k.key_id.clone(), hex::encode(&k.public_key)))
             .collect(),
+    };
+    let credential = Credential {
+        device_token: response.device_token,
+        publisher_keys,
         sync_interval_secs: response.sync_interval_secs,
     };
     credential::store(data_dir, &credential)?;

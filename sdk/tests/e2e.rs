@@ -460,3 +460,54 @@ async fn a_device_and_the_sdk_work_with_a_tls_cloud() {
     agent.shutdown().await;
     cloud.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_keeps_its_trusted_keys_when_a_cloud_makes_it_register_again() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = running_example(root.path(), 1).await;
+    // Another "cloud" takes over the address: it does not know the device's token, so the device
+    // registers again, and it signs with its own key.
+    let Fleet {
+        cloud,
+        agents,
+        client: _,
+    } = fleet;
+    let (http_addr, grpc_addr) = (cloud.http_addr, cloud.grpc_addr);
+    cloud.shutdown().await;
+    let rogue = walle_cloud::Cloud::start(walle_cloud::CloudConfig {
+        data_dir: root.path().join("rogue"),
+        http_addr,
+        grpc_addr,
+        pace_window_ms: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = walle_sdk::client::ControlClient::new(&rogue.http_url(), &rogue.admin_token);
+    let fleet = Fleet {
+        cloud: rogue,
+        agents,
+        client,
+    };
+    fleet
+        .publish(&variant(root.path(), "6.6.6", None))
+        .await
+        .unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "6.6.6")
+        .await
+        .unwrap();
+    wait_install_failed(&fleet, release["id"].as_str().unwrap()).await;
+    let status = fleet.agents[0].status();
+    assert_eq!(status.installed[0].version, "1.0.0");
+    assert!(
+        status
+            .recent_install_failures
+            .iter()
+            .any(|f| f.contains("does not trust")),
+        "{:?}",
+        status.recent_install_failures
+    );
+    fleet.shutdown().await;
+}

@@ -147,7 +147,9 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
             release.live()?.policy.stages.len()
         )));
     }
-    if matches!(action, Action::Abort | Action::Rollback) {
+    // A paused or aborted release must not leave devices with nothing: the releases it
+    // superseded take its devices back (resume supersedes them again).
+    if matches!(action, Action::Pause | Action::Abort | Action::Rollback) {
         state.db.restore_superseded(id).await?;
     }
     let updated = state

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{Db, db_err, now_ms};
+use super::{Db, db_err, is_unique_violation, now_ms};
 use crate::CloudError;
 use crate::release::policy::ReleasePolicy;
 use crate::release::select::{LiveRelease, ReleaseState};
@@ -104,7 +104,11 @@ impl Db {
         let now = now_ms();
         let policy_json = serde_json::to_string(policy)
             .map_err(|e| CloudError::Internal(format!("encoding policy: {e}")))?;
-        sqlx::query(
+        // `seq` is MAX + 1: on PostgreSQL two concurrent creates can pick the same number and
+        // one fails the UNIQUE constraint; it simply takes the next.
+        let mut attempt = 0;
+        loop {
+            let inserted = sqlx::query(
             "INSERT INTO releases (id, seq, task, version, state, created_at_ms, policy_json, salt, stage, \
              stage_started_at_ms, priority, state_reason) \
              SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, 'active', $4, $5, $6, 0, $4, $7, '' FROM releases",
@@ -117,8 +121,13 @@ impl Db {
         .bind(salt)
         .bind(i64::from(policy.priority))
         .execute(self.pool())
-        .await
-        .map_err(db_err("creating release"))?;
+        .await;
+            match inserted {
+                Ok(_) => break,
+                Err(e) if is_unique_violation(&e) && attempt < 5 => attempt += 1,
+                Err(e) => return Err(db_err("creating release")(e)),
+            }
+        }
         self.get_release(id)
             .await?
             .ok_or_else(|| CloudError::Internal(format!("release {id} vanished after insert")))
@@ -167,8 +176,16 @@ impl Db {
         let mut out = Vec::with_capacity(rows.len());
         for row in &rows {
             let release = release_from_row(row).map_err(db_err("decoding served release"))?;
+            // One broken row must not break Sync for the whole fleet: skip it, loudly.
+            let live = match release.live() {
+                Ok(live) => live,
+                Err(e) => {
+                    tracing::error!(release = %release.id, error = %e, "skipping unusable release");
+                    continue;
+                }
+            };
             out.push(ServedRelease {
-                release: release.live()?,
+                release: live,
                 manifest_json: row
                     .try_get("manifest_json")
                     .map_err(db_err("decoding manifest"))?,
@@ -237,7 +254,8 @@ impl Db {
         let result = sqlx::query(
             "UPDATE releases SET state = 'superseded', superseded_by = $1, \
              state_reason = 'covered by newer full release ' || $1 \
-             WHERE task = $2 AND state IN ('active', 'paused') AND seq < $3 AND priority <= $4",
+             WHERE task = $2 AND state IN ('active', 'paused') AND seq < $3 AND priority <= $4 \
+             AND EXISTS (SELECT 1 FROM releases AS newer WHERE newer.id = $1 AND newer.state = 'active')",
         )
         .bind(by)
         .bind(task)
@@ -310,6 +328,26 @@ impl Db {
             runs_failed: count("SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_failed'")
                 .await?,
         })
+    }
+
+    /// The (task, version) of `release_id` if `device_id` was handed it by Sync; `None` otherwise.
+    pub async fn pulled_release(
+        &self,
+        release_id: &str,
+        device_id: &str,
+    ) -> Result<Option<(String, String)>, CloudError> {
+        let row = sqlx::query(
+            "SELECT r.task, r.version FROM release_syncs s JOIN releases r ON r.id = s.release_id \
+             WHERE s.release_id = $1 AND s.device_id = $2",
+        )
+        .bind(release_id)
+        .bind(device_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err("checking reported release"))?;
+        row.map(|r| Ok((r.try_get("task")?, r.try_get("version")?)))
+            .transpose()
+            .map_err(db_err("decoding reported release"))
     }
 
     /// Devices whose active version of `task` is `version`.
