@@ -231,10 +231,27 @@ impl DevicePlane for DevicePlaneService {
             None => {}
         }
         let token = secrets::new_token("wld").map_err(internal)?;
+        // A device id belongs to the app it first enrolled for: another app's secret (or open
+        // enrollment) cannot take it over.
+        if let Some(existing) = self
+            .state
+            .db
+            .device_seen(&profile.device_id)
+            .await
+            .map_err(internal)?
+            && !existing.app_id.is_empty()
+            && existing.app_id != profile.app_id
+        {
+            return Err(Status::permission_denied(format!(
+                "device {:?} is enrolled for another app",
+                profile.device_id
+            )));
+        }
         self.state
             .db
             .upsert_device(
                 &profile.device_id,
+                &profile.app_id,
                 &secrets::token_hash(&token),
                 &profile_json(profile),
             )
@@ -298,6 +315,15 @@ impl DevicePlane for DevicePlaneService {
         // A steady-state Sync only reads: the device row and its task rows are written only when
         // something changed (or last_seen is stale), so a fleet polling in place costs no writes.
         let seen = db.device_seen(&device).await.map_err(internal)?;
+        if let (Some(p), Some(seen)) = (profile, &seen)
+            && !seen.app_id.is_empty()
+            && p.app_id != seen.app_id
+        {
+            return Err(Status::invalid_argument(format!(
+                "`profile.app_id` {:?} differs from the app this device enrolled for",
+                p.app_id
+            )));
+        }
         let new_profile_json = profile.map(profile_json);
         let profile_changed = new_profile_json
             .as_ref()
@@ -386,7 +412,7 @@ impl DevicePlane for DevicePlaneService {
         &self,
         request: Request<FetchBundleRequest>,
     ) -> Result<Response<Self::FetchBundleStream>, Status> {
-        self.authenticate(&request).await?;
+        let device = self.authenticate(&request).await?;
         let FetchBundleRequest { digest, offset } = request.into_inner();
         if digest.len() != 64
             || !digest
@@ -405,6 +431,18 @@ impl DevicePlane for DevicePlaneService {
             .map_err(internal)?
             .ok_or_else(|| Status::not_found(format!("no bundle with digest {digest}")))?
             as u64;
+        // Only bundles of releases this device was handed (no browsing other apps' bundles).
+        if !self
+            .state
+            .db
+            .device_may_fetch(&device, &digest)
+            .await
+            .map_err(internal)?
+        {
+            return Err(Status::not_found(format!(
+                "no bundle with digest {digest} for this device"
+            )));
+        }
         if offset > size {
             return Err(Status::out_of_range(format!(
                 "offset {offset} is past the bundle's {size} bytes"

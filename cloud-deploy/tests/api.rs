@@ -406,6 +406,53 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
         .await
         .unwrap_err();
     assert_eq!(unknown.code(), Code::NotFound);
+
+    // App isolation: the device id cannot be taken over by another app, a device cannot move
+    // to another app through Sync, and bundles it was not handed are not served to it.
+    let (_, other_app) = http
+        .post_json("/v1/apps", json!({"app_id": "com.other"}))
+        .await;
+    let mut other = profile("d1");
+    other.app_id = "com.other".into();
+    let hijack = client
+        .register(RegisterRequest {
+            profile: Some(other.clone()),
+            enrollment_secret: other_app["enrollment_secret"].as_str().unwrap().to_owned(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(hijack.code(), Code::PermissionDenied, "{hijack}");
+    assert!(hijack.message().contains("another app"), "{hijack}");
+    let moved = client
+        .sync(authed(
+            SyncRequest {
+                profile: Some(other),
+                installed: vec![],
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert!(moved.message().contains("app_id"), "{moved}");
+    http.post_json("/v1/tasks", json!({"name": "private"}))
+        .await;
+    let (_, version) = http
+        .post_bytes(
+            "/v1/tasks/private/versions",
+            bundle(dir.path(), "private", "1.0.0"),
+        )
+        .await;
+    let not_handed = client
+        .fetch_bundle(authed(
+            FetchBundleRequest {
+                digest: version["bundle_digest"].as_str().unwrap().to_owned(),
+                offset: 0,
+            },
+            &token,
+        ))
+        .await
+        .unwrap_err();
+    assert_eq!(not_handed.code(), Code::NotFound, "{not_handed}");
     drop(notices);
     cloud.shutdown().await;
 }
@@ -719,6 +766,19 @@ async fn bundle_transfers_are_capped_and_excess_devices_told_when_to_come_back(b
     let digest = version["bundle_digest"].as_str().unwrap().to_owned();
     let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
     let token = register(&mut client, "d1", "").await.unwrap().device_token;
+    // Bundles are served only to devices a release handed them to.
+    http.post_json("/v1/releases", json!({"task": "t", "version": "1.0.0"}))
+        .await;
+    client
+        .sync(authed(
+            SyncRequest {
+                profile: Some(profile("d1")),
+                installed: vec![],
+            },
+            &token,
+        ))
+        .await
+        .unwrap();
     let fetch = || {
         authed(
             FetchBundleRequest {

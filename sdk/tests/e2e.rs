@@ -277,6 +277,7 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
         vm_threads: 1,
         profile: walle_device::ProfileConfig {
             device_id: "demo-device-1".into(),
+            app_id: "com.example.shop".into(),
             ..Default::default()
         },
         ..Default::default()

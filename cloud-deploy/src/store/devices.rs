@@ -11,6 +11,7 @@ use crate::CloudError;
 /// A device's stored profile (JSON) and when it was last seen.
 #[derive(Debug, Clone)]
 pub struct DeviceSeen {
+    pub app_id: String,
     pub profile_json: String,
     pub last_seen_ms: i64,
 }
@@ -40,20 +41,22 @@ impl Db {
     pub async fn upsert_device(
         &self,
         id: &str,
+        app_id: &str,
         token_hash: &str,
         profile_json: &str,
     ) -> Result<(), CloudError> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO devices (id, token_hash, profile_json, registered_at_ms, last_seen_ms) \
-             VALUES ($1, $2, $3, $4, $4) \
+            "INSERT INTO devices (id, token_hash, profile_json, registered_at_ms, last_seen_ms, app_id) \
+             VALUES ($1, $2, $3, $4, $4, $5) \
              ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash, \
-             profile_json = excluded.profile_json, last_seen_ms = excluded.last_seen_ms",
+             profile_json = excluded.profile_json, last_seen_ms = excluded.last_seen_ms, app_id = excluded.app_id",
         )
         .bind(id)
         .bind(token_hash)
         .bind(profile_json)
         .bind(now)
+        .bind(app_id)
         .execute(self.pool())
         .await
         .map_err(db_err("registering device"))?;
@@ -77,13 +80,15 @@ impl Db {
 
     /// What Sync needs to decide whether to write: the stored profile and last-seen time.
     pub async fn device_seen(&self, id: &str) -> Result<Option<DeviceSeen>, CloudError> {
-        let row = sqlx::query("SELECT profile_json, last_seen_ms FROM devices WHERE id = $1")
-            .bind(id)
-            .fetch_optional(self.pool())
-            .await
-            .map_err(db_err("reading device"))?;
+        let row =
+            sqlx::query("SELECT app_id, profile_json, last_seen_ms FROM devices WHERE id = $1")
+                .bind(id)
+                .fetch_optional(self.pool())
+                .await
+                .map_err(db_err("reading device"))?;
         row.map(|r| {
             Ok(DeviceSeen {
+                app_id: r.try_get("app_id")?,
                 profile_json: r.try_get("profile_json")?,
                 last_seen_ms: r.try_get("last_seen_ms")?,
             })

@@ -350,6 +350,25 @@ impl Db {
             .map_err(db_err("decoding reported release"))
     }
 
+    /// Whether `device_id` was handed a release whose bundle has this digest.
+    pub async fn device_may_fetch(
+        &self,
+        device_id: &str,
+        digest: &str,
+    ) -> Result<bool, CloudError> {
+        let row = sqlx::query(
+            "SELECT 1 AS handed FROM release_syncs s JOIN releases r ON r.id = s.release_id \
+             JOIN task_versions v ON v.task = r.task AND v.version = r.version \
+             WHERE s.device_id = $1 AND v.bundle_digest = $2 LIMIT 1",
+        )
+        .bind(device_id)
+        .bind(digest)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err("checking bundle access"))?;
+        Ok(row.is_some())
+    }
+
     /// Devices whose active version of `task` is `version`.
     pub async fn count_installed(&self, task: &str, version: &str) -> Result<i64, CloudError> {
         sqlx::query("SELECT COUNT(*) FROM device_tasks WHERE task = $1 AND version = $2 AND state = 'installed'")
