@@ -750,9 +750,10 @@ async fn bundle_transfers_are_capped_and_excess_devices_told_when_to_come_back(b
     let http = Http::new(&cloud);
     http.post_json("/v1/tasks", json!({"name": "t"})).await;
     let task = task_dir(dir.path(), "t", "1.0.0", "def run(ctx):\n    return ctx\n");
-    // Incompressible, so the transfer spans many chunks and stays open while unread.
+    // Incompressible and larger than the HTTP/2 windows (the client's stream window is 2 MiB),
+    // so the transfer cannot be buffered whole and stays open while unread.
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
-    let noise: Vec<u8> = (0..2_000_000)
+    let noise: Vec<u8> = (0..8_000_000)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
