@@ -27,6 +27,30 @@ async fn running_example(root: &Path, devices: usize) -> Fleet {
     fleet
 }
 
+/// Stops the fleet's cloud and starts another on the same addresses with its data in
+/// `data_dir`, after `prepare` ran (e.g. to replace its key); the devices keep running.
+async fn replace_cloud(fleet: Fleet, data_dir: &Path, prepare: impl FnOnce()) -> Fleet {
+    let Fleet { cloud, agents, .. } = fleet;
+    let (http_addr, grpc_addr) = (cloud.http_addr, cloud.grpc_addr);
+    cloud.shutdown().await;
+    prepare();
+    let cloud = walle_cloud::Cloud::start(walle_cloud::CloudConfig {
+        data_dir: data_dir.to_owned(),
+        http_addr,
+        grpc_addr,
+        pace_window_ms: 0,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = walle_sdk::client::ControlClient::new(&cloud.http_url(), &cloud.admin_token);
+    Fleet {
+        cloud,
+        agents,
+        client,
+    }
+}
+
 /// Copies the example task to `dest` with another version and, optionally, another script.
 fn variant(dest: &Path, version: &str, script: Option<&str>) -> std::path::PathBuf {
     let dir = dest.join(format!("ipv-{version}"));
@@ -307,28 +331,11 @@ async fn a_manifest_signed_by_an_untrusted_key_is_refused_and_reported() {
     let fleet = running_example(root.path(), 1).await;
 
     // The cloud comes back on the same addresses with a publisher key the device never trusted.
-    let Fleet {
-        cloud,
-        agents,
-        client,
-    } = fleet;
-    let (http_addr, grpc_addr) = (cloud.http_addr, cloud.grpc_addr);
-    cloud.shutdown().await;
-    std::fs::write(root.path().join("cloud/publisher.key"), "09".repeat(32)).unwrap();
-    let cloud = walle_cloud::Cloud::start(walle_cloud::CloudConfig {
-        data_dir: root.path().join("cloud"),
-        http_addr,
-        grpc_addr,
-        pace_window_ms: 300,
-        ..Default::default()
+    let key = root.path().join("cloud/publisher.key");
+    let fleet = replace_cloud(fleet, &root.path().join("cloud"), || {
+        std::fs::write(key, "09".repeat(32)).unwrap()
     })
-    .await
-    .unwrap();
-    let fleet = Fleet {
-        cloud,
-        agents,
-        client,
-    };
+    .await;
     fleet
         .publish(&variant(root.path(), "2.0.0", None))
         .await
@@ -468,28 +475,7 @@ async fn a_device_keeps_its_trusted_keys_when_a_cloud_makes_it_register_again() 
     let fleet = running_example(root.path(), 1).await;
     // Another "cloud" takes over the address: it does not know the device's token, so the device
     // registers again, and it signs with its own key.
-    let Fleet {
-        cloud,
-        agents,
-        client: _,
-    } = fleet;
-    let (http_addr, grpc_addr) = (cloud.http_addr, cloud.grpc_addr);
-    cloud.shutdown().await;
-    let rogue = walle_cloud::Cloud::start(walle_cloud::CloudConfig {
-        data_dir: root.path().join("rogue"),
-        http_addr,
-        grpc_addr,
-        pace_window_ms: 0,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    let client = walle_sdk::client::ControlClient::new(&rogue.http_url(), &rogue.admin_token);
-    let fleet = Fleet {
-        cloud: rogue,
-        agents,
-        client,
-    };
+    let fleet = replace_cloud(fleet, &root.path().join("rogue"), || {}).await;
     fleet
         .publish(&variant(root.path(), "6.6.6", None))
         .await
