@@ -22,3 +22,16 @@ if [ -z "${WALLE_TEST_POSTGRES_URL:-}" ] && ! pg_up; then
   fi
   pg_up || { echo "setup: PostgreSQL is needed on 127.0.0.1:5432 (or set WALLE_TEST_POSTGRES_URL)" >&2; exit 1; }
 fi
+
+# Python tools the tests run: moto (an S3-compatible server for the bundle-store tests) and
+# schemathesis (fuzzes the control plane from its OpenAPI document). They live in a private venv
+# (WALLE_PY_ENV, default ~/.cache/walle-py), reinstalled only when the pinned list changes.
+py_env="${WALLE_PY_ENV:-$HOME/.cache/walle-py}"
+py_packages="moto[server]==5.2.5 schemathesis==4.32.5"
+if [ "$(cat "$py_env/.walle-packages" 2>/dev/null)" != "$py_packages" ]; then
+  echo "setup: installing $py_packages into $py_env"
+  python3 -m venv "$py_env"
+  # shellcheck disable=SC2086 # the list is meant to split into packages
+  "$py_env/bin/pip" install -q --disable-pip-version-check $py_packages
+  echo "$py_packages" > "$py_env/.walle-packages"
+fi

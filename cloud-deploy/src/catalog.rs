@@ -1,30 +1,100 @@
-//! Publishing task versions: validate the uploaded bundle, store it, sign its manifest.
+//! Publishing task versions: spool the uploaded bundle to disk, validate it, store it, sign its
+//! manifest.
+//!
+//! An upload is never held whole in memory: it is written to a temporary file while its size and
+//! sha256 are computed, and refused as soon as it passes the size limit.
+
+use std::path::Path;
 
 use bytes::Bytes;
-use walle_proto::bundle::{self, digest_hex};
+use futures::{Stream, StreamExt};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use walle_proto::bundle;
 use walle_proto::manifest::ReleaseManifest;
 
 use crate::store::now_ms;
 use crate::store::tasks::VersionRow;
 use crate::{AppState, CloudError};
 
-/// Validates and stores a bundle as a new version of `task`.
+/// An uploaded bundle in a temporary file (deleted on drop), with its size and digest.
+pub struct SpooledBundle {
+    path: tempfile::TempPath,
+    size: u64,
+    digest: String,
+}
+
+impl SpooledBundle {
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// sha256 as lowercase hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+/// Writes an upload body to a temporary file below `<data_dir>/uploads`, hashing it on the way.
+/// Refuses with [`CloudError::TooLarge`] as soon as more than `limit` bytes arrive, without
+/// reading the rest.
+pub async fn spool<E: std::fmt::Display>(
+    data_dir: &Path,
+    body: impl Stream<Item = Result<Bytes, E>>,
+    limit: u64,
+) -> Result<SpooledBundle, CloudError> {
+    let dir = data_dir.join("uploads");
+    std::fs::create_dir_all(&dir).map_err(|e| CloudError::io(&dir, e))?;
+    let (file, path) = tempfile::NamedTempFile::new_in(&dir)
+        .map_err(|e| CloudError::io(&dir, e))?
+        .into_parts();
+    let mut file = tokio::fs::File::from_std(file);
+    let mut hasher = Sha256::new();
+    let mut size: u64 = 0;
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk =
+            chunk.map_err(|e| CloudError::Invalid(format!("reading the upload body: {e}")))?;
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(too_large(limit));
+        }
+        hasher.update(&chunk);
+        file.write_all(&chunk)
+            .await
+            .map_err(|e| CloudError::io(&path, e))?;
+    }
+    file.flush().await.map_err(|e| CloudError::io(&path, e))?;
+    if size == 0 {
+        return Err(CloudError::Invalid(
+            "request body is empty; send the bundle file".into(),
+        ));
+    }
+    Ok(SpooledBundle {
+        path,
+        size,
+        digest: hex::encode(hasher.finalize()),
+    })
+}
+
+/// The refusal of a bundle over the size limit.
+pub fn too_large(limit: u64) -> CloudError {
+    CloudError::TooLarge(format!("bundle is larger than the {limit}-byte limit"))
+}
+
+/// Validates and stores a spooled bundle as a new version of `task`.
 pub async fn publish_version(
     state: &AppState,
     task: &str,
-    bytes: Bytes,
+    bundle: SpooledBundle,
 ) -> Result<VersionRow, CloudError> {
     if !state.db.task_exists(task).await? {
         return Err(CloudError::NotFound(format!(
             "task {task:?} does not exist; create it first"
         )));
     }
-    let checked = bytes.clone();
-    let contents = tokio::task::spawn_blocking(move || bundle::read_bundle(&checked))
-        .await
-        .map_err(|e| CloudError::Internal(format!("bundle validation panicked: {e}")))?
-        .map_err(|e| CloudError::Invalid(e.to_string()))?;
-    let manifest = contents.manifest;
+    let manifest = check_spooled(&bundle).await?;
     if manifest.name != task {
         return Err(CloudError::Invalid(format!(
             "bundle is for task {:?}, but was uploaded to task {task:?}",
@@ -37,19 +107,21 @@ pub async fn publish_version(
             "task {task:?} already has version {version}"
         )));
     }
-    let digest = digest_hex(&bytes);
     let release_manifest = ReleaseManifest {
         task: manifest,
-        bundle_digest: digest.clone(),
-        bundle_size: bytes.len() as u64,
+        bundle_digest: bundle.digest.clone(),
+        bundle_size: bundle.size,
     };
     let signed = state.publisher.sign(&release_manifest);
-    state.bundles.put(&digest, bytes.clone()).await?;
+    state
+        .bundles
+        .put_file(&bundle.digest, &bundle.path, bundle.size)
+        .await?;
     let row = VersionRow {
         task: task.to_owned(),
         version,
-        bundle_digest: digest,
-        bundle_size: bytes.len() as i64,
+        bundle_digest: bundle.digest.clone(),
+        bundle_size: i64::try_from(bundle.size).unwrap_or(i64::MAX),
         manifest_json: String::from_utf8(signed.manifest_json)
             .map_err(|e| CloudError::Internal(format!("signed manifest is not UTF-8: {e}")))?,
         signature_hex: hex::encode(signed.signature),
@@ -57,6 +129,20 @@ pub async fn publish_version(
         created_at_ms: now_ms(),
     };
     state.db.insert_version(&row).await?;
-    tracing::info!(task, version = %row.version, digest = %row.bundle_digest, "published task version");
+    tracing::info!(task, version = %row.version, digest = %row.bundle_digest, size = bundle.size, "published task version");
     Ok(row)
+}
+
+/// Runs the bundle checks over the spooled file, off the async threads.
+async fn check_spooled(
+    bundle: &SpooledBundle,
+) -> Result<walle_proto::manifest::TaskManifest, CloudError> {
+    let path = bundle.path.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        let file = std::fs::File::open(&path).map_err(|e| CloudError::io(&path, e))?;
+        bundle::check_bundle(std::io::BufReader::new(file))
+            .map_err(|e| CloudError::Invalid(e.to_string()))
+    })
+    .await
+    .map_err(|e| CloudError::Internal(format!("bundle validation panicked: {e}")))?
 }

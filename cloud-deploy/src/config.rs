@@ -17,6 +17,9 @@ pub struct CloudConfig {
     pub grpc_addr: SocketAddr,
     /// Metadata database; defaults to `sqlite://<data_dir>/walle.db`.
     pub database_url: Option<String>,
+    /// Where bundles are kept: `{ kind = "local" }` (below `<data_dir>/objects`, the default) or
+    /// `{ kind = "s3", bucket = "…", endpoint = "…", … }`.
+    pub bundle_store: crate::bundles::BundleStoreConfig,
     /// Largest accepted bundle upload, in bytes.
     pub max_bundle_bytes: u64,
     /// Whether devices of apps not registered through `/v1/apps` may register (without a
@@ -47,6 +50,7 @@ impl Default for CloudConfig {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: None,
+            bundle_store: crate::bundles::BundleStoreConfig::Local,
             max_bundle_bytes: 64 * 1024 * 1024,
             open_enrollment: true,
             sync_interval_secs: 300,

@@ -122,7 +122,7 @@ impl Cloud {
         let publisher = secrets::load_or_create_publisher(&config.data_dir)?;
         let admin_token = secrets::load_or_create_admin_token(&config.data_dir)?;
         let db = store::Db::connect(&config.database_url()).await?;
-        let bundles = bundles::BundleStore::local(&config.data_dir.join("objects"))?;
+        let bundles = bundles::BundleStore::open(&config.bundle_store, &config.data_dir).await?;
         let state = AppState {
             config: Arc::new(config.clone()),
             db,

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use walle_cloud::bundles::{BundleStoreConfig, S3Config};
 use walle_cloud::{Cloud, CloudConfig};
 
 #[derive(Parser)]
@@ -41,6 +42,14 @@ struct ServeArgs {
     /// Database URL [default: sqlite://<data-dir>/walle.db].
     #[arg(long, env = "WALLE_DATABASE_URL")]
     database_url: Option<String>,
+    /// Where bundles are kept: `local` (below the data dir) or `s3://BUCKET[/PREFIX]`; the S3
+    /// endpoint, region and credentials come from the AWS_* environment variables
+    /// (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
+    #[arg(long, env = "WALLE_BUNDLE_STORE", value_parser = parse_bundle_store)]
+    bundle_store: Option<BundleStoreConfig>,
+    /// Largest accepted bundle upload in bytes [default: 67108864].
+    #[arg(long, env = "WALLE_MAX_BUNDLE_BYTES")]
+    max_bundle_bytes: Option<u64>,
     /// PEM certificate chain: serve both planes over TLS (with --tls-key).
     #[arg(long, env = "WALLE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -50,6 +59,30 @@ struct ServeArgs {
     /// Refuse devices of apps not registered through /v1/apps (each with its enrollment secret).
     #[arg(long, env = "WALLE_CLOSED_ENROLLMENT")]
     closed_enrollment: bool,
+}
+
+fn parse_bundle_store(value: &str) -> Result<BundleStoreConfig, String> {
+    if value == "local" {
+        return Ok(BundleStoreConfig::Local);
+    }
+    let Some(rest) = value.strip_prefix("s3://") else {
+        return Err(format!(
+            "{value:?} is neither `local` nor `s3://BUCKET[/PREFIX]`"
+        ));
+    };
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(format!("{value:?} names no bucket"));
+    }
+    Ok(BundleStoreConfig::S3(S3Config {
+        bucket: bucket.to_owned(),
+        prefix: prefix.trim_end_matches('/').to_owned(),
+        endpoint: None,
+        region: None,
+        access_key_id: None,
+        secret_access_key: None,
+        allow_http: false,
+    }))
 }
 
 #[tokio::main]
@@ -75,6 +108,12 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.database_url {
         config.database_url = Some(v);
+    }
+    if let Some(v) = args.bundle_store {
+        config.bundle_store = v;
+    }
+    if let Some(v) = args.max_bundle_bytes {
+        config.max_bundle_bytes = v;
     }
     if let (Some(cert_pem), Some(key_pem)) = (args.tls_cert, args.tls_key) {
         config.tls = Some(walle_cloud::tls::TlsFiles { cert_pem, key_pem });

@@ -911,3 +911,114 @@ async fn both_planes_serve_tls_when_configured() {
     .unwrap();
     assert!(err.to_string().contains("cert.pem"), "{err}");
 }
+
+/// Deterministic incompressible bytes (xorshift), so a bundle really is as large as its files.
+fn noise(len: usize, mut seed: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        out.extend_from_slice(&seed.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundles_live_in_s3_when_configured_and_uploads_stream_under_the_size_limit() {
+    let s3 = common::S3Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+
+    // A bucket that does not exist fails the start, naming where it looked.
+    let mut missing = s3.store_config("");
+    if let walle_cloud::bundles::BundleStoreConfig::S3(c) = &mut missing {
+        c.bucket = "no-such-bucket".into();
+    }
+    let err = Cloud::start(walle_cloud::CloudConfig {
+        data_dir: dir.path().join("refused"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        bundle_store: missing,
+        ..Default::default()
+    })
+    .await
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("s3://no-such-bucket"), "{err}");
+
+    let limit: u64 = 24 * 1024 * 1024;
+    let cloud = Backend::sqlite()
+        .start(&dir.path().join("data"), |c| {
+            c.bundle_store = s3.store_config("walle/test");
+            c.max_bundle_bytes = limit;
+        })
+        .await;
+    let http = Http::new(&cloud);
+    http.post_json("/v1/tasks", json!({"name": "big"})).await;
+
+    // A bundle larger than one multipart part goes up in parts and reads back byte for byte.
+    let task = task_dir(dir.path(), "big", "1.0.0", "def run(ctx):\n    return 1\n");
+    std::fs::write(task.join("weights.bin"), noise(19 * 1024 * 1024, 7)).unwrap();
+    let bytes = walle_proto::bundle::pack_dir(&task).unwrap().1;
+    assert!(bytes.len() > 16 * 1024 * 1024 && (bytes.len() as u64) < limit);
+    let (status, row) = http
+        .post_bytes("/v1/tasks/big/versions", bytes.clone())
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{row}");
+    let digest = walle_proto::bundle::digest_hex(&bytes);
+    assert_eq!(row["bundle_digest"], digest.as_str());
+    let key = format!("walle/test/bundles/sha256/{digest}");
+    assert_eq!(s3.keys().await, vec![key.clone()]);
+    let stored = reqwest::get(format!("{}/{}/{key}", s3.endpoint, s3.bucket))
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(stored == bytes, "the stored object differs from the upload");
+    assert!(
+        !dir.path().join("data/objects/bundles").exists(),
+        "bundles went to the local disk, not the bucket"
+    );
+
+    // An upload that never ends but passes the limit is refused while still arriving: the
+    // server cannot have waited for (or buffered) the whole body.
+    let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let feeder = tokio::spawn(async move {
+        let chunk = vec![0u8; 256 * 1024];
+        let mut sent: u64 = 0;
+        while sent <= limit + 1024 * 1024 {
+            if sender.send(Ok(chunk.clone())).await.is_err() {
+                return sent;
+            }
+            sent += chunk.len() as u64;
+        }
+        // Keep the body open: only the server's refusal ends this request.
+        sender.closed().await;
+        sent
+    });
+    let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    let refused = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        http.send(
+            http.client
+                .post(format!("{}/v1/tasks/big/versions", http.base))
+                .body(body),
+        ),
+    )
+    .await
+    .expect("the server waited for the end of an oversized upload");
+    assert_eq!(refused.0, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.1);
+    assert!(error_of(&refused.1).contains("limit"), "{}", refused.1);
+    feeder.abort();
+    assert_eq!(s3.keys().await, vec![key], "nothing new stored");
+    let leftovers = std::fs::read_dir(dir.path().join("data/uploads"))
+        .unwrap()
+        .count();
+    assert_eq!(
+        leftovers, 0,
+        "the spooled part of the refused upload was kept"
+    );
+    cloud.shutdown().await;
+}

@@ -14,19 +14,28 @@ use common::Backend;
 use walle_cloud::Cloud;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
 use walle_proto::v1::{
-    DeviceProfile, InstalledTask, RegisterRequest, ReportRequest, SubscribeRequest, SyncRequest,
-    TaskEvent, desired_task, notice, task_event,
+    DeviceProfile, FetchBundleRequest, InstalledTask, RegisterRequest, ReportRequest,
+    SubscribeRequest, SyncRequest, TaskEvent, desired_task, notice, task_event,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A cloud whose controller and pace window are fast enough for tests.
 async fn start(backend: &Backend, dir: &Path) -> Cloud {
+    start_with(backend, dir, |_| {}).await
+}
+
+async fn start_with(
+    backend: &Backend,
+    dir: &Path,
+    configure: impl FnOnce(&mut walle_cloud::CloudConfig),
+) -> Cloud {
     backend
         .start(dir, |c| {
             c.controller_interval_ms = 30;
             c.coverage_sample_ms = 30;
             c.pace_window_ms = 0;
+            configure(c);
         })
         .await
 }
@@ -134,6 +143,8 @@ struct SimDevice {
     client: DevicePlaneClient<tonic::transport::Channel>,
     profile: DeviceProfile,
     installed: Option<(String, String)>,
+    /// Bundle digest of the version last handed by Sync.
+    desired_digest: String,
 }
 
 impl SimDevice {
@@ -159,6 +170,7 @@ impl SimDevice {
             client,
             profile,
             installed: None,
+            desired_digest: String::new(),
         }
     }
 
@@ -192,6 +204,7 @@ impl SimDevice {
             .find(|d| d.task == "t" && d.action == desired_task::Action::Install as i32)?;
         let manifest: Value =
             serde_json::from_slice(&desired.manifest.unwrap().manifest_json).unwrap();
+        self.desired_digest = manifest["bundle_digest"].as_str().unwrap().to_owned();
         Some((
             manifest["task"]["version"].as_str().unwrap().to_owned(),
             desired.release_id,
@@ -215,6 +228,26 @@ impl SimDevice {
             events: vec![event],
         });
         self.client.report(request).await.unwrap();
+    }
+
+    /// Downloads the bundle last handed by Sync and checks it against the signed digest.
+    async fn fetch_desired_bundle(&mut self) -> Vec<u8> {
+        let request = self.authed(FetchBundleRequest {
+            digest: self.desired_digest.clone(),
+            offset: 0,
+        });
+        let mut stream = self
+            .client
+            .fetch_bundle(request)
+            .await
+            .unwrap()
+            .into_inner();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = stream.message().await.unwrap() {
+            bytes.extend_from_slice(&chunk.data);
+        }
+        assert_eq!(walle_proto::bundle::digest_hex(&bytes), self.desired_digest);
+        bytes
     }
 
     /// Syncs, installs whatever is desired and reports it; returns the version now installed.
@@ -675,11 +708,22 @@ async fn single_controller(replicas: &[&Cloud]) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_replicas_on_one_postgres_behave_as_one_service() {
     let backend = Backend::postgres().await;
-    // Replicas share the database and, here, the data dir (publisher key, operator token and
-    // bundles; a shared volume or object store in production).
+    // Replicas share the database, the bundle bucket (a real S3-compatible server) and the
+    // publisher key + operator token (a mounted secret in production) — nothing else.
+    let s3 = common::S3Server::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let a = start(&backend, dir.path()).await;
-    let b = start(&backend, dir.path()).await;
+    let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
+    let replica = |data_dir: std::path::PathBuf| {
+        let store = s3.store_config("replicas");
+        let backend = &backend;
+        async move { start_with(backend, &data_dir, |c| c.bundle_store = store).await }
+    };
+    let a = replica(dir_a.clone()).await;
+    std::fs::create_dir_all(&dir_b).unwrap();
+    for secret in ["publisher.key", "admin.token"] {
+        std::fs::copy(dir_a.join(secret), dir_b.join(secret)).unwrap();
+    }
+    let b = replica(dir_b.clone()).await;
     let holder = single_controller(&[&a, &b]).await;
     for _ in 0..20 {
         assert_eq!(
@@ -716,9 +760,22 @@ async fn two_replicas_on_one_postgres_behave_as_one_service() {
         (notice::Kind::TaskChanged as i32, first.as_str())
     );
     assert_eq!(device.converge().await.as_deref(), Some("1.0.0"));
+    // Uploaded through A, downloaded through B: the bundle came from the shared bucket.
+    device.fetch_desired_bundle().await;
+    let keys = s3.keys().await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(
+        keys.iter()
+            .all(|k| k.starts_with("replicas/bundles/sha256/")),
+        "{keys:?}"
+    );
 
     // The controller replica goes away: the other takes over and keeps gating releases.
-    let (survivor, gone) = if holder == 0 { (b, a) } else { (a, b) };
+    let (survivor, gone, gone_dir) = if holder == 0 {
+        (b, a, dir_a)
+    } else {
+        (a, b, dir_b)
+    };
     gone.shutdown().await;
     single_controller(&[&survivor]).await;
     let op = Operator::new(&survivor);
@@ -747,7 +804,7 @@ async fn two_replicas_on_one_postgres_behave_as_one_service() {
     );
 
     // A restarted replica picks up where the releases are.
-    let restarted = start(&backend, dir.path()).await;
+    let restarted = replica(gone_dir).await;
     let (_, releases) = Operator::new(&restarted)
         .call("GET", "/v1/releases", None)
         .await;

@@ -139,12 +139,67 @@ fn collect_files(root: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(),
 
 /// Reads and validates a whole bundle in memory.
 pub fn read_bundle(bytes: &[u8]) -> Result<BundleContents, BundleError> {
-    let decoder = zstd::Decoder::new(bytes).map_err(|e| BundleError::Corrupt(e.to_string()))?;
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    walk_entries(bytes, |path, size, entry| {
+        let mut content = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
+        entry
+            .take(MAX_UNPACKED_BYTES)
+            .read_to_end(&mut content)
+            .map_err(|e| BundleError::Corrupt(e.to_string()))?;
+        files.push((path, content));
+        Ok(())
+    })?;
+    files.sort_by(|a, b| a.0.cmp(&b.0));
+    let manifest = {
+        let manifest_bytes = files
+            .iter()
+            .find(|(p, _)| p == MANIFEST_FILE)
+            .map(|(_, c)| c.as_slice());
+        parse_manifest(manifest_bytes, |path| files.iter().any(|(p, _)| p == path))?
+    };
+    Ok(BundleContents { manifest, files })
+}
+
+/// Validates a bundle as it is read from `reader`, keeping only its manifest in memory: the same
+/// checks as [`read_bundle`], for bundles too large to hold whole (e.g. an upload on disk).
+pub fn check_bundle(reader: impl Read) -> Result<TaskManifest, BundleError> {
+    /// A walle.toml larger than this is not a manifest.
+    const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
+    let mut paths = Vec::new();
+    let mut manifest_bytes = None;
+    walk_entries(reader, |path, _size, entry| {
+        let corrupt = |e: std::io::Error| BundleError::Corrupt(e.to_string());
+        if path == MANIFEST_FILE {
+            let mut content = Vec::new();
+            entry
+                .take(MAX_MANIFEST_BYTES)
+                .read_to_end(&mut content)
+                .map_err(corrupt)?;
+            manifest_bytes = Some(content);
+        } else {
+            std::io::copy(entry, &mut std::io::sink()).map_err(corrupt)?;
+        }
+        paths.push(path);
+        Ok(())
+    })?;
+    parse_manifest(manifest_bytes.as_deref(), |path| {
+        paths.iter().any(|p| p == path)
+    })
+}
+
+/// Walks every entry of a bundle, enforcing the entry rules (safe paths, regular files only,
+/// bounded count and unpacked size, no duplicates), and hands each regular file to `on_file`
+/// with its path and declared size.
+fn walk_entries(
+    reader: impl Read,
+    mut on_file: impl FnMut(String, u64, &mut dyn Read) -> Result<(), BundleError>,
+) -> Result<(), BundleError> {
+    let decoder = zstd::Decoder::new(reader).map_err(|e| BundleError::Corrupt(e.to_string()))?;
     let mut archive = tar::Archive::new(decoder);
     let entries = archive
         .entries()
         .map_err(|e| BundleError::Corrupt(e.to_string()))?;
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let mut total: u64 = 0;
     for (count, entry) in entries.enumerate() {
         if count >= MAX_ENTRIES {
@@ -174,32 +229,28 @@ pub fn read_bundle(bytes: &[u8]) -> Result<BundleContents, BundleError> {
         if total > MAX_UNPACKED_BYTES {
             return Err(BundleError::TooLarge);
         }
-        let mut content = Vec::with_capacity(entry.size() as usize);
-        (&mut entry)
-            .take(MAX_UNPACKED_BYTES)
-            .read_to_end(&mut content)
-            .map_err(|e| BundleError::Corrupt(e.to_string()))?;
-        if files.iter().any(|(p, _)| *p == path) {
+        if !seen.insert(path.clone()) {
             return Err(BundleError::DuplicateEntry(path));
         }
-        files.push((path, content));
+        let size = entry.size();
+        on_file(path, size, &mut entry)?;
     }
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    let manifest_bytes = files
-        .iter()
-        .find(|(p, _)| p == MANIFEST_FILE)
-        .map(|(_, c)| c)
-        .ok_or(BundleError::NoManifest)?;
+    Ok(())
+}
+
+/// Parses the manifest and checks that every file it names is present.
+fn parse_manifest(
+    manifest_bytes: Option<&[u8]>,
+    has_file: impl Fn(&str) -> bool,
+) -> Result<TaskManifest, BundleError> {
+    let manifest_bytes = manifest_bytes.ok_or(BundleError::NoManifest)?;
     let text = std::str::from_utf8(manifest_bytes)
         .map_err(|_| ManifestError::Syntax("walle.toml is not UTF-8".into()))?;
     let manifest = TaskManifest::parse(text)?;
-    let contents = BundleContents { manifest, files };
-    for required in contents.manifest.required_files() {
-        if contents.file(required).is_none() {
-            return Err(BundleError::MissingFile(required.to_owned()));
-        }
+    if let Some(missing) = manifest.required_files().find(|f| !has_file(f)) {
+        return Err(BundleError::MissingFile(missing.to_owned()));
     }
-    Ok(contents)
+    Ok(manifest)
 }
 
 /// Writes validated bundle contents below `dest` (which must not exist yet).
@@ -279,32 +330,49 @@ mod tests {
         let manifest: &[u8] =
             b"name = \"t\"\nversion = \"0.1.0\"\nruntime = \"python\"\nentry = \"m.py\"\n";
         let reg = tar::EntryType::Regular;
-        let escape = raw_bundle(&[("walle.toml", manifest, reg), ("../evil", b"x", reg)]);
-        assert!(matches!(
-            read_bundle(&escape),
-            Err(BundleError::UnsafePath(_))
-        ));
-        let link = raw_bundle(&[
-            ("walle.toml", manifest, reg),
-            ("m.py", b"", tar::EntryType::Symlink),
-        ]);
-        assert!(matches!(
-            read_bundle(&link),
-            Err(BundleError::UnsupportedEntry { .. })
-        ));
-        let missing = raw_bundle(&[("walle.toml", manifest, reg)]);
-        assert!(matches!(
-            read_bundle(&missing),
-            Err(BundleError::MissingFile(_))
-        ));
-        let no_manifest = raw_bundle(&[("m.py", b"", reg)]);
-        assert!(matches!(
-            read_bundle(&no_manifest),
-            Err(BundleError::NoManifest)
-        ));
-        assert!(matches!(
-            read_bundle(b"garbage"),
-            Err(BundleError::Corrupt(_))
-        ));
+        type IsExpected = fn(&BundleError) -> bool;
+        let cases: Vec<(&str, Vec<u8>, IsExpected)> = vec![
+            (
+                "escape",
+                raw_bundle(&[("walle.toml", manifest, reg), ("../evil", b"x", reg)]),
+                |e| matches!(e, BundleError::UnsafePath(_)),
+            ),
+            (
+                "symlink",
+                raw_bundle(&[
+                    ("walle.toml", manifest, reg),
+                    ("m.py", b"", tar::EntryType::Symlink),
+                ]),
+                |e| matches!(e, BundleError::UnsupportedEntry { .. }),
+            ),
+            (
+                "duplicate",
+                raw_bundle(&[
+                    ("walle.toml", manifest, reg),
+                    ("m.py", b"a", reg),
+                    ("m.py", b"b", reg),
+                ]),
+                |e| matches!(e, BundleError::DuplicateEntry(_)),
+            ),
+            (
+                "missing entry file",
+                raw_bundle(&[("walle.toml", manifest, reg)]),
+                |e| matches!(e, BundleError::MissingFile(_)),
+            ),
+            ("no manifest", raw_bundle(&[("m.py", b"", reg)]), |e| {
+                matches!(e, BundleError::NoManifest)
+            }),
+            ("garbage", b"garbage".to_vec(), |e| {
+                matches!(e, BundleError::Corrupt(_))
+            }),
+        ];
+        for (name, bytes, expected) in cases {
+            let in_memory = read_bundle(&bytes).expect_err(name);
+            assert!(expected(&in_memory), "{name}: read_bundle gave {in_memory}");
+            let streamed = check_bundle(bytes.as_slice()).expect_err(name);
+            assert!(expected(&streamed), "{name}: check_bundle gave {streamed}");
+        }
+        let good = raw_bundle(&[("walle.toml", manifest, reg), ("m.py", b"", reg)]);
+        assert_eq!(check_bundle(good.as_slice()).unwrap().name, "t");
     }
 }

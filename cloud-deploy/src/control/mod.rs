@@ -27,7 +27,7 @@ use crate::{AppState, CloudError, secrets};
 /// The whole control-plane router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .merge(tasks::routes(&state))
+        .merge(tasks::routes())
         .merge(releases::routes())
         .merge(devices::routes())
         .merge(records::routes())

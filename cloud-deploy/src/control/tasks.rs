@@ -1,9 +1,9 @@
 //! `/v1/tasks` and `/v1/tasks/{name}/versions`.
 
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -13,15 +13,16 @@ use super::bad_json;
 use crate::store::tasks::{TaskRow, VersionRow};
 use crate::{AppState, CloudError, catalog};
 
-pub(super) fn routes(state: &AppState) -> Router<AppState> {
-    let limit = usize::try_from(state.config.max_bundle_bytes).unwrap_or(usize::MAX);
+pub(super) fn routes() -> Router<AppState> {
+    // Uploads are streamed to disk with their own size check (see `catalog::spool`), so
+    // axum's in-memory body limit does not apply to them.
     Router::new()
         .route("/tasks", get(list_tasks).post(create_task))
         .route(
             "/tasks/{name}/versions",
             get(list_versions)
                 .post(upload_version)
-                .layer(DefaultBodyLimit::max(limit)),
+                .layer(DefaultBodyLimit::disable()),
         )
 }
 
@@ -67,23 +68,18 @@ async fn list_versions(
 async fn upload_version(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<VersionRow>), CloudError> {
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            CloudError::TooLarge(format!(
-                "bundle is larger than the {}-byte limit",
-                state.config.max_bundle_bytes
-            ))
-        } else {
-            CloudError::Invalid(rejection.body_text())
-        }
-    })?;
-    if bytes.is_empty() {
-        return Err(CloudError::Invalid(
-            "request body is empty; send the bundle file".into(),
-        ));
+    let limit = state.config.max_bundle_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit) {
+        return Err(catalog::too_large(limit));
     }
-    let row = catalog::publish_version(&state, &name, bytes).await?;
+    let spooled = catalog::spool(&state.config.data_dir, body.into_data_stream(), limit).await?;
+    let row = catalog::publish_version(&state, &name, spooled).await?;
     Ok((StatusCode::CREATED, Json(row)))
 }

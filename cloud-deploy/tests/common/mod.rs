@@ -129,3 +129,93 @@ macro_rules! on_both_backends {
         })*
     };
 }
+
+/// A real S3-compatible server (moto, installed by `scripts/setup.sh` into the venv at
+/// `WALLE_PY_ENV`, default `~/.cache/walle-py`) on a free loopback port, with one empty bucket.
+/// Stopped on drop.
+pub struct S3Server {
+    child: std::process::Child,
+    pub endpoint: String,
+    pub bucket: String,
+}
+
+impl S3Server {
+    pub async fn start() -> S3Server {
+        let venv = std::env::var("WALLE_PY_ENV").unwrap_or_else(|_| {
+            format!(
+                "{}/.cache/walle-py",
+                std::env::var("HOME").unwrap_or_default()
+            )
+        });
+        let binary = format!("{venv}/bin/moto_server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let child = std::process::Command::new(&binary)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {binary} ({e}); run scripts/setup.sh, which installs it")
+            });
+        let server = S3Server {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            bucket: "walle-bundles".into(),
+        };
+        let http = reqwest::Client::new();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+        // moto does not check signatures: an unsigned PUT creates the bucket.
+        loop {
+            let created = http
+                .put(format!("{}/{}", server.endpoint, server.bucket))
+                .send()
+                .await;
+            if created.is_ok_and(|r| r.status().is_success()) {
+                return server;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "moto_server never came up on {}",
+                server.endpoint
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+
+    /// The bundle-store config of a cloud keeping its bundles in this server's bucket.
+    pub fn store_config(&self, prefix: &str) -> walle_cloud::bundles::BundleStoreConfig {
+        walle_cloud::bundles::BundleStoreConfig::S3(walle_cloud::bundles::S3Config {
+            bucket: self.bucket.clone(),
+            prefix: prefix.into(),
+            endpoint: Some(self.endpoint.clone()),
+            region: Some("us-east-1".into()),
+            access_key_id: Some("test".into()),
+            secret_access_key: Some("test".into()),
+            allow_http: true,
+        })
+    }
+
+    /// Keys of every object in the bucket (via S3's ListObjectsV2).
+    pub async fn keys(&self) -> Vec<String> {
+        let xml = reqwest::get(format!("{}/{}?list-type=2", self.endpoint, self.bucket))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        xml.split("<Key>")
+            .skip(1)
+            .filter_map(|part| part.split_once("</Key>").map(|(key, _)| key.to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
