@@ -8,7 +8,7 @@
 //! |---|---|
 //! | viewer | read everything except tokens and the audit log |
 //! | developer | also create tasks, upload versions, preview releases |
-//! | release-manager | also create releases and pause/resume/advance/abort/roll them back |
+//! | release-manager | also create releases and pause/resume/advance/abort/roll them back, and manage device groups |
 //! | admin | also manage API tokens and apps, and read the audit log |
 
 use axum::http::Method;
@@ -95,6 +95,14 @@ mod tests {
         );
         assert_eq!(
             required_role(&Method::POST, "/releases/r/abort"),
+            Role::ReleaseManager
+        );
+        assert_eq!(
+            required_role(&Method::POST, "/groups/qa/members"),
+            Role::ReleaseManager
+        );
+        assert_eq!(
+            required_role(&Method::DELETE, "/groups/qa"),
             Role::ReleaseManager
         );
         assert_eq!(required_role(&Method::GET, "/audit"), Role::Admin);

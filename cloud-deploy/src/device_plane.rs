@@ -133,6 +133,7 @@ fn profile_of(p: &DeviceProfile) -> Profile {
         hardware_tier: p.hardware_tier.clone(),
         region: p.region.clone(),
         tags: p.tags.clone(),
+        groups: Vec::new(),
     }
 }
 
@@ -350,7 +351,7 @@ impl DevicePlane for DevicePlaneService {
                     .map_err(internal)?;
             }
         }
-        let profile = match (profile, seen) {
+        let mut profile = match (profile, seen) {
             (Some(p), _) => profile_of(p),
             (None, Some(seen)) => serde_json::from_str(&seen.profile_json).unwrap_or_default(),
             (None, None) => Profile::default(),
@@ -362,6 +363,13 @@ impl DevicePlane for DevicePlaneService {
             .collect();
         let served = db.served_releases().await.map_err(internal)?;
         let releases: Vec<LiveRelease> = served.iter().map(|s| s.release.clone()).collect();
+        // Group membership costs a query, so it is read only when some release targets a group.
+        if releases
+            .iter()
+            .any(|r| !r.policy.target.groups().is_empty())
+        {
+            profile.groups = db.groups_of(&device).await.map_err(internal)?;
+        }
         let chosen = choose(&releases, &profile, &running);
         let mut desired = Vec::with_capacity(chosen.len());
         for served in served.iter().filter(|s| {

@@ -60,6 +60,7 @@ impl Operator {
         let url = format!("{}{path}", self.base);
         let request = match method {
             "POST" => self.http.post(url),
+            "DELETE" => self.http.delete(url),
             _ => self.http.get(url),
         };
         let request = match body {
@@ -349,6 +350,27 @@ async fn staged_release_is_sticky_and_advances_on_health(backend: Backend) {
         status["stats"]["notified"], 2,
         "created + advanced, one subscriber: {status}"
     );
+    // Per stage: the first stage's cohort and the devices that joined at 100 %.
+    let later: Vec<usize> = (0..40).filter(|i| !in_first_stage.contains(i)).collect();
+    devices[in_first_stage[0]]
+        .report(task_event::Kind::RunOk, "2.0.0", &staged)
+        .await;
+    devices[later[0]]
+        .report(task_event::Kind::RunFailed, "2.0.0", &staged)
+        .await;
+    let stages = op.status(&staged).await["stats"]["stages"].clone();
+    let first = in_first_stage.len();
+    for (stage, cohort, runs_ok, runs_failed) in [(0, first, 1, 0), (1, 40 - first, 0, 1)] {
+        let s = &stages[stage];
+        assert_eq!(s["targeted"], cohort, "stage {stage}: {stages}");
+        assert_eq!(s["synced"], cohort, "stage {stage}: {stages}");
+        assert_eq!(s["installed"], cohort, "stage {stage}: {stages}");
+        assert_eq!(s["notified"], 1, "stage {stage}: {stages}");
+        assert_eq!(s["runs_ok"], runs_ok, "stage {stage}: {stages}");
+        assert_eq!(s["runs_failed"], runs_failed, "stage {stage}: {stages}");
+        assert_eq!(s["failed_devices"], runs_failed, "stage {stage}: {stages}");
+    }
+    assert_eq!(stages[1]["percent"], 100.0);
     // The coverage series shows both stages and ends fully installed.
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     let series = loop {
@@ -675,7 +697,123 @@ async fn pausing_a_full_release_hands_devices_back_and_forged_reports_do_not_cou
     cloud.shutdown().await;
 }
 
+async fn device_groups_target_releases_and_membership_changes_apply_at_once(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(&backend, dir.path()).await;
+    let op = Operator::new(&cloud);
+    for v in ["1.0.0", "2.0.0", "3.0.0"] {
+        op.publish(dir.path(), v).await;
+    }
+    let (code, body) = op
+        .call(
+            "POST",
+            "/v1/groups",
+            Some(json!({"name": "qa", "description": "test phones"})),
+        )
+        .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, _) = op
+        .call("POST", "/v1/groups", Some(json!({"name": "qa"})))
+        .await;
+    assert_eq!(code, 409);
+    let (code, body) = op
+        .call("POST", "/v1/groups", Some(json!({"name": "Q A"})))
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let (code, body) = op
+        .call(
+            "POST",
+            "/v1/releases",
+            Some(json!({"task": "t", "version": "2.0.0", "policy": {"target": {"group": "nope"}}})),
+        )
+        .await;
+    assert_eq!(code, 400);
+    assert!(
+        body["error"].as_str().unwrap().contains("\"nope\""),
+        "{body}"
+    );
+    let (code, body) = op
+        .call("POST", "/v1/groups/qa/members", Some(json!({"add": [""]})))
+        .await;
+    assert_eq!(code, 400);
+    assert!(body["error"].as_str().unwrap().contains("add[0]"), "{body}");
+
+    op.release("1.0.0", json!({})).await;
+    let mut g1 = SimDevice::register(&cloud, "g1", "mid").await;
+    let mut g2 = SimDevice::register(&cloud, "g2", "mid").await;
+    let (code, body) = op
+        .call(
+            "POST",
+            "/v1/groups/qa/members",
+            Some(json!({"add": ["g1", "not-yet"]})),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["devices"], json!(["g1", "not-yet"]));
+    op.release("2.0.0", json!({"target": {"group": "qa"}}))
+        .await;
+    assert_eq!(g1.converge().await.as_deref(), Some("2.0.0"));
+    assert_eq!(g2.converge().await.as_deref(), Some("1.0.0"));
+
+    // Joining the group reaches the device at once: it is told to sync.
+    let mut notices = g2
+        .client
+        .clone()
+        .subscribe(g2.authed(SubscribeRequest {}))
+        .await
+        .unwrap()
+        .into_inner();
+    notices.message().await.unwrap();
+    op.call(
+        "POST",
+        "/v1/groups/qa/members",
+        Some(json!({"add": ["g2"], "remove": ["g1"]})),
+    )
+    .await;
+    let pushed = tokio::time::timeout(TIMEOUT, notices.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(pushed.kind, notice::Kind::TaskChanged as i32);
+    assert_eq!(g2.converge().await.as_deref(), Some("2.0.0"));
+    assert_eq!(
+        g1.converge().await.as_deref(),
+        Some("1.0.0"),
+        "left the group"
+    );
+    // A device listed before it ever registered is included when it does.
+    let mut late = SimDevice::register(&cloud, "not-yet", "mid").await;
+    assert_eq!(late.converge().await.as_deref(), Some("2.0.0"));
+    // Preview reads membership too.
+    let (code, preview) = op
+        .call(
+            "POST",
+            "/v1/releases/preview",
+            Some(json!({"task": "t", "version": "3.0.0", "policy": {"target": {"group": "qa"}}})),
+        )
+        .await;
+    assert_eq!(code, 200, "{preview}");
+    assert_eq!(
+        preview[0]["versions"],
+        json!({"3.0.0": 2, "1.0.0": 1}),
+        "{preview}"
+    );
+
+    // A group in use cannot be deleted; listing shows its size.
+    let (code, body) = op.call("DELETE", "/v1/groups/qa", None).await;
+    assert_eq!(code, 409, "{body}");
+    let (_, groups) = op.call("GET", "/v1/groups", None).await;
+    assert_eq!(groups[0]["members"], 2, "{groups}");
+    op.call("POST", "/v1/groups", Some(json!({"name": "unused"})))
+        .await;
+    assert_eq!(op.call("DELETE", "/v1/groups/unused", None).await.0, 204);
+    assert_eq!(op.call("GET", "/v1/groups/unused", None).await.0, 404);
+    cloud.shutdown().await;
+}
+
 on_both_backends!(
+    device_groups_target_releases_and_membership_changes_apply_at_once,
     pausing_a_full_release_hands_devices_back_and_forged_reports_do_not_count,
     staged_release_is_sticky_and_advances_on_health,
     failures_abort_the_release_and_roll_devices_back,

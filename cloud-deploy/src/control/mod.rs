@@ -6,6 +6,7 @@
 mod admin;
 mod console;
 mod devices;
+mod groups;
 mod records;
 mod releases;
 mod tasks;
@@ -30,6 +31,7 @@ pub fn router(state: AppState) -> Router {
         .merge(tasks::routes())
         .merge(releases::routes())
         .merge(devices::routes())
+        .merge(groups::routes())
         .merge(records::routes())
         .merge(admin::routes())
         .route_layer(middleware::from_fn_with_state(

@@ -48,7 +48,6 @@ fn checked(body: Result<Json<NewRelease>, JsonRejection>) -> Result<NewRelease, 
             new.version
         )));
     }
-    new.policy.validate().map_err(CloudError::Invalid)?;
     Ok(new)
 }
 
@@ -66,6 +65,7 @@ async fn preview(
     body: Result<Json<NewRelease>, JsonRejection>,
 ) -> Result<Json<Vec<PreviewStage>>, CloudError> {
     let new = checked(body)?;
+    release::check_policy(&state, &new.policy).await?;
     if state
         .db
         .get_version(&new.task, &new.version)

@@ -4,19 +4,23 @@
 //! - [`target`]: predicates over the device profile;
 //! - [`policy`]: stages over sticky buckets, health gate, abort rule, priority, validation;
 //! - [`select`]: the one rule that decides which release each device follows;
-//! - [`controller`]: the loop that advances and aborts releases by their health.
+//! - [`controller`]: the loop that advances and aborts releases by their health;
+//! - [`stats`]: a release's progress, in total and per stage.
 
 pub mod controller;
 pub mod policy;
 pub mod select;
+pub mod stats;
 pub mod target;
+
+pub use stats::{ReleaseStats, StageStats, stats};
 
 use std::collections::HashMap;
 
 use serde::Serialize;
 use walle_proto::v1::{Notice, notice};
 
-use crate::store::releases::{ReleaseHealth, ReleaseRow};
+use crate::store::releases::ReleaseRow;
 use crate::{AppState, CloudError, secrets};
 use policy::ReleasePolicy;
 use select::{LiveRelease, ReleaseState, choose};
@@ -41,7 +45,7 @@ pub async fn create_release(
     version: &str,
     policy: ReleasePolicy,
 ) -> Result<ReleaseRow, CloudError> {
-    policy.validate().map_err(CloudError::Invalid)?;
+    check_policy(state, &policy).await?;
     if state.db.get_version(task, version).await?.is_none() {
         return Err(CloudError::NotFound(format!(
             "task {task:?} has no version {version:?}"
@@ -56,6 +60,19 @@ pub async fn create_release(
     notify_change(state, task, &id).await;
     tracing::info!(release = %id, task, version, "release created");
     Ok(release)
+}
+
+/// Validates a policy, including that every group it names exists.
+pub async fn check_policy(state: &AppState, policy: &ReleasePolicy) -> Result<(), CloudError> {
+    policy.validate().map_err(CloudError::Invalid)?;
+    for group in policy.target.groups() {
+        if !state.db.group_exists(group).await? {
+            return Err(CloudError::Invalid(format!(
+                "policy.target: no device group named {group:?} (create it with POST /v1/groups)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A release at its last stage of 100 % for everyone makes older releases it outranks moot.
@@ -164,14 +181,18 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
 }
 
 /// Every registered device's profile and what it runs per task.
-async fn fleet(state: &AppState) -> Result<Vec<(Profile, HashMap<String, String>)>, CloudError> {
+pub(crate) async fn fleet(
+    state: &AppState,
+) -> Result<Vec<(Profile, HashMap<String, String>)>, CloudError> {
+    let mut memberships = state.db.all_memberships().await?;
     Ok(state
         .db
         .list_devices()
         .await?
         .into_iter()
         .map(|device| {
-            let profile: Profile = serde_json::from_value(device.profile).unwrap_or_default();
+            let mut profile: Profile = serde_json::from_value(device.profile).unwrap_or_default();
+            profile.groups = memberships.remove(&profile.device_id).unwrap_or_default();
             let running = device
                 .tasks
                 .into_iter()
@@ -242,64 +263,6 @@ pub async fn preview(
         });
     }
     Ok(out)
-}
-
-/// A release's progress across the fleet.
-#[derive(Debug, Clone, Serialize)]
-pub struct ReleaseStats {
-    /// Registered devices this release is selected for now (targeting, stage and priority).
-    pub targeted: usize,
-    /// Devices whose active version of the task is this release's version.
-    pub installed: i64,
-    /// Share of targeted devices that have it installed.
-    pub coverage: f64,
-    /// Notices about this release delivered to device streams.
-    pub notified: i64,
-    /// Devices that pulled this release.
-    pub synced: i64,
-    #[serde(flatten)]
-    pub health: ReleaseHealth,
-}
-
-/// Statistics of one release.
-pub async fn stats(state: &AppState, release: &ReleaseRow) -> Result<ReleaseStats, CloudError> {
-    let live = release.live()?;
-    let mut releases: Vec<LiveRelease> = state
-        .db
-        .served_releases()
-        .await?
-        .into_iter()
-        .map(|s| s.release)
-        .filter(|r| r.task == live.task)
-        .collect();
-    if !releases.iter().any(|r| r.id == live.id) {
-        releases.push(live.clone());
-    }
-    let targeted = fleet(state)
-        .await?
-        .iter()
-        .filter(|(profile, running)| {
-            choose(&releases, profile, running)
-                .get(&live.task)
-                .is_some_and(|r| r.id == live.id)
-        })
-        .count();
-    let installed = state.db.count_installed(&live.task, &live.version).await?;
-    let kinds = failure_kinds(&live.policy);
-    let health = state.db.release_health(&live.id, &kinds).await?;
-    let (notified, synced) = state.db.notified_and_synced(&live.id).await?;
-    Ok(ReleaseStats {
-        targeted,
-        installed,
-        notified,
-        synced,
-        coverage: if targeted == 0 {
-            0.0
-        } else {
-            installed as f64 / targeted as f64
-        },
-        health,
-    })
 }
 
 /// The task-event kinds a policy's abort rule counts as failures.

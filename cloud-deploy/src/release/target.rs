@@ -15,6 +15,10 @@ pub struct Profile {
     pub hardware_tier: String,
     pub region: String,
     pub tags: Vec<String>,
+    /// Named device groups the device is a member of (looked up by the cloud, never sent by the
+    /// device, never stored with the profile).
+    #[serde(skip)]
+    pub groups: Vec<String>,
 }
 
 /// Which devices a release is for. `{"all": []}` (the default) matches every device.
@@ -45,6 +49,9 @@ pub enum Target {
     Tag(String),
     /// The device is one of these.
     DeviceIds(Vec<String>),
+    /// The device is a member of this named group (managed through `/v1/groups`; membership
+    /// changes apply at the device's next sync).
+    Group(String),
 }
 
 impl Default for Target {
@@ -94,6 +101,25 @@ impl Target {
             Target::Region(regions) => regions.contains(&p.region),
             Target::Tag(tag) => p.tags.contains(tag),
             Target::DeviceIds(ids) => ids.contains(&p.device_id),
+            Target::Group(group) => p.groups.contains(group),
+        }
+    }
+
+    /// Names of the groups this target refers to, each once, in order of appearance.
+    pub fn groups(&self) -> Vec<&str> {
+        let mut out: Vec<&str> = Vec::new();
+        self.visit_groups(&mut out);
+        out
+    }
+
+    fn visit_groups<'a>(&'a self, out: &mut Vec<&'a str>) {
+        match self {
+            Target::All(list) | Target::Any(list) => {
+                list.iter().for_each(|t| t.visit_groups(out));
+            }
+            Target::Not(inner) => inner.visit_groups(out),
+            Target::Group(name) if !out.contains(&name.as_str()) => out.push(name),
+            _ => {}
         }
     }
 
@@ -137,7 +163,9 @@ impl Target {
                     format!("{path}.{field}: {req:?} is not a semver requirement: {e}")
                 })
             }
-            Target::AppId(s) | Target::Os(s) | Target::Tag(s) if s.trim().is_empty() => {
+            Target::AppId(s) | Target::Os(s) | Target::Tag(s) | Target::Group(s)
+                if s.trim().is_empty() =>
+            {
                 Err(format!("{path}: value is empty"))
             }
             Target::Model(l) => nonempty("model", l),
@@ -164,6 +192,7 @@ mod tests {
             hardware_tier: "high".into(),
             region: "eu".into(),
             tags: vec!["beta".into()],
+            groups: vec!["qa".into()],
         }
     }
 
@@ -186,6 +215,8 @@ mod tests {
             (r#"{"device_ids": ["d2"]}"#, false),
             (r#"{"model": ["Pixel 8"]}"#, true),
             (r#"{"not": {"tag": "beta"}}"#, false),
+            (r#"{"group": "qa"}"#, true),
+            (r#"{"group": "vip"}"#, false),
             (r#"{"any": [{"region": ["us"]}, {"app_id": "shop"}]}"#, true),
             (
                 r#"{"all": [{"region": ["eu"]}, {"hardware_tier": ["low"]}]}"#,
@@ -207,5 +238,17 @@ mod tests {
             .unwrap_err();
         assert!(err.contains("policy.target.any"), "{err}");
         assert!(serde_json::from_str::<Target>(r#"{"colour": "red"}"#).is_err());
+        let err = target(r#"{"not": {"group": " "}}"#)
+            .validate("policy.target")
+            .unwrap_err();
+        assert!(err.starts_with("policy.target.not"), "{err}");
+    }
+
+    #[test]
+    fn groups_are_listed_once() {
+        let t = target(
+            r#"{"any": [{"group": "qa"}, {"not": {"group": "vip"}}, {"all": [{"group": "qa"}]}]}"#,
+        );
+        assert_eq!(t.groups(), vec!["qa", "vip"]);
     }
 }

@@ -1,4 +1,5 @@
-//! Release statistics tables: `release_syncs`, `release_samples`, and the `notified` counter.
+//! Release statistics tables: `release_syncs`, `release_samples`, `release_stage_notices` and the
+//! `notified` counter.
 
 use serde::Serialize;
 use sqlx::Row;
@@ -16,18 +17,102 @@ pub struct CoverageSample {
 }
 
 impl Db {
-    /// Adds delivered notices to a release's counter.
+    /// Adds delivered notices to a release's counter and to its current stage's.
     pub async fn add_notified(&self, release_id: &str, delivered: usize) -> Result<(), CloudError> {
         if delivered == 0 {
             return Ok(());
         }
+        let delivered = delivered as i64;
         sqlx::query("UPDATE releases SET notified = notified + $1 WHERE id = $2")
-            .bind(delivered as i64)
+            .bind(delivered)
             .bind(release_id)
             .execute(self.pool())
             .await
             .map_err(db_err("counting notices"))?;
+        sqlx::query(
+            "INSERT INTO release_stage_notices (release_id, stage, delivered) \
+             SELECT id, stage, $1 FROM releases WHERE id = $2 \
+             ON CONFLICT (release_id, stage) DO UPDATE \
+             SET delivered = release_stage_notices.delivered + excluded.delivered",
+        )
+        .bind(delivered)
+        .bind(release_id)
+        .execute(self.pool())
+        .await
+        .map_err(db_err("counting notices per stage"))?;
         Ok(())
+    }
+
+    /// (stage, notices delivered while it was current) of a release.
+    pub async fn stage_notices(&self, release_id: &str) -> Result<Vec<(i64, i64)>, CloudError> {
+        let rows =
+            sqlx::query("SELECT stage, delivered FROM release_stage_notices WHERE release_id = $1")
+                .bind(release_id)
+                .fetch_all(self.pool())
+                .await
+                .map_err(db_err("reading notices per stage"))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("stage")?, row.try_get("delivered")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding notices per stage"))
+    }
+
+    /// Devices that pulled a release.
+    pub async fn synced_devices(&self, release_id: &str) -> Result<Vec<String>, CloudError> {
+        let rows = sqlx::query("SELECT device_id FROM release_syncs WHERE release_id = $1")
+            .bind(release_id)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("listing synced devices"))?;
+        rows.iter()
+            .map(|row| row.try_get("device_id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding synced devices"))
+    }
+
+    /// Devices whose active version of `task` is `version`.
+    pub async fn installed_devices(
+        &self,
+        task: &str,
+        version: &str,
+    ) -> Result<Vec<String>, CloudError> {
+        let rows = sqlx::query(
+            "SELECT device_id FROM device_tasks WHERE task = $1 AND version = $2 AND state = 'installed'",
+        )
+        .bind(task)
+        .bind(version)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("listing installed devices"))?;
+        rows.iter()
+            .map(|row| row.try_get("device_id"))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding installed devices"))
+    }
+
+    /// (device, event kind, number of events) reported about a release.
+    pub async fn release_event_counts(
+        &self,
+        release_id: &str,
+    ) -> Result<Vec<(String, String, i64)>, CloudError> {
+        let rows = sqlx::query(
+            "SELECT device_id, kind, COUNT(*) AS n FROM task_events WHERE release_id = $1 \
+             GROUP BY device_id, kind",
+        )
+        .bind(release_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("counting release events per device"))?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("device_id")?,
+                    row.try_get("kind")?,
+                    row.try_get("n")?,
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding release events per device"))
     }
 
     /// Records that a device was handed a release (once per device and release).

@@ -1,0 +1,158 @@
+//! `/v1/groups`: named device groups that release targeting can name (`{"group": "qa"}`).
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use walle_proto::manifest::is_valid_task_name;
+
+use super::bad_json;
+use crate::store::groups::GroupRow;
+use crate::{AppState, CloudError, release};
+
+/// Most members added or removed in one call.
+const MAX_MEMBER_CHANGES: usize = 10_000;
+/// Longest device id accepted (as the device plane).
+const MAX_DEVICE_ID_LEN: usize = 128;
+
+pub(super) fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/groups", get(list_groups).post(create_group))
+        .route("/groups/{name}", get(group_detail).delete(delete_group))
+        .route("/groups/{name}/members", post(change_members))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewGroup {
+    name: String,
+    #[serde(default)]
+    description: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemberChange {
+    #[serde(default)]
+    add: Vec<String>,
+    #[serde(default)]
+    remove: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct GroupDetail {
+    #[serde(flatten)]
+    group: GroupRow,
+    devices: Vec<String>,
+}
+
+async fn create_group(
+    State(state): State<AppState>,
+    body: Result<Json<NewGroup>, JsonRejection>,
+) -> Result<(StatusCode, Json<GroupRow>), CloudError> {
+    let Json(group) = body.map_err(bad_json)?;
+    if !is_valid_task_name(&group.name) {
+        return Err(CloudError::Invalid(format!(
+            "`name` {:?} is not a valid group name (1-64 chars of a-z, 0-9 and '-', starting with a letter)",
+            group.name
+        )));
+    }
+    let row = state
+        .db
+        .create_group(&group.name, &group.description)
+        .await?;
+    Ok((StatusCode::CREATED, Json(row)))
+}
+
+async fn list_groups(State(state): State<AppState>) -> Result<Json<Vec<GroupRow>>, CloudError> {
+    Ok(Json(state.db.list_groups().await?))
+}
+
+async fn detail(state: &AppState, name: &str) -> Result<GroupDetail, CloudError> {
+    let group = state
+        .db
+        .list_groups()
+        .await?
+        .into_iter()
+        .find(|g| g.name == name)
+        .ok_or_else(|| CloudError::NotFound(format!("no device group {name:?}")))?;
+    let devices = state.db.group_members(name).await?;
+    Ok(GroupDetail { group, devices })
+}
+
+async fn group_detail(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<GroupDetail>, CloudError> {
+    Ok(Json(detail(&state, &name).await?))
+}
+
+fn check_device_ids(field: &str, ids: &[String]) -> Result<(), CloudError> {
+    if let Some((i, bad)) = ids
+        .iter()
+        .enumerate()
+        .find(|(_, id)| id.trim().is_empty() || id.len() > MAX_DEVICE_ID_LEN)
+    {
+        return Err(CloudError::Invalid(format!(
+            "`{field}[{i}]` {bad:?} is not a device id (1-{MAX_DEVICE_ID_LEN} characters)"
+        )));
+    }
+    Ok(())
+}
+
+/// Adds and removes members; devices of releases that target the group hear about it at once.
+async fn change_members(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Json<MemberChange>, JsonRejection>,
+) -> Result<Json<GroupDetail>, CloudError> {
+    let Json(change) = body.map_err(bad_json)?;
+    if change.add.len() + change.remove.len() > MAX_MEMBER_CHANGES {
+        return Err(CloudError::Invalid(format!(
+            "at most {MAX_MEMBER_CHANGES} members can be added and removed in one call"
+        )));
+    }
+    check_device_ids("add", &change.add)?;
+    check_device_ids("remove", &change.remove)?;
+    if !state.db.group_exists(&name).await? {
+        return Err(CloudError::NotFound(format!("no device group {name:?}")));
+    }
+    state
+        .db
+        .change_group_members(&name, &change.add, &change.remove)
+        .await?;
+    for served in state.db.served_releases().await? {
+        let live = served.release;
+        if live.policy.target.groups().contains(&name.as_str()) {
+            release::notify_change(&state, &live.task, &live.id).await;
+        }
+    }
+    Ok(Json(detail(&state, &name).await?))
+}
+
+/// Deletes a group no active or paused release targets.
+async fn delete_group(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<StatusCode, CloudError> {
+    if !state.db.group_exists(&name).await? {
+        return Err(CloudError::NotFound(format!("no device group {name:?}")));
+    }
+    let users: Vec<String> = state
+        .db
+        .served_releases()
+        .await?
+        .into_iter()
+        .filter(|s| s.release.policy.target.groups().contains(&name.as_str()))
+        .map(|s| s.release.id)
+        .collect();
+    if !users.is_empty() {
+        return Err(CloudError::Conflict(format!(
+            "device group {name:?} is targeted by releases {users:?}; abort or roll them back first"
+        )));
+    }
+    state.db.delete_group(&name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
