@@ -22,7 +22,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Serve the control plane (HTTP/JSON + web console) and the device plane (gRPC).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
+    /// Print the control plane's OpenAPI document (JSON), e.g. to generate a client.
+    Openapi,
 }
 
 #[derive(clap::Args)]
@@ -92,7 +94,16 @@ async fn main() -> anyhow::Result<()> {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    let Command::Serve(args) = Cli::parse().command;
+    let args = match Cli::parse().command {
+        Command::Serve(args) => *args,
+        Command::Openapi => {
+            let doc = walle_cloud::control::openapi()
+                .to_pretty_json()
+                .context("encoding the OpenAPI document")?;
+            println!("{doc}");
+            return Ok(());
+        }
+    };
     let mut config = match &args.config {
         Some(path) => CloudConfig::from_toml_file(path)?,
         None => CloudConfig::default(),

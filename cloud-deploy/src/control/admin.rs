@@ -1,40 +1,49 @@
 //! `/v1/tokens`, `/v1/apps` and `/v1/audit`: what admins manage.
 
+use axum::Json;
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::bad_json;
+use super::{ErrorBody, bad_json};
 use crate::auth::Role;
 use crate::store::auth::{AppRow, AuditRow, TokenRow};
 use crate::{AppState, CloudError, secrets};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/tokens", get(list_tokens).post(create_token))
-        .route("/tokens/{id}/revoke", post(revoke_token))
-        .route("/apps", get(list_apps).post(create_app))
-        .route("/audit", get(list_audit))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_apps, create_app))
+        .routes(routes!(list_audit))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewToken {
+    #[schema(min_length = 1, max_length = 128)]
     name: String,
+    /// viewer, developer, release-manager or admin.
+    #[schema(pattern = "^(viewer|developer|release-manager|admin)$")]
     role: String,
 }
 
 /// A new token: the only time the secret is shown.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedToken {
     #[serde(flatten)]
     row: TokenRow,
     token: String,
 }
 
+/// Creates an API token with a role; the response is the only time the token is shown.
+#[utoipa::path(post, path = "/tokens", tag = "admin", request_body = NewToken, responses(
+    (status = 201, body = CreatedToken),
+    (status = 400, body = ErrorBody, description = "invalid name or role"),
+))]
 async fn create_token(
     State(state): State<AppState>,
     body: Result<Json<NewToken>, JsonRejection>,
@@ -63,10 +72,19 @@ async fn create_token(
     Ok((StatusCode::CREATED, Json(CreatedToken { row, token })))
 }
 
+/// Lists API tokens (never the tokens themselves).
+#[utoipa::path(get, path = "/tokens", tag = "admin", responses((status = 200, body = Vec<TokenRow>)))]
 async fn list_tokens(State(state): State<AppState>) -> Result<Json<Vec<TokenRow>>, CloudError> {
     Ok(Json(state.db.list_tokens().await?))
 }
 
+/// Revokes an API token.
+#[utoipa::path(post, path = "/tokens/{id}/revoke", tag = "admin",
+    params(("id" = String, Path, description = "token id")),
+    responses(
+        (status = 204, description = "revoked"),
+        (status = 404, body = ErrorBody, description = "no such valid token"),
+    ))]
 async fn revoke_token(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -78,20 +96,27 @@ async fn revoke_token(
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewApp {
+    #[schema(min_length = 1, max_length = 128)]
     app_id: String,
 }
 
 /// A newly registered app: the only time its enrollment secret is shown.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct CreatedApp {
     #[serde(flatten)]
     row: AppRow,
     enrollment_secret: String,
 }
 
+/// Registers a host app; its devices must then enroll with the returned secret (shown once).
+#[utoipa::path(post, path = "/apps", tag = "admin", request_body = NewApp, responses(
+    (status = 201, body = CreatedApp),
+    (status = 400, body = ErrorBody, description = "invalid app id"),
+    (status = 409, body = ErrorBody, description = "the app is registered"),
+))]
 async fn create_app(
     State(state): State<AppState>,
     body: Result<Json<NewApp>, JsonRejection>,
@@ -117,15 +142,25 @@ async fn create_app(
     ))
 }
 
+/// Lists registered apps.
+#[utoipa::path(get, path = "/apps", tag = "admin", responses((status = 200, body = Vec<AppRow>)))]
 async fn list_apps(State(state): State<AppState>) -> Result<Json<Vec<AppRow>>, CloudError> {
     Ok(Json(state.db.list_apps().await?))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 struct AuditQuery {
+    /// At most this many entries, newest first (default 100).
     limit: Option<i64>,
 }
+
+/// Lists the audit log: every mutating control-plane call, who made it and its outcome.
+#[utoipa::path(get, path = "/audit", tag = "admin", params(AuditQuery), responses(
+    (status = 200, body = Vec<AuditRow>),
+    (status = 400, body = ErrorBody, description = "bad query"),
+))]
 
 async fn list_audit(
     State(state): State<AppState>,

@@ -1,14 +1,15 @@
 //! `/v1/groups`: named device groups that release targeting can name (`{"group": "qa"}`).
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use walle_proto::manifest::is_valid_task_name;
 
-use super::bad_json;
+use super::{ErrorBody, bad_json};
 use crate::store::groups::GroupRow;
 use crate::{AppState, CloudError, release};
 
@@ -17,37 +18,46 @@ const MAX_MEMBER_CHANGES: usize = 10_000;
 /// Longest device id accepted (as the device plane).
 const MAX_DEVICE_ID_LEN: usize = 128;
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/groups", get(list_groups).post(create_group))
-        .route("/groups/{name}", get(group_detail).delete(delete_group))
-        .route("/groups/{name}/members", post(change_members))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(group_detail, delete_group))
+        .routes(routes!(change_members))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewGroup {
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,63}$")]
     name: String,
     #[serde(default)]
     description: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct MemberChange {
+    /// Device ids to add (1-128 bytes each; devices not registered yet may be listed).
     #[serde(default)]
     add: Vec<String>,
+    /// Device ids to remove.
     #[serde(default)]
     remove: Vec<String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct GroupDetail {
     #[serde(flatten)]
     group: GroupRow,
     devices: Vec<String>,
 }
 
+/// Creates an empty device group.
+#[utoipa::path(post, path = "/groups", tag = "groups", request_body = NewGroup, responses(
+    (status = 201, body = GroupRow),
+    (status = 400, body = ErrorBody, description = "invalid name or body"),
+    (status = 409, body = ErrorBody, description = "the group exists"),
+))]
 async fn create_group(
     State(state): State<AppState>,
     body: Result<Json<NewGroup>, JsonRejection>,
@@ -66,6 +76,8 @@ async fn create_group(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// Lists device groups with their sizes.
+#[utoipa::path(get, path = "/groups", tag = "groups", responses((status = 200, body = Vec<GroupRow>)))]
 async fn list_groups(State(state): State<AppState>) -> Result<Json<Vec<GroupRow>>, CloudError> {
     Ok(Json(state.db.list_groups().await?))
 }
@@ -82,6 +94,13 @@ async fn detail(state: &AppState, name: &str) -> Result<GroupDetail, CloudError>
     Ok(GroupDetail { group, devices })
 }
 
+/// A device group with its members.
+#[utoipa::path(get, path = "/groups/{name}", tag = "groups",
+    params(("name" = String, Path, description = "group name")),
+    responses(
+        (status = 200, body = GroupDetail),
+        (status = 404, body = ErrorBody, description = "no such group"),
+    ))]
 async fn group_detail(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -103,6 +122,14 @@ fn check_device_ids(field: &str, ids: &[String]) -> Result<(), CloudError> {
 }
 
 /// Adds and removes members; devices of releases that target the group hear about it at once.
+#[utoipa::path(post, path = "/groups/{name}/members", tag = "groups",
+    params(("name" = String, Path, description = "group name")),
+    request_body = MemberChange,
+    responses(
+        (status = 200, body = GroupDetail),
+        (status = 400, body = ErrorBody, description = "invalid device ids or body"),
+        (status = 404, body = ErrorBody, description = "no such group"),
+    ))]
 async fn change_members(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -133,6 +160,13 @@ async fn change_members(
 }
 
 /// Deletes a group no active or paused release targets.
+#[utoipa::path(delete, path = "/groups/{name}", tag = "groups",
+    params(("name" = String, Path, description = "group name")),
+    responses(
+        (status = 204, description = "deleted"),
+        (status = 404, body = ErrorBody, description = "no such group"),
+        (status = 409, body = ErrorBody, description = "a release targets it"),
+    ))]
 async fn delete_group(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -12,35 +12,128 @@ mod releases;
 mod tasks;
 
 use axum::extract::{Request, State};
-use axum::http::StatusCode;
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
-
-use axum::http::Method;
+use serde::Serialize;
+use utoipa::OpenApi;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, ResponseBuilder};
+use utoipa_axum::router::OpenApiRouter;
 
 use crate::auth::{Operator, Role, required_role};
 use crate::store::auth::AuditRow;
 use crate::store::now_ms;
 use crate::{AppState, CloudError, secrets};
 
-/// The whole control-plane router.
-pub fn router(state: AppState) -> Router {
-    let api = Router::new()
+/// Every error response: what went wrong and where, in words.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+/// The document's frame: title, security scheme, and the 401/403 every operator call may give.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Walle cloud control plane",
+        description = "Tasks, versions, releases, device groups, devices, records and admin. Every \
+            call needs `Authorization: Bearer <operator token>` with the role `walle-cloud`'s \
+            auth module names; mutations are audited. Served at `/v1/openapi.json`."
+    ),
+    security(("operator_token" = [])),
+    components(schemas(crate::release::Action))
+)]
+struct ControlPlaneDoc;
+
+struct OperatorAuth;
+
+impl utoipa::Modify for OperatorAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "operator_token",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        let error = |text: &str| {
+            RefOr::T(
+                ResponseBuilder::new()
+                    .description(text)
+                    .content(
+                        "application/json",
+                        utoipa::openapi::ContentBuilder::new()
+                            .schema(Some(utoipa::openapi::Ref::from_schema_name("ErrorBody")))
+                            .build(),
+                    )
+                    .build(),
+            )
+        };
+        for item in openapi.paths.paths.values_mut() {
+            for operation in [
+                &mut item.get,
+                &mut item.post,
+                &mut item.put,
+                &mut item.delete,
+                &mut item.patch,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                let responses = &mut operation.responses.responses;
+                responses
+                    .entry("401".into())
+                    .or_insert_with(|| error("missing or invalid operator token"));
+                responses
+                    .entry("403".into())
+                    .or_insert_with(|| error("the token's role may not make this call"));
+            }
+        }
+    }
+}
+
+/// The operator API: its axum router (without authentication) and its OpenAPI document,
+/// built from the same route list so the two cannot drift apart.
+fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let routes = OpenApiRouter::new()
         .merge(tasks::routes())
         .merge(releases::routes())
         .merge(devices::routes())
         .merge(groups::routes())
         .merge(records::routes())
-        .merge(admin::routes())
-        .route_layer(middleware::from_fn_with_state(
-            state.clone(),
-            require_operator,
-        ));
+        .merge(admin::routes());
+    let (router, mut doc) = OpenApiRouter::with_openapi(ControlPlaneDoc::openapi())
+        .nest("/v1", routes)
+        .split_for_parts();
+    // After the routes are in: it adds to every operation.
+    utoipa::Modify::modify(&OperatorAuth, &mut doc);
+    (router, doc)
+}
+
+/// The control plane's OpenAPI document (also served at `/v1/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().1
+}
+
+/// The whole control-plane router.
+pub fn router(state: AppState) -> Router {
+    let (api, doc) = api();
+    let api = api.route_layer(middleware::from_fn_with_state(
+        state.clone(),
+        require_operator,
+    ));
+    let doc = std::sync::Arc::new(doc);
     Router::new()
-        .nest("/v1", api)
+        .merge(api)
         .route("/v1/health", get(health))
+        .route(
+            "/v1/openapi.json",
+            get(move || {
+                let doc = doc.clone();
+                async move { Json((*doc).clone()) }
+            }),
+        )
         .merge(console::routes())
         .with_state(state)
 }
@@ -73,8 +166,12 @@ async fn require_operator(
         Err(e) => return e.into_response(),
     };
     let method = request.method().clone();
-    // Inside the nested `/v1` router the path is relative to it.
-    let path = request.uri().path().to_owned();
+    // Roles are keyed by the path below `/v1` (a nested router may already have stripped it).
+    let full_path = request.uri().path();
+    let path = full_path
+        .strip_prefix("/v1")
+        .unwrap_or(full_path)
+        .to_owned();
     let needed = required_role(&method, &path);
     let response = if operator.role < needed {
         CloudError::Forbidden(format!(

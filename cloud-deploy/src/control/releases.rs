@@ -1,39 +1,42 @@
 //! `/v1/releases`: create under a policy, preview, list, status, and operator actions.
 
+use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-use super::bad_json;
+use super::{ErrorBody, bad_json};
 use crate::release::policy::ReleasePolicy;
 use crate::release::{self, Action, PreviewStage, ReleaseStats};
 use crate::store::releases::ReleaseRow;
 use crate::store::stats::CoverageSample;
 use crate::{AppState, CloudError};
 
-pub(super) fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/releases", get(list_releases).post(create_release))
-        .route("/releases/preview", post(preview))
-        .route("/releases/{id}", get(release_status))
-        .route("/releases/{id}/coverage", get(coverage))
-        .route("/releases/{id}/{action}", post(act))
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_releases, create_release))
+        .routes(routes!(preview))
+        .routes(routes!(release_status))
+        .routes(routes!(coverage))
+        .routes(routes!(act))
 }
 
 /// Body of `POST /v1/releases` and `POST /v1/releases/preview`.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRelease {
     task: String,
+    /// A semver version of the task, e.g. `1.2.0`.
+    #[schema(example = "1.0.0")]
     version: String,
     #[serde(default)]
     policy: ReleasePolicy,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ReleaseStatus {
     #[serde(flatten)]
     release: ReleaseRow,
@@ -51,6 +54,12 @@ fn checked(body: Result<Json<NewRelease>, JsonRejection>) -> Result<NewRelease, 
     Ok(new)
 }
 
+/// Starts releasing a task version under a policy; devices are notified.
+#[utoipa::path(post, path = "/releases", tag = "releases", request_body = NewRelease, responses(
+    (status = 201, body = ReleaseRow),
+    (status = 400, body = ErrorBody, description = "invalid policy; the message names the field"),
+    (status = 404, body = ErrorBody, description = "no such task version"),
+))]
 async fn create_release(
     State(state): State<AppState>,
     body: Result<Json<NewRelease>, JsonRejection>,
@@ -60,6 +69,12 @@ async fn create_release(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// "If I start this release now": per stage, how many registered devices run which version.
+#[utoipa::path(post, path = "/releases/preview", tag = "releases", request_body = NewRelease, responses(
+    (status = 200, body = Vec<PreviewStage>),
+    (status = 400, body = ErrorBody, description = "invalid policy; the message names the field"),
+    (status = 404, body = ErrorBody, description = "no such task version"),
+))]
 async fn preview(
     State(state): State<AppState>,
     body: Result<Json<NewRelease>, JsonRejection>,
@@ -82,10 +97,19 @@ async fn preview(
     ))
 }
 
+/// Lists releases, newest first.
+#[utoipa::path(get, path = "/releases", tag = "releases", responses((status = 200, body = Vec<ReleaseRow>)))]
 async fn list_releases(State(state): State<AppState>) -> Result<Json<Vec<ReleaseRow>>, CloudError> {
     Ok(Json(state.db.list_releases().await?))
 }
 
+/// A release with its statistics, in total and per stage.
+#[utoipa::path(get, path = "/releases/{id}", tag = "releases",
+    params(("id" = String, Path, description = "release id")),
+    responses(
+        (status = 200, body = ReleaseStatus),
+        (status = 404, body = ErrorBody, description = "no such release"),
+    ))]
 async fn release_status(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -99,6 +123,13 @@ async fn release_status(
     Ok(Json(ReleaseStatus { release, stats }))
 }
 
+/// A release's coverage series (targeted and installed devices over time), oldest first.
+#[utoipa::path(get, path = "/releases/{id}/coverage", tag = "releases",
+    params(("id" = String, Path, description = "release id")),
+    responses(
+        (status = 200, body = Vec<CoverageSample>),
+        (status = 404, body = ErrorBody, description = "no such release"),
+    ))]
 async fn coverage(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -109,6 +140,17 @@ async fn coverage(
     Ok(Json(state.db.samples(&id).await?))
 }
 
+/// Pauses, resumes, advances, aborts or rolls back a release.
+#[utoipa::path(post, path = "/releases/{id}/{action}", tag = "releases",
+    params(
+        ("id" = String, Path, description = "release id"),
+        ("action" = Action, Path, description = "what to do"),
+    ),
+    responses(
+        (status = 200, body = ReleaseRow),
+        (status = 404, body = ErrorBody, description = "no such release or action"),
+        (status = 409, body = ErrorBody, description = "not possible in the release's state"),
+    ))]
 async fn act(
     State(state): State<AppState>,
     Path((id, action)): Path<(String, String)>,

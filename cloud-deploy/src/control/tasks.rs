@@ -1,39 +1,43 @@
 //! `/v1/tasks` and `/v1/tasks/{name}/versions`.
 
+use axum::Json;
 use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 use walle_proto::manifest::is_valid_task_name;
 
-use super::bad_json;
+use super::{ErrorBody, bad_json};
 use crate::store::tasks::{TaskRow, VersionRow};
 use crate::{AppState, CloudError, catalog};
 
-pub(super) fn routes() -> Router<AppState> {
+pub(super) fn routes() -> OpenApiRouter<AppState> {
     // Uploads are streamed to disk with their own size check (see `catalog::spool`), so
     // axum's in-memory body limit does not apply to them.
-    Router::new()
-        .route("/tasks", get(list_tasks).post(create_task))
-        .route(
-            "/tasks/{name}/versions",
-            get(list_versions)
-                .post(upload_version)
-                .layer(DefaultBodyLimit::disable()),
-        )
+    let (schemas, paths, versions) = routes!(list_versions, upload_version);
+    OpenApiRouter::new()
+        .routes(routes!(list_tasks, create_task))
+        .routes((schemas, paths, versions.layer(DefaultBodyLimit::disable())))
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewTask {
+    #[schema(pattern = "^[a-z][a-z0-9-]{0,63}$")]
     name: String,
     #[serde(default)]
     description: String,
 }
 
+/// Creates a task (a name versions are uploaded under).
+#[utoipa::path(post, path = "/tasks", tag = "tasks", request_body = NewTask, responses(
+    (status = 201, body = TaskRow),
+    (status = 400, body = ErrorBody, description = "invalid name or body"),
+    (status = 409, body = ErrorBody, description = "the task exists"),
+))]
 async fn create_task(
     State(state): State<AppState>,
     body: Result<Json<NewTask>, JsonRejection>,
@@ -49,10 +53,19 @@ async fn create_task(
     Ok((StatusCode::CREATED, Json(row)))
 }
 
+/// Lists tasks.
+#[utoipa::path(get, path = "/tasks", tag = "tasks", responses((status = 200, body = Vec<TaskRow>)))]
 async fn list_tasks(State(state): State<AppState>) -> Result<Json<Vec<TaskRow>>, CloudError> {
     Ok(Json(state.db.list_tasks().await?))
 }
 
+/// Lists a task's versions, newest first.
+#[utoipa::path(get, path = "/tasks/{name}/versions", tag = "tasks",
+    params(("name" = String, Path, description = "task name")),
+    responses(
+        (status = 200, body = Vec<VersionRow>),
+        (status = 404, body = ErrorBody, description = "no such task"),
+    ))]
 async fn list_versions(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -65,6 +78,18 @@ async fn list_versions(
     Ok(Json(state.db.list_versions(&name).await?))
 }
 
+/// Uploads a bundle (the `walle task pack` file) as a new version; its manifest is checked and
+/// signed.
+#[utoipa::path(post, path = "/tasks/{name}/versions", tag = "tasks",
+    params(("name" = String, Path, description = "task name")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream", description = "the bundle file"),
+    responses(
+        (status = 201, body = VersionRow),
+        (status = 400, body = ErrorBody, description = "not a valid bundle, or for another task"),
+        (status = 404, body = ErrorBody, description = "no such task"),
+        (status = 409, body = ErrorBody, description = "the version exists"),
+        (status = 413, body = ErrorBody, description = "larger than the configured limit"),
+    ))]
 async fn upload_version(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -91,7 +91,8 @@ async fn supersede_if_full(state: &AppState, release: &ReleaseRow) -> Result<(),
 }
 
 /// What an operator can do to a release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
 pub enum Action {
     Pause,
     Resume,
@@ -205,7 +206,7 @@ pub(crate) async fn fleet(
 }
 
 /// How many devices one stage of a previewed release gives each version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct PreviewStage {
     pub stage: usize,
     pub percent: f64,

@@ -11,7 +11,7 @@ pub const BUCKETS: u32 = 10_000;
 
 /// A release policy as operators write it. Every field has a default: a policy of `{}` means
 /// every device, one stage at 100 %, manual gate, no automatic abort, priority 0.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct ReleasePolicy {
     pub target: Target,
@@ -37,7 +37,7 @@ impl Default for ReleasePolicy {
 }
 
 /// When a stage may advance.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gate {
     /// Advance automatically when the conditions below hold; otherwise wait for `advance`.
@@ -62,7 +62,7 @@ impl Default for Gate {
 }
 
 /// Kinds of failure an abort rule counts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureKind {
     Install,
@@ -70,7 +70,7 @@ pub enum FailureKind {
 }
 
 /// When a release aborts by itself (its devices then fall back to the version they had).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AbortRule {
     /// Abort when at least this many devices failed.

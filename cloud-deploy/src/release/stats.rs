@@ -16,7 +16,7 @@ use crate::store::releases::{ReleaseHealth, ReleaseRow};
 use crate::{AppState, CloudError};
 
 /// A release's progress across the fleet.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReleaseStats {
     /// Registered devices this release is selected for now (targeting, stage and priority).
     pub targeted: usize,
@@ -35,7 +35,7 @@ pub struct ReleaseStats {
 }
 
 /// Figures about one stage: its cohort of devices, and the notices sent while it was current.
-#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StageStats {
     pub stage: usize,
     pub percent: f64,

@@ -22,14 +22,17 @@ pub struct Profile {
 }
 
 /// Which devices a release is for. `{"all": []}` (the default) matches every device.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Target {
     /// Every sub-predicate holds (true when empty).
+    #[schema(no_recursion)]
     All(Vec<Target>),
     /// At least one sub-predicate holds.
+    #[schema(no_recursion)]
     Any(Vec<Target>),
     /// The sub-predicate does not hold.
+    #[schema(no_recursion)]
     Not(Box<Target>),
     /// The host app is exactly this one.
     AppId(String),

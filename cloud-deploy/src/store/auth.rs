@@ -7,7 +7,7 @@ use super::{Db, db_err, is_unique_violation, now_ms};
 use crate::CloudError;
 
 /// An API token as listed (never the token itself).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TokenRow {
     pub id: String,
     pub name: String,
@@ -17,7 +17,7 @@ pub struct TokenRow {
 }
 
 /// One audited call.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AuditRow {
     pub id: String,
     pub at_ms: i64,
@@ -29,7 +29,7 @@ pub struct AuditRow {
 }
 
 /// A registered host app (its secret is shown once, at creation).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct AppRow {
     pub app_id: String,
     pub created_at_ms: i64,

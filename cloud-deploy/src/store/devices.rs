@@ -17,9 +17,10 @@ pub struct DeviceSeen {
 }
 
 /// A device as the control plane lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceRow {
     pub id: String,
+    #[schema(value_type = Object)]
     pub profile: serde_json::Value,
     pub registered_at_ms: i64,
     pub last_seen_ms: i64,
@@ -27,7 +28,7 @@ pub struct DeviceRow {
 }
 
 /// What a device runs for one task.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceTaskRow {
     pub task: String,
     pub version: String,

@@ -20,7 +20,7 @@ pub struct TaskEventRow {
 }
 
 /// One received tunnel record.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordRow {
     pub id: String,
     pub device_id: String,
@@ -28,15 +28,20 @@ pub struct RecordRow {
     pub version: String,
     pub created_at_ms: i64,
     pub received_at_ms: i64,
+    #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
 
 /// Filters for listing records.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct RecordFilter {
+    /// Only records of this task.
     pub task: Option<String>,
+    /// Only records of this device.
     pub device: Option<String>,
+    /// At most this many (default 100, at most 1000).
     pub limit: Option<i64>,
 }
 

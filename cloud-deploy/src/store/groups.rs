@@ -9,7 +9,7 @@ use super::{Db, db_err, is_unique_violation, now_ms};
 use crate::CloudError;
 
 /// A device group as listed.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct GroupRow {
     pub name: String,
     pub description: String,

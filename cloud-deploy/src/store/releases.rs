@@ -10,7 +10,7 @@ use crate::release::policy::ReleasePolicy;
 use crate::release::select::{LiveRelease, ReleaseState};
 
 /// A release as the control plane shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReleaseRow {
     pub id: String,
     pub seq: i64,
@@ -18,6 +18,7 @@ pub struct ReleaseRow {
     pub version: String,
     pub state: String,
     pub state_reason: String,
+    #[schema(value_type = Object)]
     pub policy: serde_json::Value,
     pub stage: i64,
     pub stage_started_at_ms: i64,
@@ -60,7 +61,7 @@ pub struct ServedRelease {
 }
 
 /// What devices reported about one release.
-#[derive(Debug, Clone, Serialize, Default, PartialEq)]
+#[derive(Debug, Clone, Serialize, Default, PartialEq, utoipa::ToSchema)]
 pub struct ReleaseHealth {
     /// Devices that reported an install outcome (installed or failed).
     pub executed: i64,

@@ -8,7 +8,7 @@ use super::{Db, db_err, now_ms};
 use crate::CloudError;
 
 /// One point of a release's coverage series.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct CoverageSample {
     pub at_ms: i64,
     pub stage: i64,

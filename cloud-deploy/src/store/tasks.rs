@@ -8,7 +8,7 @@ use super::{Db, db_err, is_unique_violation, now_ms};
 use crate::CloudError;
 
 /// A task as the control plane lists it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct TaskRow {
     pub name: String,
     pub description: String,
@@ -16,7 +16,7 @@ pub struct TaskRow {
 }
 
 /// A stored task version.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct VersionRow {
     pub task: String,
     pub version: String,

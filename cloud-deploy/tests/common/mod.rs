@@ -139,15 +139,21 @@ pub struct S3Server {
     pub bucket: String,
 }
 
+/// A command from the tests' Python venv (`WALLE_PY_ENV`, default `~/.cache/walle-py`), which
+/// `scripts/setup.sh` installs.
+pub fn python_tool(name: &str) -> String {
+    let venv = std::env::var("WALLE_PY_ENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/walle-py",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    format!("{venv}/bin/{name}")
+}
+
 impl S3Server {
     pub async fn start() -> S3Server {
-        let venv = std::env::var("WALLE_PY_ENV").unwrap_or_else(|_| {
-            format!(
-                "{}/.cache/walle-py",
-                std::env::var("HOME").unwrap_or_default()
-            )
-        });
-        let binary = format!("{venv}/bin/moto_server");
+        let binary = python_tool("moto_server");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .unwrap()
