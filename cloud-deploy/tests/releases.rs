@@ -694,6 +694,29 @@ async fn pausing_a_full_release_hands_devices_back_and_forged_reports_do_not_cou
     for d in [&mut old, &mut newcomer, &mut forger] {
         assert_eq!(d.converge().await.as_deref(), Some("2.0.0"));
     }
+
+    // Undoing a full release restores what it superseded in the state it had: a release an
+    // operator paused comes back paused, not resumed.
+    let act = |id: &str, action: &str| format!("/v1/releases/{id}/{action}");
+    assert_eq!(op.call("POST", &act(&next, "rollback"), None).await.0, 200);
+    assert_eq!(old.converge().await.as_deref(), Some("1.0.0"));
+    assert_eq!(op.call("POST", &act(&base, "pause"), None).await.0, 200);
+    op.publish(dir.path(), "3.0.0").await;
+    let third = op.release("3.0.0", json!({})).await;
+    assert_eq!(op.status(&base).await["state"], "superseded");
+    assert_eq!(op.call("POST", &act(&third, "rollback"), None).await.0, 200);
+    assert_eq!(op.status(&base).await["state"], "paused");
+    assert_eq!(
+        old.converge().await.as_deref(),
+        Some("1.0.0"),
+        "keeps what it ran"
+    );
+    let mut after = SimDevice::register(&cloud, "after", "mid").await;
+    assert_eq!(
+        after.converge().await,
+        None,
+        "a paused release takes no new devices"
+    );
     cloud.shutdown().await;
 }
 

@@ -254,6 +254,7 @@ impl Db {
     ) -> Result<u64, CloudError> {
         let result = sqlx::query(
             "UPDATE releases SET state = 'superseded', superseded_by = $1, \
+             state_before_superseded = state, \
              state_reason = 'covered by newer full release ' || $1 \
              WHERE task = $2 AND state IN ('active', 'paused') AND seq < $3 AND priority <= $4 \
              AND EXISTS (SELECT 1 FROM releases AS newer WHERE newer.id = $1 AND newer.state = 'active')",
@@ -268,10 +269,11 @@ impl Db {
         Ok(result.rows_affected())
     }
 
-    /// Re-activates the releases that `aborted` superseded, so their devices roll back to them.
+    /// Puts the releases that `aborted` superseded back in the state they had (active or
+    /// paused), so their devices roll back to them.
     pub async fn restore_superseded(&self, aborted: &str) -> Result<u64, CloudError> {
         let result = sqlx::query(
-            "UPDATE releases SET state = 'active', superseded_by = '', \
+            "UPDATE releases SET state = state_before_superseded, superseded_by = '', \
              state_reason = 'restored: ' || $1 || ' was aborted' \
              WHERE superseded_by = $1 AND state = 'superseded'",
         )
