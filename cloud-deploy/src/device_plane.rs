@@ -13,8 +13,9 @@ use tonic::{Request, Response, Status};
 use walle_proto::v1::device_plane_server::DevicePlane;
 use walle_proto::v1::{
     BundleChunk, DesiredTask, DeviceProfile, FetchBundleRequest, Notice, RegisterRequest,
-    RegisterResponse, ReportRequest, ReportResponse, SignedManifest, SubscribeRequest, SyncRequest,
-    SyncResponse, TaskEvent, UploadRequest, UploadResponse, desired_task, notice, task_event,
+    RegisterResponse, Rejected, ReportRequest, ReportResponse, SignedManifest, SubscribeRequest,
+    SyncRequest, SyncResponse, TaskEvent, TunnelRecord, UploadRequest, UploadResponse,
+    desired_task, notice, task_event,
 };
 
 use crate::release::select::{LiveRelease, choose};
@@ -150,6 +151,43 @@ fn event_kind_name(kind: i32) -> Option<&'static str> {
         task_event::Kind::RolledBack => Some("rolled_back"),
         task_event::Kind::Removed => Some("removed"),
         task_event::Kind::Unspecified => None,
+    }
+}
+
+/// A tunnel record as stored: (id, task, version, created at, JSON payload).
+type RecordRow = (String, String, String, i64, String);
+
+fn check_record(i: usize, r: TunnelRecord) -> Result<RecordRow, Status> {
+    check_id(&format!("records[{i}].id"), &r.id)?;
+    check_id(&format!("records[{i}].task"), &r.task)?;
+    check_id(&format!("records[{i}].version"), &r.version)?;
+    if r.payload.len() > MAX_RECORD_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "`records[{i}].payload` is {} bytes, more than {MAX_RECORD_BYTES}",
+            r.payload.len()
+        )));
+    }
+    let payload = String::from_utf8(r.payload)
+        .ok()
+        .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok())
+        .ok_or_else(|| {
+            Status::invalid_argument(format!("`records[{i}].payload` is not UTF-8 JSON"))
+        })?;
+    Ok((r.id, r.task, r.version, r.created_at_ms, payload))
+}
+
+/// The answer about one refused batch entry.
+fn rejection(index: usize, id: &str, status: &Status) -> Rejected {
+    tracing::warn!(
+        index,
+        id,
+        reason = status.message(),
+        "refusing a batch entry"
+    );
+    Rejected {
+        index: u32::try_from(index).unwrap_or(u32::MAX),
+        id: id.chars().take(128).collect(),
+        reason: status.message().to_owned(),
     }
 }
 
@@ -508,11 +546,15 @@ impl DevicePlane for DevicePlaneService {
                 "`events` has more than {MAX_BATCH} entries"
             )));
         }
-        let rows = events
-            .iter()
-            .enumerate()
-            .map(|(i, e)| check_event(i, e))
-            .collect::<Result<Vec<_>, _>>()?;
+        // An invalid event is refused on its own (with why); the valid rest of the batch counts.
+        let mut rows = Vec::with_capacity(events.len());
+        let mut rejected = Vec::new();
+        for (i, e) in events.iter().enumerate() {
+            match check_event(i, e) {
+                Ok(row) => rows.push(row),
+                Err(status) => rejected.push(rejection(i, &e.id, &status)),
+            }
+        }
         let db = &self.state.db;
         // Release health and install counts drive automatic advance and abort, so only events
         // about a release this device was actually handed, for its task and version, count.
@@ -550,7 +592,7 @@ impl DevicePlane for DevicePlaneService {
                 .await
                 .map_err(internal)?;
         }
-        Ok(Response::new(ReportResponse { accepted }))
+        Ok(Response::new(ReportResponse { accepted, rejected }))
     }
 
     async fn upload(
@@ -565,23 +607,13 @@ impl DevicePlane for DevicePlaneService {
             )));
         }
         let mut rows = Vec::with_capacity(records.len());
+        let mut rejected = Vec::new();
         for (i, r) in records.into_iter().enumerate() {
-            check_id(&format!("records[{i}].id"), &r.id)?;
-            check_id(&format!("records[{i}].task"), &r.task)?;
-            check_id(&format!("records[{i}].version"), &r.version)?;
-            if r.payload.len() > MAX_RECORD_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "`records[{i}].payload` is {} bytes, more than {MAX_RECORD_BYTES}",
-                    r.payload.len()
-                )));
+            let id = r.id.clone();
+            match check_record(i, r) {
+                Ok(row) => rows.push(row),
+                Err(status) => rejected.push(rejection(i, &id, &status)),
             }
-            let payload = String::from_utf8(r.payload)
-                .ok()
-                .filter(|text| serde_json::from_str::<serde_json::Value>(text).is_ok())
-                .ok_or_else(|| {
-                    Status::invalid_argument(format!("`records[{i}].payload` is not UTF-8 JSON"))
-                })?;
-            rows.push((r.id, r.task, r.version, r.created_at_ms, payload));
         }
         let (stored, duplicates) = self
             .state
@@ -589,6 +621,10 @@ impl DevicePlane for DevicePlaneService {
             .insert_records(&device, &rows)
             .await
             .map_err(internal)?;
-        Ok(Response::new(UploadResponse { stored, duplicates }))
+        Ok(Response::new(UploadResponse {
+            stored,
+            duplicates,
+            rejected,
+        }))
     }
 }

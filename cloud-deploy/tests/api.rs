@@ -312,7 +312,8 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
         created_at_ms: 1,
         payload: payload.to_vec(),
     };
-    let bad = client
+    // A bad record is refused on its own, with why; the good one in the same batch is stored.
+    let mixed = client
         .upload(authed(
             UploadRequest {
                 records: vec![record("r1", br#"{"ok":1}"#), record("r2", b"{not json")],
@@ -320,9 +321,18 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
             &token,
         ))
         .await
-        .unwrap_err();
-    assert_eq!(bad.code(), Code::InvalidArgument);
-    assert!(bad.message().contains("records[1].payload"), "{bad}");
+        .unwrap()
+        .into_inner();
+    assert_eq!((mixed.stored, mixed.duplicates), (1, 0));
+    assert_eq!(mixed.rejected.len(), 1);
+    assert_eq!(
+        (mixed.rejected[0].index, mixed.rejected[0].id.as_str()),
+        (1, "r2")
+    );
+    assert!(
+        mixed.rejected[0].reason.contains("records[1].payload"),
+        "{mixed:?}"
+    );
     let upload = || UploadRequest {
         records: vec![record("r1", br#"{"ok":1}"#), record("r2", br#"{"ok":2}"#)],
     };
@@ -331,7 +341,7 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
         .await
         .unwrap()
         .into_inner();
-    assert_eq!((first.stored, first.duplicates), (2, 0));
+    assert_eq!((first.stored, first.duplicates), (1, 1));
     let again = client
         .upload(authed(upload(), &token))
         .await
@@ -357,10 +367,12 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
             &token,
         ))
         .await
-        .unwrap_err();
+        .unwrap()
+        .into_inner();
+    assert_eq!(unknown_kind.accepted, 0);
     assert!(
-        unknown_kind.message().contains("events[0].kind"),
-        "{unknown_kind}"
+        unknown_kind.rejected[0].reason.contains("events[0].kind"),
+        "{unknown_kind:?}"
     );
     let report = || ReportRequest {
         events: vec![event(task_event::Kind::RunOk as i32)],

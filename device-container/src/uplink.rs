@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 use tonic::{Code, Status};
-use walle_proto::v1::{ReportRequest, TunnelRecord, UploadRequest};
+use walle_proto::v1::{Rejected, ReportRequest, TunnelRecord, UploadRequest};
 
 use crate::agent::{Shared, lock};
 use crate::connection::Client;
@@ -40,7 +40,10 @@ async fn flush_reports(shared: &Shared, client: &Client) -> bool {
         &shared.reports,
         "report",
         |q| q.iter().take(BATCH).cloned().collect(),
-        |events| async move { client.report(ReportRequest { events }).await.map(drop) },
+        |events| async move {
+            let answer = client.report(ReportRequest { events }).await?;
+            Ok(answer.into_inner().rejected)
+        },
     )
     .await
     .is_some()
@@ -52,7 +55,10 @@ async fn flush_records(shared: &Shared, client: &Client) -> bool {
         &shared.outbox,
         "record",
         records_batch,
-        |records| async move { client.upload(UploadRequest { records }).await.map(drop) },
+        |records| async move {
+            let answer = client.upload(UploadRequest { records }).await?;
+            Ok(answer.into_inner().rejected)
+        },
     )
     .await;
     if let Some(count) = sent {
@@ -88,7 +94,7 @@ async fn flush_batch<T: Clone, Fut>(
     send: impl FnOnce(Vec<T>) -> Fut,
 ) -> Option<usize>
 where
-    Fut: Future<Output = Result<(), Status>>,
+    Fut: Future<Output = Result<Vec<Rejected>, Status>>,
 {
     let batch = take(&lock(queue));
     let count = batch.len();
@@ -96,7 +102,12 @@ where
         return None;
     }
     match send(batch).await {
-        Ok(()) => {}
+        Ok(rejected) => {
+            // The cloud stored the rest; these it will never take, so they are not resent.
+            for r in rejected {
+                tracing::error!(id = %r.id, reason = %r.reason, "cloud refused a {what}; dropping it");
+            }
+        }
         Err(status) if status.code() == Code::InvalidArgument => {
             // The cloud will never accept this batch; retrying would block everything behind it.
             tracing::error!(error = %status, dropped = count, "cloud rejected a {what} batch; dropping it");
