@@ -40,12 +40,16 @@ const MAX_TEXT_CHARS: usize = 4096;
 /// The gRPC service implementation.
 pub struct DevicePlaneService {
     state: AppState,
+    served: crate::served_cache::ServedCache,
 }
 
 impl DevicePlaneService {
     /// A service over the shared cloud state.
     pub fn new(state: AppState) -> Self {
-        DevicePlaneService { state }
+        DevicePlaneService {
+            state,
+            served: crate::served_cache::ServedCache::default(),
+        }
     }
 
     async fn authenticate<T>(&self, request: &Request<T>) -> Result<String, Status> {
@@ -399,7 +403,11 @@ impl DevicePlane for DevicePlaneService {
             .iter()
             .map(|t| (t.task.clone(), t.version.clone()))
             .collect();
-        let served = db.served_releases().await.map_err(internal)?;
+        let served = self
+            .served
+            .get(db, &self.state.hub)
+            .await
+            .map_err(internal)?;
         let releases: Vec<LiveRelease> = served.iter().map(|s| s.release.clone()).collect();
         // Group membership costs a query, so it is read only when some release targets a group.
         if releases

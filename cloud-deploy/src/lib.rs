@@ -21,6 +21,7 @@ pub mod device_plane;
 pub mod notify;
 pub mod release;
 pub mod secrets;
+pub mod served_cache;
 pub mod store;
 pub mod tls;
 

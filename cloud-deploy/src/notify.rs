@@ -1,6 +1,7 @@
 //! The notice hub: fans tiny push notices out to every subscribed device stream.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tokio::sync::mpsc;
@@ -18,9 +19,22 @@ type Sender = mpsc::Sender<Result<Notice, Status>>;
 #[derive(Clone, Default)]
 pub struct NoticeHub {
     inner: Arc<Mutex<HashMap<String, Vec<Sender>>>>,
+    /// Counts notices seen by this replica: what devices should run may have changed since the
+    /// count moved (see [`crate::served_cache`]).
+    changes: Arc<AtomicU64>,
 }
 
 impl NoticeHub {
+    /// The change counter; it moves whenever a notice is published or delivered here.
+    pub fn changes(&self) -> u64 {
+        self.changes.load(Ordering::SeqCst)
+    }
+
+    /// Records that releases changed (before the notice about it goes out).
+    pub fn mark_changed(&self) {
+        self.changes.fetch_add(1, Ordering::SeqCst);
+    }
+
     /// Registers a new stream for a device and returns its receiving end.
     pub fn subscribe(&self, device_id: &str) -> mpsc::Receiver<Result<Notice, Status>> {
         let (tx, rx) = mpsc::channel(SUBSCRIBER_BUFFER);
@@ -41,6 +55,7 @@ impl NoticeHub {
 
     /// Sends a notice to every subscribed device. Returns how many streams took it.
     pub fn notify_all(&self, notice: &Notice) -> usize {
+        self.mark_changed();
         let mut map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         let mut delivered = 0;
         for senders in map.values_mut() {
@@ -76,6 +91,8 @@ pub const CHANNEL: &str = "walle_notices";
 /// `NOTIFY` when the cloud runs on PostgreSQL (each replica's [`listen`] delivers it to its own
 /// devices), straight to this replica's devices otherwise.
 pub async fn publish(db: &crate::store::Db, hub: &NoticeHub, notice: Notice) {
+    // This replica's own Syncs see the change at once, before PostgreSQL echoes the notice.
+    hub.mark_changed();
     if db.postgres_url().is_none() {
         let delivered = hub.notify_all(&notice);
         count_delivered(db, &notice, delivered).await;
