@@ -91,10 +91,22 @@ function render(tableId, columns, rows) {
 
 const time = (ms) => new Date(ms).toLocaleString();
 
+// Each stage's cohort: installed of targeted, failed devices, runs ok/failed.
+function stageLines(stats) {
+  const list = document.createElement("span");
+  for (const s of stats.stages) {
+    const line = document.createElement("div");
+    line.textContent = `${s.percent}%: ${s.installed}/${s.targeted} installed, ` +
+      `${s.failed_devices} failed, runs ${s.runs_ok}/${s.runs_failed}`;
+    list.appendChild(line);
+  }
+  return list;
+}
+
 async function refresh() {
   try {
-    const [releases, tasks, devices, records] = await Promise.all([
-      api("/releases"), api("/tasks"), api("/devices"), api("/records?limit=20"),
+    const [releases, tasks, groups, devices, records] = await Promise.all([
+      api("/releases"), api("/tasks"), api("/groups"), api("/devices"), api("/records?limit=20"),
     ]);
     const stats = await Promise.all(releases.map(async (r) => {
       const [status, coverage] = await Promise.all([
@@ -111,11 +123,14 @@ async function refresh() {
       ["notified / synced", (r) => `${r.stats.notified} / ${r.stats.synced}`],
       ["install failed", (r) => r.stats.install_failed],
       ["runs ok / failed", (r) => `${r.stats.runs_ok} / ${r.stats.runs_failed}`],
+      ["per stage", (r) => stageLines(r.stats)],
       ["created", (r) => time(r.created_at_ms)],
       ["actions", (r) => actionButtons(r)],
     ], stats);
     render("tasks", [["name", (t) => t.name], ["description", (t) => t.description],
       ["created", (t) => time(t.created_at_ms)]], tasks);
+    render("groups", [["name", (g) => g.name], ["description", (g) => g.description],
+      ["members", (g) => g.members]], groups);
     render("devices", [
       ["id", (d) => d.id], ["app", (d) => `${d.profile.app_id} ${d.profile.app_version}`],
       ["tasks", (d) => d.tasks.map((t) => `${t.task}@${t.version} (${t.state})`).join(", ")],

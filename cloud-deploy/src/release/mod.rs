@@ -214,6 +214,21 @@ pub struct PreviewStage {
     pub versions: HashMap<String, usize>,
 }
 
+/// The active and paused releases of one task: what competes for its devices.
+pub(crate) async fn served_releases_of(
+    state: &AppState,
+    task: &str,
+) -> Result<Vec<LiveRelease>, CloudError> {
+    Ok(state
+        .db
+        .served_releases()
+        .await?
+        .into_iter()
+        .map(|s| s.release)
+        .filter(|r| r.task == task)
+        .collect())
+}
+
 /// "If I start this release now": per stage, how many registered devices get which version.
 pub async fn preview(
     state: &AppState,
@@ -222,14 +237,7 @@ pub async fn preview(
     policy: ReleasePolicy,
 ) -> Result<Vec<PreviewStage>, CloudError> {
     policy.validate().map_err(CloudError::Invalid)?;
-    let mut releases: Vec<LiveRelease> = state
-        .db
-        .served_releases()
-        .await?
-        .into_iter()
-        .map(|s| s.release)
-        .filter(|r| r.task == task)
-        .collect();
+    let mut releases = served_releases_of(state, task).await?;
     let candidate_seq = releases.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
     let stages = policy.stages.clone();
     releases.push(LiveRelease {

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::policy::{ReleasePolicy, bucket};
 use super::select::{LiveRelease, choose};
-use super::{failure_kinds, fleet};
+use super::{failure_kinds, fleet, served_releases_of};
 use crate::store::releases::{ReleaseHealth, ReleaseRow};
 use crate::{AppState, CloudError};
 
@@ -64,14 +64,7 @@ fn cohort(policy: &ReleasePolicy, salt: &str, device_id: &str) -> Option<usize> 
 /// Statistics of one release.
 pub async fn stats(state: &AppState, release: &ReleaseRow) -> Result<ReleaseStats, CloudError> {
     let live = release.live()?;
-    let mut releases: Vec<LiveRelease> = state
-        .db
-        .served_releases()
-        .await?
-        .into_iter()
-        .map(|s| s.release)
-        .filter(|r| r.task == live.task)
-        .collect();
+    let mut releases = served_releases_of(state, &live.task).await?;
     if !releases.iter().any(|r| r.id == live.id) {
         releases.push(live.clone());
     }

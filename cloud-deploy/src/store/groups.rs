@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Db, db_err, is_unique_violation, now_ms};
+use super::{Db, db_err, is_unique_violation, now_ms, text_column};
 use crate::CloudError;
 
 /// A device group as listed.
@@ -83,17 +83,11 @@ impl Db {
 
     /// The member device ids of a group, sorted.
     pub async fn group_members(&self, name: &str) -> Result<Vec<String>, CloudError> {
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT device_id FROM device_group_members WHERE group_name = $1 ORDER BY device_id",
         )
-        .bind(name)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("listing group members"))?;
-        rows.iter()
-            .map(|row| row.try_get("device_id"))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err("decoding group members"))
+        .bind(name);
+        text_column(self, query, "listing group members").await
     }
 
     /// Adds and removes members in one transaction.
@@ -154,15 +148,9 @@ impl Db {
 
     /// The groups one device is a member of.
     pub async fn groups_of(&self, device_id: &str) -> Result<Vec<String>, CloudError> {
-        let rows = sqlx::query("SELECT group_name FROM device_group_members WHERE device_id = $1")
-            .bind(device_id)
-            .fetch_all(self.pool())
-            .await
-            .map_err(db_err("reading device groups"))?;
-        rows.iter()
-            .map(|row| row.try_get("group_name"))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err("decoding device groups"))
+        let query = sqlx::query("SELECT group_name FROM device_group_members WHERE device_id = $1")
+            .bind(device_id);
+        text_column(self, query, "reading device groups").await
     }
 
     /// Every device's groups (for preview and statistics over the whole fleet).

@@ -76,6 +76,20 @@ impl Db {
     }
 }
 
+/// Runs a query whose first column is text and returns that column of every row.
+pub(crate) async fn text_column<'q>(
+    db: &Db,
+    query: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments>,
+    doing: &'static str,
+) -> Result<Vec<String>, CloudError> {
+    use sqlx::Row;
+    let rows = query.fetch_all(db.pool()).await.map_err(db_err(doing))?;
+    rows.iter()
+        .map(|row| row.try_get(0))
+        .collect::<Result<_, sqlx::Error>>()
+        .map_err(db_err(doing))
+}
+
 /// Maps a sqlx error to a `CloudError` saying what was being done.
 pub(crate) fn db_err(doing: &'static str) -> impl Fn(sqlx::Error) -> CloudError {
     move |e| CloudError::Database(format!("{doing}: {e}"))

@@ -4,7 +4,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
-use super::{Db, db_err, now_ms};
+use super::{Db, db_err, now_ms, text_column};
 use crate::CloudError;
 
 /// One point of a release's coverage series.
@@ -59,15 +59,9 @@ impl Db {
 
     /// Devices that pulled a release.
     pub async fn synced_devices(&self, release_id: &str) -> Result<Vec<String>, CloudError> {
-        let rows = sqlx::query("SELECT device_id FROM release_syncs WHERE release_id = $1")
-            .bind(release_id)
-            .fetch_all(self.pool())
-            .await
-            .map_err(db_err("listing synced devices"))?;
-        rows.iter()
-            .map(|row| row.try_get("device_id"))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err("decoding synced devices"))
+        let query = sqlx::query("SELECT device_id FROM release_syncs WHERE release_id = $1")
+            .bind(release_id);
+        text_column(self, query, "listing synced devices").await
     }
 
     /// Devices whose active version of `task` is `version`.
@@ -76,18 +70,12 @@ impl Db {
         task: &str,
         version: &str,
     ) -> Result<Vec<String>, CloudError> {
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "SELECT device_id FROM device_tasks WHERE task = $1 AND version = $2 AND state = 'installed'",
         )
         .bind(task)
-        .bind(version)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("listing installed devices"))?;
-        rows.iter()
-            .map(|row| row.try_get("device_id"))
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err("decoding installed devices"))
+        .bind(version);
+        text_column(self, query, "listing installed devices").await
     }
 
     /// (device, event kind, number of events) reported about a release.
