@@ -1,69 +1,181 @@
-//! Walle's native tensor inference engine (ONNX in, tensors out).
+//! Walle's native tensor inference engine: ONNX in, tensors out.
 //!
-//! Today this crate holds the [`Tensor`] type that the task VM and the engine will exchange. The
-//! ONNX front end, graph IR, operator decomposition, kernels and semi-auto search land here next
-//! (see ARCHITECTURE §8); the engine must stay independent of the VM, the device and the cloud.
+//! - [`onnx`]: the front end — decodes a model, reads initializers (inline or external data),
+//!   parses every node into an [`ops::Op`] and checks the dataflow, all at load time;
+//! - [`graph`]: the IR a session runs;
+//! - [`ops`]: operators and their kernels (the op table is in that module's docs);
+//! - [`tensor`]: the tensor types.
+//!
+//! Use: [`Engine::load`] (or [`Engine::load_file`] for models with external data) gives a
+//! [`Session`]; [`Session::run`] takes named inputs and returns the graph outputs.
+//!
+//! Still to come (issue 4): convolution and pooling kernels, the raster decomposition of layout
+//! ops, shape inference with constant folding, a tuned multi-threaded GEMM and the semi-auto
+//! algorithm search. The engine must stay independent of the VM, the device and the cloud.
 
-/// A dense, row-major f32 tensor.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tensor {
-    shape: Vec<usize>,
-    data: Vec<f32>,
+pub mod graph;
+pub mod onnx;
+pub mod ops;
+pub mod tensor;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+pub use graph::{Dim, Graph, IoSpec};
+pub use tensor::{Tensor, TensorError, Value};
+
+/// Why a model could not be loaded. Every variant names what and where.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LoadError {
+    #[error("{0}")]
+    Decode(String),
+    #[error("model has no graph")]
+    NoGraph,
+    #[error("operator set version {0} is not supported (7 to 21 are)")]
+    UnsupportedOpset(i64),
+    #[error("unsupported op {op} in node {node:?} (opset {opset})")]
+    UnsupportedOp {
+        op: String,
+        node: String,
+        opset: i64,
+    },
+    #[error("node {node:?}: attribute `{attribute}`: {reason}")]
+    BadAttribute {
+        node: String,
+        attribute: String,
+        reason: String,
+    },
+    #[error("tensor {name:?}: {reason}")]
+    BadTensor { name: String, reason: String },
+    #[error("tensor {name:?} has data type {data_type}, which the engine does not support")]
+    UnsupportedType { name: String, data_type: i32 },
+    #[error("tensor {name:?}: external data: {reason}")]
+    ExternalData { name: String, reason: String },
+    #[error("{node}: reads {value:?}, which no input, initializer or earlier node provides")]
+    UnknownValue { node: String, value: String },
+    #[error("cannot read model file {path}: {reason}")]
+    File { path: String, reason: String },
 }
 
-/// Why a tensor could not be built.
+/// Why a run failed.
 #[derive(Debug, thiserror::Error, PartialEq)]
-pub enum TensorError {
-    #[error("shape {shape:?} holds {expected} values but {actual} were given")]
-    ShapeMismatch {
-        shape: Vec<usize>,
-        expected: usize,
-        actual: usize,
+pub enum RunError {
+    #[error("input {0:?} is missing")]
+    MissingInput(String),
+    #[error("{0:?} is not an input of this model (inputs: {1:?})")]
+    UnknownInput(String, Vec<String>),
+    #[error("input {name:?} has shape {got:?}; the model declares {expected}")]
+    WrongShape {
+        name: String,
+        expected: String,
+        got: Vec<usize>,
+    },
+    #[error("node {node:?} ({op}): {reason}")]
+    Kernel {
+        node: String,
+        op: String,
+        reason: String,
     },
 }
 
-impl Tensor {
-    /// A tensor from its shape and row-major values.
-    pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Tensor, TensorError> {
-        let expected = shape.iter().product::<usize>();
-        if expected != data.len() {
-            return Err(TensorError::ShapeMismatch {
-                shape,
-                expected,
-                actual: data.len(),
-            });
-        }
-        Ok(Tensor { shape, data })
+/// Loads models.
+pub struct Engine;
+
+impl Engine {
+    /// Loads a model from its bytes (external data is refused: use [`Engine::load_file`]).
+    pub fn load(bytes: &[u8]) -> Result<Session, LoadError> {
+        Ok(Session {
+            graph: onnx::load(bytes, None)?,
+        })
     }
 
-    /// The dimensions.
-    pub fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-
-    /// The values, row-major.
-    pub fn data(&self) -> &[f32] {
-        &self.data
+    /// Loads a model file; external data files are read relative to its directory.
+    pub fn load_file(path: &Path) -> Result<Session, LoadError> {
+        let bytes = std::fs::read(path).map_err(|e| LoadError::File {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Ok(Session {
+            graph: onnx::load(&bytes, Some(base))?,
+        })
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// A loaded model, ready to run.
+#[derive(Debug, Clone)]
+pub struct Session {
+    graph: Graph,
+}
 
-    #[test]
-    fn shape_must_match_data() {
-        assert_eq!(
-            Tensor::new(vec![2, 3], vec![0.0; 6]).unwrap().shape(),
-            [2, 3]
-        );
-        assert_eq!(
-            Tensor::new(vec![2, 3], vec![0.0; 5]),
-            Err(TensorError::ShapeMismatch {
-                shape: vec![2, 3],
-                expected: 6,
-                actual: 5
+impl Session {
+    /// The graph inputs (names and declared dimensions).
+    pub fn inputs(&self) -> &[IoSpec] {
+        &self.graph.inputs
+    }
+
+    /// The graph output names, in order.
+    pub fn outputs(&self) -> &[String] {
+        &self.graph.outputs
+    }
+
+    /// The loaded graph.
+    pub fn graph(&self) -> &Graph {
+        &self.graph
+    }
+
+    /// Runs the model on named inputs; returns the outputs in [`Session::outputs`] order.
+    pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RunError> {
+        let mut values: HashMap<&str, Value> = HashMap::new();
+        let mut given: HashMap<String, Tensor> = inputs.into_iter().collect();
+        for spec in &self.graph.inputs {
+            let tensor = given
+                .remove(&spec.name)
+                .ok_or_else(|| RunError::MissingInput(spec.name.clone()))?;
+            if !spec.accepts(tensor.shape()) {
+                return Err(RunError::WrongShape {
+                    name: spec.name.clone(),
+                    expected: format!("{:?}", spec.dims),
+                    got: tensor.shape().to_vec(),
+                });
+            }
+            values.insert(&spec.name, Value::F32(tensor));
+        }
+        if let Some(extra) = given.into_keys().next() {
+            let names = self.graph.inputs.iter().map(|i| i.name.clone()).collect();
+            return Err(RunError::UnknownInput(extra, names));
+        }
+        for node in &self.graph.nodes {
+            let args: Vec<Option<&Value>> = node
+                .inputs
+                .iter()
+                .map(|name| {
+                    values
+                        .get(name.as_str())
+                        .or_else(|| self.graph.constants.get(name))
+                })
+                .collect();
+            let results = node.op.eval(&node.name, &args)?;
+            for (name, value) in node.outputs.iter().zip(results) {
+                values.insert(name, value);
+            }
+        }
+        self.graph
+            .outputs
+            .iter()
+            .map(|name| {
+                match values
+                    .remove(name.as_str())
+                    .or_else(|| self.graph.constants.get(name).cloned())
+                {
+                    Some(Value::F32(t)) => Ok((name.clone(), t)),
+                    _ => Err(RunError::Kernel {
+                        node: "graph output".into(),
+                        op: "output".into(),
+                        reason: format!("{name:?} is not a float tensor"),
+                    }),
+                }
             })
-        );
+            .collect()
     }
 }

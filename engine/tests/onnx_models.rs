@@ -1,0 +1,309 @@
+//! Models built with the ONNX protobuf types, encoded to bytes and loaded like a file from disk:
+//! results against a plain Rust computation, and every load-time and run-time error.
+
+use prost::Message;
+use walle_engine::onnx::pb;
+use walle_engine::{Engine, LoadError, RunError, Tensor};
+
+const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
+const INT64: i32 = pb::tensor_proto::DataType::Int64 as i32;
+
+fn floats(name: &str, dims: &[i64], values: &[f32], raw: bool) -> pb::TensorProto {
+    let mut t = pb::TensorProto {
+        name: name.into(),
+        dims: dims.to_vec(),
+        data_type: FLOAT,
+        ..Default::default()
+    };
+    if raw {
+        t.raw_data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    } else {
+        t.float_data = values.to_vec();
+    }
+    t
+}
+
+fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProto {
+    pb::NodeProto {
+        op_type: op.into(),
+        name: name.into(),
+        input: inputs.iter().map(|s| s.to_string()).collect(),
+        output: outputs.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+fn int_attr(name: &str, value: i64) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Int as i32,
+        i: value,
+        ..Default::default()
+    }
+}
+
+fn tensor_input(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
+    use pb::tensor_shape_proto::{Dimension, dimension};
+    pb::ValueInfoProto {
+        name: name.into(),
+        r#type: Some(pb::TypeProto {
+            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                elem_type: FLOAT,
+                shape: Some(pb::TensorShapeProto {
+                    dim: dims
+                        .iter()
+                        .map(|&d| Dimension {
+                            value: Some(if d < 0 {
+                                dimension::Value::DimParam("batch".into())
+                            } else {
+                                dimension::Value::DimValue(d)
+                            }),
+                            ..Default::default()
+                        })
+                        .collect(),
+                }),
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn model(nodes: Vec<pb::NodeProto>, initializers: Vec<pb::TensorProto>, opset: i64) -> Vec<u8> {
+    pb::ModelProto {
+        ir_version: 8,
+        opset_import: vec![pb::OperatorSetIdProto {
+            domain: String::new(),
+            version: opset,
+        }],
+        graph: Some(pb::GraphProto {
+            name: "g".into(),
+            node: nodes,
+            initializer: initializers,
+            input: vec![tensor_input("x", &[-1, 4])],
+            output: vec![pb::ValueInfoProto {
+                name: "y".into(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+    .encode_to_vec()
+}
+
+fn seeded(n: usize, seed: u32) -> Vec<f32> {
+    let mut state = seed;
+    (0..n)
+        .map(|_| {
+            state = state.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (state >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        })
+        .collect()
+}
+
+/// A small model and the weights it holds.
+struct Mlp {
+    bytes: Vec<u8>,
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+/// x[b,4] → Gemm(W1ᵀ, b1) → Relu → MatMul(W2) → Add(b2) → Reshape(b,3) → Softmax.
+fn mlp() -> Mlp {
+    let (w1, b1, w2, b2) = (seeded(32, 1), seeded(8, 2), seeded(24, 3), seeded(3, 4));
+    let mut gemm = node("Gemm", "fc1", &["x", "w1", "b1"], &["h"]);
+    gemm.attribute.push(int_attr("transB", 1));
+    let nodes = vec![
+        gemm,
+        node("Relu", "relu", &["h"], &["hr"]),
+        node("MatMul", "fc2", &["hr", "w2"], &["z"]),
+        node("Add", "bias", &["z", "b2"], &["zb"]),
+        node("Reshape", "reshape", &["zb", "shape"], &["zr"]),
+        node("Softmax", "softmax", &["zr"], &["y"]),
+    ];
+    let shape = pb::TensorProto {
+        name: "shape".into(),
+        dims: vec![2],
+        data_type: INT64,
+        int64_data: vec![0, -1],
+        ..Default::default()
+    };
+    let initializers = vec![
+        floats("w1", &[8, 4], &w1, true),
+        floats("b1", &[8], &b1, false),
+        floats("w2", &[8, 3], &w2, true),
+        floats("b2", &[3], &b2, false),
+        shape,
+    ];
+    Mlp {
+        bytes: model(nodes, initializers, 13),
+        w1,
+        b1,
+        w2,
+        b2,
+    }
+}
+
+#[test]
+fn an_mlp_matches_a_plain_computation() {
+    let Mlp {
+        bytes,
+        w1,
+        b1,
+        w2,
+        b2,
+    } = mlp();
+    let session = Engine::load(&bytes).unwrap();
+    assert_eq!(session.inputs()[0].name, "x");
+    assert_eq!(session.outputs(), ["y"]);
+    let x = seeded(8, 9);
+    let out = session
+        .run(vec![(
+            "x".into(),
+            Tensor::new(vec![2, 4], x.clone()).unwrap(),
+        )])
+        .unwrap();
+    let y = &out[0].1;
+    assert_eq!(y.shape(), [2, 3]);
+    for row in 0..2 {
+        let h: Vec<f32> = (0..8)
+            .map(|j| {
+                let s: f32 = (0..4).map(|k| x[row * 4 + k] * w1[j * 4 + k]).sum();
+                (s + b1[j]).max(0.0)
+            })
+            .collect();
+        let z: Vec<f32> = (0..3)
+            .map(|c| (0..8).map(|j| h[j] * w2[j * 3 + c]).sum::<f32>() + b2[c])
+            .collect();
+        let total: f32 = z.iter().map(|v| v.exp()).sum();
+        for (c, zc) in z.iter().enumerate() {
+            let expected = zc.exp() / total;
+            let got = y.data()[row * 3 + c];
+            assert!(
+                (got - expected).abs() < 1e-5,
+                "row {row} class {c}: {got} vs {expected}"
+            );
+        }
+    }
+}
+
+#[test]
+fn load_errors_name_what_and_where() {
+    let conv = model(
+        vec![node("Conv", "conv1", &["x", "w"], &["y"])],
+        vec![floats("w", &[1], &[1.0], false)],
+        13,
+    );
+    assert_eq!(
+        Engine::load(&conv).unwrap_err().to_string(),
+        "unsupported op Conv in node \"conv1\" (opset 13)"
+    );
+    let dangling = model(vec![node("Relu", "r", &["nowhere"], &["y"])], vec![], 13);
+    assert!(matches!(
+        Engine::load(&dangling).unwrap_err(),
+        LoadError::UnknownValue { ref node, ref value } if node == "r" && value == "nowhere"
+    ));
+    assert!(matches!(
+        Engine::load(&[0xff, 0x01, 0x02]).unwrap_err(),
+        LoadError::Decode(_)
+    ));
+    let bytes = mlp().bytes;
+    assert!(
+        Engine::load(&bytes[..bytes.len() / 2]).is_err(),
+        "truncated model loaded"
+    );
+    assert_eq!(
+        Engine::load(&model(vec![], vec![], 3)).unwrap_err(),
+        LoadError::UnsupportedOpset(3)
+    );
+    let short = model(
+        vec![node("Relu", "r", &["w"], &["y"])],
+        vec![floats("w", &[2, 2], &[1.0, 2.0, 3.0], false)],
+        13,
+    );
+    assert!(
+        matches!(Engine::load(&short).unwrap_err(), LoadError::BadTensor { ref name, .. } if name == "w")
+    );
+}
+
+#[test]
+fn run_errors_name_the_input_or_node() {
+    let bytes = mlp().bytes;
+    let session = Engine::load(&bytes).unwrap();
+    assert_eq!(
+        session.run(vec![]).unwrap_err(),
+        RunError::MissingInput("x".into())
+    );
+    let wrong = session
+        .run(vec![("x".into(), Tensor::zeros(vec![2, 5]))])
+        .unwrap_err();
+    assert!(
+        matches!(wrong, RunError::WrongShape { ref name, .. } if name == "x"),
+        "{wrong}"
+    );
+    let extra = session
+        .run(vec![
+            ("x".into(), Tensor::zeros(vec![1, 4])),
+            ("z".into(), Tensor::zeros(vec![1])),
+        ])
+        .unwrap_err();
+    assert!(matches!(extra, RunError::UnknownInput(ref n, _) if n == "z"));
+}
+
+#[test]
+fn external_data_is_read_from_beside_the_model_and_never_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = seeded(16, 5);
+    let mut blob = vec![0u8; 8];
+    blob.extend(weights.iter().flat_map(|v| v.to_le_bytes()));
+    std::fs::write(dir.path().join("weights.bin"), &blob).unwrap();
+    let external = |location: &str| pb::TensorProto {
+        name: "w".into(),
+        dims: vec![4, 4],
+        data_type: FLOAT,
+        data_location: pb::tensor_proto::DataLocation::External as i32,
+        external_data: [("location", location), ("offset", "8"), ("length", "64")]
+            .iter()
+            .map(|(k, v)| pb::StringStringEntryProto {
+                key: k.to_string(),
+                value: v.to_string(),
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let bytes = model(
+        vec![node("MatMul", "mm", &["x", "w"], &["y"])],
+        vec![external("weights.bin")],
+        13,
+    );
+    let path = dir.path().join("model.onnx");
+    std::fs::write(&path, &bytes).unwrap();
+    let session = Engine::load_file(&path).unwrap();
+    let x = vec![1.0, 0.0, 0.0, 0.0];
+    let y = session
+        .run(vec![("x".into(), Tensor::new(vec![1, 4], x).unwrap())])
+        .unwrap();
+    assert_eq!(
+        y[0].1.data(),
+        &weights[..4],
+        "row 0 of the external weights"
+    );
+    assert!(matches!(
+        Engine::load(&bytes).unwrap_err(),
+        LoadError::ExternalData { .. }
+    ));
+    let escaping = model(
+        vec![node("MatMul", "mm", &["x", "w"], &["y"])],
+        vec![external("../weights.bin")],
+        13,
+    );
+    std::fs::write(&path, &escaping).unwrap();
+    let err = Engine::load_file(&path).unwrap_err();
+    assert!(
+        err.to_string().contains("not a plain relative path"),
+        "{err}"
+    );
+}
