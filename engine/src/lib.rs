@@ -9,9 +9,9 @@
 //! Use: [`Engine::load`] (or [`Engine::load_file`] for models with external data) gives a
 //! [`Session`]; [`Session::run`] takes named inputs and returns the graph outputs.
 //!
-//! Still to come (issue 4): convolution and pooling kernels, the raster decomposition of layout
-//! ops, shape inference with constant folding, a tuned multi-threaded GEMM and the semi-auto
-//! algorithm search. The engine must stay independent of the VM, the device and the cloud.
+//! Still to come (issue 4): the raster decomposition of layout ops, shape inference, BatchNorm
+//! folding and activation fusion, Winograd and depthwise kernels, and the semi-auto algorithm
+//! search. The engine must stay independent of the VM, the device and the cloud.
 
 pub mod graph;
 pub mod onnx;
@@ -53,6 +53,8 @@ pub enum LoadError {
     ExternalData { name: String, reason: String },
     #[error("{node}: reads {value:?}, which no input, initializer or earlier node provides")]
     UnknownValue { node: String, value: String },
+    #[error("evaluating constants at load time: {0}")]
+    Fold(String),
     #[error("cannot read model file {path}: {reason}")]
     File { path: String, reason: String },
 }
@@ -84,9 +86,7 @@ pub struct Engine;
 impl Engine {
     /// Loads a model from its bytes (external data is refused: use [`Engine::load_file`]).
     pub fn load(bytes: &[u8]) -> Result<Session, LoadError> {
-        Ok(Session {
-            graph: onnx::load(bytes, None)?,
-        })
+        Ok(Session::new(onnx::load(bytes, None)?))
     }
 
     /// Loads a model file; external data files are read relative to its directory.
@@ -96,9 +96,7 @@ impl Engine {
             reason: e.to_string(),
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        Ok(Session {
-            graph: onnx::load(&bytes, Some(base))?,
-        })
+        Ok(Session::new(onnx::load(&bytes, Some(base))?))
     }
 }
 
@@ -106,9 +104,24 @@ impl Engine {
 #[derive(Debug, Clone)]
 pub struct Session {
     graph: Graph,
+    ctx: ops::Ctx,
 }
 
 impl Session {
+    fn new(graph: Graph) -> Session {
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        Session {
+            graph,
+            ctx: ops::Ctx { threads },
+        }
+    }
+
+    /// Uses `threads` threads per kernel (default: the machine's cores).
+    pub fn with_threads(mut self, threads: usize) -> Session {
+        self.ctx.threads = threads.max(1);
+        self
+    }
+
     /// The graph inputs (names and declared dimensions).
     pub fn inputs(&self) -> &[IoSpec] {
         &self.graph.inputs
@@ -155,7 +168,7 @@ impl Session {
                         .or_else(|| self.graph.constants.get(name))
                 })
                 .collect();
-            let results = node.op.eval(&node.name, &args)?;
+            let results = node.op.eval(&self.ctx, &node.name, &args)?;
             for (name, value) in node.outputs.iter().zip(results) {
                 values.insert(name, value);
             }

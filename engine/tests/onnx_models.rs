@@ -193,13 +193,13 @@ fn an_mlp_matches_a_plain_computation() {
 #[test]
 fn load_errors_name_what_and_where() {
     let conv = model(
-        vec![node("Conv", "conv1", &["x", "w"], &["y"])],
+        vec![node("NonMaxSuppression", "nms1", &["x", "w"], &["y"])],
         vec![floats("w", &[1], &[1.0], false)],
         13,
     );
     assert_eq!(
         Engine::load(&conv).unwrap_err().to_string(),
-        "unsupported op Conv in node \"conv1\" (opset 13)"
+        "unsupported op NonMaxSuppression in node \"nms1\" (opset 13)"
     );
     let dangling = model(vec![node("Relu", "r", &["nowhere"], &["y"])], vec![], 13);
     assert!(matches!(
@@ -306,4 +306,42 @@ fn external_data_is_read_from_beside_the_model_and_never_outside() {
         err.to_string().contains("not a plain relative path"),
         "{err}"
     );
+}
+
+#[test]
+fn constant_subgraphs_are_folded_at_load_and_dead_nodes_dropped() {
+    let shape = pb::TensorProto {
+        name: "w_shape".into(),
+        dims: vec![2],
+        data_type: INT64,
+        int64_data: vec![4, 3],
+        ..Default::default()
+    };
+    let mut fill = node("ConstantOfShape", "fill", &["w_shape"], &["w"]);
+    fill.attribute.push(pb::AttributeProto {
+        name: "value".into(),
+        r#type: pb::attribute_proto::AttributeType::Tensor as i32,
+        t: Some(floats("", &[1], &[0.5], false)),
+        ..Default::default()
+    });
+    let nodes = vec![
+        fill,
+        node("MatMul", "mm", &["x", "w"], &["y"]),
+        node("Relu", "unused", &["x"], &["dead"]),
+    ];
+    let session = Engine::load(&model(nodes, vec![shape], 9)).unwrap();
+    let ops: Vec<&str> = session
+        .graph()
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(
+        ops,
+        ["mm"],
+        "ConstantOfShape folded, the unused Relu dropped"
+    );
+    let x = Tensor::new(vec![1, 4], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+    let y = session.run(vec![("x".into(), x)]).unwrap();
+    assert_eq!(y[0].1.data(), [5.0, 5.0, 5.0]);
 }

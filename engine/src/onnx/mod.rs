@@ -66,13 +66,15 @@ pub fn load(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, LoadError> {
     }
     let outputs: Vec<String> = graph.output.iter().map(|o| o.name.clone()).collect();
     check_dataflow(&inputs, &constants, &nodes, &outputs)?;
-    Ok(Graph {
+    let mut graph = Graph {
         opset,
         inputs,
         outputs,
         constants,
         nodes,
-    })
+    };
+    graph.fold_constants()?;
+    Ok(graph)
 }
 
 /// The version of the default (`ai.onnx`) operator set the model imports.

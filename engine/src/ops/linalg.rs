@@ -2,25 +2,99 @@
 
 use crate::Tensor;
 
-/// `c[m×n] += a[m×k] · b[k×n]`, row-major (i-k-j order keeps the inner loop contiguous).
-pub fn matmul_into(a: &[f32], b: &[f32], c: &mut [f32], m: usize, k: usize, n: usize) {
-    for i in 0..m {
-        let row = &mut c[i * n..(i + 1) * n];
-        for p in 0..k {
-            let x = a[i * k + p];
-            if x == 0.0 {
-                continue;
-            }
-            let b_row = &b[p * n..(p + 1) * n];
-            for (out, &y) in row.iter_mut().zip(b_row) {
-                *out += x * y;
-            }
+/// A read-only matrix view: element (r, c) is at `r * row_stride + c * col_stride`, so a
+/// transpose is a view with the strides swapped.
+#[derive(Clone, Copy)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub col_stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A row-major `rows × cols` matrix.
+    pub fn rows(data: &'a [f32], cols: usize) -> MatRef<'a> {
+        MatRef {
+            data,
+            row_stride: cols,
+            col_stride: 1,
         }
+    }
+
+    /// The transpose of a row-major matrix with `cols` columns.
+    pub fn transposed(data: &'a [f32], cols: usize) -> MatRef<'a> {
+        MatRef {
+            data,
+            row_stride: 1,
+            col_stride: cols,
+        }
+    }
+
+    fn fits(&self, rows: usize, cols: usize) -> bool {
+        rows == 0
+            || cols == 0
+            || (rows - 1) * self.row_stride + (cols - 1) * self.col_stride < self.data.len()
+    }
+}
+
+/// `c[m×n] (+)= a[m×k] · b[k×n]` (row-major `c`; added to `c` when `accumulate`), on the `gemm`
+/// crate's vectorised kernels with `threads` threads.
+pub fn sgemm(
+    (m, k, n): (usize, usize, usize),
+    a: MatRef,
+    b: MatRef,
+    c: &mut [f32],
+    accumulate: bool,
+    threads: usize,
+) {
+    assert!(
+        a.fits(m, k) && b.fits(k, n) && c.len() >= m * n,
+        "sgemm operands smaller than {m}×{k}·{k}×{n}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            c[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if threads > 1 && m * n * k > 64 * 64 * 64 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the assert above keeps every index the kernel touches inside the three slices
+    // (largest offsets (m-1)·rs + (k-1)·cs etc.), and `c` does not alias `a` or `b` (it is
+    // borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
 }
 
 /// ONNX MatMul: numpy semantics (1-D operands promoted, batch dimensions broadcast).
-pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
+pub fn matmul(a: &Tensor, b: &Tensor, threads: usize) -> Result<Tensor, String> {
     let (mut sa, mut sb) = (a.shape().to_vec(), b.shape().to_vec());
     let (a_vector, b_vector) = (sa.len() == 1, sb.len() == 1);
     if a_vector {
@@ -51,13 +125,13 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
     for bi in 0..batches {
         let ia = batch_index(bi, &batch, &sa[..sa.len() - 2]);
         let ib = batch_index(bi, &batch, &sb[..sb.len() - 2]);
-        matmul_into(
-            &a.data()[ia * m * k..(ia + 1) * m * k],
-            &b.data()[ib * k * n..(ib + 1) * k * n],
+        sgemm(
+            (m, k, n),
+            MatRef::rows(&a.data()[ia * m * k..(ia + 1) * m * k], k),
+            MatRef::rows(&b.data()[ib * k * n..(ib + 1) * k * n], n),
             &mut out[bi * m * n..(bi + 1) * m * n],
-            m,
-            k,
-            n,
+            false,
+            threads,
         );
     }
     let mut shape = batch;
@@ -86,25 +160,15 @@ fn batch_index(flat: usize, full: &[usize], own: &[usize]) -> usize {
     index
 }
 
-fn transposed(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0.0; t.len()];
-    for r in 0..rows {
-        for c in 0..cols {
-            out[c * rows + r] = t[r * cols + c];
-        }
-    }
-    out
-}
-
 /// ONNX Gemm: `alpha · A' · B' + beta · C` with optional transposes and C broadcast.
-pub fn gemm(
-    a: &Tensor,
-    b: &Tensor,
+pub fn gemm<'a>(
+    a: &'a Tensor,
+    b: &'a Tensor,
     c: Option<&Tensor>,
     alpha: f32,
     beta: f32,
-    trans_a: bool,
-    trans_b: bool,
+    (trans_a, trans_b): (bool, bool),
+    threads: usize,
 ) -> Result<Tensor, String> {
     let (&[ra, ca], &[rb, cb]) = (a.shape(), b.shape()) else {
         return Err(format!(
@@ -118,18 +182,22 @@ pub fn gemm(
     if k != k2 {
         return Err(format!("Gemm inner dimensions differ: {k} and {k2}"));
     }
-    let a_data = if trans_a {
-        transposed(a.data(), ra, ca)
-    } else {
-        a.data().to_vec()
-    };
-    let b_data = if trans_b {
-        transposed(b.data(), rb, cb)
-    } else {
-        b.data().to_vec()
+    let view = |t: &'a Tensor, cols: usize, transpose: bool| {
+        if transpose {
+            MatRef::transposed(t.data(), cols)
+        } else {
+            MatRef::rows(t.data(), cols)
+        }
     };
     let mut out = vec![0.0; m * n];
-    matmul_into(&a_data, &b_data, &mut out, m, k, n);
+    sgemm(
+        (m, k, n),
+        view(a, ca, trans_a),
+        view(b, cb, trans_b),
+        &mut out,
+        false,
+        threads,
+    );
     let mut product = Tensor::new(vec![m, n], out).map_err(|e| e.to_string())?;
     product.data_mut().iter_mut().for_each(|x| *x *= alpha);
     match c {
@@ -170,7 +238,7 @@ mod tests {
         )
         .unwrap();
         let b = Tensor::new(vec![4, 5], (0..20).map(|x| (x % 7) as f32 - 2.0).collect()).unwrap();
-        let out = matmul(&a, &b).unwrap();
+        let out = matmul(&a, &b, 2).unwrap();
         assert_eq!(out.shape(), [2, 3, 5]);
         for batch in 0..2 {
             let expected = naive(&a.data()[batch * 12..(batch + 1) * 12], b.data(), 3, 4, 5);
@@ -179,7 +247,7 @@ mod tests {
                 expected.as_slice()
             );
         }
-        assert!(matmul(&a, &Tensor::zeros(vec![3, 5])).is_err());
+        assert!(matmul(&a, &Tensor::zeros(vec![3, 5]), 1).is_err());
     }
 
     #[test]
@@ -187,14 +255,52 @@ mod tests {
         let a = Tensor::new(vec![3, 2], vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]).unwrap();
         let b = Tensor::new(vec![4, 3], (0..12).map(|x| x as f32).collect()).unwrap();
         let c = Tensor::new(vec![4], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
-        let out = gemm(&a, &b, Some(&c), 2.0, 0.5, true, true).unwrap();
-        let at = transposed(a.data(), 3, 2);
-        let bt = transposed(b.data(), 4, 3);
+        let out = gemm(&a, &b, Some(&c), 2.0, 0.5, (true, true), 1).unwrap();
+        let at = transpose(a.data(), 3, 2);
+        let bt = transpose(b.data(), 4, 3);
         let expected: Vec<f32> = naive(&at, &bt, 2, 3, 4)
             .iter()
             .enumerate()
             .map(|(i, x)| 2.0 * x + 0.5 * c.data()[i % 4])
             .collect();
-        assert_eq!(out.data(), expected.as_slice());
+        close(out.data(), &expected);
+    }
+
+    fn transpose(t: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        (0..rows * cols)
+            .map(|i| t[(i % rows) * cols + i / rows])
+            .collect()
+    }
+
+    fn close(got: &[f32], expected: &[f32]) {
+        assert_eq!(got.len(), expected.len());
+        for (g, e) in got.iter().zip(expected) {
+            assert!(
+                (g - e).abs() <= 1e-4 * (1.0 + e.abs()),
+                "{got:?} vs {expected:?}"
+            );
+        }
+    }
+
+    /// Larger than the threading threshold, odd sizes, both thread counts.
+    #[test]
+    fn sgemm_matches_the_naive_product_at_any_size_and_thread_count() {
+        for (m, k, n) in [(1, 1, 1), (7, 13, 5), (70, 90, 65), (129, 64, 3)] {
+            let a: Vec<f32> = (0..m * k).map(|x| ((x * 7) % 11) as f32 - 5.0).collect();
+            let b: Vec<f32> = (0..k * n).map(|x| ((x * 3) % 13) as f32 * 0.25).collect();
+            for threads in [1, 2] {
+                let mut c = vec![1.0; m * n];
+                sgemm(
+                    (m, k, n),
+                    MatRef::rows(&a, k),
+                    MatRef::rows(&b, n),
+                    &mut c,
+                    true,
+                    threads,
+                );
+                let expected: Vec<f32> = naive(&a, &b, m, k, n).iter().map(|x| x + 1.0).collect();
+                close(&c, &expected);
+            }
+        }
     }
 }

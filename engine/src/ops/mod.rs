@@ -1,29 +1,66 @@
 //! Operators: each ONNX op the engine runs, parsed with its attributes at load time, and its
 //! kernel. An op not listed here fails the load with [`LoadError::UnsupportedOp`].
 //!
-//! | ONNX op | opsets | kernel |
-//! |---|---|---|
-//! | Identity, Dropout (inference) | 7–21 | pass-through |
-//! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt | 7–21 | [`elementwise::Unary`] |
-//! | Add, Sub, Mul, Div | 7–21 | [`elementwise::Binary`], numpy broadcasting |
-//! | MatMul | 7–21 | [`linalg::matmul`], batch broadcasting |
-//! | Gemm | 7–21 | [`linalg::gemm`] |
-//! | Flatten, Reshape | 7–21 | [`shape`] (views, no copy) |
-//! | Softmax | 7–21 | [`shape::softmax`] (2-D coercion before opset 13) |
-//! | Constant | 7–21 | its `value` tensor |
+//! | ONNX op | kernel |
+//! |---|---|
+//! | Identity, Dropout (inference) | pass-through |
+//! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt | [`elementwise::Unary`] |
+//! | Add, Sub, Mul, Div, Sum | [`elementwise::Binary`], numpy broadcasting |
+//! | MatMul, Gemm | [`linalg`]: the `gemm` crate's kernels through strided views |
+//! | Conv | [`conv::conv`]: 1×1 as one GEMM, otherwise im2col + GEMM, per group |
+//! | MaxPool, AveragePool, GlobalAveragePool | [`conv::pool`], [`conv::global_average_pool`] |
+//! | BatchNormalization, LRN | [`nn`] |
+//! | Flatten, Reshape, Squeeze, Unsqueeze | [`shape`]: new shape, same values |
+//! | Concat, Transpose | [`shape::concat`], [`shape::transpose`] (copies) |
+//! | Softmax | [`shape::softmax`] (2-D coercion before opset 13) |
+//! | Constant, ConstantOfShape | constants (folded at load) |
+//!
+//! Opsets 7–21 are accepted; where an op changed (Softmax at 13, Squeeze/Unsqueeze taking
+//! `axes` as an input from 13), both forms are read.
 
 pub mod attrs;
+pub mod conv;
 pub mod elementwise;
 pub mod linalg;
+pub mod nn;
 pub mod shape;
 
 use std::path::Path;
 
 use attrs::Attrs;
+use conv::{Pool, Window};
 use elementwise::{Binary, Unary, kernel_error};
 
 use crate::onnx::pb::NodeProto;
 use crate::{LoadError, RunError, Tensor, Value};
+
+/// What every kernel may use while running.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx {
+    /// Threads a kernel may use.
+    pub threads: usize,
+}
+
+/// How a convolution or pool pads its input.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum AutoPad {
+    /// The explicit `pads`.
+    Explicit,
+    /// Output size `ceil(input / stride)`; extra padding at the end (`SAME_UPPER`) or start.
+    Same { upper: bool },
+}
+
+/// Spatial attributes of Conv and the pools, as written in the node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Spatial {
+    /// Absent for Conv: taken from the weights.
+    pub kernel: Option<[usize; 2]>,
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    pub pads: [usize; 4],
+    pub auto_pad: AutoPad,
+    pub ceil: bool,
+}
 
 /// An operator with its attributes.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,12 +68,30 @@ pub enum Op {
     Identity,
     Unary(Unary),
     Binary(Binary),
+    Sum,
     MatMul,
     Gemm {
         alpha: f32,
         beta: f32,
-        trans_a: bool,
-        trans_b: bool,
+        trans: (bool, bool),
+    },
+    Conv {
+        spatial: Spatial,
+        group: usize,
+    },
+    Pool {
+        spatial: Spatial,
+        kind: Pool,
+    },
+    GlobalAveragePool,
+    BatchNorm {
+        epsilon: f32,
+    },
+    Lrn {
+        size: usize,
+        alpha: f32,
+        beta: f32,
+        bias: f32,
     },
     Flatten {
         axis: i64,
@@ -44,11 +99,106 @@ pub enum Op {
     Reshape {
         allow_zero: bool,
     },
+    /// Axes from the attribute (before opset 13) or, when `None`, from input 1.
+    Unsqueeze {
+        axes: Option<Vec<i64>>,
+    },
+    Squeeze {
+        axes: Option<Vec<i64>>,
+    },
+    Concat {
+        axis: i64,
+    },
+    Transpose {
+        perm: Option<Vec<i64>>,
+    },
     Softmax {
         axis: i64,
         opset: i64,
     },
     Constant(Value),
+    ConstantOfShape {
+        value: f32,
+    },
+}
+
+fn pair(attrs: &Attrs, name: &str, default: usize) -> Result<[usize; 2], LoadError> {
+    match attrs.ints(name) {
+        None => Ok([default; 2]),
+        Some([a, b]) if *a > 0 && *b > 0 => Ok([*a as usize, *b as usize]),
+        Some(other) => Err(attrs.bad(
+            name,
+            format!("{other:?}: only 2-D (two positive values) is supported"),
+        )),
+    }
+}
+
+fn spatial(attrs: &Attrs, kernel_required: bool) -> Result<Spatial, LoadError> {
+    let kernel = match attrs.ints("kernel_shape") {
+        None if kernel_required => return Err(attrs.bad("kernel_shape", "is required")),
+        None => None,
+        Some(_) => Some(pair(attrs, "kernel_shape", 1)?),
+    };
+    let pads = match attrs.ints("pads") {
+        None => [0; 4],
+        Some(p) if p.len() == 4 && p.iter().all(|&v| v >= 0) => {
+            [p[0] as usize, p[1] as usize, p[2] as usize, p[3] as usize]
+        }
+        Some(other) => {
+            return Err(attrs.bad("pads", format!("{other:?}: give 4 non-negative values")));
+        }
+    };
+    let auto_pad = match attrs.string("auto_pad").as_deref() {
+        None | Some("NOTSET") | Some("") => AutoPad::Explicit,
+        Some("VALID") => AutoPad::Explicit,
+        Some("SAME_UPPER") => AutoPad::Same { upper: true },
+        Some("SAME_LOWER") => AutoPad::Same { upper: false },
+        Some(other) => {
+            return Err(attrs.bad("auto_pad", format!("{other:?} is not a padding mode")));
+        }
+    };
+    Ok(Spatial {
+        kernel,
+        strides: pair(attrs, "strides", 1)?,
+        dilations: pair(attrs, "dilations", 1)?,
+        pads: if attrs.string("auto_pad").as_deref() == Some("VALID") {
+            [0; 4]
+        } else {
+            pads
+        },
+        auto_pad,
+        ceil: attrs.int("ceil_mode", 0) != 0,
+    })
+}
+
+impl Spatial {
+    /// The window for an input of `h × w` and a kernel of `kernel`.
+    fn window(&self, kernel: [usize; 2], [h, w]: [usize; 2]) -> Window {
+        let mut pads = self.pads;
+        if let AutoPad::Same { upper } = self.auto_pad {
+            for (axis, input) in [h, w].into_iter().enumerate() {
+                let span = self.dilations[axis] * (kernel[axis] - 1) + 1;
+                let out = input.div_ceil(self.strides[axis]);
+                let total = ((out - 1) * self.strides[axis] + span).saturating_sub(input);
+                let (small, big) = (total / 2, total - total / 2);
+                (pads[axis], pads[axis + 2]) = if upper { (small, big) } else { (big, small) };
+            }
+        }
+        Window {
+            kernel,
+            strides: self.strides,
+            dilations: self.dilations,
+            pads,
+            ceil: self.ceil,
+        }
+    }
+}
+
+fn spatial_size(t: &Tensor) -> Result<[usize; 2], String> {
+    match *t.shape() {
+        [_, _, h, w] => Ok([h, w]),
+        ref other => Err(format!("input must be 4-D (NCHW), got {other:?}")),
+    }
 }
 
 impl Op {
@@ -60,6 +210,13 @@ impl Op {
         base_dir: Option<&Path>,
     ) -> Result<Op, LoadError> {
         let attrs = Attrs::new(node, name);
+        let axes_attr = |attrs: &Attrs| {
+            if opset < 13 {
+                attrs.ints("axes").map(<[i64]>::to_vec)
+            } else {
+                None
+            }
+        };
         Ok(match node.op_type.as_str() {
             "Identity" | "Dropout" => Op::Identity,
             "Relu" => Op::Unary(Unary::Relu),
@@ -68,25 +225,83 @@ impl Op {
             "Exp" => Op::Unary(Unary::Exp),
             "Neg" => Op::Unary(Unary::Neg),
             "Sqrt" => Op::Unary(Unary::Sqrt),
-            "Add" | "Sub" | "Mul" | "Div" if opset < 7 || attrs.int("broadcast", 0) != 0 => {
+            "Add" | "Sub" | "Mul" | "Div" if attrs.int("broadcast", 0) != 0 => {
                 return Err(attrs.bad("broadcast", "legacy broadcast attribute (opset < 7)"));
             }
             "Add" => Op::Binary(Binary::Add),
             "Sub" => Op::Binary(Binary::Sub),
             "Mul" => Op::Binary(Binary::Mul),
             "Div" => Op::Binary(Binary::Div),
+            "Sum" => Op::Sum,
             "MatMul" => Op::MatMul,
             "Gemm" => Op::Gemm {
                 alpha: attrs.float("alpha", 1.0),
                 beta: attrs.float("beta", 1.0),
-                trans_a: attrs.int("transA", 0) != 0,
-                trans_b: attrs.int("transB", 0) != 0,
+                trans: (attrs.int("transA", 0) != 0, attrs.int("transB", 0) != 0),
+            },
+            "Conv" => Op::Conv {
+                spatial: spatial(&attrs, false)?,
+                group: usize::try_from(attrs.int("group", 1))
+                    .ok()
+                    .filter(|&g| g > 0)
+                    .ok_or_else(|| attrs.bad("group", "must be at least 1"))?,
+            },
+            "MaxPool" => {
+                if node.output.len() > 1 {
+                    return Err(
+                        attrs.bad("Indices", "the second (indices) output is not supported")
+                    );
+                }
+                Op::Pool {
+                    spatial: spatial(&attrs, true)?,
+                    kind: Pool::Max,
+                }
+            }
+            "AveragePool" => Op::Pool {
+                spatial: spatial(&attrs, true)?,
+                kind: Pool::Average {
+                    count_include_pad: attrs.int("count_include_pad", 0) != 0,
+                },
+            },
+            "GlobalAveragePool" => Op::GlobalAveragePool,
+            "BatchNormalization" => {
+                if attrs.int("training_mode", 0) != 0 || node.output.len() > 1 {
+                    return Err(attrs.bad("training_mode", "only inference mode is supported"));
+                }
+                Op::BatchNorm {
+                    epsilon: attrs.float("epsilon", 1e-5),
+                }
+            }
+            "LRN" => Op::Lrn {
+                size: usize::try_from(attrs.int("size", 0))
+                    .ok()
+                    .filter(|&s| s > 0)
+                    .ok_or_else(|| attrs.bad("size", "is required and must be positive"))?,
+                alpha: attrs.float("alpha", 1e-4),
+                beta: attrs.float("beta", 0.75),
+                bias: attrs.float("bias", 1.0),
             },
             "Flatten" => Op::Flatten {
                 axis: attrs.int("axis", 1),
             },
             "Reshape" => Op::Reshape {
                 allow_zero: attrs.int("allowzero", 0) != 0,
+            },
+            "Unsqueeze" => {
+                let axes = axes_attr(&attrs);
+                if opset < 13 && axes.is_none() {
+                    return Err(attrs.bad("axes", "is required before opset 13"));
+                }
+                Op::Unsqueeze { axes }
+            }
+            "Squeeze" => Op::Squeeze {
+                axes: axes_attr(&attrs),
+            },
+            "Concat" => Op::Concat {
+                axis: attrs.int("axis", 1),
+            },
+            "Transpose" => Op::Transpose {
+                perm: attrs.ints("perm").map(<[i64]>::to_vec),
             },
             "Softmax" => Op::Softmax {
                 axis: attrs.int("axis", if opset < 13 { 1 } else { -1 }),
@@ -98,6 +313,20 @@ impl Op {
                 })?;
                 Op::Constant(crate::onnx::tensor_value(tensor, base_dir)?)
             }
+            "ConstantOfShape" => {
+                let value = match attrs.tensor("value") {
+                    None => 0.0,
+                    Some(t) => match crate::onnx::tensor_value(t, base_dir)? {
+                        Value::F32(v) if v.data().len() == 1 => v.data()[0],
+                        _ => {
+                            return Err(
+                                attrs.bad("value", "only a one-element float value is supported")
+                            );
+                        }
+                    },
+                };
+                Op::ConstantOfShape { value }
+            }
             other => {
                 return Err(LoadError::UnsupportedOp {
                     op: other.to_owned(),
@@ -108,23 +337,39 @@ impl Op {
         })
     }
 
-    /// The op's ONNX name, for errors.
+    /// The op's name, for errors.
     pub fn name(&self) -> &'static str {
         match self {
             Op::Identity => "Identity",
             Op::Unary(_) => "Unary",
             Op::Binary(_) => "Binary",
+            Op::Sum => "Sum",
             Op::MatMul => "MatMul",
             Op::Gemm { .. } => "Gemm",
+            Op::Conv { .. } => "Conv",
+            Op::Pool { .. } => "Pool",
+            Op::GlobalAveragePool => "GlobalAveragePool",
+            Op::BatchNorm { .. } => "BatchNormalization",
+            Op::Lrn { .. } => "LRN",
             Op::Flatten { .. } => "Flatten",
             Op::Reshape { .. } => "Reshape",
+            Op::Unsqueeze { .. } => "Unsqueeze",
+            Op::Squeeze { .. } => "Squeeze",
+            Op::Concat { .. } => "Concat",
+            Op::Transpose { .. } => "Transpose",
             Op::Softmax { .. } => "Softmax",
             Op::Constant(_) => "Constant",
+            Op::ConstantOfShape { .. } => "ConstantOfShape",
         }
     }
 
     /// Runs the op on its inputs (`None`: an omitted optional input).
-    pub fn eval(&self, node: &str, inputs: &[Option<&Value>]) -> Result<Vec<Value>, RunError> {
+    pub fn eval(
+        &self,
+        ctx: &Ctx,
+        node: &str,
+        inputs: &[Option<&Value>],
+    ) -> Result<Vec<Value>, RunError> {
         let fail = |reason: String| kernel_error(node, self.name(), reason);
         let float = |i: usize| -> Result<&Tensor, RunError> {
             match inputs.get(i).copied().flatten() {
@@ -136,41 +381,117 @@ impl Op {
                 None => Err(fail(format!("input {i} is missing"))),
             }
         };
+        let ints = |i: usize| -> Result<&[i64], RunError> {
+            match inputs.get(i).copied().flatten() {
+                Some(Value::I64 { data, .. }) => Ok(data),
+                _ => Err(fail(format!("input {i} must be an int64 tensor"))),
+            }
+        };
+        let optional = |i: usize| inputs.get(i).copied().flatten().is_some();
+        let reshaped =
+            |t: &Tensor, shape: Result<Vec<usize>, String>| -> Result<Tensor, RunError> {
+                t.clone()
+                    .reshaped(shape.map_err(fail)?)
+                    .map_err(|e| fail(e.to_string()))
+            };
         let out = match self {
             Op::Identity => {
-                return Ok(vec![
-                    inputs
-                        .first()
-                        .copied()
-                        .flatten()
-                        .cloned()
-                        .ok_or_else(|| fail("no input".into()))?,
-                ]);
+                let value = inputs
+                    .first()
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| fail("no input".into()))?;
+                return Ok(vec![value.clone()]);
             }
             Op::Constant(value) => return Ok(vec![value.clone()]),
+            Op::ConstantOfShape { value } => {
+                let shape = ints(0)?
+                    .iter()
+                    .map(|&d| {
+                        usize::try_from(d).map_err(|_| fail(format!("negative dimension {d}")))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let len = shape.iter().product();
+                Tensor::new(shape, vec![*value; len]).map_err(|e| fail(e.to_string()))?
+            }
             Op::Unary(u) => u.apply(float(0)?.clone()),
             Op::Binary(b) => b.apply(float(0)?, float(1)?).map_err(fail)?,
-            Op::MatMul => linalg::matmul(float(0)?, float(1)?).map_err(fail)?,
-            Op::Gemm {
-                alpha,
-                beta,
-                trans_a,
-                trans_b,
-            } => {
-                let c = match inputs.get(2).copied().flatten() {
-                    Some(_) => Some(float(2)?),
-                    None => None,
-                };
-                linalg::gemm(float(0)?, float(1)?, c, *alpha, *beta, *trans_a, *trans_b)
+            Op::Sum => {
+                let mut acc = float(0)?.clone();
+                for i in 1..inputs.len() {
+                    acc = Binary::Add.apply(&acc, float(i)?).map_err(fail)?;
+                }
+                acc
+            }
+            Op::MatMul => linalg::matmul(float(0)?, float(1)?, ctx.threads).map_err(fail)?,
+            Op::Gemm { alpha, beta, trans } => {
+                let c = if optional(2) { Some(float(2)?) } else { None };
+                linalg::gemm(float(0)?, float(1)?, c, *alpha, *beta, *trans, ctx.threads)
                     .map_err(fail)?
             }
+            Op::Conv { spatial, group } => {
+                let (x, weights) = (float(0)?, float(1)?);
+                let kernel = match *weights.shape() {
+                    [_, _, kh, kw] => [kh, kw],
+                    ref other => return Err(fail(format!("weights must be 4-D, got {other:?}"))),
+                };
+                if spatial.kernel.is_some_and(|k| k != kernel) {
+                    return Err(fail(format!(
+                        "kernel_shape {:?} differs from the weights' {kernel:?}",
+                        spatial.kernel
+                    )));
+                }
+                let window = spatial.window(kernel, spatial_size(x).map_err(fail)?);
+                let bias = if optional(2) { Some(float(2)?) } else { None };
+                conv::conv(x, weights, bias, &window, *group, ctx.threads).map_err(fail)?
+            }
+            Op::Pool { spatial, kind } => {
+                let x = float(0)?;
+                let kernel = spatial.kernel.unwrap_or([1, 1]);
+                let window = spatial.window(kernel, spatial_size(x).map_err(fail)?);
+                conv::pool(x, &window, *kind).map_err(fail)?
+            }
+            Op::GlobalAveragePool => conv::global_average_pool(float(0)?).map_err(fail)?,
+            Op::BatchNorm { epsilon } => nn::batch_norm(
+                float(0)?.clone(),
+                [float(1)?, float(2)?, float(3)?, float(4)?],
+                *epsilon,
+            )
+            .map_err(fail)?,
+            Op::Lrn {
+                size,
+                alpha,
+                beta,
+                bias,
+            } => nn::lrn(float(0)?, *size, *alpha, *beta, *bias).map_err(fail)?,
             Op::Flatten { axis } => shape::flatten(float(0)?.clone(), *axis).map_err(fail)?,
             Op::Reshape { allow_zero } => {
-                let Some(Value::I64 { data, .. }) = inputs.get(1).copied().flatten() else {
-                    return Err(fail("the shape input must be an int64 tensor".into()));
-                };
-                shape::reshape(float(0)?.clone(), data, *allow_zero).map_err(fail)?
+                shape::reshape(float(0)?.clone(), ints(1)?, *allow_zero).map_err(fail)?
             }
+            Op::Unsqueeze { axes } => {
+                let x = float(0)?;
+                let axes = match axes {
+                    Some(a) => a.as_slice(),
+                    None => ints(1)?,
+                };
+                reshaped(x, shape::unsqueeze(x.shape(), axes))?
+            }
+            Op::Squeeze { axes } => {
+                let x = float(0)?;
+                let axes = match axes {
+                    Some(a) => Some(a.as_slice()),
+                    None if optional(1) => Some(ints(1)?),
+                    None => None,
+                };
+                reshaped(x, shape::squeeze(x.shape(), axes))?
+            }
+            Op::Concat { axis } => {
+                let parts = (0..inputs.len())
+                    .map(float)
+                    .collect::<Result<Vec<_>, _>>()?;
+                shape::concat(&parts, *axis).map_err(fail)?
+            }
+            Op::Transpose { perm } => shape::transpose(float(0)?, perm.as_deref()).map_err(fail)?,
             Op::Softmax { axis, opset } => {
                 shape::softmax(float(0)?.clone(), *axis, *opset).map_err(fail)?
             }

@@ -114,3 +114,151 @@ mod tests {
         assert!((s.data()[0] - e[0] / total).abs() < 1e-6);
     }
 }
+
+/// ONNX Concat along `axis`.
+pub fn concat(parts: &[&Tensor], axis: i64) -> Result<Tensor, String> {
+    let first = parts.first().ok_or("Concat needs at least one input")?;
+    let rank = first.shape().len();
+    let axis = normalize_axis(axis, rank)?;
+    let mut shape = first.shape().to_vec();
+    shape[axis] = 0;
+    for p in parts {
+        let same_rest = p.shape().len() == rank
+            && (0..rank).all(|i| i == axis || p.shape()[i] == first.shape()[i]);
+        if !same_rest {
+            return Err(format!(
+                "cannot concatenate {:?} and {:?} on axis {axis}",
+                first.shape(),
+                p.shape()
+            ));
+        }
+        shape[axis] += p.shape()[axis];
+    }
+    let outer: usize = shape[..axis].iter().product();
+    let inner: usize = shape[axis + 1..].iter().product();
+    let mut data = Vec::with_capacity(shape.iter().product());
+    for o in 0..outer {
+        for p in parts {
+            let block = p.shape()[axis] * inner;
+            data.extend_from_slice(&p.data()[o * block..(o + 1) * block]);
+        }
+    }
+    Tensor::new(shape, data).map_err(|e| e.to_string())
+}
+
+/// ONNX Transpose (default: reverse the axes).
+pub fn transpose(t: &Tensor, perm: Option<&[i64]>) -> Result<Tensor, String> {
+    let rank = t.shape().len();
+    let perm: Vec<usize> = match perm {
+        Some(p) => p
+            .iter()
+            .map(|&a| normalize_axis(a, rank))
+            .collect::<Result<_, _>>()?,
+        None => (0..rank).rev().collect(),
+    };
+    let mut seen = vec![false; rank];
+    if perm.len() != rank || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
+        return Err(format!("perm {perm:?} is not a permutation of {rank} axes"));
+    }
+    let shape: Vec<usize> = perm.iter().map(|&a| t.shape()[a]).collect();
+    let mut in_strides = vec![1; rank];
+    for i in (0..rank.saturating_sub(1)).rev() {
+        in_strides[i] = in_strides[i + 1] * t.shape()[i + 1];
+    }
+    let strides: Vec<usize> = perm.iter().map(|&a| in_strides[a]).collect();
+    let mut out = Vec::with_capacity(t.data().len());
+    let mut index = vec![0usize; rank];
+    for _ in 0..t.data().len() {
+        out.push(
+            t.data()[index
+                .iter()
+                .zip(&strides)
+                .map(|(i, s)| i * s)
+                .sum::<usize>()],
+        );
+        for axis in (0..rank).rev() {
+            index[axis] += 1;
+            if index[axis] < shape[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+    }
+    Tensor::new(shape, out).map_err(|e| e.to_string())
+}
+
+/// ONNX Unsqueeze: inserts size-1 axes at `axes` (of the output).
+pub fn unsqueeze(shape: &[usize], axes: &[i64]) -> Result<Vec<usize>, String> {
+    let rank = shape.len() + axes.len();
+    let mut axes: Vec<usize> = axes
+        .iter()
+        .map(|&a| normalize_axis(a, rank))
+        .collect::<Result<_, _>>()?;
+    axes.sort_unstable();
+    let mut out = shape.to_vec();
+    for a in axes {
+        out.insert(a, 1);
+    }
+    Ok(out)
+}
+
+/// ONNX Squeeze: removes the given size-1 axes (all size-1 axes when none are given).
+pub fn squeeze(shape: &[usize], axes: Option<&[i64]>) -> Result<Vec<usize>, String> {
+    let rank = shape.len();
+    let drop: Vec<usize> = match axes {
+        Some(a) => a
+            .iter()
+            .map(|&x| normalize_axis(x, rank))
+            .collect::<Result<_, _>>()?,
+        None => (0..rank).filter(|&i| shape[i] == 1).collect(),
+    };
+    if let Some(&bad) = drop.iter().find(|&&a| shape[a] != 1) {
+        return Err(format!("axis {bad} has size {}, not 1", shape[bad]));
+    }
+    Ok((0..rank)
+        .filter(|i| !drop.contains(i))
+        .map(|i| shape[i])
+        .collect())
+}
+
+/// A possibly negative axis as an index into `rank` axes.
+pub fn normalize_axis(axis: i64, rank: usize) -> Result<usize, String> {
+    let r = rank as i64;
+    let a = if axis < 0 { axis + r } else { axis };
+    if (0..r).contains(&a) {
+        Ok(a as usize)
+    } else {
+        Err(format!("axis {axis} is out of range for rank {rank}"))
+    }
+}
+
+#[cfg(test)]
+mod layout_tests {
+    use super::*;
+
+    #[test]
+    fn concat_and_transpose_move_values_where_the_definition_says() {
+        let a = Tensor::new(vec![2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let b = Tensor::new(vec![2, 2, 2], (5..13).map(|v| v as f32).collect()).unwrap();
+        let c = concat(&[&a, &b], 1).unwrap();
+        assert_eq!(c.shape(), [2, 3, 2]);
+        assert_eq!(
+            c.data(),
+            [
+                1.0, 2.0, 5.0, 6.0, 7.0, 8.0, 3.0, 4.0, 9.0, 10.0, 11.0, 12.0
+            ]
+        );
+        let t = transpose(&b, Some(&[2, 0, 1])).unwrap();
+        assert_eq!(t.shape(), [2, 2, 2]);
+        for i in 0..2 {
+            for j in 0..2 {
+                for k in 0..2 {
+                    assert_eq!(t.data()[(k * 2 + i) * 2 + j], b.data()[(i * 2 + j) * 2 + k]);
+                }
+            }
+        }
+        assert_eq!(unsqueeze(&[3, 4], &[0, -1]).unwrap(), [1, 3, 4, 1]);
+        assert_eq!(squeeze(&[1, 3, 1], None).unwrap(), [3]);
+        assert!(squeeze(&[2, 3], Some(&[0])).is_err());
+    }
+}

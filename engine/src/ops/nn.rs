@@ -1,0 +1,74 @@
+//! Normalisation: BatchNormalization (inference) and LRN, over NCHW (or NC…) tensors.
+
+use crate::Tensor;
+
+/// ONNX BatchNormalization in inference mode: `(x - mean) / sqrt(var + ε) · scale + bias` per
+/// channel (axis 1).
+pub fn batch_norm(
+    mut x: Tensor,
+    [scale, bias, mean, var]: [&Tensor; 4],
+    epsilon: f32,
+) -> Result<Tensor, String> {
+    let c = *x.shape().get(1).ok_or("input needs a channel axis")?;
+    for (name, t) in [("scale", scale), ("B", bias), ("mean", mean), ("var", var)] {
+        if t.data().len() != c {
+            return Err(format!(
+                "{name} has {} values for {c} channels",
+                t.data().len()
+            ));
+        }
+    }
+    let inner: usize = x.shape()[2..].iter().product();
+    for (index, plane) in x.data_mut().chunks_mut(inner.max(1)).enumerate() {
+        let ch = index % c;
+        let factor = scale.data()[ch] / (var.data()[ch] + epsilon).sqrt();
+        let shift = bias.data()[ch] - mean.data()[ch] * factor;
+        plane.iter_mut().for_each(|v| *v = *v * factor + shift);
+    }
+    Ok(x)
+}
+
+/// ONNX LRN: each value divided by `(bias + alpha/size · Σ x²)^beta` over `size` neighbouring
+/// channels.
+pub fn lrn(x: &Tensor, size: usize, alpha: f32, beta: f32, bias: f32) -> Result<Tensor, String> {
+    let shape = x.shape();
+    if shape.len() < 3 || size == 0 {
+        return Err(format!(
+            "LRN needs N×C×… input and size ≥ 1, got {shape:?}, size {size}"
+        ));
+    }
+    let (n, c) = (shape[0], shape[1]);
+    let inner: usize = shape[2..].iter().product();
+    let (below, above) = ((size - 1) / 2, size.div_ceil(2) - 1);
+    let mut out = Tensor::zeros(shape.to_vec());
+    for b in 0..n {
+        for ch in 0..c {
+            let (lo, hi) = (ch.saturating_sub(below), (ch + above).min(c - 1));
+            for i in 0..inner {
+                let at = |k: usize| (b * c + k) * inner + i;
+                let sum: f32 = (lo..=hi).map(|k| x.data()[at(k)].powi(2)).sum();
+                out.data_mut()[at(ch)] =
+                    x.data()[at(ch)] / (bias + alpha / size as f32 * sum).powf(beta);
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_norm_and_lrn_follow_their_formulas() {
+        let x = Tensor::new(vec![1, 2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
+        let t = |v: [f32; 2]| Tensor::new(vec![2], v.to_vec()).unwrap();
+        let (scale, bias, mean, var) = (t([2.0, 1.0]), t([0.5, 0.0]), t([1.0, 3.0]), t([4.0, 1.0]));
+        let y = batch_norm(x.clone(), [&scale, &bias, &mean, &var], 0.0).unwrap();
+        assert_eq!(y.data(), [0.5, 1.5, 0.0, 1.0]);
+        let l = lrn(&x, 3, 1.0, 1.0, 1.0).unwrap();
+        // channel 0 sees channels 0..=1: 1 + (1² + 3²)/3
+        assert!((l.data()[0] - 1.0 / (1.0 + 10.0 / 3.0)).abs() < 1e-6);
+        assert!((l.data()[3] - 4.0 / (1.0 + 20.0 / 3.0)).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,171 @@
+//! Conformance on the ONNX package's own backend test data (prepared by
+//! `bench/onnx_conformance.py` from the PyPI `onnx` wheel that `scripts/setup.sh` installs, and
+//! cached under `~/.cache/walle-onnx-cases` keyed by the script's content).
+//!
+//! Every case of every category is run; the pass rate per category is printed. The test fails
+//! unless all 9 light models pass both ways: with the shipped reference, and with random weights
+//! and input against ONNX Runtime (rtol 1e-3, atol 1e-4).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use prost::Message;
+use walle_engine::onnx::pb;
+use walle_engine::{Engine, Tensor, Value};
+
+const RTOL: f32 = 1e-3;
+const ATOL: f32 = 1e-4;
+
+fn python() -> PathBuf {
+    let venv = std::env::var("WALLE_PY_ENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/walle-py",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    PathBuf::from(venv).join("bin/python")
+}
+
+/// The prepared cases, regenerated when the preparing script changed.
+fn cases_dir() -> PathBuf {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/onnx_conformance.py");
+    let text = std::fs::read(&script).unwrap();
+    let stamp = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    let root =
+        PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/walle-onnx-cases");
+    let dir = root.join(format!("{stamp:016x}"));
+    if dir.join("ready").exists() {
+        return dir;
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    let partial = root.join("partial");
+    std::fs::create_dir_all(&partial).unwrap();
+    let status = std::process::Command::new(python())
+        .arg(&script)
+        .arg(&partial)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {} ({e}); run scripts/setup.sh",
+                python().display()
+            )
+        });
+    assert!(status.success(), "{} failed", script.display());
+    std::fs::rename(&partial, &dir).unwrap();
+    std::fs::write(dir.join("ready"), "").unwrap();
+    dir
+}
+
+fn read_value(path: &Path) -> Result<Value, String> {
+    let bytes = std::fs::read(path).map_err(|e| e.to_string())?;
+    let proto = pb::TensorProto::decode(bytes.as_slice()).map_err(|e| e.to_string())?;
+    walle_engine::onnx::tensor_value(&proto, None).map_err(|e| e.to_string())
+}
+
+fn numbered(dir: &Path, prefix: &str) -> Vec<PathBuf> {
+    (0..)
+        .map(|i| dir.join(format!("{prefix}_{i}.pb")))
+        .take_while(|p| p.exists())
+        .collect()
+}
+
+/// Runs one case: `Ok` when every output matches.
+fn run_case(dir: &Path) -> Result<(), String> {
+    let session = Engine::load_file(&dir.join("model.onnx")).map_err(|e| e.to_string())?;
+    let mut inputs = Vec::new();
+    for (spec, path) in session.inputs().iter().zip(numbered(dir, "input")) {
+        match read_value(&path)? {
+            Value::F32(t) => inputs.push((spec.name.clone(), t)),
+            other => return Err(format!("input {} is {}", spec.name, other.type_name())),
+        }
+    }
+    let outputs = session.run(inputs).map_err(|e| e.to_string())?;
+    let expected = numbered(dir, "output");
+    if expected.len() != outputs.len() {
+        return Err(format!(
+            "{} outputs, {} expected",
+            outputs.len(),
+            expected.len()
+        ));
+    }
+    for ((name, got), path) in outputs.iter().zip(expected) {
+        let Value::F32(want) = read_value(&path)? else {
+            return Err(format!("expected output {name} is not float"));
+        };
+        compare(name, got, &want)?;
+    }
+    Ok(())
+}
+
+fn compare(name: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
+    if got.data().len() != want.data().len() {
+        return Err(format!(
+            "{name}: shape {:?}, expected {:?}",
+            got.shape(),
+            want.shape()
+        ));
+    }
+    let worst = got
+        .data()
+        .iter()
+        .zip(want.data())
+        .map(|(g, w)| ((g - w).abs() - RTOL * w.abs(), g, w))
+        .fold((f32::NEG_INFINITY, 0.0, 0.0), |a, (d, g, w)| {
+            if d > a.0 || d.is_nan() {
+                (d, *g, *w)
+            } else {
+                a
+            }
+        });
+    if worst.0 > ATOL || worst.0.is_nan() {
+        return Err(format!("{name}: {} vs expected {}", worst.1, worst.2));
+    }
+    Ok(())
+}
+
+#[test]
+fn onnx_backend_test_data() {
+    let root = cases_dir();
+    let mut report: BTreeMap<String, (usize, usize, Vec<String>)> = BTreeMap::new();
+    for category in [
+        "light",
+        "light-random",
+        "node",
+        "pytorch-converted",
+        "pytorch-operator",
+        "simple",
+    ] {
+        let mut cases: Vec<PathBuf> = std::fs::read_dir(root.join(category))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        cases.sort();
+        let entry = report.entry(category.to_owned()).or_default();
+        for case in cases {
+            entry.1 += 1;
+            let name = case.file_name().unwrap().to_string_lossy().into_owned();
+            match run_case(&case) {
+                Ok(()) => entry.0 += 1,
+                Err(e) => entry.2.push(format!("{name}: {e}")),
+            }
+        }
+    }
+    println!("| category | passed | cases | pass rate |\n|---|---|---|---|");
+    for (category, (passed, total, _)) in &report {
+        println!(
+            "| {category} | {passed} | {total} | {:.1} % |",
+            100.0 * *passed as f64 / *total as f64
+        );
+    }
+    for category in ["light", "light-random"] {
+        let (passed, total, failures) = &report[category];
+        assert!(
+            passed == total && *total == 9,
+            "{category}: {passed} of {total} light models pass:\n{}",
+            failures.join("\n")
+        );
+    }
+}
