@@ -22,11 +22,16 @@ fn cases() -> Option<PathBuf> {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let filter = args.first().cloned().unwrap_or_default();
     let runs: usize = args.get(1).and_then(|r| r.parse().ok()).unwrap_or(10);
     let Some(root) = cases() else {
-        eprintln!("no prepared cases: run `cargo nextest run -p walle-engine --test conformance` first");
+        eprintln!(
+            "no prepared cases: run `cargo nextest run -p walle-engine --test conformance` first"
+        );
         std::process::exit(1);
     };
     let mut models: Vec<PathBuf> = std::fs::read_dir(&root)
@@ -59,7 +64,11 @@ fn main() {
             times.sort_by(f64::total_cmp);
             medians.push(times[times.len() / 2]);
         }
-        let model = dir.file_name().unwrap().to_string_lossy().replace("light_", "");
+        let model = dir
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .replace("light_", "");
         println!("| {model} | {:.1} | {:.1} |", medians[0], medians[1]);
     }
 }

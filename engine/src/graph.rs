@@ -2,8 +2,8 @@
 
 use std::collections::HashMap;
 
-use crate::Value;
 use crate::ops::Op;
+use crate::{Tensor, Value};
 
 /// One dimension of a graph input as the model declares it.
 #[derive(Debug, Clone, PartialEq)]
@@ -103,5 +103,131 @@ impl Graph {
         kept.reverse();
         self.nodes = kept;
         self.constants.retain(|name, _| needed.contains(name));
+    }
+}
+
+/// How many times each value is read (by nodes, or as a graph output).
+fn readers(graph: &Graph) -> HashMap<String, usize> {
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for name in graph
+        .nodes
+        .iter()
+        .flat_map(|n| n.inputs.iter())
+        .chain(&graph.outputs)
+    {
+        *count.entry(name.clone()).or_default() += 1;
+    }
+    count
+}
+
+impl Graph {
+    /// Load-time rewrites: BatchNormalization folded into the Conv before it, then a Relu after
+    /// a Conv fused into it. Returns how many nodes were removed.
+    pub fn fuse(&mut self) -> usize {
+        let before = self.nodes.len();
+        self.fold_batch_norms();
+        self.fuse_relus();
+        before - self.nodes.len()
+    }
+
+    /// The node at `index + 1` if it is the only reader of `index`'s single output.
+    fn sole_successor(&self, index: usize, readers: &HashMap<String, usize>) -> Option<usize> {
+        let output = self.nodes[index].outputs.first()?;
+        let next = self.nodes.get(index + 1)?;
+        let only = readers.get(output) == Some(&1)
+            && !self.outputs.contains(output)
+            && next.inputs.first() == Some(output);
+        only.then_some(index + 1)
+    }
+
+    /// Conv (constant weights) → BatchNormalization (constant statistics) becomes one Conv
+    /// with scaled weights and a shifted bias.
+    fn fold_batch_norms(&mut self) {
+        let mut index = 0;
+        while index < self.nodes.len() {
+            let readers = readers(self);
+            if let Some(next) = self.sole_successor(index, &readers)
+                && let Some((weights, bias)) = self.folded_conv_params(index, next)
+            {
+                let conv = &self.nodes[index].name;
+                let (w_name, b_name) = (format!("{conv}::bn_weights"), format!("{conv}::bn_bias"));
+                self.constants.insert(w_name.clone(), Value::F32(weights));
+                self.constants.insert(b_name.clone(), Value::F32(bias));
+                let bn = self.nodes.remove(next);
+                let node = &mut self.nodes[index];
+                node.inputs = vec![node.inputs[0].clone(), w_name, b_name];
+                node.outputs = bn.outputs;
+            }
+            index += 1;
+        }
+        self.remove_dead_nodes();
+    }
+
+    fn constant(&self, name: Option<&String>) -> Option<&Tensor> {
+        match self.constants.get(name?)? {
+            Value::F32(t) => Some(t),
+            Value::I64 { .. } => None,
+        }
+    }
+
+    /// The weights and bias of Conv `conv` with BatchNormalization `bn` folded in, when both
+    /// are foldable.
+    fn folded_conv_params(&self, conv: usize, bn: usize) -> Option<(Tensor, Tensor)> {
+        let (Op::Conv { relu: false, .. }, Op::BatchNorm { epsilon }) =
+            (&self.nodes[conv].op, &self.nodes[bn].op)
+        else {
+            return None;
+        };
+        let (c, b) = (&self.nodes[conv], &self.nodes[bn]);
+        let weights = self.constant(c.inputs.get(1))?;
+        let params: Vec<&Tensor> = (1..5)
+            .map(|i| self.constant(b.inputs.get(i)))
+            .collect::<Option<_>>()?;
+        let filters = *weights.shape().first()?;
+        if params.iter().any(|p| p.data().len() != filters) {
+            return None;
+        }
+        let (scale, shift, mean, var) = (
+            params[0].data(),
+            params[1].data(),
+            params[2].data(),
+            params[3].data(),
+        );
+        let old_bias = match c.inputs.get(2).filter(|n| !n.is_empty()) {
+            Some(name) => self.constant(Some(name))?.data().to_vec(),
+            None => vec![0.0; filters],
+        };
+        let per_filter = weights.data().len() / filters;
+        let mut new_weights = weights.clone();
+        let mut new_bias = Vec::with_capacity(filters);
+        for f in 0..filters {
+            let factor = scale[f] / (var[f] + epsilon).sqrt();
+            new_weights.data_mut()[f * per_filter..(f + 1) * per_filter]
+                .iter_mut()
+                .for_each(|w| *w *= factor);
+            new_bias.push((old_bias[f] - mean[f]) * factor + shift[f]);
+        }
+        Some((new_weights, Tensor::new(vec![filters], new_bias).ok()?))
+    }
+
+    /// Conv → Relu becomes one Conv that applies the Relu.
+    fn fuse_relus(&mut self) {
+        let mut index = 0;
+        while index < self.nodes.len() {
+            let readers = readers(self);
+            let fusable = self.sole_successor(index, &readers).filter(|&next| {
+                matches!(self.nodes[index].op, Op::Conv { relu: false, .. })
+                    && self.nodes[next].op == Op::Unary(crate::ops::elementwise::Unary::Relu)
+            });
+            if let Some(next) = fusable {
+                let relu = self.nodes.remove(next);
+                let node = &mut self.nodes[index];
+                if let Op::Conv { relu, .. } = &mut node.op {
+                    *relu = true;
+                }
+                node.outputs = relu.outputs;
+            }
+            index += 1;
+        }
     }
 }

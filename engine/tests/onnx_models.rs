@@ -345,3 +345,80 @@ fn constant_subgraphs_are_folded_at_load_and_dead_nodes_dropped() {
     let y = session.run(vec![("x".into(), x)]).unwrap();
     assert_eq!(y[0].1.data(), [5.0, 5.0, 5.0]);
 }
+
+#[test]
+fn batch_norm_folds_into_conv_and_relu_fuses_without_changing_results() {
+    use walle_engine::ops::conv::{Window, conv};
+    use walle_engine::ops::nn::batch_norm;
+    let (w, b) = (seeded(2 * 3 * 9, 11), seeded(2, 12));
+    let stats = [seeded(2, 13), seeded(2, 14), seeded(2, 15)];
+    let var: Vec<f32> = seeded(2, 16).iter().map(|v| v.abs() + 0.5).collect();
+    let mut conv_node = node("Conv", "conv", &["x", "w", "b"], &["c"]);
+    conv_node.attribute.push(pb::AttributeProto {
+        name: "pads".into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: vec![1, 1, 1, 1],
+        ..Default::default()
+    });
+    let nodes = vec![
+        conv_node,
+        node(
+            "BatchNormalization",
+            "bn",
+            &["c", "scale", "shift", "mean", "var"],
+            &["n"],
+        ),
+        node("Relu", "relu", &["n"], &["y"]),
+    ];
+    let initializers = vec![
+        floats("w", &[2, 3, 3, 3], &w, true),
+        floats("b", &[2], &b, false),
+        floats("scale", &[2], &stats[0], false),
+        floats("shift", &[2], &stats[1], false),
+        floats("mean", &[2], &stats[2], false),
+        floats("var", &[2], &var, false),
+    ];
+    let mut bytes_model =
+        pb::ModelProto::decode(model(nodes, initializers, 13).as_slice()).unwrap();
+    bytes_model.graph.as_mut().unwrap().input = vec![tensor_input("x", &[1, 3, 5, 5])];
+    let session = Engine::load(&bytes_model.encode_to_vec()).unwrap();
+    assert_eq!(
+        session.graph().nodes.len(),
+        1,
+        "Conv, BatchNorm and Relu are one node"
+    );
+
+    let x = Tensor::new(vec![1, 3, 5, 5], seeded(75, 17)).unwrap();
+    let got = session
+        .run(vec![("x".into(), x.clone())])
+        .unwrap()
+        .remove(0)
+        .1;
+    let t = |v: &[f32], shape: Vec<usize>| Tensor::new(shape, v.to_vec()).unwrap();
+    let window = Window {
+        kernel: [3, 3],
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [1; 4],
+        ceil: false,
+    };
+    let c = conv(
+        &x,
+        &t(&w, vec![2, 3, 3, 3]),
+        Some(&t(&b, vec![2])),
+        &window,
+        1,
+        1,
+    )
+    .unwrap();
+    let params = [
+        t(&stats[0], vec![2]),
+        t(&stats[1], vec![2]),
+        t(&stats[2], vec![2]),
+        t(&var, vec![2]),
+    ];
+    let n = batch_norm(c, [&params[0], &params[1], &params[2], &params[3]], 1e-5).unwrap();
+    for (g, e) in got.data().iter().zip(n.data()) {
+        assert!((g - e.max(0.0)).abs() < 1e-5, "{g} vs {}", e.max(0.0));
+    }
+}

@@ -74,6 +74,7 @@ pub fn load(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, LoadError> {
         nodes,
     };
     graph.fold_constants()?;
+    graph.fuse();
     Ok(graph)
 }
 

@@ -75,9 +75,11 @@ pub enum Op {
         beta: f32,
         trans: (bool, bool),
     },
+    /// `relu`: a following Relu fused in (applied in the same pass as the bias).
     Conv {
         spatial: Spatial,
         group: usize,
+        relu: bool,
     },
     Pool {
         spatial: Spatial,
@@ -245,6 +247,7 @@ impl Op {
                     .ok()
                     .filter(|&g| g > 0)
                     .ok_or_else(|| attrs.bad("group", "must be at least 1"))?,
+                relu: false,
             },
             "MaxPool" => {
                 if node.output.len() > 1 {
@@ -429,7 +432,11 @@ impl Op {
                 linalg::gemm(float(0)?, float(1)?, c, *alpha, *beta, *trans, ctx.threads)
                     .map_err(fail)?
             }
-            Op::Conv { spatial, group } => {
+            Op::Conv {
+                spatial,
+                group,
+                relu,
+            } => {
                 let (x, weights) = (float(0)?, float(1)?);
                 let kernel = match *weights.shape() {
                     [_, _, kh, kw] => [kh, kw],
@@ -443,7 +450,9 @@ impl Op {
                 }
                 let window = spatial.window(kernel, spatial_size(x).map_err(fail)?);
                 let bias = if optional(2) { Some(float(2)?) } else { None };
-                conv::conv(x, weights, bias, &window, *group, ctx.threads).map_err(fail)?
+                let out =
+                    conv::conv(x, weights, bias, &window, *group, ctx.threads).map_err(fail)?;
+                if *relu { Unary::Relu.apply(out) } else { out }
             }
             Op::Pool { spatial, kind } => {
                 let x = float(0)?;
