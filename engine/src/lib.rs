@@ -80,6 +80,23 @@ pub enum RunError {
     },
 }
 
+/// For each node, the non-constant values it is the last to read (graph outputs excluded).
+fn last_reads(graph: &Graph) -> Vec<Vec<String>> {
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (index, node) in graph.nodes.iter().enumerate() {
+        for input in &node.inputs {
+            last.insert(input, index);
+        }
+    }
+    let mut out = vec![Vec::new(); graph.nodes.len()];
+    for (name, index) in last {
+        if !graph.outputs.iter().any(|o| o == name) && !graph.constants.contains_key(name) {
+            out[index].push(name.to_owned());
+        }
+    }
+    out
+}
+
 /// Loads models.
 pub struct Engine;
 
@@ -105,14 +122,18 @@ impl Engine {
 pub struct Session {
     graph: Graph,
     ctx: ops::Ctx,
+    /// For each node, the values no later node reads (freed once it ran).
+    last_reads: Vec<Vec<String>>,
 }
 
 impl Session {
     fn new(graph: Graph) -> Session {
         let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let last_reads = last_reads(&graph);
         Session {
             graph,
             ctx: ops::Ctx { threads },
+            last_reads,
         }
     }
 
@@ -158,7 +179,7 @@ impl Session {
             let names = self.graph.inputs.iter().map(|i| i.name.clone()).collect();
             return Err(RunError::UnknownInput(extra, names));
         }
-        for node in &self.graph.nodes {
+        for (node, done) in self.graph.nodes.iter().zip(&self.last_reads) {
             let args: Vec<Option<&Value>> = node
                 .inputs
                 .iter()
@@ -171,6 +192,9 @@ impl Session {
             let results = node.op.eval(&self.ctx, &node.name, &args)?;
             for (name, value) in node.outputs.iter().zip(results) {
                 values.insert(name, value);
+            }
+            for name in done {
+                values.remove(name.as_str());
             }
         }
         self.graph

@@ -63,15 +63,40 @@ impl Binary {
             broadcast_strides(a.shape(), &shape),
             broadcast_strides(b.shape(), &shape),
         );
+        // The innermost axis runs as a tight loop (each operand contiguous or fixed along it);
+        // an odometer walks the outer axes.
+        let inner = *shape.last().unwrap_or(&1);
+        let (ia_step, ib_step) = (*sa.last().unwrap_or(&0), *sb.last().unwrap_or(&0));
+        let outer_axes = shape.len().saturating_sub(1);
         let mut out = Tensor::zeros(shape.clone());
-        let mut index = vec![0usize; shape.len()];
-        for value in out.data_mut() {
+        let mut index = vec![0usize; outer_axes];
+        for row in out.data_mut().chunks_mut(inner.max(1)) {
             let (ia, ib) = index
                 .iter()
                 .zip(sa.iter().zip(&sb))
                 .fold((0, 0), |(ia, ib), (&i, (&x, &y))| (ia + i * x, ib + i * y));
-            *value = f(a.data()[ia], b.data()[ib]);
-            for axis in (0..shape.len()).rev() {
+            match (ia_step, ib_step) {
+                (1, 1) => {
+                    let (xa, xb) = (&a.data()[ia..ia + inner], &b.data()[ib..ib + inner]);
+                    for ((o, &x), &y) in row.iter_mut().zip(xa).zip(xb) {
+                        *o = f(x, y);
+                    }
+                }
+                (1, 0) => {
+                    let y = b.data()[ib];
+                    for (o, &x) in row.iter_mut().zip(&a.data()[ia..ia + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                (0, 1) => {
+                    let x = a.data()[ia];
+                    for (o, &y) in row.iter_mut().zip(&b.data()[ib..ib + inner]) {
+                        *o = f(x, y);
+                    }
+                }
+                _ => row.fill(f(a.data()[ia], b.data()[ib])),
+            }
+            for axis in (0..outer_axes).rev() {
                 index[axis] += 1;
                 if index[axis] < shape[axis] {
                     break;
