@@ -37,8 +37,12 @@ impl<'a> MatRef<'a> {
     }
 }
 
+/// Products smaller than this many multiply-adds run on one thread (splitting costs more).
+const PARALLEL_MIN_MACS: usize = 1 << 21;
+
 /// `c[m×n] (+)= a[m×k] · b[k×n]` (row-major `c`; added to `c` when `accumulate`), on the `gemm`
-/// crate's vectorised kernels with `threads` threads.
+/// crate's vectorised kernels. With `threads > 1` a large product is split into `threads`
+/// blocks of rows of `c` (or of columns when there are few rows), one per thread.
 pub fn sgemm(
     (m, k, n): (usize, usize, usize),
     a: MatRef,
@@ -60,36 +64,74 @@ pub fn sgemm(
         }
         return;
     }
-    let parallelism = if threads > 1 && m * n * k > 64 * 64 * 64 {
-        gemm::Parallelism::Rayon(threads)
+    let parts = if m * n * k >= PARALLEL_MIN_MACS {
+        threads.max(1)
     } else {
-        gemm::Parallelism::None
+        1
     };
-    // SAFETY: the assert above keeps every index the kernel touches inside the three slices
-    // (largest offsets (m-1)·rs + (k-1)·cs etc.), and `c` does not alias `a` or `b` (it is
-    // borrowed mutably).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.col_stride as isize,
-            a.row_stride as isize,
-            b.data.as_ptr(),
-            b.col_stride as isize,
-            b.row_stride as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        );
+    let dst = SendPtr(c.as_mut_ptr());
+    let block = |(r0, r1): (usize, usize), (c0, c1): (usize, usize)| {
+        // SAFETY: the assert above bounds every index of the full product; blocks are
+        // disjoint ranges of rows or columns of `c`, so no two threads write the same element,
+        // and `c` does not alias `a` or `b` (it is borrowed mutably).
+        unsafe {
+            gemm::gemm(
+                r1 - r0,
+                c1 - c0,
+                k,
+                dst.at(r0 * n + c0),
+                1,
+                n as isize,
+                accumulate,
+                a.data.as_ptr().add(r0 * a.row_stride),
+                a.col_stride as isize,
+                a.row_stride as isize,
+                b.data.as_ptr().add(c0 * b.col_stride),
+                b.col_stride as isize,
+                b.row_stride as isize,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            );
+        }
+    };
+    if parts == 1 {
+        block((0, m), (0, n));
+        return;
+    }
+    let split = |len: usize, i: usize| (len * i / parts, len * (i + 1) / parts);
+    rayon::scope(|scope| {
+        for i in 0..parts {
+            let block = &block;
+            scope.spawn(move |_| {
+                if m >= 4 * parts {
+                    block(split(m, i), (0, n));
+                } else {
+                    block((0, m), split(n, i));
+                }
+            });
+        }
+    });
+}
+
+/// A raw destination pointer that may cross to the worker threads of [`sgemm`].
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+
+// SAFETY: only used by `sgemm`, whose threads write disjoint blocks through it.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `offset` elements on.
+    ///
+    /// # Safety
+    /// `offset` must stay inside the destination slice.
+    unsafe fn at(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -282,10 +324,18 @@ mod tests {
         }
     }
 
-    /// Larger than the threading threshold, odd sizes, both thread counts.
+    /// Odd sizes, split by rows and by columns above the threading threshold, both thread
+    /// counts.
     #[test]
     fn sgemm_matches_the_naive_product_at_any_size_and_thread_count() {
-        for (m, k, n) in [(1, 1, 1), (7, 13, 5), (70, 90, 65), (129, 64, 3)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (7, 13, 5),
+            (70, 90, 65),
+            (129, 64, 3),
+            (257, 130, 70),
+            (3, 700, 1001),
+        ] {
             let a: Vec<f32> = (0..m * k).map(|x| ((x * 7) % 11) as f32 - 5.0).collect();
             let b: Vec<f32> = (0..k * n).map(|x| ((x * 3) % 13) as f32 * 0.25).collect();
             for threads in [1, 2] {
