@@ -80,32 +80,38 @@ pub fn conv(
     let (mg, patch, pixels) = (m / group, cg * kh * kw, oh * ow);
     let mut out = Tensor::zeros(vec![n, m, oh, ow]);
     let direct = [kh, kw] == [1, 1] && window.strides == [1, 1] && window.pads == [0; 4];
-    let mut columns = if direct {
-        Vec::new()
-    } else {
-        vec![0.0; patch * pixels]
-    };
-    for image in 0..n {
-        for g in 0..group {
-            let input = &x.data()[(image * c + g * cg) * h * w..(image * c + (g + 1) * cg) * h * w];
-            let cols: &[f32] = if direct {
-                input
-            } else {
-                im2col(input, [cg, h, w], window, [oh, ow], &mut columns);
-                &columns
-            };
-            let filters = &weights.data()[g * mg * patch..(g + 1) * mg * patch];
-            let start = (image * m + g * mg) * pixels;
-            sgemm(
-                (mg, patch, pixels),
-                MatRef::rows(filters, patch),
-                MatRef::rows(cols, pixels),
-                &mut out.data_mut()[start..start + mg * pixels],
-                false,
-                threads,
-            );
+    // Taken out while in use, so a nested convolution on this thread (rayon may run another
+    // job while this one waits) gets its own buffer instead of a borrow conflict.
+    let mut columns = COLUMNS.take();
+    {
+        let columns = &mut columns;
+        if !direct && columns.len() < patch * pixels {
+            columns.resize(patch * pixels, 0.0);
+        }
+        for image in 0..n {
+            for g in 0..group {
+                let first = (image * c + g * cg) * h * w;
+                let input = &x.data()[first..first + cg * h * w];
+                let cols: &[f32] = if direct {
+                    input
+                } else {
+                    im2col(input, [cg, h, w], window, [oh, ow], columns, threads);
+                    &columns[..patch * pixels]
+                };
+                let filters = &weights.data()[g * mg * patch..(g + 1) * mg * patch];
+                let start = (image * m + g * mg) * pixels;
+                sgemm(
+                    (mg, patch, pixels),
+                    MatRef::rows(filters, patch),
+                    MatRef::rows(cols, pixels),
+                    &mut out.data_mut()[start..start + mg * pixels],
+                    false,
+                    threads,
+                );
+            }
         }
     }
+    COLUMNS.set(columns);
     if let Some(b) = bias {
         for (index, plane) in out.data_mut().chunks_mut(pixels).enumerate() {
             let value = b.data()[index % m];
@@ -116,38 +122,61 @@ pub fn conv(
 }
 
 /// Unfolds the patches of one image's `[c, h, w]` channels into a `(c·kh·kw) × (oh·ow)` matrix.
+/// Each row (one channel and kernel offset) is independent, so rows are filled in parallel.
 fn im2col(
     input: &[f32],
     [c, h, w]: [usize; 3],
     win: &Window,
     [oh, ow]: [usize; 2],
     out: &mut [f32],
+    threads: usize,
 ) {
+    use rayon::prelude::*;
     let [kh, kw] = win.kernel;
-    let mut row = 0;
-    for channel in 0..c {
+    let fill = |(row, dst): (usize, &mut [f32])| {
+        let (channel, ky, kx) = (row / (kh * kw), (row / kw) % kh, row % kw);
         let plane = &input[channel * h * w..(channel + 1) * h * w];
-        for ky in 0..kh {
-            for kx in 0..kw {
-                let dst = &mut out[row * oh * ow..(row + 1) * oh * ow];
-                for oy in 0..oh {
-                    let y = (oy * win.strides[0] + ky * win.dilations[0]) as isize
-                        - win.pads[0] as isize;
-                    for ox in 0..ow {
-                        let x = (ox * win.strides[1] + kx * win.dilations[1]) as isize
-                            - win.pads[1] as isize;
-                        dst[oy * ow + ox] =
-                            if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
-                                plane[y as usize * w + x as usize]
-                            } else {
-                                0.0
-                            };
-                    }
+        for oy in 0..oh {
+            let line = &mut dst[oy * ow..(oy + 1) * ow];
+            let y = (oy * win.strides[0] + ky * win.dilations[0]) as isize - win.pads[0] as isize;
+            if y < 0 || y as usize >= h {
+                line.fill(0.0);
+                continue;
+            }
+            let src = &plane[y as usize * w..(y as usize + 1) * w];
+            let x0 = (kx * win.dilations[1]) as isize - win.pads[1] as isize;
+            if win.strides[1] == 1 {
+                // Contiguous: zeros where the window hangs over an edge, one copy in between.
+                let first = (-x0).clamp(0, ow as isize) as usize;
+                let last = ((w as isize - x0).clamp(0, ow as isize) as usize).max(first);
+                line[..first].fill(0.0);
+                line[last..].fill(0.0);
+                let from = (x0 + first as isize) as usize;
+                line[first..last].copy_from_slice(&src[from..from + (last - first)]);
+            } else {
+                for (ox, value) in line.iter_mut().enumerate() {
+                    let x = x0 + (ox * win.strides[1]) as isize;
+                    *value = if x >= 0 && (x as usize) < w {
+                        src[x as usize]
+                    } else {
+                        0.0
+                    };
                 }
-                row += 1;
             }
         }
+    };
+    let rows = out[..c * kh * kw * oh * ow].chunks_mut(oh * ow).enumerate();
+    if threads > 1 && c * kh * kw * oh * ow >= 1 << 16 {
+        rows.par_bridge().for_each(fill);
+    } else {
+        rows.for_each(fill);
     }
+}
+
+thread_local! {
+    /// The im2col matrix, reused across convolutions on this thread (every element is written
+    /// before it is read, so it is never cleared).
+    static COLUMNS: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
 }
 
 /// How a pooling window combines its values.
@@ -164,46 +193,103 @@ pub enum Pool {
 pub fn pool(x: &Tensor, window: &Window, kind: Pool) -> Result<Tensor, String> {
     let [n, c, h, w] = nchw(x, "input")?;
     let [oh, ow] = window.output(h, w)?;
-    let [kh, kw] = window.kernel;
     let mut out = Tensor::zeros(vec![n, c, oh, ow]);
+    let pool_one = if window.dilations == [1, 1] {
+        pool_plane
+    } else {
+        pool_plane_dilated
+    };
     for (plane_index, dst) in out.data_mut().chunks_mut(oh * ow).enumerate() {
         let plane = &x.data()[plane_index * h * w..(plane_index + 1) * h * w];
-        for oy in 0..oh {
-            for ox in 0..ow {
-                let (mut max, mut sum, mut count, mut padded_count) =
-                    (f32::NEG_INFINITY, 0.0, 0, 0);
-                for ky in 0..kh {
-                    let y = (oy * window.strides[0] + ky * window.dilations[0]) as isize
-                        - window.pads[0] as isize;
-                    for kx in 0..kw {
-                        let x = (ox * window.strides[1] + kx * window.dilations[1]) as isize
-                            - window.pads[1] as isize;
-                        // Positions in the explicit padding count for count_include_pad; positions
-                        // past it (ceil mode) never do.
-                        let in_padding =
-                            y < (h + window.pads[2]) as isize && x < (w + window.pads[3]) as isize;
-                        if in_padding {
-                            padded_count += 1;
-                        }
-                        if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
-                            let v = plane[y as usize * w + x as usize];
-                            max = max.max(v);
-                            sum += v;
-                            count += 1;
-                        }
-                    }
-                }
-                dst[oy * ow + ox] = match kind {
-                    Pool::Max => max,
-                    Pool::Average {
-                        count_include_pad: true,
-                    } => sum / padded_count.max(1) as f32,
-                    Pool::Average { .. } => sum / count.max(1) as f32,
-                };
-            }
-        }
+        pool_one(plane, [h, w], window, kind, [oh, ow], dst);
     }
     Ok(out)
+}
+
+/// One plane of any pool, dilated or not: every window position checked against the input.
+fn pool_plane_dilated(
+    plane: &[f32],
+    [h, w]: [usize; 2],
+    window: &Window,
+    kind: Pool,
+    [oh, ow]: [usize; 2],
+    dst: &mut [f32],
+) {
+    let [kh, kw] = window.kernel;
+    for oy in 0..oh {
+        for ox in 0..ow {
+            let (mut max, mut sum, mut count, mut padded_count) = (f32::NEG_INFINITY, 0.0, 0, 0);
+            for ky in 0..kh {
+                let y = (oy * window.strides[0] + ky * window.dilations[0]) as isize
+                    - window.pads[0] as isize;
+                for kx in 0..kw {
+                    let x = (ox * window.strides[1] + kx * window.dilations[1]) as isize
+                        - window.pads[1] as isize;
+                    // Positions in the explicit padding count for count_include_pad; positions
+                    // past it (ceil mode) never do.
+                    let in_padding =
+                        y < (h + window.pads[2]) as isize && x < (w + window.pads[3]) as isize;
+                    if in_padding {
+                        padded_count += 1;
+                    }
+                    if y >= 0 && x >= 0 && (y as usize) < h && (x as usize) < w {
+                        let v = plane[y as usize * w + x as usize];
+                        max = max.max(v);
+                        sum += v;
+                        count += 1;
+                    }
+                }
+            }
+            dst[oy * ow + ox] = match kind {
+                Pool::Max => max,
+                Pool::Average {
+                    count_include_pad: true,
+                } => sum / padded_count.max(1) as f32,
+                Pool::Average { .. } => sum / count.max(1) as f32,
+            };
+        }
+    }
+}
+
+/// One plane of an undilated pool: each window clipped to the input once, then a branch-free
+/// loop over what remains.
+fn pool_plane(
+    plane: &[f32],
+    [h, w]: [usize; 2],
+    win: &Window,
+    kind: Pool,
+    [oh, ow]: [usize; 2],
+    dst: &mut [f32],
+) {
+    let [kh, kw] = win.kernel;
+    // (first, end) of the window along one axis, clipped to the input, and the size of the
+    // window clipped to the explicitly padded extent (for count_include_pad).
+    let span = |o: usize, axis: usize, len: usize, k: usize| {
+        let start = (o * win.strides[axis]) as isize - win.pads[axis] as isize;
+        let end = start + k as isize;
+        let padded_end = end.min((len + win.pads[axis + 2]) as isize);
+        let clip = |v: isize| v.clamp(0, len as isize) as usize;
+        (clip(start), clip(end), (padded_end - start).max(0) as usize)
+    };
+    for oy in 0..oh {
+        let (y0, y1, ny) = span(oy, 0, h, kh);
+        for ox in 0..ow {
+            let (x0, x1, nx) = span(ox, 1, w, kw);
+            let rows = (y0..y1).map(|y| &plane[y * w + x0..y * w + x1]);
+            dst[oy * ow + ox] = match kind {
+                Pool::Max => rows.flatten().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
+                Pool::Average { count_include_pad } => {
+                    let sum: f32 = rows.flatten().sum();
+                    let count = if count_include_pad {
+                        ny * nx
+                    } else {
+                        (y1 - y0) * (x1 - x0)
+                    };
+                    sum / count.max(1) as f32
+                }
+            };
+        }
+    }
 }
 
 /// ONNX GlobalAveragePool: the mean of each channel plane, as N×C×1×1.
@@ -335,5 +421,40 @@ mod tests {
         };
         assert_eq!(pool(&x, &ceil, Pool::Max).unwrap().shape(), [1, 1, 2, 2]);
         assert_eq!(global_average_pool(&x).unwrap().data(), [5.0]);
+    }
+
+    /// The clipped-window path and the checked-position path agree wherever both apply.
+    #[test]
+    fn both_pool_paths_agree() {
+        let (h, w) = (7, 6);
+        let plane = values(h * w, 5);
+        for (k, s, pads, ceil) in [
+            (3, 2, [1, 1, 1, 1], false),
+            (2, 1, [0, 1, 1, 0], true),
+            (3, 3, [0; 4], true),
+        ] {
+            let win = Window {
+                kernel: [k, k],
+                strides: [s, s],
+                dilations: [1, 1],
+                pads,
+                ceil,
+            };
+            let [oh, ow] = win.output(h, w).unwrap();
+            for kind in [
+                Pool::Max,
+                Pool::Average {
+                    count_include_pad: true,
+                },
+                Pool::Average {
+                    count_include_pad: false,
+                },
+            ] {
+                let (mut fast, mut checked) = (vec![0.0; oh * ow], vec![0.0; oh * ow]);
+                pool_plane(&plane, [h, w], &win, kind, [oh, ow], &mut fast);
+                pool_plane_dilated(&plane, [h, w], &win, kind, [oh, ow], &mut checked);
+                assert_eq!(fast, checked, "{win:?} {kind:?}");
+            }
+        }
     }
 }
