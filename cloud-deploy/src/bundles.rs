@@ -157,11 +157,6 @@ impl BundleStore {
         Ok(())
     }
 
-    /// Where the store is, e.g. `s3://walle-bundles/prod`.
-    pub fn location(&self) -> &str {
-        &self.location
-    }
-
     /// Whether a bundle with this digest is stored.
     pub async fn contains(&self, digest: &str) -> Result<bool, CloudError> {
         match self.store.head(&object_path(digest)).await {

@@ -24,18 +24,6 @@ pub struct SpooledBundle {
     digest: String,
 }
 
-impl SpooledBundle {
-    /// Size in bytes.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
-    /// sha256 as lowercase hex.
-    pub fn digest(&self) -> &str {
-        &self.digest
-    }
-}
-
 /// Writes an upload body to a temporary file below `<data_dir>/uploads`, hashing it on the way.
 /// Refuses with [`CloudError::TooLarge`] as soon as more than `limit` bytes arrive, without
 /// reading the rest.

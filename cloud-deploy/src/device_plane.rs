@@ -410,10 +410,7 @@ impl DevicePlane for DevicePlaneService {
             .map_err(internal)?;
         let releases: Vec<LiveRelease> = served.iter().map(|s| s.release.clone()).collect();
         // Group membership costs a query, so it is read only when some release targets a group.
-        if releases
-            .iter()
-            .any(|r| !r.policy.target.groups().is_empty())
-        {
+        if releases.iter().any(|r| r.policy.target.uses_groups()) {
             profile.groups = db.groups_of(&device).await.map_err(internal)?;
         }
         let chosen = choose(&releases, &profile, &running);

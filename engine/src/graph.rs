@@ -58,12 +58,10 @@ pub struct Graph {
 impl Graph {
     /// Evaluates, at load time, every node whose inputs are all constants (e.g. the weights a
     /// `ConstantOfShape` produces, shape arithmetic), then drops nodes whose outputs nothing
-    /// reads. Returns how many nodes were folded and removed.
-    pub fn fold_constants(&mut self) -> Result<(usize, usize), crate::LoadError> {
+    /// reads.
+    pub fn fold_constants(&mut self) -> Result<(), crate::LoadError> {
         let ctx = crate::ops::Ctx { threads: 1 };
-        let before = self.nodes.len();
         let mut kept = Vec::with_capacity(self.nodes.len());
-        let mut folded = 0;
         for node in std::mem::take(&mut self.nodes) {
             let constant_inputs = node
                 .inputs
@@ -82,11 +80,10 @@ impl Graph {
             for (name, value) in node.outputs.iter().zip(results) {
                 self.constants.insert(name.clone(), value);
             }
-            folded += 1;
         }
         self.nodes = kept;
         self.remove_dead_nodes();
-        Ok((folded, before - folded - self.nodes.len()))
+        Ok(())
     }
 
     /// Drops nodes none of whose outputs is read by a later node or is a graph output, and
@@ -122,12 +119,10 @@ fn readers(graph: &Graph) -> HashMap<String, usize> {
 
 impl Graph {
     /// Load-time rewrites: BatchNormalization folded into the Conv before it, then a Relu after
-    /// a Conv fused into it. Returns how many nodes were removed.
-    pub fn fuse(&mut self) -> usize {
-        let before = self.nodes.len();
+    /// a Conv fused into it.
+    pub fn fuse(&mut self) {
         self.fold_batch_norms();
         self.fuse_relus();
-        before - self.nodes.len()
     }
 
     /// The node at `index + 1` if it is the only reader of `index`'s single output.

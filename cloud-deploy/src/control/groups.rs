@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use walle_proto::manifest::is_valid_task_name;
 
 use super::{ErrorBody, bad_json};
+use crate::release::select::LiveRelease;
 use crate::store::groups::GroupRow;
 use crate::{AppState, CloudError, release};
 
@@ -85,10 +86,8 @@ async fn list_groups(State(state): State<AppState>) -> Result<Json<Vec<GroupRow>
 async fn detail(state: &AppState, name: &str) -> Result<GroupDetail, CloudError> {
     let group = state
         .db
-        .list_groups()
+        .get_group(name)
         .await?
-        .into_iter()
-        .find(|g| g.name == name)
         .ok_or_else(|| CloudError::NotFound(format!("no device group {name:?}")))?;
     let devices = state.db.group_members(name).await?;
     Ok(GroupDetail { group, devices })
@@ -150,13 +149,22 @@ async fn change_members(
         .db
         .change_group_members(&name, &change.add, &change.remove)
         .await?;
-    for served in state.db.served_releases().await? {
-        let live = served.release;
-        if live.policy.target.groups().contains(&name.as_str()) {
-            release::notify_change(&state, &live.task, &live.id).await;
-        }
+    for live in releases_targeting(&state, &name).await? {
+        release::notify_change(&state, &live.task, &live.id).await;
     }
     Ok(Json(detail(&state, &name).await?))
+}
+
+/// The active and paused releases whose targeting names the group.
+async fn releases_targeting(state: &AppState, name: &str) -> Result<Vec<LiveRelease>, CloudError> {
+    Ok(state
+        .db
+        .served_releases()
+        .await?
+        .into_iter()
+        .map(|s| s.release)
+        .filter(|r| r.policy.target.groups().contains(&name))
+        .collect())
 }
 
 /// Deletes a group no active or paused release targets.
@@ -174,13 +182,10 @@ async fn delete_group(
     if !state.db.group_exists(&name).await? {
         return Err(CloudError::NotFound(format!("no device group {name:?}")));
     }
-    let users: Vec<String> = state
-        .db
-        .served_releases()
+    let users: Vec<String> = releases_targeting(&state, &name)
         .await?
         .into_iter()
-        .filter(|s| s.release.policy.target.groups().contains(&name.as_str()))
-        .map(|s| s.release.id)
+        .map(|r| r.id)
         .collect();
     if !users.is_empty() {
         return Err(CloudError::Conflict(format!(

@@ -108,6 +108,16 @@ impl Target {
         }
     }
 
+    /// Whether any predicate names a group (checked on every Sync, so it allocates nothing).
+    pub fn uses_groups(&self) -> bool {
+        match self {
+            Target::All(list) | Target::Any(list) => list.iter().any(Target::uses_groups),
+            Target::Not(inner) => inner.uses_groups(),
+            Target::Group(_) => true,
+            _ => false,
+        }
+    }
+
     /// Names of the groups this target refers to, each once, in order of appearance.
     pub fn groups(&self) -> Vec<&str> {
         let mut out: Vec<&str> = Vec::new();
@@ -253,5 +263,7 @@ mod tests {
             r#"{"any": [{"group": "qa"}, {"not": {"group": "vip"}}, {"all": [{"group": "qa"}]}]}"#,
         );
         assert_eq!(t.groups(), vec!["qa", "vip"]);
+        assert!(t.uses_groups());
+        assert!(!target(r#"{"not": {"tag": "beta"}}"#).uses_groups());
     }
 }

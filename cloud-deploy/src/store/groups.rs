@@ -50,14 +50,36 @@ impl Db {
 
     /// Every group with its member count, by name.
     pub async fn list_groups(&self) -> Result<Vec<GroupRow>, CloudError> {
-        let rows = sqlx::query(
+        self.groups_where("", None).await
+    }
+
+    /// One group with its member count.
+    pub async fn get_group(&self, name: &str) -> Result<Option<GroupRow>, CloudError> {
+        Ok(self
+            .groups_where("WHERE g.name = $1", Some(name))
+            .await?
+            .pop())
+    }
+
+    async fn groups_where(
+        &self,
+        filter: &'static str,
+        name: Option<&str>,
+    ) -> Result<Vec<GroupRow>, CloudError> {
+        // `filter` is one of the constant clauses above; the name is bound.
+        let sql = format!(
             "SELECT g.name, g.description, g.created_at_ms, \
              (SELECT COUNT(*) FROM device_group_members m WHERE m.group_name = g.name) AS members \
-             FROM device_groups g ORDER BY g.name",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("listing groups"))?;
+             FROM device_groups g {filter} ORDER BY g.name"
+        );
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+        if let Some(name) = name {
+            query = query.bind(name.to_owned());
+        }
+        let rows = query
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("listing groups"))?;
         rows.iter()
             .map(|row| {
                 Ok(GroupRow {

@@ -1,6 +1,6 @@
 //! Unary activations and binary arithmetic with numpy-style (multidirectional) broadcasting.
 
-use crate::{RunError, Tensor};
+use crate::Tensor;
 
 /// Unary ops applied value by value.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -144,15 +144,6 @@ fn broadcast_strides(shape: &[usize], to: &[usize]) -> Vec<usize> {
         stride *= shape[i];
     }
     strides
-}
-
-/// A shape error in a kernel, as a run error of `node`.
-pub fn kernel_error(node: &str, op: &str, reason: String) -> RunError {
-    RunError::Kernel {
-        node: node.to_owned(),
-        op: op.to_owned(),
-        reason,
-    }
 }
 
 #[cfg(test)]

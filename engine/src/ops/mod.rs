@@ -29,10 +29,19 @@ use std::path::Path;
 
 use attrs::Attrs;
 use conv::{Pool, Window};
-use elementwise::{Binary, Unary, kernel_error};
+use elementwise::{Binary, Unary};
 
 use crate::onnx::pb::NodeProto;
 use crate::{LoadError, RunError, Tensor, Value};
+
+/// A kernel's failure, as a run error of `node`.
+fn kernel_error(node: &str, op: &str, reason: String) -> RunError {
+    RunError::Kernel {
+        node: node.to_owned(),
+        op: op.to_owned(),
+        reason,
+    }
+}
 
 /// What every kernel may use while running.
 #[derive(Debug, Clone, Copy)]
