@@ -24,9 +24,32 @@ pub struct SpooledBundle {
     digest: String,
 }
 
+/// Bytes of an oversized upload read and thrown away before the refusal is sent. A client that
+/// is still writing when the server answers and closes may see a reset instead of the 413;
+/// reading a bounded excess first lets ordinary clients of a slightly-too-large bundle get the
+/// answer, while a huge or endless body is still cut off after this much.
+pub const DISCARD_BEFORE_REFUSAL: u64 = 4 * 1024 * 1024;
+
+/// Refuses an oversized upload: reads and discards at most [`DISCARD_BEFORE_REFUSAL`] more
+/// bytes of it (never storing them), then gives the 413 error.
+pub async fn refuse_oversized<E>(
+    body: impl Stream<Item = Result<Bytes, E>>,
+    limit: u64,
+) -> CloudError {
+    let mut body = std::pin::pin!(body);
+    let mut discarded: u64 = 0;
+    while discarded < DISCARD_BEFORE_REFUSAL {
+        match body.next().await {
+            Some(Ok(chunk)) => discarded += chunk.len() as u64,
+            _ => break,
+        }
+    }
+    too_large(limit)
+}
+
 /// Writes an upload body to a temporary file below `<data_dir>/uploads`, hashing it on the way.
-/// Refuses with [`CloudError::TooLarge`] as soon as more than `limit` bytes arrive, without
-/// reading the rest.
+/// Refuses with [`CloudError::TooLarge`] as soon as more than `limit` bytes arrive; the rest is
+/// never stored (see [`refuse_oversized`]).
 pub async fn spool<E: std::fmt::Display>(
     data_dir: &Path,
     body: impl Stream<Item = Result<Bytes, E>>,
@@ -46,7 +69,7 @@ pub async fn spool<E: std::fmt::Display>(
             chunk.map_err(|e| CloudError::Invalid(format!("reading the upload body: {e}")))?;
         size += chunk.len() as u64;
         if size > limit {
-            return Err(too_large(limit));
+            return Err(refuse_oversized(body, limit).await);
         }
         hasher.update(&chunk);
         file.write_all(&chunk)

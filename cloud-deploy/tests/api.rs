@@ -994,21 +994,13 @@ async fn bundles_live_in_s3_when_configured_and_uploads_stream_under_the_size_li
         "bundles went to the local disk, not the bucket"
     );
 
-    // An upload that never ends but passes the limit is refused while still arriving: the
-    // server cannot have waited for (or buffered) the whole body.
+    // An upload that never ends is refused while still arriving: the server cannot have waited
+    // for (or buffered) the whole body.
     let (sender, receiver) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
     let feeder = tokio::spawn(async move {
+        // An endless body: only the server's refusal ends this request.
         let chunk = vec![0u8; 256 * 1024];
-        let mut sent: u64 = 0;
-        while sent <= limit + 1024 * 1024 {
-            if sender.send(Ok(chunk.clone())).await.is_err() {
-                return sent;
-            }
-            sent += chunk.len() as u64;
-        }
-        // Keep the body open: only the server's refusal ends this request.
-        sender.closed().await;
-        sent
+        while sender.send(Ok(chunk.clone())).await.is_ok() {}
     });
     let body = reqwest::Body::wrap_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
     let refused = tokio::time::timeout(
