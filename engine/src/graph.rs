@@ -32,6 +32,50 @@ impl IoSpec {
     }
 }
 
+impl IoSpec {
+    /// The declared shape when every dimension is fixed (`None`: symbolic or undeclared).
+    pub fn fixed_shape(&self) -> Option<Vec<usize>> {
+        if self.dims.is_empty() {
+            return None;
+        }
+        self.dims
+            .iter()
+            .map(|d| match d {
+                Dim::Fixed(n) => Some(*n),
+                Dim::Named(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// The element type of a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    I64,
+}
+
+/// What is known of a value before running: its type and, when static, its shape.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValueInfo {
+    pub dtype: DType,
+    /// `None`: not known statically (e.g. it depends on a symbolic input dimension).
+    pub shape: Option<Vec<usize>>,
+}
+
+impl ValueInfo {
+    /// The type and shape of a known value.
+    pub fn of(value: &Value) -> ValueInfo {
+        ValueInfo {
+            dtype: match value {
+                Value::F32(_) => DType::F32,
+                Value::I64 { .. } => DType::I64,
+            },
+            shape: Some(value.shape().to_vec()),
+        }
+    }
+}
+
 /// One operation: its op (with parsed attributes) and the names of the values it reads and
 /// writes (an empty input name is an omitted optional input).
 #[derive(Debug, Clone)]
@@ -53,9 +97,48 @@ pub struct Graph {
     pub constants: HashMap<String, Value>,
     /// In an order where every value is produced before it is read.
     pub nodes: Vec<Node>,
+    /// Type and shape of every value (inputs, constants, node outputs), from
+    /// [`Graph::infer_shapes`] at load.
+    pub value_info: HashMap<String, ValueInfo>,
 }
 
 impl Graph {
+    /// Infers every value's type and, where the inputs' declared shapes allow, its shape; fails
+    /// naming the node when the shapes prove an op cannot run.
+    pub fn infer_shapes(&self) -> Result<HashMap<String, ValueInfo>, crate::LoadError> {
+        let mut info: HashMap<String, ValueInfo> = HashMap::new();
+        for spec in &self.inputs {
+            let shape = spec.fixed_shape();
+            info.insert(
+                spec.name.clone(),
+                ValueInfo {
+                    dtype: DType::F32,
+                    shape,
+                },
+            );
+        }
+        for (name, value) in &self.constants {
+            info.insert(name.clone(), ValueInfo::of(value));
+        }
+        for node in &self.nodes {
+            let known: Vec<Option<&ValueInfo>> = node.inputs.iter().map(|i| info.get(i)).collect();
+            let constants: Vec<Option<&Value>> =
+                node.inputs.iter().map(|i| self.constants.get(i)).collect();
+            let outputs =
+                node.op
+                    .infer(&known, &constants)
+                    .map_err(|reason| crate::LoadError::Shape {
+                        node: node.name.clone(),
+                        op: node.op.name().to_owned(),
+                        reason,
+                    })?;
+            for (name, value) in node.outputs.iter().zip(outputs) {
+                info.insert(name.clone(), value);
+            }
+        }
+        Ok(info)
+    }
+
     /// Evaluates, at load time, every node whose inputs are all constants (e.g. the weights a
     /// `ConstantOfShape` produces, shape arithmetic), then drops nodes whose outputs nothing
     /// reads.

@@ -9,7 +9,7 @@
 //! Use: [`Engine::load`] (or [`Engine::load_file`] for models with external data) gives a
 //! [`Session`]; [`Session::run`] takes named inputs and returns the graph outputs.
 //!
-//! Still to come (issue 4): the raster decomposition of layout ops, shape inference, BatchNorm
+//! Still to come (issue 4): the raster decomposition of layout ops, BatchNorm
 //! folding and activation fusion, Winograd and depthwise kernels, and the semi-auto algorithm
 //! search. The engine must stay independent of the VM, the device and the cloud.
 
@@ -21,7 +21,7 @@ pub mod tensor;
 use std::collections::HashMap;
 use std::path::Path;
 
-pub use graph::{Dim, Graph, IoSpec};
+pub use graph::{DType, Dim, Graph, IoSpec, ValueInfo};
 pub use tensor::{Tensor, TensorError, Value};
 
 /// Why a model could not be loaded. Every variant names what and where.
@@ -53,6 +53,12 @@ pub enum LoadError {
     ExternalData { name: String, reason: String },
     #[error("{node}: reads {value:?}, which no input, initializer or earlier node provides")]
     UnknownValue { node: String, value: String },
+    #[error("node {node:?} ({op}): {reason}")]
+    Shape {
+        node: String,
+        op: String,
+        reason: String,
+    },
     #[error("evaluating constants at load time: {0}")]
     Fold(String),
     #[error("cannot read model file {path}: {reason}")]

@@ -169,3 +169,21 @@ fn onnx_backend_test_data() {
         );
     }
 }
+
+#[test]
+fn light_model_shapes_are_inferred_at_load() {
+    let model = cases_dir().join("light/light_resnet50/model.onnx");
+    let session = Engine::load_file(&model).unwrap();
+    let info = &session.graph().value_info;
+    let output = &session.outputs()[0];
+    assert_eq!(info[output].shape, Some(vec![1, 1000]));
+    for node in &session.graph().nodes {
+        for name in &node.outputs {
+            assert!(
+                info[name].shape.is_some(),
+                "{name} of {} has no shape",
+                node.name
+            );
+        }
+    }
+}

@@ -422,3 +422,105 @@ fn batch_norm_folds_into_conv_and_relu_fuses_without_changing_results() {
         assert!((g - e.max(0.0)).abs() < 1e-5, "{g} vs {}", e.max(0.0));
     }
 }
+
+/// `model` with the input `x` declared as `dims` (-1: symbolic).
+fn model_with_input(
+    nodes: Vec<pb::NodeProto>,
+    initializers: Vec<pb::TensorProto>,
+    dims: &[i64],
+) -> Vec<u8> {
+    let mut m = pb::ModelProto::decode(model(nodes, initializers, 13).as_slice()).unwrap();
+    m.graph.as_mut().unwrap().input = vec![tensor_input("x", dims)];
+    m.encode_to_vec()
+}
+
+fn ints_attr(name: &str, values: &[i64]) -> pb::AttributeProto {
+    pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+/// x → Conv(3×3, pad 1, 4 filters) → MaxPool(2×2, stride 2) → Flatten → Gemm(10).
+fn small_cnn(dims: &[i64]) -> Vec<u8> {
+    let mut conv = node("Conv", "conv", &["x", "w"], &["c"]);
+    conv.attribute.push(ints_attr("pads", &[1, 1, 1, 1]));
+    let mut pool = node("MaxPool", "pool", &["c"], &["p"]);
+    pool.attribute.push(ints_attr("kernel_shape", &[2, 2]));
+    pool.attribute.push(ints_attr("strides", &[2, 2]));
+    let mut gemm = node("Gemm", "fc", &["f", "fw"], &["y"]);
+    gemm.attribute.push(int_attr("transB", 1));
+    let nodes = vec![conv, pool, node("Flatten", "flat", &["p"], &["f"]), gemm];
+    let inits = vec![
+        floats("w", &[4, 3, 3, 3], &seeded(108, 1), true),
+        floats("fw", &[10, 64], &seeded(640, 2), true),
+    ];
+    model_with_input(nodes, inits, dims)
+}
+
+#[test]
+fn shapes_are_inferred_at_load_and_symbolic_dimensions_stay_unknown() {
+    use walle_engine::{DType, ValueInfo};
+    let session = Engine::load(&small_cnn(&[2, 3, 8, 8])).unwrap();
+    let info = &session.graph().value_info;
+    let shape = |name: &str| info[name].shape.clone();
+    assert_eq!(shape("c"), Some(vec![2, 4, 8, 8]));
+    assert_eq!(shape("p"), Some(vec![2, 4, 4, 4]));
+    assert_eq!(shape("f"), Some(vec![2, 64]));
+    assert_eq!(
+        info["y"],
+        ValueInfo {
+            dtype: DType::F32,
+            shape: Some(vec![2, 10])
+        }
+    );
+    let symbolic = Engine::load(&small_cnn(&[-1, 3, 8, 8])).unwrap();
+    let info = &symbolic.graph().value_info;
+    assert_eq!(info["y"].shape, None);
+    assert_eq!(info["fw"].shape, Some(vec![10, 64]), "constants are known");
+    let shape_const = Engine::load(&mlp().bytes).unwrap();
+    assert_eq!(shape_const.graph().value_info["shape"].dtype, DType::I64);
+}
+
+#[test]
+fn a_provable_shape_mismatch_fails_the_load_naming_the_node() {
+    let shape_error = |bytes: Vec<u8>| match Engine::load(&bytes).unwrap_err() {
+        LoadError::Shape { node, op, reason } => (node, op, reason),
+        other => panic!("not a shape error: {other}"),
+    };
+    let add = model_with_input(
+        vec![node("Add", "add1", &["x", "b"], &["y"])],
+        vec![floats("b", &[4, 5], &[0.0; 20], false)],
+        &[2, 3],
+    );
+    let (node_name, op, reason) = shape_error(add);
+    assert_eq!((node_name.as_str(), op.as_str()), ("add1", "Binary"));
+    assert!(reason.contains("do not broadcast"), "{reason}");
+
+    let conv = model_with_input(
+        vec![node("Conv", "conv7", &["x", "w"], &["y"])],
+        vec![floats("w", &[2, 4, 1, 1], &[0.0; 8], false)],
+        &[1, 3, 5, 5],
+    );
+    let (node_name, _, reason) = shape_error(conv);
+    assert_eq!(node_name, "conv7");
+    assert!(reason.contains("3 input channels"), "{reason}");
+
+    let matmul = model_with_input(
+        vec![node("MatMul", "mm", &["x", "w"], &["y"])],
+        vec![floats("w", &[5, 2], &[0.0; 10], false)],
+        &[3, 4],
+    );
+    let (node_name, _, reason) = shape_error(matmul);
+    assert_eq!(node_name, "mm");
+    assert!(reason.contains("inner dimensions"), "{reason}");
+    let err = Engine::load(&small_cnn(&[1, 3, 10, 10]))
+        .err()
+        .map(|e| e.to_string());
+    assert!(
+        err.as_deref().is_some_and(|e| e.contains("\"fc\"")),
+        "100 features reach a Gemm of 64: {err:?}"
+    );
+}

@@ -72,9 +72,11 @@ pub fn load(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, LoadError> {
         outputs,
         constants,
         nodes,
+        value_info: HashMap::new(),
     };
     graph.fold_constants()?;
     graph.fuse();
+    graph.value_info = graph.infer_shapes()?;
     Ok(graph)
 }
 

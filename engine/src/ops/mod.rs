@@ -21,6 +21,7 @@
 pub mod attrs;
 pub mod conv;
 pub mod elementwise;
+mod infer;
 pub mod linalg;
 pub mod nn;
 pub mod shape;
@@ -482,9 +483,13 @@ impl Op {
                 beta,
                 bias,
             } => nn::lrn(float(0)?, *size, *alpha, *beta, *bias).map_err(fail)?,
-            Op::Flatten { axis } => shape::flatten(float(0)?.clone(), *axis).map_err(fail)?,
+            Op::Flatten { axis } => {
+                let x = float(0)?;
+                reshaped(x, shape::flatten(x.shape(), *axis))?
+            }
             Op::Reshape { allow_zero } => {
-                shape::reshape(float(0)?.clone(), ints(1)?, *allow_zero).map_err(fail)?
+                let x = float(0)?;
+                reshaped(x, shape::reshape(x.shape(), ints(1)?, *allow_zero))?
             }
             Op::Unsqueeze { axes } => {
                 let x = float(0)?;

@@ -1,47 +1,55 @@
-//! Layout ops that only change how values are viewed: Flatten and Reshape.
+//! Shape arithmetic of the layout ops (output shapes from input shapes and parameters), and
+//! Softmax.
 
 use crate::Tensor;
 
 /// ONNX Flatten: dimensions before `axis` become rows, the rest columns.
-pub fn flatten(t: Tensor, axis: i64) -> Result<Tensor, String> {
-    let rank = t.shape().len() as i64;
+pub fn flatten(shape: &[usize], axis: i64) -> Result<Vec<usize>, String> {
+    let rank = shape.len() as i64;
     let axis = if axis < 0 { axis + rank } else { axis };
     if !(0..=rank).contains(&axis) {
         return Err(format!("axis {axis} is out of range for rank {rank}"));
     }
-    let rows: usize = t.shape()[..axis as usize].iter().product();
-    let cols: usize = t.shape()[axis as usize..].iter().product();
-    t.reshaped(vec![rows, cols]).map_err(|e| e.to_string())
+    let rows: usize = shape[..axis as usize].iter().product();
+    let cols: usize = shape[axis as usize..].iter().product();
+    Ok(vec![rows, cols])
 }
 
 /// ONNX Reshape: `0` copies the input dimension (unless `allowzero`), one `-1` is inferred.
-pub fn reshape(t: Tensor, target: &[i64], allow_zero: bool) -> Result<Tensor, String> {
-    let mut shape = Vec::with_capacity(target.len());
+pub fn reshape(shape: &[usize], target: &[i64], allow_zero: bool) -> Result<Vec<usize>, String> {
+    let mut out = Vec::with_capacity(target.len());
     let mut inferred = None;
     for (i, &d) in target.iter().enumerate() {
         match d {
             -1 if inferred.is_none() => {
                 inferred = Some(i);
-                shape.push(1);
+                out.push(1);
             }
-            0 if !allow_zero => shape.push(
-                *t.shape()
+            0 if !allow_zero => out.push(
+                *shape
                     .get(i)
                     .ok_or_else(|| format!("shape[{i}] = 0 copies a dimension the input lacks"))?,
             ),
-            d if d >= 0 => shape.push(d as usize),
+            d if d >= 0 => out.push(usize::try_from(d).map_err(|e| e.to_string())?),
             d => return Err(format!("shape[{i}] = {d} is not a dimension")),
         }
     }
-    let total: usize = t.data().len();
-    if let Some(i) = inferred {
-        let known: usize = shape.iter().product();
-        if known == 0 || !total.is_multiple_of(known) {
-            return Err(format!("cannot infer -1 in {target:?} for {total} values"));
+    let total: usize = shape.iter().product();
+    let known = out
+        .iter()
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| format!("shape {target:?} overflows"))?;
+    match inferred {
+        Some(i) if known != 0 && total.is_multiple_of(known) => out[i] = total / known,
+        Some(_) => return Err(format!("cannot infer -1 in {target:?} for {total} values")),
+        None if known != total => {
+            return Err(format!(
+                "cannot reshape {shape:?} ({total} values) to {target:?}"
+            ));
         }
-        shape[i] = total / known;
+        None => {}
     }
-    t.reshaped(shape).map_err(|e| e.to_string())
+    Ok(out)
 }
 
 /// Softmax along `axis`; before opset 13 the input is seen as 2-D, split at `axis`.
@@ -92,13 +100,11 @@ mod tests {
 
     #[test]
     fn reshape_copies_zeros_and_infers_minus_one() {
-        let t = Tensor::zeros(vec![2, 3, 4]);
-        assert_eq!(
-            reshape(t.clone(), &[0, -1], false).unwrap().shape(),
-            [2, 12]
-        );
-        assert_eq!(flatten(t.clone(), 1).unwrap().shape(), [2, 12]);
-        assert!(reshape(t, &[5, -1], false).is_err());
+        let t = [2, 3, 4];
+        assert_eq!(reshape(&t, &[0, -1], false).unwrap(), [2, 12]);
+        assert_eq!(flatten(&t, 1).unwrap(), [2, 12]);
+        assert!(reshape(&t, &[5, -1], false).is_err());
+        assert!(reshape(&t, &[5, 5], false).is_err());
     }
 
     #[test]
@@ -115,25 +121,29 @@ mod tests {
     }
 }
 
-/// ONNX Concat along `axis`.
-pub fn concat(parts: &[&Tensor], axis: i64) -> Result<Tensor, String> {
-    let first = parts.first().ok_or("Concat needs at least one input")?;
-    let rank = first.shape().len();
+/// The axis and output shape of ONNX Concat of inputs of `shapes` along `axis`.
+pub fn concat_shape(shapes: &[&[usize]], axis: i64) -> Result<(usize, Vec<usize>), String> {
+    let first = shapes.first().ok_or("Concat needs at least one input")?;
+    let rank = first.len();
     let axis = normalize_axis(axis, rank)?;
-    let mut shape = first.shape().to_vec();
+    let mut shape = first.to_vec();
     shape[axis] = 0;
-    for p in parts {
-        let same_rest = p.shape().len() == rank
-            && (0..rank).all(|i| i == axis || p.shape()[i] == first.shape()[i]);
+    for p in shapes {
+        let same_rest = p.len() == rank && (0..rank).all(|i| i == axis || p[i] == first[i]);
         if !same_rest {
             return Err(format!(
-                "cannot concatenate {:?} and {:?} on axis {axis}",
-                first.shape(),
-                p.shape()
+                "cannot concatenate {first:?} and {p:?} on axis {axis}"
             ));
         }
-        shape[axis] += p.shape()[axis];
+        shape[axis] += p[axis];
     }
+    Ok((axis, shape))
+}
+
+/// ONNX Concat along `axis`.
+pub fn concat(parts: &[&Tensor], axis: i64) -> Result<Tensor, String> {
+    let shapes: Vec<&[usize]> = parts.iter().map(|p| p.shape()).collect();
+    let (axis, shape) = concat_shape(&shapes, axis)?;
     let outer: usize = shape[..axis].iter().product();
     let inner: usize = shape[axis + 1..].iter().product();
     let mut data = Vec::with_capacity(shape.iter().product());
@@ -146,9 +156,8 @@ pub fn concat(parts: &[&Tensor], axis: i64) -> Result<Tensor, String> {
     Tensor::new(shape, data).map_err(|e| e.to_string())
 }
 
-/// ONNX Transpose (default: reverse the axes).
-pub fn transpose(t: &Tensor, perm: Option<&[i64]>) -> Result<Tensor, String> {
-    let rank = t.shape().len();
+/// ONNX Transpose's permutation for `rank` axes (default: reverse the axes).
+pub fn transpose_perm(rank: usize, perm: Option<&[i64]>) -> Result<Vec<usize>, String> {
     let perm: Vec<usize> = match perm {
         Some(p) => p
             .iter()
@@ -160,6 +169,13 @@ pub fn transpose(t: &Tensor, perm: Option<&[i64]>) -> Result<Tensor, String> {
     if perm.len() != rank || perm.iter().any(|&a| std::mem::replace(&mut seen[a], true)) {
         return Err(format!("perm {perm:?} is not a permutation of {rank} axes"));
     }
+    Ok(perm)
+}
+
+/// ONNX Transpose (default: reverse the axes).
+pub fn transpose(t: &Tensor, perm: Option<&[i64]>) -> Result<Tensor, String> {
+    let rank = t.shape().len();
+    let perm = transpose_perm(rank, perm)?;
     let shape: Vec<usize> = perm.iter().map(|&a| t.shape()[a]).collect();
     let mut in_strides = vec![1; rank];
     for i in (0..rank.saturating_sub(1)).rev() {

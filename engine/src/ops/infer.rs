@@ -1,0 +1,278 @@
+//! Shape and type inference: each op's output types and, where its input shapes (and constant
+//! parameters) are known, its output shapes. A mismatch that the shapes prove is an error.
+
+use super::elementwise::broadcast_shape;
+use super::{Op, shape};
+use crate::Value;
+use crate::graph::{DType, ValueInfo};
+
+/// A float value of `shape`.
+fn float(shape: Option<Vec<usize>>) -> ValueInfo {
+    ValueInfo {
+        dtype: DType::F32,
+        shape,
+    }
+}
+
+/// Inputs of one node as inference sees them: what is known of each value, and the constants.
+struct Args<'a> {
+    infos: &'a [Option<&'a ValueInfo>],
+    constants: &'a [Option<&'a Value>],
+}
+
+impl<'a> Args<'a> {
+    fn shape(&self, i: usize) -> Option<&'a [usize]> {
+        self.infos.get(i).copied().flatten()?.shape.as_deref()
+    }
+
+    fn dtype(&self, i: usize) -> DType {
+        self.infos
+            .get(i)
+            .copied()
+            .flatten()
+            .map_or(DType::F32, |v| v.dtype)
+    }
+
+    /// Input `i` as a constant int64 list: `Ok(None)` when absent or not constant.
+    fn ints(&self, i: usize) -> Result<Option<&'a [i64]>, String> {
+        match self.constants.get(i).copied().flatten() {
+            Some(Value::I64 { data, .. }) => Ok(Some(data)),
+            Some(Value::F32(_)) => Err(format!("input {i} must be int64, not float")),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether input `i` is given (not an omitted optional input).
+    fn given(&self, i: usize) -> bool {
+        self.infos.get(i).copied().flatten().is_some()
+    }
+
+    /// The shapes of the first `n` inputs, when all are known.
+    fn shapes(&self, n: usize) -> Option<Vec<&'a [usize]>> {
+        (0..n).map(|i| self.shape(i)).collect()
+    }
+}
+
+impl Op {
+    /// Output types and shapes from what is known of the inputs (`None`: an omitted input) and
+    /// the constant ones (`constants[i]` is input `i`'s value when it is a constant).
+    pub fn infer(
+        &self,
+        infos: &[Option<&ValueInfo>],
+        constants: &[Option<&Value>],
+    ) -> Result<Vec<ValueInfo>, String> {
+        let args = Args { infos, constants };
+        let x = args.shape(0).map(<[usize]>::to_vec);
+        let shape = match self {
+            Op::Identity => {
+                return Ok(vec![infos.first().copied().flatten().cloned().unwrap_or(
+                    ValueInfo {
+                        dtype: DType::F32,
+                        shape: None,
+                    },
+                )]);
+            }
+            Op::Constant(value) => return Ok(vec![ValueInfo::of(value)]),
+            Op::ConstantOfShape { .. } => args
+                .ints(0)?
+                .and_then(|d| d.iter().map(|&v| usize::try_from(v).ok()).collect()),
+            Op::Unary(_) | Op::Lrn { .. } | Op::Softmax { .. } => x,
+            Op::Binary(_) | Op::Sum => broadcast_all(&args, infos.len())?,
+            Op::MatMul => args
+                .shapes(2)
+                .map(|s| matmul_shape(s[0], s[1]))
+                .transpose()?,
+            Op::Gemm { beta, trans, .. } => gemm_shape(&args, *beta, *trans)?,
+            Op::Conv { .. } | Op::Pool { .. } => self.window_shape(&args)?,
+            Op::GlobalAveragePool => x
+                .map(|s| match *s {
+                    [n, c, _, _] => Ok(vec![n, c, 1, 1]),
+                    ref other => Err(format!("input must be 4-D (NCHW), got {other:?}")),
+                })
+                .transpose()?,
+            Op::BatchNorm { .. } => {
+                check_channel_params(&args)?;
+                x
+            }
+            Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Squeeze { .. }
+            | Op::Concat { .. }
+            | Op::Transpose { .. } => {
+                return Ok(vec![ValueInfo {
+                    dtype: args.dtype(0),
+                    shape: self.layout_shape(&args, infos.len())?,
+                }]);
+            }
+        };
+        Ok(vec![float(shape)])
+    }
+
+    /// The output shape of a layout op, when the inputs' shapes and parameters are known.
+    fn layout_shape(&self, args: &Args, inputs: usize) -> Result<Option<Vec<usize>>, String> {
+        let Some(x) = args.shape(0) else {
+            return Ok(None);
+        };
+        Ok(Some(match self {
+            Op::Flatten { axis } => shape::flatten(x, *axis)?,
+            Op::Reshape { allow_zero } => match args.ints(1)? {
+                Some(target) => shape::reshape(x, target, *allow_zero)?,
+                None => return Ok(None),
+            },
+            Op::Unsqueeze { axes } => match axes
+                .as_deref()
+                .map_or_else(|| args.ints(1), |a| Ok(Some(a)))?
+            {
+                Some(axes) => shape::unsqueeze(x, axes)?,
+                None => return Ok(None),
+            },
+            Op::Squeeze { axes } => match axes {
+                Some(a) => shape::squeeze(x, Some(a))?,
+                None if args.given(1) => match args.ints(1)? {
+                    Some(a) => shape::squeeze(x, Some(a))?,
+                    None => return Ok(None),
+                },
+                None => shape::squeeze(x, None)?,
+            },
+            Op::Concat { axis } => match args.shapes(inputs) {
+                Some(shapes) => shape::concat_shape(&shapes, *axis)?.1,
+                None => return Ok(None),
+            },
+            Op::Transpose { perm } => shape::transpose_perm(x.len(), perm.as_deref())?
+                .iter()
+                .map(|&a| x[a])
+                .collect(),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// Conv and pooling output shapes (NCHW), checking channels, groups and kernel.
+    fn window_shape(&self, args: &Args) -> Result<Option<Vec<usize>>, String> {
+        let Some(x) = args.shape(0) else {
+            return Ok(None);
+        };
+        let &[n, c, h, w] = x else {
+            return Err(format!("input must be 4-D (NCHW), got {x:?}"));
+        };
+        let (spatial, filters, kernel) = match self {
+            Op::Conv { spatial, group, .. } => {
+                let Some(weights) = args.shape(1) else {
+                    return Ok(None);
+                };
+                let &[m, cg, kh, kw] = weights else {
+                    return Err(format!("weights must be 4-D, got {weights:?}"));
+                };
+                if c != cg * group || m % group != 0 {
+                    return Err(format!(
+                        "{c} input channels, {m} filters of {cg} channels and group {group} do \
+                         not fit"
+                    ));
+                }
+                if spatial.kernel.is_some_and(|k| k != [kh, kw]) {
+                    return Err(format!(
+                        "kernel_shape {:?} differs from the weights' {kh}×{kw}",
+                        spatial.kernel
+                    ));
+                }
+                if let Some(bias) = args.shape(2)
+                    && bias != [m]
+                {
+                    return Err(format!("bias has shape {bias:?}, expected [{m}]"));
+                }
+                (spatial, m, [kh, kw])
+            }
+            Op::Pool { spatial, .. } => (spatial, c, spatial.kernel.unwrap_or([1, 1])),
+            _ => return Ok(None),
+        };
+        let [oh, ow] = spatial.window(kernel, [h, w]).output(h, w)?;
+        Ok(Some(vec![n, filters, oh, ow]))
+    }
+}
+
+/// The shape all inputs broadcast to, when every one is known.
+fn broadcast_all(args: &Args, inputs: usize) -> Result<Option<Vec<usize>>, String> {
+    let Some(shapes) = args.shapes(inputs) else {
+        return Ok(None);
+    };
+    let mut out: Vec<usize> = Vec::new();
+    for s in shapes {
+        out = broadcast_shape(&out, s)?;
+    }
+    Ok(Some(out))
+}
+
+/// ONNX MatMul's output shape (numpy rules: 1-D operands promoted, batches broadcast).
+fn matmul_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
+    let (mut sa, mut sb) = (a.to_vec(), b.to_vec());
+    let (a_vector, b_vector) = (sa.len() == 1, sb.len() == 1);
+    if a_vector {
+        sa.insert(0, 1);
+    }
+    if b_vector {
+        sb.push(1);
+    }
+    if sa.len() < 2 || sb.len() < 2 {
+        return Err(format!("MatMul of shapes {a:?} and {b:?}"));
+    }
+    let (m, k) = (sa[sa.len() - 2], sa[sa.len() - 1]);
+    let (k2, n) = (sb[sb.len() - 2], sb[sb.len() - 1]);
+    if k != k2 {
+        return Err(format!("MatMul inner dimensions differ: {a:?} · {b:?}"));
+    }
+    let mut shape = broadcast_shape(&sa[..sa.len() - 2], &sb[..sb.len() - 2])?;
+    if !a_vector {
+        shape.push(m);
+    }
+    if !b_vector {
+        shape.push(n);
+    }
+    Ok(shape)
+}
+
+/// ONNX Gemm's output shape `[M, N]`, checking the inner dimensions and C's broadcast.
+fn gemm_shape(
+    args: &Args,
+    beta: f32,
+    (ta, tb): (bool, bool),
+) -> Result<Option<Vec<usize>>, String> {
+    let Some(s) = args.shapes(2) else {
+        return Ok(None);
+    };
+    let (&[ra, ca], &[rb, cb]) = (s[0], s[1]) else {
+        return Err(format!(
+            "Gemm needs 2-D A and B, got {:?} and {:?}",
+            s[0], s[1]
+        ));
+    };
+    let (m, k) = if ta { (ca, ra) } else { (ra, ca) };
+    let (k2, n) = if tb { (cb, rb) } else { (rb, cb) };
+    if k != k2 {
+        return Err(format!("Gemm inner dimensions differ: {k} and {k2}"));
+    }
+    if beta != 0.0
+        && let Some(c) = args.shape(2)
+        && broadcast_shape(&[m, n], c).ok().as_deref() != Some(&[m, n][..])
+    {
+        return Err(format!(
+            "Gemm C of shape {c:?} does not broadcast to [{m}, {n}]"
+        ));
+    }
+    Ok(Some(vec![m, n]))
+}
+
+/// BatchNormalization's scale, bias, mean and variance hold one value per channel.
+fn check_channel_params(args: &Args) -> Result<(), String> {
+    let Some(&c) = args.shape(0).and_then(|s| s.get(1)) else {
+        return Ok(());
+    };
+    for (i, name) in [(1, "scale"), (2, "B"), (3, "mean"), (4, "var")] {
+        if let Some(p) = args.shape(i) {
+            let len: usize = p.iter().product();
+            if len != c {
+                return Err(format!("{name} has {len} values for {c} channels"));
+            }
+        }
+    }
+    Ok(())
+}
