@@ -294,14 +294,18 @@ impl Graph {
         while index < self.nodes.len() {
             let readers = readers(self);
             let fusable = self.sole_successor(index, &readers).filter(|&next| {
-                matches!(self.nodes[index].op, Op::Conv { relu: false, .. })
-                    && self.nodes[next].op == Op::Unary(crate::ops::elementwise::Unary::Relu)
+                matches!(
+                    self.nodes[index].op,
+                    Op::Conv { relu: false, .. } | Op::Binary(_)
+                ) && self.nodes[next].op == Op::Unary(crate::ops::elementwise::Unary::Relu)
             });
             if let Some(next) = fusable {
                 let relu = self.nodes.remove(next);
                 let node = &mut self.nodes[index];
-                if let Op::Conv { relu, .. } = &mut node.op {
-                    *relu = true;
+                match &mut node.op {
+                    Op::Conv { relu, .. } => *relu = true,
+                    Op::Binary(b) => node.op = Op::BinaryRelu(*b),
+                    _ => {}
                 }
                 node.outputs = relu.outputs;
             }

@@ -16,12 +16,17 @@
 pub mod graph;
 pub mod onnx;
 pub mod ops;
+pub mod search;
 pub mod tensor;
 
 use std::collections::HashMap;
 use std::path::Path;
 
+use ops::Op;
+use search::ConvPlan;
+
 pub use graph::{DType, Dim, Graph, IoSpec, ValueInfo};
+pub use search::{Algorithm, Choice, Options, Search, SearchReport, Threads};
 pub use tensor::{Tensor, TensorError, Value};
 
 /// Why a model could not be loaded. Every variant names what and where.
@@ -107,20 +112,43 @@ fn last_reads(graph: &Graph) -> Vec<Vec<String>> {
 pub struct Engine;
 
 impl Engine {
-    /// Loads a model from its bytes (external data is refused: use [`Engine::load_file`]).
+    /// Loads a model from its bytes (external data is refused: use [`Engine::load_file`]),
+    /// with the default [`Options`] (all cores, measured algorithm search, no cache).
     pub fn load(bytes: &[u8]) -> Result<Session, LoadError> {
-        Ok(Session::new(onnx::load(bytes, None)?))
+        Engine::load_with(bytes, &Options::default())
+    }
+
+    /// [`Engine::load`] with options.
+    pub fn load_with(bytes: &[u8], options: &Options) -> Result<Session, LoadError> {
+        Ok(Session::new(
+            onnx::load(bytes, None)?,
+            &digest(bytes),
+            options,
+        ))
     }
 
     /// Loads a model file; external data files are read relative to its directory.
     pub fn load_file(path: &Path) -> Result<Session, LoadError> {
+        Engine::load_file_with(path, &Options::default())
+    }
+
+    /// [`Engine::load_file`] with options.
+    pub fn load_file_with(path: &Path, options: &Options) -> Result<Session, LoadError> {
         let bytes = std::fs::read(path).map_err(|e| LoadError::File {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
-        Ok(Session::new(onnx::load(&bytes, Some(base))?))
+        let graph = onnx::load(&bytes, Some(base))?;
+        Ok(Session::new(graph, &digest(&bytes), options))
     }
+}
+
+/// The model's identity for the search cache: the SHA-256 of its bytes. (Weights in external
+/// files are not hashed: the choices depend on shapes, which the model bytes fix.)
+fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(bytes))
 }
 
 /// A loaded model, ready to run.
@@ -130,17 +158,29 @@ pub struct Session {
     ctx: ops::Ctx,
     /// For each node, the values no later node reads (freed once it ran).
     last_reads: Vec<Vec<String>>,
+    /// For each node, the planned convolution algorithm (None: the op's own kernel).
+    plans: Vec<Option<ConvPlan>>,
+    search: SearchReport,
 }
 
 impl Session {
-    fn new(graph: Graph) -> Session {
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    fn new(graph: Graph, model_digest: &str, options: &Options) -> Session {
         let last_reads = last_reads(&graph);
+        let (plans, search) = search::plan_graph(&graph, model_digest, options);
         Session {
             graph,
-            ctx: ops::Ctx { threads },
+            ctx: ops::Ctx {
+                threads: options.threads.max(1),
+            },
             last_reads,
+            plans,
+            search,
         }
+    }
+
+    /// What the algorithm search chose, and what it cost, when the session was created.
+    pub fn search_report(&self) -> &SearchReport {
+        &self.search
     }
 
     /// Uses `threads` threads per kernel (default: the machine's cores).
@@ -185,17 +225,43 @@ impl Session {
             let names = self.graph.inputs.iter().map(|i| i.name.clone()).collect();
             return Err(RunError::UnknownInput(extra, names));
         }
-        for (node, done) in self.graph.nodes.iter().zip(&self.last_reads) {
-            let args: Vec<Option<&Value>> = node
-                .inputs
-                .iter()
-                .map(|name| {
-                    values
-                        .get(name.as_str())
-                        .or_else(|| self.graph.constants.get(name))
-                })
-                .collect();
-            let results = node.op.eval(&self.ctx, &node.name, &args)?;
+        let steps = self
+            .graph
+            .nodes
+            .iter()
+            .zip(&self.last_reads)
+            .zip(&self.plans);
+        for ((node, done), plan) in steps {
+            let owned_first = match node.inputs.first() {
+                Some(first)
+                    if node.op.reuses_first_input()
+                        && done.contains(first)
+                        && !node.inputs[1..].contains(first) =>
+                {
+                    values.remove(first.as_str())
+                }
+                _ => None,
+            };
+            let lookup = |name: &String| {
+                values
+                    .get(name.as_str())
+                    .or_else(|| self.graph.constants.get(name))
+            };
+            let results = match (plan, owned_first) {
+                (Some(plan), _) => {
+                    let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
+                    run_planned(plan, node, &args, self.ctx.threads)?
+                }
+                (None, Some(first)) => {
+                    let others: Vec<Option<&Value>> = node.inputs[1..].iter().map(lookup).collect();
+                    node.op
+                        .eval_owning_first(&self.ctx, &node.name, first, &others)?
+                }
+                (None, None) => {
+                    let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
+                    node.op.eval(&self.ctx, &node.name, &args)?
+                }
+            };
             for (name, value) in node.outputs.iter().zip(results) {
                 values.insert(name, value);
             }
@@ -221,4 +287,47 @@ impl Session {
             })
             .collect()
     }
+}
+
+/// Runs a convolution node with its planned algorithm.
+fn run_planned(
+    plan: &ConvPlan,
+    node: &graph::Node,
+    args: &[Option<&Value>],
+    threads: usize,
+) -> Result<Vec<Value>, RunError> {
+    let Op::Conv {
+        spatial,
+        group,
+        relu,
+    } = &node.op
+    else {
+        return node.op.eval(&ops::Ctx { threads }, &node.name, args);
+    };
+    let fail = |reason: String| RunError::Kernel {
+        node: node.name.clone(),
+        op: "Conv".into(),
+        reason,
+    };
+    let float = |i: usize| match args.get(i).copied().flatten() {
+        Some(Value::F32(t)) => Ok(Some(t)),
+        None => Ok(None),
+        Some(_) => Err(fail(format!("input {i} must be a float tensor"))),
+    };
+    let (Some(x), Some(weights)) = (float(0)?, float(1)?) else {
+        return Err(fail("the input and the weights are required".into()));
+    };
+    let [kh, kw] = match *weights.shape() {
+        [_, _, kh, kw] => [kh, kw],
+        ref other => return Err(fail(format!("weights must be 4-D, got {other:?}"))),
+    };
+    let [h, w] = match *x.shape() {
+        [_, _, h, w] => [h, w],
+        ref other => return Err(fail(format!("input must be 4-D (NCHW), got {other:?}"))),
+    };
+    let window = spatial.window([kh, kw], [h, w]);
+    let out = plan
+        .run(x, weights, float(2)?, &window, *group, *relu, threads)
+        .map_err(fail)?;
+    Ok(vec![Value::F32(out)])
 }

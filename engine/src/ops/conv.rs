@@ -78,7 +78,13 @@ pub fn conv(
     }
     let [oh, ow] = window.output(h, w)?;
     let (mg, patch, pixels) = (m / group, cg * kh * kw, oh * ow);
+    // The bias is written first and the GEMM adds to it: one pass over the output fewer.
     let mut out = Tensor::zeros(vec![n, m, oh, ow]);
+    if let Some(b) = bias {
+        for (index, plane) in out.data_mut().chunks_mut(pixels).enumerate() {
+            plane.fill(b.data()[index % m]);
+        }
+    }
     let direct = [kh, kw] == [1, 1] && window.strides == [1, 1] && window.pads == [0; 4];
     // Taken out while in use, so a nested convolution on this thread (rayon may run another
     // job while this one waits) gets its own buffer instead of a borrow conflict.
@@ -105,19 +111,13 @@ pub fn conv(
                     MatRef::rows(filters, patch),
                     MatRef::rows(cols, pixels),
                     &mut out.data_mut()[start..start + mg * pixels],
-                    false,
+                    bias.is_some(),
                     threads,
                 );
             }
         }
     }
     COLUMNS.set(columns);
-    if let Some(b) = bias {
-        for (index, plane) in out.data_mut().chunks_mut(pixels).enumerate() {
-            let value = b.data()[index % m];
-            plane.iter_mut().for_each(|v| *v += value);
-        }
-    }
     Ok(out)
 }
 
@@ -304,11 +304,17 @@ pub fn global_average_pool(x: &Tensor) -> Result<Tensor, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// Convolution by its definition, for comparison.
-    fn naive_conv(x: &Tensor, wt: &Tensor, bias: &[f32], win: &Window, group: usize) -> Vec<f32> {
+    pub(crate) fn naive_conv(
+        x: &Tensor,
+        wt: &Tensor,
+        bias: &[f32],
+        win: &Window,
+        group: usize,
+    ) -> Vec<f32> {
         let [n, c, h, w] = nchw(x, "x").unwrap();
         let [m, cg, kh, kw] = nchw(wt, "w").unwrap();
         let [oh, ow] = win.output(h, w).unwrap();
@@ -344,7 +350,7 @@ mod tests {
         out
     }
 
-    fn values(n: usize, seed: usize) -> Vec<f32> {
+    pub(crate) fn values(n: usize, seed: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) * 0.125)
             .collect()

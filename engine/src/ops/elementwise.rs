@@ -14,18 +14,22 @@ pub enum Unary {
 }
 
 impl Unary {
-    pub fn apply(self, mut t: Tensor) -> Tensor {
-        let f: fn(f32) -> f32 = match self {
-            Unary::Relu => |x| x.max(0.0),
-            Unary::Sigmoid => |x| 1.0 / (1.0 + (-x).exp()),
-            Unary::Tanh => f32::tanh,
-            Unary::Exp => f32::exp,
-            Unary::Neg => |x| -x,
-            Unary::Sqrt => f32::sqrt,
-        };
-        t.data_mut().iter_mut().for_each(|x| *x = f(*x));
-        t
+    /// Applies the op to every value in place (each arm its own loop, so it vectorises).
+    pub fn apply(self, t: Tensor) -> Tensor {
+        match self {
+            Unary::Relu => map(t, |x| x.max(0.0)),
+            Unary::Sigmoid => map(t, |x| 1.0 / (1.0 + (-x).exp())),
+            Unary::Tanh => map(t, f32::tanh),
+            Unary::Exp => map(t, f32::exp),
+            Unary::Neg => map(t, |x| -x),
+            Unary::Sqrt => map(t, f32::sqrt),
+        }
     }
+}
+
+fn map(mut t: Tensor, f: impl Fn(f32) -> f32) -> Tensor {
+    t.data_mut().iter_mut().for_each(|x| *x = f(*x));
+    t
 }
 
 /// Binary arithmetic.
@@ -38,74 +42,137 @@ pub enum Binary {
 }
 
 impl Binary {
-    fn f(self) -> fn(f32, f32) -> f32 {
+    /// `a ∘ b` with broadcasting, into a new tensor.
+    pub fn apply(self, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
         match self {
-            Binary::Add => |a, b| a + b,
-            Binary::Sub => |a, b| a - b,
-            Binary::Mul => |a, b| a * b,
-            Binary::Div => |a, b| a / b,
+            Binary::Add => apply_with(a, b, |x, y| x + y),
+            Binary::Sub => apply_with(a, b, |x, y| x - y),
+            Binary::Mul => apply_with(a, b, |x, y| x * y),
+            Binary::Div => apply_with(a, b, |x, y| x / y),
         }
     }
 
-    pub fn apply(self, a: &Tensor, b: &Tensor) -> Result<Tensor, String> {
-        let f = self.f();
-        if a.shape() == b.shape() {
-            let data = a
-                .data()
-                .iter()
-                .zip(b.data())
-                .map(|(&x, &y)| f(x, y))
-                .collect();
-            return Tensor::new(a.shape().to_vec(), data).map_err(|e| e.to_string());
+    /// `a = a ∘ b` (then ReLU when `relu`) in `a`'s own buffer; `false` (and `a` untouched)
+    /// when `b` does not broadcast to `a`'s shape.
+    pub fn apply_in_place(self, a: &mut Tensor, b: &Tensor, relu: bool) -> bool {
+        match self {
+            Binary::Add => apply_in_place_with(a, b, relu, |x, y| x + y),
+            Binary::Sub => apply_in_place_with(a, b, relu, |x, y| x - y),
+            Binary::Mul => apply_in_place_with(a, b, relu, |x, y| x * y),
+            Binary::Div => apply_in_place_with(a, b, relu, |x, y| x / y),
         }
-        let shape = broadcast_shape(a.shape(), b.shape())?;
-        let (sa, sb) = (
-            broadcast_strides(a.shape(), &shape),
-            broadcast_strides(b.shape(), &shape),
-        );
-        // The innermost axis runs as a tight loop (each operand contiguous or fixed along it);
-        // an odometer walks the outer axes.
-        let inner = *shape.last().unwrap_or(&1);
-        let (ia_step, ib_step) = (*sa.last().unwrap_or(&0), *sb.last().unwrap_or(&0));
-        let outer_axes = shape.len().saturating_sub(1);
-        let mut out = Tensor::zeros(shape.clone());
-        let mut index = vec![0usize; outer_axes];
-        for row in out.data_mut().chunks_mut(inner.max(1)) {
-            let (ia, ib) = index
-                .iter()
-                .zip(sa.iter().zip(&sb))
-                .fold((0, 0), |(ia, ib), (&i, (&x, &y))| (ia + i * x, ib + i * y));
-            match (ia_step, ib_step) {
-                (1, 1) => {
-                    let (xa, xb) = (&a.data()[ia..ia + inner], &b.data()[ib..ib + inner]);
-                    for ((o, &x), &y) in row.iter_mut().zip(xa).zip(xb) {
-                        *o = f(x, y);
-                    }
-                }
-                (1, 0) => {
-                    let y = b.data()[ib];
-                    for (o, &x) in row.iter_mut().zip(&a.data()[ia..ia + inner]) {
-                        *o = f(x, y);
-                    }
-                }
-                (0, 1) => {
-                    let x = a.data()[ia];
-                    for (o, &y) in row.iter_mut().zip(&b.data()[ib..ib + inner]) {
-                        *o = f(x, y);
-                    }
-                }
-                _ => row.fill(f(a.data()[ia], b.data()[ib])),
-            }
-            for axis in (0..outer_axes).rev() {
-                index[axis] += 1;
-                if index[axis] < shape[axis] {
-                    break;
-                }
-                index[axis] = 0;
-            }
-        }
-        Ok(out)
     }
+}
+
+/// [`Binary::apply`] for one operation (monomorphised, so the loops vectorise).
+fn apply_with(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Result<Tensor, String> {
+    if a.shape() == b.shape() {
+        let data = a
+            .data()
+            .iter()
+            .zip(b.data())
+            .map(|(&x, &y)| f(x, y))
+            .collect();
+        return Tensor::new(a.shape().to_vec(), data).map_err(|e| e.to_string());
+    }
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    let mut out = Tensor::zeros(shape.clone());
+    let (sa, sb) = (
+        broadcast_strides(a.shape(), &shape),
+        broadcast_strides(b.shape(), &shape),
+    );
+    let inner = *shape.last().unwrap_or(&1);
+    let steps = (*sa.last().unwrap_or(&0), *sb.last().unwrap_or(&0));
+    let rows = out.data_mut().chunks_mut(inner.max(1));
+    for (row, (ia, ib)) in rows.zip(row_offsets(&shape, &sa, &sb)) {
+        match steps {
+            (1, 1) => {
+                let (xa, xb) = (&a.data()[ia..ia + inner], &b.data()[ib..ib + inner]);
+                for ((o, &x), &y) in row.iter_mut().zip(xa).zip(xb) {
+                    *o = f(x, y);
+                }
+            }
+            (1, 0) => {
+                let y = b.data()[ib];
+                for (o, &x) in row.iter_mut().zip(&a.data()[ia..ia + inner]) {
+                    *o = f(x, y);
+                }
+            }
+            (0, 1) => {
+                let x = a.data()[ia];
+                for (o, &y) in row.iter_mut().zip(&b.data()[ib..ib + inner]) {
+                    *o = f(x, y);
+                }
+            }
+            _ => row.fill(f(a.data()[ia], b.data()[ib])),
+        }
+    }
+    Ok(out)
+}
+
+/// [`Binary::apply_in_place`] for one operation.
+fn apply_in_place_with(
+    a: &mut Tensor,
+    b: &Tensor,
+    relu: bool,
+    f: impl Fn(f32, f32) -> f32,
+) -> bool {
+    if broadcast_shape(a.shape(), b.shape()).as_deref() != Ok(a.shape()) {
+        return false;
+    }
+    if a.shape() == b.shape() {
+        for (x, &y) in a.data_mut().iter_mut().zip(b.data()) {
+            let v = f(*x, y);
+            *x = if relu { v.max(0.0) } else { v };
+        }
+        return true;
+    }
+    let shape = a.shape().to_vec();
+    let sb = broadcast_strides(b.shape(), &shape);
+    let inner = *shape.last().unwrap_or(&1);
+    let contiguous = *sb.last().unwrap_or(&0) == 1;
+    let rows = a.data_mut().chunks_mut(inner.max(1));
+    let full = broadcast_strides(&shape, &shape);
+    for (row, (_, ib)) in rows.zip(row_offsets(&shape, &full, &sb)) {
+        if contiguous {
+            for (x, &y) in row.iter_mut().zip(&b.data()[ib..ib + inner]) {
+                *x = f(*x, y);
+            }
+        } else {
+            let y = b.data()[ib];
+            row.iter_mut().for_each(|x| *x = f(*x, y));
+        }
+        if relu {
+            row.iter_mut().for_each(|x| *x = x.max(0.0));
+        }
+    }
+    true
+}
+
+/// For each row (innermost axis) of `shape` in order, the offsets of its first element in two
+/// operands read with the strides `sa` and `sb`: an odometer over the outer axes.
+fn row_offsets<'a>(
+    shape: &'a [usize],
+    sa: &'a [usize],
+    sb: &'a [usize],
+) -> impl Iterator<Item = (usize, usize)> + 'a {
+    let outer = shape.len().saturating_sub(1);
+    let rows: usize = shape[..outer].iter().product();
+    let mut index = vec![0usize; outer];
+    (0..rows).map(move |_| {
+        let at = index
+            .iter()
+            .zip(sa.iter().zip(sb))
+            .fold((0, 0), |(ia, ib), (&i, (&x, &y))| (ia + i * x, ib + i * y));
+        for axis in (0..outer).rev() {
+            index[axis] += 1;
+            if index[axis] < shape[axis] {
+                break;
+            }
+            index[axis] = 0;
+        }
+        at
+    })
 }
 
 /// The shape two shapes broadcast to, or why they cannot.

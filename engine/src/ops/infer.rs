@@ -77,7 +77,7 @@ impl Op {
                 .ints(0)?
                 .and_then(|d| d.iter().map(|&v| usize::try_from(v).ok()).collect()),
             Op::Unary(_) | Op::Lrn { .. } | Op::Softmax { .. } => x,
-            Op::Binary(_) | Op::Sum => broadcast_all(&args, infos.len())?,
+            Op::Binary(_) | Op::BinaryRelu(_) | Op::Sum => broadcast_all(&args, infos.len())?,
             Op::MatMul => args
                 .shapes(2)
                 .map(|s| matmul_shape(s[0], s[1]))

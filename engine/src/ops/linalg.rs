@@ -1,5 +1,6 @@
 //! Matrix products: MatMul (with batch broadcasting) and Gemm.
 
+use super::SendPtr;
 use crate::Tensor;
 
 /// A read-only matrix view: element (r, c) is at `r * row_stride + c * col_stride`, so a
@@ -115,24 +116,6 @@ pub fn sgemm(
             });
         }
     });
-}
-
-/// A raw destination pointer that may cross to the worker threads of [`sgemm`].
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-
-// SAFETY: only used by `sgemm`, whose threads write disjoint blocks through it.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-
-impl SendPtr {
-    /// The pointer `offset` elements on.
-    ///
-    /// # Safety
-    /// `offset` must stay inside the destination slice.
-    unsafe fn at(self, offset: usize) -> *mut f32 {
-        unsafe { self.0.add(offset) }
-    }
 }
 
 /// ONNX MatMul: numpy semantics (1-D operands promoted, batch dimensions broadcast).

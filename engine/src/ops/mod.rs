@@ -20,11 +20,13 @@
 
 pub mod attrs;
 pub mod conv;
+pub mod depthwise;
 pub mod elementwise;
 mod infer;
 pub mod linalg;
 pub mod nn;
 pub mod shape;
+pub mod winograd;
 
 use std::path::Path;
 
@@ -41,6 +43,33 @@ fn kernel_error(node: &str, op: &str, reason: String) -> RunError {
         node: node.to_owned(),
         op: op.to_owned(),
         reason,
+    }
+}
+
+/// What a convolution kernel does to each output as it stores it.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added to every value of output channel `i` (`bias[i]`).
+    pub bias: Option<&'a [f32]>,
+    /// Clamp at zero after the bias (a fused Relu).
+    pub relu: bool,
+}
+
+/// A raw output pointer that the threads of a kernel share, each writing its own part.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub(crate) *mut f32);
+
+// SAFETY: kernels hand it only to threads that write disjoint elements through it.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer `offset` elements on.
+    ///
+    /// # Safety
+    /// `offset` must stay inside the buffer the pointer came from.
+    pub(crate) unsafe fn at(self, offset: usize) -> *mut f32 {
+        unsafe { self.0.add(offset) }
     }
 }
 
@@ -78,6 +107,8 @@ pub enum Op {
     Identity,
     Unary(Unary),
     Binary(Binary),
+    /// A Binary followed by a Relu that was its only reader (fused at load).
+    BinaryRelu(Binary),
     Sum,
     MatMul,
     Gemm {
@@ -185,7 +216,7 @@ fn spatial(attrs: &Attrs, kernel_required: bool) -> Result<Spatial, LoadError> {
 
 impl Spatial {
     /// The window for an input of `h × w` and a kernel of `kernel`.
-    fn window(&self, kernel: [usize; 2], [h, w]: [usize; 2]) -> Window {
+    pub fn window(&self, kernel: [usize; 2], [h, w]: [usize; 2]) -> Window {
         let mut pads = self.pads;
         if let AutoPad::Same { upper } = self.auto_pad {
             for (axis, input) in [h, w].into_iter().enumerate() {
@@ -356,6 +387,7 @@ impl Op {
             Op::Identity => "Identity",
             Op::Unary(_) => "Unary",
             Op::Binary(_) => "Binary",
+            Op::BinaryRelu(_) => "Binary+Relu",
             Op::Sum => "Sum",
             Op::MatMul => "MatMul",
             Op::Gemm { .. } => "Gemm",
@@ -374,6 +406,74 @@ impl Op {
             Op::Constant(_) => "Constant",
             Op::ConstantOfShape { .. } => "ConstantOfShape",
         }
+    }
+
+    /// Whether [`Op::eval_owning_first`] can reuse the first input's buffer.
+    pub fn reuses_first_input(&self) -> bool {
+        matches!(
+            self,
+            Op::Identity
+                | Op::Unary(_)
+                | Op::Binary(_)
+                | Op::BinaryRelu(_)
+                | Op::Flatten { .. }
+                | Op::Reshape { .. }
+                | Op::Softmax { .. }
+        )
+    }
+
+    /// Like [`Op::eval`], but the first input is given by value (its last reader is this node),
+    /// so an elementwise op writes into its buffer and a reshape moves it instead of copying.
+    pub fn eval_owning_first(
+        &self,
+        ctx: &Ctx,
+        node: &str,
+        first: Value,
+        others: &[Option<&Value>],
+    ) -> Result<Vec<Value>, RunError> {
+        let fail = |reason: String| kernel_error(node, self.name(), reason);
+        let Value::F32(mut x) = first else {
+            let mut all = vec![Some(&first)];
+            all.extend_from_slice(others);
+            return self.eval(ctx, node, &all);
+        };
+        let second = || match others.first().copied().flatten() {
+            Some(Value::F32(t)) => Ok(t),
+            _ => Err(fail("input 1 must be a float tensor".into())),
+        };
+        let out = match self {
+            Op::Identity => x,
+            Op::Unary(u) => u.apply(x),
+            Op::Binary(b) | Op::BinaryRelu(b) => {
+                let relu = matches!(self, Op::BinaryRelu(_));
+                if !b.apply_in_place(&mut x, second()?, relu) {
+                    let x = Value::F32(x);
+                    let mut all = vec![Some(&x)];
+                    all.extend_from_slice(others);
+                    return self.eval(ctx, node, &all);
+                }
+                x
+            }
+            Op::Flatten { axis } => {
+                let shape = shape::flatten(x.shape(), *axis).map_err(fail)?;
+                x.reshaped(shape).map_err(|e| fail(e.to_string()))?
+            }
+            Op::Reshape { allow_zero } => match others.first().copied().flatten() {
+                Some(Value::I64 { data, .. }) => {
+                    let shape = shape::reshape(x.shape(), data, *allow_zero).map_err(fail)?;
+                    x.reshaped(shape).map_err(|e| fail(e.to_string()))?
+                }
+                _ => return Err(fail("input 1 must be an int64 tensor".into())),
+            },
+            Op::Softmax { axis, opset } => shape::softmax(x, *axis, *opset).map_err(fail)?,
+            _ => {
+                let x = Value::F32(x);
+                let mut all = vec![Some(&x)];
+                all.extend_from_slice(others);
+                return self.eval(ctx, node, &all);
+            }
+        };
+        Ok(vec![Value::F32(out)])
     }
 
     /// Runs the op on its inputs (`None`: an omitted optional input).
@@ -429,6 +529,7 @@ impl Op {
             }
             Op::Unary(u) => u.apply(float(0)?.clone()),
             Op::Binary(b) => b.apply(float(0)?, float(1)?).map_err(fail)?,
+            Op::BinaryRelu(b) => Unary::Relu.apply(b.apply(float(0)?, float(1)?).map_err(fail)?),
             Op::Sum => {
                 let mut acc = float(0)?.clone();
                 for i in 1..inputs.len() {

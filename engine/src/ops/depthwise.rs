@@ -1,0 +1,144 @@
+//! Direct depthwise convolution: one filter per channel (`group == channels`), where im2col +
+//! GEMM would run thousands of tiny products. Each output row accumulates one shifted input row
+//! per kernel tap, so the inner loop is a contiguous multiply-add when the stride is 1.
+
+use super::conv::Window;
+use super::{Epilogue, SendPtr};
+
+/// Convolves one image `[channels, h, w]` with `[channels, 1, kh, kw]` weights into
+/// `[channels, oh, ow]`.
+pub fn depthwise(
+    (input, [channels, h, w]): (&[f32], [usize; 3]),
+    weights: &[f32],
+    window: &Window,
+    (out, [oh, ow]): (&mut [f32], [usize; 2]),
+    epilogue: Epilogue,
+    threads: usize,
+) {
+    let taps = window.kernel[0] * window.kernel[1];
+    let dst = SendPtr(out.as_mut_ptr());
+    let channel = |c: usize| {
+        // SAFETY: each channel writes only its own output plane.
+        let plane = unsafe { std::slice::from_raw_parts_mut(dst.at(c * oh * ow), oh * ow) };
+        plane.fill(epilogue.bias.map_or(0.0, |b| b[c]));
+        let source = &input[c * h * w..(c + 1) * h * w];
+        let filter = &weights[c * taps..(c + 1) * taps];
+        channel_plane(source, [h, w], filter, window, plane, [oh, ow]);
+        if epilogue.relu {
+            plane.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
+    };
+    if threads <= 1 || channels < 2 {
+        (0..channels).for_each(channel);
+        return;
+    }
+    let per = channels.div_ceil(threads);
+    rayon::scope(|s| {
+        for first in (0..channels).step_by(per) {
+            let channel = &channel;
+            s.spawn(move |_| (first..(first + per).min(channels)).for_each(channel));
+        }
+    });
+}
+
+/// Adds one channel's convolution to `out` (which holds the bias).
+fn channel_plane(
+    source: &[f32],
+    [h, w]: [usize; 2],
+    filter: &[f32],
+    win: &Window,
+    out: &mut [f32],
+    [oh, ow]: [usize; 2],
+) {
+    let [kh, kw] = win.kernel;
+    let ([sy, sx], [dy, dx]) = (win.strides, win.dilations);
+    for oy in 0..oh {
+        let row = &mut out[oy * ow..(oy + 1) * ow];
+        for ky in 0..kh {
+            let y = (oy * sy + ky * dy) as isize - win.pads[0] as isize;
+            if y < 0 || y as usize >= h {
+                continue;
+            }
+            let line = &source[y as usize * w..(y as usize + 1) * w];
+            for kx in 0..kw {
+                let weight = filter[ky * kw + kx];
+                let x0 = (kx * dx) as isize - win.pads[1] as isize;
+                // Outputs whose input column x0 + ox·sx lies inside the row.
+                let first = if x0 >= 0 { 0 } else { (-x0) as usize }.div_ceil(sx);
+                let last = if (w as isize) <= x0 {
+                    0
+                } else {
+                    ((w as isize - x0) as usize).div_ceil(sx).min(ow)
+                };
+                if first >= last {
+                    continue;
+                }
+                let start = (x0 + (first * sx) as isize) as usize;
+                if sx == 1 {
+                    let src = &line[start..start + (last - first)];
+                    for (o, &v) in row[first..last].iter_mut().zip(src) {
+                        *o += weight * v;
+                    }
+                } else {
+                    for (i, o) in row[first..last].iter_mut().enumerate() {
+                        *o += weight * line[start + i * sx];
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tensor;
+    use crate::ops::conv::tests::{naive_conv, values};
+
+    #[test]
+    fn depthwise_matches_the_definition() {
+        // (channels, h, w, kernel, stride, pad, dilation)
+        for (c, h, w, k, s, p, d) in [
+            (3, 7, 9, 3, 1, 1, 1),
+            (4, 8, 8, 3, 2, 1, 1),
+            (2, 9, 7, 5, 2, 2, 1),
+            (3, 10, 10, 3, 1, 2, 2),
+            (2, 5, 5, 3, 3, 0, 1),
+        ] {
+            let x = Tensor::new(vec![1, c, h, w], values(c * h * w, 1)).unwrap();
+            let wt = Tensor::new(vec![c, 1, k, k], values(c * k * k, 2)).unwrap();
+            let bias = values(c, 3);
+            let win = Window {
+                kernel: [k, k],
+                strides: [s, s],
+                dilations: [d, d],
+                pads: [p; 4],
+                ceil: false,
+            };
+            let [oh, ow] = win.output(h, w).unwrap();
+            let expected = naive_conv(&x, &wt, &bias, &win, c);
+            for (threads, relu) in [(1, false), (2, true)] {
+                let mut out = vec![f32::NAN; c * oh * ow];
+                let epilogue = Epilogue {
+                    bias: Some(&bias),
+                    relu,
+                };
+                depthwise(
+                    (x.data(), [c, h, w]),
+                    wt.data(),
+                    &win,
+                    (&mut out, [oh, ow]),
+                    epilogue,
+                    threads,
+                );
+                for (i, (g, e)) in out.iter().zip(&expected).enumerate() {
+                    let e = if relu { e.max(0.0) } else { *e };
+                    assert!(
+                        (g - e).abs() < 1e-4,
+                        "c{c} {h}×{w} k{k} s{s} p{p} d{d} [{i}]: {g} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+}
