@@ -171,7 +171,7 @@ impl Graph {
 
     /// Drops nodes none of whose outputs is read by a later node or is a graph output, and
     /// constants nothing reads.
-    fn remove_dead_nodes(&mut self) {
+    pub(crate) fn remove_dead_nodes(&mut self) {
         let mut needed: std::collections::HashSet<String> = self.outputs.iter().cloned().collect();
         let mut kept: Vec<Node> = Vec::with_capacity(self.nodes.len());
         for node in std::mem::take(&mut self.nodes).into_iter().rev() {

@@ -2,18 +2,35 @@
 //!
 //! - [`onnx`]: the front end — decodes a model, reads initializers (inline or external data),
 //!   parses every node into an [`ops::Op`] and checks the dataflow, all at load time;
-//! - [`graph`]: the IR a session runs;
+//! - [`graph`]: the IR a session runs, with every value's type and (where static) shape from
+//!   [`Graph::infer_shapes`];
 //! - [`ops`]: operators and their kernels (the op table is in that module's docs);
 //! - [`tensor`]: the tensor types.
 //!
 //! Use: [`Engine::load`] (or [`Engine::load_file`] for models with external data) gives a
 //! [`Session`]; [`Session::run`] takes named inputs and returns the graph outputs.
 //!
-//! Still to come (issue 4): the raster decomposition of layout ops, BatchNorm
-//! folding and activation fusion, Winograd and depthwise kernels, and the semi-auto algorithm
-//! search. The engine must stay independent of the VM, the device and the cloud.
+//! Loading runs, in order: constant folding, Conv + BatchNormalization folding and Relu
+//! fusion, shape inference (a mismatch the shapes prove fails the load, naming the node), and
+//! the raster lowering below.
+//!
+//! **Rasters** (MNN's geometric computing): every layout op — Transpose, Concat, Slice, Split,
+//! Gather, Pad, Expand, Tile, DepthToSpace, SpaceToDepth, and the reshaping views — is, once
+//! its input shapes are known, a [`ops::raster::Raster`]: an output shape, a list of strided
+//! region copies (source input, offsets, three strides and three sizes each side), and a fill
+//! value for elements no region writes. One kernel runs them all, contiguous inner runs as
+//! slice copies. At load, a layout node with static shapes becomes a `Raster` node, and a
+//! raster reading a raster nothing else reads is merged into it: their *index maps* (for each
+//! output element, the input element it copies) compose exactly, and the regions of the
+//! composed map are found again greedily — so ShuffleNet's Reshape → Transpose → Reshape is one
+//! copy. Views stay zero-work views unless merged into a neighbouring raster.
+//!
+//! Still to come (issue 4): BatchNorm folding and activation fusion, Winograd and depthwise
+//! kernels, and the semi-auto algorithm search. The engine must stay independent of the VM,
+//! the device and the cloud.
 
 pub mod graph;
+mod lowering;
 pub mod onnx;
 pub mod ops;
 pub mod search;

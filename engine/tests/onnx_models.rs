@@ -516,6 +516,12 @@ fn a_provable_shape_mismatch_fails_the_load_naming_the_node() {
     let (node_name, _, reason) = shape_error(matmul);
     assert_eq!(node_name, "mm");
     assert!(reason.contains("inner dimensions"), "{reason}");
+    let empty_kernel = model_with_input(
+        vec![node("Conv", "conv0", &["x", "w"], &["y"])],
+        vec![floats("w", &[2, 3, 0, 1], &[], false)],
+        &[1, 3, 5, 5],
+    );
+    assert_eq!(shape_error(empty_kernel).0, "conv0", "refused, not a panic");
     let err = Engine::load(&small_cnn(&[1, 3, 10, 10]))
         .err()
         .map(|e| e.to_string());
@@ -523,4 +529,178 @@ fn a_provable_shape_mismatch_fails_the_load_naming_the_node() {
         err.as_deref().is_some_and(|e| e.contains("\"fc\"")),
         "100 features reach a Gemm of 64: {err:?}"
     );
+}
+
+fn int64s(name: &str, values: &[i64]) -> pb::TensorProto {
+    pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: INT64,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    }
+}
+
+fn transpose(name: &str, input: &str, output: &str, perm: &[i64]) -> pb::NodeProto {
+    let mut n = node("Transpose", name, &[input], &[output]);
+    n.attribute.push(ints_attr("perm", perm));
+    n
+}
+
+/// The loaded graph's ops, in order.
+fn ops(session: &walle_engine::Session) -> Vec<&'static str> {
+    session.graph().nodes.iter().map(|n| n.op.name()).collect()
+}
+
+fn run1(session: &walle_engine::Session, shape: &[usize], x: &[f32]) -> Tensor {
+    let x = Tensor::new(shape.to_vec(), x.to_vec()).unwrap();
+    session.run(vec![("x".into(), x)]).unwrap().remove(0).1
+}
+
+#[test]
+fn a_channel_shuffle_is_one_raster_between_its_neighbours() {
+    let nodes = vec![
+        node("Relu", "in", &["x"], &["r"]),
+        node("Reshape", "split_groups", &["r", "grouped"], &["g"]),
+        transpose("shuffle", "g", "t", &[0, 2, 1, 3, 4]),
+        node("Reshape", "merge_groups", &["t", "flat"], &["s"]),
+        node("Relu", "out", &["s"], &["y"]),
+    ];
+    let inits = vec![
+        int64s("grouped", &[1, 2, 3, 4, 5]),
+        int64s("flat", &[1, 6, 4, 5]),
+    ];
+    let session = Engine::load(&model_with_input(nodes, inits, &[1, 6, 4, 5])).unwrap();
+    assert_eq!(ops(&session), ["Unary", "Raster", "Unary"]);
+    let x = seeded(120, 3);
+    let y = run1(&session, &[1, 6, 4, 5], &x);
+    assert_eq!(y.shape(), [1, 6, 4, 5]);
+    for c in 0..6 {
+        // Output channel c = i·2 + g holds input channel g·3 + i.
+        let source = (c % 2) * 3 + c / 2;
+        for p in 0..20 {
+            assert_eq!(
+                y.data()[c * 20 + p],
+                x[source * 20 + p].max(0.0),
+                "channel {c}"
+            );
+        }
+    }
+}
+
+#[test]
+fn transposes_in_a_row_and_a_slice_of_a_concat_merge() {
+    let nodes = vec![
+        transpose("t1", "x", "a", &[2, 0, 1]),
+        transpose("t2", "a", "y", &[0, 2, 1]),
+    ];
+    let session = Engine::load(&model_with_input(nodes, vec![], &[2, 3, 4])).unwrap();
+    assert_eq!(ops(&session), ["Raster"]);
+    let x = seeded(24, 5);
+    let y = run1(&session, &[2, 3, 4], &x);
+    assert_eq!(y.shape(), [4, 3, 2]);
+    for (i, j, k) in (0..24).map(|f| (f / 6, f / 2 % 3, f % 2)) {
+        assert_eq!(y.data()[(i * 3 + j) * 2 + k], x[(k * 3 + j) * 4 + i]);
+    }
+
+    let mut slice = node(
+        "Slice",
+        "slice",
+        &["c", "starts", "ends", "axes", "steps"],
+        &["y"],
+    );
+    slice.name = "slice".into();
+    let nodes = vec![node("Concat", "cat", &["x", "w"], &["c"]), slice];
+    let mut cat = nodes;
+    cat[0].attribute.push(int_attr("axis", 1));
+    let inits = vec![
+        floats("w", &[2, 3], &[10.0, 11.0, 12.0, 13.0, 14.0, 15.0], false),
+        int64s("starts", &[-1, 5]),
+        int64s("ends", &[-2, 1]),
+        int64s("axes", &[0, 1]),
+        int64s("steps", &[-1, -2]),
+    ];
+    let session = Engine::load(&model_with_input(cat, inits, &[2, 4])).unwrap();
+    assert_eq!(ops(&session), ["Raster"]);
+    assert_eq!(session.graph().nodes[0].inputs, ["x", "w"]);
+    let y = run1(&session, &[2, 4], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    // Row 1 of [x | w] = [4 5 6 7 13 14 15], columns 5 and 3.
+    assert_eq!((y.shape(), y.data()), (&[1, 2][..], &[14.0, 7.0][..]));
+}
+
+#[test]
+fn views_stay_views_and_splits_become_one_raster_per_part() {
+    let session = Engine::load(&small_cnn(&[2, 3, 8, 8])).unwrap();
+    assert_eq!(ops(&session), ["Conv", "Pool", "Flatten", "Gemm"]);
+
+    let mut split = node("Split", "split", &["x"], &["a", "b"]);
+    split.attribute.push(int_attr("axis", 1));
+    let mut m = pb::ModelProto::decode(
+        model_with_input(
+            vec![split, node("Relu", "r", &["b"], &["y"])],
+            vec![],
+            &[2, 4],
+        )
+        .as_slice(),
+    )
+    .unwrap();
+    m.graph.as_mut().unwrap().output.push(pb::ValueInfoProto {
+        name: "a".into(),
+        ..Default::default()
+    });
+    let session = Engine::load(&m.encode_to_vec()).unwrap();
+    let names: Vec<&str> = session
+        .graph()
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    assert_eq!(names, ["split#0", "split#1", "r"]);
+    let x = [1.0, -2.0, 3.0, -4.0, 5.0, -6.0, 7.0, -8.0];
+    let out = session
+        .run(vec![(
+            "x".into(),
+            Tensor::new(vec![2, 4], x.to_vec()).unwrap(),
+        )])
+        .unwrap();
+    assert_eq!(out[0].1.data(), [3.0, 0.0, 7.0, 0.0]);
+    assert_eq!(out[1].1.data(), [1.0, -2.0, 5.0, -6.0]);
+}
+
+#[test]
+fn layout_ops_with_symbolic_shapes_run_unlowered() {
+    let nodes = vec![
+        transpose("t", "x", "a", &[1, 0]),
+        node("Tile", "tile", &["a", "reps"], &["y"]),
+    ];
+    let inits = vec![int64s("reps", &[1, 2])];
+    let session = Engine::load(&model_with_input(nodes, inits, &[-1, 4])).unwrap();
+    assert_eq!(ops(&session), ["Transpose", "Tile"]);
+    let y = run1(&session, &[2, 4], &[0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]);
+    assert_eq!(y.shape(), [4, 4]);
+    assert_eq!(&y.data()[..8], [0.0, 4.0, 0.0, 4.0, 1.0, 5.0, 1.0, 5.0]);
+}
+
+#[test]
+fn huge_layout_outputs_are_refused_at_load() {
+    for (op, param) in [
+        ("Expand", vec![1 << 40, 2, 4]),
+        ("Tile", vec![1 << 35, 1 << 35]),
+    ] {
+        let bytes = model_with_input(
+            vec![node(op, "big", &["x", "p"], &["y"])],
+            vec![int64s("p", &param)],
+            &[2, 4],
+        );
+        match Engine::load(&bytes) {
+            Err(LoadError::Shape { node, reason, .. }) => {
+                assert_eq!(node, "big");
+                assert!(
+                    reason.contains("too large") || reason.contains("more than"),
+                    "{reason}"
+                );
+            }
+            other => panic!("{op}: {:?}", other.err()),
+        }
+    }
 }

@@ -77,6 +77,7 @@ pub fn load(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, LoadError> {
     graph.fold_constants()?;
     graph.fuse();
     graph.value_info = graph.infer_shapes()?;
+    graph.lower_to_rasters()?;
     Ok(graph)
 }
 

@@ -2,7 +2,7 @@
 //! parameters) are known, its output shapes. A mismatch that the shapes prove is an error.
 
 use super::elementwise::broadcast_shape;
-use super::{Op, shape};
+use super::{Op, Spatial, layout};
 use crate::Value;
 use crate::graph::{DType, ValueInfo};
 
@@ -94,57 +94,34 @@ impl Op {
                 check_channel_params(&args)?;
                 x
             }
-            Op::Flatten { .. }
-            | Op::Reshape { .. }
-            | Op::Unsqueeze { .. }
-            | Op::Squeeze { .. }
-            | Op::Concat { .. }
-            | Op::Transpose { .. } => {
-                return Ok(vec![ValueInfo {
-                    dtype: args.dtype(0),
-                    shape: self.layout_shape(&args, infos.len())?,
-                }]);
-            }
+            _ => return self.infer_layout(&args),
         };
         Ok(vec![float(shape)])
     }
 
-    /// The output shape of a layout op, when the inputs' shapes and parameters are known.
-    fn layout_shape(&self, args: &Args, inputs: usize) -> Result<Option<Vec<usize>>, String> {
-        let Some(x) = args.shape(0) else {
-            return Ok(None);
+    /// A layout op's outputs: the input's type, and the shapes its plan gives when the data
+    /// inputs' shapes and all parameters are known.
+    fn infer_layout(&self, args: &Args) -> Result<Vec<ValueInfo>, String> {
+        let known = |shape: Option<Vec<usize>>| ValueInfo {
+            dtype: args.dtype(0),
+            shape,
         };
-        Ok(Some(match self {
-            Op::Flatten { axis } => shape::flatten(x, *axis)?,
-            Op::Reshape { allow_zero } => match args.ints(1)? {
-                Some(target) => shape::reshape(x, target, *allow_zero)?,
-                None => return Ok(None),
-            },
-            Op::Unsqueeze { axes } => match axes
-                .as_deref()
-                .map_or_else(|| args.ints(1), |a| Ok(Some(a)))?
-            {
-                Some(axes) => shape::unsqueeze(x, axes)?,
-                None => return Ok(None),
-            },
-            Op::Squeeze { axes } => match axes {
-                Some(a) => shape::squeeze(x, Some(a))?,
-                None if args.given(1) => match args.ints(1)? {
-                    Some(a) => shape::squeeze(x, Some(a))?,
-                    None => return Ok(None),
-                },
-                None => shape::squeeze(x, None)?,
-            },
-            Op::Concat { axis } => match args.shapes(inputs) {
-                Some(shapes) => shape::concat_shape(&shapes, *axis)?.1,
-                None => return Ok(None),
-            },
-            Op::Transpose { perm } => shape::transpose_perm(x.len(), perm.as_deref())?
-                .iter()
-                .map(|&a| x[a])
-                .collect(),
-            _ => return Ok(None),
-        }))
+        let given = args.infos.len();
+        let data = self.data_inputs(given);
+        let params_known = (data..given).all(|i| !args.given(i) || args.constants[i].is_some());
+        let shapes = match args.shapes(data) {
+            Some(shapes) if params_known && !shapes.is_empty() => shapes,
+            _ => return Ok(vec![known(None); self.outputs()]),
+        };
+        let params = layout::Params(args.constants);
+        if self.is_view() {
+            return Ok(vec![known(Some(self.view_shape(shapes[0], &params)?))]);
+        }
+        Ok(self
+            .plan(&shapes, &params)?
+            .into_iter()
+            .map(|r| known(Some(r.shape)))
+            .collect())
     }
 
     /// Conv and pooling output shapes (NCHW), checking channels, groups and kernel.
@@ -185,9 +162,27 @@ impl Op {
             Op::Pool { spatial, .. } => (spatial, c, spatial.kernel.unwrap_or([1, 1])),
             _ => return Ok(None),
         };
+        check_window(spatial, kernel, [h, w])?;
         let [oh, ow] = spatial.window(kernel, [h, w]).output(h, w)?;
         Ok(Some(vec![n, filters, oh, ow]))
     }
+}
+
+/// Refuses windows whose arithmetic would overflow or underflow (a hostile model's huge pads
+/// or empty kernel), before any size is computed from them.
+fn check_window(spatial: &Spatial, kernel: [usize; 2], input: [usize; 2]) -> Result<(), String> {
+    const LIMIT: usize = 1 << 24;
+    let sizes = kernel
+        .iter()
+        .chain(&input)
+        .chain(&spatial.strides)
+        .chain(&spatial.dilations);
+    if kernel.contains(&0) || input.contains(&0) || sizes.chain(&spatial.pads).any(|&v| v > LIMIT) {
+        return Err(format!(
+            "window {spatial:?} with kernel {kernel:?} over {input:?} is out of range"
+        ));
+    }
+    Ok(())
 }
 
 /// The shape all inputs broadcast to, when every one is known.

@@ -1,30 +1,46 @@
-//! Operators: each ONNX op the engine runs, parsed with its attributes at load time, and its
-//! kernel. An op not listed here fails the load with [`LoadError::UnsupportedOp`].
+//! Operators: each ONNX op the engine runs, parsed with its attributes at load time, its shape
+//! inference rule ([`Op::infer`]) and its kernel. An op not listed here fails the load with
+//! [`LoadError::UnsupportedOp`].
 //!
-//! | ONNX op | kernel |
+//! | ONNX op | decomposition or kernel |
 //! |---|---|
 //! | Identity, Dropout (inference) | pass-through |
-//! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt | [`elementwise::Unary`] |
-//! | Add, Sub, Mul, Div, Sum | [`elementwise::Binary`], numpy broadcasting |
-//! | MatMul, Gemm | [`linalg`]: the `gemm` crate's kernels through strided views |
-//! | Conv | [`conv::conv`]: 1×1 as one GEMM, otherwise im2col + GEMM, per group |
-//! | MaxPool, AveragePool, GlobalAveragePool | [`conv::pool`], [`conv::global_average_pool`] |
-//! | BatchNormalization, LRN | [`nn`] |
-//! | Flatten, Reshape, Squeeze, Unsqueeze | [`shape`]: new shape, same values |
-//! | Concat, Transpose | [`shape::concat`], [`shape::transpose`] (copies) |
-//! | Softmax | [`shape::softmax`] (2-D coercion before opset 13) |
+//! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt | kernel: [`elementwise::Unary`] |
+//! | Add, Sub, Mul, Div, Sum | kernel: [`elementwise::Binary`], numpy broadcasting |
+//! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
+//! | Conv | kernel: [`conv::conv`], 1×1 as one GEMM, otherwise im2col + GEMM, per group |
+//! | MaxPool, AveragePool, GlobalAveragePool | kernel: [`conv::pool`], [`conv::global_average_pool`] |
+//! | BatchNormalization, LRN | kernel: [`nn`] (BatchNormalization after a Conv folds into it) |
+//! | Softmax | kernel: [`shape::softmax`] (2-D coercion before opset 13) |
+//! | Flatten, Reshape, Squeeze, Unsqueeze | view (same values, new shape); a raster when merged with a neighbouring raster |
+//! | Transpose | raster: one block, source strides permuted |
+//! | Concat | raster: one block per input |
+//! | Slice (constant parameters, negative steps) | raster: one affine run per axis |
+//! | Split (attribute or input sizes, equal parts) | raster per output (a Slice each) |
+//! | Gather (constant indices, any axis, negative indices) | raster: a run per stretch of affine indices |
+//! | Pad (constant, reflect, edge, wrap) | raster: runs per axis, the constant as the fill |
+//! | Expand | raster: source stride 0 on broadcast axes |
+//! | Tile | raster: one block of twice the rank (repeat, element) per axis |
+//! | DepthToSpace (DCR, CRD), SpaceToDepth | raster: one 6-D block |
 //! | Constant, ConstantOfShape | constants (folded at load) |
 //!
-//! Opsets 7–21 are accepted; where an op changed (Softmax at 13, Squeeze/Unsqueeze taking
-//! `axes` as an input from 13), both forms are read.
+//! Layout ops ([`layout`]) are planned as [`raster::Raster`]s: with static shapes they become
+//! `Raster` nodes at load (and rasters in a row merge into one); otherwise the same plan runs
+//! at each call. Layout ops move int64 values too, so shape arithmetic on constants folds.
+//!
+//! Opsets 7–21 are accepted; where an op changed (Softmax at 13, Squeeze/Unsqueeze/Split taking
+//! `axes`/`split` as an input from 13, Slice its parameters from 10, Pad from 11), both forms
+//! are read.
 
 pub mod attrs;
 pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 mod infer;
+pub mod layout;
 pub mod linalg;
 pub mod nn;
+pub mod raster;
 pub mod shape;
 pub mod winograd;
 
@@ -163,6 +179,36 @@ pub enum Op {
     ConstantOfShape {
         value: f32,
     },
+    /// Parameters from attributes before opset 10 (`Some`), else inputs 1–4.
+    Slice {
+        attrs: Option<layout::SliceAttrs>,
+    },
+    /// `split`: sizes from the attribute before opset 13, else input 1; equal parts without.
+    Split {
+        axis: i64,
+        split: Option<Vec<i64>>,
+        outputs: usize,
+    },
+    Gather {
+        axis: i64,
+    },
+    /// Pads and value from attributes before opset 11 (`Some`), else inputs 1–3.
+    Pad {
+        mode: layout::PadMode,
+        attrs: Option<layout::PadAttrs>,
+    },
+    Expand,
+    Tile,
+    /// `crd`: column-row-depth order (else depth-column-row, DCR).
+    DepthToSpace {
+        block: usize,
+        crd: bool,
+    },
+    SpaceToDepth {
+        block: usize,
+    },
+    /// Layout ops lowered at load (see [`raster`]).
+    Raster(raster::Raster),
 }
 
 fn pair(attrs: &Attrs, name: &str, default: usize) -> Result<[usize; 2], LoadError> {
@@ -235,6 +281,69 @@ impl Spatial {
             ceil: self.ceil,
         }
     }
+}
+
+/// Parses the layout ops new to the engine's raster decomposition.
+fn layout_op(node: &NodeProto, attrs: &Attrs, opset: i64) -> Result<Op, LoadError> {
+    let block = || {
+        usize::try_from(attrs.int("blocksize", 0))
+            .ok()
+            .filter(|&b| b > 0)
+            .ok_or_else(|| attrs.bad("blocksize", "is required and must be positive"))
+    };
+    Ok(match node.op_type.as_str() {
+        "Slice" if opset < 10 => Op::Slice {
+            attrs: Some(layout::SliceAttrs {
+                starts: attrs.ints("starts").unwrap_or_default().to_vec(),
+                ends: attrs.ints("ends").unwrap_or_default().to_vec(),
+                axes: attrs.ints("axes").map(<[i64]>::to_vec),
+            }),
+        },
+        "Slice" => Op::Slice { attrs: None },
+        "Split" => Op::Split {
+            axis: attrs.int("axis", 0),
+            split: if opset < 13 {
+                attrs.ints("split").map(<[i64]>::to_vec)
+            } else {
+                None
+            },
+            outputs: match attrs.int("num_outputs", 0) {
+                0 => node.output.len(),
+                n => usize::try_from(n)
+                    .ok()
+                    .filter(|&n| n == node.output.len())
+                    .ok_or_else(|| attrs.bad("num_outputs", "differs from the outputs"))?,
+            },
+        },
+        "Gather" => Op::Gather {
+            axis: attrs.int("axis", 0),
+        },
+        "Pad" => {
+            let name = attrs.string("mode").unwrap_or_else(|| "constant".into());
+            let mode = layout::PadMode::parse(&name)
+                .ok_or_else(|| attrs.bad("mode", format!("{name:?} is not a padding mode")))?;
+            Op::Pad {
+                mode,
+                attrs: (opset < 11).then(|| layout::PadAttrs {
+                    pads: attrs.ints("pads").unwrap_or_default().to_vec(),
+                    value: attrs.float("value", 0.0),
+                }),
+            }
+        }
+        "Expand" => Op::Expand,
+        "Tile" => Op::Tile,
+        "DepthToSpace" => Op::DepthToSpace {
+            block: block()?,
+            crd: match attrs.string("mode").as_deref() {
+                None | Some("DCR") => false,
+                Some("CRD") => true,
+                Some(other) => {
+                    return Err(attrs.bad("mode", format!("{other:?} is not DCR or CRD")));
+                }
+            },
+        },
+        _ => Op::SpaceToDepth { block: block()? },
+    })
 }
 
 fn spatial_size(t: &Tensor) -> Result<[usize; 2], String> {
@@ -371,6 +480,8 @@ impl Op {
                 };
                 Op::ConstantOfShape { value }
             }
+            "Slice" | "Split" | "Gather" | "Pad" | "Expand" | "Tile" | "DepthToSpace"
+            | "SpaceToDepth" => layout_op(node, &attrs, opset)?,
             other => {
                 return Err(LoadError::UnsupportedOp {
                     op: other.to_owned(),
@@ -405,6 +516,15 @@ impl Op {
             Op::Softmax { .. } => "Softmax",
             Op::Constant(_) => "Constant",
             Op::ConstantOfShape { .. } => "ConstantOfShape",
+            Op::Slice { .. } => "Slice",
+            Op::Split { .. } => "Split",
+            Op::Gather { .. } => "Gather",
+            Op::Pad { .. } => "Pad",
+            Op::Expand => "Expand",
+            Op::Tile => "Tile",
+            Op::DepthToSpace { .. } => "DepthToSpace",
+            Op::SpaceToDepth { .. } => "SpaceToDepth",
+            Op::Raster(_) => "Raster",
         }
     }
 
@@ -501,12 +621,6 @@ impl Op {
             }
         };
         let optional = |i: usize| inputs.get(i).copied().flatten().is_some();
-        let reshaped =
-            |t: &Tensor, shape: Result<Vec<usize>, String>| -> Result<Tensor, RunError> {
-                t.clone()
-                    .reshaped(shape.map_err(fail)?)
-                    .map_err(|e| fail(e.to_string()))
-            };
         let out = match self {
             Op::Identity => {
                 let value = inputs
@@ -584,41 +698,24 @@ impl Op {
                 beta,
                 bias,
             } => nn::lrn(float(0)?, *size, *alpha, *beta, *bias).map_err(fail)?,
-            Op::Flatten { axis } => {
-                let x = float(0)?;
-                reshaped(x, shape::flatten(x.shape(), *axis))?
-            }
-            Op::Reshape { allow_zero } => {
-                let x = float(0)?;
-                reshaped(x, shape::reshape(x.shape(), ints(1)?, *allow_zero))?
-            }
-            Op::Unsqueeze { axes } => {
-                let x = float(0)?;
-                let axes = match axes {
-                    Some(a) => a.as_slice(),
-                    None => ints(1)?,
-                };
-                reshaped(x, shape::unsqueeze(x.shape(), axes))?
-            }
-            Op::Squeeze { axes } => {
-                let x = float(0)?;
-                let axes = match axes {
-                    Some(a) => Some(a.as_slice()),
-                    None if optional(1) => Some(ints(1)?),
-                    None => None,
-                };
-                reshaped(x, shape::squeeze(x.shape(), axes))?
-            }
-            Op::Concat { axis } => {
-                let parts = (0..inputs.len())
-                    .map(float)
-                    .collect::<Result<Vec<_>, _>>()?;
-                shape::concat(&parts, *axis).map_err(fail)?
-            }
-            Op::Transpose { perm } => shape::transpose(float(0)?, perm.as_deref()).map_err(fail)?,
             Op::Softmax { axis, opset } => {
                 shape::softmax(float(0)?.clone(), *axis, *opset).map_err(fail)?
             }
+            Op::Flatten { .. }
+            | Op::Reshape { .. }
+            | Op::Unsqueeze { .. }
+            | Op::Squeeze { .. }
+            | Op::Concat { .. }
+            | Op::Transpose { .. }
+            | Op::Slice { .. }
+            | Op::Split { .. }
+            | Op::Gather { .. }
+            | Op::Pad { .. }
+            | Op::Expand
+            | Op::Tile
+            | Op::DepthToSpace { .. }
+            | Op::SpaceToDepth { .. }
+            | Op::Raster(_) => return self.eval_layout(inputs).map_err(fail),
         };
         Ok(vec![Value::F32(out)])
     }
