@@ -7,8 +7,10 @@
 //! - [`ops`]: operators and their kernels (the op table is in that module's docs);
 //! - [`tensor`]: the tensor types.
 //!
-//! Use: [`Engine::load`] (or [`Engine::load_file`] for models with external data) gives a
-//! [`Session`]; [`Session::run`] takes named inputs and returns the graph outputs.
+//! Use: [`Engine::load`] (or [`Engine::load_file`] for models with external data;
+//! [`Engine::load_with`] / [`Engine::load_file_with`] take [`Options`]) gives a [`Session`];
+//! [`Session::inputs`] and [`Session::outputs`] describe it and [`Session::run`] takes named
+//! inputs and returns the graph outputs.
 //!
 //! Loading runs, in order: constant folding, Conv + BatchNormalization folding and Relu
 //! fusion, shape inference (a mismatch the shapes prove fails the load, naming the node), and
@@ -25,9 +27,14 @@
 //! composed map are found again greedily — so ShuffleNet's Reshape → Transpose → Reshape is one
 //! copy. Views stay zero-work views unless merged into a neighbouring raster.
 //!
-//! Still to come (issue 4): BatchNorm folding and activation fusion, Winograd and depthwise
-//! kernels, and the semi-auto algorithm search. The engine must stay independent of the VM,
-//! the device and the cloud.
+//! **Semi-auto search** ([`search`]): when a session is created, each convolution's candidate
+//! algorithms (im2col + GEMM, Winograd F(2×2)/F(4×4) for 3×3 stride-1 kernels, direct
+//! depthwise) and thread counts are timed on this machine and the fastest is kept; the
+//! choices are cached on disk per model, device and engine version ([`Options::cache_dir`]),
+//! and [`Session::search_report`] says what was chosen and what it cost.
+//! [`Search::CostModel`] skips the measuring.
+//!
+//! The engine stays independent of the VM, the device and the cloud.
 
 pub mod graph;
 mod lowering;

@@ -704,3 +704,142 @@ fn huge_layout_outputs_are_refused_at_load() {
         }
     }
 }
+
+/// x[1,16,12,12] → 3×3 Conv (16→16, pad 1) → Relu → depthwise 3×3 Conv → 1×1 Conv (16→8).
+fn three_convs(seed: u32) -> (Vec<u8>, [Vec<f32>; 3]) {
+    let weights = [
+        seeded(16 * 16 * 9, seed),
+        seeded(16 * 9, seed + 1),
+        seeded(8 * 16, seed + 2),
+    ];
+    let mut c3 = node("Conv", "c3", &["x", "w3"], &["a"]);
+    c3.attribute.push(ints_attr("pads", &[1, 1, 1, 1]));
+    let mut dw = node("Conv", "dw", &["r", "wd"], &["d"]);
+    dw.attribute.push(ints_attr("pads", &[1, 1, 1, 1]));
+    dw.attribute.push(int_attr("group", 16));
+    let nodes = vec![
+        c3,
+        node("Relu", "relu", &["a"], &["r"]),
+        dw,
+        node("Conv", "pw", &["d", "wp"], &["y"]),
+    ];
+    let inits = vec![
+        floats("w3", &[16, 16, 3, 3], &weights[0], true),
+        floats("wd", &[16, 1, 3, 3], &weights[1], true),
+        floats("wp", &[8, 16, 1, 1], &weights[2], true),
+    ];
+    (model_with_input(nodes, inits, &[1, 16, 12, 12]), weights)
+}
+
+#[test]
+fn the_search_measures_each_convolution_and_caches_its_choices_on_disk() {
+    use walle_engine::ops::conv::{Window, conv};
+    use walle_engine::ops::winograd::Tile;
+    use walle_engine::{Algorithm, Options, Search};
+    let (bytes, weights) = three_convs(40);
+    let x = Tensor::new(vec![1, 16, 12, 12], seeded(16 * 144, 41)).unwrap();
+    let output =
+        |s: &walle_engine::Session| s.run(vec![("x".into(), x.clone())]).unwrap()[0].1.clone();
+
+    // The plain computation: im2col convolutions one after the other.
+    let window = |k: usize, pad: usize| Window {
+        kernel: [k, k],
+        strides: [1, 1],
+        dilations: [1, 1],
+        pads: [pad; 4],
+        ceil: false,
+    };
+    let t = |v: &[f32], shape: Vec<usize>| Tensor::new(shape, v.to_vec()).unwrap();
+    let a = conv(
+        &x,
+        &t(&weights[0], vec![16, 16, 3, 3]),
+        None,
+        &window(3, 1),
+        1,
+        1,
+    )
+    .unwrap();
+    let r = Tensor::new(
+        a.shape().to_vec(),
+        a.data().iter().map(|v| v.max(0.0)).collect(),
+    )
+    .unwrap();
+    let d = conv(
+        &r,
+        &t(&weights[1], vec![16, 1, 3, 3]),
+        None,
+        &window(3, 1),
+        16,
+        1,
+    )
+    .unwrap();
+    let expected = conv(
+        &d,
+        &t(&weights[2], vec![8, 16, 1, 1]),
+        None,
+        &window(1, 0),
+        1,
+        1,
+    )
+    .unwrap();
+    let close = |got: &Tensor, what: &str| {
+        assert_eq!(got.shape(), expected.shape());
+        for (g, e) in got.data().iter().zip(expected.data()) {
+            assert!((g - e).abs() < 1e-3 * (1.0 + e.abs()), "{what}: {g} vs {e}");
+        }
+    };
+
+    // The cost model measures nothing and writes nothing.
+    let dir = tempfile::tempdir().unwrap();
+    let options = |search| Options {
+        threads: 2,
+        search,
+        cache_dir: Some(dir.path().to_path_buf()),
+    };
+    let ruled = Engine::load_with(&bytes, &options(Search::CostModel)).unwrap();
+    let report = ruled.search_report();
+    assert_eq!((report.measured, report.cache_file.clone()), (0, None));
+    let algorithms: Vec<Algorithm> = report.choices.iter().map(|(_, c)| c.algorithm).collect();
+    assert_eq!(
+        algorithms,
+        [
+            Algorithm::Winograd(Tile::F4),
+            Algorithm::Depthwise,
+            Algorithm::Gemm
+        ]
+    );
+    close(&output(&ruled), "cost model");
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+
+    // Measuring times every candidate of every convolution and writes the choices.
+    let measured = Engine::load_with(&bytes, &options(Search::Measure)).unwrap();
+    let first = measured.search_report().clone();
+    let names: Vec<&str> = first.choices.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["c3", "dw", "pw"]);
+    // Candidates at 2 threads: c3 gemm + 2 Winograd, dw gemm + depthwise, pw gemm; ×2 threads.
+    assert_eq!((first.measured, first.cached), (12, 0));
+    assert!(first.seconds > 0.0 && first.cache_error.is_none());
+    let file = first.cache_file.clone().unwrap();
+    assert!(file.is_file(), "{} was not written", file.display());
+    close(&output(&measured), "measured choices");
+
+    // The same model on the same device: every choice from the cache, nothing measured.
+    let again = Engine::load_with(&bytes, &options(Search::Measure)).unwrap();
+    let second = again.search_report();
+    assert_eq!((second.measured, second.cached), (0, 3));
+    assert_eq!(second.choices, first.choices);
+    close(&output(&again), "cached choices");
+
+    // A damaged cache costs a new search, never a failure, and is rewritten.
+    std::fs::write(&file, "garbage\nc3\twinograd-f9\tmany\n").unwrap();
+    let repaired = Engine::load_with(&bytes, &options(Search::Measure)).unwrap();
+    assert_eq!(repaired.search_report().measured, 12);
+    let healed = Engine::load_with(&bytes, &options(Search::Measure)).unwrap();
+    assert_eq!(healed.search_report().cached, 3);
+
+    // Another model gets its own cache file.
+    let (other, _) = three_convs(50);
+    let other = Engine::load_with(&other, &options(Search::Measure)).unwrap();
+    assert_ne!(other.search_report().cache_file.as_ref(), Some(&file));
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}

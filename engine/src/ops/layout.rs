@@ -4,7 +4,7 @@
 //! its shapes are only known at run time.
 //!
 //! Ops whose output element reads one input element per axis (Slice, Split, Gather, Pad,
-//! Expand) are planned from one index list per axis ([`separable`]); the others (Transpose,
+//! Expand) are planned from one index list per axis (`separable`); the others (Transpose,
 //! Concat, Tile, DepthToSpace, SpaceToDepth, the views) are a few blocks each.
 
 use super::elementwise::broadcast_shape;

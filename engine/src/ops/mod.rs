@@ -6,9 +6,9 @@
 //! |---|---|
 //! | Identity, Dropout (inference) | pass-through |
 //! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt | kernel: [`elementwise::Unary`] |
-//! | Add, Sub, Mul, Div, Sum | kernel: [`elementwise::Binary`], numpy broadcasting |
+//! | Add, Sub, Mul, Div, Sum | kernel: [`elementwise::Binary`], numpy broadcasting; in place when the first operand is not read later; a following Relu fused |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
-//! | Conv | kernel: [`conv::conv`], 1×1 as one GEMM, otherwise im2col + GEMM, per group |
+//! | Conv | kernel chosen per node by the [search](crate::search): [`conv::conv`] (1×1 as one GEMM, otherwise im2col + GEMM, per group), [`winograd`] F(2×2,3×3) / F(4×4,3×3), [`depthwise`] direct; bias and a fused Relu applied as the output is written |
 //! | MaxPool, AveragePool, GlobalAveragePool | kernel: [`conv::pool`], [`conv::global_average_pool`] |
 //! | BatchNormalization, LRN | kernel: [`nn`] (BatchNormalization after a Conv folds into it) |
 //! | Softmax | kernel: [`shape::softmax`] (2-D coercion before opset 13) |
