@@ -45,6 +45,7 @@ pub mod tensor;
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::{Arc, Mutex, OnceLock};
 
 use ops::Op;
 use search::ConvPlan;
@@ -185,20 +186,55 @@ pub struct Session {
     /// For each node, the planned convolution algorithm (None: the op's own kernel).
     plans: Vec<Option<ConvPlan>>,
     search: SearchReport,
+    /// The threads kernels run on. A whole run happens inside the pool, so the calling thread
+    /// waits asleep instead of competing with spinning workers for the cores.
+    pool: Option<Arc<rayon::ThreadPool>>,
+}
+
+/// The process-wide pool of `threads` workers (one per thread count, shared by sessions);
+/// `None` if the OS refuses threads, and kernels then run on the caller and rayon's default.
+fn thread_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
+    static POOLS: OnceLock<Mutex<HashMap<usize, Arc<rayon::ThreadPool>>>> = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(pool) = pools.get(&threads) {
+        return Some(pool.clone());
+    }
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(move |i| format!("walle-engine-{threads}-{i}"))
+        .build()
+        .ok()
+        .map(Arc::new)?;
+    pools.insert(threads, pool.clone());
+    Some(pool)
+}
+
+/// Runs `f` on a worker of `pool` (or here, without one).
+fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
+    match pool {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
 }
 
 impl Session {
     fn new(graph: Graph, model_digest: &str, options: &Options) -> Session {
         let last_reads = last_reads(&graph);
-        let (plans, search) = search::plan_graph(&graph, model_digest, options);
+        let threads = options.threads.max(1);
+        let pool = thread_pool(threads);
+        let (plans, search) = in_pool(pool.as_deref(), || {
+            search::plan_graph(&graph, model_digest, options)
+        });
         Session {
             graph,
-            ctx: ops::Ctx {
-                threads: options.threads.max(1),
-            },
+            ctx: ops::Ctx { threads },
             last_reads,
             plans,
             search,
+            pool,
         }
     }
 
@@ -210,6 +246,7 @@ impl Session {
     /// Uses `threads` threads per kernel (default: the machine's cores).
     pub fn with_threads(mut self, threads: usize) -> Session {
         self.ctx.threads = threads.max(1);
+        self.pool = thread_pool(self.ctx.threads);
         self
     }
 
@@ -230,6 +267,11 @@ impl Session {
 
     /// Runs the model on named inputs; returns the outputs in [`Session::outputs`] order.
     pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RunError> {
+        in_pool(self.pool.as_deref(), || self.run_here(inputs))
+    }
+
+    /// [`Session::run`] on the calling thread (a worker of the session's pool).
+    fn run_here(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RunError> {
         let mut values: HashMap<&str, Value> = HashMap::new();
         let mut given: HashMap<String, Tensor> = inputs.into_iter().collect();
         for spec in &self.graph.inputs {

@@ -80,7 +80,8 @@ pub struct SearchReport {
     pub search: Search,
     /// Wall time spent choosing (measuring, or reading the cache).
     pub seconds: f64,
-    /// Candidate runs timed (0 when every choice came from the cache or the cost model).
+    /// Candidate runs timed, warm-up runs included (0 when every choice came from the cache or
+    /// the cost model).
     pub measured: usize,
     /// Convolutions whose choice came from the cache.
     pub cached: usize,
@@ -183,25 +184,42 @@ impl ConvSite<'_> {
         ConvPlan { choice, winograd }
     }
 
-    /// The fastest of a few runs of `choice` on a synthetic input of the real shape.
-    fn time(&self, choice: Choice, x: &Tensor, threads: usize) -> Result<f64, String> {
-        let plan = self.plan(choice);
-        let mut best = f64::INFINITY;
-        for _ in 0..3 {
-            let start = Instant::now();
-            let out = plan.run(
-                x,
-                self.weights,
-                self.bias,
-                &self.window,
-                self.group,
-                self.relu,
-                threads,
-            )?;
-            best = best.min(start.elapsed().as_secs_f64());
-            std::hint::black_box(out);
+    /// Times every candidate on a synthetic input of the real shape and returns the one with
+    /// the lowest median. Candidates take turns, round after round, so a slow moment of the
+    /// machine hits them all alike; the first round only warms caches and buffers.
+    fn fastest(&self, candidates: &[Choice], threads: usize) -> Option<Choice> {
+        const ROUNDS: usize = 3;
+        let x = synthetic(self.input);
+        let plans: Vec<ConvPlan> = candidates.iter().map(|&c| self.plan(c)).collect();
+        let mut times = vec![Vec::with_capacity(ROUNDS); plans.len()];
+        for round in 0..=ROUNDS {
+            for (plan, times) in plans.iter().zip(&mut times) {
+                let start = Instant::now();
+                let out = plan.run(
+                    &x,
+                    self.weights,
+                    self.bias,
+                    &self.window,
+                    self.group,
+                    self.relu,
+                    threads,
+                );
+                let seconds = start.elapsed().as_secs_f64();
+                if round > 0 && out.is_ok() {
+                    times.push(seconds);
+                }
+                std::hint::black_box(out).ok();
+            }
         }
-        Ok(best)
+        let median = |t: &mut Vec<f64>| {
+            t.sort_by(f64::total_cmp);
+            t.get(t.len() / 2).copied().unwrap_or(f64::INFINITY)
+        };
+        let medians: Vec<f64> = times.iter_mut().map(median).collect();
+        (0..candidates.len())
+            .filter(|&i| medians[i].is_finite())
+            .min_by(|&a, &b| medians[a].total_cmp(&medians[b]))
+            .map(|i| candidates[i])
     }
 }
 
@@ -506,17 +524,10 @@ pub(crate) fn plan_graph(
                 choice
             }
             (Search::Measure, _) => {
-                let x = synthetic(site.input);
-                let mut best = (f64::INFINITY, site.cost_model(options.threads));
-                for candidate in site.candidates(options.threads) {
-                    report.measured += 1;
-                    if let Ok(seconds) = site.time(candidate, &x, options.threads)
-                        && seconds < best.0
-                    {
-                        best = (seconds, candidate);
-                    }
-                }
-                best.1
+                let candidates = site.candidates(options.threads);
+                report.measured += candidates.len() * 4;
+                site.fastest(&candidates, options.threads)
+                    .unwrap_or_else(|| site.cost_model(options.threads))
             }
         };
         plans[*index] = Some(site.plan(choice));

@@ -17,13 +17,14 @@ pub fn depthwise(
 ) {
     let taps = window.kernel[0] * window.kernel[1];
     let dst = SendPtr(out.as_mut_ptr());
+    let spans = column_spans(window, w, ow);
     let channel = |c: usize| {
         // SAFETY: each channel writes only its own output plane.
         let plane = unsafe { std::slice::from_raw_parts_mut(dst.at(c * oh * ow), oh * ow) };
         plane.fill(epilogue.bias.map_or(0.0, |b| b[c]));
         let source = &input[c * h * w..(c + 1) * h * w];
         let filter = &weights[c * taps..(c + 1) * taps];
-        channel_plane(source, [h, w], filter, window, plane, [oh, ow]);
+        channel_plane(source, [h, w], filter, window, &spans, plane, [oh, ow]);
         if epilogue.relu {
             plane.iter_mut().for_each(|v| *v = v.max(0.0));
         }
@@ -41,47 +42,58 @@ pub fn depthwise(
     });
 }
 
+/// For each kernel column `kx`: the outputs `first..last` whose input column
+/// `kx·dx - pad + ox·sx` lies inside a row of width `w`, and the input column of `first`. The
+/// same for every row and channel, so it is worked out once per call.
+fn column_spans(win: &Window, w: usize, ow: usize) -> Vec<(usize, usize, usize)> {
+    let sx = win.strides[1];
+    (0..win.kernel[1])
+        .map(|kx| {
+            let x0 = (kx * win.dilations[1]) as isize - win.pads[1] as isize;
+            let first = ((-x0).max(0) as usize).div_ceil(sx).min(ow);
+            let last = ((w as isize - x0).max(0) as usize)
+                .div_ceil(sx)
+                .clamp(first, ow);
+            let start = (x0 + (first * sx) as isize).max(0) as usize;
+            (first, last, start)
+        })
+        .collect()
+}
+
 /// Adds one channel's convolution to `out` (which holds the bias).
 fn channel_plane(
     source: &[f32],
     [h, w]: [usize; 2],
     filter: &[f32],
     win: &Window,
+    spans: &[(usize, usize, usize)],
     out: &mut [f32],
     [oh, ow]: [usize; 2],
 ) {
-    let [kh, kw] = win.kernel;
-    let ([sy, sx], [dy, dx]) = (win.strides, win.dilations);
+    let kw = win.kernel[1];
+    let ([sy, sx], dy) = (win.strides, win.dilations[0]);
     for oy in 0..oh {
         let row = &mut out[oy * ow..(oy + 1) * ow];
-        for ky in 0..kh {
+        for ky in 0..win.kernel[0] {
             let y = (oy * sy + ky * dy) as isize - win.pads[0] as isize;
             if y < 0 || y as usize >= h {
                 continue;
             }
             let line = &source[y as usize * w..(y as usize + 1) * w];
-            for kx in 0..kw {
-                let weight = filter[ky * kw + kx];
-                let x0 = (kx * dx) as isize - win.pads[1] as isize;
-                // Outputs whose input column x0 + ox·sx lies inside the row.
-                let first = if x0 >= 0 { 0 } else { (-x0) as usize }.div_ceil(sx);
-                let last = if (w as isize) <= x0 {
-                    0
-                } else {
-                    ((w as isize - x0) as usize).div_ceil(sx).min(ow)
-                };
-                if first >= last {
+            let taps = filter[ky * kw..(ky + 1) * kw].iter().zip(spans);
+            for (&weight, &(first, last, start)) in taps {
+                if first == last {
                     continue;
                 }
-                let start = (x0 + (first * sx) as isize) as usize;
+                let outputs = &mut row[first..last];
                 if sx == 1 {
-                    let src = &line[start..start + (last - first)];
-                    for (o, &v) in row[first..last].iter_mut().zip(src) {
+                    let src = &line[start..start + outputs.len()];
+                    for (o, &v) in outputs.iter_mut().zip(src) {
                         *o += weight * v;
                     }
                 } else {
-                    for (i, o) in row[first..last].iter_mut().enumerate() {
-                        *o += weight * line[start + i * sx];
+                    for (o, &v) in outputs.iter_mut().zip(line[start..].iter().step_by(sx)) {
+                        *o += weight * v;
                     }
                 }
             }
@@ -104,6 +116,7 @@ mod tests {
             (2, 9, 7, 5, 2, 2, 1),
             (3, 10, 10, 3, 1, 2, 2),
             (2, 5, 5, 3, 3, 0, 1),
+            (2, 3, 3, 5, 1, 4, 1), // taps that reach no column of a row
         ] {
             let x = Tensor::new(vec![1, c, h, w], values(c * h * w, 1)).unwrap();
             let wt = Tensor::new(vec![c, 1, k, k], values(c * k * k, 2)).unwrap();
