@@ -199,10 +199,13 @@ pub fn pool(x: &Tensor, window: &Window, kind: Pool) -> Result<Tensor, String> {
     } else {
         pool_plane_dilated
     };
-    for (plane_index, dst) in out.data_mut().chunks_mut(oh * ow).enumerate() {
-        let plane = &x.data()[plane_index * h * w..(plane_index + 1) * h * w];
+    // Planes are independent: split over the threads of the pool the session runs in.
+    use rayon::prelude::*;
+    let planes = out.data_mut().par_chunks_mut((oh * ow).max(1)).enumerate();
+    planes.for_each(|(index, dst)| {
+        let plane = &x.data()[index * h * w..(index + 1) * h * w];
         pool_one(plane, [h, w], window, kind, [oh, ow], dst);
-    }
+    });
     Ok(out)
 }
 
@@ -261,33 +264,65 @@ fn pool_plane(
     [oh, ow]: [usize; 2],
     dst: &mut [f32],
 ) {
-    let [kh, kw] = win.kernel;
     // (first, end) of the window along one axis, clipped to the input, and the size of the
     // window clipped to the explicitly padded extent (for count_include_pad).
-    let span = |o: usize, axis: usize, len: usize, k: usize| {
-        let start = (o * win.strides[axis]) as isize - win.pads[axis] as isize;
-        let end = start + k as isize;
-        let padded_end = end.min((len + win.pads[axis + 2]) as isize);
-        let clip = |v: isize| v.clamp(0, len as isize) as usize;
-        (clip(start), clip(end), (padded_end - start).max(0) as usize)
+    let spans = |outputs: usize, axis: usize, len: usize| -> Vec<(usize, usize, usize)> {
+        (0..outputs)
+            .map(|o| {
+                let start = (o * win.strides[axis]) as isize - win.pads[axis] as isize;
+                let end = start + win.kernel[axis] as isize;
+                let padded_end = end.min((len + win.pads[axis + 2]) as isize);
+                let clip = |v: isize| v.clamp(0, len as isize) as usize;
+                (clip(start), clip(end), (padded_end - start).max(0) as usize)
+            })
+            .collect()
     };
-    for oy in 0..oh {
-        let (y0, y1, ny) = span(oy, 0, h, kh);
-        for ox in 0..ow {
-            let (x0, x1, nx) = span(ox, 1, w, kw);
-            let rows = (y0..y1).map(|y| &plane[y * w + x0..y * w + x1]);
-            dst[oy * ow + ox] = match kind {
-                Pool::Max => rows.flatten().fold(f32::NEG_INFINITY, |m, &v| m.max(v)),
-                Pool::Average { count_include_pad } => {
-                    let sum: f32 = rows.flatten().sum();
+    let (ys, xs) = (spans(oh, 0, h), spans(ow, 1, w));
+    match kind {
+        Pool::Max => separable(plane, w, &ys, &xs, dst, f32::NEG_INFINITY, f32::max),
+        Pool::Average { count_include_pad } => {
+            separable(plane, w, &ys, &xs, dst, 0.0, |a, b| a + b);
+            for (row, &(y0, y1, ny)) in dst.chunks_exact_mut(ow.max(1)).zip(&ys) {
+                for (o, &(x0, x1, nx)) in row.iter_mut().zip(&xs) {
                     let count = if count_include_pad {
                         ny * nx
                     } else {
                         (y1 - y0) * (x1 - x0)
                     };
-                    sum / count.max(1) as f32
+                    *o /= count.max(1) as f32;
                 }
-            };
+            }
+        }
+    }
+}
+
+/// Reduces every window of `plane` with `combine` (starting from `empty`) into `dst`, given
+/// each output row's and column's clipped input span.
+fn separable(
+    plane: &[f32],
+    w: usize,
+    ys: &[(usize, usize, usize)],
+    xs: &[(usize, usize, usize)],
+    dst: &mut [f32],
+    empty: f32,
+    combine: impl Fn(f32, f32) -> f32 + Copy,
+) {
+    let (h, ow) = (plane.len() / w.max(1), xs.len());
+    // Separable: each input row reduced across the window columns, then the rows of each
+    // window reduced together, a whole output row at a time.
+    let mut across = vec![empty; h * ow];
+    for (y, reduced) in across.chunks_exact_mut(ow.max(1)).enumerate().take(h) {
+        let line = &plane[y * w..(y + 1) * w];
+        for (r, &(x0, x1, _)) in reduced.iter_mut().zip(xs) {
+            *r = line[x0..x1].iter().fold(empty, |a, &b| combine(a, b));
+        }
+    }
+    for (row, &(y0, y1, _)) in dst.chunks_exact_mut(ow.max(1)).zip(ys) {
+        row.fill(empty);
+        for y in y0..y1 {
+            for (o, &v) in row.iter_mut().zip(&across[y * ow..(y + 1) * ow]) {
+                *o = combine(*o, v);
+            }
         }
     }
 }

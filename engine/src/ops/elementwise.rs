@@ -234,4 +234,36 @@ mod tests {
         }
         assert!(Binary::Mul.apply(&a, &Tensor::zeros(vec![2])).is_err());
     }
+
+    #[test]
+    fn in_place_arithmetic_equals_the_allocating_form() {
+        let a = Tensor::new(vec![2, 3, 4], (0..24).map(|x| x as f32 - 11.0).collect()).unwrap();
+        for b_shape in [vec![2, 3, 4], vec![3, 1], vec![4], vec![1]] {
+            let len = b_shape.iter().product();
+            let b = Tensor::new(
+                b_shape.clone(),
+                (0..len).map(|x| 0.5 * x as f32 - 1.25).collect(),
+            )
+            .unwrap();
+            for op in [Binary::Add, Binary::Sub, Binary::Mul, Binary::Div] {
+                for relu in [false, true] {
+                    let mut expected = op.apply(&a, &b).unwrap();
+                    if relu {
+                        expected = Unary::Relu.apply(expected);
+                    }
+                    let mut got = a.clone();
+                    assert!(op.apply_in_place(&mut got, &b, relu), "{op:?} {b_shape:?}");
+                    assert_eq!(
+                        got.data(),
+                        expected.data(),
+                        "{op:?} {b_shape:?} relu {relu}"
+                    );
+                }
+            }
+        }
+        // A second operand larger than the first cannot be written into the first.
+        let mut small = Tensor::zeros(vec![4]);
+        assert!(!Binary::Add.apply_in_place(&mut small, &a, false));
+        assert_eq!(small.data(), [0.0; 4]);
+    }
 }
