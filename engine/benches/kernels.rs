@@ -46,10 +46,15 @@ fn fma_peak() -> Option<f64> {
         return None;
     }
     let iterations = 20_000_000;
-    // SAFETY: the feature was detected above.
-    let seconds = median_seconds(5, || {
-        std::hint::black_box(unsafe { chains(std::hint::black_box(iterations)) });
-    });
+    // The best of several runs: a peak is what the core can do, not what it usually gets.
+    let seconds = (0..5)
+        .map(|_| {
+            let start = Instant::now();
+            // SAFETY: the feature was detected above.
+            std::hint::black_box(unsafe { chains(std::hint::black_box(iterations)) });
+            start.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min);
     Some((iterations * 24 * 16 * 2) as f64 / seconds / 1e9)
 }
 

@@ -103,6 +103,40 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// Multiply-adds of one run in its convolutions and matrix products (where shapes are
+    /// static; others count zero) — the figure GFLOP/s rates are computed from (2 FLOPs each).
+    pub fn multiply_adds(&self) -> u64 {
+        self.nodes
+            .iter()
+            .map(|node| self.node_multiply_adds(node).unwrap_or(0))
+            .sum()
+    }
+
+    fn node_multiply_adds(&self, node: &Node) -> Option<u64> {
+        let shape = |name: &String| self.value_info.get(name)?.shape.clone();
+        let product = |dims: &[usize]| dims.iter().map(|&d| d as u64).product::<u64>();
+        let out = product(&shape(node.outputs.first()?)?);
+        match &node.op {
+            // Each output element sums (input channels / group) × kernel area products.
+            Op::Conv { .. } => Some(out * product(shape(node.inputs.get(1)?)?.get(1..)?)),
+            // Each output element sums over the shared dimension: the first operand's last
+            // (or, transposed, first) dimension.
+            Op::MatMul | Op::Gemm { .. } => {
+                let a = shape(node.inputs.first()?)?;
+                let k = match &node.op {
+                    Op::Gemm {
+                        trans: (true, _), ..
+                    } => a.first(),
+                    _ => a.last(),
+                };
+                Some(out * *k? as u64)
+            }
+            _ => None,
+        }
+    }
+}
+
+impl Graph {
     /// Infers every value's type and, where the inputs' declared shapes allow, its shape; fails
     /// naming the node when the shapes prove an op cannot run.
     pub fn infer_shapes(&self) -> Result<HashMap<String, ValueInfo>, crate::LoadError> {

@@ -476,7 +476,17 @@ fn shapes_are_inferred_at_load_and_symbolic_dimensions_stay_unknown() {
             shape: Some(vec![2, 10])
         }
     );
+    // Conv: 2·4·8·8 outputs of 3·3·3 products; Gemm: 2·10 outputs of 64.
+    assert_eq!(
+        session.graph().multiply_adds(),
+        2 * 4 * 64 * 27 + 2 * 10 * 64
+    );
     let symbolic = Engine::load(&small_cnn(&[-1, 3, 8, 8])).unwrap();
+    assert_eq!(
+        symbolic.graph().multiply_adds(),
+        0,
+        "no static shapes, nothing counted"
+    );
     let info = &symbolic.graph().value_info;
     assert_eq!(info["y"].shape, None);
     assert_eq!(info["fw"].shape, Some(vec![10, 64]), "constants are known");

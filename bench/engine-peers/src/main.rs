@@ -60,14 +60,19 @@ fn input(dir: &Path) -> Input {
     }
 }
 
-fn walle(dir: &Path, x: &Input, threads: usize, runs: usize) -> f64 {
-    let session = Engine::load_file(&dir.join("model.onnx"))
-        .unwrap()
-        .with_threads(threads);
-    time(runs, || {
+/// Walle's median ms, its GFLOP/s (2 FLOPs per multiply-add), and the search time at load.
+fn walle(dir: &Path, x: &Input, threads: usize, runs: usize) -> (f64, f64, f64) {
+    let options = walle_engine::Options {
+        threads,
+        ..Default::default()
+    };
+    let session = Engine::load_file_with(&dir.join("model.onnx"), &options).unwrap();
+    let ms = time(runs, || {
         let t = walle_engine::Tensor::new(x.shape.clone(), x.data.clone()).unwrap();
         session.run(vec![(x.name.clone(), t)]).unwrap();
-    })
+    });
+    let gflops = 2.0 * session.graph().multiply_adds() as f64 / (ms * 1e6);
+    (ms, gflops, session.search_report().seconds * 1e3)
 }
 
 fn onnx_runtime(
@@ -118,8 +123,10 @@ fn main() {
         .collect();
     models.sort();
     println!("median ms of {runs} runs (ratio = walle / peer; < 1 is faster)");
-    println!("| model | threads | walle | ONNX Runtime | tract | walle/ORT | walle/tract |");
-    println!("|---|---|---|---|---|---|---|");
+    println!(
+        "| model | threads | walle | ONNX Runtime | tract | walle/ORT | walle/tract | walle GFLOP/s | walle search ms |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
     let env = ort::init()
         .build()
         .expect("ONNX Runtime (ORT_DYLIB_PATH) did not load");
@@ -132,10 +139,10 @@ fn main() {
         let x = input(&dir);
         let tract_ms = tract(&dir, &x, runs);
         for threads in [1, 2] {
-            let ours = walle(&dir, &x, threads, runs);
+            let (ours, gflops, search_ms) = walle(&dir, &x, threads, runs);
             let ort_ms = onnx_runtime(&env, &dir, &x, threads, runs);
             println!(
-                "| {name} | {threads} | {ours:.1} | {ort_ms:.1} | {tract_ms:.1} | {:.2} | {:.2} |",
+                "| {name} | {threads} | {ours:.1} | {ort_ms:.1} | {tract_ms:.1} | {:.2} | {:.2} | {gflops:.0} | {search_ms:.0} |",
                 ours / ort_ms,
                 ours / tract_ms
             );
