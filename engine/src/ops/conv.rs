@@ -167,9 +167,17 @@ fn im2col(
     };
     let rows = out[..c * kh * kw * oh * ow].chunks_mut(oh * ow).enumerate();
     if threads > 1 && c * kh * kw * oh * ow >= 1 << 16 {
-        rows.par_bridge().for_each(fill);
+        rows.par_bridge().for_each(|row| {
+            super::simd(
+                #[inline(always)]
+                || fill(row),
+            )
+        });
     } else {
-        rows.for_each(fill);
+        super::simd(
+            #[inline(always)]
+            || rows.for_each(fill),
+        );
     }
 }
 
@@ -194,17 +202,21 @@ pub fn pool(x: &Tensor, window: &Window, kind: Pool) -> Result<Tensor, String> {
     let [n, c, h, w] = nchw(x, "input")?;
     let [oh, ow] = window.output(h, w)?;
     let mut out = Tensor::zeros(vec![n, c, oh, ow]);
-    let pool_one = if window.dilations == [1, 1] {
-        pool_plane
-    } else {
-        pool_plane_dilated
-    };
     // Planes are independent: split over the threads of the pool the session runs in.
     use rayon::prelude::*;
     let planes = out.data_mut().par_chunks_mut((oh * ow).max(1)).enumerate();
     planes.for_each(|(index, dst)| {
         let plane = &x.data()[index * h * w..(index + 1) * h * w];
-        pool_one(plane, [h, w], window, kind, [oh, ow], dst);
+        super::simd(
+            #[inline(always)]
+            || {
+                if window.dilations == [1, 1] {
+                    pool_plane(plane, [h, w], window, kind, [oh, ow], dst)
+                } else {
+                    pool_plane_dilated(plane, [h, w], window, kind, [oh, ow], dst)
+                }
+            },
+        );
     });
     Ok(out)
 }
@@ -256,6 +268,7 @@ fn pool_plane_dilated(
 
 /// One plane of an undilated pool: each window clipped to the input once, then a branch-free
 /// loop over what remains.
+#[inline(always)]
 fn pool_plane(
     plane: &[f32],
     [h, w]: [usize; 2],
@@ -298,6 +311,7 @@ fn pool_plane(
 
 /// Reduces every window of `plane` with `combine` (starting from `empty`) into `dst`, given
 /// each output row's and column's clipped input span.
+#[inline(always)]
 fn separable(
     plane: &[f32],
     w: usize,
@@ -309,12 +323,27 @@ fn separable(
 ) {
     let (h, ow) = (plane.len() / w.max(1), xs.len());
     // Separable: each input row reduced across the window columns, then the rows of each
-    // window reduced together, a whole output row at a time.
+    // window reduced together, a whole output row at a time. Across a row, the reduction of
+    // every full window start is built in `kw - 1` contiguous (vectorised) passes, and each
+    // output picks its window's; only windows clipped by an edge are folded one by one.
+    let kw = xs.iter().map(|&(x0, x1, _)| x1 - x0).max().unwrap_or(0);
+    let starts = (w + 1).saturating_sub(kw.max(1));
+    let mut running = vec![empty; starts];
     let mut across = vec![empty; h * ow];
     for (y, reduced) in across.chunks_exact_mut(ow.max(1)).enumerate().take(h) {
         let line = &plane[y * w..(y + 1) * w];
+        running.copy_from_slice(&line[..starts]);
+        for t in 1..kw {
+            for (r, &v) in running.iter_mut().zip(&line[t..]) {
+                *r = combine(*r, v);
+            }
+        }
         for (r, &(x0, x1, _)) in reduced.iter_mut().zip(xs) {
-            *r = line[x0..x1].iter().fold(empty, |a, &b| combine(a, b));
+            *r = if x1 - x0 == kw {
+                running[x0]
+            } else {
+                line[x0..x1].iter().fold(empty, |a, &b| combine(a, b))
+            };
         }
     }
     for (row, &(y0, y1, _)) in dst.chunks_exact_mut(ow.max(1)).zip(ys) {
@@ -473,6 +502,7 @@ pub(crate) mod tests {
             (3, 2, [1, 1, 1, 1], false),
             (2, 1, [0, 1, 1, 0], true),
             (3, 3, [0; 4], true),
+            (7, 1, [3, 3, 3, 3], false), // windows wider than the row: all clipped
         ] {
             let win = Window {
                 kernel: [k, k],

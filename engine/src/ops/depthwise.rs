@@ -24,7 +24,10 @@ pub fn depthwise(
         plane.fill(epilogue.bias.map_or(0.0, |b| b[c]));
         let source = &input[c * h * w..(c + 1) * h * w];
         let filter = &weights[c * taps..(c + 1) * taps];
-        channel_plane(source, [h, w], filter, window, &spans, plane, [oh, ow]);
+        super::simd(
+            #[inline(always)]
+            || channel_plane(source, [h, w], filter, window, &spans, plane, [oh, ow]),
+        );
         if epilogue.relu {
             plane.iter_mut().for_each(|v| *v = v.max(0.0));
         }
@@ -61,6 +64,7 @@ fn column_spans(win: &Window, w: usize, ow: usize) -> Vec<(usize, usize, usize)>
 }
 
 /// Adds one channel's convolution to `out` (which holds the bias).
+#[inline(always)]
 fn channel_plane(
     source: &[f32],
     [h, w]: [usize; 2],

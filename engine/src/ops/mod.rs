@@ -62,6 +62,44 @@ fn kernel_error(node: &str, op: &str, reason: String) -> RunError {
     }
 }
 
+/// Runs `f` compiled for the widest vector unit this CPU has. The crate is built for the
+/// baseline of its target (SSE2 on x86_64), so loops the compiler vectorises would otherwise
+/// use 4 lanes on a CPU with 16. `f` (and what it inlines) is instantiated inside functions
+/// that enable AVX-512 or AVX2 + FMA, and the one this CPU supports is picked at run time.
+/// Kernels mark their inner functions `#[inline(always)]` so they are compiled there.
+#[inline(always)]
+pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vl")
+            && std::arch::is_x86_feature_detected!("avx512dq")
+        {
+            // SAFETY: the features were detected above.
+            return unsafe { with_avx512(f) };
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: as above.
+            return unsafe { with_avx2(f) };
+        }
+    }
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512dq,avx2,fma")]
+unsafe fn with_avx512<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
+    f()
+}
+
 /// What a convolution kernel does to each output as it stores it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a> {

@@ -115,20 +115,23 @@ impl Winograd {
     pub fn new(tile: Tile, weights: &[f32], filters: usize, channels: usize) -> Winograd {
         let (alpha, mats) = (tile.alpha(), tile.matrices());
         let plane = filters * channels;
-        let mut out = vec![0.0; alpha * alpha * plane];
+        // Tap (a, b) of every filter and channel side by side, then G g Gᵀ for all of them
+        // at once, in the [α²][filters × channels] layout the GEMMs read.
+        let mut taps = vec![0.0; 9 * plane];
         for (fc, g) in weights.chunks_exact(9).enumerate().take(plane) {
-            for i in 0..alpha {
-                for j in 0..alpha {
-                    let mut v = 0.0;
-                    for a in 0..3 {
-                        for b in 0..3 {
-                            v += mats.g[i][a] * g[a * 3 + b] * mats.g[j][b];
-                        }
-                    }
-                    out[(i * alpha + j) * plane + fc] = v;
-                }
+            for (t, &value) in g.iter().enumerate() {
+                taps[t * plane + fc] = value;
             }
         }
+        let mut half = vec![0.0; alpha * 3 * plane];
+        let mut out = vec![0.0; alpha * alpha * plane];
+        super::simd(
+            #[inline(always)]
+            || {
+                left(&mats.g, [alpha, 3, 3], plane, &taps, &mut half);
+                right(&mats.g, [alpha, 3, alpha], plane, &half, &mut out);
+            },
+        );
         Winograd {
             tile,
             filters,
@@ -165,7 +168,11 @@ impl Winograd {
             tiles,
         };
         parallel_rows(c, threads, v, |row, dst| {
-            self.transform_input(&input[row * h * w..(row + 1) * h * w], &geometry, row, dst)
+            let plane = &input[row * h * w..(row + 1) * h * w];
+            super::simd(
+                #[inline(always)]
+                || self.transform_input(plane, &geometry, row, dst),
+            )
         });
         let positions = alpha * alpha;
         let per_thread = positions.div_ceil(threads.max(1));
@@ -200,7 +207,11 @@ impl Winograd {
         let product = &*product;
         parallel_rows(k, threads, out, |row, dst| {
             let shift = epilogue.bias.map_or(0.0, |b| b[row]);
-            self.transform_output(product, row, &geometry, [oh, ow], shift, epilogue.relu, dst);
+            let relu = epilogue.relu;
+            super::simd(
+                #[inline(always)]
+                || self.transform_output(product, row, &geometry, [oh, ow], shift, relu, dst),
+            );
         });
         SCRATCH.set(scratch);
     }
@@ -209,6 +220,7 @@ impl Winograd {
     /// All tiles of the plane are done at once: the tile values are first gathered into one
     /// array per tile position, so every transform step is a pass over `tiles` contiguous
     /// values and vectorises.
+    #[inline(always)]
     fn transform_input(&self, plane: &[f32], geo: &Geometry, channel: usize, v: SendPtr) {
         let (m, alpha) = (self.tile.m(), self.tile.alpha());
         let bt = &self.tile.matrices().bt;
@@ -260,6 +272,7 @@ impl Winograd {
     }
     /// `Aᵀ M A` for every tile of one filter, plus bias and ReLU, into its output plane; all
     /// tiles at once, like [`Winograd::transform_input`].
+    #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     fn transform_output(
         &self,
@@ -311,6 +324,7 @@ impl Winograd {
 
 /// `dst[r][c] = Σ_a l[r][a] · src[a][c]` over arrays of `count` values: `src` is `n × cols`,
 /// `dst` is `rows × cols` (`[rows, n, cols]`).
+#[inline(always)]
 fn left<const W: usize>(
     l: &[[f32; W]],
     [rows, n, cols]: [usize; 3],
@@ -328,6 +342,7 @@ fn left<const W: usize>(
 
 /// `dst[r][c] = Σ_b l[c][b] · src[r][b]`: `src` is `rows × n`, `dst` is `rows × cols`
 /// (`[rows, n, cols]`).
+#[inline(always)]
 fn right<const W: usize>(
     l: &[[f32; W]],
     [rows, n, cols]: [usize; 3],
@@ -344,6 +359,7 @@ fn right<const W: usize>(
 }
 
 /// `out = Σ coefficient · array`, skipping zero coefficients.
+#[inline(always)]
 fn mix<'a>(out: &mut [f32], terms: impl Iterator<Item = (f32, &'a [f32])>) {
     out.fill(0.0);
     for (coefficient, input) in terms.filter(|t| t.0 != 0.0) {
