@@ -78,13 +78,20 @@ pub fn conv(
     }
     let [oh, ow] = window.output(h, w)?;
     let (mg, patch, pixels) = (m / group, cg * kh * kw, oh * ow);
-    // The bias is written first and the GEMM adds to it: one pass over the output fewer.
-    let mut out = Tensor::zeros(vec![n, m, oh, ow]);
-    if let Some(b) = bias {
-        for (index, plane) in out.data_mut().chunks_mut(pixels).enumerate() {
-            plane.fill(b.data()[index % m]);
+    // The bias is written first (in place of zeros) and the GEMM adds to it: one pass over
+    // the output fewer.
+    let mut out = match bias {
+        Some(b) => {
+            let mut data = Vec::with_capacity(n * m * pixels);
+            for _ in 0..n {
+                for &value in b.data() {
+                    data.extend(std::iter::repeat_n(value, pixels));
+                }
+            }
+            Tensor::new(vec![n, m, oh, ow], data).map_err(|e| e.to_string())?
         }
-    }
+        None => Tensor::zeros(vec![n, m, oh, ow]),
+    };
     let direct = [kh, kw] == [1, 1] && window.strides == [1, 1] && window.pads == [0; 4];
     // Taken out while in use, so a nested convolution on this thread (rayon may run another
     // job while this one waits) gets its own buffer instead of a borrow conflict.
