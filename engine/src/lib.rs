@@ -147,7 +147,7 @@ impl Engine {
     pub fn load_with(bytes: &[u8], options: &Options) -> Result<Session, LoadError> {
         Ok(Session::new(
             onnx::load(bytes, None)?,
-            &digest(bytes),
+            digest(bytes, options),
             options,
         ))
     }
@@ -165,15 +165,17 @@ impl Engine {
         })?;
         let base = path.parent().unwrap_or_else(|| Path::new("."));
         let graph = onnx::load(&bytes, Some(base))?;
-        Ok(Session::new(graph, &digest(&bytes), options))
+        Ok(Session::new(graph, digest(&bytes, options), options))
     }
 }
 
-/// The model's identity for the search cache: the SHA-256 of its bytes. (Weights in external
-/// files are not hashed: the choices depend on shapes, which the model bytes fix.)
-fn digest(bytes: &[u8]) -> String {
+/// The model's identity for the search cache: the SHA-256 of its bytes, computed only when
+/// there is a cache to key (hashing a 100 MB model costs a fifth of a second). Weights in
+/// external files are not hashed: the choices depend on shapes, which the model bytes fix.
+fn digest(bytes: &[u8], options: &Options) -> Option<String> {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(bytes))
+    let cached = options.search == Search::Measure && options.cache_dir.is_some();
+    cached.then(|| hex::encode(sha2::Sha256::digest(bytes)))
 }
 
 /// A loaded model, ready to run.
@@ -221,12 +223,12 @@ fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Se
 }
 
 impl Session {
-    fn new(graph: Graph, model_digest: &str, options: &Options) -> Session {
+    fn new(graph: Graph, model_digest: Option<String>, options: &Options) -> Session {
         let last_reads = last_reads(&graph);
         let threads = options.threads.max(1);
         let pool = thread_pool(threads);
         let (plans, search) = in_pool(pool.as_deref(), || {
-            search::plan_graph(&graph, model_digest, options)
+            search::plan_graph(&graph, model_digest.as_deref(), options)
         });
         Session {
             graph,

@@ -492,13 +492,13 @@ fn synthetic(shape: [usize; 4]) -> Tensor {
 /// Chooses an algorithm for every convolution it can plan; returns the plans by node index.
 pub(crate) fn plan_graph(
     graph: &Graph,
-    model_digest: &str,
+    model_digest: Option<&str>,
     options: &Options,
 ) -> (Vec<Option<ConvPlan>>, SearchReport) {
     let start = Instant::now();
     let sites = conv_sites(graph);
     let cache_path = match (options.search, &options.cache_dir) {
-        (Search::Measure, Some(dir)) => Some(cache_file(dir, model_digest)),
+        (Search::Measure, Some(dir)) => model_digest.map(|digest| cache_file(dir, digest)),
         _ => None,
     };
     let cached = cache_path.as_deref().map(read_cache).unwrap_or_default();
