@@ -1,6 +1,5 @@
 //! Matrix products: MatMul (with batch broadcasting) and Gemm.
 
-use super::SendPtr;
 use crate::Tensor;
 
 /// A read-only matrix view: element (r, c) is at `r * row_stride + c * col_stride`, so a
@@ -42,8 +41,9 @@ impl<'a> MatRef<'a> {
 const PARALLEL_MIN_MACS: usize = 1 << 21;
 
 /// `c[m×n] (+)= a[m×k] · b[k×n]` (row-major `c`; added to `c` when `accumulate`), on the `gemm`
-/// crate's vectorised kernels. With `threads > 1` a large product is split into `threads`
-/// blocks of rows of `c` (or of columns when there are few rows), one per thread.
+/// crate's vectorised kernels. With `threads > 1` a large product runs on that many threads of
+/// the current rayon pool, through the crate's own split, which shares the packed operands
+/// between them (splitting `c` into blocks ourselves packed them once per block).
 pub fn sgemm(
     (m, k, n): (usize, usize, usize),
     a: MatRef,
@@ -65,57 +65,36 @@ pub fn sgemm(
         }
         return;
     }
-    let parts = if m * n * k >= PARALLEL_MIN_MACS {
-        threads.max(1)
+    let parallelism = if threads > 1 && m * n * k >= PARALLEL_MIN_MACS {
+        gemm::Parallelism::Rayon(threads)
     } else {
-        1
+        gemm::Parallelism::None
     };
-    let dst = SendPtr(c.as_mut_ptr());
-    let block = |(r0, r1): (usize, usize), (c0, c1): (usize, usize)| {
-        // SAFETY: the assert above bounds every index of the full product; blocks are
-        // disjoint ranges of rows or columns of `c`, so no two threads write the same element,
-        // and `c` does not alias `a` or `b` (it is borrowed mutably).
-        unsafe {
-            gemm::gemm(
-                r1 - r0,
-                c1 - c0,
-                k,
-                dst.at(r0 * n + c0),
-                1,
-                n as isize,
-                accumulate,
-                a.data.as_ptr().add(r0 * a.row_stride),
-                a.col_stride as isize,
-                a.row_stride as isize,
-                b.data.as_ptr().add(c0 * b.col_stride),
-                b.col_stride as isize,
-                b.row_stride as isize,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                gemm::Parallelism::None,
-            );
-        }
-    };
-    if parts == 1 {
-        block((0, m), (0, n));
-        return;
+    // SAFETY: the assert above bounds every index of the product, and `c` does not alias `a`
+    // or `b` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.col_stride as isize,
+            a.row_stride as isize,
+            b.data.as_ptr(),
+            b.col_stride as isize,
+            b.row_stride as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
     }
-    let split = |len: usize, i: usize| (len * i / parts, len * (i + 1) / parts);
-    rayon::scope(|scope| {
-        for i in 0..parts {
-            let block = &block;
-            scope.spawn(move |_| {
-                if m >= 4 * parts {
-                    block(split(m, i), (0, n));
-                } else {
-                    block((0, m), split(n, i));
-                }
-            });
-        }
-    });
 }
 
 /// ONNX MatMul: numpy semantics (1-D operands promoted, batch dimensions broadcast).
