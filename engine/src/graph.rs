@@ -285,8 +285,13 @@ impl Graph {
     /// The weights and bias of Conv `conv` with BatchNormalization `bn` folded in, when both
     /// are foldable.
     fn folded_conv_params(&self, conv: usize, bn: usize) -> Option<(Tensor, Tensor)> {
-        let (Op::Conv { relu: false, .. }, Op::BatchNorm { epsilon }) =
-            (&self.nodes[conv].op, &self.nodes[bn].op)
+        let (
+            Op::Conv { relu: false, .. },
+            Op::BatchNorm {
+                epsilon,
+                relu: false,
+            },
+        ) = (&self.nodes[conv].op, &self.nodes[bn].op)
         else {
             return None;
         };
@@ -330,14 +335,16 @@ impl Graph {
             let fusable = self.sole_successor(index, &readers).filter(|&next| {
                 matches!(
                     self.nodes[index].op,
-                    Op::Conv { relu: false, .. } | Op::Binary(_)
+                    Op::Conv { relu: false, .. }
+                        | Op::Binary(_)
+                        | Op::BatchNorm { relu: false, .. }
                 ) && self.nodes[next].op == Op::Unary(crate::ops::elementwise::Unary::Relu)
             });
             if let Some(next) = fusable {
                 let relu = self.nodes.remove(next);
                 let node = &mut self.nodes[index];
                 match &mut node.op {
-                    Op::Conv { relu, .. } => *relu = true,
+                    Op::Conv { relu, .. } | Op::BatchNorm { relu, .. } => *relu = true,
                     Op::Binary(b) => node.op = Op::BinaryRelu(*b),
                     _ => {}
                 }

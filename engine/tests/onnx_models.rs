@@ -417,7 +417,13 @@ fn batch_norm_folds_into_conv_and_relu_fuses_without_changing_results() {
         t(&stats[2], vec![2]),
         t(&var, vec![2]),
     ];
-    let n = batch_norm(c, [&params[0], &params[1], &params[2], &params[3]], 1e-5).unwrap();
+    let n = batch_norm(
+        c,
+        [&params[0], &params[1], &params[2], &params[3]],
+        1e-5,
+        false,
+    )
+    .unwrap();
     for (g, e) in got.data().iter().zip(n.data()) {
         assert!((g - e.max(0.0)).abs() < 1e-5, "{g} vs {}", e.max(0.0));
     }
@@ -853,4 +859,35 @@ fn the_search_measures_each_convolution_and_caches_its_choices_on_disk() {
     let other = Engine::load_with(&other, &options(Search::Measure)).unwrap();
     assert_ne!(other.search_report().cache_file.as_ref(), Some(&file));
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+}
+
+#[test]
+fn a_batch_norm_not_after_a_conv_fuses_its_relu_and_matches_the_formula() {
+    let stats = [seeded(3, 21), seeded(3, 22), seeded(3, 23)];
+    let var: Vec<f32> = seeded(3, 24).iter().map(|v| v.abs() + 0.5).collect();
+    let nodes = vec![
+        node(
+            "BatchNormalization",
+            "bn",
+            &["x", "scale", "shift", "mean", "var"],
+            &["n"],
+        ),
+        node("Relu", "relu", &["n"], &["y"]),
+    ];
+    let initializers = vec![
+        floats("scale", &[3], &stats[0], false),
+        floats("shift", &[3], &stats[1], false),
+        floats("mean", &[3], &stats[2], false),
+        floats("var", &[3], &var, false),
+    ];
+    let session = Engine::load(&model_with_input(nodes, initializers, &[1, 3, 2, 2])).unwrap();
+    assert_eq!(ops(&session), ["BatchNormalization"], "the Relu is fused");
+    let x = seeded(12, 25);
+    let y = run1(&session, &[1, 3, 2, 2], &x);
+    for (i, (&got, &v)) in y.data().iter().zip(&x).enumerate() {
+        let c = i / 4;
+        let expected =
+            ((v - stats[2][c]) / (var[c] + 1e-5).sqrt() * stats[0][c] + stats[1][c]).max(0.0);
+        assert!((got - expected).abs() < 1e-5, "[{i}] {got} vs {expected}");
+    }
 }

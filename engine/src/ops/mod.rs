@@ -181,8 +181,10 @@ pub enum Op {
         kind: Pool,
     },
     GlobalAveragePool,
+    /// `relu`: a following Relu fused in (applied in the same pass).
     BatchNorm {
         epsilon: f32,
+        relu: bool,
     },
     Lrn {
         size: usize,
@@ -461,6 +463,7 @@ impl Op {
                 }
                 Op::BatchNorm {
                     epsilon: attrs.float("epsilon", 1e-5),
+                    relu: false,
                 }
             }
             "LRN" => Op::Lrn {
@@ -574,6 +577,7 @@ impl Op {
                 | Op::Unary(_)
                 | Op::Binary(_)
                 | Op::BinaryRelu(_)
+                | Op::BatchNorm { .. }
                 | Op::Flatten { .. }
                 | Op::Reshape { .. }
                 | Op::Softmax { .. }
@@ -624,6 +628,18 @@ impl Op {
                 _ => return Err(fail("input 1 must be an int64 tensor".into())),
             },
             Op::Softmax { axis, opset } => shape::softmax(x, *axis, *opset).map_err(fail)?,
+            Op::BatchNorm { epsilon, relu } => {
+                let mut params = [None; 4];
+                for (slot, value) in params.iter_mut().zip(others) {
+                    if let Some(Value::F32(t)) = value {
+                        *slot = Some(t);
+                    }
+                }
+                let [Some(scale), Some(bias), Some(mean), Some(var)] = params else {
+                    return Err(fail("scale, B, mean and var must be float tensors".into()));
+                };
+                nn::batch_norm(x, [scale, bias, mean, var], *epsilon, *relu).map_err(fail)?
+            }
             _ => {
                 let x = Value::F32(x);
                 let mut all = vec![Some(&x)];
@@ -724,10 +740,11 @@ impl Op {
                 conv::pool(x, &window, *kind).map_err(fail)?
             }
             Op::GlobalAveragePool => conv::global_average_pool(float(0)?).map_err(fail)?,
-            Op::BatchNorm { epsilon } => nn::batch_norm(
+            Op::BatchNorm { epsilon, relu } => nn::batch_norm(
                 float(0)?.clone(),
                 [float(1)?, float(2)?, float(3)?, float(4)?],
                 *epsilon,
+                *relu,
             )
             .map_err(fail)?,
             Op::Lrn {

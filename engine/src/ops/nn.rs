@@ -3,11 +3,12 @@
 use crate::Tensor;
 
 /// ONNX BatchNormalization in inference mode: `(x - mean) / sqrt(var + ε) · scale + bias` per
-/// channel (axis 1).
+/// channel (axis 1), in `x`'s buffer; then clamped at zero when `relu` (a fused Relu).
 pub fn batch_norm(
     mut x: Tensor,
     [scale, bias, mean, var]: [&Tensor; 4],
     epsilon: f32,
+    relu: bool,
 ) -> Result<Tensor, String> {
     let c = *x.shape().get(1).ok_or("input needs a channel axis")?;
     for (name, t) in [("scale", scale), ("B", bias), ("mean", mean), ("var", var)] {
@@ -23,7 +24,18 @@ pub fn batch_norm(
         let ch = index % c;
         let factor = scale.data()[ch] / (var.data()[ch] + epsilon).sqrt();
         let shift = bias.data()[ch] - mean.data()[ch] * factor;
-        plane.iter_mut().for_each(|v| *v = *v * factor + shift);
+        super::simd(
+            #[inline(always)]
+            || {
+                if relu {
+                    plane
+                        .iter_mut()
+                        .for_each(|v| *v = (*v * factor + shift).max(0.0));
+                } else {
+                    plane.iter_mut().for_each(|v| *v = *v * factor + shift);
+                }
+            },
+        );
     }
     Ok(x)
 }
@@ -64,8 +76,12 @@ mod tests {
         let x = Tensor::new(vec![1, 2, 1, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         let t = |v: [f32; 2]| Tensor::new(vec![2], v.to_vec()).unwrap();
         let (scale, bias, mean, var) = (t([2.0, 1.0]), t([0.5, 0.0]), t([1.0, 3.0]), t([4.0, 1.0]));
-        let y = batch_norm(x.clone(), [&scale, &bias, &mean, &var], 0.0).unwrap();
+        let y = batch_norm(x.clone(), [&scale, &bias, &mean, &var], 0.0, false).unwrap();
         assert_eq!(y.data(), [0.5, 1.5, 0.0, 1.0]);
+        // With the fused Relu: channel 0 is x - 1.5, channel 1 is x - 5, clamped at zero.
+        let mean = t([2.0, 5.0]);
+        let r = batch_norm(x.clone(), [&scale, &bias, &mean, &var], 0.0, true).unwrap();
+        assert_eq!(r.data(), [0.0, 0.5, 0.0, 0.0]);
         let l = lrn(&x, 3, 1.0, 1.0, 1.0).unwrap();
         // channel 0 sees channels 0..=1: 1 + (1² + 3²)/3
         assert!((l.data()[0] - 1.0 / (1.0 + 10.0 / 3.0)).abs() < 1e-6);
