@@ -185,14 +185,23 @@ impl ConvSite<'_> {
     }
 
     /// Times every candidate on a synthetic input of the real shape and returns the one with
-    /// the lowest median. Candidates take turns, round after round, so a slow moment of the
-    /// machine hits them all alike; the first round only warms caches and buffers.
-    fn fastest(&self, candidates: &[Choice], threads: usize) -> Option<Choice> {
+    /// the lowest median, and how many runs that took. Candidates take turns, round after
+    /// round, so a slow moment of the machine hits them all alike; the first round only warms
+    /// caches and buffers. Large convolutions stop after the first timed round once they have
+    /// used a quarter of a second, so a big model's session does not take minutes to create.
+    fn fastest(&self, candidates: &[Choice], threads: usize) -> (Option<Choice>, usize) {
         const ROUNDS: usize = 3;
+        const BUDGET: f64 = 0.25;
+        let started = Instant::now();
         let x = synthetic(self.input);
         let plans: Vec<ConvPlan> = candidates.iter().map(|&c| self.plan(c)).collect();
         let mut times = vec![Vec::with_capacity(ROUNDS); plans.len()];
+        let mut runs = 0;
         for round in 0..=ROUNDS {
+            if round > 1 && started.elapsed().as_secs_f64() > BUDGET {
+                break;
+            }
+            runs += plans.len();
             for (plan, times) in plans.iter().zip(&mut times) {
                 let start = Instant::now();
                 let out = plan.run(
@@ -216,10 +225,11 @@ impl ConvSite<'_> {
             t.get(t.len() / 2).copied().unwrap_or(f64::INFINITY)
         };
         let medians: Vec<f64> = times.iter_mut().map(median).collect();
-        (0..candidates.len())
+        let best = (0..candidates.len())
             .filter(|&i| medians[i].is_finite())
             .min_by(|&a, &b| medians[a].total_cmp(&medians[b]))
-            .map(|i| candidates[i])
+            .map(|i| candidates[i]);
+        (best, runs)
     }
 }
 
@@ -525,9 +535,9 @@ pub(crate) fn plan_graph(
             }
             (Search::Measure, _) => {
                 let candidates = site.candidates(options.threads);
-                report.measured += candidates.len() * 4;
-                site.fastest(&candidates, options.threads)
-                    .unwrap_or_else(|| site.cost_model(options.threads))
+                let (best, runs) = site.fastest(&candidates, options.threads);
+                report.measured += runs;
+                best.unwrap_or_else(|| site.cost_model(options.threads))
             }
         };
         plans[*index] = Some(site.plan(choice));
