@@ -377,8 +377,8 @@ impl Op {
             "Exp" => Op::Unary(Unary::Exp),
             "Neg" => Op::Unary(Unary::Neg),
             "Sqrt" => Op::Unary(Unary::Sqrt),
-            "Add" | "Sub" | "Mul" | "Div" if attrs.int("broadcast", 0) != 0 => {
-                return Err(attrs.bad("broadcast", "legacy broadcast attribute (opset < 7)"));
+            "Add" | "Sub" | "Mul" | "Div" if attrs.int("broadcast", 0) != 0 && opset >= 7 => {
+                return Err(attrs.bad("broadcast", "is an opset 6 attribute"));
             }
             "Add" => Op::Binary(Binary::Add),
             "Sub" => Op::Binary(Binary::Sub),
@@ -420,6 +420,9 @@ impl Op {
             "BatchNormalization" => {
                 if attrs.int("training_mode", 0) != 0 || node.output.len() > 1 {
                     return Err(attrs.bad("training_mode", "only inference mode is supported"));
+                }
+                if attrs.int("spatial", 1) == 0 {
+                    return Err(attrs.bad("spatial", "per-activation statistics (opset 6–8)"));
                 }
                 Op::BatchNorm {
                     epsilon: attrs.float("epsilon", 1e-5),
