@@ -127,7 +127,16 @@ fn compare(name: &str, got: &Tensor, want: &Tensor) -> Result<(), String> {
         .data()
         .iter()
         .zip(want.data())
-        .map(|(g, w)| ((g - w).abs() - RTOL * w.abs(), g, w))
+        .map(|(g, w)| {
+            // Equal infinities (and NaN where NaN is expected) match; their difference is NaN.
+            let same = g == w || (g.is_nan() && w.is_nan());
+            let d = if same {
+                0.0
+            } else {
+                (g - w).abs() - RTOL * w.abs()
+            };
+            (d, g, w)
+        })
         .fold((f32::NEG_INFINITY, 0.0, 0.0), |a, (d, g, w)| {
             if d > a.0 || d.is_nan() {
                 (d, *g, *w)
