@@ -153,7 +153,7 @@ impl Graph {
                 .inputs
                 .iter()
                 .all(|i| i.is_empty() || self.constants.contains_key(i));
-            if !constant_inputs {
+            if !constant_inputs || matches!(node.op, Op::Composite(_)) {
                 kept.push(node);
                 continue;
             }

@@ -29,6 +29,7 @@
 //! kernels, and the semi-auto algorithm search. The engine must stay independent of the VM,
 //! the device and the cloud.
 
+mod decompose;
 pub mod graph;
 mod lowering;
 pub mod onnx;

@@ -75,6 +75,8 @@ pub fn load(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, LoadError> {
         value_info: HashMap::new(),
     };
     graph.fold_constants()?;
+    graph.decompose()?;
+    graph.fold_constants()?;
     graph.fuse();
     graph.value_info = graph.infer_shapes()?;
     graph.lower_to_rasters()?;
