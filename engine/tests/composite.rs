@@ -411,3 +411,130 @@ fn type_mixes_and_unknown_ranks_fail_the_load_naming_the_node() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn one_d_convolutions_and_pools_run_as_2d_ones_with_a_unit_width() {
+    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    };
+    let (x, w) = (xs(2 * 10), xs(3 * 2 * 3));
+    let bytes = model(
+        vec![
+            node(
+                "Conv",
+                &["x", "w"],
+                &["c"],
+                vec![
+                    ints("kernel_shape", &[3]),
+                    ints("pads", &[1, 0]),
+                    ints("strides", &[2]),
+                ],
+            ),
+            node("MaxPool", &["x"], &["p"], vec![ints("kernel_shape", &[4])]),
+        ],
+        vec![input("x", FLOAT, Some(&[1, 2, 10]))],
+        vec![floats("w", &[3, 2, 3], &w)],
+        &["c", "p"],
+        13,
+    );
+    let session = load_atomic(&bytes);
+    let out = session
+        .run(vec![(
+            "x".into(),
+            Tensor::new(vec![1, 2, 10], x.clone()).unwrap(),
+        )])
+        .unwrap();
+    // Output length: (10 + 1 - 3) / 2 + 1 = 5, reading positions 2·o − 1 + k.
+    let mut conv = vec![];
+    for m in 0..3 {
+        for o in 0..5 {
+            let mut sum = 0.0;
+            for c in 0..2 {
+                for k in 0..3 {
+                    let at = (2 * o + k) as i64 - 1;
+                    if (0..10).contains(&at) {
+                        sum += x[c * 10 + at as usize] * w[(m * 2 + c) * 3 + k];
+                    }
+                }
+            }
+            conv.push(sum);
+        }
+    }
+    assert_eq!(out[0].1.shape(), [1, 3, 5]);
+    assert_close(out[0].1.data(), &conv, "Conv 1-D");
+    let pool: Vec<f32> = (0..2)
+        .flat_map(|c| (0..7).map(move |o| (c, o)))
+        .map(|(c, o)| {
+            x[c * 10 + o..c * 10 + o + 4]
+                .iter()
+                .cloned()
+                .fold(f32::MIN, f32::max)
+        })
+        .collect();
+    assert_eq!(out[1].1.shape(), [1, 2, 7]);
+    assert_close(out[1].1.data(), &pool, "MaxPool 1-D");
+}
+
+#[test]
+fn dropout_masks_rms_and_lp_normalization_and_nan_tests() {
+    let x = xs(6);
+    let bytes = model(
+        vec![
+            node("Dropout", &["x"], &["d", "mask"], vec![]),
+            node("RMSNormalization", &["x", "s"], &["rms"], vec![]),
+            node("LpNormalization", &["x"], &["lp"], vec![int_attr("p", 1)]),
+            node("Div", &["x", "zero"], &["inf"], vec![]),
+            node(
+                "IsInf",
+                &["inf"],
+                &["isinf"],
+                vec![int_attr("detect_negative", 0)],
+            ),
+        ],
+        vec![input("x", FLOAT, Some(&[2, 3]))],
+        vec![
+            floats("s", &[3], &[1.0, 2.0, 3.0]),
+            floats("zero", &[], &[0.0]),
+        ],
+        &["d", "mask", "rms", "lp", "isinf"],
+        23,
+    );
+    let session = load_atomic(&bytes);
+    let input = Value::F32(Tensor::new(vec![2, 3], x.clone()).unwrap());
+    let out = session
+        .run_values(vec![("x".into(), input.clone())])
+        .unwrap();
+    assert_eq!(out[0].1, input);
+    assert_eq!(
+        out[1].1,
+        Value::I64 {
+            shape: vec![2, 3],
+            data: vec![1; 6]
+        }
+    );
+    let (mut rms, mut lp) = (vec![], vec![]);
+    for row in x.chunks(3) {
+        let r = (row.iter().map(|v| v * v).sum::<f32>() / 3.0 + 1e-5).sqrt();
+        rms.extend(row.iter().enumerate().map(|(i, v)| v / r * (i + 1) as f32));
+        let n: f32 = row.iter().map(|v| v.abs()).sum();
+        lp.extend(row.iter().map(|v| v / n));
+    }
+    let float = |v: &Value| match v {
+        Value::F32(t) => t.data().to_vec(),
+        other => panic!("{other:?}"),
+    };
+    assert_close(&float(&out[2].1), &rms, "RMSNormalization");
+    assert_close(&float(&out[3].1), &lp, "LpNormalization");
+    let positive: Vec<i64> = x.iter().map(|&v| i64::from(v > 0.0)).collect();
+    assert_eq!(
+        out[4].1,
+        Value::I64 {
+            shape: vec![2, 3],
+            data: positive
+        },
+        "x/0 is ±∞ (x ≠ 0)"
+    );
+}

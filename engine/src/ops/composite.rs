@@ -129,6 +129,30 @@ pub enum Composite {
     },
     /// Cast to the type of input 1.
     CastLike,
+    /// Inference: the input, and (if asked for) a mask of ones; training mode is refused.
+    Dropout,
+    /// x / √(mean(x²) + ε) over the axes from `axis`, times the scale.
+    RmsNorm {
+        axis: i64,
+        epsilon: f32,
+    },
+    /// x / ‖x‖ₚ along the axis (p = 1 or 2).
+    LpNorm {
+        axis: i64,
+        p: i64,
+    },
+    /// ReduceMax over the spatial axes.
+    GlobalMaxPool,
+    /// Not(Equal(x, x)).
+    IsNaN,
+    /// Equal(|x|, ∞), restricted to a sign by `positive`/`negative`.
+    IsInf {
+        positive: bool,
+        negative: bool,
+    },
+    /// A 1-D Conv, MaxPool or AveragePool: its 2-D form (given here) on the input with a unit
+    /// width axis appended, which is then dropped.
+    OneD(Box<Op>),
 }
 
 fn binary_of(op_type: &str) -> Option<Binary> {
@@ -248,6 +272,28 @@ impl Composite {
                 axes: attrs.ints("axes").unwrap_or(&[0, 2, 3]).to_vec(),
             },
             "CastLike" => CastLike,
+            "Dropout" => Dropout,
+            "RMSNormalization" => RmsNorm {
+                axis: attrs.int("axis", -1),
+                epsilon,
+            },
+            "LpNormalization" => match attrs.int("p", 2) {
+                p @ (1 | 2) => LpNorm {
+                    axis: attrs.int("axis", -1),
+                    p,
+                },
+                p => return Err(attrs.bad("p", format!("{p}: only 1 and 2 are defined"))),
+            },
+            "GlobalMaxPool" => GlobalMaxPool,
+            "IsNaN" => IsNaN,
+            "IsInf" => IsInf {
+                positive: attrs.int("detect_positive", 1) != 0,
+                negative: attrs.int("detect_negative", 1) != 0,
+            },
+            "Conv" | "MaxPool" | "AveragePool" => match widen_1d(node) {
+                Some(wide) => OneD(Box::new(Op::parse(&wide, &node.name, opset, None)?)),
+                None => return Ok(None),
+            },
             _ => return Ok(None),
         }))
     }
@@ -282,6 +328,13 @@ impl Composite {
             MeanVarianceNorm { .. } => "MeanVarianceNormalization",
             LegacyBroadcast { .. } => "Binary (opset 6 broadcast)",
             CastLike => "CastLike",
+            Dropout => "Dropout",
+            RmsNorm { .. } => "RMSNormalization",
+            LpNorm { .. } => "LpNormalization",
+            GlobalMaxPool => "GlobalMaxPool",
+            IsNaN => "IsNaN",
+            IsInf { .. } => "IsInf",
+            OneD(_) => "1-D Conv/pool",
         }
     }
 }
@@ -584,12 +637,12 @@ impl Composite {
             }
             LegacyBroadcast { op, axis } => {
                 let (ra, rb) = (b.rank(x)? as i64, b.rank(input(1)?)? as i64);
-                let trailing = ra - axis - rb;
-                if *axis < 0 || trailing < 0 {
+                if !(0..=ra - rb).contains(axis) {
                     return Err(format!(
                         "axis {axis} does not align rank {rb} with rank {ra}"
                     ));
                 }
+                let trailing = ra - axis - rb;
                 let aligned = if trailing == 0 {
                     input(1)?.to_owned()
                 } else {
@@ -608,9 +661,110 @@ impl Composite {
                 };
                 b.op(Op::Cast(to), &[x])
             }
+            Dropout => return dropout(b, x, optional(2)),
+            RmsNorm { axis, epsilon } => {
+                let rank = b.rank(x)?;
+                let from = reduce::normalize_axes(&[*axis], rank)?[0] as i64;
+                let sq = b.binary(Binary::Mul, x, x);
+                let ms = b.reduce(
+                    reduce::Reduce::Mean,
+                    &sq,
+                    (from..rank as i64).collect(),
+                    true,
+                );
+                let v = b.with(Binary::Add, &ms, *epsilon);
+                let rms = b.unary(Unary::Sqrt, &v);
+                let n = b.binary(Binary::Div, x, &rms);
+                b.binary(Binary::Mul, &n, input(1)?)
+            }
+            LpNorm { axis, p } => {
+                let norm = if *p == 1 {
+                    let a = b.unary(Unary::Abs, x);
+                    b.reduce(reduce::Reduce::Sum, &a, vec![*axis], true)
+                } else {
+                    let sq = b.binary(Binary::Mul, x, x);
+                    let s = b.reduce(reduce::Reduce::Sum, &sq, vec![*axis], true);
+                    b.unary(Unary::Sqrt, &s)
+                };
+                b.binary(Binary::Div, x, &norm)
+            }
+            GlobalMaxPool => {
+                let rank = b.rank(x)?;
+                b.reduce(reduce::Reduce::Max, x, (2..rank as i64).collect(), true)
+            }
+            IsNaN => {
+                let same = b.op(Op::Compare(Compare::Equal), &[x, x]);
+                b.op(Op::Not, &[&same])
+            }
+            IsInf { positive, negative } => {
+                let inf = b.scalar(f32::INFINITY);
+                let target = match (positive, negative) {
+                    (true, true) => b.unary(Unary::Abs, x),
+                    (true, false) => x.to_owned(),
+                    (false, true) => b.unary(Unary::Neg, x),
+                    (false, false) => b.with(Binary::Mul, x, 0.0),
+                };
+                b.op(Op::Compare(Compare::Equal), &[&target, &inf])
+            }
+            OneD(op) => {
+                let wide = b.unsqueeze(x, vec![3]);
+                let mut args = vec![wide];
+                if let Some(weights) = optional(1) {
+                    args.push(b.unsqueeze(weights, vec![3]));
+                }
+                args.extend(optional(2).map(str::to_owned));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let y = b.op((**op).clone(), &args);
+                b.op(
+                    Op::Squeeze {
+                        axes: Some(vec![3]),
+                    },
+                    &[&y],
+                )
+            }
         };
         Ok(vec![y])
     }
+}
+
+/// Dropout at inference: the input, and a mask of ones; a training mode that is not a
+/// constant false is refused (its output is random).
+fn dropout(b: &mut Builder, x: &str, training: Option<&str>) -> Result<Vec<String>, String> {
+    if let Some(training) = training {
+        match b.constants.get(training) {
+            Some(Value::I64 { data, .. }) if data.iter().all(|&v| v == 0) => {}
+            _ => return Err("training mode (random output) is not supported".into()),
+        }
+    }
+    let shape = b.shape_value(x);
+    let one = Value::I64 {
+        shape: vec![1],
+        data: vec![1],
+    };
+    let mask = b.op(Op::ConstantOfShape { value: one }, &[&shape]);
+    Ok(vec![x.to_owned(), mask])
+}
+
+/// A 1-D Conv or pool node rewritten with 2-D attributes (a unit second axis), when its
+/// spatial attributes are 1-D (`None` otherwise).
+fn widen_1d(node: &NodeProto) -> Option<NodeProto> {
+    let one_d = node.attribute.iter().any(|a| match a.name.as_str() {
+        "kernel_shape" | "strides" | "dilations" => a.ints.len() == 1,
+        "pads" => a.ints.len() == 2,
+        _ => false,
+    });
+    if !one_d {
+        return None;
+    }
+    let mut wide = node.clone();
+    for a in &mut wide.attribute {
+        a.ints = match (a.name.as_str(), a.ints.as_slice()) {
+            ("kernel_shape" | "strides" | "dilations", &[v]) => vec![v, 1],
+            ("pads", &[begin, end]) => vec![begin, 0, end, 0],
+            _ => continue,
+        };
+    }
+    Some(wide)
 }
 
 /// PRelu's slope, unsqueezed to `[C, 1, …]` when it is a per-channel 1-D slope that numpy
@@ -714,6 +868,7 @@ fn hardmax(b: &mut Builder, x: &str, axis: i64, opset: i64) -> Result<String, St
         false => shape.clone(),
     };
     let len = row_shape[axis_index];
+    super::raster::elements(&[len])?;
     let arg = b.op(
         Op::ArgExtreme {
             max: true,

@@ -95,7 +95,10 @@ impl Op {
             | Op::ArgExtreme { .. }
             | Op::Shape { .. }
             | Op::Size
-            | Op::Range => return self.infer_value(&args).map(|v| vec![v]),
+            | Op::Range
+            | Op::Trilu { .. }
+            | Op::CumSum { .. }
+            | Op::GatherElements { .. } => return self.infer_value(&args).map(|v| vec![v]),
             Op::Composite(c) => {
                 return Err(format!("{} should have been lowered at load", c.name()));
             }
@@ -201,6 +204,21 @@ impl Op {
                     }
                 }
                 of(args.dtype(0), None)
+            }
+            Op::Trilu { .. } | Op::CumSum { .. } => {
+                need(1, DType::I64)?;
+                of(args.dtype(0), x)
+            }
+            Op::GatherElements { .. } => {
+                need(1, DType::I64)?;
+                if let (Some(data), Some(indices)) = (&x, args.shape(1))
+                    && data.len() != indices.len()
+                {
+                    return Err(format!(
+                        "indices {indices:?} and data {data:?} differ in rank"
+                    ));
+                }
+                of(args.dtype(0), args.shape(1).map(<[usize]>::to_vec))
             }
             _ => Err(format!("{} is not a value op", self.name())),
         }

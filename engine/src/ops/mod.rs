@@ -15,6 +15,7 @@
 //! | ArgMax, ArgMin | kernel: [`reduce::arg_extreme`] |
 //! | Shape, Size | kernel ([`generate::shape`]); a constant at load when the input's shape is static |
 //! | Range | kernel: [`generate::range`] |
+//! | Trilu, CumSum, GatherElements | kernel: [`index`], float or int64 |
 //! | Sum, Max, Min, Mean | decomposition: a chain of Add/Max/Min (Mean: then Div) |
 //! | Clip | decomposition: Max then Min |
 //! | LeakyRelu, PRelu, Elu, Selu, Celu | decomposition: Max/Min with 0, Exp, Mul, Add |
@@ -64,6 +65,7 @@ pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
 pub mod generate;
+pub mod index;
 mod infer;
 pub mod layout;
 pub mod linalg;
@@ -177,6 +179,18 @@ pub enum Op {
     },
     Size,
     Range,
+    /// `upper`: keep the upper triangle (else the lower); the diagonal offset is input 1.
+    Trilu {
+        upper: bool,
+    },
+    /// The axis is input 1.
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
+    GatherElements {
+        axis: i64,
+    },
     /// An op that load lowers to atomic ones (see [`composite`]); never run.
     Composite(Box<composite::Composite>),
     MatMul,
@@ -433,7 +447,7 @@ impl Op {
             return Ok(op);
         }
         Ok(match node.op_type.as_str() {
-            "Identity" | "Dropout" => Op::Identity,
+            "Identity" => Op::Identity,
             "Add" | "Sub" | "Mul" | "Div" if attrs.int("broadcast", 0) != 0 && opset >= 7 => {
                 return Err(attrs.bad("broadcast", "is an opset 6 attribute"));
             }
@@ -563,6 +577,9 @@ impl Op {
             Op::Shape { .. } => "Shape",
             Op::Size => "Size",
             Op::Range => "Range",
+            Op::Trilu { .. } => "Trilu",
+            Op::CumSum { .. } => "CumSum",
+            Op::GatherElements { .. } => "GatherElements",
             Op::Composite(c) => c.name(),
             Op::MatMul => "MatMul",
             Op::Gemm { .. } => "Gemm",
@@ -728,6 +745,9 @@ impl Op {
             | Op::Shape { .. }
             | Op::Size
             | Op::Range
+            | Op::Trilu { .. }
+            | Op::CumSum { .. }
+            | Op::GatherElements { .. }
             | Op::Composite(_) => {
                 let value = self.eval_value(inputs).map_err(fail)?;
                 return Ok(vec![value]);
@@ -855,6 +875,16 @@ fn value_op(node: &NodeProto, attrs: &Attrs, opset: i64) -> Result<Option<Op>, L
         },
         "Size" => Op::Size,
         "Range" => Op::Range,
+        "Trilu" => Op::Trilu {
+            upper: attrs.int("upper", 1) != 0,
+        },
+        "CumSum" => Op::CumSum {
+            exclusive: attrs.int("exclusive", 0) != 0,
+            reverse: attrs.int("reverse", 0) != 0,
+        },
+        "GatherElements" => Op::GatherElements {
+            axis: attrs.int("axis", 0),
+        },
         _ => return Ok(None),
     }))
 }
@@ -964,6 +994,24 @@ impl Op {
                 data: vec![input(0)?.shape().iter().product::<usize>() as i64],
             },
             Op::Range => generate::range(input(0)?, input(1)?, input(2)?)?,
+            Op::Trilu { upper } => {
+                let k = match inputs.get(1).copied().flatten() {
+                    Some(_) => *ints(1)?.1.first().ok_or("k is empty")?,
+                    None => 0,
+                };
+                index::trilu(input(0)?, k, *upper)?
+            }
+            Op::CumSum { exclusive, reverse } => {
+                let x = input(0)?;
+                let axis = *ints(1)?.1.first().ok_or("the axis is empty")?;
+                let axis = reduce::normalize_axes(&[axis], x.shape().len())?[0];
+                index::cumsum(x, axis, *exclusive, *reverse)?
+            }
+            Op::GatherElements { axis } => {
+                let data = input(0)?;
+                let axis = reduce::normalize_axes(&[*axis], data.shape().len())?[0];
+                index::gather_elements(data, ints(1)?, axis)?
+            }
             Op::Composite(c) => {
                 return Err(format!("{} should have been lowered at load", c.name()));
             }
