@@ -13,10 +13,11 @@ pub enum Dim {
     Named(String),
 }
 
-/// A graph input: its name and declared dimensions.
+/// A graph input: its name, element type and declared dimensions.
 #[derive(Debug, Clone, PartialEq)]
 pub struct IoSpec {
     pub name: String,
+    pub dtype: DType,
     pub dims: Vec<Dim>,
 }
 
@@ -51,7 +52,9 @@ impl IoSpec {
 /// The element type of a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DType {
+    /// Float (and double, computed as float).
     F32,
+    /// Every integer type, and bool as 0/1.
     I64,
 }
 
@@ -146,7 +149,7 @@ impl Graph {
             info.insert(
                 spec.name.clone(),
                 ValueInfo {
-                    dtype: DType::F32,
+                    dtype: spec.dtype,
                     shape,
                 },
             );
@@ -184,7 +187,7 @@ impl Graph {
                 .inputs
                 .iter()
                 .all(|i| i.is_empty() || self.constants.contains_key(i));
-            if !constant_inputs {
+            if !constant_inputs || matches!(node.op, Op::Composite(_)) {
                 kept.push(node);
                 continue;
             }

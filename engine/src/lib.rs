@@ -36,6 +36,7 @@
 //!
 //! The engine stays independent of the VM, the device and the cloud.
 
+mod decompose;
 pub mod graph;
 mod lowering;
 pub mod onnx;
@@ -54,6 +55,12 @@ pub use graph::{DType, Dim, Graph, IoSpec, ValueInfo};
 pub use search::{Algorithm, Choice, Options, Search, SearchReport, Threads};
 pub use tensor::{Tensor, TensorError, Value};
 
+/// The oldest default-domain operator set accepted (opset 6's legacy `broadcast` attribute is
+/// read).
+pub const MIN_OPSET: i64 = 6;
+/// The newest default-domain operator set accepted (the `onnx` 1.19 wheel's).
+pub const MAX_OPSET: i64 = 24;
+
 /// Why a model could not be loaded. Every variant names what and where.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum LoadError {
@@ -61,7 +68,7 @@ pub enum LoadError {
     Decode(String),
     #[error("model has no graph")]
     NoGraph,
-    #[error("operator set version {0} is not supported (7 to 21 are)")]
+    #[error("operator set version {0} is not supported ({MIN_OPSET} to {MAX_OPSET} are)")]
     UnsupportedOpset(i64),
     #[error("unsupported op {op} in node {node:?} (opset {opset})")]
     UnsupportedOp {
@@ -107,6 +114,12 @@ pub enum RunError {
         name: String,
         expected: String,
         got: Vec<usize>,
+    },
+    #[error("input {name:?} is {got:?}; the model declares {expected:?}")]
+    WrongType {
+        name: String,
+        expected: DType,
+        got: DType,
     },
     #[error("node {node:?} ({op}): {reason}")]
     Kernel {
@@ -267,27 +280,59 @@ impl Session {
         &self.graph
     }
 
-    /// Runs the model on named inputs; returns the outputs in [`Session::outputs`] order.
+    /// Runs the model on named float inputs; returns the outputs in [`Session::outputs`]
+    /// order (all must be float: use [`Session::run_values`] for int64 ones).
     pub fn run(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RunError> {
+        let inputs = inputs
+            .into_iter()
+            .map(|(n, t)| (n, Value::F32(t)))
+            .collect();
+        self.run_values(inputs)?
+            .into_iter()
+            .map(|(name, value)| match value {
+                Value::F32(t) => Ok((name, t)),
+                other => Err(RunError::Kernel {
+                    node: "graph output".into(),
+                    op: "output".into(),
+                    reason: format!("{name:?} is {}, not float", other.type_name()),
+                }),
+            })
+            .collect()
+    }
+
+    /// Runs the model on named inputs of any element type (int64 carries every integer type
+    /// and bool); returns the outputs in [`Session::outputs`] order.
+    pub fn run_values(
+        &self,
+        inputs: Vec<(String, Value)>,
+    ) -> Result<Vec<(String, Value)>, RunError> {
         in_pool(self.pool.as_deref(), || self.run_here(inputs))
     }
 
-    /// [`Session::run`] on the calling thread (a worker of the session's pool).
-    fn run_here(&self, inputs: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>, RunError> {
+    /// [`Session::run_values`] on the calling thread (a worker of the session's pool).
+    fn run_here(&self, inputs: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, RunError> {
         let mut values: HashMap<&str, Value> = HashMap::new();
-        let mut given: HashMap<String, Tensor> = inputs.into_iter().collect();
+        let mut given: HashMap<String, Value> = inputs.into_iter().collect();
         for spec in &self.graph.inputs {
-            let tensor = given
+            let value = given
                 .remove(&spec.name)
                 .ok_or_else(|| RunError::MissingInput(spec.name.clone()))?;
-            if !spec.accepts(tensor.shape()) {
+            if !spec.accepts(value.shape()) {
                 return Err(RunError::WrongShape {
                     name: spec.name.clone(),
                     expected: format!("{:?}", spec.dims),
-                    got: tensor.shape().to_vec(),
+                    got: value.shape().to_vec(),
                 });
             }
-            values.insert(&spec.name, Value::F32(tensor));
+            let dtype = ValueInfo::of(&value).dtype;
+            if dtype != spec.dtype {
+                return Err(RunError::WrongType {
+                    name: spec.name.clone(),
+                    expected: spec.dtype,
+                    got: dtype,
+                });
+            }
+            values.insert(&spec.name, value);
         }
         if let Some(extra) = given.into_keys().next() {
             let names = self.graph.inputs.iter().map(|i| i.name.clone()).collect();
@@ -341,17 +386,15 @@ impl Session {
             .outputs
             .iter()
             .map(|name| {
-                match values
+                values
                     .remove(name.as_str())
                     .or_else(|| self.graph.constants.get(name).cloned())
-                {
-                    Some(Value::F32(t)) => Ok((name.clone(), t)),
-                    _ => Err(RunError::Kernel {
+                    .map(|value| (name.clone(), value))
+                    .ok_or_else(|| RunError::Kernel {
                         node: "graph output".into(),
                         op: "output".into(),
-                        reason: format!("{name:?} is not a float tensor"),
-                    }),
-                }
+                        reason: format!("{name:?} was not computed"),
+                    })
             })
             .collect()
     }

@@ -15,7 +15,7 @@ use std::path::Path;
 use prost::Message;
 
 use crate::LoadError;
-use crate::graph::{Dim, Graph, IoSpec, Node};
+use crate::graph::{DType, Dim, Graph, IoSpec, Node};
 use crate::ops::Op;
 
 /// Generated ONNX protobuf messages.
@@ -75,6 +75,8 @@ pub fn load(bytes: &[u8], base_dir: Option<&Path>) -> Result<Graph, LoadError> {
         value_info: HashMap::new(),
     };
     graph.fold_constants()?;
+    graph.decompose()?;
+    graph.fold_constants()?;
     graph.fuse();
     graph.value_info = graph.infer_shapes()?;
     graph.lower_to_rasters()?;
@@ -89,7 +91,7 @@ fn default_opset(model: &pb::ModelProto) -> Result<i64, LoadError> {
         .find(|o| o.domain.is_empty() || o.domain == "ai.onnx")
         .map(|o| o.version)
         .ok_or_else(|| LoadError::Decode("model imports no ai.onnx operator set".into()))?;
-    if !(7..=21).contains(&version) {
+    if !(crate::MIN_OPSET..=crate::MAX_OPSET).contains(&version) {
         return Err(LoadError::UnsupportedOpset(version));
     }
     Ok(version)
@@ -104,12 +106,10 @@ fn io_spec(info: &pb::ValueInfoProto) -> Result<IoSpec, LoadError> {
             info.name
         )));
     };
-    if tensor.elem_type != pb::tensor_proto::DataType::Float as i32 {
-        return Err(LoadError::UnsupportedType {
-            name: info.name.clone(),
-            data_type: tensor.elem_type,
-        });
-    }
+    let dtype = element_type(tensor.elem_type).ok_or_else(|| LoadError::UnsupportedType {
+        name: info.name.clone(),
+        data_type: tensor.elem_type,
+    })?;
     let dims = tensor
         .shape
         .as_ref()
@@ -126,8 +126,28 @@ fn io_spec(info: &pb::ValueInfoProto) -> Result<IoSpec, LoadError> {
         .unwrap_or_default();
     Ok(IoSpec {
         name: info.name.clone(),
+        dtype,
         dims,
     })
+}
+
+/// The engine's element type for an ONNX one: float and double compute as f32, integers and
+/// bool as i64 (see [`tensors`]).
+fn element_type(elem_type: i32) -> Option<DType> {
+    use pb::tensor_proto::DataType as T;
+    match T::try_from(elem_type).ok()? {
+        T::Float | T::Double => Some(DType::F32),
+        T::Int64
+        | T::Int32
+        | T::Int16
+        | T::Int8
+        | T::Uint64
+        | T::Uint32
+        | T::Uint16
+        | T::Uint8
+        | T::Bool => Some(DType::I64),
+        _ => None,
+    }
 }
 
 /// Every node input is a graph input, a constant or an earlier node's output (ONNX requires

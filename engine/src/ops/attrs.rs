@@ -27,6 +27,15 @@ impl<'a> Attrs<'a> {
         }
     }
 
+    /// Whether the node sets the attribute.
+    pub fn has(&self, attribute: &str) -> bool {
+        self.get(attribute).is_some()
+    }
+
+    pub fn floats(&self, attribute: &str) -> Option<&'a [f32]> {
+        self.get(attribute).map(|a| a.floats.as_slice())
+    }
+
     pub fn int(&self, attribute: &str, default: i64) -> i64 {
         self.get(attribute).map_or(default, |a| a.i)
     }

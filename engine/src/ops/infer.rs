@@ -73,11 +73,35 @@ impl Op {
                 )]);
             }
             Op::Constant(value) => return Ok(vec![ValueInfo::of(value)]),
-            Op::ConstantOfShape { .. } => args
-                .ints(0)?
-                .and_then(|d| d.iter().map(|&v| usize::try_from(v).ok()).collect()),
-            Op::Unary(_) | Op::Lrn { .. } | Op::Softmax { .. } => x,
-            Op::Binary(_) | Op::BinaryRelu(_) | Op::Sum => broadcast_all(&args, infos.len())?,
+            Op::ConstantOfShape { value } => {
+                let shape = args
+                    .ints(0)?
+                    .and_then(|d| d.iter().map(|&v| usize::try_from(v).ok()).collect());
+                return Ok(vec![ValueInfo {
+                    dtype: ValueInfo::of(value).dtype,
+                    shape,
+                }]);
+            }
+            Op::Lrn { .. } | Op::Softmax { .. } => x,
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::BinaryRelu(_)
+            | Op::Compare(_)
+            | Op::Logic(_)
+            | Op::Not
+            | Op::Where
+            | Op::Cast(_)
+            | Op::Reduce { .. }
+            | Op::ArgExtreme { .. }
+            | Op::Shape { .. }
+            | Op::Size
+            | Op::Range
+            | Op::Trilu { .. }
+            | Op::CumSum { .. }
+            | Op::GatherElements { .. } => return self.infer_value(&args).map(|v| vec![v]),
+            Op::Composite(c) => {
+                return Err(format!("{} should have been lowered at load", c.name()));
+            }
             Op::MatMul => args
                 .shapes(2)
                 .map(|s| matmul_shape(s[0], s[1]))
@@ -97,6 +121,107 @@ impl Op {
             _ => return self.infer_layout(&args),
         };
         Ok(vec![float(shape)])
+    }
+
+    /// The output of an op on values of either element type (see `value_op`), checking the
+    /// operands' types agree.
+    fn infer_value(&self, args: &Args) -> Result<ValueInfo, String> {
+        let x = args.shape(0).map(<[usize]>::to_vec);
+        let same_types = |inputs: std::ops::Range<usize>| {
+            let types: Vec<DType> = inputs
+                .filter(|&i| args.given(i))
+                .map(|i| args.dtype(i))
+                .collect();
+            if types.windows(2).any(|w| w[0] != w[1]) {
+                return Err(format!("{} mixes float and int64 operands", self.name()));
+            }
+            Ok(())
+        };
+        let need = |i: usize, dtype: DType| {
+            if args.given(i) && args.dtype(i) != dtype {
+                return Err(format!("input {i} must be {dtype:?}"));
+            }
+            Ok(())
+        };
+        let of = |dtype, shape| Ok(ValueInfo { dtype, shape });
+        match self {
+            Op::Unary(_) => of(args.dtype(0), x),
+            Op::Binary(b) | Op::BinaryRelu(b) => {
+                if *b != super::elementwise::Binary::Pow {
+                    same_types(0..2)?;
+                }
+                of(args.dtype(0), broadcast_all(args, 2)?)
+            }
+            Op::Compare(_) => {
+                same_types(0..2)?;
+                of(DType::I64, broadcast_all(args, 2)?)
+            }
+            Op::Logic(_) | Op::Not => {
+                (0..args.infos.len()).try_for_each(|i| need(i, DType::I64))?;
+                of(DType::I64, broadcast_all(args, args.infos.len())?)
+            }
+            Op::Where => {
+                need(0, DType::I64)?;
+                same_types(1..3)?;
+                of(args.dtype(1), broadcast_all(args, 3)?)
+            }
+            Op::Cast(to) => of(to.dtype(), x),
+            Op::Reduce { axes, .. } => {
+                need(0, DType::F32)?;
+                let shape = match (x, args.ints(1)?) {
+                    (Some(x), given)
+                        if axes.attr.is_some() || !args.given(1) || given.is_some() =>
+                    {
+                        match axes.resolve(given, x.len())? {
+                            Some(list) => Some(axes.output_shape(&x, &list)),
+                            None => Some(x),
+                        }
+                    }
+                    _ => None,
+                };
+                of(DType::F32, shape)
+            }
+            Op::ArgExtreme { axis, keepdims, .. } => {
+                need(0, DType::F32)?;
+                let shape = x
+                    .map(|x| {
+                        let axes = super::reduce::normalize_axes(&[*axis], x.len())?;
+                        Ok::<_, String>(super::reduce::reduced_shape(&x, &axes, *keepdims))
+                    })
+                    .transpose()?;
+                of(DType::I64, shape)
+            }
+            Op::Shape { start, end } => of(
+                DType::I64,
+                x.map(|x| super::generate::shape(&x, *start, *end).shape().to_vec()),
+            ),
+            Op::Size => of(DType::I64, Some(vec![])),
+            Op::Range => {
+                same_types(0..3)?;
+                for i in 0..3 {
+                    if let Some(s) = args.shape(i).filter(|s| s.iter().product::<usize>() != 1) {
+                        return Err(format!("input {i} has shape {s:?}, not a scalar"));
+                    }
+                }
+                of(args.dtype(0), None)
+            }
+            Op::Trilu { .. } | Op::CumSum { .. } => {
+                need(1, DType::I64)?;
+                of(args.dtype(0), x)
+            }
+            Op::GatherElements { .. } => {
+                need(1, DType::I64)?;
+                if let (Some(data), Some(indices)) = (&x, args.shape(1))
+                    && data.len() != indices.len()
+                {
+                    return Err(format!(
+                        "indices {indices:?} and data {data:?} differ in rank"
+                    ));
+                }
+                of(args.dtype(0), args.shape(1).map(<[usize]>::to_vec))
+            }
+            _ => Err(format!("{} is not a value op", self.name())),
+        }
     }
 
     /// A layout op's outputs: the input's type, and the shapes its plan gives when the data

@@ -5,12 +5,32 @@
 //! | ONNX op | decomposition or kernel |
 //! |---|---|
 //! | Identity, Dropout (inference) | pass-through |
-//! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt | kernel: [`elementwise::Unary`] |
-//! | Add, Sub, Mul, Div, Sum | kernel: [`elementwise::Binary`], numpy broadcasting; in place when the first operand is not read later; a following Relu fused |
+//! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt, Abs, Log, Reciprocal, Floor, Ceil, Round, Sign, Erf, Sin, Cos, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh | kernel: [`elementwise::Unary`] (Abs, Neg, Sign, Relu and the roundings on int64 too) |
+//! | Add, Sub, Mul, Div, Pow, Mod | kernel: [`elementwise::Binary`], numpy broadcasting, float or int64; in place when the first operand is not read later; a following Relu fused |
+//! | Equal, Less, Greater, LessOrEqual, GreaterOrEqual | kernel: [`elementwise::Compare`] (bool out) |
+//! | And, Or, Xor, Not | kernel: [`elementwise::Logic`], `Op::Not` |
+//! | Where | kernel: [`elementwise::where_`], three-way broadcasting |
+//! | Cast | kernel: [`elementwise::CastTo`] (to float, double, any integer type, bool) |
+//! | ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd | kernel: [`reduce::Reduce`], axes as attribute or input |
+//! | ArgMax, ArgMin | kernel: [`reduce::arg_extreme`] |
+//! | Shape, Size | kernel ([`generate::shape`]); a constant at load when the input's shape is static |
+//! | Range | kernel: [`generate::range`] |
+//! | Trilu, CumSum, GatherElements | kernel: [`index`], float or int64 |
+//! | Sum, Max, Min, Mean | decomposition: a chain of Add/Max/Min (Mean: then Div) |
+//! | Clip | decomposition: Max then Min |
+//! | LeakyRelu, PRelu, Elu, Selu, Celu | decomposition: Max/Min with 0, Exp, Mul, Add |
+//! | HardSigmoid, HardSwish, Softplus, Softsign, Mish, Swish, Gelu | decomposition: elementwise ops (Softplus as max(x,0) + log(1 + exp(−\|x\|))) |
+//! | ThresholdedRelu, Shrink | decomposition: Greater/Less and Where |
+//! | LogSoftmax | decomposition: ReduceMax, Sub, Exp, ReduceSum, Log, Sub |
+//! | Hardmax | decomposition: ArgMax, Equal with a constant iota, Cast |
+//! | ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp | decomposition: ReduceSum (and ReduceMax) with elementwise ops |
+//! | InstanceNormalization, LayerNormalization, GroupNormalization, MeanVarianceNormalization | decomposition: ReduceMean, Sub, Mul, Sqrt, Div (and Reshape for groups) |
+//! | CastLike | decomposition: Cast to the second input's type |
+//! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
 //! | Conv | kernel chosen per node by the [search](crate::search): [`conv::conv`] (1×1 as one GEMM, otherwise im2col + GEMM, per group), [`winograd`] F(2×2,3×3) / F(4×4,3×3), [`depthwise`] direct; bias and a fused Relu applied as the output is written |
 //! | MaxPool, AveragePool, GlobalAveragePool | kernel: [`conv::pool`], [`conv::global_average_pool`] |
-//! | BatchNormalization, LRN | kernel: [`nn`] (BatchNormalization after a Conv folds into it) |
+//! | BatchNormalization, LRN | kernel: [`nn`] (BatchNormalization after a Conv folds into it; otherwise it works in place on a last read and fuses a following Relu) |
 //! | Softmax | kernel: [`shape::softmax`] (2-D coercion before opset 13) |
 //! | Flatten, Reshape, Squeeze, Unsqueeze | view (same values, new shape); a raster when merged with a neighbouring raster |
 //! | Transpose | raster: one block, source strides permuted |
@@ -22,25 +42,36 @@
 //! | Expand | raster: source stride 0 on broadcast axes |
 //! | Tile | raster: one block of twice the rank (repeat, element) per axis |
 //! | DepthToSpace (DCR, CRD), SpaceToDepth | raster: one 6-D block |
-//! | Constant, ConstantOfShape | constants (folded at load) |
+//! | Constant (tensor, float(s), int(s)), ConstantOfShape (float or int) | constants (folded at load) |
+//!
+//! Decompositions ([`composite`]) are applied at load, before constant folding and fusion, so
+//! a backend implements only the kernels and rasters above. Values are f32 or i64: every
+//! integer type is widened to i64 and bool is i64 0/1 (a Cast to a narrower integer type wraps
+//! to its range); double computes as f32.
 //!
 //! Layout ops ([`layout`]) are planned as [`raster::Raster`]s: with static shapes they become
 //! `Raster` nodes at load (and rasters in a row merge into one); otherwise the same plan runs
 //! at each call. Layout ops move int64 values too, so shape arithmetic on constants folds.
 //!
-//! Opsets 7–21 are accepted; where an op changed (Softmax at 13, Squeeze/Unsqueeze/Split taking
-//! `axes`/`split` as an input from 13, Slice its parameters from 10, Pad from 11), both forms
-//! are read.
+//! Opsets 6–24 are accepted; where an op changed (Softmax at 13, Squeeze/Unsqueeze/Split taking
+//! `axes`/`split` as an input from 13, Slice its parameters from 10, Pad from 11, the
+//! reductions their axes from 13 (ReduceSum) or 18, Clip its bounds from 11, LogSoftmax and
+//! Hardmax their 2-D coercion until 13, GroupNormalization's scale per channel from 21), both
+//! forms are read. Opsets 22–24 only added element types to the ops the engine runs.
 
 pub mod attrs;
+pub mod composite;
 pub mod conv;
 pub mod depthwise;
 pub mod elementwise;
+pub mod generate;
+pub mod index;
 mod infer;
 pub mod layout;
 pub mod linalg;
 pub mod nn;
 pub mod raster;
+pub mod reduce;
 pub mod shape;
 pub mod winograd;
 
@@ -48,7 +79,7 @@ use std::path::Path;
 
 use attrs::Attrs;
 use conv::{Pool, Window};
-use elementwise::{Binary, Unary};
+use elementwise::{Binary, CastTo, Compare, Logic, Unary};
 
 use crate::onnx::pb::NodeProto;
 use crate::{LoadError, RunError, Tensor, Value};
@@ -163,7 +194,43 @@ pub enum Op {
     Binary(Binary),
     /// A Binary followed by a Relu that was its only reader (fused at load).
     BinaryRelu(Binary),
-    Sum,
+    Compare(Compare),
+    Logic(Logic),
+    Not,
+    Where,
+    Cast(CastTo),
+    Reduce {
+        kind: reduce::Reduce,
+        axes: reduce::Axes,
+    },
+    /// ArgMax (`max`) or ArgMin; `last`: the last index of a tie.
+    ArgExtreme {
+        max: bool,
+        axis: i64,
+        keepdims: bool,
+        last: bool,
+    },
+    /// The dimensions `start..end` of the input's shape.
+    Shape {
+        start: i64,
+        end: Option<i64>,
+    },
+    Size,
+    Range,
+    /// `upper`: keep the upper triangle (else the lower); the diagonal offset is input 1.
+    Trilu {
+        upper: bool,
+    },
+    /// The axis is input 1.
+    CumSum {
+        exclusive: bool,
+        reverse: bool,
+    },
+    GatherElements {
+        axis: i64,
+    },
+    /// An op that load lowers to atomic ones (see [`composite`]); never run.
+    Composite(Box<composite::Composite>),
     MatMul,
     Gemm {
         alpha: f32,
@@ -216,8 +283,9 @@ pub enum Op {
         opset: i64,
     },
     Constant(Value),
+    /// `value`: a one-element tensor of the element type to fill with.
     ConstantOfShape {
-        value: f32,
+        value: Value,
     },
     /// Parameters from attributes before opset 10 (`Some`), else inputs 1–4.
     Slice {
@@ -409,22 +477,27 @@ impl Op {
                 None
             }
         };
+        if let Some(unary) = Unary::parse(&node.op_type) {
+            return Ok(Op::Unary(unary));
+        }
+        if let Some(op) = composite::Composite::parse(node, &attrs, opset)? {
+            return Ok(Op::Composite(Box::new(op)));
+        }
+        if let Some(op) = value_op(node, &attrs, opset)? {
+            return Ok(op);
+        }
         Ok(match node.op_type.as_str() {
-            "Identity" | "Dropout" => Op::Identity,
-            "Relu" => Op::Unary(Unary::Relu),
-            "Sigmoid" => Op::Unary(Unary::Sigmoid),
-            "Tanh" => Op::Unary(Unary::Tanh),
-            "Exp" => Op::Unary(Unary::Exp),
-            "Neg" => Op::Unary(Unary::Neg),
-            "Sqrt" => Op::Unary(Unary::Sqrt),
-            "Add" | "Sub" | "Mul" | "Div" if attrs.int("broadcast", 0) != 0 => {
-                return Err(attrs.bad("broadcast", "legacy broadcast attribute (opset < 7)"));
+            "Identity" => Op::Identity,
+            "Add" | "Sub" | "Mul" | "Div" if attrs.int("broadcast", 0) != 0 && opset >= 7 => {
+                return Err(attrs.bad("broadcast", "is an opset 6 attribute"));
             }
             "Add" => Op::Binary(Binary::Add),
             "Sub" => Op::Binary(Binary::Sub),
             "Mul" => Op::Binary(Binary::Mul),
             "Div" => Op::Binary(Binary::Div),
-            "Sum" => Op::Sum,
+            "Pow" => Op::Binary(Binary::Pow),
+            "Mod" if attrs.int("fmod", 0) != 0 => Op::Binary(Binary::FMod),
+            "Mod" => Op::Binary(Binary::Mod),
             "MatMul" => Op::MatMul,
             "Gemm" => Op::Gemm {
                 alpha: attrs.float("alpha", 1.0),
@@ -460,6 +533,9 @@ impl Op {
             "BatchNormalization" => {
                 if attrs.int("training_mode", 0) != 0 || node.output.len() > 1 {
                     return Err(attrs.bad("training_mode", "only inference mode is supported"));
+                }
+                if attrs.int("spatial", 1) == 0 {
+                    return Err(attrs.bad("spatial", "per-activation statistics (opset 6–8)"));
                 }
                 Op::BatchNorm {
                     epsilon: attrs.float("epsilon", 1e-5),
@@ -501,24 +577,15 @@ impl Op {
                 axis: attrs.int("axis", if opset < 13 { 1 } else { -1 }),
                 opset,
             },
-            "Constant" => {
-                let tensor = attrs.tensor("value").ok_or_else(|| {
-                    attrs.bad("value", "only tensor-valued Constant is supported")
-                })?;
-                Op::Constant(crate::onnx::tensor_value(tensor, base_dir)?)
-            }
+            "Constant" => Op::Constant(constant(&attrs, base_dir)?),
             "ConstantOfShape" => {
                 let value = match attrs.tensor("value") {
-                    None => 0.0,
-                    Some(t) => match crate::onnx::tensor_value(t, base_dir)? {
-                        Value::F32(v) if v.data().len() == 1 => v.data()[0],
-                        _ => {
-                            return Err(
-                                attrs.bad("value", "only a one-element float value is supported")
-                            );
-                        }
-                    },
+                    None => Value::F32(Tensor::zeros(vec![1])),
+                    Some(t) => crate::onnx::tensor_value(t, base_dir)?,
                 };
+                if value.shape().iter().product::<usize>() != 1 {
+                    return Err(attrs.bad("value", "must hold one value"));
+                }
                 Op::ConstantOfShape { value }
             }
             "Slice" | "Split" | "Gather" | "Pad" | "Expand" | "Tile" | "DepthToSpace"
@@ -540,7 +607,21 @@ impl Op {
             Op::Unary(_) => "Unary",
             Op::Binary(_) => "Binary",
             Op::BinaryRelu(_) => "Binary+Relu",
-            Op::Sum => "Sum",
+            Op::Compare(_) => "Compare",
+            Op::Logic(_) => "Logic",
+            Op::Not => "Not",
+            Op::Where => "Where",
+            Op::Cast(_) => "Cast",
+            Op::Reduce { .. } => "Reduce",
+            Op::ArgExtreme { max: true, .. } => "ArgMax",
+            Op::ArgExtreme { .. } => "ArgMin",
+            Op::Shape { .. } => "Shape",
+            Op::Size => "Size",
+            Op::Range => "Range",
+            Op::Trilu { .. } => "Trilu",
+            Op::CumSum { .. } => "CumSum",
+            Op::GatherElements { .. } => "GatherElements",
+            Op::Composite(c) => c.name(),
             Op::MatMul => "MatMul",
             Op::Gemm { .. } => "Gemm",
             Op::Conv { .. } => "Conv",
@@ -600,15 +681,16 @@ impl Op {
             return self.eval(ctx, node, &all);
         };
         let second = || match others.first().copied().flatten() {
-            Some(Value::F32(t)) => Ok(t),
-            _ => Err(fail("input 1 must be a float tensor".into())),
+            Some(Value::F32(t)) => Some(t),
+            _ => None,
         };
         let out = match self {
             Op::Identity => x,
             Op::Unary(u) => u.apply(x),
             Op::Binary(b) | Op::BinaryRelu(b) => {
                 let relu = matches!(self, Op::BinaryRelu(_));
-                if !b.apply_in_place(&mut x, second()?, relu) {
+                let done = second().is_some_and(|y| b.apply_in_place(&mut x, y, relu));
+                if !done {
                     let x = Value::F32(x);
                     let mut all = vec![Some(&x)];
                     all.extend_from_slice(others);
@@ -692,18 +774,37 @@ impl Op {
                         usize::try_from(d).map_err(|_| fail(format!("negative dimension {d}")))
                     })
                     .collect::<Result<Vec<_>, _>>()?;
-                let len = shape.iter().product();
-                Tensor::new(shape, vec![*value; len]).map_err(|e| fail(e.to_string()))?
+                let len = raster::elements(&shape).map_err(fail)?;
+                return Ok(vec![match value {
+                    Value::F32(t) => Value::F32(
+                        Tensor::new(shape, vec![t.data()[0]; len])
+                            .map_err(|e| fail(e.to_string()))?,
+                    ),
+                    Value::I64 { data, .. } => Value::I64 {
+                        shape,
+                        data: vec![data[0]; len],
+                    },
+                }]);
             }
-            Op::Unary(u) => u.apply(float(0)?.clone()),
-            Op::Binary(b) => b.apply(float(0)?, float(1)?).map_err(fail)?,
-            Op::BinaryRelu(b) => Unary::Relu.apply(b.apply(float(0)?, float(1)?).map_err(fail)?),
-            Op::Sum => {
-                let mut acc = float(0)?.clone();
-                for i in 1..inputs.len() {
-                    acc = Binary::Add.apply(&acc, float(i)?).map_err(fail)?;
-                }
-                acc
+            Op::Unary(_)
+            | Op::Binary(_)
+            | Op::BinaryRelu(_)
+            | Op::Compare(_)
+            | Op::Logic(_)
+            | Op::Not
+            | Op::Where
+            | Op::Cast(_)
+            | Op::Reduce { .. }
+            | Op::ArgExtreme { .. }
+            | Op::Shape { .. }
+            | Op::Size
+            | Op::Range
+            | Op::Trilu { .. }
+            | Op::CumSum { .. }
+            | Op::GatherElements { .. }
+            | Op::Composite(_) => {
+                let value = self.eval_value(inputs).map_err(fail)?;
+                return Ok(vec![value]);
             }
             Op::MatMul => linalg::matmul(float(0)?, float(1)?, ctx.threads).map_err(fail)?,
             Op::Gemm { alpha, beta, trans } => {
@@ -773,5 +874,203 @@ impl Op {
             | Op::Raster(_) => return self.eval_layout(inputs).map_err(fail),
         };
         Ok(vec![Value::F32(out)])
+    }
+}
+
+/// Parses the ops on values of either element type: comparisons, logic, Where, Cast, the
+/// atomic reductions, ArgMax/ArgMin, Shape, Size and Range (`None`: not one of them).
+fn value_op(node: &NodeProto, attrs: &Attrs, opset: i64) -> Result<Option<Op>, LoadError> {
+    let reduce = |kind, axes_input_from: i64| Op::Reduce {
+        kind,
+        axes: reduce::Axes {
+            attr: if opset < axes_input_from {
+                Some(attrs.ints("axes").unwrap_or_default().to_vec())
+            } else {
+                None
+            },
+            keepdims: attrs.int("keepdims", 1) != 0,
+            noop_with_empty_axes: attrs.int("noop_with_empty_axes", 0) != 0,
+        },
+    };
+    let arg = |max| Op::ArgExtreme {
+        max,
+        axis: attrs.int("axis", 0),
+        keepdims: attrs.int("keepdims", 1) != 0,
+        last: attrs.int("select_last_index", 0) != 0,
+    };
+    Ok(Some(match node.op_type.as_str() {
+        "Equal" => Op::Compare(Compare::Equal),
+        "Less" => Op::Compare(Compare::Less),
+        "Greater" => Op::Compare(Compare::Greater),
+        "LessOrEqual" => Op::Compare(Compare::LessOrEqual),
+        "GreaterOrEqual" => Op::Compare(Compare::GreaterOrEqual),
+        "And" => Op::Logic(Logic::And),
+        "Or" => Op::Logic(Logic::Or),
+        "Xor" => Op::Logic(Logic::Xor),
+        "Not" => Op::Not,
+        "Where" => Op::Where,
+        "Cast" => {
+            let to = attrs.int("to", 0);
+            Op::Cast(
+                CastTo::from_onnx(to).ok_or_else(|| {
+                    attrs.bad("to", format!("casting to type {to} is not supported"))
+                })?,
+            )
+        }
+        "ReduceSum" => reduce(reduce::Reduce::Sum, 13),
+        "ReduceMean" => reduce(reduce::Reduce::Mean, 18),
+        "ReduceMax" => reduce(reduce::Reduce::Max, 18),
+        "ReduceMin" => reduce(reduce::Reduce::Min, 18),
+        "ReduceProd" => reduce(reduce::Reduce::Prod, 18),
+        "ArgMax" => arg(true),
+        "ArgMin" => arg(false),
+        "Shape" => Op::Shape {
+            start: attrs.int("start", 0),
+            end: attrs.has("end").then(|| attrs.int("end", 0)),
+        },
+        "Size" => Op::Size,
+        "Range" => Op::Range,
+        "Trilu" => Op::Trilu {
+            upper: attrs.int("upper", 1) != 0,
+        },
+        "CumSum" => Op::CumSum {
+            exclusive: attrs.int("exclusive", 0) != 0,
+            reverse: attrs.int("reverse", 0) != 0,
+        },
+        "GatherElements" => Op::GatherElements {
+            axis: attrs.int("axis", 0),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+/// A Constant's value: the `value` tensor, or one of the scalar and list forms (opset 12+).
+fn constant(attrs: &Attrs, base_dir: Option<&Path>) -> Result<Value, LoadError> {
+    if let Some(tensor) = attrs.tensor("value") {
+        return crate::onnx::tensor_value(tensor, base_dir);
+    }
+    let floats = |data: Vec<f32>, shape| {
+        Tensor::new(shape, data)
+            .map(Value::F32)
+            .map_err(|e| attrs.bad("value_floats", e.to_string()))
+    };
+    if attrs.has("value_float") {
+        return floats(vec![attrs.float("value_float", 0.0)], vec![]);
+    }
+    if let Some(values) = attrs.floats("value_floats") {
+        return floats(values.to_vec(), vec![values.len()]);
+    }
+    if attrs.has("value_int") {
+        return Ok(Value::I64 {
+            shape: vec![],
+            data: vec![attrs.int("value_int", 0)],
+        });
+    }
+    if let Some(values) = attrs.ints("value_ints") {
+        return Ok(Value::I64 {
+            shape: vec![values.len()],
+            data: values.to_vec(),
+        });
+    }
+    Err(attrs.bad(
+        "value",
+        "only tensor, float(s) and int(s) Constants are supported",
+    ))
+}
+
+impl Op {
+    /// Runs an op on values of either element type (see [`value_op`]), and the unary and
+    /// binary ops off their in-place path.
+    fn eval_value(&self, inputs: &[Option<&Value>]) -> Result<Value, String> {
+        let input = |i: usize| {
+            inputs
+                .get(i)
+                .copied()
+                .flatten()
+                .ok_or_else(|| format!("input {i} is missing"))
+        };
+        let ints = |i: usize| match input(i)? {
+            Value::I64 { shape, data } => Ok((shape.as_slice(), data.as_slice())),
+            Value::F32(_) => Err(format!("input {i} must be int64 (or bool), not float")),
+        };
+        let float = |i: usize| match input(i)? {
+            Value::F32(t) => Ok(t),
+            Value::I64 { .. } => Err(format!("input {i} must be float, not int64")),
+        };
+        Ok(match self {
+            Op::Unary(u) => match input(0)? {
+                Value::F32(t) => Value::F32(u.apply(t.clone())),
+                Value::I64 { shape, data } => Value::I64 {
+                    shape: shape.clone(),
+                    data: u.apply_ints(data.clone())?,
+                },
+            },
+            Op::Binary(b) => b.apply_values(input(0)?, input(1)?)?,
+            Op::BinaryRelu(b) => {
+                let value = b.apply_values(input(0)?, input(1)?)?;
+                return Op::Unary(Unary::Relu).eval_value(&[Some(&value)]);
+            }
+            Op::Compare(c) => c.apply(input(0)?, input(1)?)?,
+            Op::Logic(l) => l.apply(ints(0)?, ints(1)?)?,
+            Op::Not => {
+                let (shape, data) = ints(0)?;
+                Value::I64 {
+                    shape: shape.to_vec(),
+                    data: data.iter().map(|&v| i64::from(v == 0)).collect(),
+                }
+            }
+            Op::Where => elementwise::where_(ints(0)?, input(1)?, input(2)?)?,
+            Op::Cast(to) => to.apply(input(0)?)?,
+            Op::Reduce { kind, axes } => {
+                let x = float(0)?;
+                let given = match inputs.get(1).copied().flatten() {
+                    Some(_) => Some(ints(1)?.1),
+                    None => None,
+                };
+                match axes.resolve(given, x.shape().len())? {
+                    Some(list) => Value::F32(kind.apply(x, &list, axes.keepdims)?),
+                    None => Value::F32(x.clone()),
+                }
+            }
+            Op::ArgExtreme {
+                max,
+                axis,
+                keepdims,
+                last,
+            } => {
+                let x = float(0)?;
+                let axis = reduce::normalize_axes(&[*axis], x.shape().len())?[0];
+                let (shape, data) = reduce::arg_extreme(x, axis, *keepdims, *max, *last)?;
+                Value::I64 { shape, data }
+            }
+            Op::Shape { start, end } => generate::shape(input(0)?.shape(), *start, *end),
+            Op::Size => Value::I64 {
+                shape: vec![],
+                data: vec![input(0)?.shape().iter().product::<usize>() as i64],
+            },
+            Op::Range => generate::range(input(0)?, input(1)?, input(2)?)?,
+            Op::Trilu { upper } => {
+                let k = match inputs.get(1).copied().flatten() {
+                    Some(_) => *ints(1)?.1.first().ok_or("k is empty")?,
+                    None => 0,
+                };
+                index::trilu(input(0)?, k, *upper)?
+            }
+            Op::CumSum { exclusive, reverse } => {
+                let x = input(0)?;
+                let axis = *ints(1)?.1.first().ok_or("the axis is empty")?;
+                let axis = reduce::normalize_axes(&[axis], x.shape().len())?[0];
+                index::cumsum(x, axis, *exclusive, *reverse)?
+            }
+            Op::GatherElements { axis } => {
+                let data = input(0)?;
+                let axis = reduce::normalize_axes(&[*axis], data.shape().len())?[0];
+                index::gather_elements(data, ints(1)?, axis)?
+            }
+            Op::Composite(c) => {
+                return Err(format!("{} should have been lowered at load", c.name()));
+            }
+            other => return Err(format!("{} is not a value op", other.name())),
+        })
     }
 }

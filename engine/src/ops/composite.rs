@@ -1,0 +1,1006 @@
+//! Composite ops: ONNX ops that load rewrites into atomic ones (MNN-style decomposition), so a
+//! backend implements only the atomic set. Each [`Composite`] is parsed with its attributes
+//! like any op, then [`Composite::expand`] emits the atomic nodes; rank-dependent expansions
+//! (LogSoftmax before opset 13, the normalizations, Hardmax, opset 6's axis broadcast) read the
+//! ranks and shapes shape inference knows so far, and fail the load, naming the node, without
+//! them.
+
+use std::collections::HashMap;
+
+use super::attrs::Attrs;
+use super::elementwise::{Binary, CastTo, Compare, Unary};
+use super::reduce::{Axes, Reduce};
+use super::{Op, reduce};
+use crate::graph::{DType, Node, ValueInfo};
+use crate::onnx::pb::NodeProto;
+use crate::{LoadError, Tensor, Value};
+
+/// The reductions made of a sum (or max) and elementwise ops.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ReduceOf {
+    /// ReduceL1: Σ|x|.
+    L1,
+    /// ReduceL2: √Σx².
+    L2,
+    /// ReduceSumSquare: Σx².
+    SumSquare,
+    /// ReduceLogSum: log Σx.
+    LogSum,
+    /// ReduceLogSumExp: m + log Σ exp(x − m), m the max (so large inputs stay finite).
+    LogSumExp,
+}
+
+/// An op load decomposes into atomic ones.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Composite {
+    /// max(x, 0) + α·min(x, 0).
+    LeakyRelu {
+        alpha: f32,
+    },
+    /// max(x, 0) + slope·min(x, 0); a per-channel 1-D slope is aligned to axis 1.
+    PRelu,
+    /// max(x, 0) + α·(exp(min(x, 0)) − 1), times γ for Selu.
+    Elu {
+        alpha: f32,
+        gamma: f32,
+    },
+    /// max(x, 0) + min(0, α·(exp(x/α) − 1)).
+    Celu {
+        alpha: f32,
+    },
+    /// clamp(α·x + β, 0, 1).
+    HardSigmoid {
+        alpha: f32,
+        beta: f32,
+    },
+    /// x · HardSigmoid(x; 1/6, 1/2).
+    HardSwish,
+    /// max(x, 0) + log(1 + exp(−|x|)), stable for large |x|.
+    Softplus,
+    /// x / (1 + |x|).
+    Softsign,
+    /// x · tanh(softplus(x)).
+    Mish,
+    /// x · sigmoid(α·x).
+    Swish {
+        alpha: f32,
+    },
+    /// x/2 · (1 + erf(x/√2)), or the tanh approximation.
+    Gelu {
+        tanh: bool,
+    },
+    /// x where x > α, else 0.
+    ThresholdedRelu {
+        alpha: f32,
+    },
+    /// x + bias where x < −λ, x − bias where x > λ, else 0.
+    Shrink {
+        lambd: f32,
+        bias: f32,
+    },
+    /// max(min(x, hi), lo) with bounds as attributes (before opset 11) or inputs 1 and 2.
+    Clip {
+        attrs: Option<(f32, f32)>,
+    },
+    /// Sum, Max, Min (a chain of binary ops) and Mean (the sum divided by the count).
+    Variadic {
+        op: Binary,
+        mean: bool,
+    },
+    /// x − m − log Σ exp(x − m) over the axis (before opset 13: all axes from it).
+    LogSoftmax {
+        axis: i64,
+        opset: i64,
+    },
+    /// One-hot of the (first) ArgMax along the axis (before opset 13: of the flattened rows).
+    Hardmax {
+        axis: i64,
+        opset: i64,
+    },
+    Reduce {
+        of: ReduceOf,
+        axes: Axes,
+    },
+    /// (x − mean) / √(var + ε) over the spatial axes, then per-channel scale and bias.
+    InstanceNorm {
+        epsilon: f32,
+    },
+    /// (x − mean) / √(var + ε) over the axes from `axis`, then scale and bias; the optional
+    /// Mean and InvStdDev outputs are the intermediate values.
+    LayerNorm {
+        axis: i64,
+        epsilon: f32,
+    },
+    /// Normalised over each group of channels; scale and bias per group before opset 21, per
+    /// channel from it.
+    GroupNorm {
+        epsilon: f32,
+        groups: i64,
+        per_channel: bool,
+    },
+    /// (x − mean) / (√var + 1e-9) over `axes`.
+    MeanVarianceNorm {
+        axes: Vec<i64>,
+    },
+    /// Opset 6's `broadcast = 1` with an `axis`: B aligned to A's dimensions from `axis`.
+    LegacyBroadcast {
+        op: Binary,
+        axis: i64,
+    },
+    /// Cast to the type of input 1.
+    CastLike,
+    /// Inference: the input, and (if asked for) a mask of ones; training mode is refused.
+    Dropout,
+    /// x / √(mean(x²) + ε) over the axes from `axis`, times the scale.
+    RmsNorm {
+        axis: i64,
+        epsilon: f32,
+    },
+    /// x / ‖x‖ₚ along the axis (p = 1 or 2).
+    LpNorm {
+        axis: i64,
+        p: i64,
+    },
+    /// ReduceMax over the spatial axes.
+    GlobalMaxPool,
+    /// Not(Equal(x, x)).
+    IsNaN,
+    /// Equal(|x|, ∞), restricted to a sign by `positive`/`negative`.
+    IsInf {
+        positive: bool,
+        negative: bool,
+    },
+    /// A 1-D Conv, MaxPool or AveragePool: its 2-D form (given here) on the input with a unit
+    /// width axis appended, which is then dropped.
+    OneD(Box<Op>),
+}
+
+fn binary_of(op_type: &str) -> Option<Binary> {
+    Some(match op_type {
+        "Add" | "Sum" => Binary::Add,
+        "Sub" => Binary::Sub,
+        "Mul" => Binary::Mul,
+        "Div" => Binary::Div,
+        "Max" => Binary::Max,
+        "Min" => Binary::Min,
+        "Mean" => Binary::Add,
+        _ => return None,
+    })
+}
+
+impl Composite {
+    /// The composite op a node is (`None`: not a composite).
+    pub fn parse(
+        node: &NodeProto,
+        attrs: &Attrs,
+        opset: i64,
+    ) -> Result<Option<Composite>, LoadError> {
+        use Composite::*;
+        let alpha = |default| attrs.float("alpha", default);
+        let epsilon = attrs.float("epsilon", 1e-5);
+        let reduce = |of, axes_input_from: i64| Reduce {
+            of,
+            axes: Axes {
+                attr: (opset < axes_input_from)
+                    .then(|| attrs.ints("axes").unwrap_or_default().to_vec()),
+                keepdims: attrs.int("keepdims", 1) != 0,
+                noop_with_empty_axes: attrs.int("noop_with_empty_axes", 0) != 0,
+            },
+        };
+        let op_type = node.op_type.as_str();
+        Ok(Some(match op_type {
+            "Add" | "Sub" | "Mul" | "Div"
+                if opset < 7 && attrs.int("broadcast", 0) != 0 && attrs.has("axis") =>
+            {
+                LegacyBroadcast {
+                    op: binary_of(op_type).unwrap_or(Binary::Add),
+                    axis: attrs.int("axis", 0),
+                }
+            }
+            "Sum" | "Max" | "Min" | "Mean" => Variadic {
+                op: binary_of(op_type).unwrap_or(Binary::Add),
+                mean: op_type == "Mean",
+            },
+            "LeakyRelu" => LeakyRelu { alpha: alpha(0.01) },
+            "PRelu" => PRelu,
+            "Elu" => Elu {
+                alpha: alpha(1.0),
+                gamma: 1.0,
+            },
+            "Selu" => Elu {
+                alpha: alpha(1.673_263_2),
+                gamma: attrs.float("gamma", 1.050_701),
+            },
+            "Celu" => Celu { alpha: alpha(1.0) },
+            "HardSigmoid" => HardSigmoid {
+                alpha: alpha(0.2),
+                beta: attrs.float("beta", 0.5),
+            },
+            "HardSwish" => HardSwish,
+            "Softplus" => Softplus,
+            "Softsign" => Softsign,
+            "Mish" => Mish,
+            "Swish" => Swish { alpha: alpha(1.0) },
+            "Gelu" => Gelu {
+                tanh: match attrs.string("approximate").as_deref() {
+                    None | Some("none") => false,
+                    Some("tanh") => true,
+                    Some(other) => {
+                        return Err(
+                            attrs.bad("approximate", format!("{other:?} is not none or tanh"))
+                        );
+                    }
+                },
+            },
+            "ThresholdedRelu" => ThresholdedRelu { alpha: alpha(1.0) },
+            "Shrink" => Shrink {
+                lambd: attrs.float("lambd", 0.5),
+                bias: attrs.float("bias", 0.0),
+            },
+            "Clip" => Clip {
+                attrs: (opset < 11).then(|| {
+                    (
+                        attrs.float("min", f32::NEG_INFINITY),
+                        attrs.float("max", f32::INFINITY),
+                    )
+                }),
+            },
+            "LogSoftmax" => LogSoftmax {
+                axis: attrs.int("axis", if opset < 13 { 1 } else { -1 }),
+                opset,
+            },
+            "Hardmax" => Hardmax {
+                axis: attrs.int("axis", if opset < 13 { 1 } else { -1 }),
+                opset,
+            },
+            "ReduceL1" => reduce(ReduceOf::L1, 18),
+            "ReduceL2" => reduce(ReduceOf::L2, 18),
+            "ReduceSumSquare" => reduce(ReduceOf::SumSquare, 18),
+            "ReduceLogSum" => reduce(ReduceOf::LogSum, 18),
+            "ReduceLogSumExp" => reduce(ReduceOf::LogSumExp, 18),
+            "InstanceNormalization" => InstanceNorm { epsilon },
+            "LayerNormalization" => LayerNorm {
+                axis: attrs.int("axis", -1),
+                epsilon,
+            },
+            "GroupNormalization" => GroupNorm {
+                epsilon,
+                groups: attrs.int("num_groups", 0),
+                per_channel: opset >= 21,
+            },
+            "MeanVarianceNormalization" => MeanVarianceNorm {
+                axes: attrs.ints("axes").unwrap_or(&[0, 2, 3]).to_vec(),
+            },
+            "CastLike" => CastLike,
+            "Dropout" => Dropout,
+            "RMSNormalization" => RmsNorm {
+                axis: attrs.int("axis", -1),
+                epsilon,
+            },
+            "LpNormalization" => match attrs.int("p", 2) {
+                p @ (1 | 2) => LpNorm {
+                    axis: attrs.int("axis", -1),
+                    p,
+                },
+                p => return Err(attrs.bad("p", format!("{p}: only 1 and 2 are defined"))),
+            },
+            "GlobalMaxPool" => GlobalMaxPool,
+            "IsNaN" => IsNaN,
+            "IsInf" => IsInf {
+                positive: attrs.int("detect_positive", 1) != 0,
+                negative: attrs.int("detect_negative", 1) != 0,
+            },
+            "Conv" | "MaxPool" | "AveragePool" => match widen_1d(node) {
+                Some(wide) => OneD(Box::new(Op::parse(&wide, &node.name, opset, None)?)),
+                None => return Ok(None),
+            },
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The ONNX op's name, for errors.
+    pub fn name(&self) -> &'static str {
+        use Composite::*;
+        match self {
+            LeakyRelu { .. } => "LeakyRelu",
+            PRelu => "PRelu",
+            Elu { gamma, .. } if *gamma != 1.0 => "Selu",
+            Elu { .. } => "Elu",
+            Celu { .. } => "Celu",
+            HardSigmoid { .. } => "HardSigmoid",
+            HardSwish => "HardSwish",
+            Softplus => "Softplus",
+            Softsign => "Softsign",
+            Mish => "Mish",
+            Swish { .. } => "Swish",
+            Gelu { .. } => "Gelu",
+            ThresholdedRelu { .. } => "ThresholdedRelu",
+            Shrink { .. } => "Shrink",
+            Clip { .. } => "Clip",
+            Variadic { mean: true, .. } => "Mean",
+            Variadic { .. } => "Sum/Max/Min",
+            LogSoftmax { .. } => "LogSoftmax",
+            Hardmax { .. } => "Hardmax",
+            Reduce { .. } => "Reduce (composite)",
+            InstanceNorm { .. } => "InstanceNormalization",
+            LayerNorm { .. } => "LayerNormalization",
+            GroupNorm { .. } => "GroupNormalization",
+            MeanVarianceNorm { .. } => "MeanVarianceNormalization",
+            LegacyBroadcast { .. } => "Binary (opset 6 broadcast)",
+            CastLike => "CastLike",
+            Dropout => "Dropout",
+            RmsNorm { .. } => "RMSNormalization",
+            LpNorm { .. } => "LpNormalization",
+            GlobalMaxPool => "GlobalMaxPool",
+            IsNaN => "IsNaN",
+            IsInf { .. } => "IsInf",
+            OneD(_) => "1-D Conv/pool",
+        }
+    }
+}
+
+/// Emits the atomic nodes of one composite node: fresh names for its intermediate values and
+/// constants, and what shape inference knows of the values it reads.
+pub struct Builder<'a> {
+    prefix: String,
+    nodes: Vec<Node>,
+    constants: &'a mut HashMap<String, Value>,
+    infos: &'a HashMap<String, ValueInfo>,
+    count: usize,
+}
+
+impl<'a> Builder<'a> {
+    /// A builder for the node named `prefix`, adding its constants to `constants`.
+    pub fn new(
+        prefix: &str,
+        constants: &'a mut HashMap<String, Value>,
+        infos: &'a HashMap<String, ValueInfo>,
+    ) -> Builder<'a> {
+        Builder {
+            prefix: prefix.to_owned(),
+            nodes: Vec::new(),
+            constants,
+            infos,
+            count: 0,
+        }
+    }
+
+    fn fresh(&mut self) -> String {
+        self.count += 1;
+        format!("{}::{}", self.prefix, self.count)
+    }
+
+    /// Adds a node; returns its output.
+    fn op(&mut self, op: Op, inputs: &[&str]) -> String {
+        let output = self.fresh();
+        self.nodes.push(Node {
+            name: output.clone(),
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![output.clone()],
+        });
+        output
+    }
+
+    fn constant(&mut self, value: Value) -> String {
+        let name = self.fresh();
+        self.constants.insert(name.clone(), value);
+        name
+    }
+
+    fn scalar(&mut self, v: f32) -> String {
+        self.constant(Value::F32(
+            Tensor::new(vec![], vec![v]).unwrap_or_else(|_| Tensor::zeros(vec![])),
+        ))
+    }
+
+    fn ints(&mut self, data: Vec<i64>) -> String {
+        self.constant(Value::I64 {
+            shape: vec![data.len()],
+            data,
+        })
+    }
+
+    fn unary(&mut self, u: Unary, x: &str) -> String {
+        self.op(Op::Unary(u), &[x])
+    }
+
+    fn binary(&mut self, b: Binary, x: &str, y: &str) -> String {
+        self.op(Op::Binary(b), &[x, y])
+    }
+
+    /// `x ∘ c` for a scalar constant `c`.
+    fn with(&mut self, b: Binary, x: &str, c: f32) -> String {
+        let c = self.scalar(c);
+        self.binary(b, x, &c)
+    }
+
+    fn reduce(&mut self, kind: Reduce, x: &str, axes: Vec<i64>, keepdims: bool) -> String {
+        let axes = Axes {
+            attr: Some(axes),
+            keepdims,
+            noop_with_empty_axes: false,
+        };
+        self.op(Op::Reduce { kind, axes }, &[x])
+    }
+
+    fn unsqueeze(&mut self, x: &str, axes: Vec<i64>) -> String {
+        self.op(Op::Unsqueeze { axes: Some(axes) }, &[x])
+    }
+
+    fn reshape(&mut self, x: &str, shape: Vec<i64>) -> String {
+        let shape = self.ints(shape);
+        self.op(Op::Reshape { allow_zero: false }, &[x, &shape])
+    }
+
+    /// `x`'s shape: a constant when shape inference knows it, else a Shape node.
+    fn shape_value(&mut self, x: &str) -> String {
+        match self.shape(x) {
+            Some(s) => {
+                let dims = s.iter().map(|&d| d as i64).collect();
+                self.ints(dims)
+            }
+            None => self.op(
+                Op::Shape {
+                    start: 0,
+                    end: None,
+                },
+                &[x],
+            ),
+        }
+    }
+
+    fn shape(&self, x: &str) -> Option<Vec<usize>> {
+        self.infos.get(x)?.shape.clone()
+    }
+
+    fn rank(&self, x: &str) -> Result<usize, String> {
+        self.shape(x)
+            .map(|s| s.len())
+            .ok_or_else(|| format!("needs the rank of {x:?}, which is not known at load"))
+    }
+
+    /// max(x, 0) and min(x, 0).
+    fn split_sign(&mut self, x: &str) -> (String, String) {
+        (
+            self.with(Binary::Max, x, 0.0),
+            self.with(Binary::Min, x, 0.0),
+        )
+    }
+
+    /// mean over `axes` and the centred values and variance: (x − mean, var).
+    fn moments(&mut self, x: &str, axes: Vec<i64>) -> (String, String, String) {
+        let mean = self.reduce(Reduce::Mean, x, axes.clone(), true);
+        let centred = self.binary(Binary::Sub, x, &mean);
+        let square = self.binary(Binary::Mul, &centred, &centred);
+        let var = self.reduce(Reduce::Mean, &square, axes, true);
+        (mean, centred, var)
+    }
+
+    /// The emitted nodes, with each `(value, output)` pair's value renamed to the composite's
+    /// output (an Identity when the value is not computed here).
+    pub fn finish(mut self, results: &[(String, &str)]) -> Vec<Node> {
+        for (value, output) in results {
+            if output.is_empty() {
+                continue;
+            }
+            let produced = self.nodes.iter().any(|n| n.outputs.contains(value));
+            if !produced {
+                self.nodes.push(Node {
+                    name: format!("{}::identity", self.prefix),
+                    op: Op::Identity,
+                    inputs: vec![value.clone()],
+                    outputs: vec![output.to_string()],
+                });
+                continue;
+            }
+            for node in &mut self.nodes {
+                for name in node.inputs.iter_mut().chain(node.outputs.iter_mut()) {
+                    if name == value {
+                        *name = output.to_string();
+                    }
+                }
+            }
+        }
+        self.nodes
+    }
+}
+
+impl Composite {
+    /// Emits the atomic nodes computing the op on `inputs` (empty: omitted) into `b`; returns
+    /// the value of each output, in order.
+    pub fn expand(&self, b: &mut Builder, inputs: &[String]) -> Result<Vec<String>, String> {
+        use Composite::*;
+        let input = |i: usize| -> Result<&str, String> {
+            inputs
+                .get(i)
+                .filter(|n| !n.is_empty())
+                .map(String::as_str)
+                .ok_or_else(|| format!("input {i} is missing"))
+        };
+        let optional = |i: usize| inputs.get(i).filter(|n| !n.is_empty()).map(String::as_str);
+        let x = input(0)?;
+        let y = match self {
+            LeakyRelu { alpha } => {
+                let (pos, neg) = b.split_sign(x);
+                let scaled = b.with(Binary::Mul, &neg, *alpha);
+                b.binary(Binary::Add, &pos, &scaled)
+            }
+            PRelu => {
+                let slope = prelu_slope(b, x, input(1)?)?;
+                let (pos, neg) = b.split_sign(x);
+                let scaled = b.binary(Binary::Mul, &neg, &slope);
+                b.binary(Binary::Add, &pos, &scaled)
+            }
+            Elu { alpha, gamma } => {
+                let (pos, neg) = b.split_sign(x);
+                let e = b.unary(Unary::Exp, &neg);
+                let e = b.with(Binary::Sub, &e, 1.0);
+                let e = b.with(Binary::Mul, &e, *alpha);
+                let sum = b.binary(Binary::Add, &pos, &e);
+                if *gamma == 1.0 {
+                    sum
+                } else {
+                    b.with(Binary::Mul, &sum, *gamma)
+                }
+            }
+            Celu { alpha } => {
+                let pos = b.with(Binary::Max, x, 0.0);
+                let e = b.with(Binary::Div, x, *alpha);
+                let e = b.unary(Unary::Exp, &e);
+                let e = b.with(Binary::Sub, &e, 1.0);
+                let e = b.with(Binary::Mul, &e, *alpha);
+                let neg = b.with(Binary::Min, &e, 0.0);
+                b.binary(Binary::Add, &pos, &neg)
+            }
+            HardSigmoid { alpha, beta } => hard_sigmoid(b, x, *alpha, *beta),
+            HardSwish => {
+                let gate = hard_sigmoid(b, x, 1.0 / 6.0, 0.5);
+                b.binary(Binary::Mul, x, &gate)
+            }
+            Softplus => softplus(b, x),
+            Softsign => {
+                let a = b.unary(Unary::Abs, x);
+                let d = b.with(Binary::Add, &a, 1.0);
+                b.binary(Binary::Div, x, &d)
+            }
+            Mish => {
+                let s = softplus(b, x);
+                let t = b.unary(Unary::Tanh, &s);
+                b.binary(Binary::Mul, x, &t)
+            }
+            Swish { alpha } => {
+                let ax = b.with(Binary::Mul, x, *alpha);
+                let s = b.unary(Unary::Sigmoid, &ax);
+                b.binary(Binary::Mul, x, &s)
+            }
+            Gelu { tanh } => gelu(b, x, *tanh),
+            ThresholdedRelu { alpha } => {
+                let threshold = b.scalar(*alpha);
+                let keep = b.op(Op::Compare(Compare::Greater), &[x, &threshold]);
+                let zero = b.scalar(0.0);
+                b.op(Op::Where, &[&keep, x, &zero])
+            }
+            Shrink { lambd, bias } => {
+                let (low, high) = (b.scalar(-*lambd), b.scalar(*lambd));
+                let below = b.op(Op::Compare(Compare::Less), &[x, &low]);
+                let above = b.op(Op::Compare(Compare::Greater), &[x, &high]);
+                let (up, down) = (b.with(Binary::Add, x, *bias), b.with(Binary::Sub, x, *bias));
+                let zero = b.scalar(0.0);
+                let inner = b.op(Op::Where, &[&above, &down, &zero]);
+                b.op(Op::Where, &[&below, &up, &inner])
+            }
+            Clip { attrs } => clip(b, x, *attrs, optional(1), optional(2)),
+            Variadic { op, mean } => {
+                let mut acc = x.to_owned();
+                for i in 1..inputs.len() {
+                    acc = b.binary(*op, &acc, input(i)?);
+                }
+                if *mean && inputs.len() > 1 {
+                    b.with(Binary::Div, &acc, inputs.len() as f32)
+                } else {
+                    acc
+                }
+            }
+            LogSoftmax { axis, opset } => {
+                let axes = softmax_axes(b, x, *axis, *opset)?;
+                let max = b.reduce(reduce::Reduce::Max, x, axes.clone(), true);
+                let d = b.binary(Binary::Sub, x, &max);
+                let e = b.unary(Unary::Exp, &d);
+                let s = b.reduce(reduce::Reduce::Sum, &e, axes, true);
+                let l = b.unary(Unary::Log, &s);
+                b.binary(Binary::Sub, &d, &l)
+            }
+            Hardmax { axis, opset } => hardmax(b, x, *axis, *opset)?,
+            Reduce { of, axes } => reduce_of(b, *of, axes, x, optional(1)),
+            InstanceNorm { epsilon } => {
+                let rank = b.rank(x)?;
+                let (_, centred, var) = b.moments(x, (2..rank as i64).collect());
+                let n = normalize(b, &centred, &var, *epsilon);
+                let channel_axes: Vec<i64> = (1..rank.saturating_sub(1) as i64).collect();
+                let scale = b.unsqueeze(input(1)?, channel_axes.clone());
+                let bias = b.unsqueeze(input(2)?, channel_axes);
+                let scaled = b.binary(Binary::Mul, &n, &scale);
+                b.binary(Binary::Add, &scaled, &bias)
+            }
+            LayerNorm { axis, epsilon } => return layer_norm(b, inputs, *axis, *epsilon),
+            GroupNorm {
+                epsilon,
+                groups,
+                per_channel,
+            } => group_norm(b, inputs, *epsilon, *groups, *per_channel)?,
+            MeanVarianceNorm { axes } => {
+                let (_, centred, var) = b.moments(x, axes.clone());
+                let std = b.unary(Unary::Sqrt, &var);
+                let std = b.with(Binary::Add, &std, 1e-9);
+                b.binary(Binary::Div, &centred, &std)
+            }
+            LegacyBroadcast { op, axis } => {
+                let (ra, rb) = (b.rank(x)? as i64, b.rank(input(1)?)? as i64);
+                if !(0..=ra - rb).contains(axis) {
+                    return Err(format!(
+                        "axis {axis} does not align rank {rb} with rank {ra}"
+                    ));
+                }
+                let trailing = ra - axis - rb;
+                let aligned = if trailing == 0 {
+                    input(1)?.to_owned()
+                } else {
+                    b.unsqueeze(input(1)?, (rb..rb + trailing).collect())
+                };
+                b.binary(*op, x, &aligned)
+            }
+            CastLike => {
+                let like = b.infos.get(input(1)?).map_or(DType::F32, |i| i.dtype);
+                let to = match like {
+                    DType::F32 => CastTo::Float,
+                    DType::I64 => CastTo::Int {
+                        bits: 64,
+                        signed: true,
+                    },
+                };
+                b.op(Op::Cast(to), &[x])
+            }
+            Dropout => return dropout(b, x, optional(2)),
+            RmsNorm { axis, epsilon } => {
+                let rank = b.rank(x)?;
+                let from = reduce::normalize_axes(&[*axis], rank)?[0] as i64;
+                let sq = b.binary(Binary::Mul, x, x);
+                let ms = b.reduce(
+                    reduce::Reduce::Mean,
+                    &sq,
+                    (from..rank as i64).collect(),
+                    true,
+                );
+                let v = b.with(Binary::Add, &ms, *epsilon);
+                let rms = b.unary(Unary::Sqrt, &v);
+                let n = b.binary(Binary::Div, x, &rms);
+                b.binary(Binary::Mul, &n, input(1)?)
+            }
+            LpNorm { axis, p } => {
+                let norm = if *p == 1 {
+                    let a = b.unary(Unary::Abs, x);
+                    b.reduce(reduce::Reduce::Sum, &a, vec![*axis], true)
+                } else {
+                    let sq = b.binary(Binary::Mul, x, x);
+                    let s = b.reduce(reduce::Reduce::Sum, &sq, vec![*axis], true);
+                    b.unary(Unary::Sqrt, &s)
+                };
+                b.binary(Binary::Div, x, &norm)
+            }
+            GlobalMaxPool => {
+                let rank = b.rank(x)?;
+                b.reduce(reduce::Reduce::Max, x, (2..rank as i64).collect(), true)
+            }
+            IsNaN => {
+                let same = b.op(Op::Compare(Compare::Equal), &[x, x]);
+                b.op(Op::Not, &[&same])
+            }
+            IsInf { positive, negative } => {
+                let inf = b.scalar(f32::INFINITY);
+                let target = match (positive, negative) {
+                    (true, true) => b.unary(Unary::Abs, x),
+                    (true, false) => x.to_owned(),
+                    (false, true) => b.unary(Unary::Neg, x),
+                    (false, false) => b.with(Binary::Mul, x, 0.0),
+                };
+                b.op(Op::Compare(Compare::Equal), &[&target, &inf])
+            }
+            OneD(op) => {
+                let wide = b.unsqueeze(x, vec![3]);
+                let mut args = vec![wide];
+                if let Some(weights) = optional(1) {
+                    args.push(b.unsqueeze(weights, vec![3]));
+                }
+                args.extend(optional(2).map(str::to_owned));
+                let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                let y = b.op((**op).clone(), &args);
+                b.op(
+                    Op::Squeeze {
+                        axes: Some(vec![3]),
+                    },
+                    &[&y],
+                )
+            }
+        };
+        Ok(vec![y])
+    }
+}
+
+/// Dropout at inference: the input, and a mask of ones; a training mode that is not a
+/// constant false is refused (its output is random).
+fn dropout(b: &mut Builder, x: &str, training: Option<&str>) -> Result<Vec<String>, String> {
+    if let Some(training) = training {
+        match b.constants.get(training) {
+            Some(Value::I64 { data, .. }) if data.iter().all(|&v| v == 0) => {}
+            _ => return Err("training mode (random output) is not supported".into()),
+        }
+    }
+    let shape = b.shape_value(x);
+    let one = Value::I64 {
+        shape: vec![1],
+        data: vec![1],
+    };
+    let mask = b.op(Op::ConstantOfShape { value: one }, &[&shape]);
+    Ok(vec![x.to_owned(), mask])
+}
+
+/// A 1-D Conv or pool node rewritten with 2-D attributes (a unit second axis), when its
+/// spatial attributes are 1-D (`None` otherwise).
+fn widen_1d(node: &NodeProto) -> Option<NodeProto> {
+    let one_d = node.attribute.iter().any(|a| match a.name.as_str() {
+        "kernel_shape" | "strides" | "dilations" => a.ints.len() == 1,
+        "pads" => a.ints.len() == 2,
+        _ => false,
+    });
+    if !one_d {
+        return None;
+    }
+    let mut wide = node.clone();
+    for a in &mut wide.attribute {
+        a.ints = match (a.name.as_str(), a.ints.as_slice()) {
+            ("kernel_shape" | "strides" | "dilations", &[v]) => vec![v, 1],
+            ("pads", &[begin, end]) => vec![begin, 0, end, 0],
+            _ => continue,
+        };
+    }
+    Some(wide)
+}
+
+/// PRelu's slope, unsqueezed to `[C, 1, …]` when it is a per-channel 1-D slope that numpy
+/// broadcasting would align with the last axis instead (older exporters' form).
+fn prelu_slope(b: &mut Builder, x: &str, slope: &str) -> Result<String, String> {
+    if let (Some(xs), Some(ss)) = (b.shape(x), b.shape(slope))
+        && let [c] = ss[..]
+        && xs.len() > 2
+        && xs[1] == c
+        && xs.last() != Some(&c)
+    {
+        return Ok(b.unsqueeze(slope, (1..xs.len() as i64 - 1).collect()));
+    }
+    Ok(slope.to_owned())
+}
+
+fn hard_sigmoid(b: &mut Builder, x: &str, alpha: f32, beta: f32) -> String {
+    let ax = b.with(Binary::Mul, x, alpha);
+    let y = b.with(Binary::Add, &ax, beta);
+    let y = b.with(Binary::Max, &y, 0.0);
+    b.with(Binary::Min, &y, 1.0)
+}
+
+fn softplus(b: &mut Builder, x: &str) -> String {
+    let pos = b.with(Binary::Max, x, 0.0);
+    let a = b.unary(Unary::Abs, x);
+    let n = b.unary(Unary::Neg, &a);
+    let e = b.unary(Unary::Exp, &n);
+    let e = b.with(Binary::Add, &e, 1.0);
+    let l = b.unary(Unary::Log, &e);
+    b.binary(Binary::Add, &pos, &l)
+}
+
+fn gelu(b: &mut Builder, x: &str, tanh: bool) -> String {
+    let inner = if tanh {
+        let x2 = b.binary(Binary::Mul, x, x);
+        let x3 = b.binary(Binary::Mul, &x2, x);
+        let c = b.with(Binary::Mul, &x3, 0.044_715);
+        let s = b.binary(Binary::Add, x, &c);
+        let s = b.with(Binary::Mul, &s, (2.0 / std::f32::consts::PI).sqrt());
+        b.unary(Unary::Tanh, &s)
+    } else {
+        let s = b.with(Binary::Mul, x, std::f32::consts::FRAC_1_SQRT_2);
+        b.unary(Unary::Erf, &s)
+    };
+    let one_plus = b.with(Binary::Add, &inner, 1.0);
+    let half = b.with(Binary::Mul, x, 0.5);
+    b.binary(Binary::Mul, &half, &one_plus)
+}
+
+fn clip(
+    b: &mut Builder,
+    x: &str,
+    attrs: Option<(f32, f32)>,
+    min: Option<&str>,
+    max: Option<&str>,
+) -> String {
+    let (min, max) = match attrs {
+        Some((lo, hi)) => (
+            (lo > f32::MIN).then(|| b.scalar(lo)),
+            (hi < f32::MAX).then(|| b.scalar(hi)),
+        ),
+        None => (min.map(str::to_owned), max.map(str::to_owned)),
+    };
+    let mut y = x.to_owned();
+    if let Some(min) = min {
+        y = b.binary(Binary::Max, &y, &min);
+    }
+    if let Some(max) = max {
+        y = b.binary(Binary::Min, &y, &max);
+    }
+    y
+}
+
+/// The axes LogSoftmax normalises over: `[axis]`, or before opset 13 every axis from it.
+fn softmax_axes(b: &Builder, x: &str, axis: i64, opset: i64) -> Result<Vec<i64>, String> {
+    if opset >= 13 {
+        return Ok(vec![axis]);
+    }
+    let rank = b.rank(x)?;
+    let from = reduce::normalize_axes(&[axis], rank)?[0];
+    Ok((from as i64..rank as i64).collect())
+}
+
+/// Hardmax: 1 at the first maximum along the axis: Equal(ArgMax, iota) cast to float. Before
+/// opset 13 the input is seen as 2-D rows split at the axis, so it is flattened and reshaped
+/// back.
+fn hardmax(b: &mut Builder, x: &str, axis: i64, opset: i64) -> Result<String, String> {
+    let shape = b
+        .shape(x)
+        .ok_or_else(|| format!("needs the shape of {x:?}, which is not known at load"))?;
+    let rank = shape.len();
+    let (rows, axis_index) = if opset < 13 {
+        let flat = b.op(Op::Flatten { axis }, &[x]);
+        (flat, 1)
+    } else {
+        (x.to_owned(), reduce::normalize_axes(&[axis], rank)?[0])
+    };
+    let row_shape = match opset < 13 {
+        true => super::shape::flatten(&shape, axis)?,
+        false => shape.clone(),
+    };
+    let len = row_shape[axis_index];
+    super::raster::elements(&[len])?;
+    let arg = b.op(
+        Op::ArgExtreme {
+            max: true,
+            axis: axis_index as i64,
+            keepdims: true,
+            last: false,
+        },
+        &[&rows],
+    );
+    let mut iota_shape = vec![1; row_shape.len()];
+    iota_shape[axis_index] = len;
+    let iota = b.constant(Value::I64 {
+        shape: iota_shape,
+        data: (0..len as i64).collect(),
+    });
+    let hot = b.op(Op::Compare(Compare::Equal), &[&arg, &iota]);
+    let hot = b.op(Op::Cast(CastTo::Float), &[&hot]);
+    Ok(if opset < 13 {
+        b.reshape(&hot, shape.iter().map(|&d| d as i64).collect())
+    } else {
+        hot
+    })
+}
+
+fn reduce_of(b: &mut Builder, of: ReduceOf, axes: &Axes, x: &str, given: Option<&str>) -> String {
+    let reduce = |b: &mut Builder, kind, x: &str, keepdims| {
+        let axes = Axes {
+            keepdims,
+            ..axes.clone()
+        };
+        let inputs: Vec<&str> = std::iter::once(x).chain(given).collect();
+        b.op(Op::Reduce { kind, axes }, &inputs)
+    };
+    let keep = axes.keepdims;
+    match of {
+        ReduceOf::L1 => {
+            let a = b.unary(Unary::Abs, x);
+            reduce(b, Reduce::Sum, &a, keep)
+        }
+        ReduceOf::L2 | ReduceOf::SumSquare => {
+            let sq = b.binary(Binary::Mul, x, x);
+            let s = reduce(b, Reduce::Sum, &sq, keep);
+            if of == ReduceOf::L2 {
+                b.unary(Unary::Sqrt, &s)
+            } else {
+                s
+            }
+        }
+        ReduceOf::LogSum => {
+            let s = reduce(b, Reduce::Sum, x, keep);
+            b.unary(Unary::Log, &s)
+        }
+        ReduceOf::LogSumExp => {
+            let max = reduce(b, Reduce::Max, x, true);
+            let d = b.binary(Binary::Sub, x, &max);
+            let e = b.unary(Unary::Exp, &d);
+            let s = reduce(b, Reduce::Sum, &e, keep);
+            let l = b.unary(Unary::Log, &s);
+            let m = if keep {
+                max
+            } else {
+                reduce(b, Reduce::Max, x, false)
+            };
+            b.binary(Binary::Add, &l, &m)
+        }
+    }
+}
+
+/// centred / √(var + ε).
+fn normalize(b: &mut Builder, centred: &str, var: &str, epsilon: f32) -> String {
+    let v = b.with(Binary::Add, var, epsilon);
+    let std = b.unary(Unary::Sqrt, &v);
+    b.binary(Binary::Div, centred, &std)
+}
+
+fn layer_norm(
+    b: &mut Builder,
+    inputs: &[String],
+    axis: i64,
+    epsilon: f32,
+) -> Result<Vec<String>, String> {
+    let x = inputs.first().ok_or("input 0 is missing")?;
+    let scale = inputs
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .ok_or("the scale (input 1) is missing")?;
+    let rank = b.rank(x)?;
+    let from = reduce::normalize_axes(&[axis], rank)?[0] as i64;
+    let (mean, centred, var) = b.moments(x, (from..rank as i64).collect());
+    let v = b.with(Binary::Add, &var, epsilon);
+    let std = b.unary(Unary::Sqrt, &v);
+    let inv = b.unary(Unary::Reciprocal, &std);
+    let n = b.binary(Binary::Mul, &centred, &inv);
+    let mut y = b.binary(Binary::Mul, &n, scale);
+    if let Some(bias) = inputs.get(2).filter(|s| !s.is_empty()) {
+        y = b.binary(Binary::Add, &y, bias);
+    }
+    Ok(vec![y, mean, inv])
+}
+
+fn group_norm(
+    b: &mut Builder,
+    inputs: &[String],
+    epsilon: f32,
+    groups: i64,
+    per_channel: bool,
+) -> Result<String, String> {
+    let [x, scale, bias] = match inputs {
+        [x, s, b] => [x, s, b],
+        _ => return Err("needs X, scale and bias".into()),
+    };
+    if groups < 1 {
+        return Err(format!("num_groups {groups} must be at least 1"));
+    }
+    let rank = b.rank(x)?;
+    let grouped = b.reshape(x, vec![0, groups, -1]);
+    let (_, centred, var) = b.moments(&grouped, vec![2]);
+    let mut n = normalize(b, &centred, &var, epsilon);
+    if !per_channel {
+        let s = b.reshape(scale, vec![groups, 1]);
+        let t = b.reshape(bias, vec![groups, 1]);
+        n = b.binary(Binary::Mul, &n, &s);
+        n = b.binary(Binary::Add, &n, &t);
+    }
+    let shape = b.shape_value(x);
+    let back = b.op(Op::Reshape { allow_zero: false }, &[&n, &shape]);
+    if !per_channel {
+        return Ok(back);
+    }
+    let channel_axes: Vec<i64> = (1..rank.saturating_sub(1) as i64).collect();
+    let s = b.unsqueeze(scale, channel_axes.clone());
+    let t = b.unsqueeze(bias, channel_axes);
+    let y = b.binary(Binary::Mul, &back, &s);
+    Ok(b.binary(Binary::Add, &y, &t))
+}
