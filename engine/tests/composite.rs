@@ -538,3 +538,61 @@ fn dropout_masks_rms_and_lp_normalization_and_nan_tests() {
         "x/0 is ±∞ (x ≠ 0)"
     );
 }
+
+#[test]
+fn losses_gather_weight_ignore_and_reduce() {
+    let x = xs(2 * 3 * 2);
+    let target = pb::TensorProto {
+        name: "t".into(),
+        dims: vec![2, 2],
+        data_type: INT64,
+        int64_data: vec![2, -1, 0, 1],
+        ..Default::default()
+    };
+    let weight = [0.5, 1.0, 2.0];
+    let attrs = || vec![int_attr("ignore_index", -1)];
+    let bytes = model(
+        vec![
+            node(
+                "NegativeLogLikelihoodLoss",
+                &["x", "t", "w"],
+                &["nll"],
+                attrs(),
+            ),
+            node(
+                "SoftmaxCrossEntropyLoss",
+                &["x", "t"],
+                &["sce", "logp"],
+                attrs(),
+            ),
+        ],
+        vec![input("x", FLOAT, Some(&[2, 3, 2]))],
+        vec![target, floats("w", &[3], &weight)],
+        &["nll", "sce", "logp"],
+        13,
+    );
+    let session = load_atomic(&bytes);
+    let out = session
+        .run(vec![(
+            "x".into(),
+            Tensor::new(vec![2, 3, 2], x.clone()).unwrap(),
+        )])
+        .unwrap();
+    let at = |n: usize, c: usize, d: usize| x[(n * 3 + c) * 2 + d];
+    let kept = [(0, 0, 2), (1, 0, 0), (1, 1, 1)]; // (n, d, class); (0, 1) is ignored
+    let (mut sum, mut weights) = (0.0, 0.0);
+    for &(n, d, c) in &kept {
+        sum -= weight[c] * at(n, c, d);
+        weights += weight[c];
+    }
+    assert_close(out[0].1.data(), &[sum / weights], "NLL");
+    let logp = |n: usize, c: usize, d: usize| {
+        let total: f32 = (0..3).map(|k| at(n, k, d).exp()).sum();
+        at(n, c, d) - total.ln()
+    };
+    let sce = -kept.iter().map(|&(n, d, c)| logp(n, c, d)).sum::<f32>() / 3.0;
+    assert_eq!(out[1].1.shape(), [] as [usize; 0]);
+    assert_close(out[1].1.data(), &[sce], "SoftmaxCrossEntropyLoss");
+    assert_eq!(out[2].1.shape(), [2, 3, 2]);
+    assert_close(&out[2].1.data()[..1], &[logp(0, 0, 0)], "log_prob");
+}

@@ -30,6 +30,15 @@ pub enum ReduceOf {
     LogSumExp,
 }
 
+/// How a loss reduces its per-element values.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Reduction {
+    None,
+    Sum,
+    /// The weighted mean: the sum over the sum of the weights.
+    Mean,
+}
+
 /// An op load decomposes into atomic ones.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Composite {
@@ -149,6 +158,14 @@ pub enum Composite {
     IsInf {
         positive: bool,
         negative: bool,
+    },
+    /// NegativeLogLikelihoodLoss, or SoftmaxCrossEntropyLoss (`softmax`: on the LogSoftmax of
+    /// the scores, which is its optional second output): −x[target] per element, weighted,
+    /// ignored targets weighing 0, then reduced.
+    Loss {
+        softmax: bool,
+        reduction: Reduction,
+        ignore_index: Option<i64>,
     },
     /// A 1-D Conv, MaxPool or AveragePool: its 2-D form (given here) on the input with a unit
     /// width axis appended, which is then dropped.
@@ -285,6 +302,22 @@ impl Composite {
                 p => return Err(attrs.bad("p", format!("{p}: only 1 and 2 are defined"))),
             },
             "GlobalMaxPool" => GlobalMaxPool,
+            "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => Loss {
+                softmax: op_type == "SoftmaxCrossEntropyLoss",
+                reduction: match attrs.string("reduction").as_deref() {
+                    None | Some("mean") => Reduction::Mean,
+                    Some("sum") => Reduction::Sum,
+                    Some("none") => Reduction::None,
+                    Some(other) => {
+                        return Err(
+                            attrs.bad("reduction", format!("{other:?} is not none, sum or mean"))
+                        );
+                    }
+                },
+                ignore_index: attrs
+                    .has("ignore_index")
+                    .then(|| attrs.int("ignore_index", 0)),
+            },
             "IsNaN" => IsNaN,
             "IsInf" => IsInf {
                 positive: attrs.int("detect_positive", 1) != 0,
@@ -335,6 +368,8 @@ impl Composite {
             IsNaN => "IsNaN",
             IsInf { .. } => "IsInf",
             OneD(_) => "1-D Conv/pool",
+            Loss { softmax: true, .. } => "SoftmaxCrossEntropyLoss",
+            Loss { .. } => "NegativeLogLikelihoodLoss",
         }
     }
 }
@@ -662,6 +697,31 @@ impl Composite {
                 b.op(Op::Cast(to), &[x])
             }
             Dropout => return dropout(b, x, optional(2)),
+            Loss {
+                softmax,
+                reduction,
+                ignore_index,
+            } => {
+                let scores = if *softmax {
+                    let max = b.reduce(reduce::Reduce::Max, x, vec![1], true);
+                    let d = b.binary(Binary::Sub, x, &max);
+                    let e = b.unary(Unary::Exp, &d);
+                    let s = b.reduce(reduce::Reduce::Sum, &e, vec![1], true);
+                    let l = b.unary(Unary::Log, &s);
+                    b.binary(Binary::Sub, &d, &l)
+                } else {
+                    x.to_owned()
+                };
+                let loss = loss(
+                    b,
+                    &scores,
+                    input(1)?,
+                    optional(2),
+                    *reduction,
+                    *ignore_index,
+                );
+                return Ok(vec![loss, scores]);
+            }
             RmsNorm { axis, epsilon } => {
                 let rank = b.rank(x)?;
                 let from = reduce::normalize_axes(&[*axis], rank)?[0] as i64;
@@ -724,6 +784,71 @@ impl Composite {
             }
         };
         Ok(vec![y])
+    }
+}
+
+/// The loss of (log-)probabilities `scores` `[N, C, …]` at `target` `[N, …]`.
+fn loss(
+    b: &mut Builder,
+    scores: &str,
+    target: &str,
+    weight: Option<&str>,
+    reduction: Reduction,
+    ignore_index: Option<i64>,
+) -> String {
+    let int = |b: &mut Builder, v: i64| {
+        b.constant(Value::I64 {
+            shape: vec![],
+            data: vec![v],
+        })
+    };
+    // Ignored targets may lie outside 0..C: they are read as class 0 and weigh 0.
+    let (target, valid) = match ignore_index {
+        Some(ignored) => {
+            let ignored = int(b, ignored);
+            let hit = b.op(Op::Compare(Compare::Equal), &[target, &ignored]);
+            let valid = b.op(Op::Not, &[&hit]);
+            let zero = int(b, 0);
+            (b.op(Op::Where, &[&valid, target, &zero]), Some(valid))
+        }
+        None => (target.to_owned(), None),
+    };
+    let index = b.unsqueeze(&target, vec![1]);
+    let picked = b.op(Op::GatherElements { axis: 1 }, &[scores, &index]);
+    let picked = b.op(
+        Op::Squeeze {
+            axes: Some(vec![1]),
+        },
+        &[&picked],
+    );
+    let mut loss = b.unary(Unary::Neg, &picked);
+    let weights = match (weight, &valid) {
+        (Some(w), valid) => {
+            let w = b.op(Op::Gather { axis: 0 }, &[w, &target]);
+            Some(match valid {
+                Some(valid) => {
+                    let zero = b.scalar(0.0);
+                    b.op(Op::Where, &[valid, &w, &zero])
+                }
+                None => w,
+            })
+        }
+        (None, Some(valid)) => Some(b.op(Op::Cast(CastTo::Float), &[valid])),
+        (None, None) => None,
+    };
+    if let Some(w) = &weights {
+        loss = b.binary(Binary::Mul, &loss, w);
+    }
+    let total = |b: &mut Builder, kind, x: &str| b.reduce(kind, x, vec![], false);
+    match (reduction, weights) {
+        (Reduction::None, _) => loss,
+        (Reduction::Sum, _) => total(b, reduce::Reduce::Sum, &loss),
+        (Reduction::Mean, Some(w)) => {
+            let sum = total(b, reduce::Reduce::Sum, &loss);
+            let weight = total(b, reduce::Reduce::Sum, &w);
+            b.binary(Binary::Div, &sum, &weight)
+        }
+        (Reduction::Mean, None) => total(b, reduce::Reduce::Mean, &loss),
     }
 }
 

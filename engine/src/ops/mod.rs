@@ -4,7 +4,7 @@
 //!
 //! | ONNX op | decomposition or kernel |
 //! |---|---|
-//! | Identity, Dropout (inference) | pass-through |
+//! | Identity | pass-through |
 //! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt, Abs, Log, Reciprocal, Floor, Ceil, Round, Sign, Erf, Sin, Cos, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh | kernel: [`elementwise::Unary`] (Abs, Neg, Sign, Relu and the roundings on int64 too) |
 //! | Add, Sub, Mul, Div, Pow, Mod | kernel: [`elementwise::Binary`], numpy broadcasting, float or int64 |
 //! | Equal, Less, Greater, LessOrEqual, GreaterOrEqual | kernel: [`elementwise::Compare`] (bool out) |
@@ -26,6 +26,11 @@
 //! | ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp | decomposition: ReduceSum (and ReduceMax) with elementwise ops |
 //! | InstanceNormalization, LayerNormalization, GroupNormalization, MeanVarianceNormalization | decomposition: ReduceMean, Sub, Mul, Sqrt, Div (and Reshape for groups) |
 //! | CastLike | decomposition: Cast to the second input's type |
+//! | Dropout (inference) | decomposition: the input, and a ConstantOfShape mask of ones |
+//! | RMSNormalization, LpNormalization (p = 1, 2), GlobalMaxPool | decomposition: reductions and elementwise ops |
+//! | IsNaN, IsInf | decomposition: Equal (and Not, Abs, Neg) |
+//! | NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss | decomposition: (LogSoftmax,) GatherElements, Gather of the weights, Where for the ignored index, reductions |
+//! | 1-D Conv, MaxPool, AveragePool | decomposition: Unsqueeze to a unit width, the 2-D op, Squeeze |
 //! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
 //! | Conv | kernel: [`conv::conv`], 1×1 as one GEMM, otherwise im2col + GEMM, per group |
