@@ -596,3 +596,65 @@ fn losses_gather_weight_ignore_and_reduce() {
     assert_eq!(out[2].1.shape(), [2, 3, 2]);
     assert_close(&out[2].1.data()[..1], &[logp(0, 0, 0)], "log_prob");
 }
+
+#[test]
+fn attention_is_matmuls_a_causal_bias_and_a_softmax() {
+    let (q, k, v) = (xs(2 * 3 * 2), xs(3 * 2), xs(3 * 2));
+    let (q, k, v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+        q,
+        k.iter().map(|x| x * 0.5).collect(),
+        v.iter().map(|x| x - 1.0).collect(),
+    );
+    // Three query heads share one key/value head (grouped-query), queries 2, keys 3.
+    let bytes = model(
+        vec![node(
+            "Attention",
+            &["q", "k", "v"],
+            &["y"],
+            vec![int_attr("is_causal", 1)],
+        )],
+        vec![
+            input("q", FLOAT, Some(&[1, 3, 2, 2])),
+            input("k", FLOAT, Some(&[1, 1, 3, 2])),
+            input("v", FLOAT, Some(&[1, 1, 3, 2])),
+        ],
+        vec![],
+        &["y"],
+        23,
+    );
+    let session = load_atomic(&bytes);
+    let tensor =
+        |shape: &[usize], data: &[f32]| Tensor::new(shape.to_vec(), data.to_vec()).unwrap();
+    let out = session
+        .run(vec![
+            ("q".into(), tensor(&[1, 3, 2, 2], &q)),
+            ("k".into(), tensor(&[1, 1, 3, 2], &k)),
+            ("v".into(), tensor(&[1, 1, 3, 2], &v)),
+        ])
+        .unwrap();
+    let mut want = vec![];
+    for h in 0..3 {
+        for i in 0..2 {
+            let scores: Vec<f32> = (0..=i)
+                .map(|j| {
+                    (0..2)
+                        .map(|e| q[(h * 2 + i) * 2 + e] * k[j * 2 + e])
+                        .sum::<f32>()
+                        / 2f32.sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            for e in 0..2 {
+                want.push(
+                    (0..=i)
+                        .map(|j| weights[j] / total * v[j * 2 + e])
+                        .sum::<f32>(),
+                );
+            }
+        }
+    }
+    assert_eq!(out[0].1.shape(), [1, 3, 2, 2]);
+    assert_close(out[0].1.data(), &want, "Attention");
+}

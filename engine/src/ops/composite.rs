@@ -30,6 +30,20 @@ pub enum ReduceOf {
     LogSumExp,
 }
 
+/// Attention's attributes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttentionAttrs {
+    /// `None`: 1/√(head size).
+    pub scale: Option<f32>,
+    pub causal: bool,
+    /// Heads of 3-D Q and of K and V (required for 3-D inputs).
+    pub heads: Option<(i64, i64)>,
+    /// Tanh soft capping of the scores (0: none).
+    pub softcap: f32,
+    /// Which scores the fourth output holds: 0 Q·Kᵀ, 1 plus the bias, 2 softcapped, 3 softmax.
+    pub qk_output: i64,
+}
+
 /// How a loss reduces its per-element values.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Reduction {
@@ -167,6 +181,10 @@ pub enum Composite {
         reduction: Reduction,
         ignore_index: Option<i64>,
     },
+    /// Scaled dot-product attention (opset 23): softmax(Q·Kᵀ·scale + bias)·V, with the key and
+    /// value caches, grouped-query heads, causal and padding masks, softcap, 3-D inputs, and the
+    /// optional present and QK outputs.
+    Attention(Box<AttentionAttrs>),
     /// A 1-D Conv, MaxPool or AveragePool: its 2-D form (given here) on the input with a unit
     /// width axis appended, which is then dropped.
     OneD(Box<Op>),
@@ -302,6 +320,14 @@ impl Composite {
                 p => return Err(attrs.bad("p", format!("{p}: only 1 and 2 are defined"))),
             },
             "GlobalMaxPool" => GlobalMaxPool,
+            "Attention" => Attention(Box::new(AttentionAttrs {
+                scale: attrs.has("scale").then(|| attrs.float("scale", 1.0)),
+                causal: attrs.int("is_causal", 0) != 0,
+                heads: (attrs.has("q_num_heads") && attrs.has("kv_num_heads"))
+                    .then(|| (attrs.int("q_num_heads", 0), attrs.int("kv_num_heads", 0))),
+                softcap: attrs.float("softcap", 0.0),
+                qk_output: attrs.int("qk_matmul_output_mode", 0),
+            })),
             "NegativeLogLikelihoodLoss" | "SoftmaxCrossEntropyLoss" => Loss {
                 softmax: op_type == "SoftmaxCrossEntropyLoss",
                 reduction: match attrs.string("reduction").as_deref() {
@@ -368,6 +394,7 @@ impl Composite {
             IsNaN => "IsNaN",
             IsInf { .. } => "IsInf",
             OneD(_) => "1-D Conv/pool",
+            Attention(_) => "Attention",
             Loss { softmax: true, .. } => "SoftmaxCrossEntropyLoss",
             Loss { .. } => "NegativeLogLikelihoodLoss",
         }
@@ -697,6 +724,7 @@ impl Composite {
                 b.op(Op::Cast(to), &[x])
             }
             Dropout => return dropout(b, x, optional(2)),
+            Attention(attrs) => return attention(b, inputs, attrs),
             Loss {
                 softmax,
                 reduction,
@@ -850,6 +878,183 @@ fn loss(
         }
         (Reduction::Mean, None) => total(b, reduce::Reduce::Mean, &loss),
     }
+}
+
+/// A static dimension of a value, or why it is not known.
+fn dim(b: &Builder, x: &str, axis: usize) -> Result<usize, String> {
+    b.shape(x)
+        .and_then(|s| s.get(axis).copied())
+        .ok_or_else(|| format!("needs dimension {axis} of {x:?}, which is not known at load"))
+}
+
+/// Attention's expansion: outputs Y, present key, present value, QK scores.
+fn attention(
+    b: &mut Builder,
+    inputs: &[String],
+    attrs: &AttentionAttrs,
+) -> Result<Vec<String>, String> {
+    let given = |i: usize| inputs.get(i).filter(|n| !n.is_empty()).map(String::as_str);
+    let (Some(q), Some(k), Some(v)) = (given(0), given(1), given(2)) else {
+        return Err("Q, K and V are required".into());
+    };
+    let three_d = b.rank(q)? == 3;
+    let heads = |b: &mut Builder, x: &str, n: i64| {
+        let split = b.reshape(x, vec![0, 0, n, -1]);
+        b.op(
+            Op::Transpose {
+                perm: Some(vec![0, 2, 1, 3]),
+            },
+            &[&split],
+        )
+    };
+    let (mut q, mut k, mut v) = (q.to_owned(), k.to_owned(), v.to_owned());
+    if three_d {
+        let (qh, kvh) = attrs
+            .heads
+            .ok_or("3-D inputs need q_num_heads and kv_num_heads")?;
+        q = heads(b, &q, qh);
+        k = heads(b, &k, kvh);
+        v = heads(b, &v, kvh);
+    }
+    let head_size = if three_d {
+        let (qh, _) = attrs.heads.unwrap_or((1, 1));
+        dim(b, given(0).unwrap_or_default(), 2)? as f32 / qh.max(1) as f32
+    } else {
+        dim(b, &q, 3)? as f32
+    };
+    let scale = attrs.scale.unwrap_or(1.0 / head_size.sqrt()).sqrt();
+    if let Some(past) = given(4) {
+        k = b.op(Op::Concat { axis: 2 }, &[past, &k]);
+    }
+    if let Some(past) = given(5) {
+        v = b.op(Op::Concat { axis: 2 }, &[past, &v]);
+    }
+    let (present_k, present_v) = (k.clone(), v.clone());
+    let q_seq = dim(b, given(0).unwrap_or_default(), if three_d { 1 } else { 2 })?;
+    let kv_seq = dim(b, given(1).unwrap_or_default(), if three_d { 1 } else { 2 })?
+        + given(4).map_or(Ok(0), |p| dim(b, p, 2))?;
+    let bias = attention_bias(b, attrs.causal, given(3), given(6), (q_seq, kv_seq))?;
+    let (q_heads, kv_heads) = match attrs.heads {
+        Some(h) if three_d => h,
+        _ => (
+            dim(b, given(0).unwrap_or_default(), 1)? as i64,
+            dim(b, given(1).unwrap_or_default(), 1)? as i64,
+        ),
+    };
+    if q_heads != kv_heads && kv_heads > 0 && q_heads % kv_heads == 0 {
+        let reps = b.ints(vec![1, q_heads / kv_heads, 1, 1]);
+        k = b.op(Op::Tile, &[&k, &reps]);
+        v = b.op(Op::Tile, &[&v, &reps]);
+    }
+    let qs = b.with(Binary::Mul, &q, scale);
+    let ks = b.with(Binary::Mul, &k, scale);
+    let kt = b.op(
+        Op::Transpose {
+            perm: Some(vec![0, 1, 3, 2]),
+        },
+        &[&ks],
+    );
+    let raw = b.op(Op::MatMul, &[&qs, &kt]);
+    let mut scores = match &bias {
+        Some(bias) => b.binary(Binary::Add, &raw, bias),
+        None => raw.clone(),
+    };
+    let biased = scores.clone();
+    if attrs.softcap > 0.0 {
+        let t = b.with(Binary::Div, &scores, attrs.softcap);
+        let t = b.unary(Unary::Tanh, &t);
+        scores = b.with(Binary::Mul, &t, attrs.softcap);
+    }
+    let capped = scores.clone();
+    let probs = b.op(
+        Op::Softmax {
+            axis: -1,
+            opset: 13,
+        },
+        &[&scores],
+    );
+    let mut y = b.op(Op::MatMul, &[&probs, &v]);
+    if three_d {
+        let t = b.op(
+            Op::Transpose {
+                perm: Some(vec![0, 2, 1, 3]),
+            },
+            &[&y],
+        );
+        y = b.reshape(&t, vec![0, 0, -1]);
+    }
+    let qk = match attrs.qk_output {
+        1 => biased,
+        2 => capped,
+        3 => probs,
+        _ => raw,
+    };
+    Ok(vec![y, present_k, present_v, qk])
+}
+
+/// The additive bias of Attention's scores `[L, S]`-broadcastable: the mask (bool: 0 where
+/// true, −∞ where false; padded with −∞ to the keys' length), the causal mask, and the padding
+/// of keys past each batch's `nonpad_kv_seqlen`.
+fn attention_bias(
+    b: &mut Builder,
+    causal: bool,
+    mask: Option<&str>,
+    nonpad: Option<&str>,
+    (q_seq, kv_seq): (usize, usize),
+) -> Result<Option<String>, String> {
+    super::raster::elements(&[q_seq, kv_seq])?;
+    let mut terms = Vec::new();
+    if let Some(mask) = mask {
+        let is_bool = b.infos.get(mask).is_some_and(|i| i.dtype == DType::I64);
+        let mut bias = if is_bool {
+            let (zero, minus) = (b.scalar(0.0), b.scalar(f32::NEG_INFINITY));
+            b.op(Op::Where, &[mask, &zero, &minus])
+        } else {
+            mask.to_owned()
+        };
+        let rank = b.rank(mask)?;
+        let last = rank
+            .checked_sub(1)
+            .ok_or("attn_mask must have a dimension")?;
+        let short = kv_seq.saturating_sub(dim(b, mask, last)?);
+        if short > 0 {
+            let mut pads = vec![0; 2 * rank];
+            pads[2 * rank - 1] = short as i64;
+            let attrs = super::layout::PadAttrs {
+                pads,
+                value: f32::NEG_INFINITY,
+            };
+            let pad = Op::Pad {
+                mode: super::layout::PadMode::Constant,
+                attrs: Some(attrs),
+            };
+            bias = b.op(pad, &[&bias]);
+        }
+        terms.push(bias);
+    }
+    if causal {
+        let data = (0..q_seq)
+            .flat_map(|i| (0..kv_seq).map(move |j| if j > i { f32::NEG_INFINITY } else { 0.0 }))
+            .collect();
+        let tensor = Tensor::new(vec![q_seq, kv_seq], data).map_err(|e| e.to_string())?;
+        terms.push(b.constant(Value::F32(tensor)));
+    }
+    if let Some(lengths) = nonpad {
+        let iota = b.constant(Value::I64 {
+            shape: vec![kv_seq],
+            data: (0..kv_seq as i64).collect(),
+        });
+        let lengths = b.unsqueeze(lengths, vec![1]);
+        let valid = b.op(Op::Compare(Compare::Less), &[&iota, &lengths]);
+        let valid = b.unsqueeze(&valid, vec![1, 2]);
+        let (zero, minus) = (b.scalar(0.0), b.scalar(f32::NEG_INFINITY));
+        terms.push(b.op(Op::Where, &[&valid, &zero, &minus]));
+    }
+    let mut sum = terms.pop();
+    while let (Some(acc), Some(term)) = (sum.clone(), terms.pop()) {
+        sum = Some(b.binary(Binary::Add, &term, &acc));
+    }
+    Ok(sum)
 }
 
 /// Dropout at inference: the input, and a mask of ones; a training mode that is not a
