@@ -150,6 +150,9 @@ impl Op {
                 if *b != super::elementwise::Binary::Pow {
                     same_types(0..2)?;
                 }
+                if b.is_bitwise() {
+                    need(0, DType::I64)?;
+                }
                 of(args.dtype(0), broadcast_all(args, 2)?)
             }
             Op::Compare(_) => {

@@ -7,6 +7,7 @@
 //! | Identity | pass-through |
 //! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt, Abs, Log, Reciprocal, Floor, Ceil, Round, Sign, Erf, Sin, Cos, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh | kernel: [`elementwise::Unary`] (Abs, Neg, Sign, Relu and the roundings on int64 too) |
 //! | Add, Sub, Mul, Div, Pow, Mod | kernel: [`elementwise::Binary`], numpy broadcasting, float or int64 |
+//! | BitwiseAnd, BitwiseOr, BitwiseXor, BitShift | kernel: [`elementwise::Binary`], int64 only |
 //! | Equal, Less, Greater, LessOrEqual, GreaterOrEqual | kernel: [`elementwise::Compare`] (bool out) |
 //! | And, Or, Xor, Not | kernel: [`elementwise::Logic`], `Op::Not` |
 //! | Where | kernel: [`elementwise::where_`], three-way broadcasting |
@@ -463,6 +464,14 @@ impl Op {
             "Div" => Op::Binary(Binary::Div),
             "Pow" => Op::Binary(Binary::Pow),
             "Mod" if attrs.int("fmod", 0) != 0 => Op::Binary(Binary::FMod),
+            "BitwiseAnd" => Op::Binary(Binary::BitAnd),
+            "BitwiseOr" => Op::Binary(Binary::BitOr),
+            "BitwiseXor" => Op::Binary(Binary::BitXor),
+            "BitShift" => match attrs.string("direction").as_deref() {
+                Some("LEFT") => Op::Binary(Binary::ShiftLeft),
+                Some("RIGHT") => Op::Binary(Binary::ShiftRight),
+                _ => return Err(attrs.bad("direction", "must be LEFT or RIGHT")),
+            },
             "Mod" => Op::Binary(Binary::Mod),
             "MatMul" => Op::MatMul,
             "Gemm" => Op::Gemm {
