@@ -658,3 +658,86 @@ fn attention_is_matmuls_a_causal_bias_and_a_softmax() {
     assert_eq!(out[0].1.shape(), [1, 3, 2, 2]);
     assert_close(out[0].1.data(), &want, "Attention");
 }
+
+/// ConvTranspose by its definition: each input value scatters its kernel into the output.
+fn conv_transpose_reference(
+    (x, [n, c, h, w]): (&[f32], [usize; 4]),
+    (weights, [cout_g, kh, kw]): (&[f32], [usize; 3]),
+    (group, stride, pads_begin): (usize, [usize; 2], [usize; 2]),
+    [oh, ow]: [usize; 2],
+) -> Vec<f32> {
+    let cin_g = c / group;
+    let mut y = vec![0.0; n * cout_g * group * oh * ow];
+    for b in 0..n {
+        for ci in 0..c {
+            let g = ci / cin_g;
+            for i in 0..h {
+                for j in 0..w {
+                    for co in 0..cout_g {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let (r, s) = (
+                                    (i * stride[0] + ki) as i64 - pads_begin[0] as i64,
+                                    (j * stride[1] + kj) as i64 - pads_begin[1] as i64,
+                                );
+                                if r < 0 || s < 0 || r as usize >= oh || s as usize >= ow {
+                                    continue;
+                                }
+                                let o = g * cout_g + co;
+                                let out =
+                                    ((b * cout_g * group + o) * oh + r as usize) * ow + s as usize;
+                                y[out] += x[((b * c + ci) * h + i) * w + j]
+                                    * weights[((ci * cout_g + co) * kh + ki) * kw + kj];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn conv_transpose_is_a_convolution_of_a_zero_spread_input() {
+    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    };
+    let (x, w) = (xs(2 * 4 * 3 * 3), xs(4 * 2 * 3 * 2));
+    let bytes = model(
+        vec![node(
+            "ConvTranspose",
+            &["x", "w"],
+            &["y"],
+            vec![
+                ints("strides", &[2, 3]),
+                ints("pads", &[1, 0, 0, 1]),
+                ints("output_padding", &[1, 0]),
+                int_attr("group", 2),
+            ],
+        )],
+        vec![input("x", FLOAT, Some(&[2, 4, 3, 3]))],
+        vec![floats("w", &[4, 2, 3, 2], &w)],
+        &["y"],
+        13,
+    );
+    let session = load_atomic(&bytes);
+    let out = session
+        .run(vec![(
+            "x".into(),
+            Tensor::new(vec![2, 4, 3, 3], x.clone()).unwrap(),
+        )])
+        .unwrap();
+    // Height: 2·(3 − 1) + 3 + 1 − 1 = 7; width: 3·(3 − 1) + 2 − 1 = 7.
+    let want = conv_transpose_reference(
+        (&x, [2, 4, 3, 3]),
+        (&w, [2, 3, 2]),
+        (2, [2, 3], [1, 0]),
+        [7, 7],
+    );
+    assert_eq!(out[0].1.shape(), [2, 4, 7, 7]);
+    assert_close(out[0].1.data(), &want, "ConvTranspose");
+}

@@ -30,6 +30,19 @@ pub enum ReduceOf {
     LogSumExp,
 }
 
+/// ConvTranspose's attributes, per spatial axis (as written: 1 or 2 axes).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvTransposeAttrs {
+    pub strides: Vec<i64>,
+    pub dilations: Vec<i64>,
+    /// Begins then ends; `None`: from `auto_pad` (SAME_UPPER, SAME_LOWER) or zero.
+    pub pads: Option<Vec<i64>>,
+    pub same_upper: Option<bool>,
+    pub output_padding: Vec<i64>,
+    pub output_shape: Option<Vec<i64>>,
+    pub group: i64,
+}
+
 /// Attention's attributes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AttentionAttrs {
@@ -185,6 +198,9 @@ pub enum Composite {
     /// value caches, grouped-query heads, causal and padding masks, softcap, 3-D inputs, and the
     /// optional present and QK outputs.
     Attention(Box<AttentionAttrs>),
+    /// ConvTranspose (1-D or 2-D): a stride-1 Conv of the input with zeros inserted between
+    /// its values, by the flipped, channel-swapped weights, cropped to the output.
+    ConvTranspose(Box<ConvTransposeAttrs>),
     /// A 1-D Conv, MaxPool or AveragePool: its 2-D form (given here) on the input with a unit
     /// width axis appended, which is then dropped.
     OneD(Box<Op>),
@@ -320,6 +336,19 @@ impl Composite {
                 p => return Err(attrs.bad("p", format!("{p}: only 1 and 2 are defined"))),
             },
             "GlobalMaxPool" => GlobalMaxPool,
+            "ConvTranspose" => ConvTranspose(Box::new(ConvTransposeAttrs {
+                strides: attrs.ints("strides").unwrap_or_default().to_vec(),
+                dilations: attrs.ints("dilations").unwrap_or_default().to_vec(),
+                pads: attrs.ints("pads").map(<[i64]>::to_vec),
+                same_upper: match attrs.string("auto_pad").as_deref() {
+                    Some("SAME_UPPER") => Some(true),
+                    Some("SAME_LOWER") => Some(false),
+                    _ => None,
+                },
+                output_padding: attrs.ints("output_padding").unwrap_or_default().to_vec(),
+                output_shape: attrs.ints("output_shape").map(<[i64]>::to_vec),
+                group: attrs.int("group", 1),
+            })),
             "Attention" => Attention(Box::new(AttentionAttrs {
                 scale: attrs.has("scale").then(|| attrs.float("scale", 1.0)),
                 causal: attrs.int("is_causal", 0) != 0,
@@ -395,6 +424,7 @@ impl Composite {
             IsInf { .. } => "IsInf",
             OneD(_) => "1-D Conv/pool",
             Attention(_) => "Attention",
+            ConvTranspose(_) => "ConvTranspose",
             Loss { softmax: true, .. } => "SoftmaxCrossEntropyLoss",
             Loss { .. } => "NegativeLogLikelihoodLoss",
         }
@@ -725,6 +755,7 @@ impl Composite {
             }
             Dropout => return dropout(b, x, optional(2)),
             Attention(attrs) => return attention(b, inputs, attrs),
+            ConvTranspose(attrs) => conv_transpose(b, x, input(1)?, optional(2), attrs)?,
             Loss {
                 softmax,
                 reduction,
@@ -878,6 +909,222 @@ fn loss(
         }
         (Reduction::Mean, None) => total(b, reduce::Reduce::Mean, &loss),
     }
+}
+
+/// Attribute `i` of a per-axis list, or `default` when the list is absent.
+fn per_axis(list: &[i64], i: usize, default: i64) -> Result<i64, String> {
+    match list.get(i) {
+        Some(&v) => Ok(v),
+        None if list.is_empty() => Ok(default),
+        None => Err(format!("{list:?} has too few values")),
+    }
+}
+
+/// One spatial axis of a ConvTranspose: its input length, stride, dilation, kernel, and the
+/// output's start and length within the full transposed convolution.
+struct TransposedAxis {
+    input: usize,
+    stride: usize,
+    dilation: usize,
+    kernel: usize,
+    start: usize,
+    len: usize,
+}
+
+/// The geometry of spatial axis `i` of a ConvTranspose (see the ONNX reference).
+fn transposed_axis(
+    attrs: &ConvTransposeAttrs,
+    i: usize,
+    axes: usize,
+    input: usize,
+    kernel: usize,
+) -> Result<TransposedAxis, String> {
+    let positive = |v: i64, what: &str| {
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| (1..1 << 16).contains(&v))
+            .ok_or_else(|| format!("{what} {v} is out of range"))
+    };
+    if input == 0 || kernel == 0 {
+        return Err(format!("input length {input} or kernel {kernel} is empty"));
+    }
+    let stride = positive(per_axis(&attrs.strides, i, 1)?, "stride")?;
+    let dilation = positive(per_axis(&attrs.dilations, i, 1)?, "dilation")?;
+    let extra = per_axis(&attrs.output_padding, i, 0)?;
+    let natural = (stride * (input - 1) + (kernel - 1) * dilation + 1) as i64 + extra;
+    let wanted = |pads: (i64, i64)| natural - pads.0 - pads.1;
+    let output = match &attrs.output_shape {
+        Some(shape) => {
+            let at = shape.len().checked_sub(axes).map(|first| first + i);
+            Some(
+                *at.and_then(|k| shape.get(k))
+                    .ok_or("output_shape is short")?,
+            )
+        }
+        None => None,
+    };
+    let (start, len) = match (&attrs.pads, attrs.same_upper) {
+        (None, Some(upper)) => {
+            let out = output.unwrap_or((input * stride) as i64);
+            let total = natural - out;
+            let begin = if upper { total / 2 } else { total - total / 2 };
+            (begin, out)
+        }
+        (pads, _) => {
+            let (begin, end) = match pads {
+                Some(p) => (per_axis(p, i, 0)?, per_axis(p, i + axes, 0)?),
+                None => (0, 0),
+            };
+            (begin, output.unwrap_or(wanted((begin, end))))
+        }
+    };
+    let start = usize::try_from(start)
+        .ok()
+        .filter(|&s| s < 1 << 24)
+        .ok_or_else(|| format!("padding {start} is out of range"))?;
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&l| l > 0 && l < 1 << 24)
+        .ok_or_else(|| format!("output length {len} is out of range"))?;
+    Ok(TransposedAxis {
+        input,
+        stride,
+        dilation,
+        kernel,
+        start,
+        len,
+    })
+}
+
+fn conv_transpose(
+    b: &mut Builder,
+    x: &str,
+    weights: &str,
+    bias: Option<&str>,
+    attrs: &ConvTransposeAttrs,
+) -> Result<String, String> {
+    let (xs, ws) = match (b.shape(x), b.shape(weights)) {
+        (Some(xs), Some(ws)) if xs.len() == ws.len() && (3..=4).contains(&xs.len()) => (xs, ws),
+        _ => return Err("needs 3-D or 4-D input and weights of known shapes".into()),
+    };
+    let axes = xs.len() - 2;
+    let group = usize::try_from(attrs.group)
+        .ok()
+        .filter(|&g| g > 0 && ws[0] % g == 0);
+    let group = group.ok_or_else(|| format!("group {} does not divide {}", attrs.group, ws[0]))?;
+    let mut geometry = Vec::with_capacity(2);
+    for i in 0..axes {
+        geometry.push(transposed_axis(attrs, i, axes, xs[2 + i], ws[2 + i])?);
+    }
+    let (mut x, mut w) = (x.to_owned(), weights.to_owned());
+    if axes == 1 {
+        x = b.unsqueeze(&x, vec![3]);
+        w = b.unsqueeze(&w, vec![3]);
+        geometry.push(TransposedAxis {
+            input: 1,
+            stride: 1,
+            dilation: 1,
+            kernel: 1,
+            start: 0,
+            len: 1,
+        });
+    }
+    let (g, cin, cout_g) = (group as i64, ws[0] as i64, ws[1] as i64);
+    // [Cin, Cout/g, k…] → [Cout, Cin/g, k…] with the kernel flipped.
+    let [kh, kw] = [geometry[0].kernel as i64, geometry[1].kernel as i64];
+    let w = b.reshape(&w, vec![g, cin / g, cout_g, kh, kw]);
+    let w = b.op(
+        Op::Transpose {
+            perm: Some(vec![0, 2, 1, 3, 4]),
+        },
+        &[&w],
+    );
+    let w = b.reshape(&w, vec![g * cout_g, cin / g, kh, kw]);
+    let w = slice(b, &w, [-1, -1], [i64::MIN, i64::MIN], [2, 3], [-1, -1]);
+    let x = insert_zeros(b, &x, &xs, &geometry)?;
+    let spread = |a: &TransposedAxis| a.dilation * (a.kernel - 1);
+    let full = |a: &TransposedAxis| (a.input - 1) * a.stride + spread(a) + 1;
+    let end = |a: &TransposedAxis| spread(a) + (a.start + a.len).saturating_sub(full(a));
+    let spatial = super::Spatial {
+        kernel: Some([geometry[0].kernel, geometry[1].kernel]),
+        strides: [1, 1],
+        dilations: [geometry[0].dilation, geometry[1].dilation],
+        pads: [
+            spread(&geometry[0]),
+            spread(&geometry[1]),
+            end(&geometry[0]),
+            end(&geometry[1]),
+        ],
+        auto_pad: super::AutoPad::Explicit,
+        ceil: false,
+    };
+    let conv = Op::Conv {
+        spatial,
+        group,
+        relu: false,
+    };
+    let args: Vec<&str> = [x.as_str(), w.as_str()].into_iter().chain(bias).collect();
+    let y = b.op(conv, &args);
+    let (s0, s1) = (geometry[0].start as i64, geometry[1].start as i64);
+    let (e0, e1) = (s0 + geometry[0].len as i64, s1 + geometry[1].len as i64);
+    let y = slice(b, &y, [s0, s1], [e0, e1], [2, 3], [1, 1]);
+    Ok(if axes == 1 {
+        b.op(
+            Op::Squeeze {
+                axes: Some(vec![3]),
+            },
+            &[&y],
+        )
+    } else {
+        y
+    })
+}
+
+/// Slice of `x` on two axes.
+fn slice(
+    b: &mut Builder,
+    x: &str,
+    starts: [i64; 2],
+    ends: [i64; 2],
+    axes: [i64; 2],
+    steps: [i64; 2],
+) -> String {
+    let params = [starts, ends, axes, steps].map(|p| b.ints(p.to_vec()));
+    let args: Vec<&str> = std::iter::once(x)
+        .chain(params.iter().map(String::as_str))
+        .collect();
+    b.op(Op::Slice { attrs: None }, &args)
+}
+
+/// `x` `[N, C, H, W]` with `stride − 1` zeros between neighbours on each spatial axis: each
+/// value gets a block of zeros after it (Unsqueeze, Pad), the blocks are laid in a row
+/// (Reshape), and the trailing zeros cut (Slice). All four are rasters, merged into one.
+fn insert_zeros(
+    b: &mut Builder,
+    x: &str,
+    shape: &[usize],
+    geometry: &[TransposedAxis],
+) -> Result<String, String> {
+    let (s0, s1) = (geometry[0].stride, geometry[1].stride);
+    if s0 == 1 && s1 == 1 {
+        return Ok(x.to_owned());
+    }
+    let (n, c, h, w) = (shape[0], shape[1], geometry[0].input, geometry[1].input);
+    super::raster::elements(&[n, c, h, s0, w, s1])?;
+    let spread = b.unsqueeze(x, vec![3, 5]);
+    let pads = super::layout::PadAttrs {
+        pads: vec![0, 0, 0, 0, 0, 0, 0, 0, 0, s0 as i64 - 1, 0, s1 as i64 - 1],
+        value: 0.0,
+    };
+    let pad = Op::Pad {
+        mode: super::layout::PadMode::Constant,
+        attrs: Some(pads),
+    };
+    let padded = b.op(pad, &[&spread]);
+    let dims = [n, c, h * s0, w * s1].map(|d| d as i64).to_vec();
+    let laid = b.reshape(&padded, dims);
+    let ends = [((h - 1) * s0 + 1) as i64, ((w - 1) * s1 + 1) as i64];
+    Ok(slice(b, &laid, [0, 0], ends, [2, 3], [1, 1]))
 }
 
 /// A static dimension of a value, or why it is not known.

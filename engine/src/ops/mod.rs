@@ -32,6 +32,7 @@
 //! | IsNaN, IsInf | decomposition: Equal (and Not, Abs, Neg) |
 //! | NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss | decomposition: (LogSoftmax,) GatherElements, Gather of the weights, Where for the ignored index, reductions |
 //! | Attention | decomposition: (Reshape, Transpose for 3-D,) Concat of the caches, Tile for grouped heads, Mul, MatMul, Add of the mask/causal/padding bias, Tanh softcap, Softmax, MatMul |
+//! | ConvTranspose (1-D, 2-D) | decomposition: zeros inserted between the input's values (Unsqueeze, Pad, Reshape, Slice: one raster), a stride-1 Conv by the flipped channel-swapped weights (Reshape, Transpose, Slice: folded when constant), Slice to the output |
 //! | 1-D Conv, MaxPool, AveragePool | decomposition: Unsqueeze to a unit width, the 2-D op, Squeeze |
 //! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
