@@ -741,3 +741,77 @@ fn conv_transpose_is_a_convolution_of_a_zero_spread_input() {
     assert_eq!(out[0].1.shape(), [2, 4, 7, 7]);
     assert_close(out[0].1.data(), &want, "ConvTranspose");
 }
+
+#[test]
+fn one_hot_eye_like_and_lp_pool() {
+    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    };
+    let x = xs(5);
+    let bytes = model(
+        vec![
+            node(
+                "OneHot",
+                &["i", "depth", "values"],
+                &["hot"],
+                vec![int_attr("axis", 0)],
+            ),
+            node("EyeLike", &["m"], &["eye"], vec![int_attr("k", 1)]),
+            node(
+                "LpPool",
+                &["x"],
+                &["lp"],
+                vec![ints("kernel_shape", &[2]), ints("pads", &[0, 1])],
+            ),
+        ],
+        vec![
+            input("i", INT64, Some(&[3])),
+            input("x", FLOAT, Some(&[1, 1, 5])),
+            input("m", FLOAT, Some(&[2, 3])),
+        ],
+        vec![
+            floats("depth", &[1], &[4.0]),
+            floats("values", &[2], &[-1.0, 2.0]),
+        ],
+        &["hot", "eye", "lp"],
+        13,
+    );
+    let session = load_atomic(&bytes);
+    let indices = Value::I64 {
+        shape: vec![3],
+        data: vec![0, -1, 5],
+    };
+    let input_x = Value::F32(Tensor::new(vec![1, 1, 5], x.clone()).unwrap());
+    let m = Value::F32(Tensor::zeros(vec![2, 3]));
+    let out = session
+        .run_values(vec![
+            ("i".into(), indices),
+            ("x".into(), input_x),
+            ("m".into(), m),
+        ])
+        .unwrap();
+    let float = |v: &Value| match v {
+        Value::F32(t) => (t.shape().to_vec(), t.data().to_vec()),
+        other => panic!("{other:?}"),
+    };
+    // Axis 0: row d holds on where the index is d (−1 is 3; 5 is out of range: all off).
+    let (shape, hot) = float(&out[0].1);
+    assert_eq!(shape, [4, 3]);
+    let mut want = vec![-1.0; 12];
+    want[0] = 2.0;
+    want[3 * 3 + 1] = 2.0;
+    assert_eq!(hot, want);
+    let (shape, eye) = float(&out[1].1);
+    assert_eq!((shape, eye), (vec![2, 3], vec![0., 1., 0., 0., 0., 1.]));
+    let (shape, lp) = float(&out[2].1);
+    let padded: Vec<f32> = x.iter().cloned().chain([0.0]).collect();
+    let want: Vec<f32> = padded
+        .windows(2)
+        .map(|w| (w[0] * w[0] + w[1] * w[1]).sqrt())
+        .collect();
+    assert_eq!(shape, [1, 1, 5]);
+    assert_close(&lp, &want, "LpPool");
+}

@@ -201,6 +201,23 @@ pub enum Composite {
     /// ConvTranspose (1-D or 2-D): a stride-1 Conv of the input with zeros inserted between
     /// its values, by the flipped, channel-swapped weights, cropped to the output.
     ConvTranspose(Box<ConvTransposeAttrs>),
+    /// LpPool: (Σ|x|ᵖ over the window)^(1/p), the sum an AveragePool counting the (zero)
+    /// padding times the window size. `pool` is that AveragePool (itself 1-D composite or not).
+    LpPool {
+        pool: Box<Op>,
+        p: f32,
+        window: usize,
+    },
+    /// OneHot: Where(Equal(indices, Range(0, depth) along the axis), on, off); negative
+    /// indices count from the depth.
+    OneHot {
+        axis: i64,
+    },
+    /// EyeLike: a constant (the input's shape must be static).
+    EyeLike {
+        k: i64,
+        float: Option<bool>,
+    },
     /// A 1-D Conv, MaxPool or AveragePool: its 2-D form (given here) on the input with a unit
     /// width axis appended, which is then dropped.
     OneD(Box<Op>),
@@ -336,6 +353,34 @@ impl Composite {
                 p => return Err(attrs.bad("p", format!("{p}: only 1 and 2 are defined"))),
             },
             "GlobalMaxPool" => GlobalMaxPool,
+            "LpPool" => {
+                let mut average = node.clone();
+                average.op_type = "AveragePool".into();
+                average.attribute.retain(|a| a.name != "p");
+                average.attribute.push(crate::onnx::pb::AttributeProto {
+                    name: "count_include_pad".into(),
+                    i: 1,
+                    ..Default::default()
+                });
+                let window = attrs.ints("kernel_shape").unwrap_or_default();
+                let window = window.iter().try_fold(1usize, |acc, &k| {
+                    usize::try_from(k).ok().and_then(|k| acc.checked_mul(k))
+                });
+                LpPool {
+                    pool: Box::new(Op::parse(&average, attrs.node_name(), opset, None)?),
+                    p: attrs.int("p", 2) as f32,
+                    window: window.ok_or_else(|| attrs.bad("kernel_shape", "is out of range"))?,
+                }
+            }
+            "OneHot" => OneHot {
+                axis: attrs.int("axis", -1),
+            },
+            "EyeLike" => EyeLike {
+                k: attrs.int("k", 0),
+                float: attrs.has("dtype").then(|| {
+                    CastTo::from_onnx(attrs.int("dtype", 1)).is_none_or(|t| t == CastTo::Float)
+                }),
+            },
             "ConvTranspose" => ConvTranspose(Box::new(ConvTransposeAttrs {
                 strides: attrs.ints("strides").unwrap_or_default().to_vec(),
                 dilations: attrs.ints("dilations").unwrap_or_default().to_vec(),
@@ -379,7 +424,7 @@ impl Composite {
                 negative: attrs.int("detect_negative", 1) != 0,
             },
             "Conv" | "MaxPool" | "AveragePool" => match widen_1d(node) {
-                Some(wide) => OneD(Box::new(Op::parse(&wide, &node.name, opset, None)?)),
+                Some(wide) => OneD(Box::new(Op::parse(&wide, attrs.node_name(), opset, None)?)),
                 None => return Ok(None),
             },
             _ => return Ok(None),
@@ -424,6 +469,9 @@ impl Composite {
             IsInf { .. } => "IsInf",
             OneD(_) => "1-D Conv/pool",
             Attention(_) => "Attention",
+            LpPool { .. } => "LpPool",
+            OneHot { .. } => "OneHot",
+            EyeLike { .. } => "EyeLike",
             ConvTranspose(_) => "ConvTranspose",
             Loss { softmax: true, .. } => "SoftmaxCrossEntropyLoss",
             Loss { .. } => "NegativeLogLikelihoodLoss",
@@ -755,6 +803,38 @@ impl Composite {
             }
             Dropout => return dropout(b, x, optional(2)),
             Attention(attrs) => return attention(b, inputs, attrs),
+            LpPool { pool, p, window } => {
+                let a = b.unary(Unary::Abs, x);
+                let powered = b.with(Binary::Pow, &a, *p);
+                let mean = match &**pool {
+                    Op::Composite(c) => c.expand(b, &[powered])?.remove(0),
+                    op => b.op(op.clone(), &[&powered]),
+                };
+                let sum = b.with(Binary::Mul, &mean, *window as f32);
+                b.with(Binary::Pow, &sum, 1.0 / *p)
+            }
+            OneHot { axis } => one_hot(b, x, input(1)?, input(2)?, *axis)?,
+            EyeLike { k, float } => {
+                let shape = b.shape(x).ok_or("needs the input's shape")?;
+                let &[rows, cols] = &shape[..] else {
+                    return Err(format!("EyeLike needs a 2-D input, got {shape:?}"));
+                };
+                super::raster::elements(&shape)?;
+                let on = |i: usize, j: usize| j as i64 - i as i64 == *k;
+                let float = float.unwrap_or(b.infos.get(x).is_none_or(|i| i.dtype == DType::F32));
+                let value = if float {
+                    let data =
+                        (0..rows * cols).map(|a| f32::from(u8::from(on(a / cols, a % cols))));
+                    Value::F32(Tensor::new(shape, data.collect()).map_err(|e| e.to_string())?)
+                } else {
+                    let data = (0..rows * cols).map(|a| i64::from(on(a / cols, a % cols)));
+                    Value::I64 {
+                        shape,
+                        data: data.collect(),
+                    }
+                };
+                b.constant(value)
+            }
             ConvTranspose(attrs) => conv_transpose(b, x, input(1)?, optional(2), attrs)?,
             Loss {
                 softmax,
@@ -1125,6 +1205,47 @@ fn insert_zeros(
     let laid = b.reshape(&padded, dims);
     let ends = [((h - 1) * s0 + 1) as i64, ((w - 1) * s1 + 1) as i64];
     Ok(slice(b, &laid, [0, 0], ends, [2, 3], [1, 1]))
+}
+
+/// OneHot of `indices` (any numeric type, truncated) with a constant `depth` and `values`
+/// `[off, on]`.
+fn one_hot(
+    b: &mut Builder,
+    indices: &str,
+    depth: &str,
+    values: &str,
+    axis: i64,
+) -> Result<String, String> {
+    let rank = b.rank(indices)? + 1;
+    let axis = reduce::normalize_axes(&[axis], rank)?[0];
+    let int = CastTo::Int {
+        bits: 64,
+        signed: true,
+    };
+    let index = b.op(Op::Cast(int), &[indices]);
+    let depth = b.op(Op::Cast(int), &[depth]);
+    let scalar = b.constant(Value::I64 {
+        shape: vec![0],
+        data: vec![],
+    });
+    let depth = b.op(Op::Reshape { allow_zero: false }, &[&depth, &scalar]);
+    let [zero, one] = [0, 1].map(|v| {
+        b.constant(Value::I64 {
+            shape: vec![],
+            data: vec![v],
+        })
+    });
+    let negative = b.op(Op::Compare(Compare::Less), &[&index, &zero]);
+    let wrapped = b.binary(Binary::Add, &index, &depth);
+    let index = b.op(Op::Where, &[&negative, &wrapped, &index]);
+    let index = b.unsqueeze(&index, vec![axis as i64]);
+    let iota = b.op(Op::Range, &[&zero, &depth, &one]);
+    let iota = b.unsqueeze(&iota, (1..(rank - axis) as i64).collect());
+    let hot = b.op(Op::Compare(Compare::Equal), &[&index, &iota]);
+    let bounds = [0, 1, 2].map(|v| b.ints(vec![v]));
+    let off = b.op(Op::Slice { attrs: None }, &[values, &bounds[0], &bounds[1]]);
+    let on = b.op(Op::Slice { attrs: None }, &[values, &bounds[1], &bounds[2]]);
+    Ok(b.op(Op::Where, &[&hot, &on, &off]))
 }
 
 /// A static dimension of a value, or why it is not known.

@@ -16,7 +16,7 @@
 //! | ArgMax, ArgMin | kernel: [`reduce::arg_extreme`] |
 //! | Shape, Size | kernel ([`generate::shape`]); a constant at load when the input's shape is static |
 //! | Range | kernel: [`generate::range`] |
-//! | Trilu, CumSum, GatherElements | kernel: [`index`], float or int64 |
+//! | Trilu, CumSum, GatherElements, ScatterElements, TopK | kernel: [`index`], float or int64 |
 //! | Sum, Max, Min, Mean | decomposition: a chain of Add/Max/Min (Mean: then Div) |
 //! | Clip | decomposition: Max then Min |
 //! | LeakyRelu, PRelu, Elu, Selu, Celu | decomposition: Max/Min with 0, Exp, Mul, Add |
@@ -33,6 +33,9 @@
 //! | NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss | decomposition: (LogSoftmax,) GatherElements, Gather of the weights, Where for the ignored index, reductions |
 //! | Attention | decomposition: (Reshape, Transpose for 3-D,) Concat of the caches, Tile for grouped heads, Mul, MatMul, Add of the mask/causal/padding bias, Tanh softcap, Softmax, MatMul |
 //! | ConvTranspose (1-D, 2-D) | decomposition: zeros inserted between the input's values (Unsqueeze, Pad, Reshape, Slice: one raster), a stride-1 Conv by the flipped channel-swapped weights (Reshape, Transpose, Slice: folded when constant), Slice to the output |
+//! | LpPool | decomposition: Abs, Pow, AveragePool counting the padding, Mul by the window size, Pow |
+//! | OneHot, EyeLike (static shape) | decomposition: Cast, Where, Equal with a Range along the axis, Slice of the values; a constant |
+//! | Scatter (opset ≤ 10) | ScatterElements |
 //! | 1-D Conv, MaxPool, AveragePool | decomposition: Unsqueeze to a unit width, the 2-D op, Squeeze |
 //! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
@@ -198,6 +201,16 @@ pub enum Op {
     },
     GatherElements {
         axis: i64,
+    },
+    /// `reduction`: how an update combines with the value it lands on (`None`: replaces it).
+    ScatterElements {
+        axis: i64,
+        reduction: Option<Binary>,
+    },
+    /// Outputs the values and their indices; `k` is input 1.
+    TopK {
+        axis: i64,
+        largest: bool,
     },
     /// An op that load lowers to atomic ones (see [`composite`]); never run.
     Composite(Box<composite::Composite>),
@@ -596,6 +609,8 @@ impl Op {
             Op::Trilu { .. } => "Trilu",
             Op::CumSum { .. } => "CumSum",
             Op::GatherElements { .. } => "GatherElements",
+            Op::ScatterElements { .. } => "ScatterElements",
+            Op::TopK { .. } => "TopK",
             Op::Composite(c) => c.name(),
             Op::MatMul => "MatMul",
             Op::Gemm { .. } => "Gemm",
@@ -764,9 +779,24 @@ impl Op {
             | Op::Trilu { .. }
             | Op::CumSum { .. }
             | Op::GatherElements { .. }
+            | Op::ScatterElements { .. }
             | Op::Composite(_) => {
                 let value = self.eval_value(inputs).map_err(fail)?;
                 return Ok(vec![value]);
+            }
+            Op::TopK { axis, largest } => {
+                let x = inputs
+                    .first()
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| fail("input 0 is missing".into()))?;
+                let k = match ints(1)? {
+                    [k] => usize::try_from(*k).map_err(|_| fail(format!("k = {k} is negative")))?,
+                    other => return Err(fail(format!("k must be one value, got {}", other.len()))),
+                };
+                let axis = reduce::normalize_axes(&[*axis], x.shape().len()).map_err(fail)?[0];
+                let (values, indices) = index::top_k(x, k, axis, *largest).map_err(fail)?;
+                return Ok(vec![values, indices]);
             }
             Op::MatMul => linalg::matmul(float(0)?, float(1)?, ctx.threads).map_err(fail)?,
             Op::Gemm { alpha, beta, trans } => {
@@ -901,6 +931,26 @@ fn value_op(node: &NodeProto, attrs: &Attrs, opset: i64) -> Result<Option<Op>, L
         "GatherElements" => Op::GatherElements {
             axis: attrs.int("axis", 0),
         },
+        "ScatterElements" | "Scatter" => Op::ScatterElements {
+            axis: attrs.int("axis", 0),
+            reduction: match attrs.string("reduction").as_deref() {
+                None | Some("none") => None,
+                Some("add") => Some(Binary::Add),
+                Some("mul") => Some(Binary::Mul),
+                Some("max") => Some(Binary::Max),
+                Some("min") => Some(Binary::Min),
+                Some(other) => {
+                    return Err(attrs.bad("reduction", format!("{other:?} is not a reduction")));
+                }
+            },
+        },
+        "TopK" if opset < 10 => {
+            return Err(attrs.bad("k", "TopK before opset 10 (k as an attribute)"));
+        }
+        "TopK" => Op::TopK {
+            axis: attrs.int("axis", -1),
+            largest: attrs.int("largest", 1) != 0,
+        },
         _ => return Ok(None),
     }))
 }
@@ -1027,6 +1077,11 @@ impl Op {
                 let data = input(0)?;
                 let axis = reduce::normalize_axes(&[*axis], data.shape().len())?[0];
                 index::gather_elements(data, ints(1)?, axis)?
+            }
+            Op::ScatterElements { axis, reduction } => {
+                let data = input(0)?;
+                let axis = reduce::normalize_axes(&[*axis], data.shape().len())?[0];
+                index::scatter_elements(data, ints(1)?, input(2)?, axis, *reduction)?
             }
             Op::Composite(c) => {
                 return Err(format!("{} should have been lowered at load", c.name()));
