@@ -815,3 +815,51 @@ fn one_hot_eye_like_and_lp_pool() {
     assert_eq!(shape, [1, 1, 5]);
     assert_close(&lp, &want, "LpPool");
 }
+
+#[test]
+fn center_crop_pad_and_dequantize_linear() {
+    let ints = |name: &str, values: &[i64]| pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: INT64,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    };
+    let bytes = model(
+        vec![
+            node("CenterCropPad", &["x", "target"], &["crop"], vec![]),
+            node(
+                "DequantizeLinear",
+                &["q", "scale", "zero"],
+                &["dq"],
+                vec![int_attr("axis", 0)],
+            ),
+        ],
+        vec![
+            input("x", FLOAT, Some(&[3, 2])),
+            input("q", INT64, Some(&[2, 2])),
+        ],
+        vec![
+            ints("target", &[1, 4]),
+            floats("scale", &[2], &[0.5, 2.0]),
+            ints("zero", &[1, -1]),
+        ],
+        &["crop", "dq"],
+        21,
+    );
+    let session = load_atomic(&bytes);
+    let x = Value::F32(Tensor::new(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap());
+    let q = Value::I64 {
+        shape: vec![2, 2],
+        data: vec![3, 5, 0, -3],
+    };
+    let out = session
+        .run_values(vec![("x".into(), x), ("q".into(), q)])
+        .unwrap();
+    // Rows: the middle one of three; columns: one zero either side of two.
+    let crop = Tensor::new(vec![1, 4], vec![0., 3., 4., 0.]).unwrap();
+    assert_eq!(out[0].1, Value::F32(crop));
+    // Row 0: (q − 1)·0.5; row 1: (q + 1)·2.
+    let dq = Tensor::new(vec![2, 2], vec![1.0, 2.0, 2.0, -4.0]).unwrap();
+    assert_eq!(out[1].1, Value::F32(dq));
+}

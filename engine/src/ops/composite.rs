@@ -218,6 +218,15 @@ pub enum Composite {
         k: i64,
         float: Option<bool>,
     },
+    /// CenterCropPad: per axis, a centred Slice where the target is smaller and a centred zero
+    /// Pad where it is larger (static input shape, constant target shape).
+    CenterCropPad {
+        axes: Option<Vec<i64>>,
+    },
+    /// DequantizeLinear: (Cast(x) − Cast(zero point)) · scale, a 1-D scale along `axis`.
+    Dequantize {
+        axis: i64,
+    },
     /// A 1-D Conv, MaxPool or AveragePool: its 2-D form (given here) on the input with a unit
     /// width axis appended, which is then dropped.
     OneD(Box<Op>),
@@ -372,6 +381,15 @@ impl Composite {
                     window: window.ok_or_else(|| attrs.bad("kernel_shape", "is out of range"))?,
                 }
             }
+            "CenterCropPad" => CenterCropPad {
+                axes: attrs.ints("axes").map(<[i64]>::to_vec),
+            },
+            "DequantizeLinear" if attrs.int("block_size", 0) != 0 => {
+                return Err(attrs.bad("block_size", "blocked quantization is not supported"));
+            }
+            "DequantizeLinear" => Dequantize {
+                axis: attrs.int("axis", 1),
+            },
             "OneHot" => OneHot {
                 axis: attrs.int("axis", -1),
             },
@@ -471,6 +489,8 @@ impl Composite {
             Attention(_) => "Attention",
             LpPool { .. } => "LpPool",
             OneHot { .. } => "OneHot",
+            CenterCropPad { .. } => "CenterCropPad",
+            Dequantize { .. } => "DequantizeLinear",
             EyeLike { .. } => "EyeLike",
             ConvTranspose(_) => "ConvTranspose",
             Loss { softmax: true, .. } => "SoftmaxCrossEntropyLoss",
@@ -814,6 +834,20 @@ impl Composite {
                 b.with(Binary::Pow, &sum, 1.0 / *p)
             }
             OneHot { axis } => one_hot(b, x, input(1)?, input(2)?, *axis)?,
+            CenterCropPad { axes } => center_crop_pad(b, x, input(1)?, axes.as_deref())?,
+            Dequantize { axis } => {
+                let float = b.op(Op::Cast(CastTo::Float), &[x]);
+                let shifted = match optional(2) {
+                    Some(zero) => {
+                        let zero = per_axis_param(b, zero, x, *axis)?;
+                        let zero = b.op(Op::Cast(CastTo::Float), &[&zero]);
+                        b.binary(Binary::Sub, &float, &zero)
+                    }
+                    None => float,
+                };
+                let scale = per_axis_param(b, input(1)?, x, *axis)?;
+                b.binary(Binary::Mul, &shifted, &scale)
+            }
             EyeLike { k, float } => {
                 let shape = b.shape(x).ok_or("needs the input's shape")?;
                 let &[rows, cols] = &shape[..] else {
@@ -1246,6 +1280,60 @@ fn one_hot(
     let off = b.op(Op::Slice { attrs: None }, &[values, &bounds[0], &bounds[1]]);
     let on = b.op(Op::Slice { attrs: None }, &[values, &bounds[1], &bounds[2]]);
     Ok(b.op(Op::Where, &[&hot, &on, &off]))
+}
+
+/// A quantization parameter: a scalar as it is, a 1-D one unsqueezed to lie along `axis` of
+/// `x`.
+fn per_axis_param(b: &mut Builder, param: &str, x: &str, axis: i64) -> Result<String, String> {
+    let rank = b.rank(x)?;
+    let one_d = b.shape(param).is_some_and(|s| s.len() == 1 && s[0] != 1);
+    if !one_d {
+        return Ok(param.to_owned());
+    }
+    let axis = reduce::normalize_axes(&[axis], rank)?[0];
+    Ok(b.unsqueeze(param, (1..(rank - axis) as i64).collect()))
+}
+
+fn center_crop_pad(
+    b: &mut Builder,
+    x: &str,
+    target: &str,
+    axes: Option<&[i64]>,
+) -> Result<String, String> {
+    let shape = b.shape(x).ok_or("needs the input's shape")?;
+    let sizes = match b.constants.get(target) {
+        Some(Value::I64 { data, .. }) => data.clone(),
+        _ => return Err("the target shape must be an int64 constant".into()),
+    };
+    let all: Vec<i64> = (0..shape.len() as i64).collect();
+    let axes = reduce::normalize_axes(axes.unwrap_or(&all), shape.len())?;
+    if axes.len() != sizes.len() {
+        return Err(format!("{} sizes for {} axes", sizes.len(), axes.len()));
+    }
+    let mut y = x.to_owned();
+    let rank = shape.len();
+    for (&axis, &size) in axes.iter().zip(&sizes) {
+        let size = usize::try_from(size).map_err(|_| format!("size {size} is negative"))?;
+        let dim = shape[axis];
+        if size < dim {
+            let start = ((dim - size) / 2) as i64;
+            let params =
+                [vec![start], vec![start + size as i64], vec![axis as i64]].map(|p| b.ints(p));
+            let args = [y.as_str(), &params[0], &params[1], &params[2]];
+            y = b.op(Op::Slice { attrs: None }, &args);
+        } else if size > dim {
+            super::raster::elements(&[size])?;
+            let mut pads = vec![0; 2 * rank];
+            pads[axis] = ((size - dim) / 2) as i64;
+            pads[rank + axis] = (size - dim - (size - dim) / 2) as i64;
+            let pad = Op::Pad {
+                mode: super::layout::PadMode::Constant,
+                attrs: Some(super::layout::PadAttrs { pads, value: 0.0 }),
+            };
+            y = b.op(pad, &[&y]);
+        }
+    }
+    Ok(y)
 }
 
 /// A static dimension of a value, or why it is not known.

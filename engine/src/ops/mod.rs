@@ -36,6 +36,8 @@
 //! | LpPool | decomposition: Abs, Pow, AveragePool counting the padding, Mul by the window size, Pow |
 //! | OneHot, EyeLike (static shape) | decomposition: Cast, Where, Equal with a Range along the axis, Slice of the values; a constant |
 //! | Scatter (opset ≤ 10) | ScatterElements |
+//! | CenterCropPad (static shape, constant target) | decomposition: a centred Slice or constant Pad per axis |
+//! | DequantizeLinear (per tensor or per axis) | decomposition: Cast, Sub, Mul |
 //! | 1-D Conv, MaxPool, AveragePool | decomposition: Unsqueeze to a unit width, the 2-D op, Squeeze |
 //! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
