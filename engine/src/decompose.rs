@@ -54,6 +54,12 @@ impl Graph {
                 _ => vec![node],
             };
             for node in expanded {
+                // Constants an expansion made are known by value.
+                for input in &node.inputs {
+                    if let (None, Some(value)) = (infos.get(input), self.constants.get(input)) {
+                        infos.insert(input.clone(), ValueInfo::of(value));
+                    }
+                }
                 let known: Vec<Option<&ValueInfo>> =
                     node.inputs.iter().map(|i| infos.get(i)).collect();
                 let constants: Vec<_> = node.inputs.iter().map(|i| self.constants.get(i)).collect();

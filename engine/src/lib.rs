@@ -12,9 +12,11 @@
 //! [`Session::inputs`] and [`Session::outputs`] describe it and [`Session::run`] takes named
 //! inputs and returns the graph outputs.
 //!
-//! Loading runs, in order: constant folding, Conv + BatchNormalization folding and Relu
-//! fusion, shape inference (a mismatch the shapes prove fails the load, naming the node), and
-//! the raster lowering below.
+//! Loading runs, in order: constant folding, the decomposition of composite ops (LayerNorm,
+//! Gelu, LogSoftmax, Attention, ConvTranspose, … — see [`ops::composite`]) into atomic ones
+//! and constant folding again, Conv + BatchNormalization folding and Relu fusion, shape
+//! inference (a mismatch the shapes prove fails the load, naming the node), and the raster
+//! lowering below.
 //!
 //! **Rasters** (MNN's geometric computing): every layout op — Transpose, Concat, Slice, Split,
 //! Gather, Pad, Expand, Tile, DepthToSpace, SpaceToDepth, and the reshaping views — is, once

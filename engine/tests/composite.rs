@@ -538,3 +538,328 @@ fn dropout_masks_rms_and_lp_normalization_and_nan_tests() {
         "x/0 is ±∞ (x ≠ 0)"
     );
 }
+
+#[test]
+fn losses_gather_weight_ignore_and_reduce() {
+    let x = xs(2 * 3 * 2);
+    let target = pb::TensorProto {
+        name: "t".into(),
+        dims: vec![2, 2],
+        data_type: INT64,
+        int64_data: vec![2, -1, 0, 1],
+        ..Default::default()
+    };
+    let weight = [0.5, 1.0, 2.0];
+    let attrs = || vec![int_attr("ignore_index", -1)];
+    let bytes = model(
+        vec![
+            node(
+                "NegativeLogLikelihoodLoss",
+                &["x", "t", "w"],
+                &["nll"],
+                attrs(),
+            ),
+            node(
+                "SoftmaxCrossEntropyLoss",
+                &["x", "t"],
+                &["sce", "logp"],
+                attrs(),
+            ),
+        ],
+        vec![input("x", FLOAT, Some(&[2, 3, 2]))],
+        vec![target, floats("w", &[3], &weight)],
+        &["nll", "sce", "logp"],
+        13,
+    );
+    let session = load_atomic(&bytes);
+    let out = session
+        .run(vec![(
+            "x".into(),
+            Tensor::new(vec![2, 3, 2], x.clone()).unwrap(),
+        )])
+        .unwrap();
+    let at = |n: usize, c: usize, d: usize| x[(n * 3 + c) * 2 + d];
+    let kept = [(0, 0, 2), (1, 0, 0), (1, 1, 1)]; // (n, d, class); (0, 1) is ignored
+    let (mut sum, mut weights) = (0.0, 0.0);
+    for &(n, d, c) in &kept {
+        sum -= weight[c] * at(n, c, d);
+        weights += weight[c];
+    }
+    assert_close(out[0].1.data(), &[sum / weights], "NLL");
+    let logp = |n: usize, c: usize, d: usize| {
+        let total: f32 = (0..3).map(|k| at(n, k, d).exp()).sum();
+        at(n, c, d) - total.ln()
+    };
+    let sce = -kept.iter().map(|&(n, d, c)| logp(n, c, d)).sum::<f32>() / 3.0;
+    assert_eq!(out[1].1.shape(), [] as [usize; 0]);
+    assert_close(out[1].1.data(), &[sce], "SoftmaxCrossEntropyLoss");
+    assert_eq!(out[2].1.shape(), [2, 3, 2]);
+    assert_close(&out[2].1.data()[..1], &[logp(0, 0, 0)], "log_prob");
+}
+
+#[test]
+fn attention_is_matmuls_a_causal_bias_and_a_softmax() {
+    let (q, k, v) = (xs(2 * 3 * 2), xs(3 * 2), xs(3 * 2));
+    let (q, k, v): (Vec<f32>, Vec<f32>, Vec<f32>) = (
+        q,
+        k.iter().map(|x| x * 0.5).collect(),
+        v.iter().map(|x| x - 1.0).collect(),
+    );
+    // Three query heads share one key/value head (grouped-query), queries 2, keys 3.
+    let bytes = model(
+        vec![node(
+            "Attention",
+            &["q", "k", "v"],
+            &["y"],
+            vec![int_attr("is_causal", 1)],
+        )],
+        vec![
+            input("q", FLOAT, Some(&[1, 3, 2, 2])),
+            input("k", FLOAT, Some(&[1, 1, 3, 2])),
+            input("v", FLOAT, Some(&[1, 1, 3, 2])),
+        ],
+        vec![],
+        &["y"],
+        23,
+    );
+    let session = load_atomic(&bytes);
+    let tensor =
+        |shape: &[usize], data: &[f32]| Tensor::new(shape.to_vec(), data.to_vec()).unwrap();
+    let out = session
+        .run(vec![
+            ("q".into(), tensor(&[1, 3, 2, 2], &q)),
+            ("k".into(), tensor(&[1, 1, 3, 2], &k)),
+            ("v".into(), tensor(&[1, 1, 3, 2], &v)),
+        ])
+        .unwrap();
+    let mut want = vec![];
+    for h in 0..3 {
+        for i in 0..2 {
+            let scores: Vec<f32> = (0..=i)
+                .map(|j| {
+                    (0..2)
+                        .map(|e| q[(h * 2 + i) * 2 + e] * k[j * 2 + e])
+                        .sum::<f32>()
+                        / 2f32.sqrt()
+                })
+                .collect();
+            let max = scores.iter().cloned().fold(f32::MIN, f32::max);
+            let weights: Vec<f32> = scores.iter().map(|s| (s - max).exp()).collect();
+            let total: f32 = weights.iter().sum();
+            for e in 0..2 {
+                want.push(
+                    (0..=i)
+                        .map(|j| weights[j] / total * v[j * 2 + e])
+                        .sum::<f32>(),
+                );
+            }
+        }
+    }
+    assert_eq!(out[0].1.shape(), [1, 3, 2, 2]);
+    assert_close(out[0].1.data(), &want, "Attention");
+}
+
+/// ConvTranspose by its definition: each input value scatters its kernel into the output.
+fn conv_transpose_reference(
+    (x, [n, c, h, w]): (&[f32], [usize; 4]),
+    (weights, [cout_g, kh, kw]): (&[f32], [usize; 3]),
+    (group, stride, pads_begin): (usize, [usize; 2], [usize; 2]),
+    [oh, ow]: [usize; 2],
+) -> Vec<f32> {
+    let cin_g = c / group;
+    let mut y = vec![0.0; n * cout_g * group * oh * ow];
+    for b in 0..n {
+        for ci in 0..c {
+            let g = ci / cin_g;
+            for i in 0..h {
+                for j in 0..w {
+                    for co in 0..cout_g {
+                        for ki in 0..kh {
+                            for kj in 0..kw {
+                                let (r, s) = (
+                                    (i * stride[0] + ki) as i64 - pads_begin[0] as i64,
+                                    (j * stride[1] + kj) as i64 - pads_begin[1] as i64,
+                                );
+                                if r < 0 || s < 0 || r as usize >= oh || s as usize >= ow {
+                                    continue;
+                                }
+                                let o = g * cout_g + co;
+                                let out =
+                                    ((b * cout_g * group + o) * oh + r as usize) * ow + s as usize;
+                                y[out] += x[((b * c + ci) * h + i) * w + j]
+                                    * weights[((ci * cout_g + co) * kh + ki) * kw + kj];
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn conv_transpose_is_a_convolution_of_a_zero_spread_input() {
+    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    };
+    let (x, w) = (xs(2 * 4 * 3 * 3), xs(4 * 2 * 3 * 2));
+    let bytes = model(
+        vec![node(
+            "ConvTranspose",
+            &["x", "w"],
+            &["y"],
+            vec![
+                ints("strides", &[2, 3]),
+                ints("pads", &[1, 0, 0, 1]),
+                ints("output_padding", &[1, 0]),
+                int_attr("group", 2),
+            ],
+        )],
+        vec![input("x", FLOAT, Some(&[2, 4, 3, 3]))],
+        vec![floats("w", &[4, 2, 3, 2], &w)],
+        &["y"],
+        13,
+    );
+    let session = load_atomic(&bytes);
+    let out = session
+        .run(vec![(
+            "x".into(),
+            Tensor::new(vec![2, 4, 3, 3], x.clone()).unwrap(),
+        )])
+        .unwrap();
+    // Height: 2·(3 − 1) + 3 + 1 − 1 = 7; width: 3·(3 − 1) + 2 − 1 = 7.
+    let want = conv_transpose_reference(
+        (&x, [2, 4, 3, 3]),
+        (&w, [2, 3, 2]),
+        (2, [2, 3], [1, 0]),
+        [7, 7],
+    );
+    assert_eq!(out[0].1.shape(), [2, 4, 7, 7]);
+    assert_close(out[0].1.data(), &want, "ConvTranspose");
+}
+
+#[test]
+fn one_hot_eye_like_and_lp_pool() {
+    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
+        name: name.into(),
+        r#type: pb::attribute_proto::AttributeType::Ints as i32,
+        ints: values.to_vec(),
+        ..Default::default()
+    };
+    let x = xs(5);
+    let bytes = model(
+        vec![
+            node(
+                "OneHot",
+                &["i", "depth", "values"],
+                &["hot"],
+                vec![int_attr("axis", 0)],
+            ),
+            node("EyeLike", &["m"], &["eye"], vec![int_attr("k", 1)]),
+            node(
+                "LpPool",
+                &["x"],
+                &["lp"],
+                vec![ints("kernel_shape", &[2]), ints("pads", &[0, 1])],
+            ),
+        ],
+        vec![
+            input("i", INT64, Some(&[3])),
+            input("x", FLOAT, Some(&[1, 1, 5])),
+            input("m", FLOAT, Some(&[2, 3])),
+        ],
+        vec![
+            floats("depth", &[1], &[4.0]),
+            floats("values", &[2], &[-1.0, 2.0]),
+        ],
+        &["hot", "eye", "lp"],
+        13,
+    );
+    let session = load_atomic(&bytes);
+    let indices = Value::I64 {
+        shape: vec![3],
+        data: vec![0, -1, 5],
+    };
+    let input_x = Value::F32(Tensor::new(vec![1, 1, 5], x.clone()).unwrap());
+    let m = Value::F32(Tensor::zeros(vec![2, 3]));
+    let out = session
+        .run_values(vec![
+            ("i".into(), indices),
+            ("x".into(), input_x),
+            ("m".into(), m),
+        ])
+        .unwrap();
+    let float = |v: &Value| match v {
+        Value::F32(t) => (t.shape().to_vec(), t.data().to_vec()),
+        other => panic!("{other:?}"),
+    };
+    // Axis 0: row d holds on where the index is d (−1 is 3; 5 is out of range: all off).
+    let (shape, hot) = float(&out[0].1);
+    assert_eq!(shape, [4, 3]);
+    let mut want = vec![-1.0; 12];
+    want[0] = 2.0;
+    want[3 * 3 + 1] = 2.0;
+    assert_eq!(hot, want);
+    let (shape, eye) = float(&out[1].1);
+    assert_eq!((shape, eye), (vec![2, 3], vec![0., 1., 0., 0., 0., 1.]));
+    let (shape, lp) = float(&out[2].1);
+    let padded: Vec<f32> = x.iter().cloned().chain([0.0]).collect();
+    let want: Vec<f32> = padded
+        .windows(2)
+        .map(|w| (w[0] * w[0] + w[1] * w[1]).sqrt())
+        .collect();
+    assert_eq!(shape, [1, 1, 5]);
+    assert_close(&lp, &want, "LpPool");
+}
+
+#[test]
+fn center_crop_pad_and_dequantize_linear() {
+    let ints = |name: &str, values: &[i64]| pb::TensorProto {
+        name: name.into(),
+        dims: vec![values.len() as i64],
+        data_type: INT64,
+        int64_data: values.to_vec(),
+        ..Default::default()
+    };
+    let bytes = model(
+        vec![
+            node("CenterCropPad", &["x", "target"], &["crop"], vec![]),
+            node(
+                "DequantizeLinear",
+                &["q", "scale", "zero"],
+                &["dq"],
+                vec![int_attr("axis", 0)],
+            ),
+        ],
+        vec![
+            input("x", FLOAT, Some(&[3, 2])),
+            input("q", INT64, Some(&[2, 2])),
+        ],
+        vec![
+            ints("target", &[1, 4]),
+            floats("scale", &[2], &[0.5, 2.0]),
+            ints("zero", &[1, -1]),
+        ],
+        &["crop", "dq"],
+        21,
+    );
+    let session = load_atomic(&bytes);
+    let x = Value::F32(Tensor::new(vec![3, 2], vec![1., 2., 3., 4., 5., 6.]).unwrap());
+    let q = Value::I64 {
+        shape: vec![2, 2],
+        data: vec![3, 5, 0, -3],
+    };
+    let out = session
+        .run_values(vec![("x".into(), x), ("q".into(), q)])
+        .unwrap();
+    // Rows: the middle one of three; columns: one zero either side of two.
+    let crop = Tensor::new(vec![1, 4], vec![0., 3., 4., 0.]).unwrap();
+    assert_eq!(out[0].1, Value::F32(crop));
+    // Row 0: (q − 1)·0.5; row 1: (q + 1)·2.
+    let dq = Tensor::new(vec![2, 2], vec![1.0, 2.0, 2.0, -4.0]).unwrap();
+    assert_eq!(out[1].1, Value::F32(dq));
+}

@@ -14,6 +14,11 @@ impl<'a> Attrs<'a> {
         Attrs { node, name }
     }
 
+    /// The node's name, for errors.
+    pub fn node_name(&self) -> &'a str {
+        self.name
+    }
+
     fn get(&self, attribute: &str) -> Option<&'a AttributeProto> {
         self.node.attribute.iter().find(|a| a.name == attribute)
     }

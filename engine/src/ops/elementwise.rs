@@ -247,6 +247,13 @@ pub enum Binary {
     Mod,
     /// Remainder with the dividend's sign (C's `fmod`: ONNX Mod with `fmod = 1`).
     FMod,
+    /// Integers only (BitwiseAnd, BitwiseOr, BitwiseXor, BitShift).
+    BitAnd,
+    BitOr,
+    BitXor,
+    ShiftLeft,
+    /// Logical: the value's bits read as unsigned.
+    ShiftRight,
 }
 
 impl Binary {
@@ -270,10 +277,18 @@ impl Binary {
                 }
             }),
             Binary::FMod => apply_with(a, b, |x, y| x % y),
+            bitwise => Err(format!("{bitwise:?} of float values")),
         }
     }
 
-    /// `a ∘ b` on integers: wrapping, and 0 where a division has no integer result.
+    /// Whether the op is defined on integers only.
+    pub fn is_bitwise(self) -> bool {
+        use Binary::*;
+        matches!(self, BitAnd | BitOr | BitXor | ShiftLeft | ShiftRight)
+    }
+
+    /// `a ∘ b` on integers: wrapping, and 0 where a division has no integer result (or a shift
+    /// leaves no bits).
     pub fn apply_ints(
         self,
         (sa, a): (&[usize], &[i64]),
@@ -297,6 +312,21 @@ impl Binary {
                 })
             },
             Binary::FMod => |x, y| x.checked_rem(y).unwrap_or(0),
+            Binary::BitAnd => |x, y| x & y,
+            Binary::BitOr => |x, y| x | y,
+            Binary::BitXor => |x, y| x ^ y,
+            Binary::ShiftLeft => |x, y| {
+                u32::try_from(y)
+                    .ok()
+                    .and_then(|y| x.checked_shl(y))
+                    .unwrap_or(0)
+            },
+            Binary::ShiftRight => |x, y| {
+                let shifted = u32::try_from(y)
+                    .ok()
+                    .and_then(|y| (x as u64).checked_shr(y));
+                shifted.unwrap_or(0) as i64
+            },
         };
         let (shape, data) = zip_broadcast((sa, a), (sb, b), f)?;
         Ok(Value::I64 { shape, data })
@@ -763,6 +793,21 @@ mod tests {
         assert_eq!(
             Unary::Abs.apply_ints(vec![-3, i64::MIN]).unwrap(),
             [3, i64::MIN]
+        );
+        let bits = ints(&[3], &[0b1100, 1, -8]);
+        let by = ints(&[3], &[0b1010, 70, 1]);
+        assert_eq!(
+            Binary::BitXor.apply_values(&bits, &by).unwrap(),
+            ints(&[3], &[0b0110, 71, -7])
+        );
+        assert_eq!(
+            Binary::ShiftLeft.apply_values(&bits, &by).unwrap(),
+            ints(&[3], &[12 << 10, 0, -16])
+        );
+        let logical = (-8i64 as u64 >> 1) as i64;
+        assert_eq!(
+            Binary::ShiftRight.apply_values(&bits, &by).unwrap(),
+            ints(&[3], &[0, 0, logical])
         );
         assert!(
             Binary::Add.apply_values(&a, &Value::F32(t)).is_err(),

@@ -1,5 +1,5 @@
-//! Ops that keep, pick or accumulate elements by position: Trilu, CumSum, GatherElements. Each
-//! runs on float and int64 values alike.
+//! Ops that keep, pick, place or accumulate elements by position: Trilu, CumSum,
+//! GatherElements, ScatterElements, TopK. Each runs on float and int64 values alike.
 
 use super::raster::strides;
 use crate::{Tensor, Value};
@@ -102,14 +102,14 @@ pub fn cumsum(x: &Value, axis: usize, exclusive: bool, reverse: bool) -> Result<
     }
 }
 
-/// ONNX GatherElements: `out[p] = data[p with its `axis` coordinate replaced by indices[p]]`
-/// (negative indices count from the end); the output has the indices' shape.
-pub fn gather_elements(
-    data: &Value,
+/// For each index of `indices` (in order), the offset in a tensor of shape `source` of the
+/// element it addresses: its own coordinates with the `axis` one replaced by the index
+/// (negative counts from the end). Shared by GatherElements and ScatterElements.
+fn element_offsets(
+    source: &[usize],
     (shape, indices): (&[usize], &[i64]),
     axis: usize,
-) -> Result<Value, String> {
-    let source = data.shape();
+) -> Result<Vec<usize>, String> {
     if source.len() != shape.len() || axis >= shape.len() {
         return Err(format!(
             "indices {shape:?} and data {source:?} need one rank, and axis {axis} in it"
@@ -141,19 +141,167 @@ pub fn gather_elements(
         }
         offsets.push(offset);
     }
+    Ok(offsets)
+}
+
+/// ONNX GatherElements: `out[p] = data[p with its `axis` coordinate replaced by indices[p]]`;
+/// the output has the indices' shape.
+pub fn gather_elements(
+    data: &Value,
+    indices: (&[usize], &[i64]),
+    axis: usize,
+) -> Result<Value, String> {
+    let offsets = element_offsets(data.shape(), indices, axis)?;
+    let shape = indices.0.to_vec();
     Ok(match data {
         Value::F32(t) => Value::F32(
-            Tensor::new(
-                shape.to_vec(),
-                offsets.iter().map(|&o| t.data()[o]).collect(),
-            )
-            .map_err(|e| e.to_string())?,
+            Tensor::new(shape, offsets.iter().map(|&o| t.data()[o]).collect())
+                .map_err(|e| e.to_string())?,
         ),
         Value::I64 { data, .. } => Value::I64 {
-            shape: shape.to_vec(),
+            shape,
             data: offsets.iter().map(|&o| data[o]).collect(),
         },
     })
+}
+
+/// ONNX ScatterElements: a copy of `data` with `updates[p]` written (or, with a `reduction`,
+/// combined by Add, Mul, Max or Min) at the element GatherElements would read for `p`.
+pub fn scatter_elements(
+    data: &Value,
+    indices: (&[usize], &[i64]),
+    updates: &Value,
+    axis: usize,
+    reduction: Option<super::elementwise::Binary>,
+) -> Result<Value, String> {
+    use super::elementwise::Binary;
+    if updates.shape() != indices.0 {
+        return Err(format!(
+            "updates {:?} and indices {:?} differ",
+            updates.shape(),
+            indices.0
+        ));
+    }
+    let offsets = element_offsets(data.shape(), indices, axis)?;
+    fn place<T: Copy>(
+        out: &mut [T],
+        offsets: &[usize],
+        updates: &[T],
+        combine: impl Fn(T, T) -> T,
+    ) {
+        for (&o, &u) in offsets.iter().zip(updates) {
+            out[o] = combine(out[o], u);
+        }
+    }
+    Ok(match (data, updates) {
+        (Value::F32(t), Value::F32(u)) => {
+            let mut out = t.clone();
+            let combine = |a: f32, b: f32| match reduction {
+                Some(Binary::Add) => a + b,
+                Some(Binary::Mul) => a * b,
+                Some(Binary::Max) => a.max(b),
+                Some(Binary::Min) => a.min(b),
+                _ => b,
+            };
+            place(out.data_mut(), &offsets, u.data(), combine);
+            Value::F32(out)
+        }
+        (Value::I64 { shape, data }, Value::I64 { data: u, .. }) => {
+            let mut out = data.clone();
+            let combine = |a: i64, b: i64| match reduction {
+                Some(Binary::Add) => a.wrapping_add(b),
+                Some(Binary::Mul) => a.wrapping_mul(b),
+                Some(Binary::Max) => a.max(b),
+                Some(Binary::Min) => a.min(b),
+                _ => b,
+            };
+            place(&mut out, &offsets, u, combine);
+            Value::I64 {
+                shape: shape.clone(),
+                data: out,
+            }
+        }
+        _ => return Err("data and updates differ in type".into()),
+    })
+}
+
+/// What TopK picks: the output shape, and for each output element the offset of the input
+/// element it copies and that element's index along the axis.
+struct Picks {
+    shape: Vec<usize>,
+    offsets: Vec<usize>,
+    indices: Vec<i64>,
+}
+
+/// The `k` first positions along `axis` of each line of `data` ordered by value (descending
+/// when `largest`), ties to the lower index.
+fn pick_top<T: Copy + PartialOrd>(
+    shape: &[usize],
+    data: &[T],
+    k: usize,
+    axis: usize,
+    largest: bool,
+) -> Result<Picks, String> {
+    let len = *shape
+        .get(axis)
+        .ok_or_else(|| format!("axis {axis} is out of range for {shape:?}"))?;
+    if k > len {
+        return Err(format!("k = {k} exceeds the axis' {len} values"));
+    }
+    let inner: usize = shape[axis + 1..].iter().product();
+    let outer: usize = shape[..axis].iter().product();
+    let mut picks = Picks {
+        shape: shape.to_vec(),
+        offsets: vec![0; outer * k * inner],
+        indices: vec![0; outer * k * inner],
+    };
+    picks.shape[axis] = k;
+    let mut order: Vec<usize> = Vec::with_capacity(len);
+    for o in 0..outer {
+        for i in 0..inner {
+            let at = |j: usize| (o * len + j) * inner + i;
+            order.clear();
+            order.extend(0..len);
+            order.sort_by(|&a, &b| {
+                let by = data[at(a)]
+                    .partial_cmp(&data[at(b)])
+                    .unwrap_or(std::cmp::Ordering::Equal);
+                (if largest { by.reverse() } else { by }).then(a.cmp(&b))
+            });
+            for (r, &j) in order.iter().take(k).enumerate() {
+                let out = (o * k + r) * inner + i;
+                picks.offsets[out] = at(j);
+                picks.indices[out] = j as i64;
+            }
+        }
+    }
+    Ok(picks)
+}
+
+/// ONNX TopK: the `k` largest (or smallest) values along `axis` (normalised) in order, ties
+/// to the lower index, and their indices.
+pub fn top_k(x: &Value, k: usize, axis: usize, largest: bool) -> Result<(Value, Value), String> {
+    let (values, picks) = match x {
+        Value::F32(t) => {
+            let picks = pick_top(t.shape(), t.data(), k, axis, largest)?;
+            let data = picks.offsets.iter().map(|&o| t.data()[o]).collect();
+            let values = Tensor::new(picks.shape.clone(), data).map_err(|e| e.to_string())?;
+            (Value::F32(values), picks)
+        }
+        Value::I64 { shape, data } => {
+            let picks = pick_top(shape, data, k, axis, largest)?;
+            let values = Value::I64 {
+                shape: picks.shape.clone(),
+                data: picks.offsets.iter().map(|&o| data[o]).collect(),
+            };
+            (values, picks)
+        }
+    };
+    let indices = Value::I64 {
+        shape: picks.shape,
+        data: picks.indices,
+    };
+    Ok((values, indices))
 }
 
 #[cfg(test)]
@@ -212,6 +360,31 @@ mod tests {
             cumsum(&f, 0, false, true).unwrap(),
             floats(&[3], &[3.5, 3.0, 2.0])
         );
+    }
+
+    #[test]
+    fn scatter_elements_writes_or_combines_and_top_k_orders_ties_by_index() {
+        use crate::ops::elementwise::Binary;
+        let data = floats(&[2, 2], &[1., 2., 3., 4.]);
+        let updates = floats(&[1, 2], &[10., 20.]);
+        let set = scatter_elements(&data, (&[1, 2], &[1, 0]), &updates, 0, None).unwrap();
+        assert_eq!(set, floats(&[2, 2], &[1., 20., 10., 4.]));
+        let add =
+            scatter_elements(&data, (&[1, 2], &[1, 1]), &updates, 1, Some(Binary::Add)).unwrap();
+        assert_eq!(add, floats(&[2, 2], &[1., 32., 3., 4.]));
+        let x = floats(&[2, 3], &[1., 3., 3., 5., 4., 6.]);
+        let (values, indices) = top_k(&x, 2, 1, true).unwrap();
+        assert_eq!(values, floats(&[2, 2], &[3., 3., 6., 5.]));
+        assert_eq!(
+            indices,
+            Value::I64 {
+                shape: vec![2, 2],
+                data: vec![1, 2, 2, 0]
+            }
+        );
+        let (values, _) = top_k(&x, 1, 0, false).unwrap();
+        assert_eq!(values, floats(&[1, 3], &[1., 3., 3.]));
+        assert!(top_k(&x, 4, 1, true).is_err());
     }
 
     #[test]

@@ -98,7 +98,37 @@ impl Op {
             | Op::Range
             | Op::Trilu { .. }
             | Op::CumSum { .. }
-            | Op::GatherElements { .. } => return self.infer_value(&args).map(|v| vec![v]),
+            | Op::GatherElements { .. }
+            | Op::ScatterElements { .. } => return self.infer_value(&args).map(|v| vec![v]),
+            Op::TopK { axis, .. } => {
+                need_ints(&args, 1)?;
+                let shape = match (x, args.ints(1)?) {
+                    (Some(mut shape), Some(&[k])) => {
+                        let axis = super::reduce::normalize_axes(&[*axis], shape.len())?[0];
+                        let k = usize::try_from(k).map_err(|_| format!("k = {k} is negative"))?;
+                        if k > shape[axis] {
+                            return Err(format!(
+                                "k = {k} exceeds the axis' {} values",
+                                shape[axis]
+                            ));
+                        }
+                        shape[axis] = k;
+                        Some(shape)
+                    }
+                    _ => None,
+                };
+                let values = ValueInfo {
+                    dtype: args.dtype(0),
+                    shape: shape.clone(),
+                };
+                return Ok(vec![
+                    values,
+                    ValueInfo {
+                        dtype: DType::I64,
+                        shape,
+                    },
+                ]);
+            }
             Op::Composite(c) => {
                 return Err(format!("{} should have been lowered at load", c.name()));
             }
@@ -149,6 +179,9 @@ impl Op {
             Op::Binary(b) | Op::BinaryRelu(b) => {
                 if *b != super::elementwise::Binary::Pow {
                     same_types(0..2)?;
+                }
+                if b.is_bitwise() {
+                    need(0, DType::I64)?;
                 }
                 of(args.dtype(0), broadcast_all(args, 2)?)
             }
@@ -207,6 +240,13 @@ impl Op {
             }
             Op::Trilu { .. } | Op::CumSum { .. } => {
                 need(1, DType::I64)?;
+                of(args.dtype(0), x)
+            }
+            Op::ScatterElements { .. } => {
+                need(1, DType::I64)?;
+                if args.given(2) && args.dtype(2) != args.dtype(0) {
+                    return Err("data and updates differ in type".into());
+                }
                 of(args.dtype(0), x)
             }
             Op::GatherElements { .. } => {
@@ -306,6 +346,14 @@ fn check_window(spatial: &Spatial, kernel: [usize; 2], input: [usize; 2]) -> Res
         return Err(format!(
             "window {spatial:?} with kernel {kernel:?} over {input:?} is out of range"
         ));
+    }
+    Ok(())
+}
+
+/// Input `i`, when given, must be int64.
+fn need_ints(args: &Args, i: usize) -> Result<(), String> {
+    if args.given(i) && args.dtype(i) != DType::I64 {
+        return Err(format!("input {i} must be int64"));
     }
     Ok(())
 }

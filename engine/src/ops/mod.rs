@@ -4,9 +4,10 @@
 //!
 //! | ONNX op | decomposition or kernel |
 //! |---|---|
-//! | Identity, Dropout (inference) | pass-through |
+//! | Identity | pass-through |
 //! | Relu, Sigmoid, Tanh, Exp, Neg, Sqrt, Abs, Log, Reciprocal, Floor, Ceil, Round, Sign, Erf, Sin, Cos, Tan, Asin, Acos, Atan, Sinh, Cosh, Asinh, Acosh, Atanh | kernel: [`elementwise::Unary`] (Abs, Neg, Sign, Relu and the roundings on int64 too) |
 //! | Add, Sub, Mul, Div, Pow, Mod | kernel: [`elementwise::Binary`], numpy broadcasting, float or int64; in place when the first operand is not read later; a following Relu fused |
+//! | BitwiseAnd, BitwiseOr, BitwiseXor, BitShift | kernel: [`elementwise::Binary`], int64 only |
 //! | Equal, Less, Greater, LessOrEqual, GreaterOrEqual | kernel: [`elementwise::Compare`] (bool out) |
 //! | And, Or, Xor, Not | kernel: [`elementwise::Logic`], `Op::Not` |
 //! | Where | kernel: [`elementwise::where_`], three-way broadcasting |
@@ -15,7 +16,7 @@
 //! | ArgMax, ArgMin | kernel: [`reduce::arg_extreme`] |
 //! | Shape, Size | kernel ([`generate::shape`]); a constant at load when the input's shape is static |
 //! | Range | kernel: [`generate::range`] |
-//! | Trilu, CumSum, GatherElements | kernel: [`index`], float or int64 |
+//! | Trilu, CumSum, GatherElements, ScatterElements, TopK | kernel: [`index`], float or int64 |
 //! | Sum, Max, Min, Mean | decomposition: a chain of Add/Max/Min (Mean: then Div) |
 //! | Clip | decomposition: Max then Min |
 //! | LeakyRelu, PRelu, Elu, Selu, Celu | decomposition: Max/Min with 0, Exp, Mul, Add |
@@ -26,6 +27,18 @@
 //! | ReduceL1, ReduceL2, ReduceSumSquare, ReduceLogSum, ReduceLogSumExp | decomposition: ReduceSum (and ReduceMax) with elementwise ops |
 //! | InstanceNormalization, LayerNormalization, GroupNormalization, MeanVarianceNormalization | decomposition: ReduceMean, Sub, Mul, Sqrt, Div (and Reshape for groups) |
 //! | CastLike | decomposition: Cast to the second input's type |
+//! | Dropout (inference) | decomposition: the input, and a ConstantOfShape mask of ones |
+//! | RMSNormalization, LpNormalization (p = 1, 2), GlobalMaxPool | decomposition: reductions and elementwise ops |
+//! | IsNaN, IsInf | decomposition: Equal (and Not, Abs, Neg) |
+//! | NegativeLogLikelihoodLoss, SoftmaxCrossEntropyLoss | decomposition: (LogSoftmax,) GatherElements, Gather of the weights, Where for the ignored index, reductions |
+//! | Attention | decomposition: (Reshape, Transpose for 3-D,) Concat of the caches, Tile for grouped heads, Mul, MatMul, Add of the mask/causal/padding bias, Tanh softcap, Softmax, MatMul |
+//! | ConvTranspose (1-D, 2-D) | decomposition: zeros inserted between the input's values (Unsqueeze, Pad, Reshape, Slice: one raster), a stride-1 Conv by the flipped channel-swapped weights (Reshape, Transpose, Slice: folded when constant), Slice to the output |
+//! | LpPool | decomposition: Abs, Pow, AveragePool counting the padding, Mul by the window size, Pow |
+//! | OneHot, EyeLike (static shape) | decomposition: Cast, Where, Equal with a Range along the axis, Slice of the values; a constant |
+//! | Scatter (opset ≤ 10) | ScatterElements |
+//! | CenterCropPad (static shape, constant target) | decomposition: a centred Slice or constant Pad per axis |
+//! | DequantizeLinear (per tensor or per axis) | decomposition: Cast, Sub, Mul |
+//! | 1-D Conv, MaxPool, AveragePool | decomposition: Unsqueeze to a unit width, the 2-D op, Squeeze |
 //! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
 //! | Conv | kernel chosen per node by the [search](crate::search): [`conv::conv`] (1×1 as one GEMM, otherwise im2col + GEMM, per group), [`winograd`] F(2×2,3×3) / F(4×4,3×3), [`depthwise`] direct; bias and a fused Relu applied as the output is written |
@@ -228,6 +241,16 @@ pub enum Op {
     },
     GatherElements {
         axis: i64,
+    },
+    /// `reduction`: how an update combines with the value it lands on (`None`: replaces it).
+    ScatterElements {
+        axis: i64,
+        reduction: Option<Binary>,
+    },
+    /// Outputs the values and their indices; `k` is input 1.
+    TopK {
+        axis: i64,
+        largest: bool,
     },
     /// An op that load lowers to atomic ones (see [`composite`]); never run.
     Composite(Box<composite::Composite>),
@@ -497,6 +520,14 @@ impl Op {
             "Div" => Op::Binary(Binary::Div),
             "Pow" => Op::Binary(Binary::Pow),
             "Mod" if attrs.int("fmod", 0) != 0 => Op::Binary(Binary::FMod),
+            "BitwiseAnd" => Op::Binary(Binary::BitAnd),
+            "BitwiseOr" => Op::Binary(Binary::BitOr),
+            "BitwiseXor" => Op::Binary(Binary::BitXor),
+            "BitShift" => match attrs.string("direction").as_deref() {
+                Some("LEFT") => Op::Binary(Binary::ShiftLeft),
+                Some("RIGHT") => Op::Binary(Binary::ShiftRight),
+                _ => return Err(attrs.bad("direction", "must be LEFT or RIGHT")),
+            },
             "Mod" => Op::Binary(Binary::Mod),
             "MatMul" => Op::MatMul,
             "Gemm" => Op::Gemm {
@@ -621,6 +652,8 @@ impl Op {
             Op::Trilu { .. } => "Trilu",
             Op::CumSum { .. } => "CumSum",
             Op::GatherElements { .. } => "GatherElements",
+            Op::ScatterElements { .. } => "ScatterElements",
+            Op::TopK { .. } => "TopK",
             Op::Composite(c) => c.name(),
             Op::MatMul => "MatMul",
             Op::Gemm { .. } => "Gemm",
@@ -802,9 +835,24 @@ impl Op {
             | Op::Trilu { .. }
             | Op::CumSum { .. }
             | Op::GatherElements { .. }
+            | Op::ScatterElements { .. }
             | Op::Composite(_) => {
                 let value = self.eval_value(inputs).map_err(fail)?;
                 return Ok(vec![value]);
+            }
+            Op::TopK { axis, largest } => {
+                let x = inputs
+                    .first()
+                    .copied()
+                    .flatten()
+                    .ok_or_else(|| fail("input 0 is missing".into()))?;
+                let k = match ints(1)? {
+                    [k] => usize::try_from(*k).map_err(|_| fail(format!("k = {k} is negative")))?,
+                    other => return Err(fail(format!("k must be one value, got {}", other.len()))),
+                };
+                let axis = reduce::normalize_axes(&[*axis], x.shape().len()).map_err(fail)?[0];
+                let (values, indices) = index::top_k(x, k, axis, *largest).map_err(fail)?;
+                return Ok(vec![values, indices]);
             }
             Op::MatMul => linalg::matmul(float(0)?, float(1)?, ctx.threads).map_err(fail)?,
             Op::Gemm { alpha, beta, trans } => {
@@ -940,6 +988,26 @@ fn value_op(node: &NodeProto, attrs: &Attrs, opset: i64) -> Result<Option<Op>, L
         "GatherElements" => Op::GatherElements {
             axis: attrs.int("axis", 0),
         },
+        "ScatterElements" | "Scatter" => Op::ScatterElements {
+            axis: attrs.int("axis", 0),
+            reduction: match attrs.string("reduction").as_deref() {
+                None | Some("none") => None,
+                Some("add") => Some(Binary::Add),
+                Some("mul") => Some(Binary::Mul),
+                Some("max") => Some(Binary::Max),
+                Some("min") => Some(Binary::Min),
+                Some(other) => {
+                    return Err(attrs.bad("reduction", format!("{other:?} is not a reduction")));
+                }
+            },
+        },
+        "TopK" if opset < 10 => {
+            return Err(attrs.bad("k", "TopK before opset 10 (k as an attribute)"));
+        }
+        "TopK" => Op::TopK {
+            axis: attrs.int("axis", -1),
+            largest: attrs.int("largest", 1) != 0,
+        },
         _ => return Ok(None),
     }))
 }
@@ -1066,6 +1134,11 @@ impl Op {
                 let data = input(0)?;
                 let axis = reduce::normalize_axes(&[*axis], data.shape().len())?[0];
                 index::gather_elements(data, ints(1)?, axis)?
+            }
+            Op::ScatterElements { axis, reduction } => {
+                let data = input(0)?;
+                let axis = reduce::normalize_axes(&[*axis], data.shape().len())?[0];
+                index::scatter_elements(data, ints(1)?, input(2)?, axis, *reduction)?
             }
             Op::Composite(c) => {
                 return Err(format!("{} should have been lowered at load", c.name()));
