@@ -32,10 +32,16 @@ impl Window {
             }
             let steps = padded - span;
             let stride = self.strides[axis];
-            Ok(if self.ceil {
-                steps.div_ceil(stride) + 1
+            if !self.ceil {
+                return Ok(steps / stride + 1);
+            }
+            // Rounding up may add a window that starts in the end padding; like ONNX Runtime
+            // and PyTorch, drop it.
+            let out = steps.div_ceil(stride) + 1;
+            Ok(if (out - 1) * stride >= input + self.pads[axis] {
+                out - 1
             } else {
-                steps / stride + 1
+                out
             })
         };
         Ok([size(h, 0)?, size(w, 1)?])
@@ -501,6 +507,26 @@ pub(crate) mod tests {
     }
 
     /// The clipped-window path and the checked-position path agree wherever both apply.
+    #[test]
+    fn ceil_mode_drops_a_window_that_would_start_in_the_padding() {
+        // 3 wide, kernel 2, stride 2, padded 1 at each end: windows start at -1 and 1; a third
+        // (rounding up) would start at 3, inside the end padding only.
+        let win = Window {
+            kernel: [2, 2],
+            strides: [2, 2],
+            dilations: [1, 1],
+            pads: [1; 4],
+            ceil: true,
+        };
+        assert_eq!(win.output(3, 3).unwrap(), [2, 2]);
+        // Without padding the rounded-up window starts inside the input and stays.
+        let unpadded = Window {
+            pads: [0; 4],
+            ..win
+        };
+        assert_eq!(unpadded.output(5, 5).unwrap(), [3, 3]);
+    }
+
     #[test]
     fn both_pool_paths_agree() {
         let (h, w) = (7, 6);

@@ -637,7 +637,7 @@ fn row_offsets<'a>(
 /// The shape two shapes broadcast to, or why they cannot.
 pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
     let rank = a.len().max(b.len());
-    (0..rank)
+    let shape = (0..rank)
         .map(|i| {
             let da = if i + a.len() >= rank {
                 a[i + a.len() - rank]
@@ -656,7 +656,10 @@ pub fn broadcast_shape(a: &[usize], b: &[usize]) -> Result<Vec<usize>, String> {
                 _ => Err(format!("shapes {a:?} and {b:?} do not broadcast")),
             }
         })
-        .collect()
+        .collect::<Result<Vec<usize>, String>>()?;
+    // Two small operands can broadcast to a huge result (a hostile model's [n,1] · [1,n]).
+    super::raster::elements(&shape)?;
+    Ok(shape)
 }
 
 /// Strides to read a tensor of `shape` as if it had the (broadcast) shape `to`: 0 on
@@ -692,6 +695,14 @@ mod tests {
             }
         }
         assert!(Binary::Mul.apply(&a, &Tensor::zeros(vec![2])).is_err());
+    }
+
+    #[test]
+    fn a_broadcast_too_large_to_hold_is_refused() {
+        let column = Tensor::zeros(vec![1 << 15, 1]);
+        let row = Tensor::zeros(vec![1, 1 << 15]);
+        let err = Binary::Add.apply(&column, &row).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
     }
 
     #[test]
