@@ -5,8 +5,8 @@
 //! F(4×4, 3×3) for 3×3 stride-1 undilated ungrouped convolutions; direct depthwise when each
 //! channel has its own filter. Each runs on one thread and on all of the session's threads.
 //! Choices are cached on disk ([`Options::cache_dir`]) under a key made of the model's digest,
-//! this device (CPU brand, SIMD features, cores) and the engine version, so a second session of
-//! the same model on the same device measures nothing. [`Search::CostModel`] skips measuring
+//! this device (CPU brand, SIMD features, cores), the engine version and the session's thread
+//! count, so a second session of the same model on the same device measures nothing. [`Search::CostModel`] skips measuring
 //! and picks by rules of thumb.
 
 use std::collections::HashMap;
@@ -401,10 +401,12 @@ fn device() -> String {
     }
 }
 
-/// The cache file for a model on this device and engine version.
-fn cache_file(dir: &std::path::Path, model_digest: &str) -> PathBuf {
+/// The cache file for a model on this device and engine version, at this thread count.
+/// The session's thread count is part of the key: the best algorithm on two threads is not
+/// the best on one.
+fn cache_file(dir: &std::path::Path, model_digest: &str, threads: usize) -> PathBuf {
     let key = Sha256::digest(format!(
-        "{model_digest}\n{}\n{}",
+        "{model_digest}\n{}\n{}\n{threads} threads",
         device(),
         env!("CARGO_PKG_VERSION")
     ));
@@ -508,7 +510,9 @@ pub(crate) fn plan_graph(
     let start = Instant::now();
     let sites = conv_sites(graph);
     let cache_path = match (options.search, &options.cache_dir) {
-        (Search::Measure, Some(dir)) => model_digest.map(|digest| cache_file(dir, digest)),
+        (Search::Measure, Some(dir)) => {
+            model_digest.map(|digest| cache_file(dir, digest, options.threads))
+        }
         _ => None,
     };
     let cached = cache_path.as_deref().map(read_cache).unwrap_or_default();

@@ -854,11 +854,20 @@ fn the_search_measures_each_convolution_and_caches_its_choices_on_disk() {
     let healed = Engine::load_with(&bytes, &options(Search::Measure)).unwrap();
     assert_eq!(healed.search_report().cached, 3);
 
+    // Another thread count measures again, into its own file.
+    let one_thread = Options {
+        threads: 1,
+        ..options(Search::Measure)
+    };
+    let single = Engine::load_with(&bytes, &one_thread).unwrap();
+    assert_eq!(single.search_report().cached, 0);
+    assert_ne!(single.search_report().cache_file.as_ref(), Some(&file));
+
     // Another model gets its own cache file.
     let (other, _) = three_convs(50);
     let other = Engine::load_with(&other, &options(Search::Measure)).unwrap();
     assert_ne!(other.search_report().cache_file.as_ref(), Some(&file));
-    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 3);
 }
 
 #[test]
