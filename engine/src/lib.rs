@@ -277,6 +277,16 @@ impl Session {
         &self.graph.outputs
     }
 
+    /// Each output's element type and, where the inputs' declared shapes fix it, its shape
+    /// (`None` for an output that shape inference could not type).
+    pub fn output_info(&self) -> Vec<(&str, Option<&ValueInfo>)> {
+        self.graph
+            .outputs
+            .iter()
+            .map(|name| (name.as_str(), self.graph.value_info.get(name)))
+            .collect()
+    }
+
     /// The loaded graph.
     pub fn graph(&self) -> &Graph {
         &self.graph

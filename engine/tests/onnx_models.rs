@@ -487,6 +487,12 @@ fn shapes_are_inferred_at_load_and_symbolic_dimensions_stay_unknown() {
         session.graph().multiply_adds(),
         2 * 4 * 64 * 27 + 2 * 10 * 64
     );
+    let outputs = session.output_info();
+    assert_eq!(outputs[0].0, "y");
+    assert_eq!(
+        outputs[0].1.and_then(|i| i.shape.clone()),
+        Some(vec![2, 10])
+    );
     let symbolic = Engine::load(&small_cnn(&[-1, 3, 8, 8])).unwrap();
     assert_eq!(
         symbolic.graph().multiply_adds(),
@@ -495,6 +501,10 @@ fn shapes_are_inferred_at_load_and_symbolic_dimensions_stay_unknown() {
     );
     let info = &symbolic.graph().value_info;
     assert_eq!(info["y"].shape, None);
+    let typed = symbolic.output_info()[0]
+        .1
+        .map(|i| (i.dtype, i.shape.clone()));
+    assert_eq!(typed, Some((DType::F32, None)), "typed, shape unknown");
     assert_eq!(info["fw"].shape, Some(vec![10, 64]), "constants are known");
     let shape_const = Engine::load(&mlp().bytes).unwrap();
     assert_eq!(shape_const.graph().value_info["shape"].dtype, DType::I64);
