@@ -178,18 +178,30 @@ fn im2col(
             }
         }
     };
-    let rows = out[..c * kh * kw * oh * ow].chunks_mut(oh * ow).enumerate();
-    if threads > 1 && c * kh * kw * oh * ow >= 1 << 16 {
-        rows.par_bridge().for_each(|row| {
-            super::simd(
-                #[inline(always)]
-                || fill(row),
-            )
-        });
+    let rows = &mut out[..c * kh * kw * oh * ow];
+    if threads > 1 && rows.len() >= 1 << 16 {
+        // Contiguous blocks of rows, one task per thread (an indexed split: `par_bridge` made
+        // the threads take rows one at a time through a lock).
+        let per_task = (c * kh * kw).div_ceil(threads) * oh * ow;
+        rows.par_chunks_mut(per_task.max(1))
+            .enumerate()
+            .for_each(|(block, chunk)| {
+                let first = block * per_task / (oh * ow).max(1);
+                super::simd(
+                    #[inline(always)]
+                    || {
+                        let rows = chunk.chunks_mut((oh * ow).max(1)).enumerate();
+                        rows.for_each(|(i, row)| fill((first + i, row)))
+                    },
+                )
+            });
     } else {
         super::simd(
             #[inline(always)]
-            || rows.for_each(fill),
+            || {
+                let rows = rows.chunks_mut((oh * ow).max(1)).enumerate();
+                rows.for_each(fill)
+            },
         );
     }
 }
@@ -437,10 +449,11 @@ pub(crate) mod tests {
     fn conv_matches_the_definition_for_each_lowering() {
         // (input [n,c,h,w], filters m, kernel, stride, pad, dilation, group)
         let cases = [
-            ([1, 3, 5, 5], 4, 1, 1, 0, 1, 1), // 1×1: direct GEMM
-            ([2, 4, 7, 6], 6, 3, 1, 1, 1, 2), // grouped 3×3, padded
-            ([1, 3, 9, 9], 2, 3, 2, 1, 2, 1), // strided, dilated
-            ([1, 4, 6, 6], 4, 3, 1, 1, 1, 4), // depthwise
+            ([1, 3, 5, 5], 4, 1, 1, 0, 1, 1),    // 1×1: direct GEMM
+            ([2, 4, 7, 6], 6, 3, 1, 1, 1, 2),    // grouped 3×3, padded
+            ([1, 3, 9, 9], 2, 3, 2, 1, 2, 1),    // strided, dilated
+            ([1, 4, 6, 6], 4, 3, 1, 1, 1, 4),    // depthwise
+            ([1, 16, 40, 40], 8, 3, 1, 1, 1, 1), // im2col large enough to split over threads
         ];
         for (shape, m, k, s, p, d, group) in cases {
             let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
