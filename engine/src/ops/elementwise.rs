@@ -225,11 +225,10 @@ fn erf(x: f32) -> f32 {
     (if x >= 0.0 { 1.0 - erfc } else { erfc - 1.0 }) as f32
 }
 
-fn map(mut t: Tensor, f: impl Fn(f32) -> f32) -> Tensor {
-    super::simd(
-        #[inline(always)]
-        || t.data_mut().iter_mut().for_each(|x| *x = f(*x)),
-    );
+fn map(mut t: Tensor, f: impl Fn(f32) -> f32 + Sync) -> Tensor {
+    super::for_chunks(t.data_mut(), |_, chunk| {
+        chunk.iter_mut().for_each(|x| *x = f(*x))
+    });
     t
 }
 
@@ -566,10 +565,20 @@ fn apply_in_place_with(
     a: &mut Tensor,
     b: &Tensor,
     relu: bool,
-    f: impl Fn(f32, f32) -> f32,
+    f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> bool {
     if broadcast_shape(a.shape(), b.shape()).as_deref() != Ok(a.shape()) {
         return false;
+    }
+    if a.shape() == b.shape() {
+        let b = b.data();
+        super::for_chunks(a.data_mut(), |offset, chunk| {
+            for (x, &y) in chunk.iter_mut().zip(&b[offset..]) {
+                let v = f(*x, y);
+                *x = if relu { v.max(0.0) } else { v };
+            }
+        });
+        return true;
     }
     super::simd(
         #[inline(always)]
@@ -580,13 +589,6 @@ fn apply_in_place_with(
 
 #[inline(always)]
 fn in_place(a: &mut Tensor, b: &Tensor, relu: bool, f: impl Fn(f32, f32) -> f32) {
-    if a.shape() == b.shape() {
-        for (x, &y) in a.data_mut().iter_mut().zip(b.data()) {
-            let v = f(*x, y);
-            *x = if relu { v.max(0.0) } else { v };
-        }
-        return;
-    }
     let shape = a.shape().to_vec();
     let sb = broadcast_strides(b.shape(), &shape);
     let inner = *shape.last().unwrap_or(&1);
@@ -731,6 +733,16 @@ mod tests {
                 }
             }
         }
+        // Large enough to be split over threads: the same values.
+        let n = 3 << 16;
+        let big = Tensor::new(vec![n], (0..n).map(|i| (i % 97) as f32 - 48.0).collect()).unwrap();
+        let other = Tensor::new(vec![n], (0..n).map(|i| (i % 13) as f32 * 0.5).collect()).unwrap();
+        let expected = Unary::Relu.apply(Binary::Sub.apply(&big, &other).unwrap());
+        let mut got = big.clone();
+        assert!(Binary::Sub.apply_in_place(&mut got, &other, true));
+        assert_eq!(got.data(), expected.data());
+        let negated = Unary::Neg.apply(big.clone());
+        assert!(negated.data().iter().zip(big.data()).all(|(a, b)| *a == -b));
         // A second operand larger than the first cannot be written into the first.
         let mut small = Tensor::zeros(vec![4]);
         assert!(!Binary::Add.apply_in_place(&mut small, &a, false));

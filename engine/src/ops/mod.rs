@@ -144,6 +144,30 @@ unsafe fn with_avx2<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// Elementwise work smaller than this stays on one thread (splitting costs more).
+const PARALLEL_MIN_ELEMENTS: usize = 1 << 16;
+
+/// Runs `f(offset, chunk)` over `data` cut into one contiguous chunk per thread of the rayon
+/// pool the session runs in (`offset`: where the chunk starts), or once over all of it when
+/// the pool has one thread or `data` is small. Each chunk runs under [`simd`].
+pub(crate) fn for_chunks(data: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync) {
+    use rayon::prelude::*;
+    let threads = rayon::current_num_threads();
+    if threads <= 1 || data.len() < PARALLEL_MIN_ELEMENTS {
+        return simd(
+            #[inline(always)]
+            || f(0, data),
+        );
+    }
+    let per = data.len().div_ceil(threads);
+    data.par_chunks_mut(per).enumerate().for_each(|(i, chunk)| {
+        simd(
+            #[inline(always)]
+            || f(i * per, chunk),
+        )
+    });
+}
+
 /// What a convolution kernel does to each output as it stores it.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a> {

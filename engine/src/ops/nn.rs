@@ -19,23 +19,44 @@ pub fn batch_norm(
             ));
         }
     }
-    let inner: usize = x.shape()[2..].iter().product();
-    for (index, plane) in x.data_mut().chunks_mut(inner.max(1)).enumerate() {
-        let ch = index % c;
-        let factor = scale.data()[ch] / (var.data()[ch] + epsilon).sqrt();
-        let shift = bias.data()[ch] - mean.data()[ch] * factor;
+    let inner: usize = x.shape()[2..].iter().product::<usize>().max(1);
+    let (scale, bias, mean, var) = (scale.data(), bias.data(), mean.data(), var.data());
+    // Chunks start on plane boundaries (whole planes per thread), so each knows its channels.
+    let planes_per_chunk = x
+        .data()
+        .len()
+        .div_ceil(inner * rayon::current_num_threads().max(1));
+    let normalise = |first_plane: usize, chunk: &mut [f32]| {
+        for (i, plane) in chunk.chunks_mut(inner).enumerate() {
+            let ch = (first_plane + i) % c;
+            let factor = scale[ch] / (var[ch] + epsilon).sqrt();
+            let shift = bias[ch] - mean[ch] * factor;
+            if relu {
+                plane
+                    .iter_mut()
+                    .for_each(|v| *v = (*v * factor + shift).max(0.0));
+            } else {
+                plane.iter_mut().for_each(|v| *v = *v * factor + shift);
+            }
+        }
+    };
+    if x.data().len() < 1 << 16 || planes_per_chunk == 0 {
         super::simd(
             #[inline(always)]
-            || {
-                if relu {
-                    plane
-                        .iter_mut()
-                        .for_each(|v| *v = (*v * factor + shift).max(0.0));
-                } else {
-                    plane.iter_mut().for_each(|v| *v = *v * factor + shift);
-                }
-            },
+            || normalise(0, x.data_mut()),
         );
+    } else {
+        use rayon::prelude::*;
+        let per = planes_per_chunk * inner;
+        x.data_mut()
+            .par_chunks_mut(per)
+            .enumerate()
+            .for_each(|(i, chunk)| {
+                super::simd(
+                    #[inline(always)]
+                    || normalise(i * planes_per_chunk, chunk),
+                )
+            });
     }
     Ok(x)
 }
@@ -82,6 +103,27 @@ mod tests {
         let mean = t([2.0, 5.0]);
         let r = batch_norm(x.clone(), [&scale, &bias, &mean, &var], 0.0, true).unwrap();
         assert_eq!(r.data(), [0.0, 0.5, 0.0, 0.0]);
+        // Large enough to be split over threads (whole planes each): the same formula.
+        let (c, inner) = (3, 40_000);
+        let big = Tensor::new(
+            vec![1, c, 200, 200],
+            (0..c * inner).map(|i| (i % 31) as f32).collect(),
+        )
+        .unwrap();
+        let t3 = |v: [f32; 3]| Tensor::new(vec![3], v.to_vec()).unwrap();
+        let (s3, b3, m3, v3) = (
+            t3([1.0, 2.0, 0.5]),
+            t3([0.0, 1.0, -1.0]),
+            t3([3.0, 0.0, 1.0]),
+            t3([1.0, 4.0, 0.25]),
+        );
+        let y = batch_norm(big.clone(), [&s3, &b3, &m3, &v3], 0.0, false).unwrap();
+        for (i, (&got, &x)) in y.data().iter().zip(big.data()).enumerate() {
+            let ch = i / inner;
+            let expected =
+                (x - m3.data()[ch]) / v3.data()[ch].sqrt() * s3.data()[ch] + b3.data()[ch];
+            assert!((got - expected).abs() < 1e-4, "[{i}] {got} vs {expected}");
+        }
         let l = lrn(&x, 3, 1.0, 1.0, 1.0).unwrap();
         // channel 0 sees channels 0..=1: 1 + (1² + 3²)/3
         assert!((l.data()[0] - 1.0 / (1.0 + 10.0 / 3.0)).abs() < 1e-6);
