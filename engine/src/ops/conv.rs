@@ -346,37 +346,35 @@ fn separable(
     empty: f32,
     combine: impl Fn(f32, f32) -> f32 + Copy,
 ) {
-    let (h, ow) = (plane.len() / w.max(1), xs.len());
-    // Separable: each input row reduced across the window columns, then the rows of each
-    // window reduced together, a whole output row at a time. Across a row, the reduction of
-    // every full window start is built in `kw - 1` contiguous (vectorised) passes, and each
-    // output picks its window's; only windows clipped by an edge are folded one by one.
+    let ow = xs.len();
+    // Separable, rows first: for each output row, the input rows of its window are combined
+    // into one row (contiguous, vectorised passes); across that row, the reduction of every
+    // full window start is built in `kw - 1` more passes, and each output picks its window's.
+    // Only windows clipped by an edge are folded one by one. (Columns first would pick for
+    // every input row instead of every output row: twice the scalar work at stride 2.)
     let kw = xs.iter().map(|&(x0, x1, _)| x1 - x0).max().unwrap_or(0);
     let starts = (w + 1).saturating_sub(kw.max(1));
+    let mut rows = vec![empty; w];
     let mut running = vec![empty; starts];
-    let mut across = vec![empty; h * ow];
-    for (y, reduced) in across.chunks_exact_mut(ow.max(1)).enumerate().take(h) {
-        let line = &plane[y * w..(y + 1) * w];
-        running.copy_from_slice(&line[..starts]);
-        for t in 1..kw {
-            for (r, &v) in running.iter_mut().zip(&line[t..]) {
+    for (out, &(y0, y1, _)) in dst.chunks_exact_mut(ow.max(1)).zip(ys) {
+        rows.fill(empty);
+        for y in y0..y1 {
+            for (r, &v) in rows.iter_mut().zip(&plane[y * w..(y + 1) * w]) {
                 *r = combine(*r, v);
             }
         }
-        for (r, &(x0, x1, _)) in reduced.iter_mut().zip(xs) {
-            *r = if x1 - x0 == kw {
+        running.copy_from_slice(&rows[..starts]);
+        for t in 1..kw {
+            for (r, &v) in running.iter_mut().zip(&rows[t..]) {
+                *r = combine(*r, v);
+            }
+        }
+        for (o, &(x0, x1, _)) in out.iter_mut().zip(xs) {
+            *o = if x1 - x0 == kw {
                 running[x0]
             } else {
-                line[x0..x1].iter().fold(empty, |a, &b| combine(a, b))
+                rows[x0..x1].iter().fold(empty, |a, &b| combine(a, b))
             };
-        }
-    }
-    for (row, &(y0, y1, _)) in dst.chunks_exact_mut(ow.max(1)).zip(ys) {
-        row.fill(empty);
-        for y in y0..y1 {
-            for (o, &v) in row.iter_mut().zip(&across[y * ow..(y + 1) * ow]) {
-                *o = combine(*o, v);
-            }
         }
     }
 }
