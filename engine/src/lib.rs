@@ -9,8 +9,10 @@
 //!
 //! Use: [`Engine::load`] (or [`Engine::load_file`] for models with external data;
 //! [`Engine::load_with`] / [`Engine::load_file_with`] take [`Options`]) gives a [`Session`];
-//! [`Session::inputs`] and [`Session::outputs`] describe it and [`Session::run`] takes named
-//! inputs and returns the graph outputs.
+//! [`Session::inputs`], [`Session::outputs`] and [`Session::output_info`] describe it;
+//! [`Session::run`] takes named float inputs (and [`Session::run_values`] inputs of any element
+//! type) and returns the graph outputs. A run happens on a rayon pool of the session's thread
+//! count, shared by the sessions of the process.
 //!
 //! Loading runs, in order: constant folding, the decomposition of composite ops (LayerNorm,
 //! Gelu, LogSoftmax, Attention, ConvTranspose, … — see [`ops::composite`]) into atomic ones
@@ -32,7 +34,8 @@
 //! **Semi-auto search** ([`search`]): when a session is created, each convolution's candidate
 //! algorithms (im2col + GEMM, Winograd F(2×2)/F(4×4) for 3×3 stride-1 kernels, direct
 //! depthwise) and thread counts are timed on this machine and the fastest is kept; the
-//! choices are cached on disk per model, device and engine version ([`Options::cache_dir`]),
+//! choices are cached on disk per model, device, engine version and thread count
+//! ([`Options::cache_dir`]),
 //! and [`Session::search_report`] says what was chosen and what it cost.
 //! [`Search::CostModel`] skips the measuring.
 //!
