@@ -187,7 +187,7 @@ pub enum Composite {
         negative: bool,
     },
     /// NegativeLogLikelihoodLoss, or SoftmaxCrossEntropyLoss (`softmax`: on the LogSoftmax of
-    /// the scores, which is its optional second output): −x[target] per element, weighted,
+    /// the scores, which is its optional second output): −x\[target\] per element, weighted,
     /// ignored targets weighing 0, then reduced.
     Loss {
         softmax: bool,
