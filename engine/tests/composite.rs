@@ -1,13 +1,13 @@
 //! Composite ops are lowered to atomic ones at load: after loading, no composite node is left,
 //! and the atomic graph matches a plain Rust computation of the op's definition.
 
-use prost::Message;
 use walle_engine::onnx::pb;
 use walle_engine::ops::Op;
 use walle_engine::{Engine, LoadError, Session, Tensor, Value};
 
-const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
-const INT64: i32 = pb::tensor_proto::DataType::Int64 as i32;
+mod common;
+
+use common::{FLOAT, INT64, float_attr, int_attr, ints_attr, model_bytes as model, string_attr};
 
 fn node(
     op: &str,
@@ -21,33 +21,6 @@ fn node(
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
         attribute: attrs,
-        ..Default::default()
-    }
-}
-
-fn float_attr(name: &str, f: f32) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Float as i32,
-        f,
-        ..Default::default()
-    }
-}
-
-fn int_attr(name: &str, i: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i,
-        ..Default::default()
-    }
-}
-
-fn string_attr(name: &str, s: &str) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::String as i32,
-        s: s.as_bytes().to_vec(),
         ..Default::default()
     }
 }
@@ -85,38 +58,6 @@ fn floats(name: &str, dims: &[i64], values: &[f32]) -> pb::TensorProto {
         float_data: values.to_vec(),
         ..Default::default()
     }
-}
-
-fn model(
-    nodes: Vec<pb::NodeProto>,
-    inputs: Vec<pb::ValueInfoProto>,
-    initializers: Vec<pb::TensorProto>,
-    outputs: &[&str],
-    opset: i64,
-) -> Vec<u8> {
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "g".into(),
-            node: nodes,
-            initializer: initializers,
-            input: inputs,
-            output: outputs
-                .iter()
-                .map(|o| pb::ValueInfoProto {
-                    name: o.to_string(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
 }
 
 /// Loads a model and checks no composite node survived the load.
@@ -291,12 +232,7 @@ fn normalizations_and_log_softmax_lower_to_reductions() {
 #[test]
 fn composite_reductions_clip_and_variadic_ops() {
     let x = xs(12);
-    let axes = |values: &[i64]| pb::AttributeProto {
-        name: "axes".into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: values.to_vec(),
-        ..Default::default()
-    };
+    let axes = |values: &[i64]| ints_attr("axes", values);
     let bytes = model(
         vec![
             node(
@@ -414,12 +350,7 @@ fn type_mixes_and_unknown_ranks_fail_the_load_naming_the_node() {
 
 #[test]
 fn one_d_convolutions_and_pools_run_as_2d_ones_with_a_unit_width() {
-    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: values.to_vec(),
-        ..Default::default()
-    };
+    let ints = ints_attr;
     let (x, w) = (xs(2 * 10), xs(3 * 2 * 3));
     let bytes = model(
         vec![
@@ -700,12 +631,7 @@ fn conv_transpose_reference(
 
 #[test]
 fn conv_transpose_is_a_convolution_of_a_zero_spread_input() {
-    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: values.to_vec(),
-        ..Default::default()
-    };
+    let ints = ints_attr;
     let (x, w) = (xs(2 * 4 * 3 * 3), xs(4 * 2 * 3 * 2));
     let bytes = model(
         vec![node(
@@ -744,12 +670,7 @@ fn conv_transpose_is_a_convolution_of_a_zero_spread_input() {
 
 #[test]
 fn one_hot_eye_like_and_lp_pool() {
-    let ints = |name: &str, values: &[i64]| pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: values.to_vec(),
-        ..Default::default()
-    };
+    let ints = ints_attr;
     let x = xs(5);
     let bytes = model(
         vec![

@@ -5,8 +5,9 @@ use prost::Message;
 use walle_engine::onnx::pb;
 use walle_engine::{Engine, LoadError, RunError, Tensor};
 
-const FLOAT: i32 = pb::tensor_proto::DataType::Float as i32;
-const INT64: i32 = pb::tensor_proto::DataType::Int64 as i32;
+mod common;
+
+use common::{FLOAT, INT64, int_attr, ints_attr, model_bytes};
 
 fn floats(name: &str, dims: &[i64], values: &[f32], raw: bool) -> pb::TensorProto {
     let mut t = pb::TensorProto {
@@ -29,15 +30,6 @@ fn node(op: &str, name: &str, inputs: &[&str], outputs: &[&str]) -> pb::NodeProt
         name: name.into(),
         input: inputs.iter().map(|s| s.to_string()).collect(),
         output: outputs.iter().map(|s| s.to_string()).collect(),
-        ..Default::default()
-    }
-}
-
-fn int_attr(name: &str, value: i64) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Int as i32,
-        i: value,
         ..Default::default()
     }
 }
@@ -70,26 +62,8 @@ fn tensor_input(name: &str, dims: &[i64]) -> pb::ValueInfoProto {
 }
 
 fn model(nodes: Vec<pb::NodeProto>, initializers: Vec<pb::TensorProto>, opset: i64) -> Vec<u8> {
-    pb::ModelProto {
-        ir_version: 8,
-        opset_import: vec![pb::OperatorSetIdProto {
-            domain: String::new(),
-            version: opset,
-        }],
-        graph: Some(pb::GraphProto {
-            name: "g".into(),
-            node: nodes,
-            initializer: initializers,
-            input: vec![tensor_input("x", &[-1, 4])],
-            output: vec![pb::ValueInfoProto {
-                name: "y".into(),
-                ..Default::default()
-            }],
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-    .encode_to_vec()
+    let inputs = vec![tensor_input("x", &[-1, 4])];
+    model_bytes(nodes, inputs, initializers, &["y"], opset)
 }
 
 fn seeded(n: usize, seed: u32) -> Vec<f32> {
@@ -438,15 +412,6 @@ fn model_with_input(
     let mut m = pb::ModelProto::decode(model(nodes, initializers, 13).as_slice()).unwrap();
     m.graph.as_mut().unwrap().input = vec![tensor_input("x", dims)];
     m.encode_to_vec()
-}
-
-fn ints_attr(name: &str, values: &[i64]) -> pb::AttributeProto {
-    pb::AttributeProto {
-        name: name.into(),
-        r#type: pb::attribute_proto::AttributeType::Ints as i32,
-        ints: values.to_vec(),
-        ..Default::default()
-    }
 }
 
 /// x → Conv(3×3, pad 1, 4 filters) → MaxPool(2×2, stride 2) → Flatten → Gemm(10).
