@@ -12,7 +12,8 @@
 //! [`Session::inputs`], [`Session::outputs`] and [`Session::output_info`] describe it;
 //! [`Session::run`] takes named float inputs (and [`Session::run_values`] inputs of any element
 //! type) and returns the graph outputs. A run happens on a rayon pool of the session's thread
-//! count, shared by the sessions of the process.
+//! count, shared by the sessions of the process. [`Session::run_profiled`] also times each
+//! node (the `time_model` example prints it with `WALLE_PROFILE=1`).
 //!
 //! Loading runs, in order: constant folding, the decomposition of composite ops (LayerNorm,
 //! Gelu, LogSoftmax, Attention, ConvTranspose, … — see [`ops::composite`]) into atomic ones
@@ -52,6 +53,7 @@ pub mod tensor;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Instant;
 
 use ops::Op;
 use search::ConvPlan;
@@ -196,6 +198,28 @@ fn digest(bytes: &[u8], options: &Options) -> Option<String> {
     cached.then(|| hex::encode(sha2::Sha256::digest(bytes)))
 }
 
+/// What [`Session::run_profiled`] returns: the outputs and each node's time.
+#[derive(Debug, Clone)]
+pub struct Profiled {
+    /// The outputs, as [`Session::run_values`] returns them.
+    pub outputs: Vec<(String, Value)>,
+    /// Each node's time, in the order the nodes ran.
+    pub nodes: Vec<NodeTime>,
+}
+
+/// How long one node took in a profiled run.
+#[derive(Debug, Clone)]
+pub struct NodeTime {
+    /// The node's name (generated for nodes the load-time rewrites created).
+    pub node: String,
+    /// The op it ran, e.g. `Conv` or `Raster`.
+    pub op: &'static str,
+    /// For convolutions, the algorithm and threads the search chose.
+    pub algorithm: Option<Choice>,
+    /// Wall-clock seconds.
+    pub seconds: f64,
+}
+
 /// A loaded model, ready to run.
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -321,11 +345,26 @@ impl Session {
         &self,
         inputs: Vec<(String, Value)>,
     ) -> Result<Vec<(String, Value)>, RunError> {
-        in_pool(self.pool.as_deref(), || self.run_here(inputs))
+        in_pool(self.pool.as_deref(), || self.run_here(inputs, None))
     }
 
-    /// [`Session::run_values`] on the calling thread (a worker of the session's pool).
-    fn run_here(&self, inputs: Vec<(String, Value)>) -> Result<Vec<(String, Value)>, RunError> {
+    /// [`Session::run_values`], also timing each node: where a model spends its time, in
+    /// graph order (after the load-time rewrites, so fused and decomposed nodes appear as run).
+    pub fn run_profiled(&self, inputs: Vec<(String, Value)>) -> Result<Profiled, RunError> {
+        let mut nodes = Vec::with_capacity(self.graph.nodes.len());
+        let outputs = in_pool(self.pool.as_deref(), || {
+            self.run_here(inputs, Some(&mut nodes))
+        })?;
+        Ok(Profiled { outputs, nodes })
+    }
+
+    /// [`Session::run_values`] on the calling thread (a worker of the session's pool); with
+    /// `profile`, each node's time is pushed to it.
+    fn run_here(
+        &self,
+        inputs: Vec<(String, Value)>,
+        mut profile: Option<&mut Vec<NodeTime>>,
+    ) -> Result<Vec<(String, Value)>, RunError> {
         let mut values: HashMap<&str, Value> = HashMap::new();
         let mut given: HashMap<String, Value> = inputs.into_iter().collect();
         for spec in &self.graph.inputs {
@@ -360,6 +399,7 @@ impl Session {
             .zip(&self.last_reads)
             .zip(&self.plans);
         for ((node, done), plan) in steps {
+            let started = profile.is_some().then(Instant::now);
             let owned_first = match node.inputs.first() {
                 Some(first)
                     if node.op.reuses_first_input()
@@ -390,6 +430,14 @@ impl Session {
                     node.op.eval(&self.ctx, &node.name, &args)?
                 }
             };
+            if let (Some(profile), Some(started)) = (profile.as_deref_mut(), started) {
+                profile.push(NodeTime {
+                    node: node.name.clone(),
+                    op: node.op.name(),
+                    algorithm: plan.as_ref().map(|p| p.choice()),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
+            }
             for (name, value) in node.outputs.iter().zip(results) {
                 values.insert(name, value);
             }

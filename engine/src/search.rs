@@ -245,6 +245,11 @@ fn winograd_fits(window: &Window, group: usize) -> bool {
 }
 
 impl ConvPlan {
+    /// The algorithm and threads chosen.
+    pub(crate) fn choice(&self) -> Choice {
+        self.choice
+    }
+
     /// Runs the convolution (all images) with the planned algorithm.
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn run(

@@ -875,3 +875,32 @@ fn a_batch_norm_not_after_a_conv_fuses_its_relu_and_matches_the_formula() {
         assert!((got - expected).abs() < 1e-5, "[{i}] {got} vs {expected}");
     }
 }
+
+#[test]
+fn a_profiled_run_times_every_node_and_returns_the_same_outputs() {
+    use walle_engine::Value;
+    let session = Engine::load(&small_cnn(&[2, 3, 8, 8])).unwrap();
+    let x = Tensor::new(vec![2, 3, 8, 8], seeded(384, 3)).unwrap();
+    let input = || vec![("x".to_string(), Value::F32(x.clone()))];
+    let plain = session.run_values(input()).unwrap();
+    let profiled = session.run_profiled(input()).unwrap();
+    assert_eq!(profiled.outputs, plain);
+    let ran: Vec<&str> = session
+        .graph()
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .collect();
+    let timed: Vec<&str> = profiled.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(timed, ran, "one entry per node, in the order they ran");
+    let conv = &profiled.nodes[0];
+    assert_eq!(conv.op, "Conv");
+    assert!(conv.algorithm.is_some(), "the search's choice is shown");
+    assert!(profiled.nodes.iter().all(|n| n.seconds >= 0.0));
+    assert!(
+        profiled
+            .nodes
+            .iter()
+            .all(|n| n.op != "Conv" || n.algorithm.is_some())
+    );
+}

@@ -158,24 +158,7 @@ fn im2col(
             }
             let src = &plane[y as usize * w..(y as usize + 1) * w];
             let x0 = (kx * win.dilations[1]) as isize - win.pads[1] as isize;
-            if win.strides[1] == 1 {
-                // Contiguous: zeros where the window hangs over an edge, one copy in between.
-                let first = (-x0).clamp(0, ow as isize) as usize;
-                let last = ((w as isize - x0).clamp(0, ow as isize) as usize).max(first);
-                line[..first].fill(0.0);
-                line[last..].fill(0.0);
-                let from = (x0 + first as isize) as usize;
-                line[first..last].copy_from_slice(&src[from..from + (last - first)]);
-            } else {
-                for (ox, value) in line.iter_mut().enumerate() {
-                    let x = x0 + (ox * win.strides[1]) as isize;
-                    *value = if x >= 0 && (x as usize) < w {
-                        src[x as usize]
-                    } else {
-                        0.0
-                    };
-                }
-            }
+            unfold_line(src, x0, win.strides[1], line);
         }
     };
     let rows = &mut out[..c * kh * kw * oh * ow];
@@ -204,6 +187,47 @@ fn im2col(
             },
         );
     }
+}
+
+/// Writes `line[ox]` = `src[x0 + ox·stride]`, zero where that falls outside `src`.
+#[inline(always)]
+fn unfold_line(src: &[f32], x0: isize, stride: usize, line: &mut [f32]) {
+    // Output columns `first..last` read inside `src`; zeros where the window hangs over an
+    // edge, a strided copy in between.
+    let len = line.len() as isize;
+    let first = ceil_div(-x0, stride).clamp(0, len) as usize;
+    let last = (ceil_div(src.len() as isize - x0, stride).clamp(0, len) as usize).max(first);
+    line[..first].fill(0.0);
+    line[last..].fill(0.0);
+    let from = (x0 + (first * stride) as isize) as usize;
+    let inner = &mut line[first..last];
+    match stride {
+        1 => inner.copy_from_slice(&src[from..from + inner.len()]),
+        // Pairs, so the compiler turns the stride into shuffles of full vectors.
+        2 => {
+            let pairs = src[from..].chunks_exact(2);
+            let tail = pairs.remainder().first().copied();
+            let mut out = inner.iter_mut();
+            // Pairs first: when they run out, `zip` has not taken an output yet.
+            for (pair, value) in pairs.zip(out.by_ref()) {
+                *value = pair[0];
+            }
+            if let (Some(value), Some(v)) = (out.next(), tail) {
+                *value = v;
+            }
+        }
+        _ => {
+            for (value, &v) in inner.iter_mut().zip(src[from..].iter().step_by(stride)) {
+                *value = v;
+            }
+        }
+    }
+}
+
+/// `a / b` rounded up, for a positive `b`.
+fn ceil_div(a: isize, b: usize) -> isize {
+    let b = b as isize;
+    a.div_euclid(b) + (a.rem_euclid(b) != 0) as isize
 }
 
 thread_local! {
@@ -317,7 +341,10 @@ fn pool_plane(
     };
     let (ys, xs) = (spans(oh, 0, h), spans(ow, 1, w));
     match kind {
-        Pool::Max => separable(plane, w, &ys, &xs, dst, f32::NEG_INFINITY, f32::max),
+        // A compare and select (not `f32::max`, whose NaN rule does not vectorise).
+        Pool::Max => separable(plane, w, &ys, &xs, dst, f32::NEG_INFINITY, |a, b| {
+            if b > a { b } else { a }
+        }),
         Pool::Average { count_include_pad } => {
             separable(plane, w, &ys, &xs, dst, 0.0, |a, b| a + b);
             for (row, &(y0, y1, ny)) in dst.chunks_exact_mut(ow.max(1)).zip(&ys) {
@@ -450,6 +477,9 @@ pub(crate) mod tests {
             ([1, 3, 5, 5], 4, 1, 1, 0, 1, 1),    // 1×1: direct GEMM
             ([2, 4, 7, 6], 6, 3, 1, 1, 1, 2),    // grouped 3×3, padded
             ([1, 3, 9, 9], 2, 3, 2, 1, 2, 1),    // strided, dilated
+            ([1, 3, 11, 10], 5, 3, 2, 1, 1, 1),  // stride 2, padded, even width
+            ([1, 2, 9, 13], 3, 3, 2, 0, 1, 1),   // stride 2, odd width
+            ([1, 2, 10, 11], 3, 2, 3, 1, 1, 1),  // stride 3
             ([1, 4, 6, 6], 4, 3, 1, 1, 1, 4),    // depthwise
             ([1, 16, 40, 40], 8, 3, 1, 1, 1, 1), // im2col large enough to split over threads
         ];
