@@ -25,6 +25,15 @@ pub struct Limits {
     /// Largest total size of the records one run may upload.
     #[serde(default = "default_max_output_bytes")]
     pub max_output_bytes: u64,
+    /// Wall-clock milliseconds one run may take (the VM's default when absent).
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Bytes the task's interpreter may hold (the VM's default when absent).
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// Largest log one run may keep (the VM's default when absent).
+    #[serde(default)]
+    pub max_log_bytes: Option<u64>,
 }
 
 fn default_max_output_bytes() -> u64 {
@@ -35,6 +44,9 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+            deadline_ms: None,
+            memory_bytes: None,
+            max_log_bytes: None,
         }
     }
 }
@@ -246,6 +258,22 @@ steps = [{ event = "enter", page = "item" }, { event = "exit", page = "item" }]
         assert_eq!(m.handler, "run");
         assert_eq!(m.limits.max_output_bytes, DEFAULT_MAX_OUTPUT_BYTES);
         assert_eq!(m.triggers[0].steps.len(), 2);
+    }
+
+    #[test]
+    fn declared_run_limits_are_read_and_unknown_ones_refused() {
+        let limits =
+            "\n[limits]\ndeadline_ms = 250\nmemory_bytes = 16777216\nmax_log_bytes = 100\n";
+        let m = TaskManifest::parse(&format!("{GOOD}{limits}")).unwrap();
+        assert_eq!(m.limits.deadline_ms, Some(250));
+        assert_eq!(m.limits.memory_bytes, Some(16 << 20));
+        assert_eq!(m.limits.max_log_bytes, Some(100));
+        assert_eq!(TaskManifest::parse(GOOD).unwrap().limits.deadline_ms, None);
+        let typo = format!("{GOOD}\n[limits]\ndeadline = 250\n");
+        assert!(
+            TaskManifest::parse(&typo).is_err(),
+            "an unknown limit is an error"
+        );
     }
 
     #[test]

@@ -3,19 +3,79 @@
 //! A [`VmPool`] is a fixed set of worker threads. Each loaded task gets its **own** RustPython
 //! interpreter, created on one worker thread and kept warm there; interpreters are never shared
 //! between tasks and there is no global lock, so tasks on different workers run in parallel.
+//! A task is an entry script defining a handler function; each run calls it with the trigger
+//! context (a JSON-like dict), its return value becomes the run's output records and what it
+//! printed becomes the run's log ([`RunOutput`]).
+//!
+//! # Sandbox
 //!
 //! The interpreter is built without host access (`rustpython-vm` without `host_env` and without
-//! the standard library): there is no `os`, no file, socket or subprocess module and no import
-//! from the filesystem. A task is a script defining a handler function; each run calls it with
-//! the trigger context (a JSON-like dict) and its return value becomes the run's output records.
+//! `stdio`), so the process holds no Python-reachable code for files, sockets, processes or
+//! signals. On top of that, each interpreter gets one explicit module table (`sandbox`):
+//!
+//! * task code may import only [`TASK_IMPORTS`] (`json`, `math`, `re`, `collections`,
+//!   `itertools`, `functools`, `heapq`, `bisect`, `random`, `time`) and the task's own bundled
+//!   modules ([`TaskCode::modules`]); anything else is an `ImportError` naming the whitelist.
+//!   Nothing is ever imported from the filesystem.
+//! * the pure-Python halves of those modules come from `rustpython-pylib`'s `Lib/` at build
+//!   time (`build.rs`, which also patches `random.py` not to need `os`) and are frozen into the
+//!   binary;
+//!   the native halves come from `rustpython-vm` and `rustpython-stdlib` (built without
+//!   `host_env`). `time` is Walle's own: clocks only, no `sleep`.
+//! * `open()` raises `PermissionError`; `print()` writes to the run's log; `sys` loses the
+//!   functions that could hurt the host process (`setrecursionlimit`, `settrace`, …).
+//! * tasks sharing a worker thread share RustPython's built-in type objects;
+//!   `type.__subclasses__` only lists the calling task's own classes, so one task cannot reach
+//!   another's objects through them (`isolation`).
+//!
+//! # Limits
+//!
+//! Every load and run is bounded by the task's [`Limits`]; hitting one fails that run (or load)
+//! with a [`VmError`] naming the task and the limit, and leaves the worker and every other task
+//! working:
+//!
+//! * **deadline**: a watchdog thread interrupts the script at its next bytecode boundary,
+//!   re-arming RustPython's process-wide "signal pending" flag until the target interpreter has
+//!   stopped, so another busy interpreter cannot swallow the interrupt (`watchdog`). A native call
+//!   that never returns cannot be interrupted: after the deadline plus [`ABANDON_GRACE`] the pool
+//!   abandons that worker thread, starts a fresh one, reloads the other tasks it held and evicts
+//!   the culprit (`pool`). Every call returns within its deadline plus the grace.
+//! * **memory**: [`TaskAllocator`], installed as the `#[global_allocator]` by every binary,
+//!   charges allocations to the task running on the thread; over budget, the script gets a
+//!   `MemoryError` at its next bytecode boundary, sequence repetition (`'x' * 10**9`) is refused
+//!   before it allocates, and an allocation past twice the budget parks the thread, which the
+//!   pool then abandons. A task never holds more than twice its budget; the process never aborts
+//!   because of one (`alloc`, `prechecks`).
+//! * **output** and **log** sizes: output over its cap fails the run; the log is truncated at its
+//!   cap with a marker (a chatty script keeps running).
+//!
+//! WASM tasks ([`WasmTask`], module [`wasm`]) run on wasmtime under fuel, an epoch deadline and a
+//! memory limit, with the same host API as `walle` imports.
 //!
 //! This crate runs code; it must not know about networks, bundles on disk or the cloud.
 
+mod alloc;
+mod bindings;
 mod convert;
+pub mod host;
+mod isolation;
+mod limits;
+mod output;
 mod pool;
+mod prechecks;
 mod python;
+mod sandbox;
+pub mod wasm;
+mod watchdog;
 
-pub use pool::VmPool;
+pub use alloc::TaskAllocator;
+pub use host::{Level, MemoryState, Models, RunHost, StateStore};
+pub use limits::{Limit, Limits};
+pub use pool::{ABANDON_GRACE, RunOutput, VmPool};
+pub use sandbox::imports::{TASK_IMPORTS, TaskModule, bundled_modules};
+pub use wasm::{WasmLimits, WasmTask};
+
+use std::sync::Arc;
 
 /// A task's code as the VM loads it.
 #[derive(Debug, Clone)]
@@ -28,8 +88,15 @@ pub struct TaskCode {
     pub source: String,
     /// Function to call per run.
     pub handler: String,
-    /// Largest total JSON size of the records one run may return.
-    pub max_output_bytes: u64,
+    /// The bundle's other Python modules, importable by the task (see [`bundled_modules`]).
+    pub modules: Vec<TaskModule>,
+    /// What one load or run may use.
+    pub limits: Limits,
+    /// The bundle's ONNX models by name (file name without `.onnx`), for `walle.nn.load`.
+    pub models: Vec<(String, Arc<Vec<u8>>)>,
+    /// For a task with `runtime = "wasm"`: its module (binary or WAT text), run in wasmtime
+    /// ([`WasmTask`]) instead of `source` in Python.
+    pub wasm: Option<Arc<Vec<u8>>>,
 }
 
 /// Why loading or running a task failed.
@@ -45,19 +112,78 @@ pub enum VmError {
         handler: String,
         entry: String,
     },
+    #[error("task {task}: bundled module {path:?} cannot be loaded: {reason}")]
+    BadModule {
+        task: String,
+        path: String,
+        reason: String,
+    },
+    #[error("task {task}: unusable limits: {reason}")]
+    BadLimits { task: String, reason: String },
     #[error("task {task}: handler returned an unsendable result: {reason}")]
     BadResult { task: String, reason: String },
     #[error("task {task}: output is {size} bytes, more than its {max}-byte limit")]
     OutputTooLarge { task: String, size: u64, max: u64 },
+    #[error("task {task}: model {model}: {reason}")]
+    Model {
+        task: String,
+        model: String,
+        reason: String,
+    },
+    #[error("task {task}: state key {key:?}: {reason}")]
+    State {
+        task: String,
+        key: String,
+        reason: String,
+    },
+    #[error("task {task}: stopped after exceeding its {deadline_ms} ms deadline")]
+    DeadlineExceeded { task: String, deadline_ms: u64 },
+    #[error("task {task}: stopped after exceeding its memory budget of {max} bytes")]
+    MemoryExceeded { task: String, max: u64 },
+    #[error("task {task} was evicted ({reason}); load it again to run it")]
+    Evicted { task: String, reason: String },
+    #[error("task {task}: WASM module does not compile: {message}")]
+    WasmCompile { task: String, message: String },
+    #[error("task {task}: WASM module cannot be linked: {message}")]
+    WasmLink { task: String, message: String },
+    #[error("task {task}: WASM module exports no `{export}` ({expected})")]
+    MissingExport {
+        task: String,
+        export: String,
+        expected: String,
+    },
+    #[error("task {task}: WASM run failed: {message}")]
+    Trap { task: String, message: String },
+    #[error("task {task}: ran out of fuel (its budget is {fuel})")]
+    FuelExhausted { task: String, fuel: u64 },
+    #[error("task {task}: asked for {requested} bytes of memory, more than its {limit}-byte limit")]
+    MemoryLimit {
+        task: String,
+        requested: u64,
+        limit: u64,
+    },
+    #[error("task {task}: walle.{import}: {reason}")]
+    BadGuestArgument {
+        task: String,
+        import: &'static str,
+        reason: String,
+    },
+    #[error("task {task}: run() returned failure code {code}")]
+    GuestFailed { task: String, code: i32 },
     #[error("task {0} is not loaded")]
     NotLoaded(String),
-    #[error("task {0}: the interpreter panicked; the run was abandoned")]
+    #[error("task {0}: the interpreter panicked; the run was abandoned and the task unloaded")]
     Panicked(String),
     #[error("VM worker {0} has stopped")]
     WorkerGone(usize),
     #[error("VM pool: {0}")]
     Pool(String),
 }
+
+// The unit tests measure memory budgets, so they need the counting allocator too.
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: TaskAllocator = TaskAllocator;
 
 #[cfg(test)]
 mod tests;

@@ -1,77 +1,140 @@
-//! One task's sandboxed Python interpreter: load the entry script once, call its handler per run.
+//! One task's sandboxed Python interpreter: load the entry script once, call its handler per run,
+//! each under the task's limits.
+
+use std::sync::Arc;
 
 use rustpython_vm::builtins::PyBaseExceptionRef;
 use rustpython_vm::compiler::Mode;
-use rustpython_vm::{AsObject, Interpreter, PyObjectRef, Settings, VirtualMachine};
+use rustpython_vm::signal::UserSignalSender;
+use rustpython_vm::{AsObject, Interpreter, PyObjectRef, VirtualMachine};
 use serde_json::Value;
 
+use crate::alloc::{TaskMemory, charge_to};
+use crate::bindings;
 use crate::convert::{json_to_py, py_to_json};
-use crate::{TaskCode, VmError};
+use crate::host::RunHost;
+use crate::limits::{Limit, Limits};
+use crate::pool::RunOutput;
+use crate::watchdog::Watchdog;
+use crate::{TaskCode, VmError, output, sandbox};
 
 /// A warm interpreter holding one task's loaded module. Not `Send`: it lives on one worker thread.
 pub(crate) struct PythonTask {
+    // Dropped before `memory`, and its frees are not charged (no `charge_to` while dropping).
     interpreter: Interpreter,
+    interrupt: UserSignalSender,
     handler: PyObjectRef,
     key: String,
-    max_output_bytes: u64,
-}
-
-/// Interpreter settings for task code: no site import, no environment, no search path. The VM is
-/// built without `host_env`, so there is no `os`, file, socket or subprocess module to reach.
-fn sandbox_settings() -> Settings {
-    let mut settings = Settings::default();
-    settings.isolated = true;
-    settings.import_site = false;
-    settings.ignore_environment = true;
-    settings.safe_path = true;
-    settings.path_list.clear();
-    settings.allow_external_library = false;
-    settings
+    limits: Limits,
+    memory: Arc<TaskMemory>,
 }
 
 impl PythonTask {
     /// Creates an interpreter for the task, runs its entry script and finds its handler.
-    pub(crate) fn load(code: &TaskCode) -> Result<PythonTask, VmError> {
-        let interpreter = Interpreter::without_stdlib(sandbox_settings());
-        let handler = interpreter.enter(|vm| find_handler(vm, code))?;
+    pub(crate) fn load(
+        code: &TaskCode,
+        memory: Arc<TaskMemory>,
+        watchdog: &Watchdog,
+    ) -> Result<PythonTask, VmError> {
+        let sandbox = {
+            let _charging = charge_to(&memory);
+            sandbox::build(code)
+        }
+        .map_err(|e| VmError::Pool(format!("task {}: {}", code.key, e.0)))?;
+        let armed = watchdog.arm(code.limits.deadline, &memory, &sandbox.interrupt);
+        let log = output::capture(code.limits.max_log_bytes);
+        let found = {
+            let _charging = charge_to(&memory);
+            sandbox.interpreter.enter(|vm| {
+                bindings::install(vm).map_err(|exc| VmError::Raised {
+                    task: code.key.clone(),
+                    traceback: format_exception(vm, &exc),
+                })?;
+                find_handler(vm, code)
+            })
+        };
+        let log = log.finish();
+        if !log.is_empty() {
+            tracing::debug!(task = %code.key, log = %log, "entry script printed");
+        }
+        let found = stopped_by(&code.key, &code.limits, armed.finish()).unwrap_or(found);
+        tracing::debug!(task = %code.key, bytes = memory.live(), "task loaded");
         Ok(PythonTask {
-            interpreter,
-            handler,
+            interpreter: sandbox.interpreter,
+            interrupt: sandbox.interrupt,
+            handler: found?,
             key: code.key.clone(),
-            max_output_bytes: code.max_output_bytes,
+            limits: code.limits,
+            memory,
         })
     }
 
-    /// Calls the handler with the trigger context and returns the records it produced.
-    pub(crate) fn call(&self, context: &Value) -> Result<Vec<Value>, VmError> {
-        let result = self.interpreter.enter(|vm| {
-            let arg = json_to_py(vm, context);
-            let returned = self
-                .handler
-                .call((arg,), vm)
-                .map_err(|exc| VmError::Raised {
-                    task: self.key.clone(),
-                    traceback: format_exception(vm, &exc),
-                })?;
-            py_to_json(vm, &returned).map_err(|reason| VmError::BadResult {
-                task: self.key.clone(),
-                reason,
+    /// Calls the handler with the run's trigger context; returns the records it uploaded and
+    /// returned, and its log (what it printed and logged).
+    pub(crate) fn call(
+        &self,
+        host: &mut RunHost<'_>,
+        watchdog: &Watchdog,
+    ) -> Result<RunOutput, VmError> {
+        let context = host.context().clone();
+        let armed = watchdog.arm(self.limits.deadline, &self.memory, &self.interrupt);
+        let log = output::capture(self.limits.max_log_bytes);
+        let result = {
+            let _charging = charge_to(&self.memory);
+            bindings::with_host(host, || {
+                self.interpreter.enter(|vm| self.call_handler(vm, &context))
             })
-        })?;
-        let records = match result {
+        };
+        let logs = log.finish();
+        let result = stopped_by(&self.key, &self.limits, armed.finish()).unwrap_or(result);
+        let returned = match result? {
             Value::Null => Vec::new(),
             Value::Array(items) => items,
             other => vec![other],
         };
-        let size: usize = records.iter().map(|r| r.to_string().len()).sum();
-        if size as u64 > self.max_output_bytes {
-            return Err(VmError::OutputTooLarge {
+        let records = host.finish(returned)?;
+        Ok(RunOutput { records, logs })
+    }
+
+    fn call_handler(&self, vm: &VirtualMachine, context: &Value) -> Result<Value, VmError> {
+        crate::watchdog::reset_tracing(vm);
+        let arg = json_to_py(vm, context);
+        let returned = self
+            .handler
+            .call((arg,), vm)
+            .map_err(|exc| VmError::Raised {
                 task: self.key.clone(),
-                size: size as u64,
-                max: self.max_output_bytes,
-            });
-        }
-        Ok(records)
+                traceback: format_exception(vm, &exc),
+            })?;
+        py_to_json(vm, &returned, self.limits.max_output_bytes).map_err(|reason| match reason {
+            crate::convert::ToJsonError::TooLarge { at_least } => VmError::OutputTooLarge {
+                task: self.key.clone(),
+                size: at_least,
+                max: self.limits.max_output_bytes,
+            },
+            crate::convert::ToJsonError::Unsendable(reason) => VmError::BadResult {
+                task: self.key.clone(),
+                reason,
+            },
+        })
+    }
+}
+
+/// The error for a limit that stopped the script, whatever the script itself made of it.
+fn stopped_by<T>(task: &str, limits: &Limits, hit: Option<Limit>) -> Option<Result<T, VmError>> {
+    stopped_error(task, limits, hit).map(Err)
+}
+
+fn stopped_error(task: &str, limits: &Limits, hit: Option<Limit>) -> Option<VmError> {
+    match hit? {
+        Limit::Deadline => Some(VmError::DeadlineExceeded {
+            task: task.to_owned(),
+            deadline_ms: limits.deadline.as_millis() as u64,
+        }),
+        Limit::Memory => Some(VmError::MemoryExceeded {
+            task: task.to_owned(),
+            max: limits.memory_bytes,
+        }),
     }
 }
 
@@ -108,4 +171,39 @@ fn format_exception(vm: &VirtualMachine, exc: &PyBaseExceptionRef) -> String {
         text = format!("{}", exc.class().name());
     }
     text.trim_end().to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_task_using_every_whitelisted_module_fits_the_default_budget_easily() {
+        let watchdog = Watchdog::start().unwrap();
+        let source = "import json, math, re, collections, itertools, functools, heapq, bisect, random, time\n\
+                      def run(ctx):\n    return json.dumps(re.findall(r'\\d', str(ctx)))\n";
+        let code = TaskCode {
+            key: "all@1".into(),
+            entry_path: "main.py".into(),
+            source: source.into(),
+            handler: "run".into(),
+            modules: Vec::new(),
+            limits: Limits::default(),
+            models: Vec::new(),
+            wasm: None,
+        };
+        let task =
+            PythonTask::load(&code, TaskMemory::new(code.limits.memory_bytes), &watchdog).unwrap();
+        let (context, state) = (serde_json::json!([1, 2]), crate::MemoryState::default());
+        let mut models = crate::Models::default();
+        let mut host = RunHost::new("all@1", &context, &state, &mut models, u64::MAX);
+        let out = task.call(&mut host, &watchdog).unwrap();
+        assert_eq!(out.records, vec![serde_json::json!("[\"1\", \"2\"]")]);
+        let used = task.memory.live();
+        assert!(used > 0, "nothing was charged");
+        assert!(
+            used < Limits::DEFAULT_MEMORY_BYTES / 4,
+            "a task with every whitelisted module holds {used} bytes"
+        );
+    }
 }

@@ -1,0 +1,209 @@
+//! Per-task memory accounting: a counting global allocator.
+//!
+//! [`TaskAllocator`] wraps the system allocator. While a worker thread runs a task's code (load
+//! or run, see [`charge_to`]), every allocation and free on that thread is added to or taken from
+//! the task's [`TaskMemory`]; frees of memory the task allocated happen on the same thread (its
+//! interpreter never leaves it), so the count is the task's live heap.
+//!
+//! What is guaranteed, and what is not:
+//! * the allocator never fails an allocation because of a budget: returning null would make Rust
+//!   abort the whole process (`handle_alloc_error`), and it must not unwind. Going over budget
+//!   only marks the task; the watchdog then raises `MemoryError` in the script at its next
+//!   bytecode boundary and the run fails with [`crate::VmError::MemoryExceeded`]. Growth through
+//!   Python code (appending in a loop, building strings piece by piece) is therefore stopped
+//!   within one watchdog tick past the budget.
+//! * one native call allocates until it returns. Sequence repetition (`'x' * 10**10`), the
+//!   classic one-liner bomb, is checked against the remaining budget *before* allocating
+//!   ([`crate::prechecks`]). Any other native call (`list(range(10**10))`, `'x'.ljust(10**10)`)
+//!   meets the **hard cap**, twice the budget: an allocation that would take the task past it
+//!   parks the thread for good, before allocating. The pool then abandons that worker after the
+//!   run's deadline (its memory, at most the hard cap, stays allocated) and carries on with a
+//!   fresh one (see `pool`). So a task never holds more than twice its budget, and the process
+//!   never aborts because of a task.
+//! * allocations are charged only while the interpreter runs (never while this crate holds a
+//!   lock another thread needs, so a parked worker blocks nobody). Counting is approximate where
+//!   a free happens while another task is current on the thread (it is charged to that task).
+//! * without `TaskAllocator` installed as the `#[global_allocator]`, nothing is counted and
+//!   budgets are not enforced ([`TaskAllocator::is_installed`] tells).
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+/// The counting allocator. Install it in every binary that runs tasks:
+/// `#[global_allocator] static A: walle_vm::TaskAllocator = walle_vm::TaskAllocator;`
+pub struct TaskAllocator;
+
+static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+thread_local! {
+    // Const-initialised and without a destructor, so reading it inside the allocator neither
+    // allocates nor fails during thread teardown.
+    static CURRENT: Cell<*const TaskMemory> = const { Cell::new(std::ptr::null()) };
+}
+
+impl TaskAllocator {
+    /// Whether this allocator is the process's global allocator (it has served an allocation).
+    pub fn is_installed() -> bool {
+        INSTALLED.load(Ordering::Relaxed)
+    }
+}
+
+/// Parks the thread for good if `extra` more bytes would take the current task past its hard cap.
+fn admit(extra: usize) {
+    let current = CURRENT.with(|c| c.get());
+    if current.is_null() {
+        return;
+    }
+    // SAFETY: as in `charge`.
+    let memory = unsafe { &*current };
+    if memory.live().saturating_add(extra as u64) > memory.hard_cap() {
+        memory.parked.store(true, Ordering::Release);
+        // Neither allocates nor unwinds; the pool abandons this worker (see the module doc).
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        }
+    }
+}
+
+fn charge(delta: i64) {
+    let current = CURRENT.with(|c| c.get());
+    if !current.is_null() {
+        // SAFETY: `charge_to` keeps the `TaskMemory` alive while its pointer is current.
+        unsafe { (*current).live.fetch_add(delta, Ordering::Relaxed) };
+    }
+}
+
+// SAFETY: every method forwards to `System` with the same arguments; the accounting around it
+// touches only a const thread-local and atomics, so it neither allocates nor unwinds.
+unsafe impl GlobalAlloc for TaskAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        INSTALLED.store(true, Ordering::Relaxed);
+        admit(layout.size());
+        let ptr = unsafe { System.alloc(layout) };
+        if !ptr.is_null() {
+            charge(layout.size() as i64);
+        }
+        ptr
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        INSTALLED.store(true, Ordering::Relaxed);
+        admit(layout.size());
+        let ptr = unsafe { System.alloc_zeroed(layout) };
+        if !ptr.is_null() {
+            charge(layout.size() as i64);
+        }
+        ptr
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        charge(-(layout.size() as i64));
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        admit(new_size.saturating_sub(layout.size()));
+        let new = unsafe { System.realloc(ptr, layout, new_size) };
+        if !new.is_null() {
+            charge(new_size as i64 - layout.size() as i64);
+        }
+        new
+    }
+}
+
+/// One task's live heap and its budget.
+#[derive(Debug)]
+pub(crate) struct TaskMemory {
+    live: AtomicI64,
+    budget: u64,
+    /// Set when a pre-check refused an allocation in the current load or run.
+    refused: AtomicBool,
+    /// Set when the allocator parked a thread at the hard cap.
+    parked: AtomicBool,
+}
+
+impl TaskMemory {
+    pub(crate) fn new(budget: u64) -> Arc<TaskMemory> {
+        Arc::new(TaskMemory {
+            live: AtomicI64::new(0),
+            budget,
+            refused: AtomicBool::new(false),
+            parked: AtomicBool::new(false),
+        })
+    }
+
+    /// Bytes the task holds now.
+    pub(crate) fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed).max(0) as u64
+    }
+
+    pub(crate) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Most the task may ever hold: past this the allocator parks its thread.
+    fn hard_cap(&self) -> u64 {
+        self.budget.saturating_mul(2)
+    }
+
+    /// Whether the allocator parked a thread of this task at the hard cap.
+    pub(crate) fn parked(&self) -> bool {
+        self.parked.load(Ordering::Acquire)
+    }
+
+    /// Whether the task holds more than its budget, or asked for more in this load or run.
+    pub(crate) fn over_budget(&self) -> bool {
+        self.refused.load(Ordering::Relaxed) || self.live() > self.budget
+    }
+
+    /// Starts a new load or run: earlier refusals no longer count.
+    pub(crate) fn reset_refusals(&self) {
+        self.refused.store(false, Ordering::Relaxed);
+    }
+}
+
+/// While alive, allocations on this thread are charged to one task.
+pub(crate) struct Charging {
+    previous: *const TaskMemory,
+    // Keeps the counter alive while its pointer is in `CURRENT`.
+    _memory: Arc<TaskMemory>,
+}
+
+/// Charges this thread's allocations to `memory` until the returned guard is dropped. Hold it
+/// only around interpreter work: never across a lock other threads take (see the module doc).
+pub(crate) fn charge_to(memory: &Arc<TaskMemory>) -> Charging {
+    let previous = CURRENT.with(|c| c.replace(Arc::as_ptr(memory)));
+    Charging {
+        previous,
+        _memory: memory.clone(),
+    }
+}
+
+impl Drop for Charging {
+    fn drop(&mut self) {
+        CURRENT.with(|c| c.set(self.previous));
+    }
+}
+
+/// Records that the task current on this thread asked for more than its budget.
+pub(crate) fn refuse_current() {
+    let current = CURRENT.with(|c| c.get());
+    if !current.is_null() {
+        // SAFETY: as in `charge`.
+        unsafe { (*current).refused.store(true, Ordering::Relaxed) };
+    }
+}
+
+/// Bytes the task current on this thread may still allocate, if one is current.
+pub(crate) fn remaining_budget() -> Option<u64> {
+    let current = CURRENT.with(|c| c.get());
+    if current.is_null() {
+        return None;
+    }
+    // SAFETY: as in `charge`.
+    let memory = unsafe { &*current };
+    Some(memory.budget.saturating_sub(memory.live()))
+}

@@ -1,0 +1,308 @@
+//! The host API a task calls, the same whatever its runtime: Python's `walle` module and a WASM
+//! task's `walle` imports are thin bindings over one [`RunHost`] per run.
+//!
+//! A run can read its trigger context, log, upload records, read and write its task's
+//! persistent key-value state and run the bundle's models on `walle-engine`. Log lines go to
+//! the run's log (beside what the script printed, under the same cap); uploaded records and
+//! then the handler's result are the run's records, under the task's output cap.
+
+use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use walle_engine::{Engine, Options, Search, Session};
+
+use crate::VmError;
+
+/// Per-task persistent key-value state (`walle.state`), keyed by task name (not version, so
+/// an upgrade keeps it). The device keeps it in its database; [`MemoryState`] in memory.
+pub trait StateStore: Send + Sync {
+    /// The value stored under `key`, if any.
+    fn get(&self, task: &str, key: &str) -> Result<Option<Value>, String>;
+    /// Stores `value` under `key` (`None` deletes it).
+    fn set(&self, task: &str, key: &str, value: Option<&Value>) -> Result<(), String>;
+}
+
+/// State kept in memory (tests, the SDK's local runner).
+#[derive(Debug, Default)]
+pub struct MemoryState(Mutex<HashMap<(String, String), Value>>);
+
+impl StateStore for MemoryState {
+    fn get(&self, task: &str, key: &str) -> Result<Option<Value>, String> {
+        let map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(map.get(&(task.to_owned(), key.to_owned())).cloned())
+    }
+
+    fn set(&self, task: &str, key: &str, value: Option<&Value>) -> Result<(), String> {
+        let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let key = (task.to_owned(), key.to_owned());
+        match value {
+            Some(value) => map.insert(key, value.clone()),
+            None => map.remove(&key),
+        };
+        Ok(())
+    }
+}
+
+/// How important a log line is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl Level {
+    /// The level named `name` (`debug`, `info`, `warn`/`warning`, `error`).
+    pub fn parse(name: &str) -> Option<Level> {
+        match name {
+            "debug" => Some(Level::Debug),
+            "info" => Some(Level::Info),
+            "warn" | "warning" => Some(Level::Warn),
+            "error" => Some(Level::Error),
+            _ => None,
+        }
+    }
+
+    /// The level's name, as [`Level::parse`] reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        }
+    }
+}
+
+/// A task's models: ONNX bytes from its bundle, each loaded into an engine session on first
+/// use and kept for later runs.
+#[derive(Default)]
+pub struct Models {
+    bytes: HashMap<String, Arc<Vec<u8>>>,
+    sessions: HashMap<String, Session>,
+}
+
+impl Models {
+    /// The models of a bundle, by name (their file name without `.onnx`).
+    pub fn new(models: &[(String, Arc<Vec<u8>>)]) -> Models {
+        Models {
+            bytes: models.iter().cloned().collect(),
+            sessions: HashMap::new(),
+        }
+    }
+
+    /// The session of model `name`, loaded on first use.
+    pub fn session(&mut self, task: &str, name: &str) -> Result<&Session, VmError> {
+        let fail = |reason: String| VmError::Model {
+            task: task.to_owned(),
+            model: name.to_owned(),
+            reason,
+        };
+        let slot = match self.sessions.entry(name.to_owned()) {
+            Entry::Occupied(loaded) => return Ok(loaded.into_mut()),
+            Entry::Vacant(slot) => slot,
+        };
+        let Some(bytes) = self.bytes.get(name) else {
+            let mut names: Vec<&str> = self.bytes.keys().map(String::as_str).collect();
+            names.sort_unstable();
+            return Err(fail(format!(
+                "no such model in the bundle (it has {names:?})"
+            )));
+        };
+        // One engine thread: tasks already run in parallel on the VM's workers.
+        let options = Options {
+            threads: 1,
+            search: Search::Measure,
+            cache_dir: None,
+        };
+        let session = Engine::load_with(bytes, &options).map_err(|e| fail(e.to_string()))?;
+        Ok(slot.insert(session))
+    }
+}
+
+/// Runs `f` collecting what it logs (through [`RunHost::log`]) into a string of at most
+/// `max_bytes`, for a runtime that calls a task outside the pool (the pool does this itself).
+pub fn with_log<T>(max_bytes: u64, f: impl FnOnce() -> T) -> (T, String) {
+    let log = crate::output::capture(max_bytes);
+    let result = f();
+    (result, log.finish())
+}
+
+/// The name `walle.nn.load` knows a bundled model by: its file name without `.onnx`.
+pub fn model_name(path: &str) -> &str {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.strip_suffix(".onnx").unwrap_or(file)
+}
+
+/// The host side of one run of one task.
+pub struct RunHost<'a> {
+    task: &'a str,
+    context: &'a Value,
+    state: &'a dyn StateStore,
+    models: &'a mut Models,
+    max_output_bytes: u64,
+    records: Vec<Value>,
+    output_bytes: u64,
+}
+
+impl<'a> RunHost<'a> {
+    /// A run of `task` (its key, `name@version`) triggered with `context`.
+    pub fn new(
+        task: &'a str,
+        context: &'a Value,
+        state: &'a dyn StateStore,
+        models: &'a mut Models,
+        max_output_bytes: u64,
+    ) -> RunHost<'a> {
+        RunHost {
+            task,
+            context,
+            state,
+            models,
+            max_output_bytes,
+            records: Vec::new(),
+            output_bytes: 0,
+        }
+    }
+
+    /// The task's key.
+    pub fn task(&self) -> &str {
+        self.task
+    }
+
+    /// Largest total JSON size of the records this run may produce.
+    pub fn max_output_bytes(&self) -> u64 {
+        self.max_output_bytes
+    }
+
+    /// The trigger context: the matched events, the window and the declared features.
+    pub fn context(&self) -> &Value {
+        self.context
+    }
+
+    /// Appends a line to the run's log (cut off at the task's log cap).
+    pub fn log(&mut self, level: Level, message: &str) {
+        crate::output::write(&format!("[{}] {message}\n", level.name()));
+    }
+
+    /// Queues a record for the tunnel; fails the run past the output cap.
+    pub fn upload(&mut self, record: Value) -> Result<(), VmError> {
+        let size = record.to_string().len() as u64;
+        self.output_bytes += size;
+        if self.output_bytes > self.max_output_bytes {
+            return Err(VmError::OutputTooLarge {
+                task: self.task.to_owned(),
+                size: self.output_bytes,
+                max: self.max_output_bytes,
+            });
+        }
+        self.records.push(record);
+        Ok(())
+    }
+
+    /// The task's state under `key`.
+    pub fn state_get(&self, key: &str) -> Result<Option<Value>, VmError> {
+        self.state
+            .get(task_name(self.task), key)
+            .map_err(|reason| self.state_error(key, reason))
+    }
+
+    /// Sets (or with `None` deletes) the task's state under `key`.
+    pub fn state_set(&self, key: &str, value: Option<&Value>) -> Result<(), VmError> {
+        self.state
+            .set(task_name(self.task), key, value)
+            .map_err(|reason| self.state_error(key, reason))
+    }
+
+    fn state_error(&self, key: &str, reason: String) -> VmError {
+        VmError::State {
+            task: self.task.to_owned(),
+            key: key.to_owned(),
+            reason,
+        }
+    }
+
+    /// The engine session of the bundle's model `name`.
+    pub fn model(&mut self, name: &str) -> Result<&Session, VmError> {
+        self.models.session(self.task, name)
+    }
+
+    /// Ends the run: the records it uploaded, then the handler's `returned` ones.
+    pub fn finish(&mut self, returned: Vec<Value>) -> Result<Vec<Value>, VmError> {
+        for record in returned {
+            self.upload(record)?;
+        }
+        Ok(std::mem::take(&mut self.records))
+    }
+}
+
+/// The task name in a task key `name@version`.
+fn task_name(key: &str) -> &str {
+    key.split_once('@').map_or(key, |(name, _)| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const MAX_OUTPUT: u64 = 32;
+
+    #[test]
+    fn log_lines_go_to_the_run_log_under_its_cap() {
+        let (state, mut models, context) = (MemoryState::default(), Models::default(), json!({}));
+        let mut host = RunHost::new("t@1", &context, &state, &mut models, MAX_OUTPUT);
+        let log = crate::output::capture(20);
+        host.log(Level::Info, "ready");
+        host.log(Level::Warn, "something odd");
+        assert_eq!(
+            log.finish(),
+            "[info] ready\n[warn] \n[walle: log truncated, 14 more bytes dropped]\n"
+        );
+    }
+
+    #[test]
+    fn uploads_and_returned_records_share_the_output_cap() {
+        let (state, mut models, context) = (MemoryState::default(), Models::default(), json!({}));
+        let mut host = RunHost::new("t@1", &context, &state, &mut models, MAX_OUTPUT);
+        assert!(host.upload(json!({"a": "0123456789"})).is_ok());
+        let err = host.finish(vec![json!({"b": "0123456789"})]);
+        assert!(matches!(
+            err,
+            Err(VmError::OutputTooLarge { size: 32.., .. })
+        ));
+    }
+
+    #[test]
+    fn state_is_kept_per_task_name_across_versions() -> Result<(), VmError> {
+        let (state, mut models, context) = (MemoryState::default(), Models::default(), json!({}));
+        let host = RunHost::new("t@1", &context, &state, &mut models, MAX_OUTPUT);
+        host.state_set("n", Some(&json!(3)))?;
+        let mut other_models = Models::default();
+        let upgraded = RunHost::new("t@2", &context, &state, &mut other_models, MAX_OUTPUT);
+        assert_eq!(upgraded.state_get("n")?, Some(json!(3)));
+        let stranger = RunHost::new("u@1", &context, &state, &mut models, MAX_OUTPUT);
+        assert_eq!(stranger.state_get("n")?, None);
+        upgraded.state_set("n", None)?;
+        assert_eq!(upgraded.state_get("n")?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_missing_model_is_named_with_the_ones_there_are() {
+        let mut models = Models::new(&[("ranker".into(), Arc::new(Vec::new()))]);
+        let err = models.session("t@1", "scorer").err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(text.contains("scorer") && text.contains("ranker"), "{text}");
+        let err = models.session("t@1", "ranker").err();
+        let text = err.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            text.contains("model ranker"),
+            "an empty model fails to load: {text}"
+        );
+    }
+}

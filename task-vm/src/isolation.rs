@@ -1,0 +1,119 @@
+//! Keeps tasks that share a worker thread from reaching each other's objects.
+//!
+//! RustPython shares the built-in type objects among all interpreters of a thread, and each of
+//! them records its subclasses. Unfiltered, `object.__subclasses__()` in one task lists the
+//! classes of every other task on the worker, and through their methods' `__globals__` their
+//! whole module state, readable and writable. So:
+//! * `type.__new__` is wrapped to record each class it makes in the making interpreter's
+//!   registry (weakly, in `_walle_sandbox.owned_types`);
+//! * `type.__subclasses__` is replaced by one that lists built-in types and the classes of the
+//!   calling interpreter only.
+//!
+//! Classes made without `type.__new__` (by native code) are left out of the listings: hiding
+//! never leaks. Both patches are per thread, like the shared types.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use rustpython_vm::builtins::{PyDictRef, PyListRef, PyType, PyTypeRef, PyWeak};
+use rustpython_vm::function::FuncArgs;
+use rustpython_vm::{AsObject, PyObjectRef, PyRef, PyResult, VirtualMachine};
+
+type NewFn = fn(PyTypeRef, FuncArgs, &VirtualMachine) -> PyResult;
+
+/// `type`'s original `__new__` slot (the same function on every thread).
+static TYPE_NEW: OnceLock<NewFn> = OnceLock::new();
+
+thread_local! {
+    static PATCHED: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Name of the registry on the `_walle_sandbox` module.
+const REGISTRY: &str = "owned_types";
+
+/// Patches this thread's `type` (once) and gives the interpreter its class registry.
+pub(crate) fn install(vm: &VirtualMachine, sandbox: &PyObjectRef) -> PyResult<()> {
+    sandbox.set_attr(REGISTRY, vm.ctx.new_dict(), vm)?;
+    if PATCHED.with(|p| p.replace(true)) {
+        return Ok(());
+    }
+    let type_type = vm.ctx.types.type_type;
+    if let Some(original) = type_type.slots.new.load() {
+        let _ = TYPE_NEW.set(original);
+        type_type.slots.new.store(Some(recording_new));
+    }
+    let subclasses = vm.new_method("__subclasses__", type_type, own_subclasses);
+    type_type.set_attr(vm.ctx.intern_str("__subclasses__"), subclasses.into());
+    Ok(())
+}
+
+fn recording_new(cls: PyTypeRef, args: FuncArgs, vm: &VirtualMachine) -> PyResult {
+    let original = TYPE_NEW
+        .get()
+        .ok_or_else(|| vm.new_system_error("walle: type.__new__ is not set up"))?;
+    let made = original(cls, args, vm)?;
+    if made.downcast_ref::<PyType>().is_some()
+        && let Some(registry) = registry(vm)
+    {
+        let weak = made.downgrade(None, vm)?;
+        registry.set_item(&made.get_id(), weak.into(), vm)?;
+        if registry.__len__() % 1024 == 0 {
+            forget_dead(&registry, vm)?;
+        }
+    }
+    Ok(made)
+}
+
+/// Drops the entries of classes that no longer exist (a script making classes in a loop).
+fn forget_dead(registry: &PyDictRef, vm: &VirtualMachine) -> PyResult<()> {
+    for (key, weak) in registry.items_vec() {
+        let alive = weak
+            .downcast::<PyWeak>()
+            .ok()
+            .and_then(|w| w.upgrade())
+            .is_some();
+        if !alive {
+            registry.del_item(&*key, vm)?;
+        }
+    }
+    Ok(())
+}
+
+/// `type.__subclasses__`: built-in subclasses, and those made by the calling interpreter.
+fn own_subclasses(zelf: PyRef<PyType>, vm: &VirtualMachine) -> PyListRef {
+    let registry = registry(vm);
+    let visible: Vec<PyObjectRef> = zelf
+        .subclasses
+        .read()
+        .iter()
+        .filter_map(|weak| weak.upgrade())
+        .filter(|sub| {
+            let Some(ty) = sub.downcast_ref::<PyType>() else {
+                return false;
+            };
+            ty.heaptype_ext.is_none() || registry.as_ref().is_some_and(|r| made_here(r, sub, vm))
+        })
+        .collect();
+    vm.ctx.new_list(visible)
+}
+
+fn made_here(registry: &PyDictRef, class: &PyObjectRef, vm: &VirtualMachine) -> bool {
+    registry
+        .get_item_opt(&class.get_id(), vm)
+        .ok()
+        .flatten()
+        .and_then(|weak| weak.downcast::<PyWeak>().ok())
+        .and_then(|weak| weak.upgrade())
+        .is_some_and(|alive| alive.is(class))
+}
+
+/// The calling interpreter's registry, if it is a task interpreter.
+fn registry(vm: &VirtualMachine) -> Option<PyDictRef> {
+    vm.sys_module
+        .get_attr("modules", vm)
+        .and_then(|modules| modules.get_item("_walle_sandbox", vm))
+        .and_then(|sandbox| sandbox.get_attr(REGISTRY, vm))
+        .ok()?
+        .downcast()
+        .ok()
+}
