@@ -14,13 +14,13 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
-use walle_proto::manifest::ReleaseManifest;
+use walle_proto::manifest::{ReleaseManifest, Runtime};
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
 use walle_proto::v1::{
     DesiredTask, DeviceProfile, FetchBundleRequest, InstalledTask as InstalledProto,
     RegisterRequest, SubscribeRequest, SyncRequest, desired_task, task_event,
 };
-use walle_vm::TaskCode;
+use walle_vm::{Limits, TaskCode};
 
 use crate::agent::{Shared, lock};
 use crate::credential::{self, Credential};
@@ -460,20 +460,81 @@ async fn activate(shared: &Arc<Shared>, installed: InstalledTask) -> Result<(), 
 async fn load_into_vm(shared: &Arc<Shared>, installed: &InstalledTask) -> Result<(), String> {
     let manifest = &installed.manifest.task;
     let entry = installed.dir.join(&manifest.entry);
-    let source = std::fs::read_to_string(&entry)
-        .map_err(|e| format!("cannot read {}: {e}", entry.display()))?;
+    let entry_bytes =
+        std::fs::read(&entry).map_err(|e| format!("cannot read {}: {e}", entry.display()))?;
+    let (source, wasm) = match manifest.runtime {
+        Runtime::Wasm => (String::new(), Some(Arc::new(entry_bytes))),
+        Runtime::Python => (
+            String::from_utf8(entry_bytes)
+                .map_err(|_| format!("{} is not UTF-8 text", entry.display()))?,
+            None,
+        ),
+    };
+    let files = python_files(&installed.dir)?;
+    let modules = walle_vm::bundled_modules(
+        &installed.vm_key(),
+        &manifest.entry,
+        files
+            .iter()
+            .map(|(path, bytes)| (path.as_str(), bytes.as_slice())),
+    )
+    .map_err(|e| e.to_string())?;
+    let models = manifest
+        .models
+        .iter()
+        .map(|path| {
+            let file = installed.dir.join(path);
+            let bytes = std::fs::read(&file)
+                .map_err(|e| format!("cannot read model {}: {e}", file.display()))?;
+            Ok((walle_vm::host::model_name(path).to_owned(), Arc::new(bytes)))
+        })
+        .collect::<Result<Vec<_>, String>>()?;
     let code = TaskCode {
         key: installed.vm_key(),
         entry_path: manifest.entry.clone(),
         source,
         handler: manifest.handler.clone(),
-        max_output_bytes: manifest.limits.max_output_bytes,
+        modules,
+        limits: Limits::declared(
+            manifest.limits.max_output_bytes,
+            manifest.limits.deadline_ms,
+            manifest.limits.memory_bytes,
+            manifest.limits.max_log_bytes,
+        ),
+        models,
+        wasm,
     };
     let vm = shared.vm.clone();
     tokio::task::spawn_blocking(move || vm.load(code))
         .await
         .map_err(|e| format!("VM load worker failed: {e}"))?
         .map_err(|e| e.to_string())
+}
+
+/// The `.py` files of an unpacked bundle, as (path relative to `dir` with `/`, content).
+fn python_files(dir: &std::path::Path) -> Result<Vec<(String, Vec<u8>)>, String> {
+    let mut files = Vec::new();
+    let mut pending = vec![(dir.to_path_buf(), String::new())];
+    while let Some((path, prefix)) = pending.pop() {
+        let entries =
+            std::fs::read_dir(&path).map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| format!("cannot list {}: {e}", path.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let rel = format!("{prefix}{name}");
+            let kind = entry
+                .file_type()
+                .map_err(|e| format!("cannot stat {rel}: {e}"))?;
+            if kind.is_dir() {
+                pending.push((entry.path(), format!("{rel}/")));
+            } else if kind.is_file() && name.ends_with(".py") {
+                let bytes =
+                    std::fs::read(entry.path()).map_err(|e| format!("cannot read {rel}: {e}"))?;
+                files.push((rel, bytes));
+            }
+        }
+    }
+    Ok(files)
 }
 
 async fn apply_remove(shared: &Arc<Shared>, task: &str) {
@@ -532,5 +593,23 @@ mod tests {
         assert_eq!(retry_hint(&busy), Some(MAX_RETRY_HINT));
         assert_eq!(retry_hint(&Status::resource_exhausted("no hint")), None);
         assert_eq!(retry_hint(&Status::unavailable("down")), None);
+    }
+
+    #[test]
+    fn python_files_are_found_in_subdirectories_with_bundle_paths() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("pkg")).unwrap();
+        std::fs::write(dir.path().join("main.py"), "x = 1").unwrap();
+        std::fs::write(dir.path().join("pkg/util.py"), "y = 2").unwrap();
+        std::fs::write(dir.path().join("walle.toml"), "").unwrap();
+        let mut files = python_files(dir.path()).unwrap();
+        files.sort();
+        assert_eq!(
+            files,
+            vec![
+                ("main.py".to_owned(), b"x = 1".to_vec()),
+                ("pkg/util.py".to_owned(), b"y = 2".to_vec()),
+            ]
+        );
     }
 }

@@ -9,6 +9,10 @@ use clap::{Parser, Subcommand};
 use walle_device::ingest::IngestResult;
 use walle_device::{Agent, DeviceConfig};
 
+// Charges each task's allocations to its memory budget (see walle_vm::TaskAllocator).
+#[global_allocator]
+static ALLOCATOR: walle_vm::TaskAllocator = walle_vm::TaskAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "walle-device",

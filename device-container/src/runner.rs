@@ -47,9 +47,12 @@ async fn execute(shared: &Arc<Shared>, firing: Firing) {
     let duration_ms = started.elapsed().as_millis() as u64;
     let version = task.version();
     match result {
-        Ok(Ok(records)) => {
+        Ok(Ok(output)) => {
             shared.counters.runs_ok.fetch_add(1, Ordering::Relaxed);
-            for record in records {
+            if !output.logs.is_empty() {
+                tracing::info!(task = %task.vm_key(), logs = %output.logs, "task printed");
+            }
+            for record in output.records {
                 shared.emit(&task, record);
             }
             shared.report(

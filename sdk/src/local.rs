@@ -2,10 +2,12 @@
 //! in the same sandboxed VM the device uses. What `walle task test` does.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use walle_pipeline::{Event, TriggerSet};
 use walle_proto::bundle;
-use walle_vm::{TaskCode, VmPool};
+use walle_proto::manifest::Runtime;
+use walle_vm::{Limits, TaskCode, VmPool};
 
 /// What one local run of a task over an event stream produced.
 #[derive(Debug, Default)]
@@ -14,6 +16,8 @@ pub struct LocalRun {
     pub rejected: Vec<(usize, String)>,
     pub fired: usize,
     pub outputs: Vec<serde_json::Value>,
+    /// What the runs printed, one entry per run that printed anything.
+    pub logs: Vec<String>,
     pub failures: Vec<String>,
 }
 
@@ -23,18 +27,43 @@ pub fn run_task(task_dir: &Path, events: &[String]) -> anyhow::Result<LocalRun> 
     let (_, packed) = bundle::pack_dir(task_dir)?;
     let contents = bundle::read_bundle(&packed)?;
     let manifest = &contents.manifest;
-    let source = contents
-        .file(&manifest.entry)
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default();
+    let entry = contents.file(&manifest.entry).unwrap_or_default();
+    let (source, wasm) = match manifest.runtime {
+        Runtime::Wasm => (String::new(), Some(Arc::new(entry.to_vec()))),
+        Runtime::Python => (String::from_utf8_lossy(entry).into_owned(), None),
+    };
     let key = format!("{}@{}", manifest.name, manifest.version);
+    let modules = walle_vm::bundled_modules(
+        &key,
+        &manifest.entry,
+        contents
+            .files
+            .iter()
+            .map(|(path, bytes)| (path.as_str(), bytes.as_slice())),
+    )?;
+    let models = manifest
+        .models
+        .iter()
+        .map(|path| {
+            let bytes = contents.file(path).map(<[u8]>::to_vec).unwrap_or_default();
+            (walle_vm::host::model_name(path).to_owned(), Arc::new(bytes))
+        })
+        .collect();
     let vm = VmPool::new(1)?;
     vm.load(TaskCode {
         key: key.clone(),
         entry_path: manifest.entry.clone(),
         source,
         handler: manifest.handler.clone(),
-        max_output_bytes: manifest.limits.max_output_bytes,
+        modules,
+        limits: Limits::declared(
+            manifest.limits.max_output_bytes,
+            manifest.limits.deadline_ms,
+            manifest.limits.memory_bytes,
+            manifest.limits.max_log_bytes,
+        ),
+        models,
+        wasm,
     })?;
     let mut triggers = TriggerSet::new();
     triggers.install(&manifest.name, &manifest.triggers);
@@ -54,10 +83,56 @@ pub fn run_task(task_dir: &Path, events: &[String]) -> anyhow::Result<LocalRun> 
         for firing in triggers.on_event(&event) {
             run.fired += 1;
             match vm.run(&key, firing.to_json()) {
-                Ok(records) => run.outputs.extend(records),
+                Ok(output) => {
+                    run.outputs.extend(output.records);
+                    if !output.logs.is_empty() {
+                        run.logs.push(output.logs);
+                    }
+                }
                 Err(e) => run.failures.push(e.to_string()),
             }
         }
     }
     Ok(run)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The example task's manifest, with a task that imports a bundled helper and prints.
+    fn task_with_helper() -> tempfile::TempDir {
+        let example =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/ipv-feature/walle.toml");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(example, dir.path().join("walle.toml")).unwrap();
+        std::fs::create_dir(dir.path().join("lib")).unwrap();
+        std::fs::write(dir.path().join("lib/__init__.py"), "").unwrap();
+        std::fs::write(
+            dir.path().join("lib/visit.py"),
+            "import json\ndef item_of(ctx):\n    return json.loads(json.dumps(ctx['matched'][0]['item']))\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("main.py"),
+            "from lib.visit import item_of\ndef run(ctx):\n    print('visit of', item_of(ctx))\n    return {'item': item_of(ctx)}\n",
+        )
+        .unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_task_imports_its_bundled_modules_and_its_prints_are_kept() {
+        let dir = task_with_helper();
+        let (events, visits) = crate::events::synthetic_stream(5, 2, 1_000);
+        let lines: Vec<String> = events.iter().map(|e| e.to_json().to_string()).collect();
+        assert!(!visits.is_empty());
+        let run = run_task(dir.path(), &lines).unwrap();
+        assert!(run.failures.is_empty(), "{:?}", run.failures);
+        assert_eq!(run.outputs.len(), visits.len());
+        for ((output, log), visit) in run.outputs.iter().zip(&run.logs).zip(&visits) {
+            assert_eq!(output["item"], visit.item.as_str());
+            assert_eq!(log, &format!("visit of {}\n", visit.item));
+        }
+    }
 }

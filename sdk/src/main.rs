@@ -7,6 +7,10 @@ use clap::{Parser, Subcommand};
 use walle_sdk::client::ControlClient;
 use walle_sdk::{demo, local};
 
+// `walle task test` runs tasks: charge their allocations to their budgets (walle_vm::TaskAllocator).
+#[global_allocator]
+static ALLOCATOR: walle_vm::TaskAllocator = walle_vm::TaskAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "walle",
@@ -244,6 +248,9 @@ fn test(dir: &Path, events: &Path) -> anyhow::Result<()> {
     }
     for output in &run.outputs {
         println!("{output}");
+    }
+    for log in &run.logs {
+        eprint!("{log}");
     }
     for failure in &run.failures {
         eprintln!("run failed: {failure}");
