@@ -51,6 +51,14 @@ impl TaskAllocator {
     }
 }
 
+/// Notes that this allocator serves the process. Read before written: a store on every
+/// allocation would bounce the flag's cache line between the cores of parallel workers.
+fn mark_installed() {
+    if !INSTALLED.load(Ordering::Relaxed) {
+        INSTALLED.store(true, Ordering::Relaxed);
+    }
+}
+
 /// Parks the thread for good if `extra` more bytes would take the current task past its hard cap.
 fn admit(extra: usize) {
     let current = CURRENT.with(|c| c.get());
@@ -80,7 +88,7 @@ fn charge(delta: i64) {
 // touches only a const thread-local and atomics, so it neither allocates nor unwinds.
 unsafe impl GlobalAlloc for TaskAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        INSTALLED.store(true, Ordering::Relaxed);
+        mark_installed();
         admit(layout.size());
         let ptr = unsafe { System.alloc(layout) };
         if !ptr.is_null() {
@@ -90,7 +98,7 @@ unsafe impl GlobalAlloc for TaskAllocator {
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        INSTALLED.store(true, Ordering::Relaxed);
+        mark_installed();
         admit(layout.size());
         let ptr = unsafe { System.alloc_zeroed(layout) };
         if !ptr.is_null() {
@@ -115,7 +123,11 @@ unsafe impl GlobalAlloc for TaskAllocator {
 }
 
 /// One task's live heap and its budget.
+///
+/// Aligned to its own cache lines: every allocation of the task updates `live`, and two tasks'
+/// counters sharing a line would make their workers, running in parallel, fight over it.
 #[derive(Debug)]
+#[repr(align(128))]
 pub(crate) struct TaskMemory {
     live: AtomicI64,
     budget: u64,

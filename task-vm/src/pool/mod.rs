@@ -140,6 +140,16 @@ impl VmPool {
         })
     }
 
+    /// Heap bytes charged to a loaded task now (its interpreter, modules and data; what the
+    /// memory budget is checked against), or `None` if it is not loaded. Zero everywhere unless
+    /// [`TaskAllocator`] is the global allocator.
+    pub fn task_memory(&self, key: &str) -> Option<u64> {
+        lock(&self.placement)
+            .by_task
+            .get(key)
+            .map(|placed| placed.memory.live())
+    }
+
     /// Drops a task's interpreter, if loaded.
     pub fn unload(&self, key: &str) {
         lock(&self.placement).evicted.remove(key);
