@@ -15,6 +15,7 @@ use walle_proto::v1::{TaskEvent, TunnelRecord, task_event};
 use walle_vm::VmPool;
 
 use crate::connection::Client;
+use crate::db::DeviceDb;
 use crate::install::{InstalledTask, Installer};
 use crate::{AgentError, DeviceConfig, connection, credential, ingest, runner, uplink};
 
@@ -253,7 +254,9 @@ impl Agent {
             .map(|c| c.trusted_keys())
             .unwrap_or_default();
         let installer = Installer::new(config.data_dir.join("tasks"), trusted);
-        let vm = Arc::new(VmPool::new(config.vm_threads).map_err(AgentError::Vm)?);
+        let db = DeviceDb::open(&config.data_dir).map_err(|e| AgentError::State(e.to_string()))?;
+        let vm =
+            Arc::new(VmPool::with_state(config.vm_threads, Arc::new(db)).map_err(AgentError::Vm)?);
         let (runs, run_queue) = mpsc::channel(config.run_queue.max(1));
         let shared = Arc::new(Shared {
             device_id,

@@ -13,6 +13,7 @@ pub mod agent;
 pub mod config;
 mod connection;
 pub mod credential;
+pub mod db;
 pub mod ingest;
 pub mod install;
 mod random;

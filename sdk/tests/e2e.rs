@@ -290,6 +290,10 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
         agents,
         client,
     } = fleet;
+    for event in visit("s1", "sku-2", 0) {
+        agents[0].track(event).unwrap();
+    }
+    agents[0].flush(TIMEOUT).await.unwrap();
     for agent in agents {
         agent.shutdown().await;
     }
@@ -313,14 +317,19 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
         agent.track(event).unwrap();
     }
     agent.flush(TIMEOUT).await.unwrap();
-    assert_eq!(
-        client
-            .records(Some("ipv-feature"), Some("demo-device-1"))
-            .await
-            .unwrap()
-            .len(),
-        1
-    );
+    let records = client
+        .records(Some("ipv-feature"), Some("demo-device-1"))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 2);
+    // The task's walle.state (visits per item) lives in the device database: the visit after
+    // the restart is the item's second.
+    let visits: Vec<_> = records
+        .iter()
+        .map(|r| r["payload"]["item_visits"].clone())
+        .collect();
+    assert!(visits.contains(&serde_json::json!(1)), "{records:?}");
+    assert!(visits.contains(&serde_json::json!(2)), "{records:?}");
     agent.shutdown().await;
     cloud.shutdown().await;
 }

@@ -1,0 +1,157 @@
+//! The device's SQLite database: one file in the data directory, WAL journal, schema versioned
+//! by `PRAGMA user_version`.
+//!
+//! Today it holds tasks' `walle.state` (table `task_state`); the agent's other persistent state
+//! moves here too. Every write is one transaction, so a crash leaves each key either at its old
+//! or at its new value.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde_json::Value;
+use walle_vm::StateStore;
+
+/// File name of the database in the data directory.
+pub const DB_FILE: &str = "device.sqlite";
+
+/// Schema migrations, in order; `user_version` counts those applied.
+const MIGRATIONS: &[&str] = &[
+    // 1: tasks' walle.state, keyed by task name (not version), so an upgrade keeps it.
+    "CREATE TABLE task_state (
+        task TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (task, key)
+    ) WITHOUT ROWID;",
+];
+
+/// The open device database.
+pub struct DeviceDb {
+    path: PathBuf,
+    connection: Mutex<Connection>,
+}
+
+/// Why the database could not be used, with the file it concerns.
+#[derive(Debug, thiserror::Error)]
+#[error("device database {path}: {what}: {source}")]
+pub struct DbError {
+    path: PathBuf,
+    what: &'static str,
+    source: rusqlite::Error,
+}
+
+impl DeviceDb {
+    /// Opens (creating if needed) `DB_FILE` in `data_dir` and brings its schema up to date.
+    pub fn open(data_dir: &Path) -> Result<DeviceDb, DbError> {
+        let path = data_dir.join(DB_FILE);
+        let fail = |what| {
+            let path = path.clone();
+            move |source| DbError { path, what, source }
+        };
+        let mut connection = Connection::open(&path).map_err(fail("cannot open"))?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(fail("cannot switch to WAL"))?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(fail("cannot set synchronous"))?;
+        migrate(&mut connection).map_err(fail("cannot migrate the schema"))?;
+        Ok(DeviceDb {
+            path,
+            connection: Mutex::new(connection),
+        })
+    }
+
+    /// Where the database file is.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn connection(&self) -> MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
+    let applied: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    let applied = usize::try_from(applied).unwrap_or(0);
+    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
+        let transaction = connection.transaction()?;
+        transaction.execute_batch(sql)?;
+        transaction.pragma_update(None, "user_version", (index + 1) as i64)?;
+        transaction.commit()?;
+    }
+    Ok(())
+}
+
+impl StateStore for DeviceDb {
+    fn get(&self, task: &str, key: &str) -> Result<Option<Value>, String> {
+        let text: Option<String> = self
+            .connection()
+            .query_row(
+                "SELECT value FROM task_state WHERE task = ?1 AND key = ?2",
+                params![task, key],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|e| format!("reading {}: {e}", self.path.display()))?;
+        text.map(|t| serde_json::from_str(&t))
+            .transpose()
+            .map_err(|e| format!("stored value in {} is not JSON: {e}", self.path.display()))
+    }
+
+    fn set(&self, task: &str, key: &str, value: Option<&Value>) -> Result<(), String> {
+        let connection = self.connection();
+        let written = match value {
+            Some(value) => connection.execute(
+                "INSERT INTO task_state (task, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (task, key) DO UPDATE SET value = excluded.value",
+                params![task, key, value.to_string()],
+            ),
+            None => connection.execute(
+                "DELETE FROM task_state WHERE task = ?1 AND key = ?2",
+                params![task, key],
+            ),
+        };
+        written
+            .map(drop)
+            .map_err(|e| format!("writing {}: {e}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn task_state_survives_reopening_and_is_kept_per_task() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = DeviceDb::open(dir.path()).unwrap();
+            db.set("counter", "n", Some(&json!(3))).unwrap();
+            db.set("counter", "seen", Some(&json!({"a": [1, 2]})))
+                .unwrap();
+            db.set("other", "n", Some(&json!("x"))).unwrap();
+            db.set("counter", "n", Some(&json!(4))).unwrap();
+            db.set("other", "n", None).unwrap();
+        }
+        let db = DeviceDb::open(dir.path()).unwrap();
+        assert_eq!(db.get("counter", "n").unwrap(), Some(json!(4)));
+        assert_eq!(
+            db.get("counter", "seen").unwrap(),
+            Some(json!({"a": [1, 2]}))
+        );
+        assert_eq!(db.get("other", "n").unwrap(), None);
+        assert_eq!(db.get("counter", "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_database_is_refused_with_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(DB_FILE), b"not a database, just bytes").unwrap();
+        let error = DeviceDb::open(dir.path()).err().unwrap().to_string();
+        assert!(error.contains(DB_FILE), "{error}");
+    }
+}
