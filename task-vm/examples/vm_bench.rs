@@ -38,7 +38,9 @@ fn main() -> Result<(), Failure> {
     let one = throughput(1, n, runs, rounds)?;
     let two = throughput(2, n, runs, rounds)?;
 
-    println!("task VM benchmark: workload n = {n}, {runs} runs per worker per round, median of {rounds} rounds");
+    println!(
+        "task VM benchmark: workload n = {n}, {runs} runs per worker per round, median of {rounds} rounds"
+    );
     println!("peer: CPython {}", peer["python"].as_str().unwrap_or("?"));
     println!();
     println!("| measure | walle-vm (RustPython) | CPython |");
@@ -195,11 +197,7 @@ fn cpython(n: u64, runs: usize, rounds: usize) -> Result<Value, Failure> {
         .output()
         .map_err(|e| format!("cannot run {python} {PEER}: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "{PEER} failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-        .into());
+        return Err(format!("{PEER} failed: {}", String::from_utf8_lossy(&output.stderr)).into());
     }
     Ok(serde_json::from_slice(&output.stdout)?)
 }
