@@ -208,7 +208,13 @@ impl Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        self.shared.stopping.store(true, Ordering::Release);
+        {
+            // Under the lock: the loop checks `stopping` and starts waiting while holding it, so
+            // the notice below cannot fall between the two and be lost (the thread would then
+            // sleep for ever and this join never return).
+            let _watches = lock(&self.shared.watches);
+            self.shared.stopping.store(true, Ordering::Release);
+        }
         self.shared.wake.notify_one();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
@@ -254,3 +260,16 @@ fn next_wait(watches: &[Arc<Watch>], now: Instant) -> Duration {
         .fold(TICK, Duration::min)
 }
 
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_watchdog_stops_at_once_however_soon_it_is_dropped() {
+        // Dropping right after the start races the thread's first wait: a lost notice hung the
+        // join (and once a whole CI run) before `stopping` was set under the lock.
+        for _ in 0..2000 {
+            drop(Watchdog::start().expect("watchdog thread"));
+        }
+    }
+}
