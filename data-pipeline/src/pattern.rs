@@ -821,7 +821,8 @@ steps = [{ event = "enter", page = "item" }]
     #[test]
     fn rejects_nonsense_with_specific_errors() {
         use PatternError as E;
-        let cases: Vec<(&str, fn(&PatternError) -> bool)> = vec![
+        type Expect = fn(&PatternError) -> bool;
+        let cases: Vec<(&str, Expect)> = vec![
             (
                 r#"name = "t"
 steps = [{ event = "click", not = true }, { event = "exit" }]"#,

@@ -159,7 +159,7 @@ fn invalid_patterns_install_nothing() {
 steps = [{ event = "click", not = true }]"#,
     );
     assert!(matches!(
-        set.try_install("t", &[bad.clone()]),
+        set.try_install("t", std::slice::from_ref(&bad)),
         Err(PatternError::StartsWithNegation(_))
     ));
     assert_eq!(set.len(), 1, "try_install changes nothing on error");
@@ -243,7 +243,7 @@ fn one_or_more_is_reluctant_and_collects_the_loop() {
 steps = [{ event = "enter" }, { event = "click", one_or_more = true }, { event = "exit" }]"#,
     );
     let got = run(
-        &[p.clone()],
+        std::slice::from_ref(&p),
         &[
             ev(1, 0, Enter, "a"),
             ev(2, 1, Exit, "a"), // no click yet: ignored (relaxed)
@@ -515,4 +515,58 @@ steps = [{ event = "click" }, { event = "exit", contiguity = "strict" }]"#,
         "{}",
         set.partial_count()
     );
+}
+
+#[test]
+fn timed_windows_survive_buffer_trimming() {
+    // The trailing loop's last event is far behind the partition's newest events when the
+    // window ends; the buffer must still hold the window.
+    let p = pattern(
+        r#"name = "p"
+within_ms = 100000
+steps = [{ event = "enter" }, { event = "click", one_or_more = true }]"#,
+    );
+    let mut set = TriggerSet::new();
+    set.install("t", &[p]);
+    let mut n = 0;
+    let mut next = |kind| {
+        n += 1;
+        ev(n, n.into(), kind, "a")
+    };
+    let mut events = vec![next(Enter), next(Click)];
+    events.extend((0..600).map(|_| next(Scroll)));
+    events.push(next(Click));
+    events.extend((0..3000).map(|_| next(Scroll)));
+    for e in &events {
+        assert!(set.on_event(e).is_empty());
+    }
+    let fired = set.advance_to(1_000_000);
+    assert_eq!(fired.len(), 1);
+    assert_eq!(ids(&fired[0].matched), ["e1", "e2", "e603"]);
+    let window = &fired[0].window;
+    assert_eq!(window.len(), MAX_WINDOW_EVENTS);
+    assert_eq!(window.last().map(|e| e.id.as_str()), Some("e603"));
+    assert_eq!(window[0].id, format!("e{}", 603 - MAX_WINDOW_EVENTS + 1));
+}
+
+#[test]
+fn matched_keeps_the_last_events_of_a_long_loop() {
+    let p = pattern(
+        r#"name = "p"
+steps = [{ event = "enter" }, { event = "click", one_or_more = true }, { event = "exit" }]"#,
+    );
+    let mut set = TriggerSet::new();
+    set.install("t", &[p]);
+    set.on_event(&ev(0, 0, Enter, "a"));
+    for i in 1..=200 {
+        set.on_event(&ev(i, i.into(), Click, "a"));
+    }
+    let fired = set.on_event(&ev(201, 201, Exit, "a"));
+    let matched = ids(&fired[0].matched);
+    assert_eq!(matched.len(), 1 + crate::pattern::MAX_LOOP_EVENTS + 1);
+    assert_eq!(
+        matched[1],
+        format!("e{}", 200 - crate::pattern::MAX_LOOP_EVENTS + 1)
+    );
+    assert_eq!(fired[0].window.len(), 202);
 }
