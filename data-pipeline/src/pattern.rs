@@ -421,6 +421,7 @@ impl PatternSpec {
         }
 
         let mut conds: Vec<Cond> = Vec::new();
+        let mut cond_keys: Vec<String> = Vec::new();
         let mut slot_of: HashMap<String, u8> = HashMap::new();
         let mut steps: Vec<PosStep> = Vec::new();
         let mut pending_negs = 0u64;
@@ -471,6 +472,7 @@ impl PatternSpec {
                     // At most MAX_STEPS (32) distinct conditions, so a slot fits a u64 mask.
                     let slot = conds.len() as u8;
                     conds.push(cond);
+                    cond_keys.push(key.clone());
                     slot_of.insert(key, slot);
                     slot
                 }
@@ -498,6 +500,7 @@ impl PatternSpec {
             within_ms: self.within_ms,
             skip: self.skip,
             conds,
+            cond_keys,
             steps,
             trailing_negs: pending_negs,
         })
@@ -671,6 +674,8 @@ pub(crate) struct Program {
     pub skip: SkipPolicy,
     /// The pattern's distinct conditions; a step refers to one by its index (slot).
     pub conds: Vec<Cond>,
+    /// `conds[i].canonical()`, to share conditions between patterns cheaply.
+    pub cond_keys: Vec<String>,
     /// The positive steps, in order.
     pub steps: Vec<PosStep>,
     /// Slots of the negations after the last positive step.

@@ -8,7 +8,7 @@
 //! event is looked up once per anchored field (plus one trie walk per prefix field); each
 //! candidate found is then checked against its whole conjunction.
 
-use std::collections::HashMap;
+use foldhash::{HashMap, HashMapExt};
 
 use crate::cond::{Cond, Field, FieldValue, Op, Scalar};
 use crate::event::Event;
@@ -156,6 +156,8 @@ pub(super) struct Index {
 /// What [`Index::build`] needs of one pattern.
 pub(super) struct PatternConds<'a> {
     pub conds: &'a [Cond],
+    /// Their canonical forms ([`Cond::canonical`]).
+    pub keys: &'a [String],
     /// Slot of the first positive step's condition.
     pub first_slot: usize,
 }
@@ -171,8 +173,8 @@ impl Index {
         let mut slot_conds = Vec::new();
         for (dense, pattern) in patterns.into_iter().enumerate() {
             let mut slots = Vec::with_capacity(pattern.conds.len());
-            for cond in pattern.conds {
-                let id = *ids.entry(cond.canonical()).or_insert_with(|| {
+            for (cond, key) in pattern.conds.iter().zip(pattern.keys) {
+                let id = *ids.entry(key.clone()).or_insert_with(|| {
                     index.conds.push(cond.clone());
                     index.starts.push(Vec::new());
                     (index.conds.len() - 1) as CondId
@@ -275,6 +277,7 @@ steps = [
         let program = spec.compile().unwrap();
         let (index, slots) = Index::build([PatternConds {
             conds: &program.conds,
+            keys: &program.cond_keys,
             first_slot: 0,
         }]);
         assert_eq!(slots[0].len(), 7);

@@ -24,8 +24,10 @@ mod index;
 mod run;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::sync::Arc;
+
+use foldhash::{HashMap, HashMapExt};
 
 use crate::cond::Field;
 use crate::event::Event;
@@ -275,6 +277,7 @@ impl TriggerSet {
         }
         let (index, slot_conds) = Index::build(self.patterns.iter().map(|p| PatternConds {
             conds: &p.program.conds,
+            keys: &p.program.cond_keys,
             first_slot: usize::from(p.program.steps.first().map_or(0, |s| s.slot)),
         }));
         for (p, slots) in self.patterns.iter_mut().zip(slot_conds) {
