@@ -127,6 +127,9 @@ pub struct TriggerSet {
     next_pattern: u64,
     next_run: u64,
     next_partition: u64,
+    /// Partitions in creation order, swept a few per event so that runs which failed unseen
+    /// in partitions that get no more events are reclaimed too. May name removed partitions.
+    sweep_queue: VecDeque<(usize, u64)>,
     /// Per-event scratch, kept to avoid allocating.
     scratch: Scratch,
 }
@@ -157,6 +160,7 @@ impl Default for TriggerSet {
             next_pattern: 0,
             next_run: 0,
             next_partition: 0,
+            sweep_queue: VecDeque::new(),
             scratch: Scratch::default(),
         }
     }
@@ -284,6 +288,12 @@ impl TriggerSet {
             p.slot_conds = slots;
         }
         self.index = index;
+        self.sweep_queue = self
+            .spaces
+            .iter()
+            .enumerate()
+            .flat_map(|(si, space)| space.parts.keys().map(move |&pid| (si, pid)))
+            .collect();
         self.scratch.cond_seen = vec![0; self.index.conds.len()];
         self.scratch.completed = vec![0; self.patterns.len()];
         self.scratch.keys = vec![Vec::new(); self.spaces.len()];
@@ -329,6 +339,7 @@ impl TriggerSet {
         }
         self.scratch.event_no += 1;
         let event_no = self.scratch.event_no;
+        self.sweep_some();
         let mut shared: Option<Arc<Event>> = None;
 
         // 1. The event joins its partition in every partitioning where that partition exists.
@@ -503,6 +514,7 @@ impl TriggerSet {
             None => {
                 let pid = self.next_partition;
                 self.next_partition += 1;
+                self.sweep_queue.push_back((si, pid));
                 space.by_key.insert(key.into(), pid);
                 space.parts.insert(
                     pid,
@@ -637,6 +649,30 @@ impl TriggerSet {
             let key = part.key.clone();
             space.parts.remove(&pid);
             space.by_key.remove(&key);
+        }
+    }
+
+    /// Sweeps the next few partitions in the sweep queue: one more than partitions can be
+    /// created per event, so the queue does not grow beyond the partitions that exist.
+    fn sweep_some(&mut self) {
+        for _ in 0..=self.spaces.len() {
+            let Some((si, pid)) = self.sweep_queue.pop_front() else {
+                return;
+            };
+            let Some(space) = self.spaces.get_mut(si) else {
+                continue;
+            };
+            let Some(part) = space.parts.get_mut(&pid) else {
+                continue;
+            };
+            sweep(part, &mut self.patterns);
+            if part.groups.is_empty() {
+                let key = part.key.clone();
+                space.parts.remove(&pid);
+                space.by_key.remove(&key);
+            } else {
+                self.sweep_queue.push_back((si, pid));
+            }
         }
     }
 

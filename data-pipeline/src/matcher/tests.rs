@@ -570,3 +570,27 @@ steps = [{ event = "enter" }, { event = "click", one_or_more = true }, { event =
     );
     assert_eq!(fired[0].window.len(), 202);
 }
+
+#[test]
+fn runs_failed_in_quiet_partitions_are_reclaimed() {
+    // Each session sees a click (starting a strict run) and a scroll (failing it), then
+    // nothing more: the failed runs are only found by the round-robin sweeper.
+    let p = pattern(
+        r#"name = "p"
+partition_by = ["session"]
+steps = [{ event = "click" }, { event = "exit", contiguity = "strict" }]"#,
+    );
+    let mut set = TriggerSet::new();
+    set.install("t", &[p]);
+    for i in 0..5_000u32 {
+        for (k, kind) in [Click, Scroll].into_iter().enumerate() {
+            let mut e = ev(2 * i + k as u32, i.into(), kind, "a");
+            e.session = format!("s{i}");
+            set.on_event(&e);
+        }
+    }
+    assert!(set.partial_count() < 100, "{}", set.partial_count());
+    let spaces: usize = set.spaces.iter().map(|s| s.parts.len()).sum();
+    assert!(spaces < 100, "{spaces} partitions kept");
+    assert!(set.sweep_queue.len() < 200, "{}", set.sweep_queue.len());
+}
