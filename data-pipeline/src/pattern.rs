@@ -809,6 +809,23 @@ steps = [{ event = "enter", page = "item" }]
     }
 
     #[test]
+    fn the_readme_and_module_examples_are_valid() {
+        let readme = include_str!("../../README.md");
+        let start = readme.find("name = \"abandoned-cart\"").unwrap();
+        let end = start + readme[start..].find("```").unwrap();
+        toml_pattern(&readme[start..end]).validate().unwrap();
+        let docs = include_str!("pattern.rs");
+        let start = docs.find("//! name = \"considered-then-left\"").unwrap();
+        let end = start + docs[start..].find("//! ```").unwrap();
+        let text: String = docs[start..end]
+            .lines()
+            .map(|l| l.trim_start_matches("//!").trim_start())
+            .collect::<Vec<_>>()
+            .join("\n");
+        toml_pattern(&text).validate().unwrap();
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let r: Result<PatternSpec, _> =
             toml::from_str("name = \"t\"\nsteps = [{ event = \"enter\", repeat = 2 }]");

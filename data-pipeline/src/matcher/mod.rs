@@ -3,19 +3,22 @@
 //! All installed patterns compile into one [`TriggerSet`] so that the work per event depends on
 //! the patterns that can match it, not on how many are installed:
 //!
-//! * the [condition index](index) maps an event to the conditions it satisfies (hash maps on
-//!   equalities, tries on prefixes, a short residual list); each condition knows the patterns
-//!   whose first step it is, which start runs;
+//! * the condition index (`matcher/index.rs`) maps an event to the conditions it satisfies
+//!   (hash maps on equalities, tries on prefixes, a short residual list); each condition knows
+//!   the patterns whose first step it is, which start runs;
 //! * runs (partial matches) live in their **partition** (the events sharing the pattern's
 //!   `partition_by` values), and partitions are shared by every pattern partitioned the same way.
 //!   An event visits its partition in each distinct partitioning (a handful), appends itself to
 //!   the partition's event buffer (the source of firings' windows) and is offered to the runs
 //!   there whose pattern has a condition it satisfies;
-//! * strict contiguity is checked lazily with a per-partition event counter (see [`run`]), and
-//!   `within` bounds with one timer heap ordered by deadline, so nothing is touched on events
-//!   that do not concern it. Partitions sweep their dead runs every [`SWEEP_EVERY`] events and
-//!   trim their buffers, stale timers and queue entries are compacted when they outnumber live
-//!   runs, and each pattern keeps at most [`MAX_PARTIALS_PER_PATTERN`] runs.
+//! * strict contiguity is checked lazily with a per-partition event counter
+//!   (`matcher/run.rs`), and `within` bounds with one timer heap ordered by deadline, so nothing
+//!   is touched on events that do not concern it;
+//! * memory stays bounded: partitions sweep their failed runs every [`SWEEP_EVERY`] events and
+//!   trim their buffers, a round-robin sweeper visits a few quiet partitions per event, stale
+//!   timers and queue entries are compacted when they outnumber live runs, and each pattern
+//!   keeps at most [`MAX_PARTIALS_PER_PATTERN`] runs (over that the oldest is dropped; runs that
+//!   failed unnoticed may count towards the limit until swept).
 //!
 //! Installing or removing a task rebuilds the index only; the runs of other tasks stay where
 //! they are, keyed by stable pattern ids. The semantics are those of [`crate::pattern`].
