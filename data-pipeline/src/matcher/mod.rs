@@ -681,6 +681,10 @@ impl TriggerSet {
 
     /// Drops timers of runs that no longer exist once they outnumber the runs.
     fn compact_timers(&mut self) {
+        // Counting runs visits every pattern: only look now and then.
+        if self.timers.len() <= 1024 || !self.scratch.event_no.is_multiple_of(1024) {
+            return;
+        }
         let live = self.partial_count();
         if self.timers.len() <= 2 * live + 1024 {
             return;
