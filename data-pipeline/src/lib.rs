@@ -5,13 +5,23 @@
 //! installed pattern and yields a [`Firing`] (the matched events plus their window) for each
 //! completed match, which the device container turns into a task run.
 //!
-//! This crate holds the event model, pattern language and matching. It must not know about
-//! networks, bundles or interpreters: it is pure data in, decisions out.
+//! * [`event`]: the event model and its ingest validation.
+//! * [`pattern`]: the trigger-pattern language (sequences, conditions, contiguity,
+//!   repetition, negation, `within`, after-match skip), its exact semantics and validation.
+//! * [`matcher`]: the compiled matcher, all installed patterns in one index.
+//!
+//! This crate must not know about networks, bundles or interpreters: it is pure data in,
+//! decisions out. The matcher's reference implementation, written straight from the
+//! semantics in [`pattern`], lives with the tests (`tests/reference/`), which check on random
+//! streams that the two agree.
 
+mod cond;
 pub mod event;
 pub mod matcher;
 pub mod pattern;
 
 pub use event::{Event, EventError, EventKind};
 pub use matcher::{Firing, TriggerSet};
-pub use pattern::{PatternError, PatternSpec, StepSpec, validate_patterns};
+pub use pattern::{
+    Condition, Contiguity, PatternError, PatternSpec, SkipPolicy, StepSpec, validate_patterns,
+};
