@@ -21,6 +21,20 @@ pub enum EventKind {
 }
 
 impl EventKind {
+    /// The kind with this lowercase name, if it is one.
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        [
+            EventKind::Enter,
+            EventKind::Exit,
+            EventKind::Click,
+            EventKind::Expose,
+            EventKind::Scroll,
+            EventKind::Custom,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
+    }
+
     /// The lowercase name used in JSON and in trigger conditions.
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -6,22 +6,27 @@
 //! completed match, which the device container turns into a task run.
 //!
 //! * [`event`]: the event model and its ingest validation.
+//! * [`store`]: the event store, every accepted event append-only in the device's SQLite
+//!   database (batched, bounded by age and bytes, queried by session, page and time); [`sqlite`]
+//!   opens that database and versions each component's tables in it.
 //! * [`pattern`]: the trigger-pattern language (sequences, conditions, contiguity,
 //!   repetition, negation, `within`, after-match skip), its exact semantics and validation.
 //! * [`matcher`]: the compiled matcher, all installed patterns in one index.
 //!
-//! This crate must not know about networks, bundles or interpreters: it is pure data in,
-//! decisions out. The matcher's reference implementation, written straight from the
-//! semantics in [`pattern`], lives with the tests (`tests/reference/`), which check on random
-//! streams that the two agree.
+//! This crate must not know about networks, bundles or interpreters. The matcher's reference
+//! implementation, written straight from the semantics in [`pattern`], lives with the tests
+//! (`tests/reference/`), which check on random streams that the two agree.
 
 mod cond;
 pub mod event;
 pub mod matcher;
 pub mod pattern;
+pub mod sqlite;
+pub mod store;
 
 pub use event::{Event, EventError, EventKind};
 pub use matcher::{Firing, TriggerSet};
 pub use pattern::{
     Condition, Contiguity, PatternError, PatternSpec, SkipPolicy, StepSpec, validate_patterns,
 };
+pub use store::{EventQuery, EventStore, Retention, StoreConfig, StoreError, StoreStats};

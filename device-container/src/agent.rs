@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
-use walle_pipeline::{Event, Firing, TriggerSet};
+use walle_pipeline::{Event, EventQuery, EventStore, Firing, StoreConfig, StoreStats, TriggerSet};
 use walle_proto::v1::{TaskEvent, TunnelRecord, task_event};
 use walle_vm::VmPool;
 
@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub installer: RwLock<Installer>,
     pub vm: Arc<VmPool>,
     pub triggers: Mutex<TriggerSet>,
+    /// Every accepted event, in the device database.
+    pub events: Mutex<EventStore>,
     pub active: Mutex<HashMap<String, InstalledTask>>,
     pub runs: mpsc::Sender<Firing>,
     pub outbox: Mutex<VecDeque<TunnelRecord>>,
@@ -147,6 +149,9 @@ impl Shared {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(AgentError::BadEvent(e));
         }
+        lock(&self.events)
+            .append(&event)
+            .map_err(|e| AgentError::State(e.to_string()))?;
         self.counters
             .events_accepted
             .fetch_add(1, Ordering::Relaxed);
@@ -192,6 +197,7 @@ impl Shared {
             device_id: self.device_id.clone(),
             connected: self.connected.load(Ordering::Relaxed),
             installed,
+            events: lock(&self.events).stats(),
             events_accepted: c.events_accepted.load(Ordering::Relaxed),
             events_rejected: c.events_rejected.load(Ordering::Relaxed),
             triggers_fired: c.triggers_fired.load(Ordering::Relaxed),
@@ -221,6 +227,8 @@ pub struct AgentStatus {
     pub device_id: String,
     pub connected: bool,
     pub installed: Vec<TaskStatus>,
+    /// What the event store holds and has deleted.
+    pub events: StoreStats,
     pub events_accepted: u64,
     pub events_rejected: u64,
     pub triggers_fired: u64,
@@ -255,6 +263,14 @@ impl Agent {
             .unwrap_or_default();
         let installer = Installer::new(config.data_dir.join("tasks"), trusted);
         let db = DeviceDb::open(&config.data_dir).map_err(|e| AgentError::State(e.to_string()))?;
+        let events = EventStore::open(
+            db.path(),
+            StoreConfig {
+                retention: config.event_retention(),
+                ..StoreConfig::default()
+            },
+        )
+        .map_err(|e| AgentError::State(e.to_string()))?;
         let vm =
             Arc::new(VmPool::with_state(config.vm_threads, Arc::new(db)).map_err(AgentError::Vm)?);
         let (runs, run_queue) = mpsc::channel(config.run_queue.max(1));
@@ -263,6 +279,7 @@ impl Agent {
             installer: RwLock::new(installer),
             vm,
             triggers: Mutex::new(TriggerSet::new()),
+            events: Mutex::new(events),
             active: Mutex::new(HashMap::new()),
             runs,
             outbox: Mutex::new(VecDeque::new()),
@@ -284,6 +301,7 @@ impl Agent {
             tokio::spawn(connection::run(shared.clone(), stopped.clone())),
             tokio::spawn(runner::run(shared.clone(), run_queue, stopped.clone())),
             tokio::spawn(uplink::run(shared.clone(), stopped.clone())),
+            tokio::spawn(keep_events(shared.clone(), stopped.clone())),
         ];
         let ingest_addr = match shared.config.ingest_addr {
             Some(addr) => {
@@ -365,11 +383,42 @@ impl Agent {
         .await
     }
 
-    /// Stops background work and the ingest endpoint.
+    /// Stored events matching `query`, oldest first (events still buffered are written first).
+    pub fn events(&self, query: &EventQuery) -> Result<Vec<Event>, AgentError> {
+        lock(&self.shared.events)
+            .query(query)
+            .map_err(|e| AgentError::State(e.to_string()))
+    }
+
+    /// Stops background work and the ingest endpoint; buffered events are written.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         for task in self.background {
             let _ = task.await;
         }
+    }
+}
+
+/// How often buffered events are written, and how often the retention is applied.
+const EVENT_FLUSH_EVERY: Duration = Duration::from_secs(1);
+const EVENT_RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// Writes buffered events every second and applies the retention every minute, until stopped
+/// (then writes what is left).
+async fn keep_events(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut flush = tokio::time::interval(EVENT_FLUSH_EVERY);
+    let mut retention = tokio::time::interval(EVENT_RETENTION_EVERY);
+    loop {
+        let result = tokio::select! {
+            _ = flush.tick() => lock(&shared.events).flush().map(drop),
+            _ = retention.tick() => lock(&shared.events).enforce_retention(now_ms()),
+            _ = stopped.changed() => break,
+        };
+        if let Err(e) = result {
+            tracing::error!(error = %e, "event store");
+        }
+    }
+    if let Err(e) = lock(&shared.events).flush() {
+        tracing::error!(error = %e, "event store: writing the last events at shutdown");
     }
 }

@@ -55,6 +55,10 @@ pub struct DeviceConfig {
     pub vm_threads: usize,
     /// Task runs waiting to execute; events that would overflow it are dropped and counted.
     pub run_queue: usize,
+    /// Events older than this many hours are deleted from the event store.
+    pub event_max_age_hours: u64,
+    /// Most bytes of events the store keeps; the oldest go first.
+    pub event_max_bytes: u64,
     pub profile: ProfileConfig,
 }
 
@@ -70,12 +74,23 @@ impl Default for DeviceConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             run_queue: 1024,
+            event_max_age_hours: 7 * 24,
+            event_max_bytes: 64 << 20,
             profile: ProfileConfig::default(),
         }
     }
 }
 
 impl DeviceConfig {
+    /// What the event store keeps.
+    pub fn event_retention(&self) -> walle_pipeline::Retention {
+        walle_pipeline::Retention {
+            max_age_ms: i64::try_from(self.event_max_age_hours.saturating_mul(3_600_000))
+                .unwrap_or(i64::MAX),
+            max_bytes: self.event_max_bytes,
+        }
+    }
+
     /// Reads a TOML config file; absent fields take their defaults.
     pub fn from_toml_file(path: &std::path::Path) -> Result<DeviceConfig, crate::AgentError> {
         let text = std::fs::read_to_string(path).map_err(|e| {

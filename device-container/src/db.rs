@@ -1,21 +1,21 @@
-//! The device's SQLite database: one file in the data directory, WAL journal, schema versioned
-//! by `PRAGMA user_version`.
+//! The device's SQLite database: one file in the data directory (WAL), in which each component
+//! versions its own tables (`walle_pipeline::sqlite`).
 //!
-//! Today it holds tasks' `walle.state` (table `task_state`); the agent's other persistent state
-//! moves here too. Every write is one transaction, so a crash leaves each key either at its old
-//! or at its new value.
+//! The agent's tables here: tasks' `walle.state` (`task_state`). Every write is one transaction,
+//! so a crash leaves each key either at its old or at its new value.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
+use walle_pipeline::sqlite;
 use walle_vm::StateStore;
 
 /// File name of the database in the data directory.
 pub const DB_FILE: &str = "device.sqlite";
 
-/// Schema migrations, in order; `user_version` counts those applied.
+/// The agent's migrations, in order.
 const MIGRATIONS: &[&str] = &[
     // 1: tasks' walle.state, keyed by task name (not version), so an upgrade keeps it.
     "CREATE TABLE task_state (
@@ -49,14 +49,9 @@ impl DeviceDb {
             let path = path.clone();
             move |source| DbError { path, what, source }
         };
-        let mut connection = Connection::open(&path).map_err(fail("cannot open"))?;
-        connection
-            .pragma_update(None, "journal_mode", "WAL")
-            .map_err(fail("cannot switch to WAL"))?;
-        connection
-            .pragma_update(None, "synchronous", "NORMAL")
-            .map_err(fail("cannot set synchronous"))?;
-        migrate(&mut connection).map_err(fail("cannot migrate the schema"))?;
+        let mut connection = sqlite::open(&path).map_err(fail("cannot open"))?;
+        sqlite::migrate(&mut connection, "agent", MIGRATIONS)
+            .map_err(fail("cannot migrate the schema"))?;
         Ok(DeviceDb {
             path,
             connection: Mutex::new(connection),
@@ -71,18 +66,6 @@ impl DeviceDb {
     fn connection(&self) -> MutexGuard<'_, Connection> {
         self.connection.lock().unwrap_or_else(|p| p.into_inner())
     }
-}
-
-fn migrate(connection: &mut Connection) -> rusqlite::Result<()> {
-    let applied: i64 = connection.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    let applied = usize::try_from(applied).unwrap_or(0);
-    for (index, sql) in MIGRATIONS.iter().enumerate().skip(applied) {
-        let transaction = connection.transaction()?;
-        transaction.execute_batch(sql)?;
-        transaction.pragma_update(None, "user_version", (index + 1) as i64)?;
-        transaction.commit()?;
-    }
-    Ok(())
 }
 
 impl StateStore for DeviceDb {

@@ -29,7 +29,9 @@ fn python() -> PathBuf {
     PathBuf::from(venv).join("bin/python")
 }
 
-/// The prepared cases, regenerated when the preparing script changed.
+/// The prepared cases, regenerated when the preparing script changed. nextest runs each test in
+/// its own process, so several may get here at once on a fresh machine: a lock file makes one
+/// prepare while the others wait, and none deletes what another is writing.
 fn cases_dir() -> PathBuf {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/onnx_conformance.py");
     let text = std::fs::read(&script).unwrap();
@@ -39,24 +41,36 @@ fn cases_dir() -> PathBuf {
     let root =
         PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/walle-onnx-cases");
     let dir = root.join(format!("{stamp:016x}"));
+    std::fs::create_dir_all(&root).unwrap();
+    let lock = std::fs::File::create(root.join(".lock")).unwrap();
+    lock.lock().unwrap();
     if dir.join("ready").exists() {
         return dir;
     }
-    let _ = std::fs::remove_dir_all(&root);
+    // Cases of older scripts and what an interrupted run left.
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        if entry.file_name() != ".lock" {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
     let partial = root.join("partial");
     std::fs::create_dir_all(&partial).unwrap();
-    let status = std::process::Command::new(python())
+    let prepared = std::process::Command::new(python())
         .arg(&script)
         .arg(&partial)
-        .stderr(std::process::Stdio::null())
-        .status()
+        .output()
         .unwrap_or_else(|e| {
             panic!(
                 "cannot run {} ({e}); run scripts/setup.sh",
                 python().display()
             )
         });
-    assert!(status.success(), "{} failed", script.display());
+    assert!(
+        prepared.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&prepared.stderr)
+    );
     std::fs::rename(&partial, &dir).unwrap();
     std::fs::write(dir.join("ready"), "").unwrap();
     dir

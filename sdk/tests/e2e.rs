@@ -163,6 +163,47 @@ async fn publish_release_run_and_upload_reach_the_cloud_store() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_example_wasm_task_runs_from_publish_to_the_cloud_store() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await.unwrap();
+    let wasm_example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/wasm-counter");
+    fleet.publish(&wasm_example).await.unwrap();
+    fleet
+        .client
+        .create_release("wasm-counter", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("wasm-counter", "1.0.0").await.unwrap();
+    let agent = &fleet.agents[0];
+    for item in ["sku-1", "sku-2", "sku-3"] {
+        for event in visit("s1", item, 0) {
+            agent.track(event).unwrap();
+        }
+    }
+    let status = agent.flush(TIMEOUT).await.unwrap();
+    assert_eq!(status.runs_failed, 0);
+    let records = fleet
+        .client
+        .records(Some("wasm-counter"), Some(agent.device_id()))
+        .await
+        .unwrap();
+    // The module counts its runs in walle.state and uploads the count with the context's size.
+    let mut runs: Vec<i64> = records
+        .iter()
+        .map(|r| r["payload"]["run"].as_i64().unwrap())
+        .collect();
+    runs.sort();
+    assert_eq!(runs, [1, 2, 3], "{records:?}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["payload"]["context_bytes"].as_i64().unwrap() > 100),
+        "{records:?}"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_bundle_is_refused_reported_and_the_old_version_keeps_running() {
     let root = tempfile::tempdir().unwrap();
     let fleet = Fleet::start(root.path(), 1).await.unwrap();
@@ -313,6 +354,14 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
     .await
     .unwrap();
     assert_eq!(agent.status().installed[0].version, "1.0.0");
+    // The events tracked before the restart are in the device's event store.
+    let before = agent
+        .events(&walle_pipeline::EventQuery {
+            session: Some("s1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(before, visit("s1", "sku-2", 0));
     for event in visit("s2", "sku-2", 0) {
         agent.track(event).unwrap();
     }
