@@ -156,6 +156,28 @@ impl Shared {
             .events_accepted
             .fetch_add(1, Ordering::Relaxed);
         let firings = lock(&self.triggers).on_event(&event);
+        Ok(self.queue_runs(firings))
+    }
+
+    /// Moves the triggers' clock to `now_ms` if the event stream is live (its newest event is at
+    /// most [`LIVE_STREAM`] old): matches waiting only for time (a trailing "not followed by",
+    /// a trailing repetition) fire when their window ends even if no later event comes. A replayed
+    /// stream of old events keeps its own time.
+    pub fn advance_clock(&self, now_ms: i64) -> usize {
+        let mut triggers = lock(&self.triggers);
+        let live = triggers
+            .clock()
+            .is_some_and(|clock| now_ms.saturating_sub(clock) <= LIVE_STREAM.as_millis() as i64);
+        if !live {
+            return 0;
+        }
+        let firings = triggers.advance_to(now_ms);
+        drop(triggers);
+        self.queue_runs(firings)
+    }
+
+    /// Queues a run per firing (dropping and counting those the queue has no room for).
+    fn queue_runs(&self, firings: Vec<Firing>) -> usize {
         let fired = firings.len();
         for firing in firings {
             self.counters.triggers_fired.fetch_add(1, Ordering::Relaxed);
@@ -166,7 +188,7 @@ impl Shared {
                 tracing::warn!("run queue full: a task run was dropped");
             }
         }
-        Ok(fired)
+        fired
     }
 
     /// Parses one JSON event and tracks it.
@@ -399,18 +421,25 @@ impl Agent {
     }
 }
 
-/// How often buffered events are written, and how often the retention is applied.
+/// How often buffered events are written and the triggers' clock follows the wall clock, and
+/// how often the retention is applied.
 const EVENT_FLUSH_EVERY: Duration = Duration::from_secs(1);
 const EVENT_RETENTION_EVERY: Duration = Duration::from_secs(60);
 
-/// Writes buffered events every second and applies the retention every minute, until stopped
-/// (then writes what is left).
+/// How recent the newest event must be for the triggers' clock to follow the wall clock.
+const LIVE_STREAM: Duration = Duration::from_secs(60);
+
+/// Every second writes buffered events and moves the triggers' clock; applies the retention
+/// every minute; until stopped (then writes what is left).
 async fn keep_events(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     let mut flush = tokio::time::interval(EVENT_FLUSH_EVERY);
     let mut retention = tokio::time::interval(EVENT_RETENTION_EVERY);
     loop {
         let result = tokio::select! {
-            _ = flush.tick() => lock(&shared.events).flush().map(drop),
+            _ = flush.tick() => {
+                shared.advance_clock(now_ms());
+                lock(&shared.events).flush().map(drop)
+            }
             _ = retention.tick() => lock(&shared.events).enforce_retention(now_ms()),
             _ = stopped.changed() => break,
         };
@@ -420,5 +449,91 @@ async fn keep_events(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
     }
     if let Err(e) = lock(&shared.events).flush() {
         tracing::error!(error = %e, "event store: writing the last events at shutdown");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use walle_pipeline::{EventKind, PatternSpec};
+
+    /// An agent with no cloud to talk to (it keeps trying in the background) and an
+    /// "entered, did not click within 1 s" trigger installed directly.
+    async fn offline_agent(dir: &std::path::Path) -> Agent {
+        let agent = Agent::start(DeviceConfig {
+            cloud_url: "http://127.0.0.1:9".into(),
+            data_dir: dir.to_owned(),
+            ingest_addr: None,
+            vm_threads: 1,
+            ..DeviceConfig::default()
+        })
+        .await
+        .unwrap();
+        let pattern: PatternSpec = toml::from_str(
+            r#"
+            name = "bounce"
+            partition_by = ["session"]
+            within_ms = 1000
+            steps = [{ event = "enter" }, { event = "click", not = true }]
+            "#,
+        )
+        .unwrap();
+        lock(&agent.shared.triggers)
+            .try_install("bounce-task", &[pattern])
+            .unwrap();
+        agent
+    }
+
+    fn enter(id: &str, ts: i64) -> Event {
+        Event {
+            id: id.into(),
+            ts,
+            session: "s".into(),
+            page: "home".into(),
+            event: EventKind::Enter,
+            item: String::new(),
+            args: Default::default(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_live_stream_fires_time_bound_triggers_on_the_wall_clock() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = offline_agent(dir.path()).await;
+        let now = now_ms();
+        agent.track(enter("e1", now)).unwrap();
+        // Still inside the window: nothing yet.
+        assert_eq!(agent.shared.advance_clock(now + 500), 0);
+        // The window ended without a click.
+        assert_eq!(agent.shared.advance_clock(now + 1001), 1);
+        assert_eq!(agent.status().triggers_fired, 1);
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_replayed_stream_of_old_events_keeps_its_own_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = offline_agent(dir.path()).await;
+        let long_ago = now_ms() - 24 * 3600 * 1000;
+        agent.track(enter("e1", long_ago)).unwrap();
+        assert_eq!(agent.shared.advance_clock(now_ms()), 0);
+        // Its own later events move its clock.
+        agent.track(enter("e2", long_ago + 5000)).unwrap();
+        assert_eq!(agent.status().triggers_fired, 1);
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn tracked_events_are_stored_and_written_at_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = offline_agent(dir.path()).await;
+        agent.track(enter("e1", 1)).unwrap();
+        agent.track(enter("e2", 2)).unwrap();
+        agent.shutdown().await;
+        let agent = offline_agent(dir.path()).await;
+        assert_eq!(agent.status().events.events, 2);
+        let stored = agent.events(&EventQuery::default()).unwrap();
+        assert_eq!(stored, vec![enter("e1", 1), enter("e2", 2)]);
+        agent.shutdown().await;
     }
 }
