@@ -1,4 +1,22 @@
 //! The user-behaviour event: the one typed record every pipeline stage passes along.
+//!
+//! # Schema
+//!
+//! | field | type | rule |
+//! |---|---|---|
+//! | `id` | string | unique per device, 1–256 characters; an id seen before is stored once |
+//! | `ts` | integer | Unix time in milliseconds, ≥ 0 (event time: windows and `within` use it) |
+//! | `session` | string | 1–256 characters |
+//! | `page` | string | 1–256 characters, e.g. `item`, `home` |
+//! | `event` | enum | `enter`, `exit`, `click`, `expose`, `scroll` or `custom` |
+//! | `item` | string | 0–256 characters; empty when the event concerns no item |
+//! | `args` | map | at most 64 entries; names 1–64 characters; values are **typed scalars**: strings (≤ 1,024 characters), numbers (integers or floats) or booleans — no objects, arrays or nulls |
+//!
+//! An event is at most 16 KiB as JSON. Two forms carry it: JSON (one object per line in JSONL
+//! streams, as above) and protobuf (`walle.device.v1.Event` in `walle-proto`, whose `ArgValue`
+//! is a `oneof` of string, int64, double and bool; `walle_proto::event` converts). Both are
+//! validated by [`Event::validate`], so a malformed event is rejected whole with an
+//! [`EventError`] whose [`EventError::reason`] names the rule, and is never half-stored.
 
 use serde::{Deserialize, Serialize};
 
@@ -6,6 +24,12 @@ use serde::{Deserialize, Serialize};
 pub const MAX_EVENT_BYTES: usize = 16 * 1024;
 /// Largest accepted length of any one string field (id, session, page, item, custom kind).
 pub const MAX_FIELD_CHARS: usize = 256;
+/// Most entries in `args`.
+pub const MAX_ARGS: usize = 64;
+/// Longest arg name.
+pub const MAX_ARG_NAME_CHARS: usize = 64;
+/// Longest string arg value.
+pub const MAX_ARG_STRING_CHARS: usize = 1024;
 
 /// What the user did.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -65,7 +89,7 @@ pub struct Event {
     /// Item (e.g. product id) the event concerns; empty when none.
     #[serde(default)]
     pub item: String,
-    /// Free-form arguments (e.g. `{"action": "add_to_cart"}`).
+    /// Typed scalar arguments (e.g. `{"action": "add_to_cart", "price": 9.5}`).
     #[serde(default)]
     pub args: serde_json::Map<String, serde_json::Value>,
 }
@@ -87,6 +111,25 @@ pub enum EventError {
     },
     #[error("event timestamp {0} is negative")]
     NegativeTimestamp(i64),
+    #[error("event has {count} args, more than {MAX_ARGS}")]
+    TooManyArgs { count: usize },
+    #[error("event arg {name:?} {problem}")]
+    BadArg { name: String, problem: String },
+}
+
+impl EventError {
+    /// The rule the event broke, as a stable snake_case label (for rejection counters).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            EventError::Malformed(_) => "malformed",
+            EventError::TooLarge { .. } => "too_large",
+            EventError::EmptyField { .. } => "empty_field",
+            EventError::FieldTooLong { .. } => "field_too_long",
+            EventError::NegativeTimestamp(_) => "negative_timestamp",
+            EventError::TooManyArgs { .. } => "too_many_args",
+            EventError::BadArg { .. } => "bad_arg",
+        }
+    }
 }
 
 impl Event {
@@ -126,6 +169,41 @@ impl Event {
         }
         if self.ts < 0 {
             return Err(EventError::NegativeTimestamp(self.ts));
+        }
+        self.validate_args()
+    }
+
+    fn validate_args(&self) -> Result<(), EventError> {
+        if self.args.len() > MAX_ARGS {
+            return Err(EventError::TooManyArgs {
+                count: self.args.len(),
+            });
+        }
+        for (name, value) in &self.args {
+            let bad = |problem: String| EventError::BadArg {
+                name: name.chars().take(MAX_ARG_NAME_CHARS).collect(),
+                problem,
+            };
+            let name_chars = name.chars().count();
+            if name_chars == 0 || name_chars > MAX_ARG_NAME_CHARS {
+                return Err(bad(format!(
+                    "has a name of {name_chars} characters; names have 1 to {MAX_ARG_NAME_CHARS}"
+                )));
+            }
+            let problem = match value {
+                serde_json::Value::String(text) if text.chars().count() > MAX_ARG_STRING_CHARS => {
+                    format!("is a string longer than {MAX_ARG_STRING_CHARS} characters")
+                }
+                serde_json::Value::String(_)
+                | serde_json::Value::Number(_)
+                | serde_json::Value::Bool(_) => continue,
+                serde_json::Value::Null => "is null".to_owned(),
+                serde_json::Value::Array(_) => "is an array".to_owned(),
+                serde_json::Value::Object(_) => "is an object".to_owned(),
+            };
+            return Err(bad(format!(
+                "{problem}; args hold strings, numbers and booleans"
+            )));
         }
         Ok(())
     }
@@ -188,5 +266,40 @@ mod tests {
             Event::from_json(&huge),
             Err(EventError::TooLarge { .. })
         ));
+    }
+
+    #[test]
+    fn args_are_typed_scalars() {
+        let with_args = |args: &str| {
+            Event::from_json(&format!(
+                r#"{{"id":"a","ts":1,"session":"s","page":"p","event":"click","args":{args}}}"#
+            ))
+        };
+        let good = with_args(r#"{"action":"cart","price":9.5,"qty":2,"promo":false}"#).unwrap();
+        assert_eq!(good.args["qty"], 2);
+        for (args, problem) in [
+            (r#"{"nested":{"a":1}}"#, "is an object"),
+            (r#"{"list":[1,2]}"#, "is an array"),
+            (r#"{"nothing":null}"#, "is null"),
+            (r#"{"":1}"#, "has a name of 0 characters"),
+        ] {
+            let error = with_args(args).unwrap_err();
+            assert_eq!(error.reason(), "bad_arg");
+            assert!(error.to_string().contains(problem), "{error}");
+        }
+        let long = format!(r#"{{"text":"{}"}}"#, "x".repeat(MAX_ARG_STRING_CHARS + 1));
+        assert!(
+            with_args(&long)
+                .unwrap_err()
+                .to_string()
+                .contains("longer than")
+        );
+        let many: Vec<String> = (0..=MAX_ARGS).map(|i| format!(r#""a{i}":1"#)).collect();
+        assert_eq!(
+            with_args(&format!("{{{}}}", many.join(","))).unwrap_err(),
+            EventError::TooManyArgs {
+                count: MAX_ARGS + 1
+            }
+        );
     }
 }

@@ -12,6 +12,8 @@
 //! * [`pattern`]: the trigger-pattern language (sequences, conditions, contiguity,
 //!   repetition, negation, `within`, after-match skip), its exact semantics and validation.
 //! * [`matcher`]: the compiled matcher, all installed patterns in one index.
+//! * [`outbox`]: the tunnel outbox, what the device must deliver to the cloud, kept in the
+//!   device database until acknowledged, in order.
 //!
 //! This crate must not know about networks, bundles or interpreters. The matcher's reference
 //! implementation, written straight from the semantics in [`pattern`], lives with the tests
@@ -20,12 +22,14 @@
 mod cond;
 pub mod event;
 pub mod matcher;
+pub mod outbox;
 pub mod pattern;
 pub mod sqlite;
 pub mod store;
 
 pub use event::{Event, EventError, EventKind};
 pub use matcher::{Firing, TriggerSet};
+pub use outbox::{Item, NewItem, Outbox, OutboxConfig, OutboxError, QueueStats};
 pub use pattern::{
     Condition, Contiguity, PatternError, PatternSpec, SkipPolicy, StepSpec, validate_patterns,
 };
