@@ -2,7 +2,10 @@
 //! needed, and generates tonic client and server code from them.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["walle/device/v1/device.proto"];
+    let protos = [
+        "walle/device/v1/device.proto",
+        "walle/device/v1/event.proto",
+    ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
     }

@@ -7,13 +7,21 @@
 //! - [`bundle`]: the task bundle file format (tar + zstd), packed deterministically and read
 //!   back with every entry checked.
 //! - [`signing`]: ed25519 signing of release manifests and their verification on devices.
+//! - [`event`]: the protobuf form of user-behaviour events, converted to the pipeline's `Event`
+//!   and validated like the JSON form.
+//! - [`tunnel`]: the tunnel's compressed record batch, bounded when read.
+//! - [`crash`]: the crash points (fault injection by environment variable) that the cloud's and
+//!   the device's crash tests use; inert unless `WALLE_CRASH_AT` is set.
 //!
 //! This crate holds formats and their validation only: no I/O beyond reading a task directory,
 //! no networking, no storage.
 
 pub mod bundle;
+pub mod crash;
+pub mod event;
 pub mod manifest;
 pub mod signing;
+pub mod tunnel;
 
 /// Device plane, version 1: generated messages, `device_plane_client` and `device_plane_server`.
 pub mod v1 {
