@@ -20,7 +20,7 @@ use walle_proto::v1::{
 
 use crate::release::select::{LiveRelease, choose};
 use crate::release::target::Profile;
-use crate::store::events::TaskEventRow;
+use crate::store::events::{NewRecord, TaskEventRow};
 use crate::store::now_ms;
 use crate::{AppState, CloudError, secrets};
 
@@ -158,10 +158,7 @@ fn event_kind_name(kind: i32) -> Option<&'static str> {
     }
 }
 
-/// A tunnel record as stored: (id, task, version, created at, JSON payload).
-type RecordRow = (String, String, String, i64, String);
-
-fn check_record(i: usize, r: TunnelRecord) -> Result<RecordRow, Status> {
+fn check_record(i: usize, r: TunnelRecord) -> Result<NewRecord, Status> {
     check_id(&format!("records[{i}].id"), &r.id)?;
     check_id(&format!("records[{i}].task"), &r.task)?;
     check_id(&format!("records[{i}].version"), &r.version)?;
@@ -177,7 +174,26 @@ fn check_record(i: usize, r: TunnelRecord) -> Result<RecordRow, Status> {
         .ok_or_else(|| {
             Status::invalid_argument(format!("`records[{i}].payload` is not UTF-8 JSON"))
         })?;
-    Ok((r.id, r.task, r.version, r.created_at_ms, payload))
+    Ok(NewRecord {
+        id: r.id,
+        task: r.task,
+        version: r.version,
+        seq: r.seq,
+        created_at_ms: r.created_at_ms,
+        payload,
+    })
+}
+
+/// The records of an upload: the plain list or the compressed batch, never both.
+fn upload_records(request: UploadRequest) -> Result<Vec<TunnelRecord>, Status> {
+    match (request.records.is_empty(), request.zstd_batch.is_empty()) {
+        (_, true) => Ok(request.records),
+        (true, false) => walle_proto::tunnel::decompress(&request.zstd_batch)
+            .map_err(|e| Status::invalid_argument(format!("`zstd_batch`: {e}"))),
+        (false, false) => Err(Status::invalid_argument(
+            "an upload carries `records` or `zstd_batch`, not both",
+        )),
+    }
 }
 
 /// The answer about one refused batch entry.
@@ -605,7 +621,7 @@ impl DevicePlane for DevicePlaneService {
         request: Request<UploadRequest>,
     ) -> Result<Response<UploadResponse>, Status> {
         let device = self.authenticate(&request).await?;
-        let records = request.into_inner().records;
+        let records = upload_records(request.into_inner())?;
         if records.len() > MAX_BATCH {
             return Err(Status::invalid_argument(format!(
                 "`records` has more than {MAX_BATCH} entries"
@@ -626,6 +642,7 @@ impl DevicePlane for DevicePlaneService {
             .insert_records(&device, &rows)
             .await
             .map_err(internal)?;
+        walle_proto::crash::crash_point("cloud-upload-committed");
         Ok(Response::new(UploadResponse {
             stored,
             duplicates,

@@ -311,12 +311,14 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
         version: "1.0.0".into(),
         created_at_ms: 1,
         payload: payload.to_vec(),
+        seq: 0,
     };
     // A bad record is refused on its own, with why; the good one in the same batch is stored.
     let mixed = client
         .upload(authed(
             UploadRequest {
                 records: vec![record("r1", br#"{"ok":1}"#), record("r2", b"{not json")],
+                ..UploadRequest::default()
             },
             &token,
         ))
@@ -335,6 +337,7 @@ async fn device_plane_authenticates_validates_and_stores_records_once(backend: B
     );
     let upload = || UploadRequest {
         records: vec![record("r1", br#"{"ok":1}"#), record("r2", br#"{"ok":2}"#)],
+        ..UploadRequest::default()
     };
     let first = client
         .upload(authed(upload(), &token))
@@ -832,7 +835,153 @@ async fn bundle_transfers_are_capped_and_excess_devices_told_when_to_come_back(b
     cloud.shutdown().await;
 }
 
+/// A device's outbox item number `seq`, of `task`, produced at `1000 + seq`.
+fn outbox_record(seq: i64, task: &str) -> TunnelRecord {
+    TunnelRecord {
+        id: format!("r{seq}"),
+        task: task.into(),
+        version: "1.0.0".into(),
+        created_at_ms: 1000 + seq,
+        payload: json!({ "n": seq }).to_string().into_bytes(),
+        seq,
+    }
+}
+
+fn compressed(records: Vec<TunnelRecord>) -> UploadRequest {
+    UploadRequest {
+        records: Vec::new(),
+        zstd_batch: walle_proto::tunnel::compress(records),
+    }
+}
+
+/// JSON Lines export of `query` (status, content type, parsed lines).
+async fn export(http: &Http, query: &str) -> (StatusCode, String, Vec<Value>) {
+    let response = http
+        .client
+        .get(format!("{}/v1/records/export?{query}", http.base))
+        .bearer_auth(&http.token)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status();
+    let content_type = response
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default();
+    let text = response.text().await.unwrap();
+    let lines = text
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
+        .collect();
+    (status, content_type, lines)
+}
+
+fn seqs(records: &[Value]) -> Vec<i64> {
+    records.iter().map(|r| r["seq"].as_i64().unwrap()).collect()
+}
+
+async fn tunnel_batches_arrive_compressed_in_order_and_export_as_jsonl(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = backend.start(dir.path(), |_| {}).await;
+    let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+    let token = register(&mut client, "d1", "").await.unwrap().device_token;
+    let upload = |request: UploadRequest| {
+        let mut client = client.clone();
+        let token = token.clone();
+        async move { client.upload(authed(request, &token)).await }
+    };
+    let task_of = |seq: i64| if seq % 2 == 1 { "odd" } else { "even" };
+    let first: Vec<TunnelRecord> = (1..=3).map(|n| outbox_record(n, task_of(n))).collect();
+    let answer = upload(compressed(first.clone()))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((answer.stored, answer.duplicates), (3, 0));
+    // The next batch, and the first one again uncompressed (a device that lost the answer).
+    let second = (4..=6).map(|n| outbox_record(n, task_of(n))).collect();
+    let answer = upload(compressed(second)).await.unwrap().into_inner();
+    assert_eq!((answer.stored, answer.duplicates), (3, 0));
+    let again = UploadRequest {
+        records: first.clone(),
+        ..UploadRequest::default()
+    };
+    let answer = upload(again).await.unwrap().into_inner();
+    assert_eq!((answer.stored, answer.duplicates), (0, 3));
+
+    // Hostile batches are refused as a whole with the reason, and store nothing.
+    let bomb = UploadRequest {
+        zstd_batch: zstd::bulk::compress(&vec![0u8; 9 << 20], 3).unwrap(),
+        ..UploadRequest::default()
+    };
+    let garbage = UploadRequest {
+        zstd_batch: b"not zstd at all".to_vec(),
+        ..UploadRequest::default()
+    };
+    let both = UploadRequest {
+        records: vec![outbox_record(7, "odd")],
+        zstd_batch: walle_proto::tunnel::compress(vec![outbox_record(8, "even")]),
+    };
+    for (request, reason) in [
+        (bomb, "decompresses to more than"),
+        (garbage, "not valid zstd"),
+        (both, "not both"),
+    ] {
+        let refused = upload(request).await.unwrap_err();
+        assert_eq!(refused.code(), Code::InvalidArgument, "{refused}");
+        assert!(refused.message().contains(reason), "{refused}");
+    }
+
+    let http = Http::new(&cloud);
+    let (_, odd) = http.get("/v1/records?task=odd").await;
+    assert_eq!(
+        seqs(odd.as_array().unwrap()),
+        [5, 3, 1],
+        "newest first: {odd}"
+    );
+    assert_eq!(odd[0]["payload"], json!({"n": 5}));
+    let (_, window) = http.get("/v1/records?from_ms=1002&to_ms=1005").await;
+    let mut in_window = seqs(window.as_array().unwrap());
+    in_window.sort();
+    assert_eq!(in_window, [2, 3, 4]);
+    let (_, other_version) = http.get("/v1/records?version=2.0.0").await;
+    assert_eq!(other_version, json!([]));
+    let (status, body) = http.get("/v1/records?colour=blue").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+
+    let (status, content_type, lines) = export(&http, "task=even").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(content_type, "application/x-ndjson");
+    assert_eq!(seqs(&lines), [2, 4, 6], "in the order produced");
+    assert!(
+        lines
+            .iter()
+            .all(|r| r["device_id"] == "d1" && r["task"] == "even")
+    );
+
+    // An export longer than one page comes out whole and in order.
+    for batch in 0..3 {
+        let records = (0..500)
+            .map(|i| outbox_record(100 + batch * 500 + i, "bulk"))
+            .collect();
+        assert_eq!(
+            upload(compressed(records))
+                .await
+                .unwrap()
+                .into_inner()
+                .stored,
+            500
+        );
+    }
+    let (_, _, bulk) = export(&http, "task=bulk&device=d1").await;
+    assert_eq!(seqs(&bulk), (100..1600).collect::<Vec<_>>());
+    let (status, _, _) = export(&http, "").await;
+    assert_eq!(status, StatusCode::OK);
+    cloud.shutdown().await;
+}
+
 on_both_backends!(
+    tunnel_batches_arrive_compressed_in_order_and_export_as_jsonl,
     bundle_transfers_are_capped_and_excess_devices_told_when_to_come_back,
     roles_limit_operators_and_every_mutation_is_audited,
     control_plane_requires_an_operator_token,

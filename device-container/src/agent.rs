@@ -1,23 +1,32 @@
 //! The agent: what a host app embeds (`Agent::start`, `agent.track(event)`) and what the
 //! `walle-device` binary runs.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
+use prost::Message;
 use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
-use walle_pipeline::{Event, EventQuery, EventStore, Firing, StoreConfig, StoreStats, TriggerSet};
-use walle_proto::v1::{TaskEvent, TunnelRecord, task_event};
+use walle_pipeline::{
+    Event, EventError, EventQuery, EventStore, Firing, NewItem, Outbox, OutboxConfig, QueueStats,
+    StoreConfig, StoreStats, TriggerSet,
+};
+use walle_proto::v1::{TaskEvent, task_event};
 use walle_vm::VmPool;
 
 use crate::connection::Client;
 use crate::db::DeviceDb;
 use crate::install::{InstalledTask, Installer};
 use crate::{AgentError, DeviceConfig, connection, credential, ingest, runner, uplink};
+
+/// Outbox queue of task output records (tunnel records).
+pub(crate) const RECORDS: &str = "records";
+/// Outbox queue of task events for `Report` (payload: an encoded `TaskEvent`).
+pub(crate) const REPORTS: &str = "reports";
 
 /// Output records kept per task for `Agent::outputs` (the tunnel keeps its own queue).
 const RECENT_OUTPUTS_PER_TASK: usize = 100;
@@ -29,11 +38,15 @@ const RECENT_FAILURES: usize = 20;
 pub(crate) struct Counters {
     pub events_accepted: AtomicU64,
     pub events_rejected: AtomicU64,
+    /// Rejected events by the rule they broke (`EventError::reason`).
+    pub events_rejected_by_reason: Mutex<BTreeMap<&'static str, u64>>,
     pub triggers_fired: AtomicU64,
     pub runs_ok: AtomicU64,
     pub runs_failed: AtomicU64,
     pub runs_dropped: AtomicU64,
     pub records_uploaded: AtomicU64,
+    /// Outputs and reports that could not be written to the outbox (e.g. a full disk).
+    pub outbox_failures: AtomicU64,
     pub pending_runs: AtomicUsize,
 }
 
@@ -48,8 +61,8 @@ pub(crate) struct Shared {
     pub events: Mutex<EventStore>,
     pub active: Mutex<HashMap<String, InstalledTask>>,
     pub runs: mpsc::Sender<Firing>,
-    pub outbox: Mutex<VecDeque<TunnelRecord>>,
-    pub reports: Mutex<VecDeque<TaskEvent>>,
+    /// Task outputs and reports until the cloud acknowledges them, in the device database.
+    pub outbox: Mutex<Outbox>,
     pub wake_uplink: Notify,
     pub client: Mutex<Option<Client>>,
     pub connected: AtomicBool,
@@ -99,7 +112,7 @@ impl Shared {
         if detail.chars().count() > 4000 {
             detail = detail.chars().take(4000).collect::<String>() + "…";
         }
-        lock(&self.reports).push_back(TaskEvent {
+        let event = TaskEvent {
             id: self.next_id(),
             kind: kind as i32,
             task: task.to_owned(),
@@ -108,7 +121,29 @@ impl Shared {
             at_ms: now_ms(),
             detail,
             duration_ms,
-        });
+        };
+        let payload = event.encode_to_vec();
+        self.queue_for_cloud(
+            REPORTS,
+            &NewItem {
+                id: &event.id,
+                task,
+                version,
+                created_at_ms: event.at_ms,
+                payload: &payload,
+            },
+        );
+    }
+
+    /// Writes an item to the outbox and wakes the uplink; a failure (e.g. a full disk) is
+    /// logged and counted, since the run that produced the item has already happened.
+    fn queue_for_cloud(&self, queue: &str, item: &NewItem) {
+        if let Err(e) = lock(&self.outbox).push(queue, item) {
+            self.counters
+                .outbox_failures
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::error!(queue, task = item.task, error = %e, "cannot queue an item for the cloud");
+        }
         self.wake_uplink.notify_one();
     }
 
@@ -131,23 +166,23 @@ impl Shared {
             }
             queue.push_back(record.clone());
         }
-        lock(&self.outbox).push_back(TunnelRecord {
-            id: self.next_id(),
-            task: task.task().to_owned(),
-            version: task.version(),
-            created_at_ms: now_ms(),
-            payload: record.to_string().into_bytes(),
-        });
-        self.wake_uplink.notify_one();
+        let (id, version) = (self.next_id(), task.version());
+        self.queue_for_cloud(
+            RECORDS,
+            &NewItem {
+                id: &id,
+                task: task.task(),
+                version: &version,
+                created_at_ms: now_ms(),
+                payload: record.to_string().as_bytes(),
+            },
+        );
     }
 
     /// Validates an event, matches it against installed triggers and queues the resulting runs.
     pub fn track(&self, event: Event) -> Result<usize, AgentError> {
         if let Err(e) = event.validate() {
-            self.counters
-                .events_rejected
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(AgentError::BadEvent(e));
+            return Err(self.reject(e));
         }
         lock(&self.events)
             .append(&event)
@@ -195,13 +230,27 @@ impl Shared {
     pub fn track_json(&self, line: &str) -> Result<usize, AgentError> {
         match Event::from_json(line) {
             Ok(event) => self.track(event),
-            Err(e) => {
-                self.counters
-                    .events_rejected
-                    .fetch_add(1, Ordering::Relaxed);
-                Err(AgentError::BadEvent(e))
-            }
+            Err(e) => Err(self.reject(e)),
         }
+    }
+
+    /// Parses one event in protobuf form and tracks it.
+    pub fn track_proto(&self, event: walle_proto::v1::Event) -> Result<usize, AgentError> {
+        match walle_proto::event::from_proto(event) {
+            Ok(event) => self.track(event),
+            Err(e) => Err(self.reject(e)),
+        }
+    }
+
+    /// Counts a rejected event by its reason.
+    fn reject(&self, error: EventError) -> AgentError {
+        self.counters
+            .events_rejected
+            .fetch_add(1, Ordering::Relaxed);
+        *lock(&self.counters.events_rejected_by_reason)
+            .entry(error.reason())
+            .or_default() += 1;
+        AgentError::BadEvent(error)
     }
 
     pub fn status(&self) -> AgentStatus {
@@ -222,14 +271,18 @@ impl Shared {
             events: lock(&self.events).stats(),
             events_accepted: c.events_accepted.load(Ordering::Relaxed),
             events_rejected: c.events_rejected.load(Ordering::Relaxed),
+            events_rejected_by_reason: lock(&c.events_rejected_by_reason)
+                .iter()
+                .map(|(reason, count)| (reason.to_string(), *count))
+                .collect(),
             triggers_fired: c.triggers_fired.load(Ordering::Relaxed),
             runs_ok: c.runs_ok.load(Ordering::Relaxed),
             runs_failed: c.runs_failed.load(Ordering::Relaxed),
             runs_dropped: c.runs_dropped.load(Ordering::Relaxed),
             runs_pending: c.pending_runs.load(Ordering::SeqCst),
-            records_queued: lock(&self.outbox).len(),
+            outbox: OutboxStatus::of(&lock(&self.outbox)),
             records_uploaded: c.records_uploaded.load(Ordering::Relaxed),
-            reports_queued: lock(&self.reports).len(),
+            outbox_failures: c.outbox_failures.load(Ordering::Relaxed),
             recent_install_failures: lock(&self.recent_failures).iter().cloned().collect(),
         }
     }
@@ -253,15 +306,36 @@ pub struct AgentStatus {
     pub events: StoreStats,
     pub events_accepted: u64,
     pub events_rejected: u64,
+    /// Rejected events by the rule they broke (e.g. `malformed`, `too_large`, `bad_arg`).
+    pub events_rejected_by_reason: BTreeMap<String, u64>,
     pub triggers_fired: u64,
     pub runs_ok: u64,
     pub runs_failed: u64,
     pub runs_dropped: u64,
     pub runs_pending: usize,
-    pub records_queued: usize,
+    /// What waits for the cloud's acknowledgement.
+    pub outbox: OutboxStatus,
     pub records_uploaded: u64,
-    pub reports_queued: usize,
+    pub outbox_failures: u64,
     pub recent_install_failures: Vec<String>,
+}
+
+/// The outbox's queues as status shows them.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct OutboxStatus {
+    /// Task output records (the tunnel).
+    pub records: QueueStats,
+    /// Task events for the cloud's release health.
+    pub reports: QueueStats,
+}
+
+impl OutboxStatus {
+    fn of(outbox: &Outbox) -> OutboxStatus {
+        OutboxStatus {
+            records: outbox.stats(RECORDS),
+            reports: outbox.stats(REPORTS),
+        }
+    }
 }
 
 /// A running device agent.
@@ -293,6 +367,13 @@ impl Agent {
             },
         )
         .map_err(|e| AgentError::State(e.to_string()))?;
+        let outbox = Outbox::open(
+            db.path(),
+            OutboxConfig {
+                max_bytes: config.outbox_max_bytes,
+            },
+        )
+        .map_err(|e| AgentError::State(e.to_string()))?;
         let vm =
             Arc::new(VmPool::with_state(config.vm_threads, Arc::new(db)).map_err(AgentError::Vm)?);
         let (runs, run_queue) = mpsc::channel(config.run_queue.max(1));
@@ -304,8 +385,7 @@ impl Agent {
             events: Mutex::new(events),
             active: Mutex::new(HashMap::new()),
             runs,
-            outbox: Mutex::new(VecDeque::new()),
-            reports: Mutex::new(VecDeque::new()),
+            outbox: Mutex::new(outbox),
             wake_uplink: Notify::new(),
             client: Mutex::new(None),
             connected: AtomicBool::new(false),
@@ -400,7 +480,7 @@ impl Agent {
     /// Waits until every queued run has finished and every output and report was acknowledged.
     pub async fn flush(&self, timeout: Duration) -> Result<AgentStatus, AgentError> {
         self.wait_for(timeout, |s| {
-            s.runs_pending == 0 && s.records_queued == 0 && s.reports_queued == 0
+            s.runs_pending == 0 && s.outbox.records.items == 0 && s.outbox.reports.items == 0
         })
         .await
     }
@@ -534,6 +614,32 @@ mod tests {
         assert_eq!(agent.status().events.events, 2);
         let stored = agent.events(&EventQuery::default()).unwrap();
         assert_eq!(stored, vec![enter("e1", 1), enter("e2", 2)]);
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn reports_wait_in_the_outbox_across_restarts_while_offline() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = offline_agent(dir.path()).await;
+        for detail in ["first", "second"] {
+            agent
+                .shared
+                .report(task_event::Kind::RunOk, "t", "1.0.0", "rel", detail, 3);
+        }
+        assert_eq!(agent.status().outbox.reports.items, 2);
+        agent.shutdown().await;
+        let agent = offline_agent(dir.path()).await;
+        let status = agent.status();
+        assert_eq!(status.outbox.reports.items, 2);
+        assert_eq!(status.outbox.records.items, 0);
+        let waiting = lock(&agent.shared.outbox)
+            .peek(REPORTS, 10, 1 << 20)
+            .unwrap();
+        let details: Vec<String> = waiting
+            .iter()
+            .map(|item| TaskEvent::decode(item.payload.as_slice()).unwrap().detail)
+            .collect();
+        assert_eq!(details, ["first", "second"]);
         agent.shutdown().await;
     }
 }

@@ -59,6 +59,9 @@ pub struct DeviceConfig {
     pub event_max_age_hours: u64,
     /// Most bytes of events the store keeps; the oldest go first.
     pub event_max_bytes: u64,
+    /// Most payload bytes of task outputs (and, separately, of reports) waiting for the cloud;
+    /// past it the oldest are dropped and counted.
+    pub outbox_max_bytes: u64,
     pub profile: ProfileConfig,
 }
 
@@ -76,6 +79,7 @@ impl Default for DeviceConfig {
             run_queue: 1024,
             event_max_age_hours: 7 * 24,
             event_max_bytes: 64 << 20,
+            outbox_max_bytes: 64 << 20,
             profile: ProfileConfig::default(),
         }
     }

@@ -23,6 +23,7 @@ use walle_proto::v1::{
 use walle_vm::{Limits, TaskCode};
 
 use crate::agent::{Shared, lock};
+use crate::backoff::Backoff;
 use crate::credential::{self, Credential};
 use crate::install::InstalledTask;
 use crate::{AgentError, random};
@@ -52,7 +53,7 @@ pub type Client = DevicePlaneClient<InterceptedService<Channel, Auth>>;
 
 /// Runs sessions until stopped.
 pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = BACKOFF_MIN;
+    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
     loop {
         let outcome = tokio::select! {
             outcome = session(&shared) => outcome,
@@ -64,10 +65,9 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             tracing::warn!(device = %shared.device_id, error = %e, "cloud session ended");
         }
         if was_connected {
-            backoff = BACKOFF_MIN;
+            backoff.reset();
         }
-        let delay = backoff / 2 + random::jitter(backoff.as_millis() as u64 / 2 + 1);
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+        let delay = backoff.next_delay();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => return,

@@ -10,6 +10,7 @@
 //! should run: that is the cloud's job; it converges to what the cloud says.
 
 pub mod agent;
+mod backoff;
 pub mod config;
 mod connection;
 pub mod credential;

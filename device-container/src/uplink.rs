@@ -1,122 +1,160 @@
-//! Sends queued reports and tunnel records to the cloud whenever connected, in order, retrying
-//! until acknowledged. Records carry ids, so a batch sent twice is stored once.
+//! Sends the outbox to the cloud whenever connected: task reports (`Report`) and task output
+//! records (`Upload`, zstd-compressed batches), oldest first, each item removed only once the
+//! cloud acknowledged it. Failures back off exponentially with jitter. Items carry ids, so a
+//! batch sent again after a crash or a lost answer is stored once.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use prost::Message;
 use tokio::sync::watch;
 use tonic::{Code, Status};
-use walle_proto::v1::{Rejected, ReportRequest, TunnelRecord, UploadRequest};
+use walle_pipeline::Item;
+use walle_proto::v1::{Rejected, ReportRequest, TaskEvent, TunnelRecord, UploadRequest};
 
-use crate::agent::{Shared, lock};
+use crate::agent::{RECORDS, REPORTS, Shared, lock};
+use crate::backoff::Backoff;
 use crate::connection::Client;
 
-/// Largest batch per call.
+/// Most items per call (the cloud takes at most 1,000).
 const BATCH: usize = 500;
-/// Payload bytes per upload call, well under the gRPC message limit of 4 MiB.
+/// Payload bytes per batch before compression; the cloud accepts 8 MiB uncompressed.
 const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 /// Flush period when nothing wakes the uplink.
 const PERIOD: Duration = Duration::from_millis(500);
+/// Retry delays after a failed call.
+const RETRY_MIN: Duration = Duration::from_millis(250);
+const RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
+    let mut retry_in = None;
     loop {
-        tokio::select! {
-            _ = shared.wake_uplink.notified() => {}
-            _ = tokio::time::sleep(PERIOD) => {}
-            _ = stop.wait_for(|s| *s) => return,
+        match retry_in {
+            // After a failure, wait out the delay: new items must not hammer a failing cloud.
+            Some(delay) => tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            },
+            None => tokio::select! {
+                _ = shared.wake_uplink.notified() => {}
+                _ = tokio::time::sleep(PERIOD) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            },
         }
         let client = lock(&shared.client).clone();
         let Some(client) = client else { continue };
-        while flush_reports(&shared, &client).await {}
-        while flush_records(&shared, &client).await {}
-    }
-}
-
-async fn flush_reports(shared: &Shared, client: &Client) -> bool {
-    let mut client = client.clone();
-    flush_batch(
-        &shared.reports,
-        "report",
-        |q| q.iter().take(BATCH).cloned().collect(),
-        |events| async move {
-            let answer = client.report(ReportRequest { events }).await?;
-            Ok(answer.into_inner().rejected)
-        },
-    )
-    .await
-    .is_some()
-}
-
-async fn flush_records(shared: &Shared, client: &Client) -> bool {
-    let mut client = client.clone();
-    let sent = flush_batch(
-        &shared.outbox,
-        "record",
-        records_batch,
-        |records| async move {
-            let answer = client.upload(UploadRequest { records }).await?;
-            Ok(answer.into_inner().rejected)
-        },
-    )
-    .await;
-    if let Some(count) = sent {
-        shared
-            .counters
-            .records_uploaded
-            .fetch_add(count as u64, Ordering::Relaxed);
-    }
-    sent.is_some()
-}
-
-/// The oldest records that fit one call: at least one, then as many as the byte budget allows.
-fn records_batch(outbox: &VecDeque<TunnelRecord>) -> Vec<TunnelRecord> {
-    let mut bytes = 0;
-    outbox
-        .iter()
-        .take(BATCH)
-        .take_while(|r| {
-            bytes += r.payload.len();
-            bytes <= MAX_BATCH_BYTES || bytes == r.payload.len()
-        })
-        .cloned()
-        .collect()
-}
-
-/// Sends the front batch of `queue` and removes it once acknowledged. Returns how many items were
-/// sent (or dropped as permanently rejected), or `None` when the queue is empty or the call failed
-/// and should be retried later.
-async fn flush_batch<T: Clone, Fut>(
-    queue: &Mutex<VecDeque<T>>,
-    what: &'static str,
-    take: impl FnOnce(&VecDeque<T>) -> Vec<T>,
-    send: impl FnOnce(Vec<T>) -> Fut,
-) -> Option<usize>
-where
-    Fut: Future<Output = Result<Vec<Rejected>, Status>>,
-{
-    let batch = take(&lock(queue));
-    let count = batch.len();
-    if count == 0 {
-        return None;
-    }
-    match send(batch).await {
-        Ok(rejected) => {
-            // The cloud stored the rest; these it will never take, so they are not resent.
-            for r in rejected {
-                tracing::error!(id = %r.id, reason = %r.reason, "cloud refused a {what}; dropping it");
+        retry_in = match flush(&shared, &client).await {
+            Ok(()) => {
+                backoff.reset();
+                None
             }
-        }
-        Err(status) if status.code() == Code::InvalidArgument => {
-            // The cloud will never accept this batch; retrying would block everything behind it.
-            tracing::error!(error = %status, dropped = count, "cloud rejected a {what} batch; dropping it");
-        }
-        Err(status) => {
-            tracing::warn!(error = %status, "{what} upload failed; will retry");
-            return None;
-        }
+            Err(status) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(error = %status, retry_in = ?delay, "upload to the cloud failed");
+                Some(delay)
+            }
+        };
     }
-    lock(queue).drain(..count);
-    Some(count)
+}
+
+/// Sends everything queued, reports first (release health waits on them).
+async fn flush(shared: &Shared, client: &Client) -> Result<(), Status> {
+    while send_reports(shared, client).await? {}
+    while send_records(shared, client).await? {}
+    Ok(())
+}
+
+/// Sends the oldest batch of reports; `Ok(false)` when there was none.
+async fn send_reports(shared: &Shared, client: &Client) -> Result<bool, Status> {
+    let Some(batch) = peek(shared, REPORTS)? else {
+        return Ok(false);
+    };
+    let events = batch
+        .iter()
+        .filter_map(|item| match TaskEvent::decode(item.payload.as_slice()) {
+            Ok(event) => Some(event),
+            Err(e) => {
+                // Only this device wrote it; a damaged row must not block the queue for ever.
+                tracing::error!(id = %item.id, error = %e, "undecodable report in the outbox; dropping it");
+                None
+            }
+        })
+        .collect();
+    let answer = client.clone().report(ReportRequest { events }).await;
+    let rejected = accepted(answer.map(|a| a.into_inner().rejected), "report")?;
+    log_rejected(&rejected, "report");
+    remove(shared, REPORTS, &batch)?;
+    Ok(true)
+}
+
+/// Sends the oldest batch of records as one compressed upload; `Ok(false)` when there was none.
+async fn send_records(shared: &Shared, client: &Client) -> Result<bool, Status> {
+    let Some(batch) = peek(shared, RECORDS)? else {
+        return Ok(false);
+    };
+    let records = batch.iter().map(tunnel_record).collect();
+    let request = UploadRequest {
+        records: Vec::new(),
+        zstd_batch: walle_proto::tunnel::compress(records),
+    };
+    let answer = client.clone().upload(request).await;
+    let rejected = accepted(answer.map(|a| a.into_inner().rejected), "record")?;
+    log_rejected(&rejected, "record");
+    // The cloud has stored the batch; dying here means sending it again, which it deduplicates.
+    walle_proto::crash::crash_point("device-upload-acked");
+    remove(shared, RECORDS, &batch)?;
+    shared
+        .counters
+        .records_uploaded
+        .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    Ok(true)
+}
+
+fn tunnel_record(item: &Item) -> TunnelRecord {
+    TunnelRecord {
+        id: item.id.clone(),
+        task: item.task.clone(),
+        version: item.version.clone(),
+        created_at_ms: item.created_at_ms,
+        payload: item.payload.clone(),
+        seq: item.seq,
+    }
+}
+
+fn peek(shared: &Shared, queue: &str) -> Result<Option<Vec<Item>>, Status> {
+    let batch = lock(&shared.outbox)
+        .peek(queue, BATCH, MAX_BATCH_BYTES)
+        .map_err(|e| Status::internal(e.to_string()))?;
+    Ok(Some(batch).filter(|b| !b.is_empty()))
+}
+
+fn remove(shared: &Shared, queue: &str, batch: &[Item]) -> Result<(), Status> {
+    let seqs: Vec<i64> = batch.iter().map(|item| item.seq).collect();
+    lock(&shared.outbox)
+        .remove(queue, &seqs)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+/// The entries the cloud refused if it took the batch; a batch the cloud refuses as a whole
+/// (`InvalidArgument`) is dropped too, since sending it again would block everything behind it.
+/// Any other failure is for retrying.
+fn accepted(
+    answer: Result<Vec<Rejected>, Status>,
+    what: &'static str,
+) -> Result<Vec<Rejected>, Status> {
+    match answer {
+        Err(status) if status.code() == Code::InvalidArgument => {
+            tracing::error!(error = %status, "cloud rejected a {what} batch; dropping it");
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+fn log_rejected(rejected: &[Rejected], what: &str) {
+    for r in rejected {
+        tracing::error!(id = %r.id, reason = %r.reason, "cloud refused a {what}; dropping it");
+    }
 }

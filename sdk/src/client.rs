@@ -17,6 +17,8 @@ pub enum ClientError {
     },
     #[error("cannot use the CA certificate: {source}")]
     Tls { source: reqwest::Error },
+    #[error("cannot write the answer: {source}")]
+    Output { source: std::io::Error },
     #[error("{method} {path}: unexpected answer: {source}")]
     Decode {
         method: &'static str,
@@ -32,6 +34,47 @@ impl ClientError {
             ClientError::Api { status, .. } => Some(*status),
             _ => None,
         }
+    }
+}
+
+/// Which tunnel records to list or export; absent fields do not filter.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordQuery {
+    pub task: Option<String>,
+    pub device: Option<String>,
+    pub version: Option<String>,
+    /// Produced at or after this Unix time (ms).
+    pub from_ms: Option<i64>,
+    /// Produced before this Unix time (ms).
+    pub to_ms: Option<i64>,
+}
+
+impl RecordQuery {
+    /// Records of one task, optionally of one device.
+    pub fn task(task: &str, device: Option<&str>) -> RecordQuery {
+        RecordQuery {
+            task: Some(task.to_owned()),
+            device: device.map(str::to_owned),
+            ..RecordQuery::default()
+        }
+    }
+
+    /// The filters as a URL query string.
+    fn encoded(&self) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        let texts = [
+            ("task", self.task.clone()),
+            ("device", self.device.clone()),
+            ("version", self.version.clone()),
+            ("from_ms", self.from_ms.map(|t| t.to_string())),
+            ("to_ms", self.to_ms.map(|t| t.to_string())),
+        ];
+        for (name, value) in texts {
+            if let Some(value) = value {
+                query.append_pair(name, &value);
+            }
+        }
+        query.finish()
     }
 }
 
@@ -79,6 +122,22 @@ impl ControlClient {
         body: Option<reqwest::Body>,
         json_body: Option<Value>,
     ) -> Result<T, ClientError> {
+        let response = self.send(method, path, body, json_body).await?;
+        response.json().await.map_err(|source| ClientError::Decode {
+            method,
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Sends a call and returns the response if its status is a success.
+    async fn send(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<reqwest::Body>,
+        json_body: Option<Value>,
+    ) -> Result<reqwest::Response, ClientError> {
         let url = format!("{}/v1{path}", self.base);
         let mut request = match method {
             "POST" => self.http.post(&url),
@@ -114,11 +173,7 @@ impl ControlClient {
                 message,
             });
         }
-        response.json().await.map_err(|source| ClientError::Decode {
-            method,
-            path: path.to_owned(),
-            source,
-        })
+        Ok(response)
     }
 
     /// Creates a task.
@@ -192,20 +247,32 @@ impl ControlClient {
         self.call("GET", "/devices", None, None).await
     }
 
-    /// Received tunnel records, newest first, optionally filtered.
-    pub async fn records(
+    /// Received tunnel records matching `query`, newest first (at most 1,000).
+    pub async fn records(&self, query: &RecordQuery) -> Result<Vec<Value>, ClientError> {
+        let path = format!("/records?limit=1000&{}", query.encoded());
+        self.call("GET", &path, None, None).await
+    }
+
+    /// Writes every record matching `query` to `out` as JSON Lines, in the order the cloud
+    /// received them, streaming; returns the bytes written.
+    pub async fn export_records(
         &self,
-        task: Option<&str>,
-        device: Option<&str>,
-    ) -> Result<Vec<Value>, ClientError> {
-        let mut query = vec!["limit=1000".to_owned()];
-        if let Some(task) = task {
-            query.push(format!("task={task}"));
+        query: &RecordQuery,
+        out: &mut impl std::io::Write,
+    ) -> Result<u64, ClientError> {
+        let path = format!("/records/export?{}", query.encoded());
+        let mut response = self.send("GET", &path, None, None).await?;
+        let mut written = 0;
+        let failed = |source| ClientError::Decode {
+            method: "GET",
+            path: path.clone(),
+            source,
+        };
+        while let Some(chunk) = response.chunk().await.map_err(failed)? {
+            out.write_all(&chunk)
+                .map_err(|source| ClientError::Output { source })?;
+            written += chunk.len() as u64;
         }
-        if let Some(device) = device {
-            query.push(format!("device={device}"));
-        }
-        self.call("GET", &format!("/records?{}", query.join("&")), None, None)
-            .await
+        Ok(written)
     }
 }

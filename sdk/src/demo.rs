@@ -10,7 +10,7 @@ use serde_json::Value;
 use walle_cloud::{Cloud, CloudConfig};
 use walle_device::{Agent, DeviceConfig, ProfileConfig};
 
-use crate::client::ControlClient;
+use crate::client::{ControlClient, RecordQuery};
 use crate::events::{ExpectedVisit, synthetic_stream};
 
 /// The example task shipped inside the binary, so the demo runs from any directory.
@@ -205,7 +205,7 @@ async fn drive(fleet: &Fleet, task_dir: &Path, sessions: usize) -> anyhow::Resul
         let status = agent.flush(STEP_TIMEOUT).await?;
         let records = fleet
             .client
-            .records(Some(&task), Some(agent.device_id()))
+            .records(&RecordQuery::task(&task, Some(agent.device_id())))
             .await?;
         println!("\ndevice {}", agent.device_id());
         for t in &status.installed {

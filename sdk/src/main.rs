@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use walle_sdk::client::ControlClient;
+use walle_sdk::client::{ControlClient, RecordQuery};
 use walle_sdk::{demo, local};
 
 // `walle task test` runs tasks: charge their allocations to their budgets (walle_vm::TaskAllocator).
@@ -56,6 +56,9 @@ enum Command {
     /// Release task versions to the fleet.
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Read what tasks uploaded through the tunnel.
+    #[command(subcommand)]
+    Records(RecordsCommand),
     /// Start a cloud and devices in this process, release the example task and show it running.
     Demo {
         /// Number of devices.
@@ -142,6 +145,58 @@ enum ReleaseCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum RecordsCommand {
+    /// Print the newest records (at most 1,000) as a JSON array.
+    List {
+        #[command(flatten)]
+        filter: RecordFilterArgs,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+    /// Write every matching record as JSON Lines, in the order the cloud received them.
+    Export {
+        #[command(flatten)]
+        filter: RecordFilterArgs,
+        /// Output file [default: standard output].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        cloud: CloudArgs,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+struct RecordFilterArgs {
+    /// Only records of this task.
+    #[arg(long)]
+    task: Option<String>,
+    /// Only records of this device.
+    #[arg(long)]
+    device: Option<String>,
+    /// Only records of this task version.
+    #[arg(long)]
+    version: Option<String>,
+    /// Only records produced at or after this Unix time in milliseconds.
+    #[arg(long)]
+    from_ms: Option<i64>,
+    /// Only records produced before this Unix time in milliseconds.
+    #[arg(long)]
+    to_ms: Option<i64>,
+}
+
+impl RecordFilterArgs {
+    fn query(self) -> RecordQuery {
+        RecordQuery {
+            task: self.task,
+            device: self.device,
+            version: self.version,
+            from_ms: self.from_ms,
+            to_ms: self.to_ms,
+        }
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -187,6 +242,15 @@ async fn main() -> anyhow::Result<()> {
         Command::Release(ReleaseCommand::Status { id, cloud }) => {
             print_json(&cloud.client()?.release_status(&id).await?)
         }
+        Command::Records(RecordsCommand::List { filter, cloud }) => {
+            let records = cloud.client()?.records(&filter.query()).await?;
+            print_json(&serde_json::Value::Array(records))
+        }
+        Command::Records(RecordsCommand::Export {
+            filter,
+            output,
+            cloud,
+        }) => export_records(filter.query(), output.as_deref(), &cloud).await,
         Command::Demo {
             devices,
             sessions,
@@ -286,5 +350,30 @@ async fn publish(path: &Path, cloud: &CloudArgs) -> anyhow::Result<()> {
         .await?;
     let version = client.upload_version(&manifest.name, bytes).await?;
     println!("{}", serde_json::to_string_pretty(&version)?);
+    Ok(())
+}
+
+async fn export_records(
+    query: RecordQuery,
+    output: Option<&Path>,
+    cloud: &CloudArgs,
+) -> anyhow::Result<()> {
+    let client = cloud.client()?;
+    let written = match output {
+        Some(path) => {
+            let file = std::fs::File::create(path)
+                .with_context(|| format!("creating {}", path.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let written = client.export_records(&query, &mut out).await?;
+            std::io::Write::flush(&mut out)
+                .with_context(|| format!("writing {}", path.display()))?;
+            written
+        }
+        None => {
+            let mut out = std::io::stdout().lock();
+            client.export_records(&query, &mut out).await?
+        }
+    };
+    tracing::info!(bytes = written, "records exported");
     Ok(())
 }

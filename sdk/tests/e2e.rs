@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use walle_pipeline::{Event, EventKind};
+use walle_sdk::client::RecordQuery;
 use walle_sdk::demo::{Fleet, check_records};
 use walle_sdk::events::synthetic_stream;
 
@@ -122,7 +123,7 @@ async fn publish_release_run_and_upload_reach_the_cloud_store() {
         assert_eq!(status.runs_failed, 0);
         let records = fleet
             .client
-            .records(Some("ipv-feature"), Some(agent.device_id()))
+            .records(&RecordQuery::task("ipv-feature", Some(agent.device_id())))
             .await
             .unwrap();
         assert_eq!(check_records(&records, &visits), Vec::<String>::new());
@@ -184,7 +185,7 @@ async fn the_example_wasm_task_runs_from_publish_to_the_cloud_store() {
     assert_eq!(status.runs_failed, 0);
     let records = fleet
         .client
-        .records(Some("wasm-counter"), Some(agent.device_id()))
+        .records(&RecordQuery::task("wasm-counter", Some(agent.device_id())))
         .await
         .unwrap();
     // The module counts its runs in walle.state and uploads the count with the context's size.
@@ -258,7 +259,7 @@ async fn a_tampered_bundle_is_refused_reported_and_the_old_version_keeps_running
     agent.flush(TIMEOUT).await.unwrap();
     let records = fleet
         .client
-        .records(Some("ipv-feature"), None)
+        .records(&RecordQuery::task("ipv-feature", None))
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
@@ -367,7 +368,7 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
     }
     agent.flush(TIMEOUT).await.unwrap();
     let records = client
-        .records(Some("ipv-feature"), Some("demo-device-1"))
+        .records(&RecordQuery::task("ipv-feature", Some("demo-device-1")))
         .await
         .unwrap();
     assert_eq!(records.len(), 2);
@@ -448,7 +449,7 @@ async fn aborting_a_release_rolls_real_devices_back_to_the_previous_version() {
     }
     let records = fleet
         .client
-        .records(Some("ipv-feature"), None)
+        .records(&RecordQuery::task("ipv-feature", None))
         .await
         .unwrap();
     assert_eq!(records.len(), 2);
@@ -519,7 +520,7 @@ async fn a_device_and_the_sdk_work_with_a_tls_cloud() {
     }
     agent.flush(TIMEOUT).await.unwrap();
     let records = client
-        .records(Some("ipv-feature"), Some("tls-phone"))
+        .records(&RecordQuery::task("ipv-feature", Some("tls-phone")))
         .await
         .unwrap();
     assert_eq!(records.len(), 1);
@@ -555,4 +556,260 @@ async fn a_device_keeps_its_trusted_keys_when_a_cloud_makes_it_register_again() 
         status.recent_install_failures
     );
     fleet.shutdown().await;
+}
+
+/// A `walle-cloud` or `walle-device` process, built next to this test by `cargo build
+/// --workspace --bins` (scripts/test.sh does that first); killed on drop.
+struct Process {
+    child: std::process::Child,
+    name: &'static str,
+}
+
+impl Process {
+    fn start(name: &'static str, args: &[&str], crash_at: Option<&str>, log: &Path) -> Process {
+        // This test runs from target/<profile>/deps; the binaries sit one level up.
+        let binary = std::env::current_exe()
+            .unwrap()
+            .parent()
+            .and_then(Path::parent)
+            .unwrap()
+            .join(name);
+        assert!(
+            binary.exists(),
+            "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+            binary.display()
+        );
+        let mut command = std::process::Command::new(&binary);
+        command
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(std::fs::File::create(log).unwrap())
+            .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
+        match crash_at {
+            Some(point) => command.env("WALLE_CRASH_AT", point),
+            None => command.env_remove("WALLE_CRASH_AT"),
+        };
+        Process {
+            child: command.spawn().unwrap(),
+            name,
+        }
+    }
+
+    /// Waits for the process to die at its crash point (by SIGABRT, as armed).
+    async fn wait_crashed(&mut self, log: &Path) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                let stderr = std::fs::read_to_string(log.with_extension("err")).unwrap();
+                assert!(
+                    !status.success() && stderr.contains("crash point"),
+                    "{} exited with {status}, not at its crash point:\n{stderr}",
+                    self.name
+                );
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{} never reached its crash point",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GETs `url` until `accept` takes the JSON answer; returns it.
+async fn poll_json(
+    url: &str,
+    what: &str,
+    accept: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let mut last = serde_json::Value::Null;
+    loop {
+        if let Ok(response) = reqwest::get(url).await {
+            last = response.json().await.unwrap_or_default();
+            if accept(&last) {
+                return last;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}; last answer: {last}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Sends visits to a device's ingest endpoint as JSON Lines.
+async fn post_visits(ingest: &str, visits: &[(String, String)]) {
+    let lines: Vec<String> = visits
+        .iter()
+        .flat_map(|(session, item)| visit(session, item, 1_000_000))
+        .map(|event| serde_json::to_string(&event).unwrap())
+        .collect();
+    let answer: serde_json::Value = reqwest::Client::new()
+        .post(format!("{ingest}/v1/events"))
+        .body(lines.join("\n"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["accepted"], lines.len(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_cloud_mid_ingest_and_the_device_mid_upload_stores_every_record_once() {
+    let root = tempfile::tempdir().unwrap();
+    let (cloud_dir, device_dir) = (root.path().join("cloud"), root.path().join("device"));
+    let (http, grpc, ingest) = (free_port(), free_port(), free_port());
+    let http_addr = format!("127.0.0.1:{http}");
+    let grpc_addr = format!("127.0.0.1:{grpc}");
+    let cloud_args = [
+        "serve",
+        "--data-dir",
+        cloud_dir.to_str().unwrap(),
+        "--http-addr",
+        &http_addr,
+        "--grpc-addr",
+        &grpc_addr,
+    ];
+    let cloud_url = format!("http://{grpc_addr}");
+    let ingest_addr = format!("127.0.0.1:{ingest}");
+    let device_args = [
+        "run",
+        "--cloud",
+        &cloud_url,
+        "--data-dir",
+        device_dir.to_str().unwrap(),
+        "--device-id",
+        "crash-1",
+        "--ingest-addr",
+        &ingest_addr,
+    ];
+    let cloud_log = root.path().join("cloud.log");
+    let device_log = root.path().join("device.log");
+    let status_url = format!("http://{ingest_addr}/v1/status");
+    let http_url = format!("http://{http_addr}");
+
+    // The cloud dies right after committing its first upload, before answering it.
+    let cloud = Process::start(
+        "walle-cloud",
+        &cloud_args,
+        Some("cloud-upload-committed"),
+        &cloud_log,
+    );
+    poll_json(&format!("{http_url}/v1/health"), "the cloud", |_| true).await;
+    let token = std::fs::read_to_string(cloud_dir.join("admin.token")).unwrap();
+    let client = walle_sdk::client::ControlClient::new(&http_url, token.trim());
+    let (manifest, bundle) = walle_proto::bundle::pack_dir(&example_dir()).unwrap();
+    client.ensure_task(&manifest.name, "").await.unwrap();
+    client.upload_version(&manifest.name, bundle).await.unwrap();
+    client.create_release("ipv-feature", "1.0.0").await.unwrap();
+    let device = Process::start("walle-device", &device_args, None, &device_log);
+    poll_json(&status_url, "the device to install the task", |s| {
+        s["installed"][0]["version"] == "1.0.0"
+    })
+    .await;
+
+    let first: Vec<(String, String)> = (0..20)
+        .map(|i| (format!("s{i}"), format!("sku-{i}")))
+        .collect();
+    post_visits(&format!("http://{ingest_addr}"), &first).await;
+    let mut cloud = cloud;
+    cloud.wait_crashed(&cloud_log).await;
+    // With the cloud down, the records exist only in the device's outbox; kill -9 the device.
+    let status = poll_json(&status_url, "the runs", |s| s["runs_ok"] == 20).await;
+    assert!(
+        status["outbox"]["records"]["items"].as_u64().unwrap() > 0,
+        "{status}"
+    );
+    drop(device);
+
+    // The device comes back with its outbox and sends it to the restarted cloud, which already
+    // has some of the records; this time the device dies right after the cloud acknowledged
+    // the upload, before it removed the records from its outbox.
+    let device_log = root.path().join("device2.log");
+    let mut device = Process::start(
+        "walle-device",
+        &device_args,
+        Some("device-upload-acked"),
+        &device_log,
+    );
+    let cloud_again = Process::start(
+        "walle-cloud",
+        &cloud_args,
+        None,
+        &root.path().join("cloud2.log"),
+    );
+    device.wait_crashed(&device_log).await;
+    let _device_again = Process::start(
+        "walle-device",
+        &device_args,
+        None,
+        &root.path().join("device3.log"),
+    );
+    poll_json(&status_url, "the restarted device", |s| {
+        s["installed"][0]["version"] == "1.0.0"
+    })
+    .await;
+    let second: Vec<(String, String)> = (20..25)
+        .map(|i| (format!("s{i}"), format!("sku-{i}")))
+        .collect();
+    post_visits(&format!("http://{ingest_addr}"), &second).await;
+    let status = poll_json(&status_url, "the outbox to drain", |s| {
+        s["runs_ok"] == 5 && s["outbox"]["records"]["items"] == 0
+    })
+    .await;
+    assert_eq!(status["outbox"]["records"]["dropped"], 0);
+
+    // Every visit's record is stored exactly once, and they list in the order produced.
+    let mut export = Vec::new();
+    client
+        .export_records(
+            &RecordQuery::task("ipv-feature", Some("crash-1")),
+            &mut export,
+        )
+        .await
+        .unwrap();
+    let records: Vec<serde_json::Value> = String::from_utf8(export)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let mut sessions: Vec<String> = records
+        .iter()
+        .map(|r| r["payload"]["session"].as_str().unwrap().to_owned())
+        .collect();
+    let seqs: Vec<i64> = records.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "out of order: {seqs:?}"
+    );
+    sessions.sort();
+    let mut expected: Vec<String> = first
+        .iter()
+        .chain(&second)
+        .map(|(s, _)| s.clone())
+        .collect();
+    expected.sort();
+    assert_eq!(sessions, expected, "each visit's record exactly once");
+    drop(cloud_again);
 }

@@ -26,13 +26,27 @@ pub struct RecordRow {
     pub device_id: String,
     pub task: String,
     pub version: String,
+    /// Position in the device's outbox: one device's records come in this order.
+    pub seq: i64,
     pub created_at_ms: i64,
     pub received_at_ms: i64,
     #[schema(value_type = Object)]
     pub payload: serde_json::Value,
 }
 
-/// Filters for listing records.
+/// A record a device uploaded, checked and ready to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    pub id: String,
+    pub task: String,
+    pub version: String,
+    pub seq: i64,
+    pub created_at_ms: i64,
+    /// The record, UTF-8 JSON.
+    pub payload: String,
+}
+
+/// Filters for listing and exporting records. Absent fields do not filter.
 #[derive(Debug, Clone, Default, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -41,8 +55,35 @@ pub struct RecordFilter {
     pub task: Option<String>,
     /// Only records of this device.
     pub device: Option<String>,
-    /// At most this many (default 100, at most 1000).
+    /// Only records of this task version.
+    pub version: Option<String>,
+    /// Only records the task produced at or after this Unix time (ms).
+    pub from_ms: Option<i64>,
+    /// Only records the task produced before this Unix time (ms).
+    pub to_ms: Option<i64>,
+    /// At most this many (default 100, at most 1000; listing only, export returns all).
     pub limit: Option<i64>,
+}
+
+/// Where an export page ends: the last record's place in receive order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RecordCursor {
+    received_at_ms: i64,
+    device_id: String,
+    seq: i64,
+    id: String,
+}
+
+impl RecordRow {
+    /// The cursor just past this record.
+    pub fn cursor(&self) -> RecordCursor {
+        RecordCursor {
+            received_at_ms: self.received_at_ms,
+            device_id: self.device_id.clone(),
+            seq: self.seq,
+            id: self.id.clone(),
+        }
+    }
 }
 
 /// Most records one listing returns.
@@ -91,7 +132,7 @@ impl Db {
     pub async fn insert_records(
         &self,
         device_id: &str,
-        records: &[(String, String, String, i64, String)],
+        records: &[NewRecord],
     ) -> Result<(u32, u32), CloudError> {
         let received_at_ms = now_ms();
         let mut tx = self
@@ -100,18 +141,19 @@ impl Db {
             .await
             .map_err(db_err("starting upload transaction"))?;
         let mut stored = 0;
-        for (id, task, version, created_at_ms, payload) in records {
+        for r in records {
             let result = sqlx::query(
-                "INSERT INTO tunnel_records (device_id, id, task, version, created_at_ms, received_at_ms, payload) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (device_id, id) DO NOTHING",
+                "INSERT INTO tunnel_records (device_id, id, task, version, seq, created_at_ms, received_at_ms, payload) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (device_id, id) DO NOTHING",
             )
             .bind(device_id)
-            .bind(id)
-            .bind(task)
-            .bind(version)
-            .bind(*created_at_ms)
+            .bind(&r.id)
+            .bind(&r.task)
+            .bind(&r.version)
+            .bind(r.seq)
+            .bind(r.created_at_ms)
             .bind(received_at_ms)
-            .bind(payload)
+            .bind(&r.payload)
             .execute(&mut *tx)
             .await
             .map_err(db_err("storing tunnel record"))?;
@@ -123,20 +165,57 @@ impl Db {
         Ok((stored, records.len() as u32 - stored))
     }
 
-    /// Received records, newest first, filtered by task and/or device.
+    /// Received records matching `filter`, newest first.
     pub async fn list_records(&self, filter: &RecordFilter) -> Result<Vec<RecordRow>, CloudError> {
         let limit = filter.limit.unwrap_or(100).clamp(1, MAX_RECORDS_PER_PAGE);
-        let rows = sqlx::query(
-            "SELECT id, device_id, task, version, created_at_ms, received_at_ms, payload FROM tunnel_records \
-             WHERE ($1 = '' OR task = $1) AND ($2 = '' OR device_id = $2) \
-             ORDER BY received_at_ms DESC, device_id, id LIMIT $3",
-        )
-        .bind(filter.task.clone().unwrap_or_default())
-        .bind(filter.device.clone().unwrap_or_default())
-        .bind(limit)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("listing records"))?;
+        self.select_records(filter, None, "DESC", limit).await
+    }
+
+    /// One page of the records matching `filter` in the order they were received (one device's
+    /// records in the order its tasks produced them), starting after `after`.
+    pub async fn export_records(
+        &self,
+        filter: &RecordFilter,
+        after: Option<&RecordCursor>,
+    ) -> Result<Vec<RecordRow>, CloudError> {
+        self.select_records(filter, after, "ASC", MAX_RECORDS_PER_PAGE)
+            .await
+    }
+
+    async fn select_records(
+        &self,
+        filter: &RecordFilter,
+        after: Option<&RecordCursor>,
+        direction: &str,
+        limit: i64,
+    ) -> Result<Vec<RecordRow>, CloudError> {
+        let after = after.cloned().unwrap_or(RecordCursor {
+            received_at_ms: i64::MIN,
+            ..RecordCursor::default()
+        });
+        let sql = format!(
+            "SELECT id, device_id, task, version, seq, created_at_ms, received_at_ms, payload \
+             FROM tunnel_records \
+             WHERE ($1 = '' OR task = $1) AND ($2 = '' OR device_id = $2) AND ($3 = '' OR version = $3) \
+             AND created_at_ms >= $4 AND created_at_ms < $5 \
+             AND (received_at_ms, device_id, seq, id) > ($6, $7, $8, $9) \
+             ORDER BY received_at_ms {direction}, device_id {direction}, seq {direction}, id {direction} LIMIT $10"
+        );
+        // `direction` is one of two literals from this module, never input.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(filter.task.clone().unwrap_or_default())
+            .bind(filter.device.clone().unwrap_or_default())
+            .bind(filter.version.clone().unwrap_or_default())
+            .bind(filter.from_ms.unwrap_or(i64::MIN))
+            .bind(filter.to_ms.unwrap_or(i64::MAX))
+            .bind(after.received_at_ms)
+            .bind(after.device_id)
+            .bind(after.seq)
+            .bind(after.id)
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("listing records"))?;
         rows.iter()
             .map(|row| {
                 let payload: String = row.try_get("payload")?;
@@ -145,6 +224,7 @@ impl Db {
                     device_id: row.try_get("device_id")?,
                     task: row.try_get("task")?,
                     version: row.try_get("version")?,
+                    seq: row.try_get("seq")?,
                     created_at_ms: row.try_get("created_at_ms")?,
                     received_at_ms: row.try_get("received_at_ms")?,
                     payload: serde_json::from_str(&payload)
