@@ -1188,6 +1188,7 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("GET", "/v1/groups/{name}"),
     ("POST", "/v1/groups/{name}/members"),
     ("GET", "/v1/records"),
+    ("GET", "/v1/records/export"),
     ("GET", "/v1/releases"),
     ("POST", "/v1/releases"),
     ("POST", "/v1/releases/preview"),
