@@ -605,7 +605,9 @@ impl DevicePlane for DevicePlaneService {
         for row in rows.iter().filter(|r| !r.release_id.is_empty()) {
             let state = match row.kind {
                 "installed" => "installed",
-                "rolled_back" => "installed",
+                // The device abandoned this version locally (it reports the version it went
+                // back to as installed next).
+                "rolled_back" => "rolled_back",
                 "removed" => "removed",
                 _ => continue,
             };

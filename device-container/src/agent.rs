@@ -66,8 +66,12 @@ pub(crate) struct Shared {
     pub wake_uplink: Notify,
     pub client: Mutex<Option<Client>>,
     pub connected: AtomicBool,
-    /// Bundle digests that failed to install; not retried until a different version is desired.
+    /// Bundle digests that failed to install or load or were rolled back (kept in the database),
+    /// and fingerprints of manifests that failed verification (this run only): not tried again.
     pub failed_digests: Mutex<HashSet<String>>,
+    pub db: Arc<DeviceDb>,
+    /// Consecutive failed runs per task version (VM key), for the local rollback.
+    pub failure_streaks: Mutex<HashMap<String, u32>>,
     pub counters: Counters,
     pub recent_outputs: Mutex<HashMap<String, VecDeque<serde_json::Value>>>,
     pub recent_failures: Mutex<VecDeque<String>>,
@@ -145,6 +149,17 @@ impl Shared {
             tracing::error!(queue, task = item.task, error = %e, "cannot queue an item for the cloud");
         }
         self.wake_uplink.notify_one();
+    }
+
+    /// Never installs the bundle with `digest` again (also after a restart).
+    pub fn refuse_bundle(&self, digest: &str, task: &str, version: &str, reason: &str) {
+        lock(&self.failed_digests).insert(digest.to_owned());
+        if let Err(e) = self
+            .db
+            .refuse_bundle(digest, task, version, reason, now_ms())
+        {
+            tracing::error!(task, version, error = %e, "cannot record a refused bundle; it may be retried after a restart");
+        }
     }
 
     /// Remembers an install failure for status.
@@ -374,8 +389,14 @@ impl Agent {
             },
         )
         .map_err(|e| AgentError::State(e.to_string()))?;
+        let db = Arc::new(db);
+        let refused: HashSet<String> = db
+            .refused_bundles()
+            .map_err(|e| AgentError::State(e.to_string()))?
+            .into_iter()
+            .collect();
         let vm =
-            Arc::new(VmPool::with_state(config.vm_threads, Arc::new(db)).map_err(AgentError::Vm)?);
+            Arc::new(VmPool::with_state(config.vm_threads, db.clone()).map_err(AgentError::Vm)?);
         let (runs, run_queue) = mpsc::channel(config.run_queue.max(1));
         let shared = Arc::new(Shared {
             device_id,
@@ -389,7 +410,9 @@ impl Agent {
             wake_uplink: Notify::new(),
             client: Mutex::new(None),
             connected: AtomicBool::new(false),
-            failed_digests: Mutex::new(HashSet::new()),
+            failed_digests: Mutex::new(refused),
+            db,
+            failure_streaks: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             recent_outputs: Mutex::new(HashMap::new()),
             recent_failures: Mutex::new(VecDeque::new()),

@@ -62,6 +62,9 @@ pub struct DeviceConfig {
     /// Most payload bytes of task outputs (and, separately, of reports) waiting for the cloud;
     /// past it the oldest are dropped and counted.
     pub outbox_max_bytes: u64,
+    /// Consecutive failed runs after which a task version is rolled back to the version before
+    /// it, and never installed again on this device; 0 never rolls back.
+    pub rollback_after_failures: u32,
     pub profile: ProfileConfig,
 }
 
@@ -80,6 +83,7 @@ impl Default for DeviceConfig {
             event_max_age_hours: 7 * 24,
             event_max_bytes: 64 << 20,
             outbox_max_bytes: 64 << 20,
+            rollback_after_failures: 3,
             profile: ProfileConfig::default(),
         }
     }

@@ -198,7 +198,7 @@ impl Shared {
         self.installer.write().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn installer(&self) -> crate::install::Installer {
+    pub(crate) fn installer(&self) -> crate::install::Installer {
         self.installer
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -315,7 +315,7 @@ async fn apply_install(
             );
         }
         Err(reason) => {
-            lock(&shared.failed_digests).insert(manifest.bundle_digest.clone());
+            shared.refuse_bundle(&manifest.bundle_digest, &desired.task, &version, &reason);
             refuse(&version, reason);
         }
     }
@@ -441,8 +441,25 @@ async fn fetch_from(
 /// Loads a version into the VM, then switches the active pointer, triggers and runs to it. If
 /// loading fails, nothing changes: the previous version stays active.
 async fn activate(shared: &Arc<Shared>, installed: InstalledTask) -> Result<(), String> {
+    switch_to(shared, installed, |installer, installed| {
+        installer.activate(installed)
+    })
+    .await
+}
+
+/// Loads `installed` into the VM, runs `switch_pointer` (which makes it the active version on
+/// disk), then moves triggers and runs to it and unloads the version it replaces. If loading or
+/// the switch fails, nothing changes.
+pub(crate) async fn switch_to(
+    shared: &Arc<Shared>,
+    installed: InstalledTask,
+    switch_pointer: impl FnOnce(
+        &crate::install::Installer,
+        &InstalledTask,
+    ) -> Result<(), crate::install::InstallError>,
+) -> Result<(), String> {
     load_into_vm(shared, &installed).await?;
-    if let Err(e) = shared.installer().activate(&installed) {
+    if let Err(e) = switch_pointer(&shared.installer(), &installed) {
         shared.vm.unload(&installed.vm_key());
         return Err(e.to_string());
     }
@@ -457,7 +474,10 @@ async fn activate(shared: &Arc<Shared>, installed: InstalledTask) -> Result<(), 
     Ok(())
 }
 
-async fn load_into_vm(shared: &Arc<Shared>, installed: &InstalledTask) -> Result<(), String> {
+pub(crate) async fn load_into_vm(
+    shared: &Arc<Shared>,
+    installed: &InstalledTask,
+) -> Result<(), String> {
     let manifest = &installed.manifest.task;
     let entry = installed.dir.join(&manifest.entry);
     let entry_bytes =

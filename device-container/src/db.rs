@@ -1,8 +1,9 @@
 //! The device's SQLite database: one file in the data directory (WAL), in which each component
 //! versions its own tables (`walle_pipeline::sqlite`).
 //!
-//! The agent's tables here: tasks' `walle.state` (`task_state`). Every write is one transaction,
-//! so a crash leaves each key either at its old or at its new value.
+//! The agent's tables here: tasks' `walle.state` (`task_state`) and the bundles this device
+//! refused or rolled back (`refused_bundles`), which it must not install again after a restart.
+//! Every write is one transaction, so a crash leaves each row either old or new.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -23,6 +24,14 @@ const MIGRATIONS: &[&str] = &[
         key TEXT NOT NULL,
         value TEXT NOT NULL,
         PRIMARY KEY (task, key)
+    ) WITHOUT ROWID;",
+    // 2: bundles refused (failed to install or load) or rolled back, by digest.
+    "CREATE TABLE refused_bundles (
+        digest TEXT PRIMARY KEY,
+        task TEXT NOT NULL,
+        version TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
 ];
 
@@ -61,6 +70,44 @@ impl DeviceDb {
     /// Where the database file is.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Remembers that the bundle with `digest` must not be installed again, and why.
+    pub fn refuse_bundle(
+        &self,
+        digest: &str,
+        task: &str,
+        version: &str,
+        reason: &str,
+        at_ms: i64,
+    ) -> Result<(), DbError> {
+        self.connection()
+            .execute(
+                "INSERT INTO refused_bundles (digest, task, version, reason, at_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (digest) DO NOTHING",
+                params![digest, task, version, reason, at_ms],
+            )
+            .map(drop)
+            .map_err(|source| self.error("cannot record a refused bundle", source))
+    }
+
+    /// Digests of every refused bundle.
+    pub fn refused_bundles(&self) -> Result<Vec<String>, DbError> {
+        let connection = self.connection();
+        let read = |source| self.error("cannot read refused bundles", source);
+        let mut statement = connection
+            .prepare("SELECT digest FROM refused_bundles")
+            .map_err(read)?;
+        let rows = statement.query_map([], |row| row.get(0)).map_err(read)?;
+        rows.collect::<Result<_, _>>().map_err(read)
+    }
+
+    fn error(&self, what: &'static str, source: rusqlite::Error) -> DbError {
+        DbError {
+            path: self.path.clone(),
+            what,
+            source,
+        }
     }
 
     fn connection(&self) -> MutexGuard<'_, Connection> {
@@ -128,6 +175,19 @@ mod tests {
         );
         assert_eq!(db.get("other", "n").unwrap(), None);
         assert_eq!(db.get("counter", "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn refused_bundles_are_remembered_once() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = DeviceDb::open(dir.path()).unwrap();
+            db.refuse_bundle("abc", "t", "2.0.0", "3 failed runs", 1)
+                .unwrap();
+            db.refuse_bundle("abc", "t", "2.0.0", "again", 2).unwrap();
+        }
+        let db = DeviceDb::open(dir.path()).unwrap();
+        assert_eq!(db.refused_bundles().unwrap(), ["abc"]);
     }
 
     #[test]

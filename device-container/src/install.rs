@@ -4,12 +4,14 @@
 //! ```text
 //! <task>/<version>-<digest12>/...   unpacked bundle, one directory per installed version
 //! <task>/current.json               which version is active (replaced atomically by rename)
+//! <task>/previous.json              the version active before it, kept for a local rollback
 //! ```
 //! A bundle is trusted only after its manifest's signature verifies with a trusted publisher key,
 //! its size and sha256 match the signed manifest, and the `walle.toml` inside equals the signed
 //! one. Unpacking goes to a temporary directory that is renamed into place; the pointer switch is
 //! a separate, final step ([`Installer::activate`]), so a failure at any point leaves the previous
-//! version active.
+//! version active. After a switch, unpacked versions other than the current and the previous one
+//! are deleted, so a task keeps at most two versions on disk.
 
 use std::path::{Path, PathBuf};
 
@@ -20,6 +22,7 @@ use walle_proto::signing::{self, VerifyError};
 use walle_proto::v1::{PublisherKey, SignedManifest};
 
 const CURRENT_FILE: &str = "current.json";
+const PREVIOUS_FILE: &str = "previous.json";
 
 /// Why a bundle was refused or could not be installed.
 #[derive(Debug, thiserror::Error)]
@@ -156,11 +159,52 @@ impl Installer {
         })
     }
 
-    /// Makes an unpacked version the active one, atomically (write a temp file, fsync, rename).
+    /// Makes an unpacked version the active one, atomically (write a temp file, fsync, rename);
+    /// the version it replaces becomes the previous one, and older versions are deleted.
     pub fn activate(&self, installed: &InstalledTask) -> Result<(), InstallError> {
+        if let Some(current) = self.current(installed.task())?
+            && current.dir != installed.dir
+        {
+            // Written first: a crash before the switch leaves previous == current, which is
+            // harmless, never a previous pointing at a deleted directory.
+            self.write_pointer(&current, PREVIOUS_FILE)?;
+        }
+        self.write_pointer(installed, CURRENT_FILE)?;
+        self.collect_garbage(installed.task());
+        Ok(())
+    }
+
+    /// Makes the previous version active again and forgets it as previous; returns it, or
+    /// `None` (changing nothing) when the task has no previous version on disk.
+    pub fn roll_back(&self, task: &str) -> Result<Option<InstalledTask>, InstallError> {
+        let Some(previous) = self.read_pointer(task, PREVIOUS_FILE)? else {
+            return Ok(None);
+        };
+        if !previous.dir.is_dir() {
+            return Ok(None);
+        }
+        self.write_pointer(&previous, CURRENT_FILE)?;
+        let pointer = self.root.join(task).join(PREVIOUS_FILE);
+        std::fs::remove_file(&pointer).map_err(io_err(&pointer))?;
+        Ok(Some(previous))
+    }
+
+    /// The version before the active one, if it is still on disk.
+    pub fn previous(&self, task: &str) -> Result<Option<InstalledTask>, InstallError> {
+        Ok(self
+            .read_pointer(task, PREVIOUS_FILE)?
+            .filter(|previous| previous.dir.is_dir()))
+    }
+
+    /// The active version of a task, if any.
+    pub fn current(&self, task: &str) -> Result<Option<InstalledTask>, InstallError> {
+        self.read_pointer(task, CURRENT_FILE)
+    }
+
+    fn write_pointer(&self, installed: &InstalledTask, file: &str) -> Result<(), InstallError> {
         let task_dir = self.root.join(installed.task());
-        let pointer = task_dir.join(CURRENT_FILE);
-        let temp = task_dir.join(format!(".{CURRENT_FILE}.tmp"));
+        let pointer = task_dir.join(file);
+        let temp = task_dir.join(format!(".{file}.tmp"));
         let json =
             serde_json::to_vec_pretty(installed).map_err(|e| InstallError::CorruptRecord {
                 path: pointer.clone(),
@@ -172,9 +216,8 @@ impl Installer {
         Ok(())
     }
 
-    /// The active version of a task, if any.
-    pub fn current(&self, task: &str) -> Result<Option<InstalledTask>, InstallError> {
-        let pointer = self.root.join(task).join(CURRENT_FILE);
+    fn read_pointer(&self, task: &str, file: &str) -> Result<Option<InstalledTask>, InstallError> {
+        let pointer = self.root.join(task).join(file);
         let bytes = match std::fs::read(&pointer) {
             Ok(bytes) => bytes,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -186,6 +229,29 @@ impl Installer {
                 path: pointer,
                 reason: e.to_string(),
             })
+    }
+
+    /// Deletes unpacked versions of `task` that are neither current nor previous, and staging
+    /// directories left by a crash. Failures are logged: they cost disk space, not correctness.
+    fn collect_garbage(&self, task: &str) {
+        let keep: Vec<PathBuf> = [CURRENT_FILE, PREVIOUS_FILE]
+            .into_iter()
+            .filter_map(|file| self.read_pointer(task, file).ok().flatten())
+            .map(|installed| installed.dir)
+            .collect();
+        let task_dir = self.root.join(task);
+        let Ok(entries) = std::fs::read_dir(&task_dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let path = entry.path();
+            if path.is_dir()
+                && !keep.contains(&path)
+                && let Err(e) = std::fs::remove_dir_all(&path)
+            {
+                tracing::warn!(path = %path.display(), error = %e, "cannot delete an old task version");
+            }
+        }
     }
 
     /// Every active task version, by task name.
@@ -298,6 +364,30 @@ mod tests {
         install(&installer, &s2, &b2).unwrap();
         assert_eq!(installer.current("t").unwrap().unwrap().version(), "1.1.0");
         assert_eq!(installer.all_current().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn keeps_the_previous_version_for_a_rollback_and_deletes_older_ones() {
+        let root = tempfile::tempdir().unwrap();
+        let publisher = Publisher::from_seed(&[1; 32]);
+        let installer = Installer::new(root.path().into(), vec![publisher.public_key()]);
+        let mut versions = Vec::new();
+        for version in ["1.0.0", "1.1.0", "1.2.0"] {
+            let (signed, bundle) = signed(&publisher, version);
+            versions.push(install(&installer, &signed, &bundle).unwrap());
+        }
+        assert!(!versions[0].dir.exists(), "the oldest version is deleted");
+        assert!(versions[1].dir.exists() && versions[2].dir.exists());
+        assert_eq!(installer.previous("t").unwrap(), Some(versions[1].clone()));
+        // Reinstalling the active version does not make it its own previous.
+        installer.activate(&versions[2]).unwrap();
+        assert_eq!(installer.previous("t").unwrap(), Some(versions[1].clone()));
+
+        assert_eq!(installer.roll_back("t").unwrap(), Some(versions[1].clone()));
+        assert_eq!(installer.current("t").unwrap(), Some(versions[1].clone()));
+        assert_eq!(installer.previous("t").unwrap(), None);
+        assert_eq!(installer.roll_back("t").unwrap(), None);
+        assert_eq!(installer.current("t").unwrap(), Some(versions[1].clone()));
     }
 
     #[test]

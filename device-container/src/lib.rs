@@ -18,6 +18,7 @@ pub mod db;
 pub mod ingest;
 pub mod install;
 mod random;
+mod rollback;
 mod runner;
 mod uplink;
 

@@ -9,6 +9,7 @@ use walle_pipeline::Firing;
 use walle_proto::v1::task_event;
 
 use crate::agent::{Shared, lock};
+use crate::rollback;
 
 /// Takes queued runs until stopped; at most one run per VM worker thread at a time.
 pub(crate) async fn run(
@@ -55,6 +56,7 @@ async fn execute(shared: &Arc<Shared>, firing: Firing) {
             for record in output.records {
                 shared.emit(&task, record);
             }
+            rollback::note_run(shared, &task, None);
             shared.report(
                 task_event::Kind::RunOk,
                 task.task(),
@@ -67,6 +69,7 @@ async fn execute(shared: &Arc<Shared>, firing: Firing) {
         Ok(Err(e)) => {
             shared.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(task = %task.vm_key(), error = %e, "task run failed");
+            rollback::note_run(shared, &task, Some(&e.to_string()));
             shared.report(
                 task_event::Kind::RunFailed,
                 task.task(),
@@ -78,6 +81,7 @@ async fn execute(shared: &Arc<Shared>, firing: Firing) {
         }
         Err(e) => {
             shared.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
+            rollback::note_run(shared, &task, Some(&e.to_string()));
             shared.report(
                 task_event::Kind::RunFailed,
                 task.task(),

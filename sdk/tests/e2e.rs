@@ -324,6 +324,101 @@ async fn a_version_that_fails_to_load_is_refused_and_failed_runs_are_reported() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_runs_keep_failing_is_rolled_back_on_the_device_and_stays_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let Fleet {
+        cloud,
+        agents,
+        client,
+    } = running_example(root.path(), 1).await;
+    let agent = &agents[0];
+    let raising = variant(
+        root.path(),
+        "2.0.0",
+        Some("def run(ctx):\n    raise RuntimeError('model missing')\n"),
+    );
+    let fleet = Fleet {
+        cloud,
+        agents: Vec::new(),
+        client,
+    };
+    fleet.publish(&raising).await.unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "2.0.0")
+        .await
+        .unwrap();
+    let release_id = release["id"].as_str().unwrap().to_owned();
+    agent
+        .wait_for(TIMEOUT, |s| s.installed[0].version == "2.0.0")
+        .await
+        .unwrap();
+    // Three failed runs in a row (the default limit): the device goes back to 1.0.0.
+    for session in ["s1", "s2", "s3"] {
+        for event in visit(session, "sku-1", 0) {
+            agent.track(event).unwrap();
+        }
+    }
+    let status = agent
+        .wait_for(TIMEOUT, |s| s.installed[0].version == "1.0.0")
+        .await
+        .unwrap();
+    assert_eq!(status.runs_failed, 3);
+    assert!(
+        status.recent_install_failures[0].contains("rolled back to 1.0.0"),
+        "{status:?}"
+    );
+    // The cloud hears why, and counts the device as failed for the release.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    let stats = loop {
+        let stats = fleet.client.release_status(&release_id).await.unwrap();
+        if stats["stats"]["rolled_back"] == 1 {
+            break stats;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(stats["stats"]["failed_devices"], 1, "{stats}");
+    // The next visit runs 1.0.0 again, and its record reaches the cloud.
+    for event in visit("s4", "sku-1", 0) {
+        agent.track(event).unwrap();
+    }
+    agent.flush(TIMEOUT).await.unwrap();
+    let records = fleet
+        .client
+        .records(&RecordQuery::task("ipv-feature", Some(agent.device_id())))
+        .await
+        .unwrap();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["version"], "1.0.0");
+
+    // Restarted, the device keeps 1.0.0 although the cloud still offers 2.0.0.
+    let data_dir = root.path().join("device-1");
+    for agent in agents {
+        agent.shutdown().await;
+    }
+    let agent = walle_device::Agent::start(walle_device::DeviceConfig {
+        cloud_url: fleet.cloud.grpc_url(),
+        data_dir,
+        ingest_addr: None,
+        vm_threads: 1,
+        profile: walle_device::ProfileConfig {
+            device_id: "demo-device-1".into(),
+            app_id: "com.example.shop".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // `connected` comes after the first sync has been applied.
+    let status = agent.wait_for(TIMEOUT, |s| s.connected).await.unwrap();
+    assert_eq!(status.installed[0].version, "1.0.0");
+    agent.shutdown().await;
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_device_comes_back_with_its_installed_task() {
     let root = tempfile::tempdir().unwrap();
     let fleet = running_example(root.path(), 1).await;

@@ -123,6 +123,7 @@ async function refresh() {
       ["notified / synced", (r) => `${r.stats.notified} / ${r.stats.synced}`],
       ["install failed", (r) => r.stats.install_failed],
       ["runs ok / failed", (r) => `${r.stats.runs_ok} / ${r.stats.runs_failed}`],
+      ["rolled back", (r) => r.stats.rolled_back],
       ["per stage", (r) => stageLines(r.stats)],
       ["created", (r) => time(r.created_at_ms)],
       ["actions", (r) => actionButtons(r)],

@@ -283,9 +283,11 @@ pub fn failure_kinds(policy: &ReleasePolicy) -> Vec<&'static str> {
         .unwrap_or_else(|| vec![policy::FailureKind::Install, policy::FailureKind::Run]);
     kinds
         .into_iter()
-        .map(|k| match k {
-            policy::FailureKind::Install => "install_failed",
-            policy::FailureKind::Run => "run_failed",
+        .flat_map(|k| match k {
+            policy::FailureKind::Install => ["install_failed"].as_slice(),
+            // A device that rolled the version back did so because its runs kept failing.
+            policy::FailureKind::Run => ["run_failed", "rolled_back"].as_slice(),
         })
+        .copied()
         .collect()
 }

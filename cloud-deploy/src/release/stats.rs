@@ -53,6 +53,8 @@ pub struct StageStats {
     pub failed_devices: i64,
     pub runs_ok: i64,
     pub runs_failed: i64,
+    /// Devices of this cohort that rolled the version back locally after failed runs.
+    pub rolled_back: i64,
 }
 
 /// The stage whose percentage first covers a device's bucket; `None` when no stage does.
@@ -146,6 +148,7 @@ async fn stage_stats(
             "install_failed" => s.install_failed += 1,
             "run_ok" => s.runs_ok += count,
             "run_failed" => s.runs_failed += count,
+            "rolled_back" => s.rolled_back += 1,
             _ => {}
         }
         if counted_failure && failed.insert(device) {

@@ -71,6 +71,8 @@ pub struct ReleaseHealth {
     pub install_failed: i64,
     pub runs_ok: i64,
     pub runs_failed: i64,
+    /// Devices that rolled the version back locally after failed runs.
+    pub rolled_back: i64,
 }
 
 const RELEASE_COLUMNS: &str = "id, seq, task, version, state, state_reason, policy_json, stage, stage_started_at_ms, created_at_ms, salt";
@@ -330,6 +332,10 @@ impl Db {
             runs_ok: count("SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_ok'").await?,
             runs_failed: count("SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_failed'")
                 .await?,
+            rolled_back: count(
+                "SELECT COUNT(DISTINCT device_id) FROM task_events WHERE release_id = $1 AND kind = 'rolled_back'",
+            )
+            .await?,
         })
     }
 
