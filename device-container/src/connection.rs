@@ -434,6 +434,7 @@ async fn fetch_from(
             )));
         }
         bytes.extend_from_slice(&chunk.data);
+        walle_proto::crash::crash_point("device-download");
     }
     Ok(())
 }

@@ -150,6 +150,7 @@ impl Installer {
                 std::fs::remove_dir_all(&staging).map_err(io_err(&staging))?;
             }
             bundle::write_contents(&contents, &staging)?;
+            walle_proto::crash::crash_point("device-unpack");
             std::fs::rename(&staging, &final_dir).map_err(io_err(&final_dir))?;
         }
         Ok(InstalledTask {
@@ -169,6 +170,7 @@ impl Installer {
             // harmless, never a previous pointing at a deleted directory.
             self.write_pointer(&current, PREVIOUS_FILE)?;
         }
+        walle_proto::crash::crash_point("device-switch");
         self.write_pointer(installed, CURRENT_FILE)?;
         self.collect_garbage(installed.task());
         Ok(())
@@ -211,6 +213,7 @@ impl Installer {
                 reason: e.to_string(),
             })?;
         write_synced(&temp, &json)?;
+        walle_proto::crash::crash_point("device-pointer-written");
         std::fs::rename(&temp, &pointer).map_err(io_err(&pointer))?;
         sync_dir(&task_dir);
         Ok(())

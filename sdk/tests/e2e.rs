@@ -908,3 +908,115 @@ async fn killing_the_cloud_mid_ingest_and_the_device_mid_upload_stores_every_rec
     assert_eq!(sessions, expected, "each visit's record exactly once");
     drop(cloud_again);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_killed_at_any_point_of_an_upgrade_restarts_on_one_whole_version() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 0).await.unwrap();
+    fleet.publish(&example_dir()).await.unwrap();
+    fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    let device_dir = root.path().join("device");
+    let ingest_addr = format!("127.0.0.1:{}", free_port());
+    let cloud_url = fleet.cloud.grpc_url();
+    let args = [
+        "run",
+        "--cloud",
+        &cloud_url,
+        "--data-dir",
+        device_dir.to_str().unwrap(),
+        "--device-id",
+        "upgrade-1",
+        "--ingest-addr",
+        &ingest_addr,
+    ];
+    let (ingest, status_url) = (
+        format!("http://{ingest_addr}"),
+        format!("http://{ingest_addr}/v1/status"),
+    );
+    let version_is = |version: &str| {
+        let version = version.to_owned();
+        move |s: &serde_json::Value| {
+            s["connected"] == true && s["installed"][0]["version"] == version.as_str()
+        }
+    };
+    let device = Process::start("walle-device", &args, None, &root.path().join("first.log"));
+    poll_json(&status_url, "1.0.0 installed", version_is("1.0.0")).await;
+    drop(device);
+
+    // Each upgrade is killed at one point: while downloading, while unpacking, with a pointer
+    // file written but not renamed into place, and between keeping the previous version and
+    // switching to the new one.
+    let points = [
+        "device-download",
+        "device-unpack",
+        "device-pointer-written",
+        "device-switch",
+    ];
+    let mut old = "1.0.0".to_owned();
+    for (round, point) in points.iter().enumerate() {
+        let new = format!("1.{}.0", round + 1);
+        let log = root.path().join(format!("{point}.log"));
+        let mut device = Process::start("walle-device", &args, Some(point), &log);
+        poll_json(&status_url, "the device to connect", |s| {
+            s["connected"] == true
+        })
+        .await;
+        fleet
+            .publish(&variant(root.path(), &new, None))
+            .await
+            .unwrap();
+        fleet
+            .client
+            .create_release("ipv-feature", &new)
+            .await
+            .unwrap();
+        device.wait_crashed(&log).await;
+
+        // Restarted: before it talks to the cloud it runs one whole version, the old or the new.
+        let log = root.path().join(format!("{point}-after.log"));
+        let _device = Process::start("walle-device", &args, None, &log);
+        let restored = poll_json(&status_url, "the restarted device", |s| {
+            s["installed"].as_array().is_some_and(|i| !i.is_empty())
+        })
+        .await;
+        let restored = restored["installed"][0]["version"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert!(
+            restored == old || restored == new,
+            "{point}: restored {restored}"
+        );
+        poll_json(&status_url, "the upgrade after the crash", version_is(&new)).await;
+        // The upgraded task runs, and its record reaches the cloud once.
+        let session = format!("after-{point}");
+        post_visits(&ingest, &[(session.clone(), "sku-1".into())]).await;
+        poll_json(&status_url, "the run and its upload", |s| {
+            s["runs_ok"] == 1 && s["outbox"]["records"]["items"] == 0
+        })
+        .await;
+        let records = fleet
+            .client
+            .records(&RecordQuery::task("ipv-feature", Some("upgrade-1")))
+            .await
+            .unwrap();
+        let mine: Vec<_> = records
+            .iter()
+            .filter(|r| r["payload"]["session"] == session.as_str())
+            .collect();
+        assert_eq!(mine.len(), 1, "{point}: {records:?}");
+        assert_eq!(mine[0]["version"], new.as_str());
+        // At most the current and the previous version stay on disk.
+        let versions = std::fs::read_dir(device_dir.join("tasks/ipv-feature"))
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().is_dir())
+            .count();
+        assert!(versions <= 2, "{point}: {versions} versions on disk");
+        old = new;
+    }
+    fleet.shutdown().await;
+}
