@@ -14,13 +14,12 @@ use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 use tonic::{Code, Request, Status};
-use walle_proto::manifest::{ReleaseManifest, Runtime};
+use walle_proto::manifest::ReleaseManifest;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
 use walle_proto::v1::{
     DesiredTask, DeviceProfile, FetchBundleRequest, InstalledTask as InstalledProto,
     RegisterRequest, SubscribeRequest, SyncRequest, desired_task, task_event,
 };
-use walle_vm::{Limits, TaskCode};
 
 use crate::agent::{Shared, lock};
 use crate::backoff::Backoff;
@@ -479,52 +478,12 @@ pub(crate) async fn load_into_vm(
     shared: &Arc<Shared>,
     installed: &InstalledTask,
 ) -> Result<(), String> {
-    let manifest = &installed.manifest.task;
-    let entry = installed.dir.join(&manifest.entry);
-    let entry_bytes =
-        std::fs::read(&entry).map_err(|e| format!("cannot read {}: {e}", entry.display()))?;
-    let (source, wasm) = match manifest.runtime {
-        Runtime::Wasm => (String::new(), Some(Arc::new(entry_bytes))),
-        Runtime::Python => (
-            String::from_utf8(entry_bytes)
-                .map_err(|_| format!("{} is not UTF-8 text", entry.display()))?,
-            None,
-        ),
+    let read = |path: &str| {
+        let file = installed.dir.join(path);
+        std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))
     };
     let files = python_files(&installed.dir)?;
-    let modules = walle_vm::bundled_modules(
-        &installed.vm_key(),
-        &manifest.entry,
-        files
-            .iter()
-            .map(|(path, bytes)| (path.as_str(), bytes.as_slice())),
-    )
-    .map_err(|e| e.to_string())?;
-    let models = manifest
-        .models
-        .iter()
-        .map(|path| {
-            let file = installed.dir.join(path);
-            let bytes = std::fs::read(&file)
-                .map_err(|e| format!("cannot read model {}: {e}", file.display()))?;
-            Ok((walle_vm::host::model_name(path).to_owned(), Arc::new(bytes)))
-        })
-        .collect::<Result<Vec<_>, String>>()?;
-    let code = TaskCode {
-        key: installed.vm_key(),
-        entry_path: manifest.entry.clone(),
-        source,
-        handler: manifest.handler.clone(),
-        modules,
-        limits: Limits::declared(
-            manifest.limits.max_output_bytes,
-            manifest.limits.deadline_ms,
-            manifest.limits.memory_bytes,
-            manifest.limits.max_log_bytes,
-        ),
-        models,
-        wasm,
-    };
+    let code = crate::code::task_code(installed.vm_key(), &installed.manifest.task, read, &files)?;
     let vm = shared.vm.clone();
     tokio::task::spawn_blocking(move || vm.load(code))
         .await

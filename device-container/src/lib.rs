@@ -11,6 +11,7 @@
 
 pub mod agent;
 mod backoff;
+pub mod code;
 pub mod config;
 mod connection;
 pub mod credential;

@@ -2,12 +2,9 @@
 //! in the same sandboxed VM the device uses. What `walle task test` does.
 
 use std::path::Path;
-use std::sync::Arc;
-
 use walle_pipeline::{Event, TriggerSet};
 use walle_proto::bundle;
-use walle_proto::manifest::Runtime;
-use walle_vm::{Limits, TaskCode, VmPool};
+use walle_vm::VmPool;
 
 /// What one local run of a task over an event stream produced.
 #[derive(Debug, Default)]
@@ -27,44 +24,17 @@ pub fn run_task(task_dir: &Path, events: &[String]) -> anyhow::Result<LocalRun> 
     let (_, packed) = bundle::pack_dir(task_dir)?;
     let contents = bundle::read_bundle(&packed)?;
     let manifest = &contents.manifest;
-    let entry = contents.file(&manifest.entry).unwrap_or_default();
-    let (source, wasm) = match manifest.runtime {
-        Runtime::Wasm => (String::new(), Some(Arc::new(entry.to_vec()))),
-        Runtime::Python => (String::from_utf8_lossy(entry).into_owned(), None),
-    };
     let key = format!("{}@{}", manifest.name, manifest.version);
-    let modules = walle_vm::bundled_modules(
-        &key,
-        &manifest.entry,
+    let read = |path: &str| {
         contents
-            .files
-            .iter()
-            .map(|(path, bytes)| (path.as_str(), bytes.as_slice())),
-    )?;
-    let models = manifest
-        .models
-        .iter()
-        .map(|path| {
-            let bytes = contents.file(path).map(<[u8]>::to_vec).unwrap_or_default();
-            (walle_vm::host::model_name(path).to_owned(), Arc::new(bytes))
-        })
-        .collect();
+            .file(path)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("the bundle has no {path}"))
+    };
+    let code = walle_device::code::task_code(key.clone(), manifest, read, &contents.files)
+        .map_err(anyhow::Error::msg)?;
     let vm = VmPool::new(1)?;
-    vm.load(TaskCode {
-        key: key.clone(),
-        entry_path: manifest.entry.clone(),
-        source,
-        handler: manifest.handler.clone(),
-        modules,
-        limits: Limits::declared(
-            manifest.limits.max_output_bytes,
-            manifest.limits.deadline_ms,
-            manifest.limits.memory_bytes,
-            manifest.limits.max_log_bytes,
-        ),
-        models,
-        wasm,
-    })?;
+    vm.load(code)?;
     let mut triggers = TriggerSet::new();
     triggers.install(&manifest.name, &manifest.triggers);
     let mut run = LocalRun::default();
