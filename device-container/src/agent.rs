@@ -72,6 +72,8 @@ pub(crate) struct Shared {
     pub db: Arc<DeviceDb>,
     /// Consecutive failed runs per task version (VM key), for the local rollback.
     pub failure_streaks: Mutex<HashMap<String, u32>>,
+    /// Runs per task version (VM key) since the agent started, for status.
+    pub task_runs: Mutex<HashMap<String, TaskRuns>>,
     pub counters: Counters,
     pub recent_outputs: Mutex<HashMap<String, VecDeque<serde_json::Value>>>,
     pub recent_failures: Mutex<VecDeque<String>>,
@@ -272,10 +274,16 @@ impl Shared {
         let c = &self.counters;
         let mut installed: Vec<TaskStatus> = lock(&self.active)
             .values()
-            .map(|t| TaskStatus {
-                task: t.task().to_owned(),
-                version: t.version(),
-                release_id: t.release_id.clone(),
+            .map(|t| {
+                let key = t.vm_key();
+                TaskStatus {
+                    task: t.task().to_owned(),
+                    version: t.version(),
+                    release_id: t.release_id.clone(),
+                    runs: lock(&self.task_runs).get(&key).cloned().unwrap_or_default(),
+                    failure_streak: lock(&self.failure_streaks).get(&key).copied().unwrap_or(0),
+                    memory_bytes: self.vm.task_memory(&key).unwrap_or(0),
+                }
             })
             .collect();
         installed.sort_by(|a, b| a.task.cmp(&b.task));
@@ -309,6 +317,36 @@ pub struct TaskStatus {
     pub task: String,
     pub version: String,
     pub release_id: String,
+    /// This version's runs since the agent started.
+    pub runs: TaskRuns,
+    /// Failed runs in a row now (a rollback comes at `rollback_after_failures`).
+    pub failure_streak: u32,
+    /// Heap charged to the task's interpreter.
+    pub memory_bytes: u64,
+}
+
+/// Runs of one task version, as status shows them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct TaskRuns {
+    pub ok: u64,
+    pub failed: u64,
+    /// When the last run ended (Unix ms), how long it took, and its error if it failed.
+    pub last_at_ms: Option<i64>,
+    pub last_duration_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+impl TaskRuns {
+    /// Counts a finished run.
+    pub fn record(&mut self, duration_ms: u64, error: Option<&str>) {
+        match error {
+            Some(_) => self.failed += 1,
+            None => self.ok += 1,
+        }
+        self.last_at_ms = Some(now_ms());
+        self.last_duration_ms = Some(duration_ms);
+        self.last_error = error.map(|e| e.chars().take(500).collect());
+    }
 }
 
 /// A snapshot of what the agent is and did.
@@ -413,6 +451,7 @@ impl Agent {
             failed_digests: Mutex::new(refused),
             db,
             failure_streaks: Mutex::new(HashMap::new()),
+            task_runs: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             recent_outputs: Mutex::new(HashMap::new()),
             recent_failures: Mutex::new(VecDeque::new()),

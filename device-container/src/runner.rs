@@ -47,8 +47,18 @@ async fn execute(shared: &Arc<Shared>, firing: Firing) {
     let result = tokio::task::spawn_blocking(move || vm.run(&key, context)).await;
     let duration_ms = started.elapsed().as_millis() as u64;
     let version = task.version();
-    match result {
-        Ok(Ok(output)) => {
+    let error = match &result {
+        Ok(Ok(_)) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(format!("run worker failed: {e}")),
+    };
+    lock(&shared.task_runs)
+        .entry(task.vm_key())
+        .or_default()
+        .record(duration_ms, error.as_deref());
+    rollback::note_run(shared, &task, error.as_deref());
+    match (result, error) {
+        (Ok(Ok(output)), _) => {
             shared.counters.runs_ok.fetch_add(1, Ordering::Relaxed);
             if !output.logs.is_empty() {
                 tracing::info!(task = %task.vm_key(), logs = %output.logs, "task printed");
@@ -56,7 +66,6 @@ async fn execute(shared: &Arc<Shared>, firing: Firing) {
             for record in output.records {
                 shared.emit(&task, record);
             }
-            rollback::note_run(shared, &task, None);
             shared.report(
                 task_event::Kind::RunOk,
                 task.task(),
@@ -66,28 +75,16 @@ async fn execute(shared: &Arc<Shared>, firing: Firing) {
                 duration_ms,
             );
         }
-        Ok(Err(e)) => {
+        (_, error) => {
+            let error = error.unwrap_or_default();
             shared.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(task = %task.vm_key(), error = %e, "task run failed");
-            rollback::note_run(shared, &task, Some(&e.to_string()));
+            tracing::warn!(task = %task.vm_key(), %error, "task run failed");
             shared.report(
                 task_event::Kind::RunFailed,
                 task.task(),
                 &version,
                 &task.release_id,
-                &e.to_string(),
-                duration_ms,
-            );
-        }
-        Err(e) => {
-            shared.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
-            rollback::note_run(shared, &task, Some(&e.to_string()));
-            shared.report(
-                task_event::Kind::RunFailed,
-                task.task(),
-                &version,
-                &task.release_id,
-                &format!("run worker failed: {e}"),
+                &error,
                 duration_ms,
             );
         }
