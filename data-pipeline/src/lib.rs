@@ -19,6 +19,7 @@
 
 mod cond;
 pub mod event;
+mod index;
 pub mod matcher;
 pub mod pattern;
 pub mod sqlite;
@@ -27,6 +28,7 @@ pub mod store;
 pub use event::{Event, EventError, EventKind};
 pub use matcher::{Firing, TriggerSet};
 pub use pattern::{
-    Condition, Contiguity, PatternError, PatternSpec, SkipPolicy, StepSpec, validate_patterns,
+    Condition, ConditionError, Contiguity, PatternError, PatternSpec, SkipPolicy, StepSpec,
+    validate_patterns,
 };
 pub use store::{EventQuery, EventStore, Retention, StoreConfig, StoreError, StoreStats};
