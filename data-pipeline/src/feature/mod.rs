@@ -100,11 +100,13 @@
 //!
 //! Every installed feature's filter is one entry of a condition index (the one trigger patterns
 //! use), so an event costs a lookup per anchored field plus the features whose filter it passes.
-//! Tasks declaring the same feature (all but the name equal) share one state. Per feature, at
-//! most [`FeatureLimits::max_partitions`] partitions are kept (the least recently seen one goes
-//! first, forgetting its window); count and sliding windows keep at most
-//! [`FeatureLimits::max_window_events`] events (sliding windows then hold the latest by `ts`);
-//! partitions whose window has expired are dropped a few per event.
+//! Its partition key is hashed once per distinct `partition_by` list into a small id that those
+//! features share; each then finds its window by that id. Tasks declaring the same feature (all
+//! but the name equal) share one state. Per feature, at most [`FeatureLimits::max_partitions`]
+//! partitions are kept (the least recently seen one goes first, forgetting its window); count
+//! and sliding windows keep at most [`FeatureLimits::max_window_events`] events (sliding windows
+//! then hold the latest by `ts`); partitions whose window has expired are dropped a few at a time,
+//! before a feature opens a new partition and, in turn over the features, on every event.
 //!
 //! # Lifetime and restarts
 //!
@@ -119,6 +121,7 @@
 
 mod aggregate;
 mod lru;
+mod space;
 pub mod spec;
 mod window;
 
@@ -126,13 +129,14 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value};
 
-use crate::cond::{Field, encode_key};
+use crate::cond::encode_key;
 use crate::event::Event;
 use crate::index::{CondId, Index, PatternConds};
 use crate::matcher::Firing;
 pub use aggregate::MAX_MAGNITUDE;
 use aggregate::{Acc, datum, empty_value};
 use lru::Lru;
+use space::Space;
 use spec::{Feature, Window, compile_all};
 pub use spec::{
     FeatureError, FeatureSpec, MAX_COUNT_EVENTS, MAX_FEATURES, MAX_PANES, MAX_WINDOW_MS,
@@ -209,6 +213,7 @@ struct State {
     refs: usize,
     /// Index into [`FeatureSet::spaces`].
     space: usize,
+    /// Windows by partition id (in `space`).
     parts: Lru<WindowState>,
 }
 
@@ -224,8 +229,8 @@ pub struct FeatureSet {
     index: Index,
     /// Per condition id, the states whose filter it is.
     cond_states: Vec<Vec<usize>>,
-    /// The distinct `partition_by` lists of the states.
-    spaces: Vec<Vec<Field>>,
+    /// One per distinct `partition_by` list a state has had (kept when unused: a handful).
+    spaces: Vec<Space>,
     clock: Option<i64>,
     arrivals: u64,
     sweep_at: usize,
@@ -235,8 +240,9 @@ pub struct FeatureSet {
 #[derive(Debug, Default)]
 struct Scratch {
     conds: Vec<CondId>,
-    /// Per space, the current event's partition key, valid when `key_at` is the arrival.
-    keys: Vec<Vec<u8>>,
+    /// Per space, the current event's partition key and id (if held), valid when `key_at` is
+    /// the arrival.
+    keys: Vec<(Vec<u8>, Option<u32>)>,
     key_at: Vec<u64>,
 }
 
@@ -300,11 +306,22 @@ impl FeatureSet {
             state.refs += 1;
             return id;
         }
+        let space = match self
+            .spaces
+            .iter()
+            .position(|s| s.fields == feature.partition_by)
+        {
+            Some(at) => at,
+            None => {
+                self.spaces.push(Space::new(feature.partition_by.clone()));
+                self.spaces.len() - 1
+            }
+        };
         let state = State {
             feature,
             key: key.clone(),
             refs: 1,
-            space: 0,
+            space,
             parts: Lru::default(),
         };
         let id = match self.free.pop() {
@@ -333,6 +350,11 @@ impl FeatureSet {
                 state.refs -= 1;
                 if state.refs == 0 {
                     self.by_key.remove(&state.key);
+                    if let Some(space) = self.spaces.get_mut(state.space) {
+                        for (part, _) in state.parts.iter() {
+                            space.release(part);
+                        }
+                    }
                     *slot = None;
                     self.free.push(id);
                 }
@@ -340,19 +362,8 @@ impl FeatureSet {
         }
     }
 
-    /// Rebuilds the filter index and the partitionings over the live states.
+    /// Rebuilds the filter index over the live states.
     fn rebuild(&mut self) {
-        self.spaces.clear();
-        for state in self.states.iter_mut().flatten() {
-            let fields = &state.feature.partition_by;
-            state.space = match self.spaces.iter().position(|s| s == fields) {
-                Some(at) => at,
-                None => {
-                    self.spaces.push(fields.clone());
-                    self.spaces.len() - 1
-                }
-            };
-        }
         let live: Vec<usize> = (0..self.states.len())
             .filter(|&id| self.states[id].is_some())
             .collect();
@@ -369,7 +380,7 @@ impl FeatureSet {
             }
         }
         self.index = index;
-        self.scratch.keys = vec![Vec::new(); self.spaces.len()];
+        self.scratch.keys = vec![(Vec::new(), None); self.spaces.len()];
         self.scratch.key_at = vec![0; self.spaces.len()];
     }
 
@@ -405,23 +416,33 @@ impl FeatureSet {
                 let Some(state) = states.get_mut(id).and_then(Option::as_mut) else {
                     continue;
                 };
-                let space = state.space;
-                let key = &mut scratch.keys[space];
-                if scratch.key_at[space] != arrival {
-                    encode_key(&spaces[space], event, key);
-                    scratch.key_at[space] = arrival;
+                let Some(space) = spaces.get_mut(state.space) else {
+                    continue;
+                };
+                let (key, part) = &mut scratch.keys[state.space];
+                if scratch.key_at[state.space] != arrival {
+                    encode_key(&space.fields, event, key);
+                    *part = space.find(key);
+                    scratch.key_at[state.space] = arrival;
                 }
                 let f = &state.feature;
                 let value = datum(f.aggregate, f.of.as_ref(), event);
-                if let Some(window) = state.parts.touch(key) {
+                if let Some(window) = part.and_then(|p| state.parts.touch(p)) {
                     window.observe(event.ts, arrival, value, clock, f.aggregate, caps);
                 } else if WindowState::admits_new(&f.window, event.ts, clock) == Some(true)
                     && let Some(mut window) = WindowState::new(&f.window, f.aggregate, caps)
                 {
                     window.observe(event.ts, arrival, value, clock, f.aggregate, caps);
-                    state.parts.insert(key, window, limits.max_partitions);
+                    // A new partition is when memory grows: drop expired ones first.
+                    sweep(state, space, clock, limits.sweep_per_event);
+                    let held = space.hold(key);
+                    *part = Some(held);
+                    state
+                        .parts
+                        .insert(held, window, limits.max_partitions, |gone| {
+                            space.release(gone)
+                        });
                 }
-                sweep(state, clock, limits.sweep_per_event);
             }
         }
     }
@@ -454,9 +475,10 @@ impl FeatureSet {
                         match (last, self.clock) {
                             (Some(last), Some(clock)) => {
                                 encode_key(&state.feature.partition_by, last, &mut key);
-                                state
-                                    .parts
-                                    .peek(&key)
+                                self.spaces
+                                    .get(state.space)
+                                    .and_then(|space| space.find(&key))
+                                    .and_then(|part| state.parts.peek(part))
                                     .map_or_else(|| empty_value(agg), |w| w.value(clock, agg, caps))
                             }
                             _ => empty_value(agg),
@@ -510,11 +532,12 @@ impl FeatureSet {
         let mut bytes = self.states.capacity() * size_of::<Option<State>>()
             + self.index.conds.len() * 64
             + self.cond_states.len() * 32;
+        bytes += self.spaces.iter().map(Space::heap_bytes).sum::<usize>();
         for state in self.states.iter().flatten() {
             stats.states += 1;
             stats.partitions += state.parts.len();
             bytes += state.parts.heap_bytes() + state.key.len();
-            for window in state.parts.values() {
+            for (_, window) in state.parts.iter() {
                 stats.kept_events += window.kept_events();
                 bytes += window.heap_bytes();
             }
@@ -530,20 +553,24 @@ impl FeatureSet {
             return;
         }
         self.sweep_at = (self.sweep_at + 1) % self.states.len();
-        if let Some(state) = self.states[self.sweep_at].as_mut() {
-            sweep(state, clock, self.limits.sweep_per_event);
+        if let Some(state) = self.states[self.sweep_at].as_mut()
+            && let Some(space) = self.spaces.get_mut(state.space)
+        {
+            sweep(state, space, clock, self.limits.sweep_per_event);
         }
     }
 }
 
 /// Drops up to `max` of the state's least recently seen partitions while their window has
 /// expired.
-fn sweep(state: &mut State, clock: i64, max: usize) {
+fn sweep(state: &mut State, space: &mut Space, clock: i64, max: usize) {
     for _ in 0..max {
         if !state.parts.oldest().is_some_and(|w| w.expired(clock)) {
             return;
         }
-        state.parts.pop_oldest();
+        if let Some((part, _)) = state.parts.pop_oldest() {
+            space.release(part);
+        }
     }
 }
 

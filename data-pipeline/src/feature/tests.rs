@@ -495,6 +495,10 @@ fn reinstalling_keeps_unchanged_features_and_removing_frees() {
     set.remove("b");
     assert_eq!(set.stats().states, 1);
     set.remove("a");
+    assert!(
+        set.spaces.iter().all(|s| s.len() == 0),
+        "partition ids freed"
+    );
     assert_eq!(
         set.stats(),
         FeatureStats {
