@@ -16,7 +16,8 @@
 //! * heap per installed pattern and per installed feature (counting allocator), and the heap
 //!   the features' windows hold at the end of the stream beside `FeatureSet::stats()`'s estimate.
 //!
-//! Environment: `WALLE_BENCH_EVENTS` (default 500,000).
+//! Environment: `WALLE_BENCH_EVENTS` (default 500,000), `WALLE_BENCH_BATCH` (events per store
+//! transaction, default the store's 256).
 
 mod workload;
 
@@ -56,8 +57,18 @@ fn install_features(specs: &[FeatureSpec]) -> FeatureSet {
 }
 
 fn open_store(dir: &tempfile::TempDir, name: &str) -> EventStore {
-    EventStore::open(&dir.path().join(name), StoreConfig::default())
-        .unwrap_or_else(|e| panic!("{e}"))
+    EventStore::open(&dir.path().join(name), store_config()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn store_config() -> StoreConfig {
+    let mut config = StoreConfig::default();
+    if let Some(batch) = std::env::var("WALLE_BENCH_BATCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        config.batch_events = batch;
+    }
+    config
 }
 
 struct Stage {
@@ -117,7 +128,7 @@ fn main() {
     }
     store.flush().unwrap_or_else(|e| panic!("{e}"));
     stages.push(Stage {
-        name: "store append (batches of 256)",
+        name: "store append (EventStore::append)",
         elapsed: started.elapsed(),
     });
     drop(store);
@@ -217,7 +228,8 @@ fn main() {
     to_features.sort();
 
     println!(
-        "ingest path, one thread: {count} events, {PATTERNS} patterns, {FEATURES} features ({states} distinct states)"
+        "ingest path, one thread: {count} events, {PATTERNS} patterns, {FEATURES} features ({states} distinct states), store batches of {}",
+        store_config().batch_events
     );
     println!("stages alone:");
     let mut sum = Duration::ZERO;
