@@ -165,6 +165,23 @@ impl Cond {
     }
 }
 
+/// Writes the event's partition values (length-prefixed, so no two tuples collide) to `key`.
+pub(crate) fn encode_key(fields: &[Field], event: &Event, key: &mut Vec<u8>) {
+    key.clear();
+    for field in fields {
+        let value = match field {
+            Field::Session => event.session.as_str(),
+            Field::Page => event.page.as_str(),
+            Field::Event => event.event.as_str(),
+            Field::Item => event.item.as_str(),
+            // Validation allows only the four built-in fields as partition fields.
+            Field::Arg(_) => "",
+        };
+        key.extend_from_slice(&(value.len() as u32).to_le_bytes());
+        key.extend_from_slice(value.as_bytes());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

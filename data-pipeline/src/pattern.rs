@@ -350,6 +350,7 @@ pub enum PatternError {
     },
 }
 
+/// The event kinds a condition on `event` may name.
 const EVENT_KINDS: [&str; 6] = ["enter", "exit", "click", "expose", "scroll", "custom"];
 
 /// Checks a task's whole trigger list.
@@ -526,12 +527,7 @@ fn step_cond(trigger: &str, step: usize, spec: &StepSpec) -> Result<Cond, Patter
     }
     let mut preds = Vec::with_capacity(count);
     for (field, value) in spec.conditions() {
-        let condition = Condition {
-            field: field.to_owned(),
-            equals: Some(Value::String(value.to_owned())),
-            ..Default::default()
-        };
-        preds.push(condition.compile(trigger, step)?);
+        preds.push(shorthand_pred(field, value).map_err(|e| e.in_trigger(trigger, step))?);
     }
     for condition in &spec.r#where {
         preds.push(condition.compile(trigger, step)?);
@@ -539,13 +535,111 @@ fn step_cond(trigger: &str, step: usize, spec: &StepSpec) -> Result<Cond, Patter
     Ok(Cond { preds })
 }
 
+/// What is wrong with one condition, wherever it stands (a trigger step or a feature filter
+/// adds where).
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ConditionError {
+    #[error(
+        "the condition tests field `{0}`, which is not one of session, page, event, item, args.<name>"
+    )]
+    UnknownField(String),
+    #[error(
+        "the condition on `{field}` needs exactly one operator (equals, not_equals, in, prefix, lt, le, gt, ge), it has {count}"
+    )]
+    OperatorCount { field: String, count: usize },
+    #[error("`{op}` on `{field}` needs {expected}, got {value}")]
+    BadOperand {
+        field: String,
+        op: &'static str,
+        expected: &'static str,
+        value: String,
+    },
+    #[error(
+        "`{op}` compares numbers, but `{field}` is text (numeric comparisons work on args.<name>)"
+    )]
+    NumericOnText { field: String, op: &'static str },
+    #[error("`in` on `{field}` needs 1 to {max} values, got {count}")]
+    InSize {
+        field: String,
+        count: usize,
+        max: usize,
+    },
+    #[error(
+        "the condition tests event type `{0}`, which is not one of enter, exit, click, expose, scroll, custom"
+    )]
+    UnknownEventKind(String),
+}
+
+impl ConditionError {
+    /// The same mistake, reported at step `step` of trigger `trigger`.
+    fn in_trigger(self, trigger: &str, step: usize) -> PatternError {
+        let trigger = trigger.to_owned();
+        match self {
+            ConditionError::UnknownField(field) => PatternError::UnknownField {
+                trigger,
+                step,
+                field,
+            },
+            ConditionError::OperatorCount { field, count } => PatternError::OperatorCount {
+                trigger,
+                step,
+                field,
+                count,
+            },
+            ConditionError::BadOperand {
+                field,
+                op,
+                expected,
+                value,
+            } => PatternError::BadOperand {
+                trigger,
+                step,
+                field,
+                op,
+                expected,
+                value,
+            },
+            ConditionError::NumericOnText { field, op } => PatternError::NumericOnText {
+                trigger,
+                step,
+                field,
+                op,
+            },
+            ConditionError::InSize { field, count, max } => PatternError::InSize {
+                trigger,
+                step,
+                field,
+                count,
+                max,
+            },
+            ConditionError::UnknownEventKind(value) => PatternError::UnknownEventKind {
+                trigger,
+                step,
+                value,
+            },
+        }
+    }
+}
+
+/// The checked predicate of the shorthand equality `field = value` (`event = "click"`).
+pub(crate) fn shorthand_pred(field: &str, value: &str) -> Result<Pred, ConditionError> {
+    Condition {
+        field: field.to_owned(),
+        equals: Some(Value::String(value.to_owned())),
+        ..Default::default()
+    }
+    .to_pred()
+}
+
 impl Condition {
     fn compile(&self, trigger: &str, step: usize) -> Result<Pred, PatternError> {
-        let field = Field::parse(&self.field).ok_or_else(|| PatternError::UnknownField {
-            trigger: trigger.to_owned(),
-            step,
-            field: self.field.clone(),
-        })?;
+        self.to_pred().map_err(|e| e.in_trigger(trigger, step))
+    }
+
+    /// Checks the condition and turns it into the predicate evaluated on events.
+    pub(crate) fn to_pred(&self) -> Result<Pred, ConditionError> {
+        let field = Field::parse(&self.field)
+            .ok_or_else(|| ConditionError::UnknownField(self.field.clone()))?;
         let given = [
             self.equals.is_some(),
             self.not_equals.is_some(),
@@ -560,17 +654,13 @@ impl Condition {
         .filter(|&g| g)
         .count();
         if given != 1 {
-            return Err(PatternError::OperatorCount {
-                trigger: trigger.to_owned(),
-                step,
+            return Err(ConditionError::OperatorCount {
                 field: self.field.clone(),
                 count: given,
             });
         }
         let bad =
-            |op: &'static str, expected: &'static str, value: &Value| PatternError::BadOperand {
-                trigger: trigger.to_owned(),
-                step,
+            |op: &'static str, expected: &'static str, value: &Value| ConditionError::BadOperand {
                 field: self.field.clone(),
                 op,
                 expected,
@@ -578,7 +668,7 @@ impl Condition {
             };
         // A value `field` can hold: any scalar for args, text for the built-in fields, and one
         // of the six kinds for `event`.
-        let scalar = |op: &'static str, value: &Value| -> Result<Scalar, PatternError> {
+        let scalar = |op: &'static str, value: &Value| -> Result<Scalar, ConditionError> {
             let s = Scalar::from_json(value)
                 .ok_or_else(|| bad(op, "a string, number or boolean", value))?;
             if field.is_text() {
@@ -586,20 +676,14 @@ impl Condition {
                     return Err(bad(op, "a string", value));
                 };
                 if field == Field::Event && !EVENT_KINDS.contains(&&**text) {
-                    return Err(PatternError::UnknownEventKind {
-                        trigger: trigger.to_owned(),
-                        step,
-                        value: text.to_string(),
-                    });
+                    return Err(ConditionError::UnknownEventKind(text.to_string()));
                 }
             }
             Ok(s)
         };
-        let number = |op: &'static str, value: &Value| -> Result<f64, PatternError> {
+        let number = |op: &'static str, value: &Value| -> Result<f64, ConditionError> {
             if field.is_text() {
-                return Err(PatternError::NumericOnText {
-                    trigger: trigger.to_owned(),
-                    step,
+                return Err(ConditionError::NumericOnText {
                     field: self.field.clone(),
                     op,
                 });
@@ -612,9 +696,7 @@ impl Condition {
             Op::NotEquals(scalar("not_equals", v)?)
         } else if let Some(values) = &self.r#in {
             if values.is_empty() || values.len() > MAX_IN_VALUES {
-                return Err(PatternError::InSize {
-                    trigger: trigger.to_owned(),
-                    step,
+                return Err(ConditionError::InSize {
                     field: self.field.clone(),
                     count: values.len(),
                     max: MAX_IN_VALUES,
@@ -654,9 +736,7 @@ impl Condition {
             Op::Ge(number("ge", v)?)
         } else {
             // `given == 1` above means one branch was taken.
-            return Err(PatternError::OperatorCount {
-                trigger: trigger.to_owned(),
-                step,
+            return Err(ConditionError::OperatorCount {
                 field: self.field.clone(),
                 count: 0,
             });

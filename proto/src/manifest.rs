@@ -1,7 +1,7 @@
 //! `walle.toml`, the task manifest, and the signed release manifest built from it.
 
 use serde::{Deserialize, Serialize};
-use walle_pipeline::PatternSpec;
+use walle_pipeline::{FeatureSpec, PatternSpec};
 
 /// File name of the manifest at the root of every task directory and bundle.
 pub const MANIFEST_FILE: &str = "walle.toml";
@@ -67,6 +67,10 @@ pub struct TaskManifest {
     /// Paths of ONNX models inside the bundle.
     pub models: Vec<String>,
     pub triggers: Vec<PatternSpec>,
+    /// Named features computed for each firing and handed to the task (`[[features]]`); not
+    /// written out when empty, so manifests without features serialize (and sign) as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub features: Vec<FeatureSpec>,
     pub limits: Limits,
 }
 
@@ -86,6 +90,8 @@ struct RawManifest {
     models: Vec<String>,
     #[serde(default)]
     triggers: Vec<PatternSpec>,
+    #[serde(default)]
+    features: Vec<FeatureSpec>,
     #[serde(default)]
     limits: Limits,
 }
@@ -113,6 +119,8 @@ pub enum ManifestError {
     BadLimit { value: u64, max: u64 },
     #[error("walle.toml: invalid trigger: {0}")]
     Trigger(#[from] walle_pipeline::PatternError),
+    #[error("walle.toml: invalid feature: {0}")]
+    Feature(#[from] walle_pipeline::FeatureError),
 }
 
 /// Largest output cap a manifest may ask for: the cloud's limit on one tunnel record, so that a
@@ -160,6 +168,7 @@ impl TaskManifest {
             });
         }
         walle_pipeline::validate_patterns(&raw.triggers)?;
+        walle_pipeline::validate_features(&raw.features)?;
         Ok(TaskManifest {
             name,
             version,
@@ -169,6 +178,7 @@ impl TaskManifest {
             description: raw.description,
             models: raw.models,
             triggers: raw.triggers,
+            features: raw.features,
             limits: raw.limits,
         })
     }
@@ -274,6 +284,49 @@ steps = [{ event = "enter", page = "item" }, { event = "exit", page = "item" }]
             TaskManifest::parse(&typo).is_err(),
             "an unknown limit is an error"
         );
+    }
+
+    #[test]
+    fn features_are_read_and_validated() {
+        let features = r#"
+[[features]]
+name = "dwell_ms"
+aggregate = "duration"
+
+[[features]]
+name = "add_to_cart"
+aggregate = "count"
+event = "click"
+where = [{ field = "args.action", equals = "add_to_cart" }]
+partition_by = ["session", "item"]
+window = { sliding_ms = 600000, slide_ms = 60000 }
+"#;
+        let m = TaskManifest::parse(&format!("{GOOD}{features}")).unwrap();
+        assert_eq!(m.features.len(), 2);
+        assert_eq!(m.features[1].partition_by, ["session", "item"]);
+        assert!(TaskManifest::parse(GOOD).unwrap().features.is_empty());
+        // A manifest without features serializes as before: no `features` key.
+        let json = serde_json::to_string(&TaskManifest::parse(GOOD).unwrap()).unwrap();
+        assert!(!json.contains("features"), "{json}");
+        let back: TaskManifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+
+        let bad = features.replace("\"duration\"", "\"median\"");
+        let err = TaskManifest::parse(&format!("{GOOD}{bad}")).unwrap_err();
+        assert!(
+            matches!(
+                &err,
+                ManifestError::Feature(walle_pipeline::FeatureError::UnknownAggregate { feature, .. })
+                    if feature == "dwell_ms"
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("invalid feature"), "{err}");
+        let typo = features.replace("partition_by", "partition");
+        assert!(TaskManifest::parse(&format!("{GOOD}{typo}")).is_err());
+        let zero = features.replace("slide_ms = 60000", "slide_ms = 0");
+        let err = TaskManifest::parse(&format!("{GOOD}{zero}")).unwrap_err();
+        assert!(err.to_string().contains("slide_ms"), "{err}");
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! All installed patterns compile into one [`TriggerSet`] so that the work per event depends on
 //! the patterns that can match it, not on how many are installed:
 //!
-//! * the condition index (`matcher/index.rs`) maps an event to the conditions it satisfies
+//! * the condition index (`index.rs`) maps an event to the conditions it satisfies
 //!   (hash maps on equalities, tries on prefixes, a short residual list); each condition knows
 //!   the patterns whose first step it is, which start runs;
 //! * runs (partial matches) live in their **partition** (the events sharing the pattern's
@@ -23,7 +23,6 @@
 //! Installing or removing a task rebuilds the index only; the runs of other tasks stay where
 //! they are, keyed by stable pattern ids. The semantics are those of [`crate::pattern`].
 
-mod index;
 mod run;
 
 use std::cmp::Reverse;
@@ -32,10 +31,10 @@ use std::sync::Arc;
 
 use foldhash::{HashMap, HashMapExt};
 
-use crate::cond::Field;
+use crate::cond::{Field, encode_key};
 use crate::event::Event;
+use crate::index::{CondId, Index, PatternConds};
 use crate::pattern::{PatternError, PatternSpec, Program, SkipPolicy, validate_patterns};
-use index::{CondId, Index, PatternConds};
 use run::{Outcome, Run};
 
 /// Events kept in one firing's window (the most recent ones, up to the match's last event).
@@ -762,23 +761,6 @@ fn firing(pattern: &Installed, run: &Run, buf: &VecDeque<Arc<Event>>, buf_start:
         trigger: pattern.trigger.clone(),
         matched: run.matched.iter().map(|e| Event::clone(e)).collect(),
         window,
-    }
-}
-
-/// Writes the event's partition values (length-prefixed, so no two tuples collide) to `key`.
-fn encode_key(fields: &[Field], event: &Event, key: &mut Vec<u8>) {
-    key.clear();
-    for field in fields {
-        let value = match field {
-            Field::Session => event.session.as_str(),
-            Field::Page => event.page.as_str(),
-            Field::Event => event.event.as_str(),
-            Field::Item => event.item.as_str(),
-            // Validation allows only the four built-in fields as partition fields.
-            Field::Arg(_) => "",
-        };
-        key.extend_from_slice(&(value.len() as u32).to_le_bytes());
-        key.extend_from_slice(value.as_bytes());
     }
 }
 

@@ -111,7 +111,7 @@ fn holds(c: &Condition, event: &Event) -> bool {
         .unwrap_or(false)
 }
 
-fn step_holds(step: &StepSpec, event: &Event) -> bool {
+pub fn step_holds(step: &StepSpec, event: &Event) -> bool {
     step.event
         .as_ref()
         .is_none_or(|v| event.event.as_str() == v)

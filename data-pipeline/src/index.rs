@@ -1,5 +1,5 @@
-//! The condition index: from an event to the conditions (of all installed patterns) it
-//! satisfies, without looking at the others.
+//! The condition index: from an event to the conditions (of all installed patterns, or of all
+//! installed features' filters) it satisfies, without looking at the others.
 //!
 //! Every distinct condition is filed under one *anchor*, the predicate of its conjunction that
 //! the fewest other conditions share: an equality (or each value of an `in`) goes into a hash
@@ -14,7 +14,7 @@ use crate::cond::{Cond, Field, FieldValue, Op, Scalar};
 use crate::event::Event;
 
 /// Condition ids are indices into [`Index::conds`].
-pub(super) type CondId = u32;
+pub(crate) type CondId = u32;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Key {
@@ -144,7 +144,7 @@ impl FieldIndex {
 
 /// All installed patterns' conditions, deduplicated and indexed.
 #[derive(Debug, Default)]
-pub(super) struct Index {
+pub(crate) struct Index {
     /// The distinct conditions.
     pub conds: Vec<Cond>,
     /// Per condition: the (dense) pattern indices whose first positive step is that condition.
@@ -153,12 +153,13 @@ pub(super) struct Index {
     residual: Vec<CondId>,
 }
 
-/// What [`Index::build`] needs of one pattern.
-pub(super) struct PatternConds<'a> {
+/// What [`Index::build`] needs of one pattern (a feature filter is a pattern of one condition
+/// with no first step).
+pub(crate) struct PatternConds<'a> {
     pub conds: &'a [Cond],
     /// Their canonical forms ([`Cond::canonical`]).
     pub keys: &'a [String],
-    /// Slot of the first positive step's condition.
+    /// Slot of the first positive step's condition (out of range: none, nothing starts runs).
     pub first_slot: usize,
 }
 
