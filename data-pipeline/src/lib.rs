@@ -16,6 +16,8 @@
 //! * [`feature`]: named features (count, sum, avg, … over match, count, tumbling, sliding and
 //!   session windows) that tasks declare and receive when they trigger; a [`FeatureSet`] keeps
 //!   every installed feature's windows up to date as events arrive.
+//! * [`tasks`]: the two together as the device runs them: a [`TaskPipeline`] turns each event
+//!   into [`TaskRun`]s, each a match plus its task's features.
 //! * [`outbox`]: the tunnel outbox, what the device must deliver to the cloud, kept in the
 //!   device database until acknowledged, in order.
 //!
@@ -32,6 +34,7 @@ pub mod outbox;
 pub mod pattern;
 pub mod sqlite;
 pub mod store;
+pub mod tasks;
 
 pub use event::{Event, EventError, EventKind};
 pub use feature::{
@@ -45,3 +48,4 @@ pub use pattern::{
     validate_patterns,
 };
 pub use store::{EventQuery, EventStore, Retention, StoreConfig, StoreError, StoreStats};
+pub use tasks::{TaskPipeline, TaskRun};

@@ -12,8 +12,8 @@ use serde::Serialize;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use walle_pipeline::{
-    Event, EventError, EventQuery, EventStore, Firing, NewItem, Outbox, OutboxConfig, QueueStats,
-    StoreConfig, StoreStats, TriggerSet,
+    Event, EventError, EventQuery, EventStore, NewItem, Outbox, OutboxConfig, QueueStats,
+    StoreConfig, StoreStats, TaskPipeline, TaskRun,
 };
 use walle_proto::v1::{TaskEvent, task_event};
 use walle_vm::VmPool;
@@ -56,11 +56,12 @@ pub(crate) struct Shared {
     pub device_id: String,
     pub installer: RwLock<Installer>,
     pub vm: Arc<VmPool>,
-    pub triggers: Mutex<TriggerSet>,
+    /// Installed tasks' triggers and feature windows.
+    pub pipeline: Mutex<TaskPipeline>,
     /// Every accepted event, in the device database.
     pub events: Mutex<EventStore>,
     pub active: Mutex<HashMap<String, InstalledTask>>,
-    pub runs: mpsc::Sender<Firing>,
+    pub runs: mpsc::Sender<TaskRun>,
     /// Task outputs and reports until the cloud acknowledges them, in the device database.
     pub outbox: Mutex<Outbox>,
     pub wake_uplink: Notify,
@@ -207,7 +208,7 @@ impl Shared {
         self.counters
             .events_accepted
             .fetch_add(1, Ordering::Relaxed);
-        let firings = lock(&self.triggers).on_event(&event);
+        let firings = lock(&self.pipeline).on_event(&event);
         Ok(self.queue_runs(firings))
     }
 
@@ -216,20 +217,20 @@ impl Shared {
     /// a trailing repetition) fire when their window ends even if no later event comes. A replayed
     /// stream of old events keeps its own time.
     pub fn advance_clock(&self, now_ms: i64) -> usize {
-        let mut triggers = lock(&self.triggers);
-        let live = triggers
+        let mut pipeline = lock(&self.pipeline);
+        let live = pipeline
             .clock()
             .is_some_and(|clock| now_ms.saturating_sub(clock) <= LIVE_STREAM.as_millis() as i64);
         if !live {
             return 0;
         }
-        let firings = triggers.advance_to(now_ms);
-        drop(triggers);
+        let firings = pipeline.advance_to(now_ms);
+        drop(pipeline);
         self.queue_runs(firings)
     }
 
     /// Queues a run per firing (dropping and counting those the queue has no room for).
-    fn queue_runs(&self, firings: Vec<Firing>) -> usize {
+    fn queue_runs(&self, firings: Vec<TaskRun>) -> usize {
         let fired = firings.len();
         for firing in firings {
             self.counters.triggers_fired.fetch_add(1, Ordering::Relaxed);
@@ -440,7 +441,7 @@ impl Agent {
             device_id,
             installer: RwLock::new(installer),
             vm,
-            triggers: Mutex::new(TriggerSet::new()),
+            pipeline: Mutex::new(TaskPipeline::new()),
             events: Mutex::new(events),
             active: Mutex::new(HashMap::new()),
             runs,
@@ -460,6 +461,7 @@ impl Agent {
             config,
         });
         connection::restore_installed(&shared).await;
+        warm_up_features(&shared);
         let (stop, stopped) = watch::channel(false);
         let mut background = vec![
             tokio::spawn(connection::run(shared.clone(), stopped.clone())),
@@ -563,6 +565,35 @@ impl Agent {
     }
 }
 
+/// Most stored events replayed into the feature windows at start.
+const MAX_WARM_UP_EVENTS: usize = 200_000;
+
+/// Rebuilds the restored tasks' feature windows from the stored events they span (windows live
+/// in memory), before any new event arrives.
+fn warm_up_features(shared: &Shared) {
+    let Some(span) = lock(&shared.pipeline).warm_up_ms() else {
+        return;
+    };
+    let query = EventQuery {
+        from_ts: Some(now_ms().saturating_sub(i64::try_from(span).unwrap_or(i64::MAX))),
+        limit: Some(MAX_WARM_UP_EVENTS),
+        ..EventQuery::default()
+    };
+    match lock(&shared.events).query(&query) {
+        Ok(events) => {
+            lock(&shared.pipeline).warm_up(&events);
+            tracing::info!(
+                events = events.len(),
+                span_ms = span,
+                "feature windows rebuilt from stored events"
+            );
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read stored events; feature windows start empty")
+        }
+    }
+}
+
 /// How often buffered events are written and the triggers' clock follows the wall clock, and
 /// how often the retention is applied.
 const EVENT_FLUSH_EVERY: Duration = Duration::from_secs(1);
@@ -620,8 +651,8 @@ mod tests {
             "#,
         )
         .unwrap();
-        lock(&agent.shared.triggers)
-            .try_install("bounce-task", &[pattern])
+        lock(&agent.shared.pipeline)
+            .install("bounce-task", &[pattern], &[])
             .unwrap();
         agent
     }

@@ -459,12 +459,25 @@ pub(crate) async fn switch_to(
     ) -> Result<(), crate::install::InstallError>,
 ) -> Result<(), String> {
     load_into_vm(shared, &installed).await?;
-    if let Err(e) = switch_pointer(&shared.installer(), &installed) {
+    let manifest = &installed.manifest.task;
+    let installed_pipeline =
+        lock(&shared.pipeline).install(&manifest.name, &manifest.triggers, &manifest.features);
+    let switched = installed_pipeline
+        .map_err(|e| e.to_string())
+        .and_then(|()| switch_pointer(&shared.installer(), &installed).map_err(|e| e.to_string()));
+    if let Err(e) = switched {
         shared.vm.unload(&installed.vm_key());
-        return Err(e.to_string());
+        // Back to the triggers and features of the version that stays active, if any.
+        match lock(&shared.active).get(&manifest.name) {
+            Some(active) => {
+                let kept = &active.manifest.task;
+                let _ = lock(&shared.pipeline).install(&kept.name, &kept.triggers, &kept.features);
+            }
+            None => lock(&shared.pipeline).remove(&manifest.name),
+        }
+        return Err(e);
     }
     let task = installed.task().to_owned();
-    lock(&shared.triggers).install(&task, &installed.manifest.task.triggers);
     let previous = lock(&shared.active).insert(task, installed.clone());
     if let Some(previous) = previous
         && previous.vm_key() != installed.vm_key()
@@ -521,7 +534,7 @@ async fn apply_remove(shared: &Arc<Shared>, task: &str) {
     let Some(previous) = lock(&shared.active).remove(task) else {
         return;
     };
-    lock(&shared.triggers).remove(task);
+    lock(&shared.pipeline).remove(task);
     shared.vm.unload(&previous.vm_key());
     if let Err(e) = shared.installer().remove(task) {
         tracing::warn!(task, error = %e, "removing task files failed");
@@ -548,8 +561,21 @@ pub(crate) async fn restore_installed(shared: &Arc<Shared>) {
     for task in installed {
         match load_into_vm(shared, &task).await {
             Ok(()) => {
-                lock(&shared.triggers).install(task.task(), &task.manifest.task.triggers);
-                lock(&shared.active).insert(task.task().to_owned(), task);
+                let manifest = &task.manifest.task;
+                let installed = lock(&shared.pipeline).install(
+                    &manifest.name,
+                    &manifest.triggers,
+                    &manifest.features,
+                );
+                match installed {
+                    Ok(()) => {
+                        lock(&shared.active).insert(task.task().to_owned(), task);
+                    }
+                    Err(e) => {
+                        shared.vm.unload(&task.vm_key());
+                        tracing::error!(task = %task.vm_key(), error = %e, "installed task's triggers or features refused");
+                    }
+                }
             }
             Err(e) => {
                 tracing::error!(task = %task.vm_key(), error = %e, "installed task failed to load")

@@ -5,7 +5,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use tokio::sync::{Semaphore, mpsc, watch};
-use walle_pipeline::Firing;
+use walle_pipeline::TaskRun;
 use walle_proto::v1::task_event;
 
 use crate::agent::{Shared, lock};
@@ -14,7 +14,7 @@ use crate::rollback;
 /// Takes queued runs until stopped; at most one run per VM worker thread at a time.
 pub(crate) async fn run(
     shared: Arc<Shared>,
-    mut queue: mpsc::Receiver<Firing>,
+    mut queue: mpsc::Receiver<TaskRun>,
     mut stop: watch::Receiver<bool>,
 ) {
     let slots = Arc::new(Semaphore::new(shared.vm.threads()));
@@ -35,14 +35,14 @@ pub(crate) async fn run(
     }
 }
 
-async fn execute(shared: &Arc<Shared>, firing: Firing) {
-    let Some(task) = lock(&shared.active).get(&firing.task).cloned() else {
+async fn execute(shared: &Arc<Shared>, run: TaskRun) {
+    let Some(task) = lock(&shared.active).get(&run.firing.task).cloned() else {
         // Removed between match and run: nothing to run.
         return;
     };
     let vm = shared.vm.clone();
     let key = task.vm_key();
-    let context = firing.to_json();
+    let context = run.context();
     let started = Instant::now();
     let result = tokio::task::spawn_blocking(move || vm.run(&key, context)).await;
     let duration_ms = started.elapsed().as_millis() as u64;

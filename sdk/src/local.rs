@@ -2,7 +2,7 @@
 //! in the same sandboxed VM the device uses. What `walle task test` does.
 
 use std::path::Path;
-use walle_pipeline::{Event, TriggerSet};
+use walle_pipeline::{Event, TaskPipeline};
 use walle_proto::bundle;
 use walle_vm::VmPool;
 
@@ -35,8 +35,8 @@ pub fn run_task(task_dir: &Path, events: &[String]) -> anyhow::Result<LocalRun> 
         .map_err(anyhow::Error::msg)?;
     let vm = VmPool::new(1)?;
     vm.load(code)?;
-    let mut triggers = TriggerSet::new();
-    triggers.install(&manifest.name, &manifest.triggers);
+    let mut pipeline = TaskPipeline::new();
+    pipeline.install(&manifest.name, &manifest.triggers, &manifest.features)?;
     let mut run = LocalRun::default();
     for (index, line) in events.iter().enumerate() {
         if line.trim().is_empty() {
@@ -50,9 +50,9 @@ pub fn run_task(task_dir: &Path, events: &[String]) -> anyhow::Result<LocalRun> 
             }
         };
         run.events += 1;
-        for firing in triggers.on_event(&event) {
+        for task_run in pipeline.on_event(&event) {
             run.fired += 1;
-            match vm.run(&key, firing.to_json()) {
+            match vm.run(&key, task_run.context()) {
                 Ok(output) => {
                     run.outputs.extend(output.records);
                     if !output.logs.is_empty() {

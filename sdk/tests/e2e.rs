@@ -385,8 +385,14 @@ async fn a_version_whose_runs_keep_failing_is_rolled_back_on_the_device_and_stay
     }
     let status = agent.flush(TIMEOUT).await.unwrap();
     let task = &status.installed[0];
-    assert_eq!((task.runs.ok, task.runs.failed, task.failure_streak), (1, 0, 0));
-    assert!(task.runs.last_at_ms.is_some() && task.runs.last_error.is_none(), "{task:?}");
+    assert_eq!(
+        (task.runs.ok, task.runs.failed, task.failure_streak),
+        (1, 0, 0)
+    );
+    assert!(
+        task.runs.last_at_ms.is_some() && task.runs.last_error.is_none(),
+        "{task:?}"
+    );
     let records = fleet
         .client
         .records(&RecordQuery::task("ipv-feature", Some(agent.device_id())))
