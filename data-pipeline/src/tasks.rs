@@ -114,6 +114,12 @@ impl TaskPipeline {
         self.features.stats()
     }
 
+    /// Runs for firings from elsewhere (e.g. a device's timers), with their features as of the
+    /// current clock.
+    pub fn runs_for(&mut self, firings: Vec<Firing>) -> Vec<TaskRun> {
+        self.runs(firings)
+    }
+
     fn runs(&mut self, firings: Vec<Firing>) -> Vec<TaskRun> {
         firings
             .into_iter()

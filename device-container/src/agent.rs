@@ -229,6 +229,12 @@ impl Shared {
         self.queue_runs(firings)
     }
 
+    /// Queues runs for timer firings, with their tasks' features as of now.
+    pub fn queue_timer_runs(&self, firings: Vec<walle_pipeline::Firing>) -> usize {
+        let runs = lock(&self.pipeline).runs_for(firings);
+        self.queue_runs(runs)
+    }
+
     /// Queues a run per firing (dropping and counting those the queue has no room for).
     fn queue_runs(&self, firings: Vec<TaskRun>) -> usize {
         let fired = firings.len();
@@ -468,6 +474,7 @@ impl Agent {
             tokio::spawn(runner::run(shared.clone(), run_queue, stopped.clone())),
             tokio::spawn(uplink::run(shared.clone(), stopped.clone())),
             tokio::spawn(keep_events(shared.clone(), stopped.clone())),
+            tokio::spawn(crate::timers::run(shared.clone(), stopped.clone())),
         ];
         let ingest_addr = match shared.config.ingest_addr {
             Some(addr) => {

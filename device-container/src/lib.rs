@@ -21,6 +21,7 @@ pub mod install;
 mod random;
 mod rollback;
 mod runner;
+mod timers;
 mod uplink;
 
 pub use agent::{Agent, AgentStatus, TaskStatus};

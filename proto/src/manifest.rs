@@ -71,8 +71,27 @@ pub struct TaskManifest {
     /// written out when empty, so manifests without features serialize (and sign) as before.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub features: Vec<FeatureSpec>,
+    /// Periodic runs without an event (`[[timers]]`); not written out when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub timers: Vec<TimerSpec>,
     pub limits: Limits,
 }
+
+/// A timer that runs the task every `every_ms` milliseconds, with no event: the context has
+/// `trigger` = the timer's name, empty `matched` and `window`, and the features.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimerSpec {
+    pub name: String,
+    pub every_ms: u64,
+}
+
+/// Shortest timer period.
+pub const MIN_TIMER_MS: u64 = 1000;
+/// Longest timer period: a week.
+pub const MAX_TIMER_MS: u64 = 7 * 24 * 3600 * 1000;
+/// Most timers per task.
+pub const MAX_TIMERS: usize = 16;
 
 /// `walle.toml` as written, before validation; every field optional so that a missing one is
 /// reported by name rather than as a parse error.
@@ -92,6 +111,8 @@ struct RawManifest {
     triggers: Vec<PatternSpec>,
     #[serde(default)]
     features: Vec<FeatureSpec>,
+    #[serde(default)]
+    timers: Vec<TimerSpec>,
     #[serde(default)]
     limits: Limits,
 }
@@ -121,6 +142,8 @@ pub enum ManifestError {
     Trigger(#[from] walle_pipeline::PatternError),
     #[error("walle.toml: invalid feature: {0}")]
     Feature(#[from] walle_pipeline::FeatureError),
+    #[error("walle.toml: invalid timer {name:?}: {reason}")]
+    Timer { name: String, reason: String },
 }
 
 /// Largest output cap a manifest may ask for: the cloud's limit on one tunnel record, so that a
@@ -169,6 +192,7 @@ impl TaskManifest {
         }
         walle_pipeline::validate_patterns(&raw.triggers)?;
         walle_pipeline::validate_features(&raw.features)?;
+        validate_timers(&raw.timers)?;
         Ok(TaskManifest {
             name,
             version,
@@ -179,6 +203,7 @@ impl TaskManifest {
             models: raw.models,
             triggers: raw.triggers,
             features: raw.features,
+            timers: raw.timers,
             limits: raw.limits,
         })
     }
@@ -187,6 +212,40 @@ impl TaskManifest {
     pub fn required_files(&self) -> impl Iterator<Item = &str> {
         std::iter::once(self.entry.as_str()).chain(self.models.iter().map(String::as_str))
     }
+}
+
+fn validate_timers(timers: &[TimerSpec]) -> Result<(), ManifestError> {
+    let bad = |timer: &TimerSpec, reason: String| ManifestError::Timer {
+        name: timer.name.clone(),
+        reason,
+    };
+    if let Some(extra) = timers.get(MAX_TIMERS) {
+        return Err(bad(
+            extra,
+            format!("a task has at most {MAX_TIMERS} timers"),
+        ));
+    }
+    for (index, timer) in timers.iter().enumerate() {
+        if timer.name.is_empty() || timer.name.len() > MAX_NAME_CHARS {
+            return Err(bad(
+                timer,
+                format!("names have 1 to {MAX_NAME_CHARS} characters"),
+            ));
+        }
+        if timers[..index].iter().any(|t| t.name == timer.name) {
+            return Err(bad(timer, "the name is used twice".into()));
+        }
+        if !(MIN_TIMER_MS..=MAX_TIMER_MS).contains(&timer.every_ms) {
+            return Err(bad(
+                timer,
+                format!(
+                    "`every_ms` must be between {MIN_TIMER_MS} and {MAX_TIMER_MS}, got {}",
+                    timer.every_ms
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Whether `name` is a valid task name.
@@ -377,6 +436,16 @@ window = { sliding_ms = 600000, slide_ms = 60000 }
                 "max_output_bytes",
             ),
             (format!("handler = \"no-dash\"\n{GOOD}"), "handler"),
+            (
+                format!("{GOOD}\n[[timers]]\nname = \"t\"\nevery_ms = 10"),
+                "`every_ms` must be between",
+            ),
+            (
+                format!(
+                    "{GOOD}\n[[timers]]\nname = \"t\"\nevery_ms = 60000\n[[timers]]\nname = \"t\"\nevery_ms = 60000"
+                ),
+                "used twice",
+            ),
         ];
         for (text, expected) in cases {
             let err = TaskManifest::parse(&text).unwrap_err().to_string();

@@ -1029,3 +1029,70 @@ async fn a_device_killed_at_any_point_of_an_upgrade_restarts_on_one_whole_versio
     }
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timer_runs_the_task_without_an_event_and_hands_it_the_features() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 1).await.unwrap();
+    let dir = root.path().join("clicks-report");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("walle.toml"),
+        r#"name = "clicks-report"
+version = "1.0.0"
+runtime = "python"
+entry = "main.py"
+
+[[timers]]
+name = "every-second"
+every_ms = 1000
+
+[[features]]
+name = "clicks_1h"
+aggregate = "count"
+event = "click"
+window = { sliding_ms = 3600000 }
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("main.py"),
+        "def run(ctx):\n    return {'trigger': ctx['trigger'], 'events': len(ctx['matched']), \
+         'clicks_1h': ctx['features']['clicks_1h']}\n",
+    )
+    .unwrap();
+    fleet.publish(&dir).await.unwrap();
+    fleet
+        .client
+        .create_release("clicks-report", "1.0.0")
+        .await
+        .unwrap();
+    fleet
+        .wait_installed("clicks-report", "1.0.0")
+        .await
+        .unwrap();
+    let agent = &fleet.agents[0];
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for n in 0..3 {
+        let mut click = visit("s1", "sku-1", now)[1].clone();
+        click.id = format!("click-{n}");
+        agent.track(click).unwrap();
+    }
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let outputs = agent.outputs("clicks-report");
+        if let Some(last) = outputs.last()
+            && last["clicks_1h"] == 3
+        {
+            assert_eq!(last["trigger"], "every-second");
+            assert_eq!(last["events"], 0);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{outputs:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    fleet.shutdown().await;
+}

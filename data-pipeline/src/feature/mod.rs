@@ -472,15 +472,24 @@ impl FeatureSet {
                 How::State(id) => match self.states.get_mut(*id).and_then(Option::as_mut) {
                     Some(state) => {
                         let agg = state.feature.aggregate;
-                        match (last, self.clock) {
-                            (Some(last), Some(clock)) => {
+                        // A firing without events (a timer) can read unpartitioned windows only.
+                        let keyed = match last {
+                            Some(last) => {
                                 encode_key(&state.feature.partition_by, last, &mut key);
-                                self.spaces
-                                    .get(state.space)
-                                    .and_then(|space| space.find(&key))
-                                    .and_then(|part| state.parts.peek(part))
-                                    .map_or_else(|| empty_value(agg), |w| w.value(clock, agg, caps))
+                                true
                             }
+                            None => {
+                                key.clear();
+                                state.feature.partition_by.is_empty()
+                            }
+                        };
+                        match (keyed, self.clock) {
+                            (true, Some(clock)) => self
+                                .spaces
+                                .get(state.space)
+                                .and_then(|space| space.find(&key))
+                                .and_then(|part| state.parts.peek(part))
+                                .map_or_else(|| empty_value(agg), |w| w.value(clock, agg, caps)),
                             _ => empty_value(agg),
                         }
                     }
