@@ -220,6 +220,13 @@ fn check_event(index: usize, e: &TaskEvent) -> Result<TaskEventRow, Status> {
         check_id(&at("release_id"), &e.release_id)?;
     }
     check_text(&at("detail"), &e.detail)?;
+    let label = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_';
+    if e.failure.len() > 64 || !e.failure.chars().all(label) {
+        return Err(Status::invalid_argument(format!(
+            "`{}` must be a label of at most 64 characters of a-z, 0-9 and _",
+            at("failure")
+        )));
+    }
     let kind = event_kind_name(e.kind).ok_or_else(|| {
         Status::invalid_argument(format!(
             "`{}` {} is not a known event kind",
@@ -236,6 +243,7 @@ fn check_event(index: usize, e: &TaskEvent) -> Result<TaskEventRow, Status> {
         at_ms: e.at_ms,
         detail: e.detail.clone(),
         duration_ms: e.duration_ms.min(i64::MAX as u64) as i64,
+        failure: e.failure.clone(),
     })
 }
 

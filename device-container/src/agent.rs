@@ -115,6 +115,21 @@ impl Shared {
         detail: &str,
         duration_ms: u64,
     ) {
+        self.report_failure(kind, task, version, release_id, detail, "", duration_ms);
+    }
+
+    /// Queues a task event with the kind of failure it reports (`VmError::kind` for runs).
+    #[allow(clippy::too_many_arguments)]
+    pub fn report_failure(
+        &self,
+        kind: task_event::Kind,
+        task: &str,
+        version: &str,
+        release_id: &str,
+        detail: &str,
+        failure: &str,
+        duration_ms: u64,
+    ) {
         let mut detail = detail.to_owned();
         if detail.chars().count() > 4000 {
             detail = detail.chars().take(4000).collect::<String>() + "…";
@@ -128,6 +143,7 @@ impl Shared {
             at_ms: now_ms(),
             detail,
             duration_ms,
+            failure: failure.to_owned(),
         };
         let payload = event.encode_to_vec();
         self.queue_for_cloud(

@@ -47,10 +47,10 @@ async fn execute(shared: &Arc<Shared>, run: TaskRun) {
     let result = tokio::task::spawn_blocking(move || vm.run(&key, context)).await;
     let duration_ms = started.elapsed().as_millis() as u64;
     let version = task.version();
-    let error = match &result {
-        Ok(Ok(_)) => None,
-        Ok(Err(e)) => Some(e.to_string()),
-        Err(e) => Some(format!("run worker failed: {e}")),
+    let (error, failure) = match &result {
+        Ok(Ok(_)) => (None, ""),
+        Ok(Err(e)) => (Some(e.to_string()), e.kind()),
+        Err(e) => (Some(format!("run worker failed: {e}")), "panic"),
     };
     lock(&shared.task_runs)
         .entry(task.vm_key())
@@ -79,12 +79,13 @@ async fn execute(shared: &Arc<Shared>, run: TaskRun) {
             let error = error.unwrap_or_default();
             shared.counters.runs_failed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(task = %task.vm_key(), %error, "task run failed");
-            shared.report(
+            shared.report_failure(
                 task_event::Kind::RunFailed,
                 task.task(),
                 &version,
                 &task.release_id,
                 &error,
+                failure,
                 duration_ms,
             );
         }

@@ -160,6 +160,13 @@ async fn publish_release_run_and_upload_reach_the_cloud_store() {
         status["stats"]["runs_ok"].as_i64().unwrap() >= 4,
         "{status}"
     );
+    let runs = &status["stats"]["runs"];
+    let (p50, p99) = (
+        runs["duration_p50_ms"].as_i64().unwrap(),
+        runs["duration_p99_ms"].as_i64().unwrap(),
+    );
+    assert!(p50 <= p99, "{runs}");
+    assert_eq!(runs["failures_by_kind"], serde_json::json!({}));
     fleet.shutdown().await;
 }
 
@@ -309,6 +316,11 @@ async fn a_version_that_fails_to_load_is_refused_and_failed_runs_are_reported() 
         .await
         .unwrap();
     assert_eq!(stats["stats"]["runs_failed"], 1, "{stats}");
+    assert_eq!(
+        stats["stats"]["runs"]["failures_by_kind"],
+        serde_json::json!({"exception": 1}),
+        "{stats}"
+    );
 
     let broken = variant(root.path(), "1.1.0", Some("def run(ctx) return 1\n"));
     fleet.publish(&broken).await.unwrap();

@@ -180,6 +180,32 @@ pub enum VmError {
     Pool(String),
 }
 
+impl VmError {
+    /// What kind of failure this is, as a stable snake_case label (for failure counts by kind).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VmError::Compile { .. } | VmError::WasmCompile { .. } => "compile",
+            VmError::Raised { .. } => "exception",
+            VmError::NoHandler { .. }
+            | VmError::MissingExport { .. }
+            | VmError::WasmLink { .. } => "no_handler",
+            VmError::BadModule { .. } => "bad_module",
+            VmError::BadLimits { .. } => "bad_limits",
+            VmError::BadResult { .. } | VmError::BadGuestArgument { .. } => "bad_result",
+            VmError::OutputTooLarge { .. } => "output_too_large",
+            VmError::Model { .. } => "model",
+            VmError::State { .. } => "state",
+            VmError::DeadlineExceeded { .. } => "deadline",
+            VmError::MemoryExceeded { .. } | VmError::MemoryLimit { .. } => "memory",
+            VmError::FuelExhausted { .. } => "fuel",
+            VmError::Trap { .. } | VmError::GuestFailed { .. } => "trap",
+            VmError::Evicted { .. } | VmError::NotLoaded(_) => "not_loaded",
+            VmError::Panicked(_) => "panic",
+            VmError::WorkerGone(_) | VmError::Pool(_) => "vm",
+        }
+    }
+}
+
 // The unit tests measure memory budgets, so they need the counting allocator too.
 #[cfg(test)]
 #[global_allocator]

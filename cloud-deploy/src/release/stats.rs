@@ -12,6 +12,7 @@ use serde::Serialize;
 use super::policy::{ReleasePolicy, bucket};
 use super::select::{LiveRelease, choose};
 use super::{failure_kinds, fleet, served_releases_of};
+use crate::store::events::RunMetrics;
 use crate::store::releases::{ReleaseHealth, ReleaseRow};
 use crate::{AppState, CloudError};
 
@@ -30,6 +31,8 @@ pub struct ReleaseStats {
     pub synced: i64,
     #[serde(flatten)]
     pub health: ReleaseHealth,
+    /// Failed runs by kind and run durations.
+    pub runs: RunMetrics,
     /// The same figures for each stage's cohort.
     pub stages: Vec<StageStats>,
 }
@@ -97,6 +100,7 @@ pub async fn stats(state: &AppState, release: &ReleaseRow) -> Result<ReleaseStat
             installed as f64 / targeted as f64
         },
         health,
+        runs: state.db.run_metrics(&live.id).await?,
         stages,
     })
 }

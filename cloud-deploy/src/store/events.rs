@@ -17,6 +17,18 @@ pub struct TaskEventRow {
     pub at_ms: i64,
     pub detail: String,
     pub duration_ms: i64,
+    /// Kind of a failed run (`exception`, `deadline`, …); empty otherwise.
+    pub failure: String,
+}
+
+/// A release's runs as devices reported them.
+#[derive(Debug, Clone, Default, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct RunMetrics {
+    /// Failed runs by kind of failure (`exception`, `deadline`, `memory`, …).
+    pub failures_by_kind: std::collections::BTreeMap<String, i64>,
+    /// Median and 99th-percentile duration of successful runs, in ms; absent before any.
+    pub duration_p50_ms: Option<i64>,
+    pub duration_p99_ms: Option<i64>,
 }
 
 /// One received tunnel record.
@@ -105,8 +117,8 @@ impl Db {
         let mut stored = 0;
         for e in events {
             let result = sqlx::query(
-                "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (device_id, id) DO NOTHING",
+                "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms, failure) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, id) DO NOTHING",
             )
             .bind(device_id)
             .bind(&e.id)
@@ -117,6 +129,7 @@ impl Db {
             .bind(e.at_ms)
             .bind(&e.detail)
             .bind(e.duration_ms)
+            .bind(&e.failure)
             .execute(&mut *tx)
             .await
             .map_err(db_err("storing task event"))?;
@@ -126,6 +139,62 @@ impl Db {
             .await
             .map_err(db_err("committing task events"))?;
         Ok(stored)
+    }
+
+    /// What devices reported about the runs of one release's version.
+    pub async fn run_metrics(&self, release_id: &str) -> Result<RunMetrics, CloudError> {
+        let fail = db_err("reading run metrics");
+        let kinds = sqlx::query(
+            "SELECT failure, COUNT(*) AS n FROM task_events \
+             WHERE release_id = $1 AND kind = 'run_failed' GROUP BY failure",
+        )
+        .bind(release_id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("reading run metrics"))?;
+        let mut metrics = RunMetrics::default();
+        for row in kinds {
+            let kind: String = row
+                .try_get("failure")
+                .map_err(db_err("reading run metrics"))?;
+            let count: i64 = row.try_get("n").map_err(db_err("reading run metrics"))?;
+            let kind = if kind.is_empty() {
+                "unknown".to_owned()
+            } else {
+                kind
+            };
+            metrics.failures_by_kind.insert(kind, count);
+        }
+        let runs: i64 = sqlx::query(
+            "SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_ok'",
+        )
+        .bind(release_id)
+        .fetch_one(self.pool())
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(fail)?;
+        if runs > 0 {
+            metrics.duration_p50_ms = Some(self.run_duration_at(release_id, (runs - 1) / 2).await?);
+            metrics.duration_p99_ms = Some(
+                self.run_duration_at(release_id, (runs - 1) * 99 / 100)
+                    .await?,
+            );
+        }
+        Ok(metrics)
+    }
+
+    /// The duration of the successful run at `rank` (0-based) in duration order.
+    async fn run_duration_at(&self, release_id: &str, rank: i64) -> Result<i64, CloudError> {
+        sqlx::query(
+            "SELECT duration_ms FROM task_events WHERE release_id = $1 AND kind = 'run_ok' \
+             ORDER BY duration_ms LIMIT 1 OFFSET $2",
+        )
+        .bind(release_id)
+        .bind(rank)
+        .fetch_one(self.pool())
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(db_err("reading run durations"))
     }
 
     /// Stores tunnel records exactly once per (device, record id). Returns (stored, duplicates).
