@@ -838,6 +838,149 @@ mod tests {
     }
 
     #[test]
+    fn ids_with_the_same_hash_are_told_apart_and_each_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        // Every id collides.
+        let same = |_: &str| 7;
+        let open = || EventStore::open_hashing(&path, config(2, Retention::default()), same);
+        let mut store = open().unwrap();
+        for id in ["e1", "e2", "e3", "e2", "e3", "e4"] {
+            store.append(&event(id, 1, "s", "p")).unwrap();
+        }
+        store.flush().unwrap();
+        assert_eq!(store.stats().duplicates, 2);
+        drop(store);
+        let mut store = open().unwrap();
+        for id in ["e1", "e4", "e5"] {
+            store.append(&event(id, 2, "s", "p")).unwrap();
+        }
+        assert_eq!(store.stats().duplicates, 2);
+        assert_eq!(
+            ids(&store.query(&EventQuery::default()).unwrap()),
+            ["e1", "e2", "e3", "e4", "e5"]
+        );
+        // Deleting some holders of the hash keeps the others known.
+        store
+            .enforce_retention(1 + Retention::default().max_age_ms + 1)
+            .unwrap();
+        assert_eq!(store.stats().deleted_by_age, 4);
+        store.append(&event("e5", 2, "s", "p")).unwrap();
+        store.append(&event("e1", 3, "s", "p")).unwrap();
+        assert_eq!(store.stats().duplicates, 3);
+        assert_eq!(
+            ids(&store.query(&EventQuery::default()).unwrap()),
+            ["e5", "e1"]
+        );
+    }
+
+    #[test]
+    fn retention_by_bytes_deletes_whole_blocks_then_the_oldest_of_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        let mut store = EventStore::open(&path, config(2, Retention::default())).unwrap();
+        for i in 0..6 {
+            store
+                .append(&event(&format!("e{i}"), 10, "s", "p"))
+                .unwrap();
+        }
+        let per_event = store.stats().bytes / 6;
+        drop(store);
+        let retention = Retention {
+            max_age_ms: i64::MAX,
+            max_bytes: per_event * 3,
+        };
+        let mut store = EventStore::open(&path, config(2, retention)).unwrap();
+        store.enforce_retention(10).unwrap();
+        assert_eq!(store.stats().deleted_by_bytes, 3);
+        let kept = store.query(&EventQuery::default()).unwrap();
+        assert_eq!(ids(&kept), ["e3", "e4", "e5"]);
+        let stats = store.stats();
+        drop(store);
+        // What is counted is what is stored.
+        let store = EventStore::open(&path, config(2, retention)).unwrap();
+        assert_eq!(
+            (store.stats().events, store.stats().bytes),
+            (stats.events, stats.bytes)
+        );
+        assert_eq!(stats.events, 3);
+    }
+
+    #[test]
+    fn queries_filter_exactly_across_blocks_and_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        let mut store = EventStore::open(&path, config(2, Retention::default())).unwrap();
+        // Out of time order, over four blocks.
+        for (i, ts) in [50, 10, 40, 20, 30, 60, 5].into_iter().enumerate() {
+            let session = if i % 2 == 0 { "a" } else { "b" };
+            store
+                .append(&event(&format!("e{i}"), ts, session, "p"))
+                .unwrap();
+        }
+        let query = EventQuery {
+            session: Some("a".into()),
+            from_ts: Some(20),
+            to_ts: Some(50),
+            ..EventQuery::default()
+        };
+        assert_eq!(ids(&store.query(&query).unwrap()), ["e0", "e2", "e4"]);
+        let limited = EventQuery {
+            limit: Some(2),
+            ..query
+        };
+        assert_eq!(ids(&store.query(&limited).unwrap()), ["e0", "e2"]);
+        let other_page = EventQuery {
+            page: Some("q".into()),
+            ..EventQuery::default()
+        };
+        assert!(store.query(&other_page).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_of_the_row_per_event_schema_move_into_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        {
+            let mut connection = sqlite::open(&path).unwrap();
+            sqlite::migrate(&mut connection, "events", &MIGRATIONS[..1]).unwrap();
+            for e in [event("e1", 1, "s", "p"), event("e2", 2, "t", "q")] {
+                connection
+                    .execute(
+                        "INSERT INTO events (id, ts, session, page, kind, item, args, bytes)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![
+                            e.id,
+                            e.ts,
+                            e.session,
+                            e.page,
+                            e.event.as_str(),
+                            e.item,
+                            serde_json::Value::Object(e.args.clone()).to_string(),
+                            serde_json::to_vec(&e).unwrap().len() as i64,
+                        ],
+                    )
+                    .unwrap();
+            }
+        }
+        let mut store = EventStore::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.stats().events, 2);
+        store.append(&event("e2", 2, "t", "q")).unwrap();
+        assert_eq!(store.stats().duplicates, 1);
+        let all = store.query(&EventQuery::default()).unwrap();
+        assert_eq!(all, [event("e1", 1, "s", "p"), event("e2", 2, "t", "q")]);
+        let old_table: i64 = store
+            .connection
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'events'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_table, 0);
+    }
+
+    #[test]
     fn a_file_that_is_not_a_database_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("device.sqlite");
