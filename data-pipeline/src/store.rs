@@ -16,7 +16,7 @@
 //! range and a 64-bit hash of each id. Writes are constant and queries rare, so a block costs one
 //! sequential insert instead of a row and four index entries per event; a query reads the blocks
 //! whose time range overlaps its own and filters their events exactly. Ids are checked against
-//! an in-memory map from id hash to a block holding it (about 20 bytes per stored event, rebuilt
+//! an in-memory map from id hash to a block holding it (20 to 40 bytes per stored event, rebuilt
 //! from the hashes at open); on a hit the block is read and the id itself compared, so a hash
 //! collision never drops a different event. Retention deletes whole blocks and rewrites the one
 //! at the edge, so it stays exact per event.
