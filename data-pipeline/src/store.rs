@@ -4,23 +4,36 @@
 //!   when [`StoreConfig::batch_events`] are waiting; [`EventStore::flush`] writes what waits
 //!   (the device calls it on a timer and before shutting down). A crash loses at most the
 //!   buffered events, never part of a batch.
-//! * **Once per id**: an event whose id is already stored is skipped and counted, so a host app
-//!   that sends again after a crash does not double-count.
+//! * **Once per id**: an event whose id is already stored (or buffered) is skipped and counted,
+//!   so a host app that sends again after a crash does not double-count.
 //! * **Bounded**: [`EventStore::enforce_retention`] deletes events older than
 //!   [`Retention::max_age_ms`] and then the oldest until the stored bytes fit
 //!   [`Retention::max_bytes`].
 //! * **Queries** by session, page and time range ([`EventQuery`]) serve windows and tasks, in
 //!   arrival order.
+//!
+//! A batch is stored as one row, a *block*: its events' JSON, one per line, with their time
+//! range and a 64-bit hash of each id. Writes are constant and queries rare, so a block costs one
+//! sequential insert instead of a row and four index entries per event; a query reads the blocks
+//! whose time range overlaps its own and filters their events exactly. Ids are checked against
+//! an in-memory map from id hash to a block holding it (20 to 40 bytes per stored event, rebuilt
+//! from the hashes at open); on a hit the block is read and the id itself compared, so a hash
+//! collision never drops a different event. Retention deletes whole blocks and rewrites the one
+//! at the edge, so it stays exact per event.
 
+use std::borrow::Cow;
+use std::collections::hash_map::Entry;
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, Transaction, params, params_from_iter, types::Value as SqlValue};
+use foldhash::{HashMap, HashMapExt};
+use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::event::{Event, EventKind};
 use crate::sqlite;
 
 /// The store's tables, in order (see [`sqlite::migrate`]).
-const MIGRATIONS: &[&str] = &["CREATE TABLE events (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT,
         id TEXT NOT NULL UNIQUE,
         ts INTEGER NOT NULL,
@@ -33,7 +46,19 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE events (
     );
     CREATE INDEX events_by_session ON events (session, ts);
     CREATE INDEX events_by_page ON events (page, ts);
-    CREATE INDEX events_by_ts ON events (ts);"];
+    CREATE INDEX events_by_ts ON events (ts);",
+    // One row per batch (see the module doc). `EventStore::open` moves the rows of `events` into
+    // blocks and drops it: SQL cannot compute the id hashes.
+    "CREATE TABLE event_blocks (
+        seq INTEGER PRIMARY KEY,
+        min_ts INTEGER NOT NULL,
+        max_ts INTEGER NOT NULL,
+        count INTEGER NOT NULL,
+        bytes INTEGER NOT NULL,
+        ids BLOB NOT NULL,
+        events BLOB NOT NULL
+    );",
+];
 
 /// How much history the store keeps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +82,7 @@ impl Default for Retention {
 /// Store settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreConfig {
+    /// How much history is kept.
     pub retention: Retention,
     /// Events buffered before a batch is written.
     pub batch_events: usize,
@@ -74,7 +100,9 @@ impl Default for StoreConfig {
 /// What to read back. Empty fields do not filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EventQuery {
+    /// Only events of this session.
     pub session: Option<String>,
+    /// Only events on this page.
     pub page: Option<String>,
     /// Earliest timestamp, inclusive.
     pub from_ts: Option<i64>,
@@ -87,13 +115,17 @@ pub struct EventQuery {
 /// Counts of what the store holds and has done since it was opened.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct StoreStats {
+    /// Events stored (not counting the buffered ones).
     pub events: u64,
+    /// Their bytes (JSON size).
     pub bytes: u64,
     /// Events waiting in the buffer.
     pub buffered: usize,
     /// Events skipped because their id was already stored.
     pub duplicates: u64,
+    /// Events deleted for being older than the retention's age.
     pub deleted_by_age: u64,
+    /// Events deleted, oldest first, to fit the retention's bytes.
     pub deleted_by_bytes: u64,
 }
 
@@ -112,41 +144,68 @@ pub struct EventStore {
     path: PathBuf,
     connection: Connection,
     config: StoreConfig,
-    buffer: Vec<(Event, String)>,
+    /// The next block, not written yet; it will be block `next_seq`.
+    pending: Block,
+    next_seq: i64,
+    /// The hash of every stored or buffered id, to a block holding it.
+    ids: HashMap<u64, i64>,
+    /// Hashes that more than one id had (collisions, almost never), with how many still hold
+    /// them: their entry in `ids` may name a block that holds another id.
+    shared: HashMap<u64, u32>,
+    /// Hashes ids; [`id_hash`] except in tests, which force collisions.
+    hash: fn(&str) -> u64,
     stats: StoreStats,
 }
 
 impl EventStore {
     /// Opens the store in the database at `path` (created if needed).
     pub fn open(path: &Path, config: StoreConfig) -> Result<EventStore, StoreError> {
+        EventStore::open_hashing(path, config, id_hash)
+    }
+
+    fn open_hashing(
+        path: &Path,
+        config: StoreConfig,
+        hash: fn(&str) -> u64,
+    ) -> Result<EventStore, StoreError> {
         let fail = |what| failure(path, what);
         let mut connection = sqlite::open(path).map_err(fail("cannot open"))?;
         sqlite::migrate(&mut connection, "events", MIGRATIONS)
             .map_err(fail("cannot migrate its tables"))?;
-        let (events, bytes): (i64, i64) = connection
-            .query_row(
-                "SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM events",
-                [],
-                |row| Ok((row.get(0)?, row.get(1)?)),
-            )
-            .map_err(fail("cannot count its events"))?;
-        Ok(EventStore {
+        import_event_rows(&mut connection, config.batch_events.max(1), hash)
+            .map_err(fail("cannot move its events into blocks"))?;
+        let mut store = EventStore {
             path: path.to_owned(),
             connection,
             config,
-            buffer: Vec::new(),
-            stats: StoreStats {
-                events: events as u64,
-                bytes: bytes as u64,
-                ..StoreStats::default()
-            },
-        })
+            pending: Block::default(),
+            next_seq: 1,
+            ids: HashMap::new(),
+            shared: HashMap::new(),
+            hash,
+            stats: StoreStats::default(),
+        };
+        store
+            .load_ids()
+            .map_err(fail("cannot read its events' ids"))?;
+        Ok(store)
     }
 
-    /// Buffers a validated event; writes the batch when it is full.
+    /// Buffers a validated event, unless its id is known; writes the batch when it is full.
     pub fn append(&mut self, event: &Event) -> Result<(), StoreError> {
-        self.buffer.push((event.clone(), event_args(event)));
-        if self.buffer.len() >= self.config.batch_events.max(1) {
+        let hash = (self.hash)(&event.id);
+        let known = self
+            .is_known(hash, &event.id)
+            .map_err(failure(&self.path, "cannot look up an event id"))?;
+        if known {
+            self.stats.duplicates += 1;
+            return Ok(());
+        }
+        self.pending
+            .push(hash, event)
+            .map_err(failure(&self.path, "cannot encode an event"))?;
+        self.remember(hash, self.next_seq);
+        if self.pending.len() >= self.config.batch_events.max(1) {
             self.flush()?;
         }
         Ok(())
@@ -154,69 +213,144 @@ impl EventStore {
 
     /// Writes the buffered events in one transaction; returns how many were new.
     pub fn flush(&mut self) -> Result<usize, StoreError> {
-        if self.buffer.is_empty() {
+        if self.pending.is_empty() {
             return Ok(0);
         }
-        let fail = |what| failure(&self.path, what);
-        let transaction = self
-            .connection
-            .transaction()
-            .map_err(fail("cannot start a batch"))?;
-        let (written, bytes) =
-            insert_batch(&transaction, &self.buffer).map_err(fail("cannot write a batch"))?;
-        transaction
-            .commit()
-            .map_err(fail("cannot commit a batch"))?;
-        self.stats.duplicates += (self.buffer.len() - written) as u64;
+        write_block(&self.connection, self.next_seq, &self.pending)
+            .map_err(failure(&self.path, "cannot write a batch"))?;
+        let written = self.pending.len();
         self.stats.events += written as u64;
-        self.stats.bytes += bytes;
-        self.buffer.clear();
+        self.stats.bytes += self.pending.bytes;
+        self.next_seq += 1;
+        self.pending.clear();
         Ok(written)
     }
 
     /// Deletes what the retention does not keep, as of `now_ms`.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<(), StoreError> {
         self.flush()?;
-        let path = self.path.clone();
-        let fail = |what| failure(&path, what);
-        let cutoff = now_ms.saturating_sub(self.config.retention.max_age_ms);
-        let (count, bytes) = delete_where(&self.connection, "ts < ?1", cutoff)
-            .map_err(fail("cannot delete old events"))?;
-        self.forget(count, bytes);
-        self.stats.deleted_by_age += count;
-        let excess = self
-            .stats
-            .bytes
-            .saturating_sub(self.config.retention.max_bytes);
-        if excess > 0 {
-            let last = oldest_holding(&self.connection, excess)
-                .map_err(fail("cannot find the oldest events"))?;
-            let (count, bytes) = delete_where(&self.connection, "seq <= ?1", last)
-                .map_err(fail("cannot delete the oldest events"))?;
-            self.forget(count, bytes);
-            self.stats.deleted_by_bytes += count;
+        let retention = self.config.retention;
+        let cutoff = now_ms.saturating_sub(retention.max_age_ms);
+        let transaction = self
+            .connection
+            .transaction()
+            .map_err(failure(&self.path, "cannot start deleting"))?;
+        let by_age = delete_older(&transaction, cutoff)
+            .map_err(failure(&self.path, "cannot delete old events"))?;
+        let excess =
+            (self.stats.bytes.saturating_sub(by_age.bytes)).saturating_sub(retention.max_bytes);
+        let by_bytes = delete_oldest(&transaction, excess)
+            .map_err(failure(&self.path, "cannot delete the oldest events"))?;
+        transaction
+            .commit()
+            .map_err(failure(&self.path, "cannot commit deleting"))?;
+        for hash in by_age.hashes.iter().chain(&by_bytes.hashes) {
+            self.forget(*hash);
         }
+        let count = |deleted: &Deleted| deleted.hashes.len() as u64;
+        let (events, bytes) = (&mut self.stats.events, &mut self.stats.bytes);
+        *events = events.saturating_sub(count(&by_age) + count(&by_bytes));
+        *bytes = bytes.saturating_sub(by_age.bytes + by_bytes.bytes);
+        self.stats.deleted_by_age += count(&by_age);
+        self.stats.deleted_by_bytes += count(&by_bytes);
         Ok(())
     }
 
     /// Stored events matching `query`, in arrival order (buffered events are written first).
     pub fn query(&mut self, query: &EventQuery) -> Result<Vec<Event>, StoreError> {
         self.flush()?;
-        let fail = |what| failure(&self.path, what);
-        select(&self.connection, query).map_err(fail("cannot query events"))
+        select(&self.connection, query).map_err(failure(&self.path, "cannot query events"))
     }
 
     /// What the store holds now.
     pub fn stats(&self) -> StoreStats {
         StoreStats {
-            buffered: self.buffer.len(),
+            buffered: self.pending.len(),
             ..self.stats
         }
     }
 
-    fn forget(&mut self, count: u64, bytes: u64) {
-        self.stats.events = self.stats.events.saturating_sub(count);
-        self.stats.bytes = self.stats.bytes.saturating_sub(bytes);
+    /// Fills `ids`, the counts and `next_seq` from the stored blocks.
+    fn load_ids(&mut self) -> rusqlite::Result<()> {
+        let mut statement = self
+            .connection
+            .prepare("SELECT seq, bytes, ids FROM event_blocks ORDER BY seq")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            let hashes = decode_hashes(row.get_ref(2)?.as_blob()?)?;
+            for hash in &hashes {
+                remember(&mut self.ids, &mut self.shared, *hash, seq);
+            }
+            self.stats.events += hashes.len() as u64;
+            self.stats.bytes += row.get::<_, i64>(1)? as u64;
+            self.next_seq = seq + 1;
+        }
+        Ok(())
+    }
+
+    /// Whether an event with this id is stored or buffered.
+    fn is_known(&self, hash: u64, id: &str) -> rusqlite::Result<bool> {
+        let Some(&seq) = self.ids.get(&hash) else {
+            return Ok(false);
+        };
+        if self.block_holds(seq, hash, id)? {
+            return Ok(true);
+        }
+        if !self.shared.contains_key(&hash) {
+            // The only id with this hash is another one.
+            return Ok(false);
+        }
+        if self.pending.holds(hash, id)? {
+            return Ok(true);
+        }
+        let mut statement = self
+            .connection
+            .prepare("SELECT min_ts, max_ts, bytes, ids, events FROM event_blocks")?;
+        let mut rows = statement.query([])?;
+        while let Some(row) = rows.next()? {
+            if Block::from_row(row)?.holds(hash, id)? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Whether block `seq` (stored or the pending one) holds an event with this id.
+    fn block_holds(&self, seq: i64, hash: u64, id: &str) -> rusqlite::Result<bool> {
+        if seq == self.next_seq {
+            return self.pending.holds(hash, id);
+        }
+        match read_block(&self.connection, seq)? {
+            Some(block) => block.holds(hash, id),
+            None => Ok(false),
+        }
+    }
+
+    fn remember(&mut self, hash: u64, seq: i64) {
+        remember(&mut self.ids, &mut self.shared, hash, seq);
+    }
+
+    /// Forgets one holder of `hash` (a deleted event).
+    fn forget(&mut self, hash: u64) {
+        if let Some(holders) = self.shared.get_mut(&hash) {
+            *holders -= 1;
+            if *holders > 0 {
+                return;
+            }
+            self.shared.remove(&hash);
+        }
+        self.ids.remove(&hash);
+    }
+}
+
+/// Records that block `seq` holds an event whose id has `hash`.
+fn remember(ids: &mut HashMap<u64, i64>, shared: &mut HashMap<u64, u32>, hash: u64, seq: i64) {
+    match ids.entry(hash) {
+        Entry::Occupied(_) => *shared.entry(hash).or_insert(1) += 1,
+        Entry::Vacant(slot) => {
+            slot.insert(seq);
+        }
     }
 }
 
@@ -226,118 +360,332 @@ fn failure(path: &Path, what: &'static str) -> impl FnOnce(rusqlite::Error) -> S
     move |source| StoreError { path, what, source }
 }
 
-fn event_args(event: &Event) -> String {
-    serde_json::Value::Object(event.args.clone()).to_string()
+/// FNV-1a: stored with the events, so it must never change (unlike std's or foldhash's hashes).
+fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
-/// The event's size as stored: the length of its JSON form.
-fn event_bytes(event: &Event) -> u64 {
-    serde_json::to_vec(event).map_or(0, |json| json.len() as u64)
+/// The error for stored data that does not decode.
+fn corrupt(what: String) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, what.into())
 }
 
-/// Inserts a batch, skipping ids already stored; returns (inserted, their bytes).
-fn insert_batch(
-    transaction: &Transaction<'_>,
-    batch: &[(Event, String)],
-) -> rusqlite::Result<(usize, u64)> {
-    let mut insert = transaction.prepare_cached(
-        "INSERT OR IGNORE INTO events (id, ts, session, page, kind, item, args, bytes)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
-    )?;
-    let (mut written, mut bytes) = (0, 0);
-    for (event, args) in batch {
-        let size = event_bytes(event);
-        let inserted = insert.execute(params![
-            event.id,
-            event.ts,
-            event.session,
-            event.page,
-            event.event.as_str(),
-            event.item,
-            args,
-            size as i64,
-        ])?;
-        if inserted == 1 {
-            written += 1;
-            bytes += size;
-        }
+/// What of a stored event's JSON retention and dedup need, without decoding the rest.
+#[derive(serde::Deserialize)]
+struct Key<'a> {
+    #[serde(borrow)]
+    id: Cow<'a, str>,
+    ts: i64,
+}
+
+fn decode<'a, T: serde::Deserialize<'a>>(line: &'a [u8]) -> rusqlite::Result<T> {
+    serde_json::from_slice(line).map_err(|e| corrupt(format!("stored event is not valid: {e}")))
+}
+
+fn decode_hashes(blob: &[u8]) -> rusqlite::Result<Vec<u64>> {
+    if !blob.len().is_multiple_of(8) {
+        return Err(corrupt(format!(
+            "stored id hashes are {} bytes",
+            blob.len()
+        )));
     }
-    Ok((written, bytes))
+    Ok(blob
+        .chunks_exact(8)
+        .map(|chunk| {
+            let mut bytes = [0; 8];
+            bytes.copy_from_slice(chunk);
+            u64::from_le_bytes(bytes)
+        })
+        .collect())
 }
 
-/// Deletes events matching `condition` (one `?1` parameter); returns (count, bytes).
-fn delete_where(
+/// Events written together, in arrival order: their JSON, each ended by a newline (which JSON
+/// text never holds), and the hashes of their ids.
+#[derive(Debug, Default)]
+struct Block {
+    hashes: Vec<u64>,
+    json: Vec<u8>,
+    min_ts: i64,
+    max_ts: i64,
+    /// The events' JSON size, newlines not counted.
+    bytes: u64,
+}
+
+impl Block {
+    fn len(&self) -> usize {
+        self.hashes.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.hashes.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.hashes.clear();
+        self.json.clear();
+        self.bytes = 0;
+    }
+
+    fn push(&mut self, hash: u64, event: &Event) -> rusqlite::Result<()> {
+        let start = self.json.len();
+        serde_json::to_writer(&mut self.json, event)
+            .map_err(|e| rusqlite::Error::ToSqlConversionFailure(Box::new(e)))?;
+        self.push_json(hash, event.ts, start);
+        Ok(())
+    }
+
+    /// Ends the event whose JSON was written from `start`.
+    fn push_json(&mut self, hash: u64, ts: i64, start: usize) {
+        self.bytes += (self.json.len() - start) as u64;
+        self.json.push(b'\n');
+        if self.hashes.is_empty() {
+            (self.min_ts, self.max_ts) = (ts, ts);
+        }
+        self.min_ts = self.min_ts.min(ts);
+        self.max_ts = self.max_ts.max(ts);
+        self.hashes.push(hash);
+    }
+
+    /// Each event's id hash and JSON.
+    fn events(&self) -> impl Iterator<Item = (u64, &[u8])> {
+        self.hashes
+            .iter()
+            .copied()
+            .zip(self.json.split(|&byte| byte == b'\n'))
+    }
+
+    fn holds(&self, hash: u64, id: &str) -> rusqlite::Result<bool> {
+        for (_, line) in self.events().filter(|(h, _)| *h == hash) {
+            if decode::<Key<'_>>(line)?.id == id {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// The block without the events `drop` chooses (given each one's key and JSON size), and
+    /// the hashes of those dropped.
+    fn without(
+        &self,
+        mut drop: impl FnMut(&Key<'_>, u64) -> bool,
+    ) -> rusqlite::Result<(Block, Vec<u64>)> {
+        let (mut kept, mut dropped) = (Block::default(), Vec::new());
+        for (hash, line) in self.events() {
+            let key: Key<'_> = decode(line)?;
+            if drop(&key, line.len() as u64) {
+                dropped.push(hash);
+            } else {
+                let start = kept.json.len();
+                kept.json.extend_from_slice(line);
+                kept.push_json(hash, key.ts, start);
+            }
+        }
+        Ok((kept, dropped))
+    }
+
+    /// Reads `min_ts, max_ts, bytes, ids, events`.
+    fn from_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<Block> {
+        let block = Block {
+            min_ts: row.get(0)?,
+            max_ts: row.get(1)?,
+            bytes: row.get::<_, i64>(2)? as u64,
+            hashes: decode_hashes(row.get_ref(3)?.as_blob()?)?,
+            json: row.get(4)?,
+        };
+        let lines = block.json.iter().filter(|&&byte| byte == b'\n').count();
+        if lines != block.hashes.len() {
+            return Err(corrupt(format!(
+                "stored block has {} id hashes for {lines} events",
+                block.hashes.len()
+            )));
+        }
+        Ok(block)
+    }
+}
+
+fn read_block(connection: &Connection, seq: i64) -> rusqlite::Result<Option<Block>> {
+    connection
+        .prepare_cached(
+            "SELECT min_ts, max_ts, bytes, ids, events FROM event_blocks WHERE seq = ?1",
+        )?
+        .query_row(params![seq], Block::from_row)
+        .optional()
+}
+
+/// Writes `block` as block `seq`, replacing it if it exists.
+fn write_block(connection: &Connection, seq: i64, block: &Block) -> rusqlite::Result<()> {
+    let ids: Vec<u8> = block.hashes.iter().flat_map(|h| h.to_le_bytes()).collect();
+    connection
+        .prepare_cached(
+            "INSERT OR REPLACE INTO event_blocks (seq, min_ts, max_ts, count, bytes, ids, events)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        )?
+        .execute(params![
+            seq,
+            block.min_ts,
+            block.max_ts,
+            block.len() as i64,
+            block.bytes as i64,
+            ids,
+            block.json,
+        ])?;
+    Ok(())
+}
+
+/// Events deleted by retention: their id hashes and bytes.
+#[derive(Default)]
+struct Deleted {
+    hashes: Vec<u64>,
+    bytes: u64,
+}
+
+/// Replaces block `seq` by `kept` (deleted if empty), recording what went.
+fn shrink_block(
+    connection: &Connection,
+    seq: i64,
+    old: &Block,
+    (kept, dropped): (Block, Vec<u64>),
+    deleted: &mut Deleted,
+) -> rusqlite::Result<()> {
+    if kept.is_empty() {
+        connection.execute("DELETE FROM event_blocks WHERE seq = ?1", params![seq])?;
+    } else {
+        write_block(connection, seq, &kept)?;
+    }
+    deleted.bytes += old.bytes - kept.bytes;
+    deleted.hashes.extend(dropped);
+    Ok(())
+}
+
+/// The stored blocks (seq, block) matching `condition`, in arrival order.
+fn blocks_where(
     connection: &Connection,
     condition: &str,
     value: i64,
-) -> rusqlite::Result<(u64, u64)> {
-    let (count, bytes): (i64, i64) = connection.query_row(
-        &format!("SELECT COUNT(*), COALESCE(SUM(bytes), 0) FROM events WHERE {condition}"),
-        params![value],
-        |row| Ok((row.get(0)?, row.get(1)?)),
-    )?;
-    if count > 0 {
-        connection.execute(
-            &format!("DELETE FROM events WHERE {condition}"),
-            params![value],
-        )?;
-    }
-    Ok((count as u64, bytes as u64))
-}
-
-/// The `seq` of the newest event among the oldest ones that together hold at least `bytes`.
-fn oldest_holding(connection: &Connection, bytes: u64) -> rusqlite::Result<i64> {
-    let mut oldest = connection.prepare("SELECT seq, bytes FROM events ORDER BY seq")?;
-    let mut rows = oldest.query([])?;
-    let (mut freed, mut last) = (0u64, 0i64);
-    while let Some(row) = rows.next()? {
-        last = row.get(0)?;
-        freed += row.get::<_, i64>(1)? as u64;
-        if freed >= bytes {
-            break;
-        }
-    }
-    Ok(last)
-}
-
-fn select(connection: &Connection, query: &EventQuery) -> rusqlite::Result<Vec<Event>> {
-    let mut conditions = Vec::new();
-    let mut values: Vec<SqlValue> = Vec::new();
-    let mut filter = |condition: &str, value: SqlValue| {
-        values.push(value);
-        conditions.push(format!("{condition} ?{}", values.len()));
-    };
-    if let Some(session) = &query.session {
-        filter("session =", SqlValue::Text(session.clone()));
-    }
-    if let Some(page) = &query.page {
-        filter("page =", SqlValue::Text(page.clone()));
-    }
-    if let Some(from) = query.from_ts {
-        filter("ts >=", SqlValue::Integer(from));
-    }
-    if let Some(to) = query.to_ts {
-        filter("ts <=", SqlValue::Integer(to));
-    }
-    let mut sql = "SELECT id, ts, session, page, kind, item, args FROM events".to_owned();
-    if !conditions.is_empty() {
-        sql += &format!(" WHERE {}", conditions.join(" AND "));
-    }
-    sql += " ORDER BY seq";
-    if let Some(limit) = query.limit {
-        sql += &format!(" LIMIT {limit}");
-    }
-    let mut statement = connection.prepare(&sql)?;
-    let rows = statement.query_map(params_from_iter(values), row_event)?;
+) -> rusqlite::Result<Vec<(i64, Block)>> {
+    let mut statement = connection.prepare(&format!(
+        "SELECT min_ts, max_ts, bytes, ids, events, seq FROM event_blocks
+         WHERE {condition} ORDER BY seq"
+    ))?;
+    let rows = statement.query_map(params![value], |row| {
+        Ok((row.get(5)?, Block::from_row(row)?))
+    })?;
     rows.collect()
 }
 
+/// Deletes the events with a timestamp before `cutoff`.
+fn delete_older(connection: &Connection, cutoff: i64) -> rusqlite::Result<Deleted> {
+    let mut deleted = Deleted::default();
+    for (seq, block) in blocks_where(connection, "min_ts < ?1", cutoff)? {
+        let split = block.without(|key, _| key.ts < cutoff)?;
+        shrink_block(connection, seq, &block, split, &mut deleted)?;
+    }
+    Ok(deleted)
+}
+
+/// Deletes the oldest events (in arrival order) until they held at least `excess` bytes.
+fn delete_oldest(connection: &Connection, excess: u64) -> rusqlite::Result<Deleted> {
+    let mut deleted = Deleted::default();
+    let mut after = 0;
+    while deleted.bytes < excess {
+        let Some((seq, block)) = blocks_where(
+            connection,
+            "seq = (SELECT MIN(seq) FROM event_blocks WHERE seq > ?1)",
+            after,
+        )?
+        .pop() else {
+            break;
+        };
+        let mut freed = deleted.bytes;
+        let split = block.without(|_, bytes| {
+            let go = freed < excess;
+            freed += if go { bytes } else { 0 };
+            go
+        })?;
+        shrink_block(connection, seq, &block, split, &mut deleted)?;
+        after = seq;
+    }
+    Ok(deleted)
+}
+
+fn select(connection: &Connection, query: &EventQuery) -> rusqlite::Result<Vec<Event>> {
+    let from = query.from_ts.unwrap_or(i64::MIN);
+    let to = query.to_ts.unwrap_or(i64::MAX);
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let mut statement = connection.prepare(
+        "SELECT min_ts, max_ts, bytes, ids, events FROM event_blocks
+         WHERE max_ts >= ?1 AND min_ts <= ?2 ORDER BY seq",
+    )?;
+    let mut rows = statement.query(params![from, to])?;
+    let mut events = Vec::new();
+    while events.len() < limit {
+        let Some(row) = rows.next()? else {
+            break;
+        };
+        for (_, line) in Block::from_row(row)?.events() {
+            let event: Event = decode(line)?;
+            let wanted = (from..=to).contains(&event.ts)
+                && query.session.as_ref().is_none_or(|s| *s == event.session)
+                && query.page.as_ref().is_none_or(|p| *p == event.page);
+            if wanted && events.len() < limit {
+                events.push(event);
+            }
+        }
+    }
+    Ok(events)
+}
+
+/// Moves the events of the first schema's `events` table, if it is still there, into blocks of
+/// `batch` events and drops it, in one transaction.
+fn import_event_rows(
+    connection: &mut Connection,
+    batch: usize,
+    hash: fn(&str) -> u64,
+) -> rusqlite::Result<()> {
+    let transaction = connection.transaction()?;
+    let exists: i64 = transaction.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'events'",
+        [],
+        |row| row.get(0),
+    )?;
+    if exists == 0 {
+        return Ok(());
+    }
+    let mut seq: i64 = transaction.query_row(
+        "SELECT COALESCE(MAX(seq), 0) + 1 FROM event_blocks",
+        [],
+        |row| row.get(0),
+    )?;
+    {
+        let mut statement = transaction
+            .prepare("SELECT id, ts, session, page, kind, item, args FROM events ORDER BY seq")?;
+        let mut rows = statement.query_map([], row_event)?;
+        let mut block = Block::default();
+        loop {
+            let next = rows.next().transpose()?;
+            if let Some(event) = &next {
+                block.push(hash(&event.id), event)?;
+            }
+            if !block.is_empty() && (next.is_none() || block.len() >= batch) {
+                write_block(&transaction, seq, &block)?;
+                seq += 1;
+                block.clear();
+            }
+            if next.is_none() {
+                break;
+            }
+        }
+    }
+    transaction.execute_batch("DROP TABLE events;")?;
+    transaction.commit()
+}
+
+/// An event of the first schema's `events` table.
 fn row_event(row: &rusqlite::Row<'_>) -> rusqlite::Result<Event> {
     let kind: String = row.get(4)?;
     let args: String = row.get(6)?;
-    let corrupt = |what: String| {
-        rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, what.into())
-    };
     Ok(Event {
         id: row.get(0)?,
         ts: row.get(1)?,
@@ -487,6 +835,149 @@ mod tests {
         );
         assert_eq!(store.stats().deleted_by_bytes, 3);
         assert!(store.stats().bytes <= per_event * 2);
+    }
+
+    #[test]
+    fn ids_with_the_same_hash_are_told_apart_and_each_stored_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        // Every id collides.
+        let same = |_: &str| 7;
+        let open = || EventStore::open_hashing(&path, config(2, Retention::default()), same);
+        let mut store = open().unwrap();
+        for id in ["e1", "e2", "e3", "e2", "e3", "e4"] {
+            store.append(&event(id, 1, "s", "p")).unwrap();
+        }
+        store.flush().unwrap();
+        assert_eq!(store.stats().duplicates, 2);
+        drop(store);
+        let mut store = open().unwrap();
+        for id in ["e1", "e4", "e5"] {
+            store.append(&event(id, 2, "s", "p")).unwrap();
+        }
+        assert_eq!(store.stats().duplicates, 2);
+        assert_eq!(
+            ids(&store.query(&EventQuery::default()).unwrap()),
+            ["e1", "e2", "e3", "e4", "e5"]
+        );
+        // Deleting some holders of the hash keeps the others known.
+        store
+            .enforce_retention(1 + Retention::default().max_age_ms + 1)
+            .unwrap();
+        assert_eq!(store.stats().deleted_by_age, 4);
+        store.append(&event("e5", 2, "s", "p")).unwrap();
+        store.append(&event("e1", 3, "s", "p")).unwrap();
+        assert_eq!(store.stats().duplicates, 3);
+        assert_eq!(
+            ids(&store.query(&EventQuery::default()).unwrap()),
+            ["e5", "e1"]
+        );
+    }
+
+    #[test]
+    fn retention_by_bytes_deletes_whole_blocks_then_the_oldest_of_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        let mut store = EventStore::open(&path, config(2, Retention::default())).unwrap();
+        for i in 0..6 {
+            store
+                .append(&event(&format!("e{i}"), 10, "s", "p"))
+                .unwrap();
+        }
+        let per_event = store.stats().bytes / 6;
+        drop(store);
+        let retention = Retention {
+            max_age_ms: i64::MAX,
+            max_bytes: per_event * 3,
+        };
+        let mut store = EventStore::open(&path, config(2, retention)).unwrap();
+        store.enforce_retention(10).unwrap();
+        assert_eq!(store.stats().deleted_by_bytes, 3);
+        let kept = store.query(&EventQuery::default()).unwrap();
+        assert_eq!(ids(&kept), ["e3", "e4", "e5"]);
+        let stats = store.stats();
+        drop(store);
+        // What is counted is what is stored.
+        let store = EventStore::open(&path, config(2, retention)).unwrap();
+        assert_eq!(
+            (store.stats().events, store.stats().bytes),
+            (stats.events, stats.bytes)
+        );
+        assert_eq!(stats.events, 3);
+    }
+
+    #[test]
+    fn queries_filter_exactly_across_blocks_and_stop_at_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        let mut store = EventStore::open(&path, config(2, Retention::default())).unwrap();
+        // Out of time order, over four blocks.
+        for (i, ts) in [50, 10, 40, 20, 30, 60, 5].into_iter().enumerate() {
+            let session = if i % 2 == 0 { "a" } else { "b" };
+            store
+                .append(&event(&format!("e{i}"), ts, session, "p"))
+                .unwrap();
+        }
+        let query = EventQuery {
+            session: Some("a".into()),
+            from_ts: Some(20),
+            to_ts: Some(50),
+            ..EventQuery::default()
+        };
+        assert_eq!(ids(&store.query(&query).unwrap()), ["e0", "e2", "e4"]);
+        let limited = EventQuery {
+            limit: Some(2),
+            ..query
+        };
+        assert_eq!(ids(&store.query(&limited).unwrap()), ["e0", "e2"]);
+        let other_page = EventQuery {
+            page: Some("q".into()),
+            ..EventQuery::default()
+        };
+        assert!(store.query(&other_page).unwrap().is_empty());
+    }
+
+    #[test]
+    fn events_of_the_row_per_event_schema_move_into_blocks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        {
+            let mut connection = sqlite::open(&path).unwrap();
+            sqlite::migrate(&mut connection, "events", &MIGRATIONS[..1]).unwrap();
+            for e in [event("e1", 1, "s", "p"), event("e2", 2, "t", "q")] {
+                connection
+                    .execute(
+                        "INSERT INTO events (id, ts, session, page, kind, item, args, bytes)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                        params![
+                            e.id,
+                            e.ts,
+                            e.session,
+                            e.page,
+                            e.event.as_str(),
+                            e.item,
+                            serde_json::Value::Object(e.args.clone()).to_string(),
+                            serde_json::to_vec(&e).unwrap().len() as i64,
+                        ],
+                    )
+                    .unwrap();
+            }
+        }
+        let mut store = EventStore::open(&path, StoreConfig::default()).unwrap();
+        assert_eq!(store.stats().events, 2);
+        store.append(&event("e2", 2, "t", "q")).unwrap();
+        assert_eq!(store.stats().duplicates, 1);
+        let all = store.query(&EventQuery::default()).unwrap();
+        assert_eq!(all, [event("e1", 1, "s", "p"), event("e2", 2, "t", "q")]);
+        let old_table: i64 = store
+            .connection
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'events'",
+                [],
+                |row| row.get(0),
+            )
+            .unwrap();
+        assert_eq!(old_table, 0);
     }
 
     #[test]
