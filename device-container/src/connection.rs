@@ -17,20 +17,16 @@ use tonic::{Code, Request, Status};
 use walle_proto::manifest::ReleaseManifest;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
 use walle_proto::v1::{
-    DesiredTask, DeviceProfile, FetchBundleRequest, InstalledTask as InstalledProto,
-    RegisterRequest, SubscribeRequest, SyncRequest, desired_task, task_event,
+    DesiredTask, DeviceProfile, InstalledTask as InstalledProto, RegisterRequest, SubscribeRequest,
+    SyncRequest, desired_task, task_event,
 };
 
 use crate::agent::{Shared, lock};
 use crate::backoff::Backoff;
 use crate::credential::{self, Credential};
 use crate::install::InstalledTask;
-use crate::{AgentError, random};
+use crate::{AgentError, download, random};
 
-/// Largest bundle the agent downloads, whatever a manifest claims.
-const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
-/// Download attempts (each resuming where the last stopped) before a fetch fails.
-const FETCH_ATTEMPTS: usize = 4;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
@@ -282,7 +278,8 @@ async fn apply_install(
     if already || lock(&shared.failed_digests).contains(&manifest.bundle_digest) {
         return Ok(());
     }
-    let bytes = match fetch_bundle(client, &manifest).await {
+    let downloads = shared.config.data_dir.join("downloads");
+    let bytes = match download::fetch_bundle(client, &manifest, &downloads).await {
         Ok(bytes) => bytes,
         Err(e) => {
             // Not reported as an install failure: it is retried at the next notice or sync.
@@ -301,6 +298,8 @@ async fn apply_install(
         Ok(installed) => activate(shared, installed).await,
         Err(e) => Err(e.to_string()),
     };
+    // Installed or refused for good: either way the partial download has served.
+    download::discard(&downloads, &manifest);
     match result {
         Ok(()) => {
             tracing::info!(device = %shared.device_id, task = %desired.task, %version, "task installed");
@@ -329,113 +328,6 @@ fn claimed_version(manifest_json: &[u8]) -> String {
     serde_json::from_slice::<ReleaseManifest>(manifest_json)
         .map(|m| m.task.version.to_string())
         .unwrap_or_else(|_| UNKNOWN_VERSION.to_owned())
-}
-
-/// Why one download attempt stopped.
-enum FetchFailure {
-    /// The cloud is at its transfer cap and said when to come back.
-    Busy(Duration),
-    Failed(String),
-}
-
-/// Most come-back hints obeyed for one download before giving up until the next sync.
-const MAX_BUSY_RETRIES: usize = 30;
-/// Longest come-back hint obeyed.
-const MAX_RETRY_HINT: Duration = Duration::from_secs(60);
-
-/// The come-back hint of a refused transfer (`RESOURCE_EXHAUSTED` with `retry-after-ms`).
-fn retry_hint(status: &Status) -> Option<Duration> {
-    if status.code() != Code::ResourceExhausted {
-        return None;
-    }
-    let millis: u64 = status
-        .metadata()
-        .get("retry-after-ms")?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(millis).min(MAX_RETRY_HINT))
-}
-
-/// Downloads a bundle, resuming from the last received byte after an interrupted stream and
-/// coming back when the cloud says if it is busy.
-async fn fetch_bundle(
-    client: &mut Client,
-    manifest: &ReleaseManifest,
-) -> Result<Vec<u8>, AgentError> {
-    let size = manifest.bundle_size;
-    if size > MAX_BUNDLE_BYTES {
-        return Err(AgentError::Transport(format!(
-            "bundle of {size} bytes exceeds the {MAX_BUNDLE_BYTES}-byte limit"
-        )));
-    }
-    let mut bytes: Vec<u8> = Vec::with_capacity(size as usize);
-    let mut last_error = String::new();
-    let (mut failures, mut busy) = (0, 0);
-    while failures < FETCH_ATTEMPTS && busy <= MAX_BUSY_RETRIES {
-        match fetch_from(client, manifest, &mut bytes).await {
-            Ok(()) if bytes.len() as u64 == size => return Ok(bytes),
-            Ok(()) => {
-                failures += 1;
-                last_error = format!("stream ended at byte {} of {size}", bytes.len());
-            }
-            Err(FetchFailure::Busy(wait)) => {
-                busy += 1;
-                last_error = format!("cloud busy; told to come back in {wait:?}");
-                tokio::time::sleep(wait).await;
-            }
-            Err(FetchFailure::Failed(e)) => {
-                failures += 1;
-                last_error = e;
-            }
-        }
-    }
-    Err(AgentError::Transport(format!(
-        "fetching bundle {}: {last_error}",
-        manifest.bundle_digest
-    )))
-}
-
-async fn fetch_from(
-    client: &mut Client,
-    manifest: &ReleaseManifest,
-    bytes: &mut Vec<u8>,
-) -> Result<(), FetchFailure> {
-    let failed = |status: Status| match retry_hint(&status) {
-        Some(wait) => FetchFailure::Busy(wait),
-        None => FetchFailure::Failed(status.to_string()),
-    };
-    let mut stream = client
-        .fetch_bundle(FetchBundleRequest {
-            digest: manifest.bundle_digest.clone(),
-            offset: bytes.len() as u64,
-        })
-        .await
-        .map_err(failed)?
-        .into_inner();
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|s| FetchFailure::Failed(s.to_string()))?
-    {
-        if chunk.offset != bytes.len() as u64 {
-            return Err(FetchFailure::Failed(format!(
-                "chunk at offset {} while expecting {}",
-                chunk.offset,
-                bytes.len()
-            )));
-        }
-        if bytes.len() as u64 + chunk.data.len() as u64 > manifest.bundle_size {
-            return Err(FetchFailure::Failed(format!(
-                "cloud sent more than the signed size of {} bytes",
-                manifest.bundle_size
-            )));
-        }
-        bytes.extend_from_slice(&chunk.data);
-        walle_proto::crash::crash_point("device-download");
-    }
-    Ok(())
 }
 
 /// Loads a version into the VM, then switches the active pointer, triggers and runs to it. If
@@ -587,19 +479,6 @@ pub(crate) async fn restore_installed(shared: &Arc<Shared>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn obeys_the_clouds_come_back_hint_within_bounds() {
-        let mut busy = Status::resource_exhausted("busy");
-        busy.metadata_mut()
-            .insert("retry-after-ms", "1500".parse().unwrap());
-        assert_eq!(retry_hint(&busy), Some(Duration::from_millis(1500)));
-        busy.metadata_mut()
-            .insert("retry-after-ms", "99999999".parse().unwrap());
-        assert_eq!(retry_hint(&busy), Some(MAX_RETRY_HINT));
-        assert_eq!(retry_hint(&Status::resource_exhausted("no hint")), None);
-        assert_eq!(retry_hint(&Status::unavailable("down")), None);
-    }
 
     #[test]
     fn python_files_are_found_in_subdirectories_with_bundle_paths() {

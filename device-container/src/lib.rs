@@ -16,6 +16,7 @@ pub mod config;
 mod connection;
 pub mod credential;
 pub mod db;
+mod download;
 pub mod ingest;
 pub mod install;
 mod random;

@@ -986,10 +986,20 @@ async fn a_device_killed_at_any_point_of_an_upgrade_restarts_on_one_whole_versio
             s["connected"] == true
         })
         .await;
-        fleet
-            .publish(&variant(root.path(), &new, None))
-            .await
-            .unwrap();
+        // A resource of incompressible bytes makes the bundle several chunks long, so the
+        // download is killed after its first chunk.
+        let dir = variant(root.path(), &new, None);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64 + round as u64;
+        let noise: Vec<u8> = (0..200_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        std::fs::write(dir.join("noise.bin"), noise).unwrap();
+        fleet.publish(&dir).await.unwrap();
         fleet
             .client
             .create_release("ipv-feature", &new)
@@ -1013,6 +1023,12 @@ async fn a_device_killed_at_any_point_of_an_upgrade_restarts_on_one_whole_versio
             "{point}: restored {restored}"
         );
         poll_json(&status_url, "the upgrade after the crash", version_is(&new)).await;
+        if *point == "device-download" {
+            // The restarted device went on from the chunk the killed one had saved.
+            let output = std::fs::read_to_string(&log).unwrap()
+                + &std::fs::read_to_string(log.with_extension("err")).unwrap();
+            assert!(output.contains("resuming a bundle download"), "{output}");
+        }
         // The upgraded task runs, and its record reaches the cloud once.
         let session = format!("after-{point}");
         post_visits(&ingest, &[(session.clone(), "sku-1".into())]).await;
