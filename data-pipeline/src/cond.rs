@@ -64,6 +64,35 @@ impl Field {
     }
 }
 
+/// Why a `partition_by` list is not acceptable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum PartitionError {
+    /// Not one of the fields a partition may use.
+    Unknown(String),
+    /// Named twice.
+    Duplicate(String),
+}
+
+/// The fields of a `partition_by` list (triggers and features share its rules: the four
+/// built-in fields, each at most once).
+pub(crate) fn partition_fields(names: &[String]) -> Result<Vec<Field>, PartitionError> {
+    let mut fields = Vec::with_capacity(names.len());
+    for name in names {
+        let field = match name.as_str() {
+            "session" => Field::Session,
+            "page" => Field::Page,
+            "event" => Field::Event,
+            "item" => Field::Item,
+            _ => return Err(PartitionError::Unknown(name.clone())),
+        };
+        if fields.contains(&field) {
+            return Err(PartitionError::Duplicate(name.clone()));
+        }
+        fields.push(field);
+    }
+    Ok(fields)
+}
+
 /// A field's value in one event, reduced to what conditions compare.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub(crate) enum FieldValue<'e> {

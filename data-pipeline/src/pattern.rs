@@ -78,7 +78,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::cond::{Cond, Field, Op, Pred, Scalar};
+use crate::cond::{Cond, Field, Op, PartitionError, Pred, Scalar, partition_fields};
 
 /// Fields of an event a pattern may partition by (conditions may also test `args.<name>`).
 pub const MATCHABLE_FIELDS: [&str; 4] = ["session", "page", "event", "item"];
@@ -398,28 +398,16 @@ impl PatternSpec {
             }
             _ => {}
         }
-        let mut partition_by = Vec::new();
-        for name in &self.partition_by {
-            let field = match name.as_str() {
-                "session" => Field::Session,
-                "page" => Field::Page,
-                "event" => Field::Event,
-                "item" => Field::Item,
-                _ => {
-                    return Err(PatternError::UnknownPartitionField {
-                        trigger: trigger(),
-                        field: name.clone(),
-                    });
-                }
-            };
-            if partition_by.contains(&field) {
-                return Err(PatternError::DuplicatePartitionField {
-                    trigger: trigger(),
-                    field: name.clone(),
-                });
-            }
-            partition_by.push(field);
-        }
+        let partition_by = partition_fields(&self.partition_by).map_err(|e| match e {
+            PartitionError::Unknown(field) => PatternError::UnknownPartitionField {
+                trigger: trigger(),
+                field,
+            },
+            PartitionError::Duplicate(field) => PatternError::DuplicatePartitionField {
+                trigger: trigger(),
+                field,
+            },
+        })?;
 
         let mut conds: Vec<Cond> = Vec::new();
         let mut cond_keys: Vec<String> = Vec::new();

@@ -83,6 +83,24 @@ async fn wait_install_failed(fleet: &Fleet, release_id: &str) -> serde_json::Val
     }
 }
 
+/// Starts the fleet's first device again on its data directory, without an ingest endpoint.
+async fn restart_first_demo_device(cloud_url: &str, data_dir: &Path) -> walle_device::Agent {
+    walle_device::Agent::start(walle_device::DeviceConfig {
+        cloud_url: cloud_url.to_owned(),
+        data_dir: data_dir.to_owned(),
+        ingest_addr: None,
+        vm_threads: 1,
+        profile: walle_device::ProfileConfig {
+            device_id: "demo-device-1".into(),
+            app_id: "com.example.shop".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+}
+
 fn visit(session: &str, item: &str, start: i64) -> Vec<Event> {
     let event = |n: i64, kind: EventKind| Event {
         id: format!("{session}-{item}-{n}"),
@@ -418,20 +436,7 @@ async fn a_version_whose_runs_keep_failing_is_rolled_back_on_the_device_and_stay
     for agent in agents {
         agent.shutdown().await;
     }
-    let agent = walle_device::Agent::start(walle_device::DeviceConfig {
-        cloud_url: fleet.cloud.grpc_url(),
-        data_dir,
-        ingest_addr: None,
-        vm_threads: 1,
-        profile: walle_device::ProfileConfig {
-            device_id: "demo-device-1".into(),
-            app_id: "com.example.shop".into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let agent = restart_first_demo_device(&fleet.cloud.grpc_url(), &data_dir).await;
     // `connected` comes after the first sync has been applied.
     let status = agent.wait_for(TIMEOUT, |s| s.connected).await.unwrap();
     assert_eq!(status.installed[0].version, "1.0.0");
@@ -456,20 +461,7 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
         agent.shutdown().await;
     }
     // Same data dir, no ingest endpoint: the agent restores its task before talking to the cloud.
-    let agent = walle_device::Agent::start(walle_device::DeviceConfig {
-        cloud_url: cloud.grpc_url(),
-        data_dir: root.path().join("device-1"),
-        ingest_addr: None,
-        vm_threads: 1,
-        profile: walle_device::ProfileConfig {
-            device_id: "demo-device-1".into(),
-            app_id: "com.example.shop".into(),
-            ..Default::default()
-        },
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let agent = restart_first_demo_device(&cloud.grpc_url(), &root.path().join("device-1")).await;
     assert_eq!(agent.status().installed[0].version, "1.0.0");
     // The events tracked before the restart are in the device's event store.
     let before = agent

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::cond::{Cond, Field};
+use crate::cond::{Cond, Field, PartitionError, partition_fields};
 use crate::pattern::{Condition, ConditionError, MAX_CONDITIONS, shorthand_pred};
 
 /// Most features one task may declare.
@@ -345,28 +345,16 @@ impl FeatureSpec {
         };
         let filter = self.filter()?;
         let filter_key = filter.canonical();
-        let mut partition_by = Vec::new();
-        for name in &self.partition_by {
-            let field = match name.as_str() {
-                "session" => Field::Session,
-                "page" => Field::Page,
-                "event" => Field::Event,
-                "item" => Field::Item,
-                _ => {
-                    return Err(FeatureError::UnknownPartitionField {
-                        feature: feature(),
-                        field: name.clone(),
-                    });
-                }
-            };
-            if partition_by.contains(&field) {
-                return Err(FeatureError::DuplicatePartitionField {
-                    feature: feature(),
-                    field: name.clone(),
-                });
-            }
-            partition_by.push(field);
-        }
+        let partition_by = partition_fields(&self.partition_by).map_err(|e| match e {
+            PartitionError::Unknown(field) => FeatureError::UnknownPartitionField {
+                feature: feature(),
+                field,
+            },
+            PartitionError::Duplicate(field) => FeatureError::DuplicatePartitionField {
+                feature: feature(),
+                field,
+            },
+        })?;
         let window = match &self.window {
             None => Window::Match,
             Some(spec) => spec.compile(&self.name)?,
