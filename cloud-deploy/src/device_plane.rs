@@ -154,6 +154,7 @@ fn event_kind_name(kind: i32) -> Option<&'static str> {
         task_event::Kind::RunFailed => Some("run_failed"),
         task_event::Kind::RolledBack => Some("rolled_back"),
         task_event::Kind::Removed => Some("removed"),
+        task_event::Kind::RunDropped => Some("run_dropped"),
         task_event::Kind::Unspecified => None,
     }
 }
@@ -244,6 +245,7 @@ fn check_event(index: usize, e: &TaskEvent) -> Result<TaskEventRow, Status> {
         detail: e.detail.clone(),
         duration_ms: e.duration_ms.min(i64::MAX as u64) as i64,
         failure: e.failure.clone(),
+        count: e.count.min(i64::MAX as u64) as i64,
     })
 }
 

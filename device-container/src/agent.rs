@@ -73,6 +73,8 @@ pub(crate) struct Shared {
     pub db: Arc<DeviceDb>,
     /// Consecutive failed runs per task version (VM key), for the local rollback.
     pub failure_streaks: Mutex<HashMap<String, u32>>,
+    /// Runs dropped per task since the last report of them.
+    pub dropped_runs: Mutex<HashMap<String, u64>>,
     /// Runs per task version (VM key) since the agent started, for status.
     pub task_runs: Mutex<HashMap<String, TaskRuns>>,
     pub counters: Counters,
@@ -144,14 +146,41 @@ impl Shared {
             detail,
             duration_ms,
             failure: failure.to_owned(),
+            count: 0,
         };
+        self.queue_report(event);
+    }
+
+    /// Reports the runs dropped since the last report (the run queue was full), one event per
+    /// task rather than one per run, since dropping happens when the device is overloaded.
+    pub fn report_dropped_runs(&self) {
+        let dropped: Vec<(String, u64)> = lock(&self.dropped_runs).drain().collect();
+        for (task, count) in dropped {
+            let Some(active) = lock(&self.active).get(&task).cloned() else {
+                continue;
+            };
+            self.queue_report(TaskEvent {
+                id: self.next_id(),
+                kind: task_event::Kind::RunDropped as i32,
+                task,
+                version: active.version(),
+                release_id: active.release_id.clone(),
+                at_ms: now_ms(),
+                detail: format!("{count} runs dropped: the run queue was full"),
+                count,
+                ..TaskEvent::default()
+            });
+        }
+    }
+
+    fn queue_report(&self, event: TaskEvent) {
         let payload = event.encode_to_vec();
         self.queue_for_cloud(
             REPORTS,
             &NewItem {
                 id: &event.id,
-                task,
-                version,
+                task: &event.task,
+                version: &event.version,
                 created_at_ms: event.at_ms,
                 payload: &payload,
             },
@@ -257,10 +286,12 @@ impl Shared {
         for firing in firings {
             self.counters.triggers_fired.fetch_add(1, Ordering::Relaxed);
             self.counters.pending_runs.fetch_add(1, Ordering::SeqCst);
-            if self.runs.try_send(firing).is_err() {
+            if let Err(full) = self.runs.try_send(firing) {
+                let task = full.into_inner().firing.task;
                 self.counters.pending_runs.fetch_sub(1, Ordering::SeqCst);
                 self.counters.runs_dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!("run queue full: a task run was dropped");
+                tracing::warn!(%task, "run queue full: a task run was dropped");
+                *lock(&self.dropped_runs).entry(task).or_default() += 1;
             }
         }
         fired
@@ -475,6 +506,7 @@ impl Agent {
             db,
             failure_streaks: Mutex::new(HashMap::new()),
             task_runs: Mutex::new(HashMap::new()),
+            dropped_runs: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             recent_outputs: Mutex::new(HashMap::new()),
             recent_failures: Mutex::new(VecDeque::new()),
@@ -634,6 +666,7 @@ async fn keep_events(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
         let result = tokio::select! {
             _ = flush.tick() => {
                 shared.advance_clock(now_ms());
+                shared.report_dropped_runs();
                 lock(&shared.events).flush().map(drop)
             }
             _ = retention.tick() => lock(&shared.events).enforce_retention(now_ms()),

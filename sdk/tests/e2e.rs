@@ -1116,3 +1116,60 @@ window = { sliding_ms = 3600000 }
     }
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_dropped_by_a_full_queue_are_counted_and_reported_to_the_cloud() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 0).await.unwrap();
+    let slow = variant(
+        root.path(),
+        "1.0.0",
+        Some(
+            "def run(ctx):\n    n = 0\n    for i in range(300000):\n        n += i\n    return {'n': n}\n",
+        ),
+    );
+    fleet.publish(&slow).await.unwrap();
+    let release = fleet
+        .client
+        .create_release("ipv-feature", "1.0.0")
+        .await
+        .unwrap();
+    let agent = walle_device::Agent::start(walle_device::DeviceConfig {
+        cloud_url: fleet.cloud.grpc_url(),
+        data_dir: root.path().join("small-queue"),
+        ingest_addr: None,
+        vm_threads: 1,
+        run_queue: 1,
+        profile: walle_device::ProfileConfig {
+            device_id: "small-queue".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    agent
+        .wait_for(TIMEOUT, |s| !s.installed.is_empty())
+        .await
+        .unwrap();
+    for n in 0..20 {
+        for event in visit(&format!("s{n}"), "sku-1", 0) {
+            agent.track(event).unwrap();
+        }
+    }
+    let status = agent.flush(TIMEOUT).await.unwrap();
+    assert!(status.runs_dropped > 0, "{status:?}");
+    assert_eq!(status.runs_ok + status.runs_dropped, 20);
+    let id = release["id"].as_str().unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let stats = fleet.client.release_status(id).await.unwrap();
+        if stats["stats"]["runs"]["dropped"] == status.runs_dropped {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{stats}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    agent.shutdown().await;
+    fleet.shutdown().await;
+}

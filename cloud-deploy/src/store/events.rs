@@ -19,6 +19,8 @@ pub struct TaskEventRow {
     pub duration_ms: i64,
     /// Kind of a failed run (`exception`, `deadline`, …); empty otherwise.
     pub failure: String,
+    /// For `run_dropped`: how many runs.
+    pub count: i64,
 }
 
 /// A release's runs as devices reported them.
@@ -29,6 +31,8 @@ pub struct RunMetrics {
     /// Median and 99th-percentile duration of successful runs, in ms; absent before any.
     pub duration_p50_ms: Option<i64>,
     pub duration_p99_ms: Option<i64>,
+    /// Runs devices dropped because their run queue was full.
+    pub dropped: i64,
 }
 
 /// One received tunnel record.
@@ -117,8 +121,8 @@ impl Db {
         let mut stored = 0;
         for e in events {
             let result = sqlx::query(
-                "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms, failure) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (device_id, id) DO NOTHING",
+                "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms, failure, count) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (device_id, id) DO NOTHING",
             )
             .bind(device_id)
             .bind(&e.id)
@@ -130,6 +134,7 @@ impl Db {
             .bind(&e.detail)
             .bind(e.duration_ms)
             .bind(&e.failure)
+            .bind(e.count)
             .execute(&mut *tx)
             .await
             .map_err(db_err("storing task event"))?;
@@ -173,6 +178,14 @@ impl Db {
         .await
         .and_then(|row| row.try_get(0))
         .map_err(fail)?;
+        metrics.dropped = sqlx::query(
+            "SELECT COALESCE(SUM(count), 0) FROM task_events WHERE release_id = $1 AND kind = 'run_dropped'",
+        )
+        .bind(release_id)
+        .fetch_one(self.pool())
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(db_err("reading dropped runs"))?;
         if runs > 0 {
             metrics.duration_p50_ms = Some(self.run_duration_at(release_id, (runs - 1) / 2).await?);
             metrics.duration_p99_ms = Some(
