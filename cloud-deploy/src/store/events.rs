@@ -179,7 +179,8 @@ impl Db {
         .and_then(|row| row.try_get(0))
         .map_err(fail)?;
         metrics.dropped = sqlx::query(
-            "SELECT COALESCE(SUM(count), 0) FROM task_events WHERE release_id = $1 AND kind = 'run_dropped'",
+            // PostgreSQL sums BIGINTs into NUMERIC; the cast keeps the result an i64 on both.
+            "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM task_events WHERE release_id = $1 AND kind = 'run_dropped'",
         )
         .bind(release_id)
         .fetch_one(self.pool())
