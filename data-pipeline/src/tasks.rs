@@ -75,7 +75,7 @@ impl TaskPipeline {
     pub fn on_event(&mut self, event: &Event) -> Vec<TaskRun> {
         self.features.observe(event);
         let firings = self.triggers.on_event(event);
-        self.runs(firings)
+        self.runs_for(firings)
     }
 
     /// Moves the clock to `ts` (never back); returns the runs of matches that were waiting for
@@ -83,7 +83,7 @@ impl TaskPipeline {
     pub fn advance_to(&mut self, ts: i64) -> Vec<TaskRun> {
         self.features.advance_to(ts);
         let firings = self.triggers.advance_to(ts);
-        self.runs(firings)
+        self.runs_for(firings)
     }
 
     /// Replays stored events into the feature windows only (no trigger fires), after a restart.
@@ -114,13 +114,9 @@ impl TaskPipeline {
         self.features.stats()
     }
 
-    /// Runs for firings from elsewhere (e.g. a device's timers), with their features as of the
-    /// current clock.
+    /// Runs for firings, with their tasks' features as of the current clock (also for firings
+    /// from elsewhere, e.g. a device's timers).
     pub fn runs_for(&mut self, firings: Vec<Firing>) -> Vec<TaskRun> {
-        self.runs(firings)
-    }
-
-    fn runs(&mut self, firings: Vec<Firing>) -> Vec<TaskRun> {
         firings
             .into_iter()
             .map(|firing| TaskRun {
