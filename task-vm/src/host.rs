@@ -5,9 +5,15 @@
 //! persistent key-value state and run the bundle's models on `walle-engine`. Log lines go to
 //! the run's log (beside what the script printed, under the same cap); uploaded records and
 //! then the handler's result are the run's records, under the task's output cap.
+//!
+//! A run's state writes are staged: the run reads its own writes, and they reach the
+//! [`StateStore`] only when the run succeeded and its caller commits them
+//! ([`RunOutput::state`](crate::RunOutput)), so a failed or interrupted run changes nothing and the
+//! device can commit a run's state together with its outputs.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
 use serde_json::Value;
@@ -22,6 +28,20 @@ pub trait StateStore: Send + Sync {
     fn get(&self, task: &str, key: &str) -> Result<Option<Value>, String>;
     /// Stores `value` under `key` (`None` deletes it).
     fn set(&self, task: &str, key: &str, value: Option<&Value>) -> Result<(), String>;
+
+    /// Applies a run's state writes.
+    fn commit(&self, task: &str, writes: &[StateWrite]) -> Result<(), String> {
+        writes
+            .iter()
+            .try_for_each(|write| self.set(task, &write.key, write.value.as_ref()))
+    }
+}
+
+/// One key a run set (`Some`) or deleted (`None`) in its task's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateWrite {
+    pub key: String,
+    pub value: Option<Value>,
 }
 
 /// State kept in memory (tests, the SDK's local runner).
@@ -146,6 +166,8 @@ pub struct RunHost<'a> {
     max_output_bytes: u64,
     records: Vec<Value>,
     output_bytes: u64,
+    /// State written by this run, not yet in `state` (`None`: deleted).
+    staged: RefCell<BTreeMap<String, Option<Value>>>,
 }
 
 impl<'a> RunHost<'a> {
@@ -165,6 +187,7 @@ impl<'a> RunHost<'a> {
             max_output_bytes,
             records: Vec::new(),
             output_bytes: 0,
+            staged: RefCell::default(),
         }
     }
 
@@ -203,18 +226,31 @@ impl<'a> RunHost<'a> {
         Ok(())
     }
 
-    /// The task's state under `key`.
+    /// The task's state under `key`, as this run left it.
     pub fn state_get(&self, key: &str) -> Result<Option<Value>, VmError> {
+        if let Some(staged) = self.staged.borrow().get(key) {
+            return Ok(staged.clone());
+        }
         self.state
             .get(task_name(self.task), key)
             .map_err(|reason| self.state_error(key, reason))
     }
 
-    /// Sets (or with `None` deletes) the task's state under `key`.
+    /// Sets (or with `None` deletes) the task's state under `key`, staged until the run's
+    /// caller commits it.
     pub fn state_set(&self, key: &str, value: Option<&Value>) -> Result<(), VmError> {
-        self.state
-            .set(task_name(self.task), key, value)
-            .map_err(|reason| self.state_error(key, reason))
+        self.staged
+            .borrow_mut()
+            .insert(key.to_owned(), value.cloned());
+        Ok(())
+    }
+
+    /// The state this run wrote, in key order, for its caller to commit.
+    pub fn take_state_writes(&mut self) -> Vec<StateWrite> {
+        std::mem::take(self.staged.get_mut())
+            .into_iter()
+            .map(|(key, value)| StateWrite { key, value })
+            .collect()
     }
 
     fn state_error(&self, key: &str, reason: String) -> VmError {
@@ -240,7 +276,7 @@ impl<'a> RunHost<'a> {
 }
 
 /// The task name in a task key `name@version`.
-fn task_name(key: &str) -> &str {
+pub fn task_name(key: &str) -> &str {
     key.split_once('@').map_or(key, |(name, _)| name)
 }
 
@@ -280,8 +316,11 @@ mod tests {
     #[test]
     fn state_is_kept_per_task_name_across_versions() -> Result<(), VmError> {
         let (state, mut models, context) = (MemoryState::default(), Models::default(), json!({}));
-        let host = RunHost::new("t@1", &context, &state, &mut models, MAX_OUTPUT);
+        let mut host = RunHost::new("t@1", &context, &state, &mut models, MAX_OUTPUT);
         host.state_set("n", Some(&json!(3)))?;
+        state
+            .commit("t", &host.take_state_writes())
+            .map_err(VmError::Pool)?;
         let mut other_models = Models::default();
         let upgraded = RunHost::new("t@2", &context, &state, &mut other_models, MAX_OUTPUT);
         assert_eq!(upgraded.state_get("n")?, Some(json!(3)));
@@ -289,6 +328,40 @@ mod tests {
         assert_eq!(stranger.state_get("n")?, None);
         upgraded.state_set("n", None)?;
         assert_eq!(upgraded.state_get("n")?, None);
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_reads_its_own_writes_which_reach_the_store_only_when_committed() -> Result<(), VmError>
+    {
+        let (state, mut models, context) = (MemoryState::default(), Models::default(), json!({}));
+        state
+            .set("t", "kept", Some(&json!(1)))
+            .map_err(VmError::Pool)?;
+        let mut host = RunHost::new("t@1", &context, &state, &mut models, MAX_OUTPUT);
+        host.state_set("n", Some(&json!(7)))?;
+        host.state_set("kept", None)?;
+        assert_eq!(host.state_get("n")?, Some(json!(7)));
+        assert_eq!(host.state_get("kept")?, None);
+        assert_eq!(state.get("t", "n"), Ok(None));
+        assert_eq!(state.get("t", "kept"), Ok(Some(json!(1))));
+        let writes = host.take_state_writes();
+        assert_eq!(
+            writes,
+            [
+                StateWrite {
+                    key: "kept".into(),
+                    value: None
+                },
+                StateWrite {
+                    key: "n".into(),
+                    value: Some(json!(7))
+                },
+            ]
+        );
+        state.commit("t", &writes).map_err(VmError::Pool)?;
+        assert_eq!(state.get("t", "n"), Ok(Some(json!(7))));
+        assert_eq!(state.get("t", "kept"), Ok(None));
         Ok(())
     }
 

@@ -69,7 +69,7 @@ pub mod wasm;
 mod watchdog;
 
 pub use alloc::TaskAllocator;
-pub use host::{Level, MemoryState, Models, RunHost, StateStore};
+pub use host::{Level, MemoryState, Models, RunHost, StateStore, StateWrite, task_name};
 pub use limits::{Limit, Limits};
 pub use pool::{ABANDON_GRACE, RunOutput, VmPool};
 pub use sandbox::imports::{TASK_IMPORTS, TaskModule, bundled_modules};

@@ -93,7 +93,11 @@ impl PythonTask {
             other => vec![other],
         };
         let records = host.finish(returned)?;
-        Ok(RunOutput { records, logs })
+        Ok(RunOutput {
+            records,
+            logs,
+            state: host.take_state_writes(),
+        })
     }
 
     fn call_handler(&self, vm: &VirtualMachine, context: &Value) -> Result<Value, VmError> {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 use walle_engine::onnx::pb;
-use walle_vm::{Limits, MemoryState, TaskCode, VmError, VmPool};
+use walle_vm::{Limits, MemoryState, StateStore, TaskCode, VmError, VmPool};
 
 use common::{float_input, handler, node, onnx_model, records};
 
@@ -172,6 +172,35 @@ fn context_uploads_logs_and_state_reach_the_host() {
         records(&again, "counter@2", json!({"item": "i3"}))[0],
         json!({"item": "i3", "n": 3})
     );
+}
+
+#[test]
+fn a_failed_run_changes_no_state_and_a_staged_run_leaves_its_writes_to_the_caller() {
+    let state = Arc::new(MemoryState::default());
+    let pool = VmPool::with_state(1, state.clone()).unwrap();
+    let body = "    import walle
+    walle.state['n'] = walle.state.get('n', 0) + 1
+    if ctx.get('fail'):
+        raise ValueError('after writing')
+    return walle.state['n']";
+    pool.load(handler("t@1", body, Limits::default())).unwrap();
+    assert_eq!(records(&pool, "t@1", json!({})), [json!(1)]);
+    assert!(pool.run("t@1", json!({"fail": true})).is_err());
+    assert_eq!(
+        state.get("t", "n"),
+        Ok(Some(json!(1))),
+        "a failed run wrote state"
+    );
+    let staged = pool.run_staged("t@1", json!({})).unwrap();
+    assert_eq!(staged.records, [json!(2)]);
+    assert_eq!(staged.state[0].value, Some(json!(2)));
+    assert_eq!(
+        state.get("t", "n"),
+        Ok(Some(json!(1))),
+        "a staged run committed"
+    );
+    state.commit("t", &staged.state).unwrap();
+    assert_eq!(records(&pool, "t@1", json!({})), [json!(3)]);
 }
 
 #[test]

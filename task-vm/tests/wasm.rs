@@ -26,14 +26,20 @@ fn run_with_models(
     state: &MemoryState,
     models: &mut Models,
 ) -> Result<RunOutput, VmError> {
-    let (records, logs) = with_log(CAP, || {
+    let (finished, logs) = with_log(CAP, || {
         let mut host = RunHost::new(task.key(), &context, state, models, CAP);
         let returned = task.call(&mut host)?;
-        host.finish(returned)
+        let records = host.finish(returned)?;
+        Ok::<_, VmError>((records, host.take_state_writes()))
     });
+    let (records, writes) = finished?;
+    state
+        .commit(walle_vm::task_name(task.key()), &writes)
+        .map_err(VmError::Pool)?;
     Ok(RunOutput {
-        records: records?,
+        records,
         logs,
+        state: writes,
     })
 }
 

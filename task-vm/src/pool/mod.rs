@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::alloc::TaskMemory;
-use crate::host::{MemoryState, StateStore};
+use crate::host::{MemoryState, StateStore, StateWrite, task_name};
 use crate::watchdog::Watchdog;
 use crate::{TaskAllocator, TaskCode, VmError};
 use worker::{Job, Worker};
@@ -33,6 +33,9 @@ pub struct RunOutput {
     pub records: Vec<Value>,
     /// What the script printed, truncated at the task's log cap with a marker.
     pub logs: String,
+    /// The task state the run wrote: already in the pool's [`StateStore`] after
+    /// [`VmPool::run`], still to commit after [`VmPool::run_staged`].
+    pub state: Vec<StateWrite>,
 }
 
 /// The VM pool. Calls block the calling thread until the worker answers; async callers should
@@ -121,8 +124,28 @@ impl VmPool {
         })
     }
 
-    /// Runs a loaded task's handler with the given context and returns its records and log.
+    /// Runs a loaded task's handler with the given context, commits the state it wrote to
+    /// the pool's [`StateStore`], and returns its records and log.
     pub fn run(&self, key: &str, context: Value) -> Result<RunOutput, VmError> {
+        let output = self.run_staged(key, context)?;
+        self.state
+            .commit(task_name(key), &output.state)
+            .map_err(|reason| VmError::State {
+                task: key.to_owned(),
+                key: output
+                    .state
+                    .first()
+                    .map(|w| w.key.clone())
+                    .unwrap_or_default(),
+                reason,
+            })?;
+        Ok(output)
+    }
+
+    /// Runs a loaded task's handler like [`VmPool::run`] but leaves the state it wrote in
+    /// [`RunOutput::state`] for the caller to commit (e.g. in one transaction with the run's
+    /// outputs). The caller must commit before the task's next run, which would not see it.
+    pub fn run_staged(&self, key: &str, context: Value) -> Result<RunOutput, VmError> {
         let (index, deadline, memory) = self.placed(key)?;
         let (reply, answer) = channel();
         let job = Job::Run {

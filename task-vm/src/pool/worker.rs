@@ -140,6 +140,7 @@ impl Loaded {
                 Ok(RunOutput {
                     records: records?,
                     logs,
+                    state: host.take_state_writes(),
                 })
             }
         }
