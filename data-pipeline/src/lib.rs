@@ -42,7 +42,7 @@ pub use feature::{
     validate_features,
 };
 pub use matcher::{Firing, TriggerSet};
-pub use outbox::{Item, NewItem, Outbox, OutboxConfig, OutboxError, QueueStats};
+pub use outbox::{Change, Item, NewItem, Outbox, OutboxConfig, OutboxError, QueueStats};
 pub use pattern::{
     Condition, ConditionError, Contiguity, PatternError, PatternSpec, SkipPolicy, StepSpec,
     validate_patterns,

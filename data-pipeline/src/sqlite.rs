@@ -14,14 +14,27 @@ use rusqlite::{Connection, OptionalExtension, params};
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Opens (creating if needed) the database at `path` in WAL mode, ready for concurrent use by
-/// several connections of this process.
-pub fn open(path: &Path) -> rusqlite::Result<Connection> {
+/// several connections of this process. With `max_bytes`, this connection's writes fail as on
+/// a full disk once the file would grow past it (or past its size now, if larger).
+pub fn open(path: &Path, max_bytes: Option<u64>) -> rusqlite::Result<Connection> {
     let connection = Connection::open(path)?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     // With WAL, NORMAL loses at most the last transactions on power loss, never consistency.
     connection.pragma_update(None, "synchronous", "NORMAL")?;
     connection.busy_timeout(BUSY_TIMEOUT)?;
+    if let Some(max_bytes) = max_bytes {
+        let page_size: i64 = connection.query_row("PRAGMA page_size", [], |row| row.get(0))?;
+        let pages = (max_bytes / page_size.max(1) as u64).max(1);
+        connection.query_row(&format!("PRAGMA max_page_count = {pages}"), [], |row| {
+            row.get::<_, i64>(0)
+        })?;
+    }
     Ok(connection)
+}
+
+/// Whether `error` says the disk, or the database's size limit, is full.
+pub fn is_storage_full(error: &rusqlite::Error) -> bool {
+    error.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull)
 }
 
 /// Runs the migrations of `component` that have not run yet, each in its own transaction.
@@ -67,9 +80,9 @@ mod tests {
         let path = dir.path().join("db.sqlite");
         let first = ["CREATE TABLE a (x INTEGER);"];
         let both = ["CREATE TABLE a (x INTEGER);", "CREATE TABLE b (y INTEGER);"];
-        migrate(&mut open(&path).unwrap(), "one", &first).unwrap();
+        migrate(&mut open(&path, None).unwrap(), "one", &first).unwrap();
         // Reopened with one more migration: only the new one runs (the first would fail: a exists).
-        let mut connection = open(&path).unwrap();
+        let mut connection = open(&path, None).unwrap();
         migrate(&mut connection, "one", &both).unwrap();
         migrate(&mut connection, "two", &["CREATE TABLE c (z INTEGER);"]).unwrap();
         let tables: Vec<String> = connection
@@ -85,7 +98,7 @@ mod tests {
     #[test]
     fn a_failing_migration_leaves_nothing_half_done() {
         let dir = tempfile::tempdir().unwrap();
-        let mut connection = open(&dir.path().join("db.sqlite")).unwrap();
+        let mut connection = open(&dir.path().join("db.sqlite"), None).unwrap();
         let broken = ["CREATE TABLE a (x INTEGER); CREATE TABLE oops (;"];
         assert!(migrate(&mut connection, "one", &broken).is_err());
         let a_exists: i64 = connection

@@ -4,6 +4,11 @@
 //!   when [`StoreConfig::batch_events`] are waiting; [`EventStore::flush`] writes what waits
 //!   (the device calls it on a timer and before shutting down). A crash loses at most the
 //!   buffered events, never part of a batch.
+//! * **Full disk**: a batch that cannot be written stays buffered; from then on
+//!   [`EventStore::append`] tries the write again before taking an event and refuses the event
+//!   with the write's error while it fails ([`StoreError::is_storage_full`] tells a full disk).
+//!   So at most one batch is accepted and not yet stored (as with a crash), memory stays
+//!   bounded, nothing stored is touched, and events are taken again once space is back.
 //! * **Once per id**: an event whose id is already stored (or buffered) is skipped and counted,
 //!   so a host app that sends again after a crash does not double-count.
 //! * **Bounded**: [`EventStore::enforce_retention`] deletes events older than
@@ -86,6 +91,8 @@ pub struct StoreConfig {
     pub retention: Retention,
     /// Events buffered before a batch is written.
     pub batch_events: usize,
+    /// Size the database file may not grow past (see [`sqlite::open`]).
+    pub max_db_bytes: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -93,6 +100,7 @@ impl Default for StoreConfig {
         StoreConfig {
             retention: Retention::default(),
             batch_events: 256,
+            max_db_bytes: None,
         }
     }
 }
@@ -127,6 +135,8 @@ pub struct StoreStats {
     pub deleted_by_age: u64,
     /// Events deleted, oldest first, to fit the retention's bytes.
     pub deleted_by_bytes: u64,
+    /// Attempts to write a batch that failed (it stayed buffered), e.g. on a full disk.
+    pub write_failures: u64,
 }
 
 /// Why the store failed, with its file.
@@ -139,6 +149,13 @@ pub struct StoreError {
     source: rusqlite::Error,
 }
 
+impl StoreError {
+    /// Whether the disk (or the database's size limit) is full.
+    pub fn is_storage_full(&self) -> bool {
+        crate::sqlite::is_storage_full(&self.source)
+    }
+}
+
 /// The event store over one connection to the device database.
 pub struct EventStore {
     path: PathBuf,
@@ -146,6 +163,8 @@ pub struct EventStore {
     config: StoreConfig,
     /// The next block, not written yet; it will be block `next_seq`.
     pending: Block,
+    /// Whether the last attempt to write `pending` failed.
+    write_failing: bool,
     next_seq: i64,
     /// The hash of every stored or buffered id, to a block holding it.
     ids: HashMap<u64, i64>,
@@ -169,7 +188,8 @@ impl EventStore {
         hash: fn(&str) -> u64,
     ) -> Result<EventStore, StoreError> {
         let fail = |what| failure(path, what);
-        let mut connection = sqlite::open(path).map_err(fail("cannot open"))?;
+        let mut connection =
+            sqlite::open(path, config.max_db_bytes).map_err(fail("cannot open"))?;
         sqlite::migrate(&mut connection, "events", MIGRATIONS)
             .map_err(fail("cannot migrate its tables"))?;
         import_event_rows(&mut connection, config.batch_events.max(1), hash)
@@ -179,6 +199,7 @@ impl EventStore {
             connection,
             config,
             pending: Block::default(),
+            write_failing: false,
             next_seq: 1,
             ids: HashMap::new(),
             shared: HashMap::new(),
@@ -192,6 +213,8 @@ impl EventStore {
     }
 
     /// Buffers a validated event, unless its id is known; writes the batch when it is full.
+    /// Fails only if the event cannot be taken: its id cannot be looked up, or the last batch
+    /// could not be written and still cannot.
     pub fn append(&mut self, event: &Event) -> Result<(), StoreError> {
         let hash = (self.hash)(&event.id);
         let known = self
@@ -201,12 +224,17 @@ impl EventStore {
             self.stats.duplicates += 1;
             return Ok(());
         }
+        if self.write_failing {
+            self.flush()?;
+        }
         self.pending
             .push(hash, event)
             .map_err(failure(&self.path, "cannot encode an event"))?;
         self.remember(hash, self.next_seq);
-        if self.pending.len() >= self.config.batch_events.max(1) {
-            self.flush()?;
+        if self.pending.len() >= self.config.batch_events.max(1)
+            && let Err(e) = self.flush()
+        {
+            tracing::warn!(error = %e, buffered = self.pending.len(), "events stay buffered");
         }
         Ok(())
     }
@@ -216,8 +244,12 @@ impl EventStore {
         if self.pending.is_empty() {
             return Ok(0);
         }
-        write_block(&self.connection, self.next_seq, &self.pending)
-            .map_err(failure(&self.path, "cannot write a batch"))?;
+        let written = write_block(&self.connection, self.next_seq, &self.pending);
+        self.write_failing = written.is_err();
+        if self.write_failing {
+            self.stats.write_failures += 1;
+        }
+        written.map_err(failure(&self.path, "cannot write a batch"))?;
         let written = self.pending.len();
         self.stats.events += written as u64;
         self.stats.bytes += self.pending.bytes;
@@ -228,7 +260,8 @@ impl EventStore {
 
     /// Deletes what the retention does not keep, as of `now_ms`.
     pub fn enforce_retention(&mut self, now_ms: i64) -> Result<(), StoreError> {
-        self.flush()?;
+        // Deleting may be what makes room for the buffered batch: write it after, if it fails.
+        let flushed = self.flush();
         let retention = self.config.retention;
         let cutoff = now_ms.saturating_sub(retention.max_age_ms);
         let transaction = self
@@ -253,7 +286,10 @@ impl EventStore {
         *bytes = bytes.saturating_sub(by_age.bytes + by_bytes.bytes);
         self.stats.deleted_by_age += count(&by_age);
         self.stats.deleted_by_bytes += count(&by_bytes);
-        Ok(())
+        match flushed {
+            Ok(_) => Ok(()),
+            Err(_) => self.flush().map(drop),
+        }
     }
 
     /// Stored events matching `query`, in arrival order (buffered events are written first).
@@ -725,7 +761,70 @@ mod tests {
         StoreConfig {
             retention,
             batch_events,
+            max_db_bytes: None,
         }
+    }
+
+    #[test]
+    fn a_full_disk_refuses_new_events_keeps_the_stored_ones_and_recovers_when_space_is_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.sqlite");
+        let config = StoreConfig {
+            max_db_bytes: Some(256 << 10),
+            ..config(50, Retention::default())
+        };
+        let mut store = EventStore::open(&path, config).unwrap();
+        let mut accepted = Vec::new();
+        let refusal = (0..100_000)
+            .find_map(|i| {
+                let id = format!("e{i:06}-{}", "x".repeat(100));
+                match store.append(&event(&id, i, "s", "item")) {
+                    Ok(()) => {
+                        accepted.push(id);
+                        None
+                    }
+                    Err(e) => Some(e),
+                }
+            })
+            .expect("the size limit was never reached");
+        assert!(refusal.is_storage_full(), "{refusal}");
+        assert!(refusal.to_string().contains("full"), "{refusal}");
+        let stats = store.stats();
+        assert!(stats.write_failures >= 2, "{stats:?}");
+        // At most one batch was accepted without being stored; what is stored reads back whole.
+        assert!(stats.buffered <= 50, "{stats:?}");
+        let stored = store.query(&EventQuery::default());
+        assert!(
+            stored.is_err(),
+            "a query writes the buffer first, which still fails"
+        );
+        // Space comes back (here: the retention deletes the oldest events).
+        let mut store = {
+            drop(store);
+            let smaller = Retention {
+                max_bytes: 64 << 10,
+                ..Retention::default()
+            };
+            EventStore::open(
+                &path,
+                StoreConfig {
+                    retention: smaller,
+                    ..config
+                },
+            )
+            .unwrap()
+        };
+        let kept_before = store.stats().events;
+        store.enforce_retention(0).unwrap();
+        assert!(store.stats().events < kept_before);
+        store.append(&event("after", 1, "s", "item")).unwrap();
+        store.flush().unwrap();
+        let stored = store.query(&EventQuery::default()).unwrap();
+        assert_eq!(stored.last().map(|e| e.id.as_str()), Some("after"));
+        // The events that survived the retention are the newest stored ones, in order.
+        let survivors: Vec<&str> = ids(&stored[..stored.len() - 1]).to_vec();
+        let start = accepted.iter().position(|id| id == survivors[0]).unwrap();
+        assert_eq!(survivors, accepted[start..start + survivors.len()]);
     }
 
     #[test]
@@ -942,7 +1041,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("device.sqlite");
         {
-            let mut connection = sqlite::open(&path).unwrap();
+            let mut connection = sqlite::open(&path, None).unwrap();
             sqlite::migrate(&mut connection, "events", &MIGRATIONS[..1]).unwrap();
             for e in [event("e1", 1, "s", "p"), event("e2", 2, "t", "q")] {
                 connection
