@@ -3,30 +3,35 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::{Duration, Instant};
 
 use prost::Message;
 use serde::Serialize;
-use tokio::sync::{Notify, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 use walle_pipeline::{
-    Event, EventError, EventQuery, EventStore, NewItem, Outbox, OutboxConfig, QueueStats,
+    Change, Event, EventError, EventQuery, EventStore, NewItem, Outbox, OutboxConfig, QueueStats,
     StoreConfig, StoreStats, TaskPipeline, TaskRun,
 };
 use walle_proto::v1::{TaskEvent, task_event};
 use walle_vm::VmPool;
 
+use crate::cache::CacheStatus;
 use crate::connection::Client;
 use crate::db::DeviceDb;
 use crate::install::{InstalledTask, Installer};
+use crate::scheduler::{PendingRun, Scheduler};
 use crate::{AgentError, DeviceConfig, connection, credential, ingest, runner, uplink};
 
 /// Outbox queue of task output records (tunnel records).
 pub(crate) const RECORDS: &str = "records";
 /// Outbox queue of task events for `Report` (payload: an encoded `TaskEvent`).
 pub(crate) const REPORTS: &str = "reports";
+/// Outbox queue of task runs not yet committed (payload: the run's context as JSON); never
+/// sent anywhere, it lets a restarted agent run again what a crash interrupted (`runner`).
+pub(crate) const RUNS: &str = "runs";
 
 /// Output records kept per task for `Agent::outputs` (the tunnel keeps its own queue).
 const RECENT_OUTPUTS_PER_TASK: usize = 100;
@@ -47,7 +52,8 @@ pub(crate) struct Counters {
     pub records_uploaded: AtomicU64,
     /// Outputs and reports that could not be written to the outbox (e.g. a full disk).
     pub outbox_failures: AtomicU64,
-    pub pending_runs: AtomicUsize,
+    /// Runs interrupted by the previous process and queued again at start.
+    pub runs_recovered: AtomicU64,
 }
 
 /// State shared by the agent's background tasks and its API.
@@ -61,7 +67,9 @@ pub(crate) struct Shared {
     /// Every accepted event, in the device database.
     pub events: Mutex<EventStore>,
     pub active: Mutex<HashMap<String, InstalledTask>>,
-    pub runs: mpsc::Sender<TaskRun>,
+    /// Runs waiting for, and holding, VM workers.
+    pub scheduler: Mutex<Scheduler>,
+    pub wake_runner: Notify,
     /// Task outputs and reports until the cloud acknowledges them, in the device database.
     pub outbox: Mutex<Outbox>,
     pub wake_uplink: Notify,
@@ -80,6 +88,8 @@ pub(crate) struct Shared {
     pub counters: Counters,
     pub recent_outputs: Mutex<HashMap<String, VecDeque<serde_json::Value>>>,
     pub recent_failures: Mutex<VecDeque<String>>,
+    /// What the bundle cache holds and evicted.
+    pub cache: Mutex<CacheStatus>,
     id_prefix: String,
     id_seq: AtomicU64,
 }
@@ -117,26 +127,27 @@ impl Shared {
         detail: &str,
         duration_ms: u64,
     ) {
-        self.report_failure(kind, task, version, release_id, detail, "", duration_ms);
+        let event = self.task_event(kind, task, version, release_id, detail);
+        self.queue_report(TaskEvent {
+            duration_ms,
+            ..event
+        });
     }
 
-    /// Queues a task event with the kind of failure it reports (`VmError::kind` for runs).
-    #[allow(clippy::too_many_arguments)]
-    pub fn report_failure(
+    /// A new task event, at now, with its detail cut at 4,000 characters.
+    pub fn task_event(
         &self,
         kind: task_event::Kind,
         task: &str,
         version: &str,
         release_id: &str,
         detail: &str,
-        failure: &str,
-        duration_ms: u64,
-    ) {
+    ) -> TaskEvent {
         let mut detail = detail.to_owned();
         if detail.chars().count() > 4000 {
             detail = detail.chars().take(4000).collect::<String>() + "…";
         }
-        let event = TaskEvent {
+        TaskEvent {
             id: self.next_id(),
             kind: kind as i32,
             task: task.to_owned(),
@@ -144,11 +155,8 @@ impl Shared {
             release_id: release_id.to_owned(),
             at_ms: now_ms(),
             detail,
-            duration_ms,
-            failure: failure.to_owned(),
-            count: 0,
-        };
-        self.queue_report(event);
+            ..TaskEvent::default()
+        }
     }
 
     /// Reports the runs dropped since the last report (the run queue was full), one event per
@@ -175,28 +183,41 @@ impl Shared {
 
     fn queue_report(&self, event: TaskEvent) {
         let payload = event.encode_to_vec();
-        self.queue_for_cloud(
-            REPORTS,
-            &NewItem {
-                id: &event.id,
-                task: &event.task,
-                version: &event.version,
-                created_at_ms: event.at_ms,
-                payload: &payload,
-            },
-        );
+        let change = Change {
+            push: vec![(REPORTS, runner::report_item(&event, &payload))],
+            remove: Vec::new(),
+        };
+        self.commit(&change, |_| Ok(()));
     }
 
-    /// Writes an item to the outbox and wakes the uplink; a failure (e.g. a full disk) is
-    /// logged and counted, since the run that produced the item has already happened.
-    fn queue_for_cloud(&self, queue: &str, item: &NewItem) {
-        if let Err(e) = lock(&self.outbox).push(queue, item) {
+    /// Makes an outbox change (with what `also` writes) and wakes the uplink; a failure (e.g.
+    /// a full disk) is logged and counted, since what produced the change has happened.
+    pub fn commit(
+        &self,
+        change: &Change,
+        also: impl FnOnce(&rusqlite::Transaction) -> rusqlite::Result<()>,
+    ) {
+        if let Err(e) = lock(&self.outbox).commit(change, also) {
             self.counters
                 .outbox_failures
                 .fetch_add(1, Ordering::Relaxed);
-            tracing::error!(queue, task = item.task, error = %e, "cannot queue an item for the cloud");
+            tracing::error!(error = %e, "cannot write to the outbox");
         }
         self.wake_uplink.notify_one();
+    }
+
+    /// Keeps the bundle cache within its budget with room for a bundle of `bundle` bytes.
+    pub fn make_cache_room(&self, bundle: u64) -> Result<(), crate::cache::NoRoom> {
+        let downloads = self.config.data_dir.join("downloads");
+        let budget = self.config.bundle_cache_max_bytes;
+        let installer = self.installer();
+        crate::cache::make_room(
+            &installer,
+            &downloads,
+            budget,
+            bundle,
+            &mut lock(&self.cache),
+        )
     }
 
     /// Never installs the bundle with `digest` again (also after a restart).
@@ -219,27 +240,16 @@ impl Shared {
         failures.push_back(message);
     }
 
-    /// Queues a task's output record for upload and keeps it for `Agent::outputs`.
-    pub fn emit(&self, task: &InstalledTask, record: serde_json::Value) {
-        {
-            let mut recent = lock(&self.recent_outputs);
-            let queue = recent.entry(task.task().to_owned()).or_default();
+    /// Keeps a task's latest output records for `Agent::outputs`.
+    pub fn remember_outputs(&self, task: &str, records: &[serde_json::Value]) {
+        let mut recent = lock(&self.recent_outputs);
+        let queue = recent.entry(task.to_owned()).or_default();
+        for record in records {
             if queue.len() >= RECENT_OUTPUTS_PER_TASK {
                 queue.pop_front();
             }
             queue.push_back(record.clone());
         }
-        let (id, version) = (self.next_id(), task.version());
-        self.queue_for_cloud(
-            RECORDS,
-            &NewItem {
-                id: &id,
-                task: task.task(),
-                version: &version,
-                created_at_ms: now_ms(),
-                payload: record.to_string().as_bytes(),
-            },
-        );
     }
 
     /// Validates an event, matches it against installed triggers and queues the resulting runs.
@@ -247,9 +257,9 @@ impl Shared {
         if let Err(e) = event.validate() {
             return Err(self.reject(e));
         }
-        lock(&self.events)
-            .append(&event)
-            .map_err(|e| AgentError::State(e.to_string()))?;
+        if let Err(e) = lock(&self.events).append(&event) {
+            return Err(self.refuse_unstored(&e));
+        }
         self.counters
             .events_accepted
             .fetch_add(1, Ordering::Relaxed);
@@ -280,21 +290,66 @@ impl Shared {
         self.queue_runs(runs)
     }
 
-    /// Queues a run per firing (dropping and counting those the queue has no room for).
-    fn queue_runs(&self, firings: Vec<TaskRun>) -> usize {
-        let fired = firings.len();
-        for firing in firings {
+    /// Queues a run per firing, each written to the outbox's [`RUNS`] queue first (dropping
+    /// and counting those the scheduler has no room for).
+    fn queue_runs(&self, runs: Vec<TaskRun>) -> usize {
+        let fired = runs.len();
+        for run in runs {
             self.counters.triggers_fired.fetch_add(1, Ordering::Relaxed);
-            self.counters.pending_runs.fetch_add(1, Ordering::SeqCst);
-            if let Err(full) = self.runs.try_send(firing) {
-                let task = full.into_inner().firing.task;
-                self.counters.pending_runs.fetch_sub(1, Ordering::SeqCst);
+            let task = run.firing.task.clone();
+            let Some(active) = lock(&self.active).get(&task).cloned() else {
+                continue;
+            };
+            let limit = self.task_queue_limit(&active);
+            let mut scheduler = lock(&self.scheduler);
+            if !scheduler.has_room(&task, limit) {
+                drop(scheduler);
                 self.counters.runs_dropped.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%task, "run queue full: a task run was dropped");
                 *lock(&self.dropped_runs).entry(task).or_default() += 1;
+                continue;
+            }
+            let context = run.context();
+            let journal_seq = self.journal_run(&active, &context);
+            scheduler.push(PendingRun {
+                journal_seq,
+                task,
+                context,
+            });
+        }
+        self.wake_runner.notify_one();
+        fired
+    }
+
+    /// How many runs of `task` may wait: the device's per-task limit, lowered by the task's.
+    fn task_queue_limit(&self, task: &InstalledTask) -> usize {
+        let device = self.config.run_queue_per_task.max(1);
+        match task.manifest.task.limits.max_queued_runs {
+            Some(own) => device.min(own as usize),
+            None => device,
+        }
+    }
+
+    /// Writes a run to the outbox's [`RUNS`] queue; `None` (logged and counted) if it cannot.
+    fn journal_run(&self, task: &InstalledTask, context: &serde_json::Value) -> Option<i64> {
+        let (id, payload) = (self.next_id(), context.to_string());
+        let item = NewItem {
+            id: &id,
+            task: task.task(),
+            version: &task.version(),
+            created_at_ms: now_ms(),
+            payload: payload.as_bytes(),
+        };
+        match lock(&self.outbox).push(RUNS, &item) {
+            Ok(seq) => Some(seq),
+            Err(e) => {
+                self.counters
+                    .outbox_failures
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::error!(task = task.task(), error = %e, "cannot keep a run for crash recovery; it runs unprotected");
+                None
             }
         }
-        fired
     }
 
     /// Parses one JSON event and tracks it.
@@ -315,13 +370,28 @@ impl Shared {
 
     /// Counts a rejected event by its reason.
     fn reject(&self, error: EventError) -> AgentError {
+        self.count_rejected(error.reason());
+        AgentError::BadEvent(error)
+    }
+
+    /// Counts a valid event the store could not take (`storage_full` or `store_failed`).
+    fn refuse_unstored(&self, error: &walle_pipeline::StoreError) -> AgentError {
+        if error.is_storage_full() {
+            self.count_rejected("storage_full");
+            AgentError::StorageFull(error.to_string())
+        } else {
+            self.count_rejected("store_failed");
+            AgentError::State(error.to_string())
+        }
+    }
+
+    fn count_rejected(&self, reason: &'static str) {
         self.counters
             .events_rejected
             .fetch_add(1, Ordering::Relaxed);
         *lock(&self.counters.events_rejected_by_reason)
-            .entry(error.reason())
+            .entry(reason)
             .or_default() += 1;
-        AgentError::BadEvent(error)
     }
 
     pub fn status(&self) -> AgentStatus {
@@ -336,11 +406,13 @@ impl Shared {
                     release_id: t.release_id.clone(),
                     runs: lock(&self.task_runs).get(&key).cloned().unwrap_or_default(),
                     failure_streak: lock(&self.failure_streaks).get(&key).copied().unwrap_or(0),
+                    queued_runs: lock(&self.scheduler).waiting_for(t.task()),
                     memory_bytes: self.vm.task_memory(&key).unwrap_or(0),
                 }
             })
             .collect();
         installed.sort_by(|a, b| a.task.cmp(&b.task));
+        let (queued, in_flight) = lock(&self.scheduler).depth();
         AgentStatus {
             device_id: self.device_id.clone(),
             connected: self.connected.load(Ordering::Relaxed),
@@ -356,11 +428,13 @@ impl Shared {
             runs_ok: c.runs_ok.load(Ordering::Relaxed),
             runs_failed: c.runs_failed.load(Ordering::Relaxed),
             runs_dropped: c.runs_dropped.load(Ordering::Relaxed),
-            runs_pending: c.pending_runs.load(Ordering::SeqCst),
+            runs_pending: queued + in_flight,
+            runs_recovered: c.runs_recovered.load(Ordering::Relaxed),
             outbox: OutboxStatus::of(&lock(&self.outbox)),
             records_uploaded: c.records_uploaded.load(Ordering::Relaxed),
             outbox_failures: c.outbox_failures.load(Ordering::Relaxed),
             recent_install_failures: lock(&self.recent_failures).iter().cloned().collect(),
+            bundle_cache: *lock(&self.cache),
         }
     }
 }
@@ -377,6 +451,8 @@ pub struct TaskStatus {
     pub failure_streak: u32,
     /// Heap charged to the task's interpreter.
     pub memory_bytes: u64,
+    /// Runs waiting for a VM worker.
+    pub queued_runs: usize,
 }
 
 /// Runs of one task version, as status shows them.
@@ -419,12 +495,17 @@ pub struct AgentStatus {
     pub runs_ok: u64,
     pub runs_failed: u64,
     pub runs_dropped: u64,
+    /// Runs waiting or running.
     pub runs_pending: usize,
+    /// Runs a crash interrupted, run again at this start.
+    pub runs_recovered: u64,
     /// What waits for the cloud's acknowledgement.
     pub outbox: OutboxStatus,
     pub records_uploaded: u64,
     pub outbox_failures: u64,
     pub recent_install_failures: Vec<String>,
+    /// Unpacked versions and partial downloads on disk, against their budget.
+    pub bundle_cache: CacheStatus,
 }
 
 /// The outbox's queues as status shows them.
@@ -434,6 +515,8 @@ pub struct OutboxStatus {
     pub records: QueueStats,
     /// Task events for the cloud's release health.
     pub reports: QueueStats,
+    /// Task runs not yet committed (kept for crash recovery, not sent).
+    pub runs: QueueStats,
 }
 
 impl OutboxStatus {
@@ -441,6 +524,7 @@ impl OutboxStatus {
         OutboxStatus {
             records: outbox.stats(RECORDS),
             reports: outbox.stats(REPORTS),
+            runs: outbox.stats(RUNS),
         }
     }
 }
@@ -465,11 +549,13 @@ impl Agent {
             .map(|c| c.trusted_keys())
             .unwrap_or_default();
         let installer = Installer::new(config.data_dir.join("tasks"), trusted);
-        let db = DeviceDb::open(&config.data_dir).map_err(|e| AgentError::State(e.to_string()))?;
+        let db = DeviceDb::open(&config.data_dir, config.db_max_bytes)
+            .map_err(|e| AgentError::State(e.to_string()))?;
         let events = EventStore::open(
             db.path(),
             StoreConfig {
                 retention: config.event_retention(),
+                max_db_bytes: config.db_max_bytes,
                 ..StoreConfig::default()
             },
         )
@@ -478,6 +564,7 @@ impl Agent {
             db.path(),
             OutboxConfig {
                 max_bytes: config.outbox_max_bytes,
+                max_db_bytes: config.db_max_bytes,
             },
         )
         .map_err(|e| AgentError::State(e.to_string()))?;
@@ -489,7 +576,7 @@ impl Agent {
             .collect();
         let vm =
             Arc::new(VmPool::with_state(config.vm_threads, db.clone()).map_err(AgentError::Vm)?);
-        let (runs, run_queue) = mpsc::channel(config.run_queue.max(1));
+        let scheduler = Scheduler::new(config.run_queue, vm.threads());
         let shared = Arc::new(Shared {
             device_id,
             installer: RwLock::new(installer),
@@ -497,7 +584,8 @@ impl Agent {
             pipeline: Mutex::new(TaskPipeline::new()),
             events: Mutex::new(events),
             active: Mutex::new(HashMap::new()),
-            runs,
+            scheduler: Mutex::new(scheduler),
+            wake_runner: Notify::new(),
             outbox: Mutex::new(outbox),
             wake_uplink: Notify::new(),
             client: Mutex::new(None),
@@ -510,16 +598,21 @@ impl Agent {
             counters: Counters::default(),
             recent_outputs: Mutex::new(HashMap::new()),
             recent_failures: Mutex::new(VecDeque::new()),
+            cache: Mutex::new(CacheStatus::default()),
             id_prefix: hex::encode(crate::random::bytes::<8>()),
             id_seq: AtomicU64::new(0),
             config,
         });
         connection::restore_installed(&shared).await;
+        if let Err(e) = shared.make_cache_room(0) {
+            tracing::warn!(error = %e, "the active versions alone exceed the bundle cache budget");
+        }
+        runner::recover(&shared);
         warm_up_features(&shared);
         let (stop, stopped) = watch::channel(false);
         let mut background = vec![
             tokio::spawn(connection::run(shared.clone(), stopped.clone())),
-            tokio::spawn(runner::run(shared.clone(), run_queue, stopped.clone())),
+            tokio::spawn(runner::run(shared.clone(), stopped.clone())),
             tokio::spawn(uplink::run(shared.clone(), stopped.clone())),
             tokio::spawn(keep_events(shared.clone(), stopped.clone())),
             tokio::spawn(crate::timers::run(shared.clone(), stopped.clone())),
@@ -689,11 +782,16 @@ mod tests {
     /// An agent with no cloud to talk to (it keeps trying in the background) and an
     /// "entered, did not click within 1 s" trigger installed directly.
     async fn offline_agent(dir: &std::path::Path) -> Agent {
+        offline_agent_with(dir, None).await
+    }
+
+    async fn offline_agent_with(dir: &std::path::Path, db_max_bytes: Option<u64>) -> Agent {
         let agent = Agent::start(DeviceConfig {
             cloud_url: "http://127.0.0.1:9".into(),
             data_dir: dir.to_owned(),
             ingest_addr: None,
             vm_threads: 1,
+            db_max_bytes,
             ..DeviceConfig::default()
         })
         .await
@@ -763,6 +861,57 @@ mod tests {
         assert_eq!(agent.status().events.events, 2);
         let stored = agent.events(&EventQuery::default()).unwrap();
         assert_eq!(stored, vec![enter("e1", 1), enter("e2", 2)]);
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_full_disk_refuses_events_with_a_reason_and_loses_nothing_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = offline_agent_with(dir.path(), Some(512 << 10)).await;
+        agent
+            .shared
+            .report(task_event::Kind::RunOk, "t", "1.0.0", "rel", "before", 3);
+        let refusal = (0..200_000)
+            .find_map(|i| {
+                let mut event = enter(&format!("e{i:06}-{}", "x".repeat(200)), i);
+                event.session = format!("s{i}");
+                agent.track(event).err()
+            })
+            .expect("the size limit was never reached");
+        assert!(matches!(refusal, AgentError::StorageFull(_)), "{refusal}");
+        assert!(refusal.to_string().contains("storage is full"), "{refusal}");
+        // Outputs and reports that cannot be queued are counted (the last free pages of the
+        // file may take a few first).
+        let detail = "d".repeat(4000);
+        for _ in 0..100 {
+            if agent.status().outbox_failures > 0 {
+                break;
+            }
+            agent
+                .shared
+                .report(task_event::Kind::RunOk, "t", "1.0.0", "rel", &detail, 3);
+        }
+        let status = agent.status();
+        assert!(
+            status.events_rejected_by_reason["storage_full"] >= 1,
+            "{status:?}"
+        );
+        assert!(status.events.write_failures >= 1, "{status:?}");
+        assert_eq!(status.outbox_failures, 1, "{status:?}");
+        let reports = status.outbox.reports.items;
+        let stored = status.events.events;
+        assert!(stored > 500, "{status:?}");
+        agent.shutdown().await;
+        // With room again, everything stored before is there, and events are taken.
+        let agent = offline_agent_with(dir.path(), None).await;
+        let status = agent.status();
+        assert_eq!(status.events.events, stored);
+        assert_eq!(status.outbox.reports.items, reports);
+        assert_eq!(
+            agent.events(&EventQuery::default()).unwrap().len() as u64,
+            stored
+        );
+        agent.track(enter("after", 1)).unwrap();
         agent.shutdown().await;
     }
 

@@ -53,8 +53,12 @@ pub struct DeviceConfig {
     pub ingest_addr: Option<SocketAddr>,
     /// Worker threads of the task VM.
     pub vm_threads: usize,
-    /// Task runs waiting to execute; events that would overflow it are dropped and counted.
+    /// Task runs waiting to execute, in all; runs that would overflow it are dropped and
+    /// counted.
     pub run_queue: usize,
+    /// Task runs of one task waiting to execute (a task's `limits.max_queued_runs` may lower
+    /// it), so one busy task cannot fill the whole queue.
+    pub run_queue_per_task: usize,
     /// Events older than this many hours are deleted from the event store.
     pub event_max_age_hours: u64,
     /// Most bytes of events the store keeps; the oldest go first.
@@ -62,6 +66,12 @@ pub struct DeviceConfig {
     /// Most payload bytes of task outputs (and, separately, of reports) waiting for the cloud;
     /// past it the oldest are dropped and counted.
     pub outbox_max_bytes: u64,
+    /// Disk the bundle cache (unpacked task versions and partial downloads) may take; over it,
+    /// previous versions are deleted, and a bundle that does not fit is refused.
+    pub bundle_cache_max_bytes: u64,
+    /// Size the device database file may not grow past; writes beyond it fail as on a full
+    /// disk (events are refused, outputs counted as outbox failures). No limit when absent.
+    pub db_max_bytes: Option<u64>,
     /// Consecutive failed runs after which a task version is rolled back to the version before
     /// it, and never installed again on this device; 0 never rolls back.
     pub rollback_after_failures: u32,
@@ -80,9 +90,12 @@ impl Default for DeviceConfig {
                 .map(|n| n.get())
                 .unwrap_or(2),
             run_queue: 1024,
+            run_queue_per_task: 256,
             event_max_age_hours: 7 * 24,
             event_max_bytes: 64 << 20,
             outbox_max_bytes: 64 << 20,
+            bundle_cache_max_bytes: 256 << 20,
+            db_max_bytes: None,
             rollback_after_failures: 3,
             profile: ProfileConfig::default(),
         }

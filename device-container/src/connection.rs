@@ -279,6 +279,12 @@ async fn apply_install(
         return Ok(());
     }
     let downloads = shared.config.data_dir.join("downloads");
+    if let Err(no_room) = shared.make_cache_room(manifest.bundle_size) {
+        // Not refused for good: a restart with a larger budget tries again.
+        lock(&shared.failed_digests).insert(manifest.bundle_digest.clone());
+        refuse(&version, no_room.to_string());
+        return Ok(());
+    }
     let bytes = match download::fetch_bundle(client, &manifest, &downloads).await {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -303,6 +309,7 @@ async fn apply_install(
     match result {
         Ok(()) => {
             tracing::info!(device = %shared.device_id, task = %desired.task, %version, "task installed");
+            let _ = shared.make_cache_room(0);
             shared.report(
                 task_event::Kind::Installed,
                 &desired.task,

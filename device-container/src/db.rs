@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use rusqlite::{Connection, OptionalExtension, params};
 use serde_json::Value;
 use walle_pipeline::sqlite;
-use walle_vm::StateStore;
+use walle_vm::{StateStore, StateWrite};
 
 /// File name of the database in the data directory.
 pub const DB_FILE: &str = "device.sqlite";
@@ -51,14 +51,15 @@ pub struct DbError {
 }
 
 impl DeviceDb {
-    /// Opens (creating if needed) `DB_FILE` in `data_dir` and brings its schema up to date.
-    pub fn open(data_dir: &Path) -> Result<DeviceDb, DbError> {
+    /// Opens (creating if needed) `DB_FILE` in `data_dir` and brings its schema up to date; the
+    /// file may not grow past `max_bytes` (see [`sqlite::open`]).
+    pub fn open(data_dir: &Path, max_bytes: Option<u64>) -> Result<DeviceDb, DbError> {
         let path = data_dir.join(DB_FILE);
         let fail = |what| {
             let path = path.clone();
             move |source| DbError { path, what, source }
         };
-        let mut connection = sqlite::open(&path).map_err(fail("cannot open"))?;
+        let mut connection = sqlite::open(&path, max_bytes).map_err(fail("cannot open"))?;
         sqlite::migrate(&mut connection, "agent", MIGRATIONS)
             .map_err(fail("cannot migrate the schema"))?;
         Ok(DeviceDb {
@@ -115,6 +116,38 @@ impl DeviceDb {
     }
 }
 
+/// Writes a run's state writes for `task` (within the caller's transaction).
+pub fn write_state(
+    connection: &Connection,
+    task: &str,
+    writes: &[StateWrite],
+) -> rusqlite::Result<()> {
+    writes
+        .iter()
+        .try_for_each(|write| write_state_key(connection, task, &write.key, write.value.as_ref()))
+}
+
+/// Sets (or with `None` deletes) one key of a task's state.
+fn write_state_key(
+    connection: &Connection,
+    task: &str,
+    key: &str,
+    value: Option<&Value>,
+) -> rusqlite::Result<()> {
+    match value {
+        Some(value) => connection
+            .prepare_cached(
+                "INSERT INTO task_state (task, key, value) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (task, key) DO UPDATE SET value = excluded.value",
+            )?
+            .execute(params![task, key, value.to_string()]),
+        None => connection
+            .prepare_cached("DELETE FROM task_state WHERE task = ?1 AND key = ?2")?
+            .execute(params![task, key]),
+    }
+    .map(drop)
+}
+
 impl StateStore for DeviceDb {
     fn get(&self, task: &str, key: &str) -> Result<Option<Value>, String> {
         let text: Option<String> = self
@@ -132,20 +165,7 @@ impl StateStore for DeviceDb {
     }
 
     fn set(&self, task: &str, key: &str, value: Option<&Value>) -> Result<(), String> {
-        let connection = self.connection();
-        let written = match value {
-            Some(value) => connection.execute(
-                "INSERT INTO task_state (task, key, value) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (task, key) DO UPDATE SET value = excluded.value",
-                params![task, key, value.to_string()],
-            ),
-            None => connection.execute(
-                "DELETE FROM task_state WHERE task = ?1 AND key = ?2",
-                params![task, key],
-            ),
-        };
-        written
-            .map(drop)
+        write_state_key(&self.connection(), task, key, value)
             .map_err(|e| format!("writing {}: {e}", self.path.display()))
     }
 }
@@ -159,7 +179,7 @@ mod tests {
     fn task_state_survives_reopening_and_is_kept_per_task() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = DeviceDb::open(dir.path()).unwrap();
+            let db = DeviceDb::open(dir.path(), None).unwrap();
             db.set("counter", "n", Some(&json!(3))).unwrap();
             db.set("counter", "seen", Some(&json!({"a": [1, 2]})))
                 .unwrap();
@@ -167,7 +187,7 @@ mod tests {
             db.set("counter", "n", Some(&json!(4))).unwrap();
             db.set("other", "n", None).unwrap();
         }
-        let db = DeviceDb::open(dir.path()).unwrap();
+        let db = DeviceDb::open(dir.path(), None).unwrap();
         assert_eq!(db.get("counter", "n").unwrap(), Some(json!(4)));
         assert_eq!(
             db.get("counter", "seen").unwrap(),
@@ -181,12 +201,12 @@ mod tests {
     fn refused_bundles_are_remembered_once() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let db = DeviceDb::open(dir.path()).unwrap();
+            let db = DeviceDb::open(dir.path(), None).unwrap();
             db.refuse_bundle("abc", "t", "2.0.0", "3 failed runs", 1)
                 .unwrap();
             db.refuse_bundle("abc", "t", "2.0.0", "again", 2).unwrap();
         }
-        let db = DeviceDb::open(dir.path()).unwrap();
+        let db = DeviceDb::open(dir.path(), None).unwrap();
         assert_eq!(db.refused_bundles().unwrap(), ["abc"]);
     }
 
@@ -194,7 +214,7 @@ mod tests {
     fn a_file_that_is_not_a_database_is_refused_with_its_path() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join(DB_FILE), b"not a database, just bytes").unwrap();
-        let error = DeviceDb::open(dir.path()).err().unwrap().to_string();
+        let error = DeviceDb::open(dir.path(), None).err().unwrap().to_string();
         assert!(error.contains(DB_FILE), "{error}");
     }
 }

@@ -257,6 +257,45 @@ impl Installer {
         }
     }
 
+    /// Bytes of every unpacked version and install record.
+    pub fn disk_bytes(&self) -> u64 {
+        crate::cache::dir_bytes(&self.root)
+    }
+
+    /// Tasks that keep a previous version on disk, the one switched away from longest ago first.
+    pub fn previous_versions_oldest_first(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.root) else {
+            return Vec::new();
+        };
+        let mut tasks: Vec<(std::time::SystemTime, String)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|entry| {
+                let pointer = entry.path().join(PREVIOUS_FILE);
+                let switched = std::fs::metadata(pointer).and_then(|m| m.modified()).ok()?;
+                Some((switched, entry.file_name().to_string_lossy().into_owned()))
+            })
+            .collect();
+        tasks.sort();
+        tasks.into_iter().map(|(_, task)| task).collect()
+    }
+
+    /// Deletes a task's previous version (its record first, so a crash never leaves a record of
+    /// a deleted version); the task can then not be rolled back locally.
+    pub fn forget_previous(&self, task: &str) -> Result<(), InstallError> {
+        let previous = self.read_pointer(task, PREVIOUS_FILE)?;
+        let pointer = self.root.join(task).join(PREVIOUS_FILE);
+        std::fs::remove_file(&pointer).map_err(io_err(&pointer))?;
+        sync_dir(&self.root.join(task));
+        let current = self.current(task)?.map(|c| c.dir);
+        if let Some(previous) = previous
+            && Some(&previous.dir) != current.as_ref()
+            && previous.dir.is_dir()
+        {
+            std::fs::remove_dir_all(&previous.dir).map_err(io_err(&previous.dir))?;
+        }
+        Ok(())
+    }
+
     /// Every active task version, by task name.
     pub fn all_current(&self) -> Result<Vec<InstalledTask>, InstallError> {
         let entries = match std::fs::read_dir(&self.root) {
@@ -391,6 +430,44 @@ mod tests {
         assert_eq!(installer.previous("t").unwrap(), None);
         assert_eq!(installer.roll_back("t").unwrap(), None);
         assert_eq!(installer.current("t").unwrap(), Some(versions[1].clone()));
+    }
+
+    #[test]
+    fn over_the_cache_budget_previous_versions_go_but_active_ones_stay() {
+        let root = tempfile::tempdir().unwrap();
+        let downloads = tempfile::tempdir().unwrap();
+        let publisher = Publisher::from_seed(&[1; 32]);
+        let installer = Installer::new(root.path().into(), vec![publisher.public_key()]);
+        let mut versions = Vec::new();
+        for version in ["1.0.0", "1.1.0"] {
+            let (signed, bundle) = signed(&publisher, version);
+            versions.push(install(&installer, &signed, &bundle).unwrap());
+        }
+        let used = installer.disk_bytes();
+        let mut status = crate::cache::CacheStatus::default();
+        // Within the budget: nothing goes.
+        crate::cache::make_room(&installer, downloads.path(), used, 0, &mut status).unwrap();
+        assert!(versions[0].dir.exists());
+        assert_eq!(status.bytes, used);
+        // A new bundle needs room: the previous version goes, the active one stays.
+        crate::cache::make_room(&installer, downloads.path(), used, 1, &mut status).unwrap();
+        assert!(!versions[0].dir.exists());
+        assert_eq!(installer.previous("t").unwrap(), None);
+        assert_eq!(installer.current("t").unwrap(), Some(versions[1].clone()));
+        assert_eq!(status.previous_versions_evicted, 1);
+        // No room even so: refused with the figures, the active version untouched.
+        let refusal = crate::cache::make_room(
+            &installer,
+            downloads.path(),
+            status.bytes,
+            1000,
+            &mut status,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(refusal.contains("bundle of 1000 bytes"), "{refusal}");
+        assert!(versions[1].dir.exists());
+        assert_eq!(installer.roll_back("t").unwrap(), None);
     }
 
     #[test]

@@ -11,6 +11,7 @@
 
 pub mod agent;
 mod backoff;
+pub mod cache;
 pub mod code;
 pub mod config;
 mod connection;
@@ -22,6 +23,7 @@ pub mod install;
 mod random;
 mod rollback;
 mod runner;
+mod scheduler;
 mod timers;
 mod uplink;
 
@@ -35,6 +37,8 @@ pub enum AgentError {
     Config(String),
     #[error("device state: {0}")]
     State(String),
+    #[error("device storage is full, event not accepted: {0}")]
+    StorageFull(String),
     #[error("event rejected: {0}")]
     BadEvent(#[from] walle_pipeline::EventError),
     #[error("task VM: {0}")]

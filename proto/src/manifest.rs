@@ -34,6 +34,10 @@ pub struct Limits {
     /// Largest log one run may keep (the VM's default when absent).
     #[serde(default)]
     pub max_log_bytes: Option<u64>,
+    /// Runs of this task that may wait on a device (the device's per-task limit when absent,
+    /// and never more); runs past it are dropped and counted.
+    #[serde(default)]
+    pub max_queued_runs: Option<u32>,
 }
 
 fn default_max_output_bytes() -> u64 {
@@ -47,6 +51,7 @@ impl Default for Limits {
             deadline_ms: None,
             memory_bytes: None,
             max_log_bytes: None,
+            max_queued_runs: None,
         }
     }
 }
@@ -138,6 +143,8 @@ pub enum ManifestError {
     BadHandler(String),
     #[error("walle.toml: `limits.max_output_bytes` must be between 1 and {max}, got {value}")]
     BadLimit { value: u64, max: u64 },
+    #[error("walle.toml: `limits.max_queued_runs` must be at least 1")]
+    NoQueuedRuns,
     #[error("walle.toml: invalid trigger: {0}")]
     Trigger(#[from] walle_pipeline::PatternError),
     #[error("walle.toml: invalid feature: {0}")]
@@ -189,6 +196,9 @@ impl TaskManifest {
                 value: max,
                 max: MAX_OUTPUT_CAP,
             });
+        }
+        if raw.limits.max_queued_runs == Some(0) {
+            return Err(ManifestError::NoQueuedRuns);
         }
         walle_pipeline::validate_patterns(&raw.triggers)?;
         walle_pipeline::validate_features(&raw.features)?;
@@ -337,6 +347,10 @@ steps = [{ event = "enter", page = "item" }, { event = "exit", page = "item" }]
         assert_eq!(m.limits.deadline_ms, Some(250));
         assert_eq!(m.limits.memory_bytes, Some(16 << 20));
         assert_eq!(m.limits.max_log_bytes, Some(100));
+        let queued = TaskManifest::parse(&format!("{GOOD}\n[limits]\nmax_queued_runs = 8\n"));
+        assert_eq!(queued.unwrap().limits.max_queued_runs, Some(8));
+        let none = TaskManifest::parse(&format!("{GOOD}\n[limits]\nmax_queued_runs = 0\n"));
+        assert!(matches!(none, Err(ManifestError::NoQueuedRuns)), "{none:?}");
         assert_eq!(TaskManifest::parse(GOOD).unwrap().limits.deadline_ms, None);
         let typo = format!("{GOOD}\n[limits]\ndeadline = 250\n");
         assert!(

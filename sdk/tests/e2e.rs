@@ -1173,3 +1173,144 @@ async fn runs_dropped_by_a_full_queue_are_counted_and_reported_to_the_cloud() {
     agent.shutdown().await;
     fleet.shutdown().await;
 }
+
+/// Posts one visit to a device's ingest endpoint; the device may die before it answers (the
+/// visit's own run is what crashes it), so a lost answer is not an error.
+async fn post_visit_racing_a_crash(ingest: &str, session: &str) {
+    let lines: Vec<String> = visit(session, "sku-1", 1_000_000)
+        .iter()
+        .map(|event| serde_json::to_string(event).unwrap())
+        .collect();
+    let _ = reqwest::Client::new()
+        .post(format!("{ingest}/v1/events"))
+        .body(lines.join("\n"))
+        .send()
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_killed_mid_run_runs_it_again_once_with_its_state_and_outputs_together() {
+    let root = tempfile::tempdir().unwrap();
+    let (cloud_dir, device_dir) = (root.path().join("cloud"), root.path().join("device"));
+    let (http_addr, grpc_addr) = (
+        format!("127.0.0.1:{}", free_port()),
+        format!("127.0.0.1:{}", free_port()),
+    );
+    let cloud_args = [
+        "serve",
+        "--data-dir",
+        cloud_dir.to_str().unwrap(),
+        "--http-addr",
+        &http_addr,
+        "--grpc-addr",
+        &grpc_addr,
+    ];
+    let _cloud = Process::start(
+        "walle-cloud",
+        &cloud_args,
+        None,
+        &root.path().join("cloud.log"),
+    );
+    let http_url = format!("http://{http_addr}");
+    poll_json(&format!("{http_url}/v1/health"), "the cloud", |_| true).await;
+    let token = std::fs::read_to_string(cloud_dir.join("admin.token")).unwrap();
+    let client = walle_sdk::client::ControlClient::new(&http_url, token.trim());
+    // Each run counts in walle.state and returns the count: a run whose state write survived
+    // a crash without its record (or the reverse) shows as a gap or a repeat in the counts.
+    let counting = variant(
+        root.path(),
+        "1.0.0",
+        Some(
+            "import walle\n\ndef run(ctx):\n    n = walle.state.get('n', 0) + 1\n    \
+             walle.state['n'] = n\n    return {'session': ctx['matched'][0]['session'], 'n': n}\n",
+        ),
+    );
+    let (manifest, bundle) = walle_proto::bundle::pack_dir(&counting).unwrap();
+    client.ensure_task(&manifest.name, "").await.unwrap();
+    client.upload_version(&manifest.name, bundle).await.unwrap();
+    client.create_release("ipv-feature", "1.0.0").await.unwrap();
+
+    let cloud_url = format!("http://{grpc_addr}");
+    let ingest_addr = format!("127.0.0.1:{}", free_port());
+    let device_args = [
+        "run",
+        "--cloud",
+        &cloud_url,
+        "--data-dir",
+        device_dir.to_str().unwrap(),
+        "--device-id",
+        "mid-run-1",
+        "--ingest-addr",
+        &ingest_addr,
+    ];
+    let ingest = format!("http://{ingest_addr}");
+    let status_url = format!("{ingest}/v1/status");
+    let start_device = |crash_at: Option<&str>, log: &str| {
+        Process::start(
+            "walle-device",
+            &device_args,
+            crash_at,
+            &root.path().join(log),
+        )
+    };
+    let installed = |s: &serde_json::Value| s["installed"][0]["version"] == "1.0.0";
+
+    // 1. The device dies in its third run, after the script ran, before its results were
+    //    committed.
+    let mut device = start_device(Some("device-mid-run:3"), "device1.log");
+    poll_json(&status_url, "the device to install the task", installed).await;
+    for n in 1..=2 {
+        post_visits(&ingest, &[(format!("s{n}"), "sku-1".into())]).await;
+        poll_json(&status_url, "the run", |s| s["runs_ok"] == n).await;
+    }
+    post_visit_racing_a_crash(&ingest, "s3").await;
+    device.wait_crashed(&root.path().join("device1.log")).await;
+
+    // 2. Restarted, it runs the interrupted run again; then it dies right after committing
+    //    the next run (which must not run again).
+    let mut device = start_device(Some("device-run-committed:2"), "device2.log");
+    let status = poll_json(&status_url, "the interrupted run to run again", |s| {
+        s["runs_ok"] == 1
+    })
+    .await;
+    assert_eq!(status["runs_recovered"], 1, "{status}");
+    post_visit_racing_a_crash(&ingest, "s4").await;
+    device.wait_crashed(&root.path().join("device2.log")).await;
+
+    // 3. Restarted again: nothing to recover; two more visits.
+    let _device = start_device(None, "device3.log");
+    let status = poll_json(&status_url, "the device", installed).await;
+    assert_eq!(status["runs_recovered"], 0, "{status}");
+    for n in 5..=6 {
+        post_visits(&ingest, &[(format!("s{n}"), "sku-1".into())]).await;
+    }
+    poll_json(&status_url, "the outbox to drain", |s| {
+        s["runs_ok"] == 2 && s["outbox"]["records"]["items"] == 0 && s["runs_pending"] == 0
+    })
+    .await;
+
+    // Each visit ran exactly once, and the counts its runs saw are 1..6 in order.
+    let mut export = Vec::new();
+    client
+        .export_records(
+            &RecordQuery::task("ipv-feature", Some("mid-run-1")),
+            &mut export,
+        )
+        .await
+        .unwrap();
+    let mut runs: Vec<(i64, String)> = String::from_utf8(export)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .map(|r| {
+            let payload = &r["payload"];
+            (
+                payload["n"].as_i64().unwrap(),
+                payload["session"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    runs.sort();
+    let expected: Vec<(i64, String)> = (1..=6).map(|n| (n, format!("s{n}"))).collect();
+    assert_eq!(runs, expected);
+}
