@@ -116,8 +116,11 @@ pub struct EventQuery {
     pub from_ts: Option<i64>,
     /// Latest timestamp, inclusive.
     pub to_ts: Option<i64>,
-    /// Most events returned (the oldest first); no limit if `None`.
+    /// Most events returned; no limit if `None`.
     pub limit: Option<usize>,
+    /// With a `limit`, take the newest matching events rather than the oldest (they are still
+    /// returned oldest first).
+    pub newest: bool,
 }
 
 /// Counts of what the store holds and has done since it was opened.
@@ -650,25 +653,40 @@ fn select(connection: &Connection, query: &EventQuery) -> rusqlite::Result<Vec<E
     let from = query.from_ts.unwrap_or(i64::MIN);
     let to = query.to_ts.unwrap_or(i64::MAX);
     let limit = query.limit.unwrap_or(usize::MAX);
-    let mut statement = connection.prepare(
+    let mut statement = connection.prepare(if query.newest {
         "SELECT min_ts, max_ts, bytes, ids, events FROM event_blocks
-         WHERE max_ts >= ?1 AND min_ts <= ?2 ORDER BY seq",
-    )?;
+         WHERE max_ts >= ?1 AND min_ts <= ?2 ORDER BY seq DESC"
+    } else {
+        "SELECT min_ts, max_ts, bytes, ids, events FROM event_blocks
+         WHERE max_ts >= ?1 AND min_ts <= ?2 ORDER BY seq"
+    })?;
     let mut rows = statement.query(params![from, to])?;
     let mut events = Vec::new();
     while events.len() < limit {
         let Some(row) = rows.next()? else {
             break;
         };
+        let mut block = Vec::new();
         for (_, line) in Block::from_row(row)?.events() {
             let event: Event = decode(line)?;
             let wanted = (from..=to).contains(&event.ts)
                 && query.session.as_ref().is_none_or(|s| *s == event.session)
                 && query.page.as_ref().is_none_or(|p| *p == event.page);
-            if wanted && events.len() < limit {
-                events.push(event);
+            if wanted {
+                block.push(event);
             }
         }
+        if query.newest {
+            // Blocks come newest first; within one, the newest events are at its end.
+            let keep = block.len().min(limit - events.len());
+            events.extend(block.drain(block.len() - keep..).rev());
+        } else {
+            block.truncate(limit - events.len());
+            events.append(&mut block);
+        }
+    }
+    if query.newest {
+        events.reverse();
     }
     Ok(events)
 }
@@ -849,6 +867,7 @@ mod tests {
             from_ts: from,
             to_ts: to,
             limit: None,
+            newest: false,
         };
         let a_items = store
             .query(&query(Some("a"), Some("item"), None, None))
@@ -1029,6 +1048,16 @@ mod tests {
             ..query
         };
         assert_eq!(ids(&store.query(&limited).unwrap()), ["e0", "e2"]);
+        let newest = EventQuery {
+            newest: true,
+            ..limited.clone()
+        };
+        assert_eq!(ids(&store.query(&newest).unwrap()), ["e2", "e4"]);
+        let one_newest = EventQuery {
+            limit: Some(1),
+            ..newest
+        };
+        assert_eq!(ids(&store.query(&one_newest).unwrap()), ["e4"]);
         let other_page = EventQuery {
             page: Some("q".into()),
             ..EventQuery::default()

@@ -725,6 +725,7 @@ fn warm_up_features(shared: &Shared) {
     let query = EventQuery {
         from_ts: Some(now_ms().saturating_sub(i64::try_from(span).unwrap_or(i64::MAX))),
         limit: Some(MAX_WARM_UP_EVENTS),
+        newest: true,
         ..EventQuery::default()
     };
     match lock(&shared.events).query(&query) {
