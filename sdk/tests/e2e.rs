@@ -1314,3 +1314,61 @@ async fn a_device_killed_mid_run_runs_it_again_once_with_its_state_and_outputs_t
     let expected: Vec<(i64, String)> = (1..=6).map(|n| (n, format!("s{n}"))).collect();
     assert_eq!(runs, expected);
 }
+
+/// Copies the example task as task `name` with `script` and `limits` added to its manifest's.
+fn renamed_variant(dest: &Path, name: &str, script: &str, limits: &str) -> std::path::PathBuf {
+    let dir = variant(&dest.join(name), "1.0.0", Some(script));
+    let manifest = std::fs::read_to_string(dir.join("walle.toml")).unwrap();
+    let manifest = manifest.replace("name = \"ipv-feature\"", &format!("name = \"{name}\""));
+    let manifest = manifest.replace("[limits]\n", &format!("[limits]\n{limits}\n"));
+    std::fs::write(dir.join("walle.toml"), manifest).unwrap();
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_over_its_own_queue_limit_drops_its_runs_and_not_the_other_tasks() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 0).await.unwrap();
+    let slow = "def run(ctx):\n    n = 0\n    for i in range(300000):\n        n += i\n    return {'n': n}\n";
+    let quick = "def run(ctx):\n    return {'session': ctx['matched'][0]['session']}\n";
+    for (name, script, limits) in [("hot", slow, "max_queued_runs = 2"), ("cold", quick, "")] {
+        fleet
+            .publish(&renamed_variant(root.path(), name, script, limits))
+            .await
+            .unwrap();
+        fleet.client.create_release(name, "1.0.0").await.unwrap();
+    }
+    let agent = walle_device::Agent::start(walle_device::DeviceConfig {
+        cloud_url: fleet.cloud.grpc_url(),
+        data_dir: root.path().join("device"),
+        ingest_addr: None,
+        vm_threads: 2,
+        profile: walle_device::ProfileConfig {
+            device_id: "two-tasks".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    agent
+        .wait_for(TIMEOUT, |s| s.installed.len() == 2)
+        .await
+        .unwrap();
+    for n in 0..20 {
+        for event in visit(&format!("s{n}"), "sku-1", 0) {
+            agent.track(event).unwrap();
+        }
+    }
+    let status = agent.flush(TIMEOUT).await.unwrap();
+    let runs = |task: &str| {
+        let task = status.installed.iter().find(|t| t.task == task).unwrap();
+        task.runs.ok
+    };
+    assert_eq!(runs("cold"), 20, "{status:?}");
+    assert!(status.runs_dropped > 0, "{status:?}");
+    assert_eq!(runs("hot") + status.runs_dropped, 20, "{status:?}");
+    assert_eq!(agent.outputs("cold").len(), 20);
+    agent.shutdown().await;
+    fleet.shutdown().await;
+}
