@@ -1,6 +1,6 @@
 //! Release policies over real gRPC and HTTP, with simulated devices: targeting (late joiners,
 //! profile changes), sticky stages, priority, customised versions, health-gated auto-advance,
-//! auto-abort with rollback, operator actions and preview.
+//! auto-abort with rollback, gating and aborting on run latency, operator actions and preview.
 
 use std::path::Path;
 use std::time::Duration;
@@ -146,6 +146,8 @@ struct SimDevice {
     installed: Option<(String, String)>,
     /// Bundle digest of the version last handed by Sync.
     desired_digest: String,
+    /// Run events reported so far, for unique event ids.
+    runs_reported: u64,
 }
 
 impl SimDevice {
@@ -172,6 +174,7 @@ impl SimDevice {
             profile,
             installed: None,
             desired_digest: String::new(),
+            runs_reported: 0,
         }
     }
 
@@ -229,6 +232,31 @@ impl SimDevice {
             events: vec![event],
         });
         self.client.report(request).await.unwrap();
+    }
+
+    /// Reports one successful run of `version` from `release_id` per duration (ms).
+    async fn report_runs(&mut self, version: &str, release_id: &str, durations_ms: &[u64]) {
+        let mut events = Vec::with_capacity(durations_ms.len());
+        for &duration_ms in durations_ms {
+            self.runs_reported += 1;
+            events.push(TaskEvent {
+                id: format!("{}-run-{}", self.profile.device_id, self.runs_reported),
+                kind: task_event::Kind::RunOk as i32,
+                task: "t".into(),
+                version: version.into(),
+                release_id: release_id.into(),
+                at_ms: 1,
+                duration_ms,
+                ..Default::default()
+            });
+        }
+        let request = self.authed(ReportRequest { events });
+        let response = self.client.report(request).await.unwrap().into_inner();
+        assert_eq!(
+            response.accepted as usize,
+            durations_ms.len(),
+            "{response:?}"
+        );
     }
 
     /// Downloads the bundle last handed by Sync and checks it against the signed digest.
@@ -447,6 +475,147 @@ async fn failures_abort_the_release_and_roll_devices_back(backend: Backend) {
     cloud.shutdown().await;
 }
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+/// Waits until the controller has judged release `id` on everything reported before `after_ms`.
+/// The controller samples coverage right after each tick, so the second sample taken after that
+/// moment follows a whole tick.
+async fn wait_for_ticks_after(op: &Operator, id: &str, after_ms: i64) {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, series) = op
+            .call("GET", &format!("/v1/releases/{id}/coverage"), None)
+            .await;
+        let later = series
+            .as_array()
+            .map(|s| {
+                s.iter()
+                    .filter(|x| x["at_ms"].as_i64() > Some(after_ms))
+                    .count()
+            })
+            .unwrap_or(0);
+        if later >= 2 {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the controller never ticked: {series}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn slow_runs_hold_the_stage_until_the_p99_is_within_the_gate(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(&backend, dir.path()).await;
+    let op = Operator::new(&cloud);
+    op.publish(dir.path(), "1.0.0").await;
+    op.publish(dir.path(), "2.0.0").await;
+    let base = op.release("1.0.0", json!({})).await;
+    let mut devices = fleet(&cloud, 20, "mid").await;
+    for d in &mut devices {
+        d.converge().await;
+    }
+    // Slow runs of the previous version: they must not count towards the new release's p99.
+    devices[0].report_runs("1.0.0", &base, &[5_000; 20]).await;
+    let staged = op
+        .release(
+            "2.0.0",
+            json!({"stages": [50, 100], "gate": {"auto_advance": true, "min_devices": 1, "max_run_p99_ms": 500}}),
+        )
+        .await;
+    let mut first_stage = Vec::new();
+    for (i, d) in devices.iter_mut().enumerate() {
+        if d.converge().await.as_deref() == Some("2.0.0") {
+            first_stage.push(i);
+        }
+    }
+    let first = *first_stage.first().expect("no device in the 50 % stage");
+    let mut durations = vec![100; 8];
+    durations.extend([900, 900]);
+    devices[first]
+        .report_runs("2.0.0", &staged, &durations)
+        .await;
+    let held = op
+        .wait_release(&staged, |s| {
+            s["state_reason"].as_str().is_some_and(|r| !r.is_empty())
+        })
+        .await;
+    assert_eq!(
+        held["state_reason"], "held at stage 1 of 2: run p99 900 ms > 500 ms over 10 runs",
+        "{held}"
+    );
+    assert_eq!(
+        (&held["state"], &held["stage"]),
+        (&json!("active"), &json!(0))
+    );
+    assert_eq!(held["stats"]["runs"]["duration_p99_ms"], 900, "{held}");
+    let previous = op.status(&base).await;
+    assert_eq!(
+        previous["stats"]["runs"]["duration_p99_ms"], 5_000,
+        "{previous}"
+    );
+    // Fast runs bring the p99 under the limit: the stage advances and the reason goes.
+    devices[first]
+        .report_runs("2.0.0", &staged, &[100; 200])
+        .await;
+    let advanced = op.wait_release(&staged, |s| s["stage"] == 1).await;
+    assert_eq!(advanced["state_reason"], "", "{advanced}");
+    assert_eq!(
+        advanced["stats"]["runs"]["duration_p99_ms"], 100,
+        "{advanced}"
+    );
+    cloud.shutdown().await;
+}
+
+async fn slow_runs_abort_the_release_once_enough_were_reported(backend: Backend) {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(&backend, dir.path()).await;
+    let op = Operator::new(&cloud);
+    op.publish(dir.path(), "1.0.0").await;
+    op.publish(dir.path(), "2.0.0").await;
+    let base = op.release("1.0.0", json!({})).await;
+    let mut devices = fleet(&cloud, 4, "mid").await;
+    for d in &mut devices {
+        d.converge().await;
+    }
+    let slow = op
+        .release(
+            "2.0.0",
+            json!({"abort": {"max_run_p99_ms": 500, "min_runs": 20}}),
+        )
+        .await;
+    for d in &mut devices {
+        assert_eq!(d.converge().await.as_deref(), Some("2.0.0"));
+    }
+    // 19 slow runs on one device are fewer than min_runs: the release goes on.
+    devices[0].report_runs("2.0.0", &slow, &[900; 19]).await;
+    wait_for_ticks_after(&op, &slow, now_ms()).await;
+    let status = op.status(&slow).await;
+    assert_eq!(status["state"], "active", "{status}");
+    assert_eq!(status["stats"]["runs"]["duration_p99_ms"], 900, "{status}");
+    devices[1].report_runs("2.0.0", &slow, &[900]).await;
+    let aborted = op.wait_release(&slow, |s| s["state"] == "aborted").await;
+    assert_eq!(
+        aborted["state_reason"], "auto-abort: run p99 900 ms > 500 ms over 20 runs",
+        "{aborted}"
+    );
+    assert_eq!(
+        op.status(&base).await["state"],
+        "active",
+        "the previous release is restored"
+    );
+    for d in &mut devices {
+        assert_eq!(d.converge().await.as_deref(), Some("1.0.0"), "rolled back");
+    }
+    cloud.shutdown().await;
+}
+
 async fn targeting_priority_customised_versions_and_late_joiners(backend: Backend) {
     let dir = tempfile::tempdir().unwrap();
     let cloud = start(&backend, dir.path()).await;
@@ -610,6 +779,18 @@ async fn operator_actions_preview_and_invalid_policies(backend: Backend) {
             "crash",
         ),
         (json!({"stagez": [1]}), "stagez"),
+        (
+            json!({"gate": {"max_run_p99_ms": 0}}),
+            "policy.gate.max_run_p99_ms",
+        ),
+        (
+            json!({"abort": {"max_run_p99_ms": -5}}),
+            "policy.abort.max_run_p99_ms",
+        ),
+        (
+            json!({"abort": {"max_run_p99_ms": 500, "min_runs": 0}}),
+            "policy.abort.min_runs",
+        ),
     ] {
         let (code, body) = op
             .call(
@@ -840,6 +1021,8 @@ on_both_backends!(
     pausing_a_full_release_hands_devices_back_and_forged_reports_do_not_count,
     staged_release_is_sticky_and_advances_on_health,
     failures_abort_the_release_and_roll_devices_back,
+    slow_runs_hold_the_stage_until_the_p99_is_within_the_gate,
+    slow_runs_abort_the_release_once_enough_were_reported,
     targeting_priority_customised_versions_and_late_joiners,
     operator_actions_preview_and_invalid_policies,
 );

@@ -103,6 +103,38 @@ function stageLines(stats) {
   return list;
 }
 
+const percent = (share) => `${Math.round(share * 1000) / 10}%`;
+
+// The policy's gate and abort rule, a line each, so thresholds sit beside the figures they judge.
+function policyLines(policy) {
+  const gate = policy.gate;
+  const conditions = gate.auto_advance
+    ? [`auto at ≥ ${percent(gate.min_success_rate)} ok of ≥ ${gate.min_devices} devices`]
+    : ["manual"];
+  if (gate.min_soak_secs) conditions.push(`soak ${gate.min_soak_secs} s`);
+  if (gate.max_run_p99_ms != null) conditions.push(`run p99 ≤ ${gate.max_run_p99_ms} ms`);
+  const lines = [`gate: ${conditions.join(", ")}`];
+  const abort = policy.abort;
+  if (abort) {
+    const rules = [];
+    if (abort.max_failed_devices != null) rules.push(`≥ ${abort.max_failed_devices} failed devices`);
+    if (abort.max_failure_rate != null) {
+      rules.push(`≥ ${percent(abort.max_failure_rate)} failed of ≥ ${abort.min_executed} devices`);
+    }
+    if (abort.max_run_p99_ms != null) {
+      rules.push(`run p99 > ${abort.max_run_p99_ms} ms over ≥ ${abort.min_runs} runs`);
+    }
+    lines.push(`abort: ${rules.join(" or ")}`);
+  }
+  const list = document.createElement("span");
+  for (const text of lines) {
+    const line = document.createElement("div");
+    line.textContent = text;
+    list.appendChild(line);
+  }
+  return list;
+}
+
 async function refresh() {
   try {
     const [releases, tasks, groups, devices, records] = await Promise.all([
@@ -118,6 +150,7 @@ async function refresh() {
       ["id", (r) => r.id], ["task", (r) => r.task], ["version", (r) => r.version],
       ["state", (r) => r.state + (r.state_reason ? ` (${r.state_reason})` : "")],
       ["stage", (r) => `${r.stage + 1}/${r.policy.stages.length}: ${r.policy.stages[r.stage]}%`],
+      ["gate / abort", (r) => policyLines(r.policy)],
       ["installed", (r) => `${r.stats.installed}/${r.stats.targeted}`],
       ["coverage over time", (r) => sparkline(r.coverage)],
       ["notified / synced", (r) => `${r.stats.notified} / ${r.stats.synced}`],

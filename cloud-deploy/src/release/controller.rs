@@ -7,10 +7,12 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::select::ReleaseState;
+use super::policy::{AbortRule, Gate};
+use super::select::{LiveRelease, ReleaseState};
 use super::{failure_kinds, notify_change, supersede_if_full};
+use crate::store::events::RunLatency;
 use crate::store::now_ms;
-use crate::store::releases::ReleaseHealth;
+use crate::store::releases::{ReleaseHealth, ReleaseRow};
 use crate::{AppState, CloudError};
 
 /// Name of the lease that makes one replica the release controller.
@@ -67,54 +69,135 @@ pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<
 pub enum Decision {
     Abort(String),
     Advance,
-    Hold,
+    /// Stay at this stage; with why when the gate's health conditions fail (none while it only
+    /// waits for devices, runs or soak time).
+    Hold(Option<String>),
 }
+
+/// How a hold reason starts, so the controller knows which reasons it wrote and may clear.
+const HELD: &str = "held at stage ";
 
 /// Decides, from a release's policy, stage and health, whether it aborts, advances or holds.
 pub fn decide(
-    release: &super::select::LiveRelease,
+    release: &LiveRelease,
     stage_started_at_ms: i64,
     health: &ReleaseHealth,
+    latency: &RunLatency,
+    now_ms: i64,
+) -> Decision {
+    let abort = release.policy.abort.as_ref();
+    if let Some(reason) = abort.and_then(|rule| abort_reason(rule, health, latency)) {
+        return Decision::Abort(format!("auto-abort: {reason}"));
+    }
+    gate_decision(release, stage_started_at_ms, health, latency, now_ms)
+}
+
+/// Why the abort rule fires, if it does: failures first, then run latency.
+fn abort_reason(rule: &AbortRule, health: &ReleaseHealth, latency: &RunLatency) -> Option<String> {
+    failure_abort(rule, health).or_else(|| latency_abort(rule, latency))
+}
+
+fn failure_abort(rule: &AbortRule, health: &ReleaseHealth) -> Option<String> {
+    let (failed, executed) = (health.failed_devices, health.executed);
+    if executed < i64::from(rule.min_executed) {
+        return None;
+    }
+    let rate = share(failed, executed);
+    let by_count = rule
+        .max_failed_devices
+        .is_some_and(|max| failed >= i64::from(max));
+    let by_rate = rule.max_failure_rate.is_some_and(|max| rate >= max);
+    (by_count || by_rate).then(|| {
+        format!(
+            "{failed} of {executed} reporting devices failed ({:.0}%)",
+            rate * 100.0
+        )
+    })
+}
+
+/// Fires once `min_runs` successful runs were reported and their p99 exceeds the limit.
+fn latency_abort(rule: &AbortRule, latency: &RunLatency) -> Option<String> {
+    let max = rule.max_run_p99_ms?;
+    let p99 = latency.p99_ms?;
+    (latency.runs >= i64::from(rule.min_runs) && exceeds(p99, max))
+        .then(|| slow_runs(p99, max, latency.runs))
+}
+
+fn gate_decision(
+    release: &LiveRelease,
+    stage_started_at_ms: i64,
+    health: &ReleaseHealth,
+    latency: &RunLatency,
     now_ms: i64,
 ) -> Decision {
     let policy = &release.policy;
-    let failed = health.failed_devices;
-    let executed = health.executed;
-    if let Some(rule) = &policy.abort
-        && executed >= i64::from(rule.min_executed)
-    {
-        let rate = if executed == 0 {
-            0.0
-        } else {
-            failed as f64 / executed as f64
-        };
-        let by_count = rule
-            .max_failed_devices
-            .is_some_and(|max| failed >= i64::from(max));
-        let by_rate = rule.max_failure_rate.is_some_and(|max| rate >= max);
-        if by_count || by_rate {
-            return Decision::Abort(format!(
-                "auto-abort: {failed} of {executed} reporting devices failed ({:.0}%)",
-                rate * 100.0
-            ));
-        }
-    }
     let gate = &policy.gate;
     if !gate.auto_advance || release.stage >= policy.last_stage() {
-        return Decision::Hold;
+        return Decision::Hold(None);
     }
-    let succeeded = (executed - failed).max(0);
-    let success_rate = if executed == 0 {
-        0.0
-    } else {
-        succeeded as f64 / executed as f64
-    };
+    let failing = gate_failures(gate, health, latency);
+    if !failing.is_empty() {
+        return Decision::Hold(Some(format!(
+            "{HELD}{} of {}: {}",
+            release.stage + 1,
+            policy.stages.len(),
+            failing.join("; ")
+        )));
+    }
+    let enough_devices = health.executed >= i64::from(gate.min_devices);
+    let healthy = succeeded(health) >= gate.min_success_rate;
+    let fast = gate.max_run_p99_ms.is_none() || latency.p99_ms.is_some();
     let soaked = now_ms - stage_started_at_ms >= (gate.min_soak_secs as i64).saturating_mul(1000);
-    if executed >= i64::from(gate.min_devices) && success_rate >= gate.min_success_rate && soaked {
+    if enough_devices && healthy && fast && soaked {
         Decision::Advance
     } else {
-        Decision::Hold
+        Decision::Hold(None)
     }
+}
+
+/// The gate's health conditions that fail now, with the figures. Too few devices or runs to
+/// judge is not a failure: the stage just waits.
+fn gate_failures(gate: &Gate, health: &ReleaseHealth, latency: &RunLatency) -> Vec<String> {
+    let mut failing = Vec::new();
+    let executed = health.executed;
+    let rate = succeeded(health);
+    if executed > 0 && executed >= i64::from(gate.min_devices) && rate < gate.min_success_rate {
+        failing.push(format!(
+            "success rate {:.1}% < {:.1}% over {executed} devices",
+            rate * 100.0,
+            gate.min_success_rate * 100.0
+        ));
+    }
+    if let (Some(max), Some(p99)) = (gate.max_run_p99_ms, latency.p99_ms)
+        && exceeds(p99, max)
+    {
+        failing.push(slow_runs(p99, max, latency.runs));
+    }
+    failing
+}
+
+/// Share of reporting devices without a counted failure; 0 before any reported.
+fn succeeded(health: &ReleaseHealth) -> f64 {
+    share(
+        (health.executed - health.failed_devices).max(0),
+        health.executed,
+    )
+}
+
+fn share(part: i64, whole: i64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+fn exceeds(p99_ms: i64, max_ms: u64) -> bool {
+    i128::from(p99_ms) > i128::from(max_ms)
+}
+
+fn slow_runs(p99_ms: i64, max_ms: u64, runs: i64) -> String {
+    format!("run p99 {p99_ms} ms > {max_ms} ms over {runs} runs")
 }
 
 /// One pass over every active release.
@@ -128,34 +211,69 @@ pub async fn tick(state: &AppState) -> Result<(), CloudError> {
             .db
             .release_health(&live.id, &failure_kinds(&live.policy))
             .await?;
-        match decide(&live, row.stage_started_at_ms, &health, now_ms()) {
-            Decision::Abort(reason) => {
-                if state
-                    .db
-                    .transition_release(
-                        &live.id,
-                        &[ReleaseState::Active],
-                        ReleaseState::Aborted,
-                        &reason,
-                    )
-                    .await?
-                {
-                    state.db.restore_superseded(&live.id).await?;
-                    tracing::warn!(release = %live.id, %reason, "release aborted");
-                    notify_change(state, &live.task, &live.id).await;
-                }
-            }
+        let latency = if live.policy.uses_run_latency() {
+            state.db.run_latency(&live.id).await?
+        } else {
+            RunLatency::default()
+        };
+        match decide(&live, row.stage_started_at_ms, &health, &latency, now_ms()) {
+            Decision::Abort(reason) => abort(state, &live, &reason).await?,
             Decision::Advance => {
-                if state.db.advance_stage(&live.id, row.stage).await? {
-                    tracing::info!(release = %live.id, stage = row.stage + 2, "release advanced by its health gate");
-                    if let Some(updated) = state.db.get_release(&live.id).await? {
-                        supersede_if_full(state, &updated).await?;
-                    }
-                    notify_change(state, &live.task, &live.id).await;
-                }
+                show_hold(state, &row, None).await?;
+                advance(state, &live, row.stage).await?;
             }
-            Decision::Hold => {}
+            Decision::Hold(reason) => show_hold(state, &row, reason.as_deref()).await?,
         }
+    }
+    Ok(())
+}
+
+async fn abort(state: &AppState, live: &LiveRelease, reason: &str) -> Result<(), CloudError> {
+    if state
+        .db
+        .transition_release(
+            &live.id,
+            &[ReleaseState::Active],
+            ReleaseState::Aborted,
+            reason,
+        )
+        .await?
+    {
+        state.db.restore_superseded(&live.id).await?;
+        tracing::warn!(release = %live.id, %reason, "release aborted");
+        notify_change(state, &live.task, &live.id).await;
+    }
+    Ok(())
+}
+
+async fn advance(state: &AppState, live: &LiveRelease, from: i64) -> Result<(), CloudError> {
+    if state.db.advance_stage(&live.id, from).await? {
+        tracing::info!(release = %live.id, stage = from + 2, "release advanced by its health gate");
+        if let Some(updated) = state.db.get_release(&live.id).await? {
+            supersede_if_full(state, &updated).await?;
+        }
+        notify_change(state, &live.task, &live.id).await;
+    }
+    Ok(())
+}
+
+/// Puts why the gate holds a release in its state reason, which the API and console show, or
+/// clears a hold reason that no longer applies. Other reasons (e.g. "restored: …") stay until a
+/// hold replaces them.
+async fn show_hold(
+    state: &AppState,
+    row: &ReleaseRow,
+    reason: Option<&str>,
+) -> Result<(), CloudError> {
+    let current = row.state_reason.as_str();
+    let wanted = match reason {
+        Some(reason) => reason,
+        None if current.starts_with(HELD) => "",
+        None => return Ok(()),
+    };
+    if wanted != current && state.db.set_active_reason(&row.id, wanted).await? && !wanted.is_empty()
+    {
+        tracing::info!(release = %row.id, reason = %wanted, "release held by its health gate");
     }
     Ok(())
 }
@@ -183,8 +301,7 @@ pub async fn sample_coverage(state: &AppState) -> Result<(), CloudError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::release::policy::{AbortRule, FailureKind, Gate, ReleasePolicy};
-    use crate::release::select::LiveRelease;
+    use crate::release::policy::{FailureKind, ReleasePolicy};
 
     fn release(gate: Gate, abort: Option<AbortRule>) -> LiveRelease {
         LiveRelease {
@@ -212,12 +329,25 @@ mod tests {
         }
     }
 
+    const NO_RUNS: RunLatency = RunLatency {
+        runs: 0,
+        p99_ms: None,
+    };
+
+    fn runs(runs: i64, p99_ms: i64) -> RunLatency {
+        RunLatency {
+            runs,
+            p99_ms: Some(p99_ms),
+        }
+    }
+
     fn auto(min_devices: u32, soak: u64) -> Gate {
         Gate {
             auto_advance: true,
             min_success_rate: 0.9,
             min_devices,
             min_soak_secs: soak,
+            max_run_p99_ms: None,
         }
     }
 
@@ -225,27 +355,41 @@ mod tests {
     fn advances_only_when_gate_holds() {
         let r = release(auto(3, 0), None);
         assert_eq!(
-            decide(&r, 0, &health(2, 0), 0),
-            Decision::Hold,
+            decide(&r, 0, &health(2, 0), &NO_RUNS, 0),
+            Decision::Hold(None),
             "too few devices"
         );
         assert_eq!(
-            decide(&r, 0, &health(3, 1), 0),
-            Decision::Hold,
+            decide(&r, 0, &health(3, 1), &NO_RUNS, 0),
+            Decision::Hold(Some(
+                "held at stage 1 of 2: success rate 66.7% < 90.0% over 3 devices".into()
+            )),
             "success rate too low"
         );
-        assert_eq!(decide(&r, 0, &health(10, 1), 0), Decision::Advance);
-        let soaking = release(auto(3, 60), None);
-        assert_eq!(decide(&soaking, 0, &health(10, 0), 59_000), Decision::Hold);
         assert_eq!(
-            decide(&soaking, 0, &health(10, 0), 60_000),
+            decide(&r, 0, &health(10, 1), &NO_RUNS, 0),
+            Decision::Advance
+        );
+        let soaking = release(auto(3, 60), None);
+        assert_eq!(
+            decide(&soaking, 0, &health(10, 0), &NO_RUNS, 59_000),
+            Decision::Hold(None)
+        );
+        assert_eq!(
+            decide(&soaking, 0, &health(10, 0), &NO_RUNS, 60_000),
             Decision::Advance
         );
         let manual = release(Gate::default(), None);
-        assert_eq!(decide(&manual, 0, &health(100, 0), 0), Decision::Hold);
+        assert_eq!(
+            decide(&manual, 0, &health(100, 0), &NO_RUNS, 0),
+            Decision::Hold(None)
+        );
         let mut last = release(auto(1, 0), None);
         last.stage = 1;
-        assert_eq!(decide(&last, 0, &health(100, 0), 0), Decision::Hold);
+        assert_eq!(
+            decide(&last, 0, &health(100, 0), &NO_RUNS, 0),
+            Decision::Hold(None)
+        );
     }
 
     #[test]
@@ -255,25 +399,107 @@ mod tests {
             max_failure_rate: rate,
             min_executed: min,
             kinds: vec![FailureKind::Install, FailureKind::Run],
+            max_run_p99_ms: None,
+            min_runs: 20,
         };
         let by_count = release(auto(1, 0), Some(rule(Some(2), None, 1)));
         assert!(matches!(
-            decide(&by_count, 0, &health(10, 2), 0),
+            decide(&by_count, 0, &health(10, 2), &NO_RUNS, 0),
             Decision::Abort(_)
         ));
         assert!(!matches!(
-            decide(&by_count, 0, &health(10, 1), 0),
+            decide(&by_count, 0, &health(10, 1), &NO_RUNS, 0),
             Decision::Abort(_)
         ));
         let by_rate = release(Gate::default(), Some(rule(None, Some(0.5), 4)));
         assert_eq!(
-            decide(&by_rate, 0, &health(3, 3), 0),
-            Decision::Hold,
+            decide(&by_rate, 0, &health(3, 3), &NO_RUNS, 0),
+            Decision::Hold(None),
             "below minimum executed"
         );
         assert!(matches!(
-            decide(&by_rate, 0, &health(4, 2), 0),
+            decide(&by_rate, 0, &health(4, 2), &NO_RUNS, 0),
             Decision::Abort(_)
         ));
+    }
+
+    #[test]
+    fn latency_gate_holds_with_the_figures_until_p99_is_low_enough() {
+        let gate = Gate {
+            max_run_p99_ms: Some(500),
+            ..auto(1, 0)
+        };
+        let r = release(gate, None);
+        assert_eq!(
+            decide(&r, 0, &health(10, 0), &NO_RUNS, 0),
+            Decision::Hold(None),
+            "no run yet: the stage waits, it is not held"
+        );
+        assert_eq!(
+            decide(&r, 0, &health(10, 0), &runs(143, 812), 0),
+            Decision::Hold(Some(
+                "held at stage 1 of 2: run p99 812 ms > 500 ms over 143 runs".into()
+            ))
+        );
+        assert_eq!(
+            decide(&r, 0, &health(10, 0), &runs(143, 500), 0),
+            Decision::Advance,
+            "at the limit is within it"
+        );
+        assert_eq!(
+            decide(&r, 0, &health(0, 0), &runs(143, 812), 0),
+            Decision::Hold(Some(
+                "held at stage 1 of 2: run p99 812 ms > 500 ms over 143 runs".into()
+            )),
+            "slow runs hold the stage even before enough devices reported"
+        );
+        let Decision::Hold(Some(both)) = decide(&r, 0, &health(10, 5), &runs(143, 812), 0) else {
+            panic!("a failing and slow stage must be held with reasons");
+        };
+        assert!(
+            both.contains("success rate 50.0% < 90.0% over 10 devices")
+                && both.contains("run p99 812 ms > 500 ms"),
+            "{both}"
+        );
+        let mut last = release(
+            Gate {
+                max_run_p99_ms: Some(500),
+                ..auto(1, 0)
+            },
+            None,
+        );
+        last.stage = 1;
+        assert_eq!(
+            decide(&last, 0, &health(10, 0), &runs(143, 812), 0),
+            Decision::Hold(None),
+            "the last stage has no gate to hold"
+        );
+    }
+
+    #[test]
+    fn latency_aborts_only_after_min_runs() {
+        let rule = AbortRule {
+            max_failed_devices: None,
+            max_failure_rate: None,
+            min_executed: 1,
+            kinds: vec![FailureKind::Run],
+            max_run_p99_ms: Some(500),
+            min_runs: 20,
+        };
+        let r = release(Gate::default(), Some(rule));
+        assert_eq!(
+            decide(&r, 0, &health(1, 0), &runs(19, 5_000), 0),
+            Decision::Hold(None),
+            "one slow device below min_runs must not abort"
+        );
+        assert_eq!(
+            decide(&r, 0, &health(1, 0), &runs(20, 500), 0),
+            Decision::Hold(None),
+            "at the limit is within it"
+        );
+        assert_eq!(
+            decide(&r, 0, &health(4, 0), &runs(20, 812), 0),
+            Decision::Abort("auto-abort: run p99 812 ms > 500 ms over 20 runs".into())
+        );
     }
 }

@@ -48,6 +48,9 @@ pub struct Gate {
     pub min_devices: u32,
     /// Time the stage must have run before it may advance.
     pub min_soak_secs: u64,
+    /// Advance only while the 99th-percentile duration of the release's successful runs is at
+    /// most this (ms); a stage with no run reported yet waits. No latency gate when absent.
+    pub max_run_p99_ms: Option<u64>,
 }
 
 impl Default for Gate {
@@ -57,6 +60,7 @@ impl Default for Gate {
             min_success_rate: 0.95,
             min_devices: 1,
             min_soak_secs: 0,
+            max_run_p99_ms: None,
         }
     }
 }
@@ -79,16 +83,27 @@ pub struct AbortRule {
     /// Abort when at least this share (0–1) of reporting devices failed.
     #[serde(default)]
     pub max_failure_rate: Option<f64>,
-    /// Reporting devices needed before the rule is applied.
+    /// Reporting devices needed before the failure limits above are applied.
     #[serde(default = "default_min_executed")]
     pub min_executed: u32,
     /// Which failures count.
     #[serde(default = "default_failure_kinds")]
     pub kinds: Vec<FailureKind>,
+    /// Abort when the 99th-percentile duration of the release's successful runs exceeds this (ms).
+    #[serde(default)]
+    pub max_run_p99_ms: Option<u64>,
+    /// Successful runs needed before `max_run_p99_ms` is applied, so a few slow runs on one
+    /// device cannot abort a release.
+    #[serde(default = "default_min_runs")]
+    pub min_runs: u32,
 }
 
 fn default_min_executed() -> u32 {
     1
+}
+
+fn default_min_runs() -> u32 {
+    20
 }
 
 fn default_failure_kinds() -> Vec<FailureKind> {
@@ -117,19 +132,9 @@ impl ReleasePolicy {
             previous = stage;
         }
         unit_interval("policy.gate.min_success_rate", self.gate.min_success_rate)?;
+        positive_ms("policy.gate.max_run_p99_ms", self.gate.max_run_p99_ms)?;
         if let Some(abort) = &self.abort {
-            if abort.max_failed_devices.is_none() && abort.max_failure_rate.is_none() {
-                return Err("policy.abort: give max_failed_devices and/or max_failure_rate".into());
-            }
-            if abort.max_failed_devices == Some(0) {
-                return Err("policy.abort.max_failed_devices: must be at least 1".into());
-            }
-            if let Some(rate) = abort.max_failure_rate {
-                unit_interval("policy.abort.max_failure_rate", rate)?;
-            }
-            if abort.kinds.is_empty() {
-                return Err("policy.abort.kinds: give at least one of \"install\", \"run\"".into());
-            }
+            abort.validate("policy.abort")?;
         }
         Ok(())
     }
@@ -148,6 +153,55 @@ impl ReleasePolicy {
     /// Index of the last stage.
     pub fn last_stage(&self) -> usize {
         self.stages.len().saturating_sub(1)
+    }
+
+    /// Whether the gate or the abort rule looks at run durations.
+    pub fn uses_run_latency(&self) -> bool {
+        self.gate.max_run_p99_ms.is_some()
+            || self
+                .abort
+                .as_ref()
+                .is_some_and(|a| a.max_run_p99_ms.is_some())
+    }
+}
+
+impl AbortRule {
+    /// Checks the rule; `field` is where it sits in the policy (e.g. `policy.abort`).
+    fn validate(&self, field: &str) -> Result<(), String> {
+        if self.max_failed_devices.is_none()
+            && self.max_failure_rate.is_none()
+            && self.max_run_p99_ms.is_none()
+        {
+            return Err(format!(
+                "{field}: give max_failed_devices, max_failure_rate and/or max_run_p99_ms"
+            ));
+        }
+        if self.max_failed_devices == Some(0) {
+            return Err(format!("{field}.max_failed_devices: must be at least 1"));
+        }
+        if let Some(rate) = self.max_failure_rate {
+            unit_interval(&format!("{field}.max_failure_rate"), rate)?;
+        }
+        if self.kinds.is_empty() {
+            return Err(format!(
+                "{field}.kinds: give at least one of \"install\", \"run\""
+            ));
+        }
+        positive_ms(&format!("{field}.max_run_p99_ms"), self.max_run_p99_ms)?;
+        if self.min_runs == 0 {
+            return Err(format!(
+                "{field}.min_runs: must be at least 1 (runs reported before max_run_p99_ms applies)"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A duration limit, when given, must be at least 1 ms.
+fn positive_ms(field: &str, value: Option<u64>) -> Result<(), String> {
+    match value {
+        Some(0) => Err(format!("{field}: must be at least 1 (ms)")),
+        _ => Ok(()),
     }
 }
 
@@ -203,6 +257,28 @@ mod tests {
             ),
             (r#"{"abort": {"min_executed": 3}}"#, "policy.abort"),
             (
+                r#"{"abort": {"min_executed": 3}}"#,
+                "max_failure_rate and/or max_run_p99_ms",
+            ),
+            (
+                r#"{"gate": {"max_run_p99_ms": 0}}"#,
+                "policy.gate.max_run_p99_ms: must be at least 1",
+            ),
+            (
+                r#"{"abort": {"max_run_p99_ms": 0}}"#,
+                "policy.abort.max_run_p99_ms: must be at least 1",
+            ),
+            (
+                r#"{"abort": {"max_run_p99_ms": 500, "min_runs": 0}}"#,
+                "policy.abort.min_runs: must be at least 1",
+            ),
+            (
+                r#"{"abort": {"max_run_p99_ms": 500, "kinds": []}}"#,
+                "policy.abort.kinds",
+            ),
+            (r#"{"gate": {"max_run_p99_ms": -5}}"#, "invalid value"),
+            (r#"{"abort": {"max_run_p99_ms": 1.5}}"#, "invalid type"),
+            (
                 r#"{"target": {"app_version": "five"}}"#,
                 "policy.target.app_version",
             ),
@@ -212,6 +288,20 @@ mod tests {
             let err = policy(json).unwrap_err();
             assert!(err.contains(field), "{json}: {err}");
         }
+    }
+
+    #[test]
+    fn latency_limits_are_optional_and_stand_alone() {
+        let p = policy("{}").unwrap();
+        assert_eq!(p.gate.max_run_p99_ms, None);
+        assert!(!p.uses_run_latency());
+        let p = policy(r#"{"abort": {"max_run_p99_ms": 500}}"#).unwrap();
+        let abort = p.abort.clone().unwrap();
+        assert_eq!((abort.max_run_p99_ms, abort.min_runs), (Some(500), 20));
+        assert!(p.uses_run_latency());
+        let p = policy(r#"{"gate": {"auto_advance": true, "max_run_p99_ms": 800}}"#).unwrap();
+        assert_eq!(p.gate.max_run_p99_ms, Some(800));
+        assert!(p.uses_run_latency());
     }
 
     #[test]

@@ -35,6 +35,15 @@ pub struct RunMetrics {
     pub dropped: i64,
 }
 
+/// How long a release's successful runs took: what the health gate and abort rule compare.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct RunLatency {
+    /// Successful runs reported for the release.
+    pub runs: i64,
+    /// Their 99th-percentile duration in ms; `None` before any.
+    pub p99_ms: Option<i64>,
+}
+
 /// One received tunnel record.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RecordRow {
@@ -105,6 +114,11 @@ impl RecordRow {
 /// Most records one listing returns.
 pub const MAX_RECORDS_PER_PAGE: i64 = 1000;
 
+/// The 0-based rank, in duration order, of the 99th-percentile run among `runs` (> 0).
+fn p99_rank(runs: i64) -> i64 {
+    (runs - 1) * 99 / 100
+}
+
 impl Db {
     /// Stores a device's task events; an event id already stored for that device is skipped.
     /// Returns how many were new.
@@ -148,7 +162,6 @@ impl Db {
 
     /// What devices reported about the runs of one release's version.
     pub async fn run_metrics(&self, release_id: &str) -> Result<RunMetrics, CloudError> {
-        let fail = db_err("reading run metrics");
         let kinds = sqlx::query(
             "SELECT failure, COUNT(*) AS n FROM task_events \
              WHERE release_id = $1 AND kind = 'run_failed' GROUP BY failure",
@@ -170,14 +183,6 @@ impl Db {
             };
             metrics.failures_by_kind.insert(kind, count);
         }
-        let runs: i64 = sqlx::query(
-            "SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_ok'",
-        )
-        .bind(release_id)
-        .fetch_one(self.pool())
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(fail)?;
         metrics.dropped = sqlx::query(
             // PostgreSQL sums BIGINTs into NUMERIC; the cast keeps the result an i64 on both.
             "SELECT CAST(COALESCE(SUM(count), 0) AS BIGINT) FROM task_events WHERE release_id = $1 AND kind = 'run_dropped'",
@@ -187,14 +192,34 @@ impl Db {
         .await
         .and_then(|row| row.try_get(0))
         .map_err(db_err("reading dropped runs"))?;
+        let runs = self.successful_runs(release_id).await?;
         if runs > 0 {
             metrics.duration_p50_ms = Some(self.run_duration_at(release_id, (runs - 1) / 2).await?);
-            metrics.duration_p99_ms = Some(
-                self.run_duration_at(release_id, (runs - 1) * 99 / 100)
-                    .await?,
-            );
+            metrics.duration_p99_ms = Some(self.run_duration_at(release_id, p99_rank(runs)).await?);
         }
         Ok(metrics)
+    }
+
+    /// The number of successful runs of one release and their p99 duration.
+    pub async fn run_latency(&self, release_id: &str) -> Result<RunLatency, CloudError> {
+        let runs = self.successful_runs(release_id).await?;
+        let p99_ms = if runs > 0 {
+            Some(self.run_duration_at(release_id, p99_rank(runs)).await?)
+        } else {
+            None
+        };
+        Ok(RunLatency { runs, p99_ms })
+    }
+
+    /// Successful runs reported for one release (events are tagged with the release that handed
+    /// the device its version, so these are runs of that version).
+    async fn successful_runs(&self, release_id: &str) -> Result<i64, CloudError> {
+        sqlx::query("SELECT COUNT(*) FROM task_events WHERE release_id = $1 AND kind = 'run_ok'")
+            .bind(release_id)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(db_err("counting successful runs"))
     }
 
     /// The duration of the successful run at `rank` (0-based) in duration order.

@@ -229,6 +229,19 @@ impl Db {
         Ok(result.rows_affected() == 1)
     }
 
+    /// Sets the state reason of a release that is still active (e.g. why its gate holds it);
+    /// returns whether it was active.
+    pub async fn set_active_reason(&self, id: &str, reason: &str) -> Result<bool, CloudError> {
+        let result =
+            sqlx::query("UPDATE releases SET state_reason = $1 WHERE id = $2 AND state = 'active'")
+                .bind(reason)
+                .bind(id)
+                .execute(self.pool())
+                .await
+                .map_err(db_err("setting release state reason"))?;
+        Ok(result.rows_affected() == 1)
+    }
+
     /// Moves a release from stage `from` to `from + 1`; returns whether it moved (it does not when
     /// someone else advanced it first).
     pub async fn advance_stage(&self, id: &str, from: i64) -> Result<bool, CloudError> {
