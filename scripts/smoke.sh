@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Walks the README's "by hand" path with the real binaries: walle-cloud serve, walle-device run,
-# walle task pack/publish, walle release create, walle-device replay/status, then checks what the
-# cloud stored. Also runs `walle demo`. Expects the binaries built (scripts/test.sh does that).
+# walle task pack/publish, walle release create, walle-device replay/status (over loopback and the
+# Unix socket), then checks what the cloud stored. Also runs `walle demo`. Expects the binaries
+# built (scripts/test.sh does that).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin="${CARGO_TARGET_DIR:-target}/debug"
@@ -40,7 +41,8 @@ cloud_http="http://127.0.0.1:$http_port"
 pids+=($!)
 wait_for 30 "the cloud" get "$cloud_http/v1/health"
 "$bin/walle-device" run --cloud "http://127.0.0.1:$grpc_port" --data-dir "$work/device" \
-  --device-id smoke-1 --ingest-addr "127.0.0.1:$ingest_port" >"$work/device.log" 2>&1 &
+  --device-id smoke-1 --ingest-addr "127.0.0.1:$ingest_port" --ingest-socket "$work/ingest.sock" \
+  >"$work/device.log" 2>&1 &
 pids+=($!)
 ingest="http://127.0.0.1:$ingest_port"
 connected() { [[ "$(get "$ingest/v1/status")" == *'"connected":true'* ]]; }
@@ -62,7 +64,8 @@ grep -q '"state": "active"' <<<"$resumed" || fail "resume did not resume: $resum
 installed() { [[ "$(get "$ingest/v1/status")" == *'"version":"1.0.0"'* ]]; }
 wait_for 30 "the device to install ipv-feature 1.0.0" installed
 
-replay=$("$bin/walle-device" replay examples/events/ipv-sample.jsonl --to "$ingest" 2>"$work/replay.err")
+[ "$(stat -c %a "$work/ingest.sock")" = 600 ] || fail "the ingest socket is not mode 0600"
+replay=$("$bin/walle-device" replay examples/events/ipv-sample.jsonl --socket "$work/ingest.sock" 2>"$work/replay.err")
 echo "$replay"
 grep -q "9 events accepted, 1 rejected, 2 task runs triggered" <<<"$replay" || fail "unexpected replay result: $replay"
 grep -q "teleport" "$work/replay.err" || fail "the rejected line's reason was not shown"
@@ -77,6 +80,8 @@ assert records["sku-7"]["dwell_ms"] == 5000 and records["sku-7"]["clicks"] == 0,
 '
 "$bin/walle-device" status --to "$ingest" >"$work/status.log"
 grep -q '"runs_ok": 2' "$work/status.log" || fail "device status does not show 2 runs: $(cat "$work/status.log")"
+"$bin/walle-device" status --socket "$work/ingest.sock" >"$work/status-socket.log"
+grep -q '"runs_ok": 2' "$work/status-socket.log" || fail "status over the socket: $(cat "$work/status-socket.log")"
 "$bin/walle" task test examples/tasks/ipv-feature --events examples/events/ipv-sample.jsonl >"$work/local.log" 2>&1 \
   || fail "walle task test failed"
 grep -q '"dwell_ms":10000' "$work/local.log" || fail "walle task test did not print the feature"

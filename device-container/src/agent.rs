@@ -617,14 +617,8 @@ impl Agent {
             tokio::spawn(keep_events(shared.clone(), stopped.clone())),
             tokio::spawn(crate::timers::run(shared.clone(), stopped.clone())),
         ];
-        let ingest_addr = match shared.config.ingest_addr {
-            Some(addr) => {
-                let (bound, server) = ingest::serve(shared.clone(), addr, stopped).await?;
-                background.push(server);
-                Some(bound)
-            }
-            None => None,
-        };
+        let (ingest_addr, servers) = ingest::start(&shared, stopped).await?;
+        background.extend(servers);
         tracing::info!(device = %shared.device_id, "walle-device agent started");
         Ok(Agent {
             shared,

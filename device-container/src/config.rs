@@ -49,8 +49,14 @@ pub struct DeviceConfig {
     pub enrollment_secret: String,
     /// PEM certificate (or CA) to trust for an `https://` cloud URL.
     pub cloud_ca_cert: Option<PathBuf>,
-    /// Local ingest endpoint for the host app (HTTP on loopback); `None` disables it.
+    /// Local ingest endpoint for the host app, HTTP on a TCP address (loopback); `None`
+    /// (`"off"` in TOML) disables it.
+    #[serde(with = "addr_or_off")]
     pub ingest_addr: Option<SocketAddr>,
+    /// The same endpoint on a Unix socket at this path, created with mode 0600 so that only the
+    /// agent's user may feed events; a stale socket there is replaced, anything else refused.
+    /// May be enabled together with `ingest_addr`.
+    pub ingest_socket: Option<PathBuf>,
     /// Worker threads of the task VM.
     pub vm_threads: usize,
     /// Task runs waiting to execute, in all; runs that would overflow it are dropped and
@@ -86,6 +92,7 @@ impl Default for DeviceConfig {
             enrollment_secret: String::new(),
             cloud_ca_cert: None,
             ingest_addr: Some(SocketAddr::from(([127, 0, 0, 1], 7070))),
+            ingest_socket: None,
             vm_threads: std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
@@ -119,5 +126,65 @@ impl DeviceConfig {
         })?;
         toml::from_str(&text)
             .map_err(|e| crate::AgentError::Config(format!("{}: {}", path.display(), e.message())))
+    }
+}
+
+/// `ingest_addr` in TOML: an address, or `"off"`.
+mod addr_or_off {
+    use std::net::SocketAddr;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(addr: &Option<SocketAddr>, s: S) -> Result<S::Ok, S::Error> {
+        match addr {
+            Some(addr) => s.collect_str(addr),
+            None => s.serialize_str("off"),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+        let text = String::deserialize(d)?;
+        super::parse_addr_or_off(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+/// Parses an ingest address, or `off` (no TCP endpoint).
+pub fn parse_addr_or_off(text: &str) -> Result<Option<SocketAddr>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    text.parse()
+        .map(Some)
+        .map_err(|e| format!("{text:?} is neither an address (IP:PORT) nor \"off\": {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_ingest_endpoints_are_read_from_toml() {
+        let config: DeviceConfig =
+            toml::from_str("ingest_addr = \"off\"\ningest_socket = \"/run/walle/ingest.sock\"")
+                .unwrap();
+        assert_eq!(config.ingest_addr, None);
+        assert_eq!(
+            config.ingest_socket.as_deref(),
+            Some(std::path::Path::new("/run/walle/ingest.sock"))
+        );
+        let config: DeviceConfig = toml::from_str("ingest_addr = \"127.0.0.1:9000\"").unwrap();
+        assert_eq!(config.ingest_addr, "127.0.0.1:9000".parse().ok());
+        assert_eq!(config.ingest_socket, None);
+        let config: DeviceConfig = toml::from_str("").unwrap();
+        assert_eq!(config.ingest_addr, DeviceConfig::default().ingest_addr);
+        let err = toml::from_str::<DeviceConfig>("ingest_addr = \"nowhere\"").unwrap_err();
+        assert!(err.message().contains("neither an address"), "{err}");
+        // What is written out reads back.
+        let off = DeviceConfig {
+            ingest_addr: None,
+            ..DeviceConfig::default()
+        };
+        let back: DeviceConfig = toml::from_str(&toml::to_string(&off).unwrap()).unwrap();
+        assert_eq!(back.ingest_addr, None);
     }
 }

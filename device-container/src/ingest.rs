@@ -1,10 +1,17 @@
 //! The local ingest endpoint: lets another process on the device (the host app, or
-//! `walle-device replay`) feed events over HTTP on loopback, and read the agent's status.
+//! `walle-device replay`) feed events over HTTP, and read the agent's status. It listens on
+//! loopback TCP (`ingest_addr`), on a Unix socket (`ingest_socket`, mode 0600 so that only the
+//! agent's user may connect), or both; both serve the same routes:
 //!
 //! - `POST /v1/events` — body: JSON events, one per line (JSONL), or, with `Content-Type:
 //!   application/x-protobuf`, one `walle.device.v1.EventBatch`. Answers how many were accepted
 //!   and, for each rejected event, its line (or 1-based position in the batch) and the reason.
 //! - `GET /v1/status` — the agent status as JSON.
+//!
+//! [`Endpoint`] is a client of either form.
+
+mod client;
+mod socket;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,6 +29,8 @@ use walle_proto::v1::EventBatch;
 
 use crate::AgentError;
 use crate::agent::{AgentStatus, Shared};
+
+pub use client::{ClientError, Endpoint};
 
 /// Content type of a protobuf `EventBatch` body.
 pub const PROTOBUF: &str = "application/x-protobuf";
@@ -43,23 +52,70 @@ pub struct RejectedLine {
     pub error: String,
 }
 
-pub(crate) async fn serve(
-    shared: Arc<Shared>,
-    addr: SocketAddr,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(SocketAddr, JoinHandle<()>), AgentError> {
+/// Starts the configured endpoints (loopback TCP, Unix socket, both or neither); returns the
+/// bound TCP address and the server tasks, which stop when `stop` turns true.
+pub(crate) async fn start(
+    shared: &Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Result<(Option<SocketAddr>, Vec<JoinHandle<()>>), AgentError> {
+    // Both listeners first, so that a refusal of either leaves nothing listening.
+    let unix = match &shared.config.ingest_socket {
+        Some(path) => Some(socket::bind(path).await?),
+        None => None,
+    };
+    let tcp = match shared.config.ingest_addr {
+        Some(addr) => Some(bind_tcp(addr).await?),
+        None => None,
+    };
+    let mut servers = Vec::new();
+    let mut bound = None;
+    if let Some((listener, file)) = unix {
+        tracing::info!(socket = %file.path().display(), "ingest endpoint listening");
+        servers.push(spawn_server(
+            listener,
+            router(shared.clone()),
+            stop.clone(),
+            Some(file),
+        ));
+    }
+    if let Some((listener, addr)) = tcp {
+        tracing::info!(%addr, "ingest endpoint listening");
+        servers.push(spawn_server(listener, router(shared.clone()), stop, None));
+        bound = Some(addr);
+    }
+    Ok((bound, servers))
+}
+
+async fn bind_tcp(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAddr), AgentError> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| AgentError::Config(format!("cannot listen on ingest address {addr}: {e}")))?;
     let bound = listener
         .local_addr()
-        .map_err(|e| AgentError::Config(format!("ingest address: {e}")))?;
-    let app = Router::new()
+        .map_err(|e| AgentError::Config(format!("ingest address {addr}: {e}")))?;
+    Ok((listener, bound))
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
         .route("/v1/events", post(ingest_events))
         .route("/v1/status", get(status))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(shared);
-    let server = tokio::spawn(async move {
+        .with_state(shared)
+}
+
+/// Serves `app` on `listener` until `stop`; then removes the socket file, if any.
+fn spawn_server<L>(
+    listener: L,
+    app: Router,
+    mut stop: watch::Receiver<bool>,
+    socket_file: Option<socket::SocketFile>,
+) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
+    tokio::spawn(async move {
         let shutdown = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
@@ -69,9 +125,8 @@ pub(crate) async fn serve(
         {
             tracing::error!(error = %e, "ingest endpoint failed");
         }
-    });
-    tracing::info!(%bound, "ingest endpoint listening");
-    Ok((bound, server))
+        drop(socket_file);
+    })
 }
 
 async fn ingest_events(
@@ -129,15 +184,25 @@ mod tests {
     use crate::{Agent, DeviceConfig};
 
     async fn agent_with_ingest(dir: &std::path::Path) -> Agent {
+        start_agent(dir, Some("127.0.0.1:0".parse().unwrap()), None)
+            .await
+            .unwrap()
+    }
+
+    async fn start_agent(
+        dir: &std::path::Path,
+        ingest_addr: Option<SocketAddr>,
+        ingest_socket: Option<&std::path::Path>,
+    ) -> Result<Agent, AgentError> {
         Agent::start(DeviceConfig {
             cloud_url: "http://127.0.0.1:9".into(),
-            data_dir: dir.to_owned(),
-            ingest_addr: Some("127.0.0.1:0".parse().unwrap()),
+            data_dir: dir.join("data"),
+            ingest_addr,
+            ingest_socket: ingest_socket.map(std::path::Path::to_owned),
             vm_threads: 1,
             ..DeviceConfig::default()
         })
         .await
-        .unwrap()
     }
 
     fn proto_event(id: &str, kind: EventKind) -> ProtoEvent {
@@ -235,5 +300,155 @@ mod tests {
             .unwrap();
         assert_eq!(stored[0].args["price"], 9.5, "{stored:?}");
         agent.shutdown().await;
+    }
+
+    fn mode(path: &std::path::Path) -> u32 {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[tokio::test]
+    async fn events_and_status_go_over_the_unix_socket_beside_loopback() {
+        use std::os::unix::fs::FileTypeExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingest.sock");
+        let loopback = Some("127.0.0.1:0".parse().unwrap());
+        let agent = start_agent(dir.path(), loopback, Some(&path))
+            .await
+            .unwrap();
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        assert!(meta.file_type().is_socket());
+        assert_eq!(mode(&path), 0o600, "only the agent's user may connect");
+
+        let socket = Endpoint::Socket(path.clone());
+        let now = crate::agent::now_ms();
+        let jsonl = format!(
+            "{}\n{{oops\n",
+            format_args!(
+                r#"{{"id":"j1","ts":{now},"session":"s","page":"item","event":"exit","item":"sku"}}"#
+            ),
+        );
+        let answer = socket.post_events(jsonl, None).await.unwrap();
+        assert_eq!(answer.accepted, 1);
+        assert_eq!(answer.rejected[0].line, 2, "{answer:?}");
+        let batch = EventBatch {
+            events: vec![proto_event("p1", EventKind::Enter)],
+        };
+        let answer = socket
+            .post_events(batch.encode_to_vec(), Some(PROTOBUF))
+            .await
+            .unwrap();
+        assert_eq!((answer.accepted, answer.rejected.len()), (1, 0));
+        let err = socket
+            .post_events(vec![0xff, 0xff], Some(PROTOBUF))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, ClientError::Refused { status, .. } if *status == StatusCode::BAD_REQUEST),
+            "{err}"
+        );
+        assert!(err.to_string().contains("EventBatch"), "{err}");
+
+        let over_socket = socket.status().await.unwrap();
+        assert_eq!(over_socket["events_accepted"], 2, "{over_socket}");
+        assert_eq!(over_socket["events_rejected"], 1, "{over_socket}");
+        let loopback = Endpoint::Http(format!("http://{}", agent.ingest_addr().unwrap()));
+        let over_tcp = loopback.status().await.unwrap();
+        assert_eq!(over_tcp["events_accepted"], 2, "{over_tcp}");
+
+        agent.shutdown().await;
+        assert!(!path.exists(), "the socket is removed at shutdown");
+        let err = socket.status().await.unwrap_err();
+        assert!(matches!(err, ClientError::Unreachable { .. }), "{err}");
+        assert!(err.to_string().contains("unix:"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_recorded_stream_is_replayed_over_the_socket_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingest.sock");
+        let agent = start_agent(dir.path(), None, Some(&path)).await.unwrap();
+        assert_eq!(agent.ingest_addr(), None);
+        let recorded = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../examples/events/ipv-sample.jsonl"),
+        )
+        .unwrap();
+        let socket = Endpoint::Socket(path.clone());
+        let answer = socket.post_events(recorded, None).await.unwrap();
+        // The sample has one bad line on purpose.
+        assert_eq!(
+            (answer.accepted, answer.rejected.len()),
+            (9, 1),
+            "{answer:?}"
+        );
+        assert!(answer.rejected[0].error.contains("teleport"), "{answer:?}");
+        assert_eq!(agent.status().events_accepted, 9);
+        agent.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_stale_socket_is_replaced_and_anything_else_at_the_path_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ingest.sock");
+        // Left behind by an agent that was killed: the file exists, nobody accepts on it.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        assert!(path.exists());
+        let agent = start_agent(dir.path(), None, Some(&path)).await.unwrap();
+        let status = Endpoint::Socket(path.clone()).status().await.unwrap();
+        assert_eq!(status["device_id"], agent.device_id());
+        assert_eq!(mode(&path), 0o600);
+        agent.shutdown().await;
+
+        // A socket some process serves is not taken over.
+        let live = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let err = start_agent(dir.path(), None, Some(&path))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("another process is serving"),
+            "{err}"
+        );
+        drop(live);
+        std::fs::remove_file(&path).unwrap();
+
+        std::fs::write(&path, "not mine").unwrap();
+        let err = start_agent(dir.path(), None, Some(&path))
+            .await
+            .err()
+            .unwrap();
+        let expected = format!(
+            "ingest socket {}: it exists and is not a socket (a regular file)",
+            path.display()
+        );
+        assert!(err.to_string().contains(&expected), "{err}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "not mine");
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let err = start_agent(dir.path(), None, Some(&path))
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("(a directory)"), "{err}");
+        std::fs::remove_dir(&path).unwrap();
+
+        // The loopback address is taken: nothing is left listening on the socket either.
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let err = start_agent(dir.path(), Some(taken.local_addr().unwrap()), Some(&path))
+            .await
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().contains("cannot listen on ingest address"),
+            "{err}"
+        );
+        assert!(!path.exists());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .filter(|name| name != "data")
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
     }
 }

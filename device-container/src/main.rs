@@ -4,9 +4,10 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use walle_device::ingest::IngestResult;
+use walle_device::config::parse_addr_or_off;
+use walle_device::ingest::Endpoint;
 use walle_device::{Agent, DeviceConfig};
 
 // Charges each task's allocations to its memory budget (see walle_vm::TaskAllocator).
@@ -32,16 +33,38 @@ enum Command {
     Replay {
         /// JSONL file, one event per line.
         file: PathBuf,
-        /// Ingest endpoint of the running agent.
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        to: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// Show a running agent's status (installed tasks, runs, queues).
     Status {
-        /// Ingest endpoint of the running agent.
-        #[arg(long, default_value = "http://127.0.0.1:7070")]
-        to: String,
+        #[command(flatten)]
+        target: Target,
     },
+}
+
+/// Which running agent to talk to: its ingest endpoint's URL or its Unix socket.
+#[derive(clap::Args)]
+struct Target {
+    /// Ingest endpoint of the running agent.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:7070",
+        conflicts_with = "socket"
+    )]
+    to: String,
+    /// Unix socket of the running agent's ingest endpoint, instead of `--to`.
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+}
+
+impl Target {
+    fn endpoint(self) -> Endpoint {
+        match self.socket {
+            Some(path) => Endpoint::Socket(path),
+            None => Endpoint::Http(self.to),
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -58,15 +81,29 @@ struct RunArgs {
     /// Device id [default: generated once and kept in the data dir].
     #[arg(long, env = "WALLE_DEVICE_ID")]
     device_id: Option<String>,
-    /// Local ingest endpoint address [default: 127.0.0.1:7070].
-    #[arg(long, env = "WALLE_INGEST_ADDR")]
-    ingest_addr: Option<SocketAddr>,
+    /// Local ingest endpoint address, or `off` [default: 127.0.0.1:7070].
+    #[arg(long, env = "WALLE_INGEST_ADDR", value_name = "ADDR|off", value_parser = IngestAddr::parse)]
+    ingest_addr: Option<IngestAddr>,
+    /// Also serve the ingest endpoint on a Unix socket at PATH (mode 0600; a stale socket there
+    /// is replaced).
+    #[arg(long, env = "WALLE_INGEST_SOCKET", value_name = "PATH")]
+    ingest_socket: Option<PathBuf>,
     /// Enrollment secret the cloud requires, if any.
     #[arg(long, env = "WALLE_ENROLLMENT_SECRET")]
     enrollment_secret: Option<String>,
     /// PEM certificate to trust for an https:// cloud.
     #[arg(long, env = "WALLE_CLOUD_CA_CERT")]
     cloud_ca_cert: Option<PathBuf>,
+}
+
+/// `--ingest-addr`: an address, or `off` (`None`).
+#[derive(Clone)]
+struct IngestAddr(Option<SocketAddr>);
+
+impl IngestAddr {
+    fn parse(text: &str) -> Result<IngestAddr, String> {
+        parse_addr_or_off(text).map(IngestAddr)
+    }
 }
 
 #[tokio::main]
@@ -78,13 +115,9 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Run(args) => run(args).await,
-        Command::Replay { file, to } => replay(&file, &to).await,
-        Command::Status { to } => {
-            let status: serde_json::Value = reqwest::get(format!("{to}/v1/status"))
-                .await
-                .with_context(|| format!("asking {to} for status"))?
-                .json()
-                .await?;
+        Command::Replay { file, target } => replay(&file, &target.endpoint()).await,
+        Command::Status { target } => {
+            let status = target.endpoint().status().await?;
             println!("{}", serde_json::to_string_pretty(&status)?);
             Ok(())
         }
@@ -105,8 +138,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(v) = args.device_id {
         config.profile.device_id = v;
     }
-    if let Some(v) = args.ingest_addr {
-        config.ingest_addr = Some(v);
+    if let Some(IngestAddr(v)) = args.ingest_addr {
+        config.ingest_addr = v;
+    }
+    if let Some(v) = args.ingest_socket {
+        config.ingest_socket = Some(v);
     }
     if let Some(v) = args.enrollment_secret {
         config.enrollment_secret = v;
@@ -114,14 +150,22 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(v) = args.cloud_ca_cert {
         config.cloud_ca_cert = Some(v);
     }
+    let socket = config.ingest_socket.clone();
     let agent = Agent::start(config).await.context("starting the agent")?;
+    let mut endpoints: Vec<String> = agent
+        .ingest_addr()
+        .map(|a| format!("http://{a}"))
+        .into_iter()
+        .collect();
+    endpoints.extend(socket.map(|path| format!("unix:{}", path.display())));
     eprintln!(
         "walle-device {}: ingest endpoint {}",
         agent.device_id(),
-        agent
-            .ingest_addr()
-            .map(|a| format!("http://{a}"))
-            .unwrap_or_else(|| "disabled".into())
+        if endpoints.is_empty() {
+            "disabled".to_owned()
+        } else {
+            endpoints.join(" and ")
+        }
     );
     tokio::signal::ctrl_c()
         .await
@@ -131,23 +175,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn replay(file: &PathBuf, to: &str) -> anyhow::Result<()> {
+async fn replay(file: &PathBuf, endpoint: &Endpoint) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
-    let response = reqwest::Client::new()
-        .post(format!("{to}/v1/events"))
-        .body(text)
-        .send()
+    let result = endpoint
+        .post_events(text, None)
         .await
-        .with_context(|| format!("sending events to {to}"))?;
-    if !response.status().is_success() {
-        bail!(
-            "{to} answered {}: {}",
-            response.status(),
-            response.text().await.unwrap_or_default()
-        );
-    }
-    let result: IngestResult = response.json().await.context("reading the ingest answer")?;
+        .with_context(|| format!("replaying {}", file.display()))?;
     for rejected in &result.rejected {
         eprintln!("{}:{}: {}", file.display(), rejected.line, rejected.error);
     }

@@ -4,6 +4,7 @@
 //!   `protox` so no system `protoc` is needed: messages plus tonic client and server.
 //! - [`manifest`]: `walle.toml`, the task manifest, with validation that names the field at
 //!   fault, and the [`manifest::ReleaseManifest`] the cloud signs.
+//! - [`cron`]: the five-field cron schedules of task timers, evaluated in UTC.
 //! - [`bundle`]: the task bundle file format (tar + zstd), packed deterministically and read
 //!   back with every entry checked.
 //! - [`signing`]: ed25519 signing of release manifests and their verification on devices.
@@ -18,6 +19,7 @@
 
 pub mod bundle;
 pub mod crash;
+pub mod cron;
 pub mod event;
 pub mod manifest;
 pub mod signing;

@@ -1,7 +1,11 @@
 //! `walle.toml`, the task manifest, and the signed release manifest built from it.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
 use walle_pipeline::{FeatureSpec, PatternSpec};
+
+use crate::cron::CronSchedule;
 
 /// File name of the manifest at the root of every task directory and bundle.
 pub const MANIFEST_FILE: &str = "walle.toml";
@@ -82,13 +86,52 @@ pub struct TaskManifest {
     pub limits: Limits,
 }
 
-/// A timer that runs the task every `every_ms` milliseconds, with no event: the context has
-/// `trigger` = the timer's name, empty `matched` and `window`, and the features.
+/// A timer that runs the task with no event, either every `every_ms` milliseconds or at each
+/// minute that matches `cron` (five fields, UTC; see [`crate::cron`]); exactly one of the two.
+/// The run's context has `trigger` = the timer's name, empty `matched` and `window`, and the
+/// features. Absent fields are not written out, so interval timers serialize (and sign) as before.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimerSpec {
     pub name: String,
-    pub every_ms: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub every_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<String>,
+}
+
+/// When a timer fires.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TimerSchedule {
+    /// Every period, counted from when the task version was installed or the device started.
+    Every(Duration),
+    /// At the start of each matching minute (UTC).
+    Cron(CronSchedule),
+}
+
+impl TimerSpec {
+    /// The timer's schedule, checked: exactly one of `every_ms` and `cron`, the period in
+    /// range, the cron expression valid. The error says what is wrong, without the timer's name.
+    pub fn schedule(&self) -> Result<TimerSchedule, String> {
+        match (self.every_ms, &self.cron) {
+            (Some(every_ms), None) if (MIN_TIMER_MS..=MAX_TIMER_MS).contains(&every_ms) => {
+                Ok(TimerSchedule::Every(Duration::from_millis(every_ms)))
+            }
+            (Some(every_ms), None) => Err(format!(
+                "`every_ms` must be between {MIN_TIMER_MS} and {MAX_TIMER_MS}, got {every_ms}"
+            )),
+            (None, Some(cron)) => CronSchedule::parse(cron)
+                .map(TimerSchedule::Cron)
+                .map_err(|e| format!("cron {cron:?}: {e}")),
+            (Some(_), Some(_)) => {
+                Err("give either `every_ms` or `cron`, not both".into())
+            }
+            (None, None) => Err(
+                "give when it fires: `every_ms = <milliseconds>` or `cron = \"<min hour day month weekday>\"`"
+                    .into(),
+            ),
+        }
+    }
 }
 
 /// Shortest timer period.
@@ -149,8 +192,13 @@ pub enum ManifestError {
     Trigger(#[from] walle_pipeline::PatternError),
     #[error("walle.toml: invalid feature: {0}")]
     Feature(#[from] walle_pipeline::FeatureError),
-    #[error("walle.toml: invalid timer {name:?}: {reason}")]
-    Timer { name: String, reason: String },
+    #[error("walle.toml: timers[{index}] {name:?}: {reason}")]
+    Timer {
+        /// Position in `[[timers]]`, from 0.
+        index: usize,
+        name: String,
+        reason: String,
+    },
 }
 
 /// Largest output cap a manifest may ask for: the cloud's limit on one tunnel record, so that a
@@ -225,12 +273,14 @@ impl TaskManifest {
 }
 
 fn validate_timers(timers: &[TimerSpec]) -> Result<(), ManifestError> {
-    let bad = |timer: &TimerSpec, reason: String| ManifestError::Timer {
+    let bad = |index: usize, timer: &TimerSpec, reason: String| ManifestError::Timer {
+        index,
         name: timer.name.clone(),
         reason,
     };
     if let Some(extra) = timers.get(MAX_TIMERS) {
         return Err(bad(
+            MAX_TIMERS,
             extra,
             format!("a task has at most {MAX_TIMERS} timers"),
         ));
@@ -238,22 +288,17 @@ fn validate_timers(timers: &[TimerSpec]) -> Result<(), ManifestError> {
     for (index, timer) in timers.iter().enumerate() {
         if timer.name.is_empty() || timer.name.len() > MAX_NAME_CHARS {
             return Err(bad(
+                index,
                 timer,
                 format!("names have 1 to {MAX_NAME_CHARS} characters"),
             ));
         }
         if timers[..index].iter().any(|t| t.name == timer.name) {
-            return Err(bad(timer, "the name is used twice".into()));
+            return Err(bad(index, timer, "the name is used twice".into()));
         }
-        if !(MIN_TIMER_MS..=MAX_TIMER_MS).contains(&timer.every_ms) {
-            return Err(bad(
-                timer,
-                format!(
-                    "`every_ms` must be between {MIN_TIMER_MS} and {MAX_TIMER_MS}, got {}",
-                    timer.every_ms
-                ),
-            ));
-        }
+        timer
+            .schedule()
+            .map_err(|reason| bad(index, timer, reason))?;
     }
     Ok(())
 }
@@ -400,6 +445,80 @@ window = { sliding_ms = 600000, slide_ms = 60000 }
         let zero = features.replace("slide_ms = 60000", "slide_ms = 0");
         let err = TaskManifest::parse(&format!("{GOOD}{zero}")).unwrap_err();
         assert!(err.to_string().contains("slide_ms"), "{err}");
+    }
+
+    #[test]
+    fn timers_run_every_period_or_on_a_cron_schedule() {
+        let timers = r#"
+[[timers]]
+name = "hourly"
+every_ms = 3600000
+
+[[timers]]
+name = "nightly"
+cron = "0 3 * * *"
+"#;
+        let m = TaskManifest::parse(&format!("{GOOD}{timers}")).unwrap();
+        assert_eq!(
+            m.timers[0].schedule(),
+            Ok(TimerSchedule::Every(Duration::from_secs(3600)))
+        );
+        assert_eq!(
+            m.timers[1].schedule(),
+            Ok(TimerSchedule::Cron(
+                CronSchedule::parse("0 3 * * *").unwrap()
+            ))
+        );
+        // An interval timer serializes (and so signs) as before cron existed.
+        let json = serde_json::to_string(&m.timers).unwrap();
+        assert_eq!(
+            json,
+            r#"[{"name":"hourly","every_ms":3600000},{"name":"nightly","cron":"0 3 * * *"}]"#
+        );
+        let back: TaskManifest = serde_json::from_str(&serde_json::to_string(&m).unwrap()).unwrap();
+        assert_eq!(back, m);
+    }
+
+    #[test]
+    fn timer_mistakes_name_the_timer_and_what_is_wrong() {
+        let timer = |body: &str| {
+            format!(
+                "{GOOD}\n[[timers]]\nname = \"a\"\nevery_ms = 60000\n[[timers]]\nname = \"nightly\"\n{body}"
+            )
+        };
+        let cases = [
+            (
+                timer("cron = \"61 * * * *\""),
+                r#"walle.toml: timers[1] "nightly": cron "61 * * * *": minute 61 is out of range 0-59"#,
+            ),
+            (
+                timer("cron = \"0 3 * *\""),
+                r#"walle.toml: timers[1] "nightly": cron "0 3 * *": expected 5 fields (minute hour day-of-month month day-of-week), got 4"#,
+            ),
+            (
+                timer("cron = \"0 3 * * *\"\nevery_ms = 60000"),
+                r#"walle.toml: timers[1] "nightly": give either `every_ms` or `cron`, not both"#,
+            ),
+            (
+                timer(""),
+                r#"walle.toml: timers[1] "nightly": give when it fires: `every_ms = <milliseconds>` or `cron = "<min hour day month weekday>"`"#,
+            ),
+            (
+                timer("every_ms = 10"),
+                r#"walle.toml: timers[1] "nightly": `every_ms` must be between 1000 and 604800000, got 10"#,
+            ),
+            (
+                timer("cron = \"0 0 30 feb *\""),
+                r#"walle.toml: timers[1] "nightly": cron "0 0 30 feb *": it never fires: none of its months has any of its days of the month"#,
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = TaskManifest::parse(&text).unwrap_err().to_string();
+            assert_eq!(err, expected);
+        }
+        let typo = timer("cron = \"0 3 * * *\"\ntimezone = \"UTC\"");
+        let err = TaskManifest::parse(&typo).unwrap_err().to_string();
+        assert!(err.contains("unknown field `timezone`"), "{err}");
     }
 
     #[test]

@@ -168,7 +168,7 @@ mod tests {
             std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/ipv-feature");
         let (events, visits) = synthetic_stream(3, 4, 5_000);
         let lines: Vec<String> = events.iter().map(|e| e.to_json().to_string()).collect();
-        let run = crate::local::run_task(&dir, &lines).unwrap();
+        let run = crate::local::run_task(&dir, &lines, &[]).unwrap();
         assert!(run.failures.is_empty(), "{:?}", run.failures);
         assert_eq!(run.fired, visits.len());
         for (output, expected) in run.outputs.iter().zip(&visits) {

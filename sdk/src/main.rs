@@ -87,12 +87,19 @@ enum TaskCommand {
         output: Option<PathBuf>,
     },
     /// Run a task directory locally over a JSONL event file and print its outputs.
+    ///
+    /// Triggers fire as the events match them. Timers do not fire on their own in a local test:
+    /// `--timer NAME` runs the task once as that timer would, after the events.
     Test {
         /// Task directory (holding walle.toml).
         dir: PathBuf,
         /// JSONL file, one event per line.
         #[arg(long)]
         events: PathBuf,
+        /// After the events, run the task once as its timer NAME fires: no event, features as
+        /// of the last event (repeatable).
+        #[arg(long = "timer", value_name = "NAME")]
+        timers: Vec<String>,
     },
     /// Upload a task version (a task directory or a packed bundle) to the cloud.
     Publish {
@@ -206,7 +213,11 @@ async fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Task(TaskCommand::Pack { dir, output }) => pack(&dir, output),
-        Command::Task(TaskCommand::Test { dir, events }) => test(&dir, &events),
+        Command::Task(TaskCommand::Test {
+            dir,
+            events,
+            timers,
+        }) => test(&dir, &events, &timers),
         Command::Task(TaskCommand::Publish { path, cloud }) => publish(&path, &cloud).await,
         Command::Release(ReleaseCommand::Create {
             task,
@@ -302,11 +313,11 @@ fn pack(dir: &Path, output: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(dir: &Path, events: &Path) -> anyhow::Result<()> {
+fn test(dir: &Path, events: &Path, timers: &[String]) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let run = local::run_task(dir, &lines)?;
+    let run = local::run_task(dir, &lines, timers)?;
     for (line, error) in &run.rejected {
         eprintln!("{}:{line}: {error}", events.display());
     }
@@ -327,6 +338,12 @@ fn test(dir: &Path, events: &Path) -> anyhow::Result<()> {
         run.outputs.len(),
         run.failures.len()
     );
+    if !run.timers_not_run.is_empty() {
+        eprintln!(
+            "timers not run (they do not fire on their own here; --timer NAME runs one): {}",
+            run.timers_not_run.join(", ")
+        );
+    }
     if !run.failures.is_empty() {
         bail!("{} runs failed", run.failures.len());
     }

@@ -675,19 +675,7 @@ struct Process {
 
 impl Process {
     fn start(name: &'static str, args: &[&str], crash_at: Option<&str>, log: &Path) -> Process {
-        // This test runs from target/<profile>/deps; the binaries sit one level up.
-        let binary = std::env::current_exe()
-            .unwrap()
-            .parent()
-            .and_then(Path::parent)
-            .unwrap()
-            .join(name);
-        assert!(
-            binary.exists(),
-            "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-            binary.display()
-        );
-        let mut command = std::process::Command::new(&binary);
+        let mut command = std::process::Command::new(binary(name));
         command
             .args(args)
             .env("RUST_LOG", "info")
@@ -731,6 +719,23 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The path of a binary built by `cargo build --workspace --bins`.
+fn binary(name: &str) -> std::path::PathBuf {
+    // This test runs from target/<profile>/deps; the binaries sit one level up.
+    let binary = std::env::current_exe()
+        .unwrap()
+        .parent()
+        .and_then(Path::parent)
+        .unwrap()
+        .join(name);
+    assert!(
+        binary.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
+        binary.display()
+    );
+    binary
 }
 
 fn free_port() -> u16 {
@@ -1371,4 +1376,97 @@ async fn a_task_over_its_own_queue_limit_drops_its_runs_and_not_the_other_tasks(
     assert_eq!(agent.outputs("cold").len(), 20);
     agent.shutdown().await;
     fleet.shutdown().await;
+
+/// Runs `walle-device` with `args` to completion; returns its exit code, stdout and stderr.
+async fn walle_device(args: Vec<String>) -> (Option<i32>, String, String) {
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(binary("walle-device"))
+            .args(args)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+/// Asks the agent on `socket` for its status until it answers.
+async fn socket_status(socket: &Path) -> serde_json::Value {
+    let endpoint = walle_device::ingest::Endpoint::Socket(socket.to_owned());
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        match endpoint.status().await {
+            Ok(status) => return status,
+            Err(e) => assert!(tokio::time::Instant::now() < deadline, "{e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_binary_serves_ingest_on_a_unix_socket_that_replay_and_status_use() {
+    let root = tempfile::tempdir().unwrap();
+    let socket = root.path().join("ingest.sock");
+    let (device_dir, socket_arg) = (
+        root.path().join("device").display().to_string(),
+        socket.display().to_string(),
+    );
+    // No cloud: the device keeps trying to reach it, and serves its ingest endpoint meanwhile.
+    let cloud = format!("http://127.0.0.1:{}", free_port());
+    let args = [
+        "run",
+        "--cloud",
+        &cloud,
+        "--data-dir",
+        &device_dir,
+        "--ingest-addr",
+        "off",
+        "--ingest-socket",
+        &socket_arg,
+    ];
+    let device = Process::start("walle-device", &args, None, &root.path().join("1.log"));
+    socket_status(&socket).await;
+    let sample = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/events/ipv-sample.jsonl");
+    let replay = |target: &[&str]| {
+        let mut args = vec!["replay".to_owned(), sample.display().to_string()];
+        args.extend(target.iter().map(|a| a.to_string()));
+        walle_device(args)
+    };
+    let (code, stdout, stderr) = replay(&["--socket", &socket_arg]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("9 events accepted, 1 rejected"), "{stdout}");
+    assert!(stderr.contains("teleport"), "{stderr}");
+    let (code, stdout, stderr) =
+        walle_device(vec!["status".into(), "--socket".into(), socket_arg.clone()]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let status: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(status["events_accepted"], 9, "{status}");
+    let (code, _, stderr) = replay(&["--socket", &socket_arg, "--to", "http://127.0.0.1:1"]).await;
+    assert_eq!(
+        code,
+        Some(2),
+        "--to and --socket together are refused: {stderr}"
+    );
+    assert!(stderr.contains("cannot be used with"), "{stderr}");
+
+    // Killed (-9): the socket file stays behind; the next start replaces it.
+    drop(device);
+    assert!(socket.exists());
+    let _device = Process::start("walle-device", &args, None, &root.path().join("2.log"));
+    let status = socket_status(&socket).await;
+    assert_eq!(
+        status["events_accepted"], 0,
+        "a fresh agent answers: {status}"
+    );
+    let missing = root.path().join("nobody.sock").display().to_string();
+    let (code, _, stderr) = replay(&["--socket", &missing]).await;
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("cannot reach the agent at unix:") && stderr.contains("nobody.sock"),
+        "{stderr}"
+    );
 }
