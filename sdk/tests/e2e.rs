@@ -1376,6 +1376,7 @@ async fn a_task_over_its_own_queue_limit_drops_its_runs_and_not_the_other_tasks(
     assert_eq!(agent.outputs("cold").len(), 20);
     agent.shutdown().await;
     fleet.shutdown().await;
+}
 
 /// Runs `walle-device` with `args` to completion; returns its exit code, stdout and stderr.
 async fn walle_device(args: Vec<String>) -> (Option<i32>, String, String) {
