@@ -84,8 +84,8 @@ struct RunArgs {
     /// Local ingest endpoint address, or `off` [default: 127.0.0.1:7070].
     #[arg(long, env = "WALLE_INGEST_ADDR", value_name = "ADDR|off", value_parser = IngestAddr::parse)]
     ingest_addr: Option<IngestAddr>,
-    /// Also serve the ingest endpoint on a Unix socket at PATH (mode 0600; a stale socket there
-    /// is replaced).
+    /// Serve the ingest endpoint on a Unix socket at PATH as well (mode 0600: only this user
+    /// may connect; a stale socket there is replaced); with `--ingest-addr off`, on it alone.
     #[arg(long, env = "WALLE_INGEST_SOCKET", value_name = "PATH")]
     ingest_socket: Option<PathBuf>,
     /// Enrollment secret the cloud requires, if any.
