@@ -256,6 +256,42 @@ fn thread_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
     Some(pool)
 }
 
+/// Runs `f` (on a worker of the session's pool) while the pool's other workers stay awake:
+/// each runs a job that takes whatever work the kernels split off, and spins in between, until
+/// `f` returns. A parked worker takes tens of microseconds to wake, as long as a small kernel
+/// takes on all threads, and a run starts dozens of them.
+///
+/// A spinner that finds no work for [`AWAKE_IDLE`] returns, so a long single-threaded stretch
+/// does not burn a core, and a spinner that the calling thread itself picked up while waiting
+/// for a kernel's other half (rayon lets a waiting thread run queued jobs) cannot hold that
+/// kernel up for longer than that.
+fn awake<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    if threads <= 1 || rayon::current_thread_index().is_none() {
+        return f();
+    }
+    let done = AtomicBool::new(false);
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| {
+                let mut idle_since = Instant::now();
+                while !done.load(Ordering::Relaxed) && idle_since.elapsed() < AWAKE_IDLE {
+                    match rayon::yield_now() {
+                        Some(rayon::Yield::Executed) => idle_since = Instant::now(),
+                        _ => std::hint::spin_loop(),
+                    }
+                }
+            });
+        }
+        let out = f();
+        done.store(true, Ordering::Relaxed);
+        out
+    })
+}
+
+/// How long a worker kept awake during a run spins without work before it parks.
+const AWAKE_IDLE: std::time::Duration = std::time::Duration::from_micros(500);
+
 /// Runs `f` on a worker of `pool` (or here, without one).
 fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
     match pool {
@@ -269,8 +305,11 @@ impl Session {
         let last_reads = last_reads(&graph);
         let threads = options.threads.max(1);
         let pool = thread_pool(threads);
+        // Candidates are timed as they will run: with the other workers awake.
         let (plans, search) = in_pool(pool.as_deref(), || {
-            search::plan_graph(&graph, model_digest.as_deref(), options)
+            awake(threads, || {
+                search::plan_graph(&graph, model_digest.as_deref(), options)
+            })
         });
         Session {
             graph,
@@ -345,7 +384,9 @@ impl Session {
         &self,
         inputs: Vec<(String, Value)>,
     ) -> Result<Vec<(String, Value)>, RunError> {
-        in_pool(self.pool.as_deref(), || self.run_here(inputs, None))
+        in_pool(self.pool.as_deref(), || {
+            awake(self.ctx.threads, || self.run_here(inputs, None))
+        })
     }
 
     /// [`Session::run_values`], also timing each node: where a model spends its time, in
@@ -353,7 +394,7 @@ impl Session {
     pub fn run_profiled(&self, inputs: Vec<(String, Value)>) -> Result<Profiled, RunError> {
         let mut nodes = Vec::with_capacity(self.graph.nodes.len());
         let outputs = in_pool(self.pool.as_deref(), || {
-            self.run_here(inputs, Some(&mut nodes))
+            awake(self.ctx.threads, || self.run_here(inputs, Some(&mut nodes)))
         })?;
         Ok(Profiled { outputs, nodes })
     }

@@ -1,7 +1,9 @@
 //! Semi-auto search (MNN's second idea): for each convolution, the candidate algorithms and
 //! thread counts are run on this machine when a session is created and the fastest is kept.
 //!
-//! Candidates: im2col + GEMM (1×1 convolutions skip im2col) always; Winograd F(2×2, 3×3) and
+//! Candidates: im2col + GEMM (1×1 convolutions skip im2col) always; the same on filters packed
+//! at load by the engine's own AVX-512 kernel ([`packed`]) for ungrouped convolutions where the
+//! CPU has AVX-512; Winograd F(2×2, 3×3) and
 //! F(4×4, 3×3) for 3×3 stride-1 undilated ungrouped convolutions; direct depthwise when each
 //! channel has its own filter. Each runs on one thread and on all of the session's threads.
 //! Choices are cached on disk ([`Options::cache_dir`]) under a key made of the model's digest,
@@ -17,6 +19,7 @@ use sha2::{Digest, Sha256};
 
 use crate::graph::{Graph, Node};
 use crate::ops::conv::Window;
+use crate::ops::packed::{self, PackedFilters};
 use crate::ops::winograd::{Tile, Winograd};
 use crate::ops::{Epilogue, Op, conv, depthwise};
 use crate::{Tensor, Value};
@@ -55,6 +58,11 @@ impl Default for Options {
 pub enum Algorithm {
     /// im2col + GEMM (a 1×1, stride-1, unpadded convolution is one GEMM on the input).
     Gemm,
+    /// im2col + GEMM on filters packed at load ([`packed`]; AVX-512, group 1).
+    Packed,
+    /// The same GEMM reading the input under the window instead of unfolding it
+    /// ([`packed::implicit`]; stride 1).
+    Implicit,
     Winograd(Tile),
     Depthwise,
 }
@@ -98,6 +106,7 @@ pub struct SearchReport {
 pub(crate) struct ConvPlan {
     choice: Choice,
     winograd: Option<Winograd>,
+    packed: Option<PackedFilters>,
 }
 
 /// What the search needs to know about one convolution node.
@@ -128,6 +137,12 @@ impl ConvSite<'_> {
         let [_, c, _, _] = self.input;
         let m = self.weights.shape()[0];
         let mut algorithms = vec![Algorithm::Gemm];
+        if self.group == 1 && packed::available() {
+            algorithms.push(Algorithm::Packed);
+            if packed::implicit_fits(&self.window) {
+                algorithms.push(Algorithm::Implicit);
+            }
+        }
         if winograd_fits(&self.window, self.group) {
             algorithms.extend([Algorithm::Winograd(Tile::F2), Algorithm::Winograd(Tile::F4)]);
         }
@@ -181,7 +196,17 @@ impl ConvSite<'_> {
             }
             _ => None,
         };
-        ConvPlan { choice, winograd }
+        let [m, c, kh, kw] = shape4(self.weights);
+        let packed = match choice.algorithm {
+            Algorithm::Packed => Some(PackedFilters::new(self.weights.data(), m, c * kh * kw)),
+            Algorithm::Implicit => Some(PackedFilters::by_taps(self.weights.data(), m, c, kh * kw)),
+            _ => None,
+        };
+        ConvPlan {
+            choice,
+            winograd,
+            packed,
+        }
     }
 
     /// Times every candidate on a synthetic input of the real shape and returns the one with
@@ -295,6 +320,24 @@ impl ConvPlan {
             let input = &x.data()[image * c * h * w..(image + 1) * c * h * w];
             let dst = &mut out.data_mut()[image * m * oh * ow..(image + 1) * m * oh * ow];
             match (&self.winograd, self.choice.algorithm) {
+                (None, Algorithm::Packed | Algorithm::Implicit) => {
+                    let filters = self.packed.as_ref().ok_or("packed filters are missing")?;
+                    let kernel = if self.choice.algorithm == Algorithm::Packed {
+                        packed::conv
+                    } else {
+                        packed::implicit
+                    };
+                    let output = (dst, [oh, ow]);
+                    kernel(
+                        input,
+                        [1, c, h, w],
+                        filters,
+                        window,
+                        output,
+                        epilogue,
+                        threads,
+                    )
+                }
                 (Some(plan), _) => plan.run(
                     (input, [h, w]),
                     (window.pads[0], window.pads[1]),
@@ -446,6 +489,8 @@ fn read_cache(path: &std::path::Path) -> HashMap<String, Choice> {
 fn parse_algorithm(s: &str) -> Option<Algorithm> {
     Some(match s {
         "gemm" => Algorithm::Gemm,
+        "packed" => Algorithm::Packed,
+        "implicit" => Algorithm::Implicit,
         "winograd-f2" => Algorithm::Winograd(Tile::F2),
         "winograd-f4" => Algorithm::Winograd(Tile::F4),
         "depthwise" => Algorithm::Depthwise,
@@ -456,6 +501,8 @@ fn parse_algorithm(s: &str) -> Option<Algorithm> {
 fn algorithm_name(a: Algorithm) -> &'static str {
     match a {
         Algorithm::Gemm => "gemm",
+        Algorithm::Packed => "packed",
+        Algorithm::Implicit => "implicit",
         Algorithm::Winograd(Tile::F2) => "winograd-f2",
         Algorithm::Winograd(Tile::F4) => "winograd-f4",
         Algorithm::Depthwise => "depthwise",

@@ -99,9 +99,7 @@ pub fn conv(
         None => Tensor::zeros(vec![n, m, oh, ow]),
     };
     let direct = [kh, kw] == [1, 1] && window.strides == [1, 1] && window.pads == [0; 4];
-    // Taken out while in use, so a nested convolution on this thread (rayon may run another
-    // job while this one waits) gets its own buffer instead of a borrow conflict.
-    let mut columns = COLUMNS.take();
+    let mut columns = take_columns();
     {
         let columns = &mut columns;
         if !direct && columns.len() < patch * pixels {
@@ -130,13 +128,13 @@ pub fn conv(
             }
         }
     }
-    COLUMNS.set(columns);
+    return_columns(columns);
     Ok(out)
 }
 
 /// Unfolds the patches of one image's `[c, h, w]` channels into a `(c·kh·kw) × (oh·ow)` matrix.
 /// Each row (one channel and kernel offset) is independent, so rows are filled in parallel.
-fn im2col(
+pub(crate) fn im2col(
     input: &[f32],
     [c, h, w]: [usize; 3],
     win: &Window,
@@ -230,6 +228,17 @@ fn ceil_div(a: isize, b: usize) -> isize {
     a.div_euclid(b) + (a.rem_euclid(b) != 0) as isize
 }
 
+/// This thread's im2col buffer, taken out while in use, so a nested convolution on this thread
+/// (rayon may run another job while this one waits) gets its own buffer instead of a borrow
+/// conflict. Give it back with [`return_columns`].
+pub(crate) fn take_columns() -> Vec<f32> {
+    COLUMNS.take()
+}
+
+pub(crate) fn return_columns(columns: Vec<f32>) {
+    COLUMNS.set(columns);
+}
+
 thread_local! {
     /// The im2col matrix, reused across convolutions on this thread (every element is written
     /// before it is read, so it is never cleared).
@@ -251,21 +260,26 @@ pub fn pool(x: &Tensor, window: &Window, kind: Pool) -> Result<Tensor, String> {
     let [n, c, h, w] = nchw(x, "input")?;
     let [oh, ow] = window.output(h, w)?;
     let mut out = Tensor::zeros(vec![n, c, oh, ow]);
-    // Planes are independent: split over the threads of the pool the session runs in.
+    // Planes are independent: one contiguous block of them per thread of the pool the session
+    // runs in, each block with its own spans and buffers.
     use rayon::prelude::*;
-    let planes = out.data_mut().par_chunks_mut((oh * ow).max(1)).enumerate();
-    planes.for_each(|(index, dst)| {
-        let plane = &x.data()[index * h * w..(index + 1) * h * w];
-        super::simd(
-            #[inline(always)]
-            || {
-                if window.dilations == [1, 1] {
-                    pool_plane(plane, [h, w], window, kind, [oh, ow], dst)
-                } else {
-                    pool_plane_dilated(plane, [h, w], window, kind, [oh, ow], dst)
-                }
-            },
-        );
+    let (planes, plane_out) = (n * c, (oh * ow).max(1));
+    let per = planes.div_ceil(rayon::current_num_threads()).max(1);
+    let blocks = out.data_mut().par_chunks_mut(per * plane_out).enumerate();
+    blocks.for_each(|(block, dsts)| {
+        let mut undilated =
+            (window.dilations == [1, 1]).then(|| PlanePool::new(window, kind, [h, w], [oh, ow]));
+        for (i, dst) in dsts.chunks_mut(plane_out).enumerate() {
+            let index = block * per + i;
+            let plane = &x.data()[index * h * w..(index + 1) * h * w];
+            super::simd(
+                #[inline(always)]
+                || match &mut undilated {
+                    Some(pool) => pool.run(plane, dst),
+                    None => pool_plane_dilated(plane, [h, w], window, kind, [oh, ow], dst),
+                },
+            );
+        }
     });
     Ok(out)
 }
@@ -315,9 +329,8 @@ fn pool_plane_dilated(
     }
 }
 
-/// One plane of an undilated pool: each window clipped to the input once, then a branch-free
-/// loop over what remains.
-#[inline(always)]
+/// One plane of an undilated pool, by [`separable`] passes.
+#[cfg(test)]
 fn pool_plane(
     plane: &[f32],
     [h, w]: [usize; 2],
@@ -326,35 +339,88 @@ fn pool_plane(
     [oh, ow]: [usize; 2],
     dst: &mut [f32],
 ) {
-    // (first, end) of the window along one axis, clipped to the input, and the size of the
-    // window clipped to the explicitly padded extent (for count_include_pad).
-    let spans = |outputs: usize, axis: usize, len: usize| -> Vec<(usize, usize, usize)> {
-        (0..outputs)
-            .map(|o| {
-                let start = (o * win.strides[axis]) as isize - win.pads[axis] as isize;
-                let end = start + win.kernel[axis] as isize;
-                let padded_end = end.min((len + win.pads[axis + 2]) as isize);
-                let clip = |v: isize| v.clamp(0, len as isize) as usize;
-                (clip(start), clip(end), (padded_end - start).max(0) as usize)
-            })
-            .collect()
-    };
-    let (ys, xs) = (spans(oh, 0, h), spans(ow, 1, w));
-    match kind {
-        // A compare and select (not `f32::max`, whose NaN rule does not vectorise).
-        Pool::Max => separable(plane, w, &ys, &xs, dst, f32::NEG_INFINITY, |a, b| {
-            if b > a { b } else { a }
-        }),
-        Pool::Average { count_include_pad } => {
-            separable(plane, w, &ys, &xs, dst, 0.0, |a, b| a + b);
-            for (row, &(y0, y1, ny)) in dst.chunks_exact_mut(ow.max(1)).zip(&ys) {
-                for (o, &(x0, x1, nx)) in row.iter_mut().zip(&xs) {
-                    let count = if count_include_pad {
-                        ny * nx
-                    } else {
-                        (y1 - y0) * (x1 - x0)
-                    };
-                    *o /= count.max(1) as f32;
+    PlanePool::new(win, kind, [h, w], [oh, ow]).run(plane, dst)
+}
+
+/// An undilated pool over planes of one size: the clipped input span of each output row and
+/// column, worked out once, and the row buffers of [`separable`].
+struct PlanePool<'w> {
+    win: &'w Window,
+    kind: Pool,
+    w: usize,
+    /// Per output row, then per output column: the first and end input index inside the
+    /// input, and the window's size clipped to the explicitly padded extent (for
+    /// count_include_pad).
+    ys: Vec<(usize, usize, usize)>,
+    xs: Vec<(usize, usize, usize)>,
+    row: Vec<f32>,
+    phases: Vec<f32>,
+}
+
+impl<'w> PlanePool<'w> {
+    fn new(win: &'w Window, kind: Pool, [h, w]: [usize; 2], [oh, ow]: [usize; 2]) -> Self {
+        let spans = |outputs: usize, axis: usize, len: usize| -> Vec<(usize, usize, usize)> {
+            (0..outputs)
+                .map(|o| {
+                    let start = (o * win.strides[axis]) as isize - win.pads[axis] as isize;
+                    let end = start + win.kernel[axis] as isize;
+                    let padded_end = end.min((len + win.pads[axis + 2]) as isize);
+                    let clip = |v: isize| v.clamp(0, len as isize) as usize;
+                    (clip(start), clip(end), (padded_end - start).max(0) as usize)
+                })
+                .collect()
+        };
+        let (kw, stride) = (win.kernel[1], win.strides[1]);
+        let phase_len = ow + (kw - 1) / stride;
+        PlanePool {
+            win,
+            kind,
+            w,
+            ys: spans(oh, 0, h),
+            xs: spans(ow, 1, w),
+            row: vec![0.0; (phase_len * stride).max(win.pads[1] + w)],
+            phases: vec![0.0; stride * phase_len],
+        }
+    }
+
+    #[inline(always)]
+    fn run(&mut self, plane: &[f32], dst: &mut [f32]) {
+        let buffers = (&mut self.row[..], &mut self.phases[..]);
+        match self.kind {
+            // A compare and select (not `f32::max`, whose NaN rule does not vectorise).
+            Pool::Max => separable(
+                plane,
+                self.w,
+                &self.ys,
+                self.win,
+                buffers,
+                dst,
+                f32::NEG_INFINITY,
+                |a, b| {
+                    if b > a { b } else { a }
+                },
+            ),
+            Pool::Average { count_include_pad } => {
+                separable(
+                    plane,
+                    self.w,
+                    &self.ys,
+                    self.win,
+                    buffers,
+                    dst,
+                    0.0,
+                    |a, b| a + b,
+                );
+                let ow = self.xs.len().max(1);
+                for (row, &(y0, y1, ny)) in dst.chunks_exact_mut(ow).zip(&self.ys) {
+                    for (o, &(x0, x1, nx)) in row.iter_mut().zip(&self.xs) {
+                        let count = if count_include_pad {
+                            ny * nx
+                        } else {
+                            (y1 - y0) * (x1 - x0)
+                        };
+                        *o /= count.max(1) as f32;
+                    }
                 }
             }
         }
@@ -362,46 +428,75 @@ fn pool_plane(
 }
 
 /// Reduces every window of `plane` with `combine` (starting from `empty`) into `dst`, given
-/// each output row's and column's clipped input span.
+/// each output row's clipped input rows.
+///
+/// Separable, rows first: for each output row, the input rows of its window are combined into
+/// one row, laid in `row` padded with `empty` on both sides (so windows over an edge need no
+/// clipping). That row is split into `stride` phases (phase `p` holds every `stride`-th value
+/// from `p`), after which window tap `t` of every output is one contiguous run of phase
+/// `t % stride`: each output row is `kw` contiguous, vectorised passes.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn separable(
     plane: &[f32],
     w: usize,
     ys: &[(usize, usize, usize)],
-    xs: &[(usize, usize, usize)],
+    win: &Window,
+    (row, phases): (&mut [f32], &mut [f32]),
     dst: &mut [f32],
     empty: f32,
     combine: impl Fn(f32, f32) -> f32 + Copy,
 ) {
-    let ow = xs.len();
-    // Separable, rows first: for each output row, the input rows of its window are combined
-    // into one row (contiguous, vectorised passes); across that row, the reduction of every
-    // full window start is built in `kw - 1` more passes, and each output picks its window's.
-    // Only windows clipped by an edge are folded one by one. (Columns first would pick for
-    // every input row instead of every output row: twice the scalar work at stride 2.)
-    let kw = xs.iter().map(|&(x0, x1, _)| x1 - x0).max().unwrap_or(0);
-    let starts = (w + 1).saturating_sub(kw.max(1));
-    let mut rows = vec![empty; w];
-    let mut running = vec![empty; starts];
-    for (out, &(y0, y1, _)) in dst.chunks_exact_mut(ow.max(1)).zip(ys) {
-        rows.fill(empty);
-        for y in y0..y1 {
-            for (r, &v) in rows.iter_mut().zip(&plane[y * w..(y + 1) * w]) {
+    let (kw, stride, left) = (win.kernel[1], win.strides[1], win.pads[1]);
+    let ow = dst.len() / ys.len().max(1);
+    if ow == 0 {
+        return;
+    }
+    let phase_len = ow + (kw - 1) / stride;
+    row.fill(empty);
+    for (out, &(y0, y1, _)) in dst.chunks_exact_mut(ow).zip(ys) {
+        let middle = &mut row[left..left + w];
+        if y0 < y1 {
+            middle.copy_from_slice(&plane[y0 * w..(y0 + 1) * w]);
+        } else {
+            middle.fill(empty);
+        }
+        for y in (y0 + 1).min(y1)..y1 {
+            for (r, &v) in middle.iter_mut().zip(&plane[y * w..(y + 1) * w]) {
                 *r = combine(*r, v);
             }
         }
-        running.copy_from_slice(&rows[..starts]);
-        for t in 1..kw {
-            for (r, &v) in running.iter_mut().zip(&rows[t..]) {
-                *r = combine(*r, v);
+        let taps: &[f32] = match stride {
+            1 => row,
+            2 => {
+                let (even, odd) = phases.split_at_mut(phase_len);
+                for ((pair, e), o) in row.chunks_exact(2).zip(even.iter_mut()).zip(odd.iter_mut()) {
+                    (*e, *o) = (pair[0], pair[1]);
+                }
+                phases
             }
-        }
-        for (o, &(x0, x1, _)) in out.iter_mut().zip(xs) {
-            *o = if x1 - x0 == kw {
-                running[x0]
+            _ => {
+                for (p, phase) in phases.chunks_exact_mut(phase_len).enumerate() {
+                    for (i, v) in phase.iter_mut().enumerate() {
+                        *v = row[i * stride + p];
+                    }
+                }
+                phases
+            }
+        };
+        let tap = |t: usize| {
+            let first = if stride == 1 {
+                t
             } else {
-                rows[x0..x1].iter().fold(empty, |a, &b| combine(a, b))
+                (t % stride) * phase_len + t / stride
             };
+            &taps[first..first + ow]
+        };
+        out.copy_from_slice(tap(0));
+        for t in 1..kw {
+            for (o, &v) in out.iter_mut().zip(tap(t)) {
+                *o = combine(*o, v);
+            }
         }
     }
 }
@@ -412,9 +507,23 @@ pub fn global_average_pool(x: &Tensor) -> Result<Tensor, String> {
     let data = x
         .data()
         .chunks(h * w)
-        .map(|plane| plane.iter().sum::<f32>() / (h * w) as f32)
+        .map(|plane| sum(plane) / (h * w) as f32)
         .collect();
     Tensor::new(vec![n, c, 1, 1], data).map_err(|e| e.to_string())
+}
+
+/// The sum of `values` in 16 interleaved partial sums (a single running sum cannot be
+/// vectorised: each addition would wait for the one before).
+fn sum(values: &[f32]) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = values.chunks_exact(16);
+    let rest: f32 = chunks.remainder().iter().sum();
+    for chunk in chunks {
+        for (lane, &v) in lanes.iter_mut().zip(chunk) {
+            *lane += v;
+        }
+    }
+    lanes.iter().sum::<f32>() + rest
 }
 
 #[cfg(test)]

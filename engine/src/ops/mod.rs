@@ -83,6 +83,7 @@ mod infer;
 pub mod layout;
 pub mod linalg;
 pub mod nn;
+pub mod packed;
 pub mod raster;
 pub mod reduce;
 pub mod shape;

@@ -1,0 +1,565 @@
+//! Convolution as a GEMM on filters packed once, when the session is created:
+//! `out[m × n] = filters[m × k] · cols[k × n]`, where `cols` is the NCHW input itself (a 1×1,
+//! stride-1, unpadded convolution) or its im2col unfolding.
+//!
+//! `cols` is read where it lies, never packed: each step of the inner loop loads 48 consecutive
+//! pixels of one row of `cols` (three AVX-512 vectors, masked at the right edge) and multiplies
+//! them by 8 filter values broadcast from the packed panel, into 24 accumulators. The bias is
+//! the accumulators' first value and a fused Relu is applied as they are stored, so the output
+//! is written once. Work is split over threads by output tiles, with no packing shared between
+//! them, which keeps small convolutions worth splitting.
+//!
+//! AVX-512 only: [`available`] says whether this CPU has it; the search offers the algorithm
+//! only where it does.
+
+use super::conv::{Window, im2col, return_columns, take_columns};
+use super::{Epilogue, SendPtr};
+
+/// Filter rows per panel (rows of the output tile).
+const ROWS: usize = 8;
+/// f32 lanes of one vector.
+const LANES: usize = 16;
+/// Vectors per output tile: a tile is `ROWS` filters × `VECTORS` runs of up to 16 pixels.
+const VECTORS: usize = 3;
+/// The largest kernel side the implicit kernel takes (its per-tap masks live on the stack).
+pub const MAX_IMPLICIT_KERNEL: usize = 7;
+
+/// Whether this CPU can run the packed kernels.
+pub fn available() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`implicit`] can run a convolution with this window: stride 1, a kernel side of at
+/// most [`MAX_IMPLICIT_KERNEL`], not 1×1 (that one reads its input in place already).
+pub fn implicit_fits(window: &Window) -> bool {
+    window.strides == [1, 1]
+        && window.kernel.iter().all(|&k| k <= MAX_IMPLICIT_KERNEL)
+        && window.kernel != [1, 1]
+}
+
+/// An `m × k` filter matrix as panels of [`ROWS`] rows, each stored column by column
+/// (`panel[kk·ROWS + r]`), the last panel padded with zero rows.
+#[derive(Debug, Clone)]
+pub struct PackedFilters {
+    m: usize,
+    k: usize,
+    data: Vec<f32>,
+}
+
+impl PackedFilters {
+    /// Packs row-major `filters` (`m` rows of `k`), in im2col order (`k = channel·taps + tap`).
+    pub fn new(filters: &[f32], m: usize, k: usize) -> PackedFilters {
+        assert!(filters.len() >= m * k, "filters smaller than {m}×{k}");
+        let panels = m.div_ceil(ROWS);
+        let mut data = vec![0.0; panels * k * ROWS];
+        for (row, filter) in filters.chunks_exact(k.max(1)).take(m).enumerate() {
+            let panel = &mut data[(row / ROWS) * k * ROWS..];
+            for (kk, &value) in filter.iter().enumerate() {
+                panel[kk * ROWS + row % ROWS] = value;
+            }
+        }
+        PackedFilters { m, k, data }
+    }
+
+    /// Packs `[m, channels, kh, kw]` weights tap by tap (`k = tap·channels + channel`), the
+    /// order the [`implicit`] kernel reads them in.
+    pub fn by_taps(weights: &[f32], m: usize, channels: usize, taps: usize) -> PackedFilters {
+        let k = channels * taps;
+        assert!(weights.len() >= m * k, "weights smaller than {m}×{k}");
+        let reordered: Vec<f32> = (0..m * k)
+            .map(|i| {
+                let (filter, kk) = (i / k, i % k);
+                let (tap, channel) = (kk / channels, kk % channels);
+                weights[filter * k + channel * taps + tap]
+            })
+            .collect();
+        PackedFilters::new(&reordered, m, k)
+    }
+
+    fn panel(&self, index: usize) -> &[f32] {
+        &self.data[index * self.k * ROWS..(index + 1) * self.k * ROWS]
+    }
+}
+
+/// Convolves every image of `x` (NCHW) with `filters` packed by [`PackedFilters::new`] from
+/// `[m, c, kh, kw]` weights (group 1): a 1×1, stride-1, unpadded convolution reads the input
+/// in place, any other its im2col unfolding.
+pub fn conv(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    filters: &PackedFilters,
+    window: &Window,
+    (out, [oh, ow]): (&mut [f32], [usize; 2]),
+    epilogue: Epilogue,
+    threads: usize,
+) {
+    let [kh, kw] = window.kernel;
+    let (k, pixels) = (c * kh * kw, oh * ow);
+    assert_eq!(
+        k, filters.k,
+        "input channels do not match the packed filters"
+    );
+    let direct = [kh, kw] == [1, 1] && window.strides == [1, 1] && window.pads == [0; 4];
+    let mut columns = take_columns();
+    if !direct && columns.len() < k * pixels {
+        columns.resize(k * pixels, 0.0);
+    }
+    for image in 0..n {
+        let input = &x[image * c * h * w..(image + 1) * c * h * w];
+        let cols: &[f32] = if direct {
+            input
+        } else {
+            im2col(input, [c, h, w], window, [oh, ow], &mut columns, threads);
+            &columns[..k * pixels]
+        };
+        let dst = &mut out[image * filters.m * pixels..(image + 1) * filters.m * pixels];
+        gemm(filters, cols, pixels, dst, epilogue, threads);
+    }
+    return_columns(columns);
+}
+
+/// `out[m × n] = filters · cols[k × n]` (both row-major), then the epilogue.
+pub fn gemm(
+    filters: &PackedFilters,
+    cols: &[f32],
+    n: usize,
+    out: &mut [f32],
+    epilogue: Epilogue,
+    threads: usize,
+) {
+    let PackedFilters { m, k, .. } = *filters;
+    assert!(
+        cols.len() >= k * n && out.len() >= m * n,
+        "operands smaller than {m}×{k}·{k}×{n}"
+    );
+    // Runs of 16 consecutive pixels; reading the filters once matters more than reading the
+    // input once when there are more filter values than input values.
+    let runs: Vec<Run> = (0..n)
+        .step_by(LANES)
+        .map(|pixel| Run {
+            pixel,
+            lanes: (n - pixel).min(LANES),
+            at: [0, pixel as isize],
+        })
+        .collect();
+    let source = Source::Rows { cols, stride: n };
+    let order = if m > n { Order::Panels } else { Order::Runs };
+    tiles(filters, &source, &runs, (out, n), epilogue, order, threads);
+}
+
+/// Convolves every image of `x` (NCHW) with a stride-1 `window` (see [`implicit_fits`]) and
+/// `filters` packed by [`PackedFilters::by_taps`], without unfolding the input: each vector of
+/// a tile is up to 16 pixels of one output row, and for each kernel tap it loads the input
+/// row those pixels read, masked where the window hangs over an edge.
+pub fn implicit(
+    x: &[f32],
+    [n, c, h, w]: [usize; 4],
+    filters: &PackedFilters,
+    window: &Window,
+    (out, [oh, ow]): (&mut [f32], [usize; 2]),
+    epilogue: Epilogue,
+    threads: usize,
+) {
+    assert!(
+        implicit_fits(window),
+        "the implicit kernel takes stride 1, kernels up to 7"
+    );
+    assert_eq!(c * window.kernel[0] * window.kernel[1], filters.k);
+    assert!(x.len() >= n * c * h * w && out.len() >= n * filters.m * oh * ow);
+    let runs: Vec<Run> = (0..oh)
+        .flat_map(|oy| {
+            (0..ow).step_by(LANES).map(move |ox| Run {
+                pixel: oy * ow + ox,
+                lanes: (ow - ox).min(LANES),
+                at: [oy as isize, ox as isize],
+            })
+        })
+        .collect();
+    let pixels = oh * ow;
+    for image in 0..n {
+        let input = &x[image * c * h * w..(image + 1) * c * h * w];
+        let source = Source::Window {
+            input,
+            shape: [c, h, w],
+            window,
+        };
+        let dst = &mut out[image * filters.m * pixels..(image + 1) * filters.m * pixels];
+        tiles(
+            filters,
+            &source,
+            &runs,
+            (dst, pixels),
+            epilogue,
+            Order::Runs,
+            threads,
+        );
+    }
+}
+
+/// Up to 16 consecutive output pixels: where they start in the output plane, how many, and
+/// their position (output row and column; for [`Source::Rows`], row 0 and the pixel).
+#[derive(Clone, Copy)]
+struct Run {
+    pixel: usize,
+    lanes: usize,
+    at: [isize; 2],
+}
+
+/// Where a tile's input vectors come from.
+enum Source<'a> {
+    /// A `k × n` matrix: row `kk` of a run starts at `cols[kk·stride + pixel]`.
+    Rows { cols: &'a [f32], stride: usize },
+    /// One image's `[c, h, w]` input under a stride-1 window.
+    Window {
+        input: &'a [f32],
+        shape: [usize; 3],
+        window: &'a Window,
+    },
+}
+
+/// The order tiles are handed out in, so the tiles of one thread share an operand.
+#[derive(Clone, Copy, PartialEq)]
+enum Order {
+    /// All filter panels of one group of runs, then the next group.
+    Runs,
+    /// All runs of one filter panel, then the next panel.
+    Panels,
+}
+
+/// Computes every tile (a filter panel × [`VECTORS`] runs) of `out` (`m` rows of `stride`
+/// pixels), split over `threads` in contiguous ranges of `order`.
+fn tiles(
+    filters: &PackedFilters,
+    source: &Source,
+    runs: &[Run],
+    (out, stride): (&mut [f32], usize),
+    epilogue: Epilogue,
+    order: Order,
+    threads: usize,
+) {
+    let m = filters.m;
+    assert!(
+        epilogue.bias.is_none_or(|b| b.len() >= m),
+        "bias shorter than {m}"
+    );
+    assert!(
+        runs.iter().all(|r| r.pixel + r.lanes <= stride) && out.len() >= m * stride,
+        "output smaller than {m}×{stride}"
+    );
+    let panels = m.div_ceil(ROWS);
+    let groups: Vec<&[Run]> = runs.chunks(VECTORS).collect();
+    let count = groups.len() * panels;
+    let dst = SendPtr(out.as_mut_ptr());
+    let run = |range: std::ops::Range<usize>| {
+        for index in range {
+            let (group, panel) = match order {
+                Order::Runs => (index / panels, index % panels),
+                Order::Panels => (index % groups.len(), index / groups.len()),
+            };
+            let tile = Tile::new(filters, panel, groups[group], epilogue);
+            // SAFETY: `available()` was checked when the convolution was planned; the tile
+            // writes rows `panel·ROWS..` (at most `m`) of its own runs, inside `out` (asserted
+            // above), and no other tile writes them. Its loads are masked to its runs' lanes
+            // inside the source.
+            unsafe { tile.compute(source, (dst, stride)) };
+        }
+    };
+    if threads <= 1 || count < 2 {
+        return run(0..count);
+    }
+    let per = count.div_ceil(threads);
+    rayon::scope(|s| {
+        for first in (per..count).step_by(per) {
+            let run = &run;
+            s.spawn(move |_| run(first..(first + per).min(count)));
+        }
+        run(0..per.min(count));
+    });
+}
+
+/// One output tile: a panel of up to [`ROWS`] filters × up to [`VECTORS`] runs.
+struct Tile<'a> {
+    panel: &'a [f32],
+    k: usize,
+    runs: &'a [Run],
+    first_row: usize,
+    rows: usize,
+    bias: [f32; ROWS],
+    relu: bool,
+}
+
+impl<'a> Tile<'a> {
+    fn new(filters: &'a PackedFilters, panel: usize, runs: &'a [Run], epilogue: Epilogue) -> Self {
+        let rows = (filters.m - panel * ROWS).min(ROWS);
+        let mut bias = [0.0; ROWS];
+        if let Some(b) = epilogue.bias {
+            bias[..rows].copy_from_slice(&b[panel * ROWS..panel * ROWS + rows]);
+        }
+        Tile {
+            panel: filters.panel(panel),
+            k: filters.k,
+            runs,
+            first_row: panel * ROWS,
+            rows,
+            bias,
+            relu: epilogue.relu,
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F, and `out` must hold the tile's rows of `stride` pixels.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn compute(&self, source: &Source, out: (SendPtr, usize)) {
+        // SAFETY: as this function's contract.
+        unsafe {
+            match self.runs.len() {
+                1 => self.compute_with::<1>(source, out),
+                2 => self.compute_with::<2>(source, out),
+                _ => self.compute_with::<3>(source, out),
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    unsafe fn compute(&self, _: &Source, _: (SendPtr, usize)) {
+        unreachable!("the packed kernels are planned only where available() is true")
+    }
+
+    /// # Safety
+    /// As [`Tile::compute`].
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn compute_with<const V: usize>(
+        &self,
+        source: &Source,
+        (out, stride): (SendPtr, usize),
+    ) {
+        use std::arch::x86_64::*;
+        let runs: [Run; V] = std::array::from_fn(|v| self.runs[v]);
+        let lanes: [u16; V] = std::array::from_fn(|v| lane_mask(0, runs[v].lanes as isize));
+        let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
+        for (r, row) in acc.iter_mut().enumerate() {
+            *row = [_mm512_set1_ps(self.bias[r]); V];
+        }
+        let panel = self.panel.as_ptr();
+        match *source {
+            Source::Rows { cols, stride } => {
+                let base: [*const f32; V] =
+                    std::array::from_fn(|v| cols.as_ptr().wrapping_add(runs[v].pixel));
+                // SAFETY: each row `kk < k` of the runs' lanes lies inside `cols` (the caller
+                // asserted `cols` holds `k × stride`), and the panel holds `k · ROWS` values.
+                unsafe { multiply_add(&mut acc, panel, self.k, base, lanes, stride) };
+            }
+            Source::Window {
+                input,
+                shape: [c, h, w],
+                window,
+            } => {
+                let [kh, kw] = window.kernel;
+                for ky in 0..kh {
+                    for kx in 0..kw {
+                        let tap = ky * kw + kx;
+                        let mut masks = [0u16; V];
+                        let mut base = [input.as_ptr(); V];
+                        for v in 0..V {
+                            let [oy, ox] = runs[v].at;
+                            let y =
+                                oy + (ky * window.dilations[0]) as isize - window.pads[0] as isize;
+                            let x =
+                                ox + (kx * window.dilations[1]) as isize - window.pads[1] as isize;
+                            if (0..h as isize).contains(&y) {
+                                // Lanes whose input column is inside the row.
+                                let from = (-x).max(0);
+                                let to = (w as isize - x).min(runs[v].lanes as isize);
+                                masks[v] = lane_mask(from, to);
+                            }
+                            base[v] = input.as_ptr().wrapping_offset(y * w as isize + x);
+                        }
+                        // SAFETY: unmasked lanes read columns `0..w` of rows `0..h` of each
+                        // of the `c` planes of `input`; the tap's `c · ROWS` panel values are
+                        // inside the panel.
+                        unsafe {
+                            multiply_add(&mut acc, panel.add(tap * c * ROWS), c, base, masks, h * w)
+                        };
+                    }
+                }
+            }
+        }
+        let zero = _mm512_setzero_ps();
+        for (r, acc) in acc.iter().enumerate().take(self.rows) {
+            let row = (self.first_row + r) * stride;
+            for v in 0..V {
+                let value = if self.relu {
+                    _mm512_max_ps(acc[v], zero)
+                } else {
+                    acc[v]
+                };
+                // SAFETY: the run's lanes of output row `first_row + r` are inside `out`.
+                unsafe { _mm512_mask_storeu_ps(out.at(row + runs[v].pixel), lanes[v], value) };
+            }
+        }
+    }
+}
+
+/// `acc[r][v] += Σ_kk panel[kk·ROWS + r] · base[v][kk·step ..][..16]` over `depth` steps, the
+/// loads of vector `v` masked by `masks[v]` (masked lanes read nothing and add zero).
+///
+/// # Safety
+/// AVX-512F; the unmasked lanes of every step must be readable, and the panel must hold
+/// `depth · ROWS` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn multiply_add<const V: usize>(
+    acc: &mut [[std::arch::x86_64::__m512; V]; ROWS],
+    panel: *const f32,
+    depth: usize,
+    base: [*const f32; V],
+    masks: [u16; V],
+    step: usize,
+) {
+    use std::arch::x86_64::*;
+    for kk in 0..depth {
+        // SAFETY: as this function's contract.
+        unsafe {
+            let x: [__m512; V] = std::array::from_fn(|v| {
+                _mm512_maskz_loadu_ps(masks[v], base[v].wrapping_add(kk * step))
+            });
+            let weights = panel.add(kk * ROWS);
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let weight = _mm512_set1_ps(*weights.add(r));
+                for v in 0..V {
+                    acc[v] = _mm512_fmadd_ps(weight, x[v], acc[v]);
+                }
+            }
+        }
+    }
+}
+
+/// The mask of lanes `from..to` (clamped to one vector; empty when `to ≤ from`).
+fn lane_mask(from: isize, to: isize) -> u16 {
+    let (from, to) = (from.clamp(0, 16) as u32, to.clamp(0, 16) as u32);
+    if to <= from {
+        return 0;
+    }
+    (((1u32 << to) - 1) & !((1u32 << from) - 1)) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Tensor;
+    use crate::ops::conv::tests::naive_conv;
+
+    fn values(len: usize, seed: usize) -> Vec<f32> {
+        (0..len)
+            .map(|i| (((i * 7919 + seed * 104_729) % 2003) as f32 / 1001.5) - 1.0)
+            .collect()
+    }
+
+    fn window(kernel: [usize; 2], stride: usize, dilation: usize, pads: [usize; 4]) -> Window {
+        Window {
+            kernel,
+            strides: [stride; 2],
+            dilations: [dilation; 2],
+            pads,
+            ceil: false,
+        }
+    }
+
+    /// Runs `kernel` on `x` and `weights` at 1 thread without Relu and 2 threads with, against
+    /// the naive convolution.
+    fn check(
+        x: &Tensor,
+        weights: &Tensor,
+        window: &Window,
+        kernel: impl Fn(&[f32], &mut [f32], [usize; 2], Epilogue, usize),
+    ) {
+        let [n, c, h, w] = x.shape().try_into().unwrap();
+        let m = weights.shape()[0];
+        let bias = values(m, 3);
+        let [oh, ow] = window.output(h, w).unwrap();
+        let expected = naive_conv(x, weights, &bias, window, 1);
+        for (threads, relu) in [(1, false), (2, true)] {
+            let mut out = vec![f32::NAN; n * m * oh * ow];
+            let epilogue = Epilogue {
+                bias: Some(&bias),
+                relu,
+            };
+            kernel(x.data(), &mut out, [oh, ow], epilogue, threads);
+            for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
+                let want = if relu { want.max(0.0) } else { *want };
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{:?} {window:?} m={m} threads={threads} at {i}: {got} vs {want}",
+                    [n, c, h, w]
+                );
+            }
+        }
+    }
+
+    /// Every tail: filters not a multiple of 8, pixels not a multiple of 16 or 48, bias and
+    /// Relu, 1 and 2 threads; 1×1 read in place and 3×3 strided and padded through im2col.
+    #[test]
+    fn packed_convolution_matches_the_naive_one() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let cases = [
+            ([1, 5, 7, 9], [13, 1, 1], window([1, 1], 1, 1, [0; 4])),
+            ([2, 16, 13, 13], [64, 1, 1], window([1, 1], 1, 1, [0; 4])),
+            ([1, 3, 23, 21], [8, 3, 3], window([3, 3], 2, 1, [0; 4])),
+            ([1, 12, 11, 10], [17, 3, 3], window([3, 3], 1, 1, [1; 4])),
+            ([1, 1, 4, 4], [1, 1, 1], window([1, 1], 1, 1, [0; 4])),
+            // More filters than pixels: tiles go panel by panel.
+            ([1, 8, 3, 3], [40, 1, 1], window([1, 1], 1, 1, [0; 4])),
+        ];
+        for (shape, [m, kh, kw], window) in cases {
+            let c = shape[1];
+            let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
+            let weights = Tensor::new(vec![m, c, kh, kw], values(m * c * kh * kw, 2)).unwrap();
+            let filters = PackedFilters::new(weights.data(), m, c * kh * kw);
+            check(&x, &weights, &window, |x, out, size, epilogue, threads| {
+                conv(x, shape, &filters, &window, (out, size), epilogue, threads)
+            });
+        }
+    }
+
+    /// The implicit kernel over edges: padding on every side (uneven too), dilation, a 5×5
+    /// window on a plane narrower than a vector, rows wider than three vectors, and tiles whose
+    /// vectors lie on different output rows.
+    #[test]
+    fn implicit_convolution_matches_the_naive_one() {
+        if !available() {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        let cases = [
+            ([1, 16, 13, 13], [24, 3, 3], window([3, 3], 1, 1, [1; 4])),
+            ([2, 5, 9, 55], [11, 3, 3], window([3, 3], 1, 1, [1; 4])),
+            ([1, 3, 8, 7], [9, 5, 5], window([5, 5], 1, 2, [2, 1, 3, 2])),
+            ([1, 4, 6, 20], [8, 3, 1], window([3, 1], 1, 1, [0; 4])),
+            ([1, 2, 4, 4], [3, 3, 3], window([3, 3], 1, 1, [0; 4])),
+        ];
+        for (shape, [m, kh, kw], window) in cases {
+            assert!(implicit_fits(&window));
+            let c = shape[1];
+            let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
+            let weights = Tensor::new(vec![m, c, kh, kw], values(m * c * kh * kw, 2)).unwrap();
+            let filters = PackedFilters::by_taps(weights.data(), m, c, kh * kw);
+            check(&x, &weights, &window, |x, out, size, epilogue, threads| {
+                implicit(x, shape, &filters, &window, (out, size), epilogue, threads)
+            });
+        }
+        assert!(!implicit_fits(&window([3, 3], 2, 1, [1; 4])));
+        assert!(!implicit_fits(&window([1, 1], 1, 1, [0; 4])));
+    }
+}
