@@ -265,7 +265,7 @@ fn thread_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
 /// does not burn a core, and a spinner that the calling thread itself picked up while waiting
 /// for a kernel's other half (rayon lets a waiting thread run queued jobs) cannot hold that
 /// kernel up for longer than that.
-fn awake<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+pub(crate) fn awake<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
     use std::sync::atomic::{AtomicBool, Ordering};
     if threads <= 1 || rayon::current_thread_index().is_none() {
         return f();
@@ -290,7 +290,7 @@ fn awake<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// How long a worker kept awake during a run spins without work before it parks.
-const AWAKE_IDLE: std::time::Duration = std::time::Duration::from_micros(500);
+const AWAKE_IDLE: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// Runs `f` on a worker of `pool` (or here, without one).
 fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Send) -> T {
@@ -305,11 +305,8 @@ impl Session {
         let last_reads = last_reads(&graph);
         let threads = options.threads.max(1);
         let pool = thread_pool(threads);
-        // Candidates are timed as they will run: with the other workers awake.
         let (plans, search) = in_pool(pool.as_deref(), || {
-            awake(threads, || {
-                search::plan_graph(&graph, model_digest.as_deref(), options)
-            })
+            search::plan_graph(&graph, model_digest.as_deref(), options)
         });
         Session {
             graph,
