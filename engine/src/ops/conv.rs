@@ -266,7 +266,13 @@ pub fn pool(x: &Tensor, window: &Window, kind: Pool) -> Result<Tensor, String> {
     let (planes, plane_out) = (n * c, (oh * ow).max(1));
     let per = planes.div_ceil(rayon::current_num_threads()).max(1);
     let blocks = out.data_mut().par_chunks_mut(per * plane_out).enumerate();
+    let max_3x3_s2 = kind == Pool::Max && max3x3s2::fits(window);
     blocks.for_each(|(block, dsts)| {
+        if max_3x3_s2 {
+            let first = block * per * h * w;
+            // SAFETY: `fits` checked the CPU and the window.
+            return unsafe { max3x3s2::planes(&x.data()[first..], [h, w], window, [oh, ow], dsts) };
+        }
         let mut undilated =
             (window.dilations == [1, 1]).then(|| PlanePool::new(window, kind, [h, w], [oh, ow]));
         for (i, dst) in dsts.chunks_mut(plane_out).enumerate() {
@@ -326,6 +332,102 @@ fn pool_plane_dilated(
                 Pool::Average { .. } => sum / count.max(1) as f32,
             };
         }
+    }
+}
+
+/// MaxPool with a 3×3 window and stride 2 (ResNet's, SqueezeNet's, GoogLeNet's) in AVX-512:
+/// 16 outputs of a row at a time, from the elementwise maximum of the window's input rows,
+/// whose even and odd lanes are then gathered by two-source permutes.
+mod max3x3s2 {
+    use super::Window;
+
+    /// Whether the kernel runs this window on this CPU.
+    pub(super) fn fits(window: &Window) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            window.kernel == [3, 3]
+                && window.strides == [2, 2]
+                && window.dilations == [1, 1]
+                && std::arch::is_x86_feature_detected!("avx512f")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            let _ = window;
+            false
+        }
+    }
+
+    /// Pools the planes of `input` (`[h, w]` each) into `out` (`[oh, ow]` each, as many as
+    /// `out` holds).
+    ///
+    /// # Safety
+    /// [`fits`] must have said yes, and `input` must hold a plane for each of `out`'s.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn planes(
+        input: &[f32],
+        [h, w]: [usize; 2],
+        window: &Window,
+        [oh, ow]: [usize; 2],
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        let (top, left) = (window.pads[0] as isize, window.pads[1] as isize);
+        let (w_, h_) = (w as isize, h as isize);
+        let low = _mm512_set1_ps(f32::NEG_INFINITY);
+        // Lanes 0, 2, …, 30 and 1, 3, …, 31 of two vectors side by side.
+        let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+        let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+        // The 16 input columns from `x`, NEG_INFINITY where they fall outside the row.
+        let load = |row: *const f32, x: isize| {
+            let from = (-x).clamp(0, 16) as u32;
+            let to = (w_ - x).clamp(0, 16) as u32;
+            let mask = if to > from {
+                (((1u32 << to) - 1) & !((1u32 << from) - 1)) as u16
+            } else {
+                0
+            };
+            // SAFETY: only the lanes inside the row are read.
+            unsafe { _mm512_mask_loadu_ps(low, mask, row.wrapping_offset(x)) }
+        };
+        for (plane, dst) in out.chunks_exact_mut((oh * ow).max(1)).enumerate() {
+            let source = input[plane * h * w..(plane + 1) * h * w].as_ptr();
+            for oy in 0..oh {
+                let y0 = 2 * oy as isize - top;
+                for ox in (0..ow).step_by(16) {
+                    let x = 2 * ox as isize - left;
+                    // Columns x..x+32 and x+2..x+34, each the maximum over the window's rows.
+                    let mut v = [low; 4];
+                    for y in y0.max(0)..(y0 + 3).min(h_) {
+                        let row = source.wrapping_offset(y * w_);
+                        for (i, offset) in [0, 16, 2, 18].into_iter().enumerate() {
+                            v[i] = _mm512_max_ps(v[i], load(row, x + offset));
+                        }
+                    }
+                    let first = _mm512_permutex2var_ps(v[0], even, v[1]);
+                    let second = _mm512_permutex2var_ps(v[0], odd, v[1]);
+                    let third = _mm512_permutex2var_ps(v[2], even, v[3]);
+                    let result = _mm512_max_ps(_mm512_max_ps(first, second), third);
+                    let lanes = (ow - ox).min(16) as u32;
+                    let mask = ((1u32 << lanes) - 1) as u16;
+                    // SAFETY: outputs `ox..ox + lanes` of row `oy` are inside `dst`.
+                    unsafe {
+                        _mm512_mask_storeu_ps(dst.as_mut_ptr().add(oy * ow + ox), mask, result)
+                    };
+                }
+            }
+        }
+    }
+
+    #[cfg(not(target_arch = "x86_64"))]
+    pub(super) unsafe fn planes(
+        _: &[f32],
+        _: [usize; 2],
+        _: &Window,
+        _: [usize; 2],
+        _: &mut [f32],
+    ) {
+        unreachable!("fits() is false off x86-64")
     }
 }
 
@@ -675,6 +777,51 @@ pub(crate) mod tests {
             ..win
         };
         assert_eq!(unpadded.output(5, 5).unwrap(), [3, 3]);
+    }
+
+    #[test]
+    fn max_pool_3x3_stride_2_matches_the_checked_path() {
+        if !max3x3s2::fits(&Window {
+            kernel: [3, 3],
+            strides: [2, 2],
+            dilations: [1, 1],
+            pads: [0; 4],
+            ceil: false,
+        }) {
+            eprintln!("skipped: this CPU has no AVX-512");
+            return;
+        }
+        // Rows wider than one and two vectors of outputs, padding, ceil mode, a tiny plane.
+        for ((h, w), pads, ceil) in [
+            ((111, 111), [0; 4], false),
+            ((14, 70), [1, 1, 1, 1], false),
+            ((13, 36), [0, 1, 1, 0], true),
+            ((3, 3), [0; 4], true),
+        ] {
+            let win = Window {
+                kernel: [3, 3],
+                strides: [2, 2],
+                dilations: [1, 1],
+                pads,
+                ceil,
+            };
+            let [oh, ow] = win.output(h, w).unwrap();
+            let planes = 3;
+            let input = values(planes * h * w, 9);
+            let mut fast = vec![f32::NAN; planes * oh * ow];
+            // SAFETY: `fits` said yes above; `input` holds `planes` planes.
+            unsafe { max3x3s2::planes(&input, [h, w], &win, [oh, ow], &mut fast) };
+            for p in 0..planes {
+                let mut checked = vec![0.0; oh * ow];
+                let plane = &input[p * h * w..(p + 1) * h * w];
+                pool_plane_dilated(plane, [h, w], &win, Pool::Max, [oh, ow], &mut checked);
+                assert_eq!(
+                    &fast[p * oh * ow..(p + 1) * oh * ow],
+                    checked,
+                    "{h}×{w} {win:?}"
+                );
+            }
+        }
     }
 
     #[test]
