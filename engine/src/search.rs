@@ -315,33 +315,40 @@ impl ConvPlan {
             ));
         }
         let [oh, ow] = window.output(h, w)?;
-        let mut out = Tensor::zeros(vec![n, m, oh, ow]);
         let epilogue = Epilogue {
             bias: bias.map(|b| b.data()),
             relu,
         };
+        if let (Some(filters), Algorithm::Packed | Algorithm::Implicit) =
+            (&self.packed, self.choice.algorithm)
+        {
+            let kernel = if self.choice.algorithm == Algorithm::Packed {
+                packed::conv
+            } else {
+                packed::implicit
+            };
+            let len = n * m * oh * ow;
+            let mut data: Vec<f32> = Vec::with_capacity(len);
+            let out = (&mut data.spare_capacity_mut()[..len], [oh, ow]);
+            kernel(
+                x.data(),
+                [n, c, h, w],
+                filters,
+                window,
+                out,
+                epilogue,
+                threads,
+            );
+            // SAFETY: the packed kernels write every output element (their tiles cover all
+            // filters and pixels), and `len` is the capacity asked for.
+            unsafe { data.set_len(len) };
+            return Tensor::new(vec![n, m, oh, ow], data).map_err(|e| e.to_string());
+        }
+        let mut out = Tensor::zeros(vec![n, m, oh, ow]);
         for image in 0..n {
             let input = &x.data()[image * c * h * w..(image + 1) * c * h * w];
             let dst = &mut out.data_mut()[image * m * oh * ow..(image + 1) * m * oh * ow];
             match (&self.winograd, self.choice.algorithm) {
-                (None, Algorithm::Packed | Algorithm::Implicit) => {
-                    let filters = self.packed.as_ref().ok_or("packed filters are missing")?;
-                    let kernel = if self.choice.algorithm == Algorithm::Packed {
-                        packed::conv
-                    } else {
-                        packed::implicit
-                    };
-                    let output = (dst, [oh, ow]);
-                    kernel(
-                        input,
-                        [1, c, h, w],
-                        filters,
-                        window,
-                        output,
-                        epilogue,
-                        threads,
-                    )
-                }
                 (Some(plan), _) => plan.run(
                     (input, [h, w]),
                     (window.pads[0], window.pads[1]),

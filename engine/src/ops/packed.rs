@@ -14,6 +14,7 @@
 
 use super::conv::{Window, im2col, return_columns, take_columns};
 use super::{Epilogue, SendPtr};
+use std::mem::MaybeUninit;
 
 /// Filter rows per panel (rows of the output tile).
 const ROWS: usize = 8;
@@ -96,7 +97,7 @@ pub fn conv(
     [n, c, h, w]: [usize; 4],
     filters: &PackedFilters,
     window: &Window,
-    (out, [oh, ow]): (&mut [f32], [usize; 2]),
+    (out, [oh, ow]): (&mut [MaybeUninit<f32>], [usize; 2]),
     epilogue: Epilogue,
     threads: usize,
 ) {
@@ -130,7 +131,7 @@ pub fn gemm(
     filters: &PackedFilters,
     cols: &[f32],
     n: usize,
-    out: &mut [f32],
+    out: &mut [MaybeUninit<f32>],
     epilogue: Epilogue,
     threads: usize,
 ) {
@@ -163,7 +164,7 @@ pub fn implicit(
     [n, c, h, w]: [usize; 4],
     filters: &PackedFilters,
     window: &Window,
-    (out, [oh, ow]): (&mut [f32], [usize; 2]),
+    (out, [oh, ow]): (&mut [MaybeUninit<f32>], [usize; 2]),
     epilogue: Epilogue,
     threads: usize,
 ) {
@@ -234,12 +235,13 @@ enum Order {
 }
 
 /// Computes every tile (a filter panel × [`VECTORS`] runs) of `out` (`m` rows of `stride`
-/// pixels), split over `threads` in contiguous ranges of `order`.
+/// pixels), split over `threads` in contiguous ranges of `order`. Every output of the runs is
+/// written (once), so `out` need not be initialised.
 fn tiles(
     filters: &PackedFilters,
     source: &Source,
     runs: &[Run],
-    (out, stride): (&mut [f32], usize),
+    (out, stride): (&mut [MaybeUninit<f32>], usize),
     epilogue: Epilogue,
     order: Order,
     threads: usize,
@@ -256,7 +258,7 @@ fn tiles(
     let panels = m.div_ceil(ROWS);
     let groups: Vec<&[Run]> = runs.chunks(VECTORS).collect();
     let count = groups.len() * panels;
-    let dst = SendPtr(out.as_mut_ptr());
+    let dst = SendPtr(out.as_mut_ptr().cast());
     let run = |range: std::ops::Range<usize>| {
         for index in range {
             let (group, panel) = match order {
@@ -480,7 +482,7 @@ mod tests {
         x: &Tensor,
         weights: &Tensor,
         window: &Window,
-        kernel: impl Fn(&[f32], &mut [f32], [usize; 2], Epilogue, usize),
+        kernel: impl Fn(&[f32], &mut [MaybeUninit<f32>], [usize; 2], Epilogue, usize),
     ) {
         let [n, c, h, w] = x.shape().try_into().unwrap();
         let m = weights.shape()[0];
@@ -488,12 +490,14 @@ mod tests {
         let [oh, ow] = window.output(h, w).unwrap();
         let expected = naive_conv(x, weights, &bias, window, 1);
         for (threads, relu) in [(1, false), (2, true)] {
-            let mut out = vec![f32::NAN; n * m * oh * ow];
+            let mut out = vec![MaybeUninit::new(f32::NAN); n * m * oh * ow];
             let epilogue = Epilogue {
                 bias: Some(&bias),
                 relu,
             };
             kernel(x.data(), &mut out, [oh, ow], epilogue, threads);
+            // SAFETY: every element was initialised (to NaN) before the kernel ran.
+            let out: Vec<f32> = out.iter().map(|v| unsafe { v.assume_init() }).collect();
             for (i, (got, want)) in out.iter().zip(&expected).enumerate() {
                 let want = if relu { want.max(0.0) } else { *want };
                 assert!(
