@@ -41,8 +41,8 @@
 //! | 1-D Conv, MaxPool, AveragePool | decomposition: Unsqueeze to a unit width, the 2-D op, Squeeze |
 //! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
 //! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
-//! | Conv | kernel chosen per node by the [search](crate::search): [`conv::conv`] (1×1 as one GEMM, otherwise im2col + GEMM, per group), [`winograd`] F(2×2,3×3) / F(4×4,3×3), [`depthwise`] direct; bias and a fused Relu applied as the output is written |
-//! | MaxPool, AveragePool, GlobalAveragePool | kernel: [`conv::pool`], [`conv::global_average_pool`] |
+//! | Conv | kernel chosen per node by the [search](crate::search): [`conv::conv`] (1×1 as one GEMM, otherwise im2col + GEMM, per group, on the `gemm` crate), [`packed::conv`] (the same on filters packed at load, our AVX-512 kernel), [`packed::implicit`] (stride 1: the input read under the window, no im2col), [`winograd`] F(2×2,3×3) / F(4×4,3×3), [`depthwise`] direct; bias and a fused Relu applied as the output is written |
+//! | MaxPool, AveragePool, GlobalAveragePool | kernel: [`conv::pool`] (separable passes; 3×3 stride-2 MaxPool in AVX-512), [`conv::global_average_pool`] |
 //! | BatchNormalization, LRN | kernel: [`nn`] (BatchNormalization after a Conv folds into it; otherwise it works in place on a last read and fuses a following Relu) |
 //! | Softmax | kernel: [`shape::softmax`] (2-D coercion before opset 13) |
 //! | Flatten, Reshape, Squeeze, Unsqueeze | view (same values, new shape); a raster when merged with a neighbouring raster |
