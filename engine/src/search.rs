@@ -61,7 +61,7 @@ pub enum Algorithm {
     /// im2col + GEMM on filters packed at load ([`packed`]; AVX-512, group 1).
     Packed,
     /// The same GEMM reading the input under the window instead of unfolding it
-    /// ([`packed::implicit`]; stride 1).
+    /// ([`packed::implicit`]).
     Implicit,
     Winograd(Tile),
     Depthwise,

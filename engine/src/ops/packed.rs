@@ -22,8 +22,9 @@ const ROWS: usize = 8;
 const LANES: usize = 16;
 /// Vectors per output tile: a tile is `ROWS` filters × `VECTORS` runs of up to 16 pixels.
 const VECTORS: usize = 3;
-/// The largest kernel side the implicit kernel takes (its per-tap masks live on the stack).
+/// The largest kernel side and stride the implicit kernel takes.
 pub const MAX_IMPLICIT_KERNEL: usize = 7;
+pub const MAX_IMPLICIT_STRIDE: usize = 4;
 
 /// Whether this CPU can run the packed kernels.
 pub fn available() -> bool {
@@ -37,12 +38,16 @@ pub fn available() -> bool {
     }
 }
 
-/// Whether [`implicit`] can run a convolution with this window: stride 1, a kernel side of at
-/// most [`MAX_IMPLICIT_KERNEL`], not 1×1 (that one reads its input in place already).
+/// Whether [`implicit`] can run a convolution with this window: kernel sides up to
+/// [`MAX_IMPLICIT_KERNEL`], strides up to [`MAX_IMPLICIT_STRIDE`], and not a 1×1 kernel of
+/// stride 1 (that one [`conv`] reads in place already).
 pub fn implicit_fits(window: &Window) -> bool {
-    window.strides == [1, 1]
-        && window.kernel.iter().all(|&k| k <= MAX_IMPLICIT_KERNEL)
-        && window.kernel != [1, 1]
+    window.kernel.iter().all(|&k| k <= MAX_IMPLICIT_KERNEL)
+        && window
+            .strides
+            .iter()
+            .all(|&s| (1..=MAX_IMPLICIT_STRIDE).contains(&s))
+        && !(window.kernel == [1, 1] && window.strides == [1, 1])
 }
 
 /// An `m × k` filter matrix as panels of [`ROWS`] rows, each stored column by column
@@ -155,10 +160,14 @@ pub fn gemm(
     tiles(filters, &source, &runs, (out, n), epilogue, order, threads);
 }
 
-/// Convolves every image of `x` (NCHW) with a stride-1 `window` (see [`implicit_fits`]) and
-/// `filters` packed by [`PackedFilters::by_taps`], without unfolding the input: each vector of
-/// a tile is up to 16 pixels of one output row, and for each kernel tap it loads the input
-/// row those pixels read, masked where the window hangs over an edge.
+/// Convolves every image of `x` (NCHW) with `window` (see [`implicit_fits`]) and `filters`
+/// packed by [`PackedFilters::by_taps`], without unfolding the input: each vector of a tile is
+/// up to 16 pixels of one output row, and for each kernel tap it loads the input row those
+/// pixels read, masked where the window hangs over an edge.
+///
+/// With a horizontal stride `s > 1` the pixels of a vector read every `s`-th input column, so
+/// each input row is first split into `s` phases (phase `p` holds columns `p, p + s, …`), one
+/// pass over the input instead of im2col's `kh·kw`; a tap then reads one phase contiguously.
 pub fn implicit(
     x: &[f32],
     [n, c, h, w]: [usize; 4],
@@ -170,7 +179,7 @@ pub fn implicit(
 ) {
     assert!(
         implicit_fits(window),
-        "the implicit kernel takes stride 1, kernels up to 7"
+        "the implicit kernel cannot take {window:?}"
     );
     assert_eq!(c * window.kernel[0] * window.kernel[1], filters.k);
     assert!(x.len() >= n * c * h * w && out.len() >= n * filters.m * oh * ow);
@@ -184,12 +193,23 @@ pub fn implicit(
         })
         .collect();
     let pixels = oh * ow;
+    let stride = window.strides[1];
+    let phase_width = w.div_ceil(stride);
+    let mut phases = take_columns();
+    if stride > 1 && phases.len() < c * stride * h * phase_width {
+        phases.resize(c * stride * h * phase_width, 0.0);
+    }
     for image in 0..n {
-        let input = &x[image * c * h * w..(image + 1) * c * h * w];
+        let mut input = &x[image * c * h * w..(image + 1) * c * h * w];
+        if stride > 1 {
+            split_phases(input, [c, h, w], window, &mut phases);
+            input = &phases[..c * stride * h * phase_width];
+        }
         let source = Source::Window {
             input,
             shape: [c, h, w],
             window,
+            phase_width,
         };
         let dst = &mut out[image * filters.m * pixels..(image + 1) * filters.m * pixels];
         tiles(
@@ -201,6 +221,33 @@ pub fn implicit(
             Order::Runs,
             threads,
         );
+    }
+    return_columns(phases);
+}
+
+/// Writes one image's `[c, h, w]` input as `[c, stride, h, ⌈w / stride⌉]`: phase `p` of a row
+/// holds its columns `p, p + stride, …` (zero past the row's end). Only the phases some kernel
+/// tap reads are written.
+fn split_phases(input: &[f32], [c, h, w]: [usize; 3], window: &Window, out: &mut [f32]) {
+    let stride = window.strides[1];
+    let width = w.div_ceil(stride);
+    let used: Vec<bool> = (0..stride)
+        .map(|p| {
+            (0..window.kernel[1]).any(|kx| {
+                let offset = (kx * window.dilations[1]) as isize - window.pads[1] as isize;
+                offset.rem_euclid(stride as isize) as usize == p
+            })
+        })
+        .collect();
+    for (channel, plane) in input.chunks_exact(h * w).take(c).enumerate() {
+        for p in (0..stride).filter(|&p| used[p]) {
+            let phase = &mut out[(channel * stride + p) * h * width..][..h * width];
+            for (row, dst) in plane.chunks_exact(w).zip(phase.chunks_exact_mut(width)) {
+                for (j, d) in dst.iter_mut().enumerate() {
+                    *d = row.get(j * stride + p).copied().unwrap_or(0.0);
+                }
+            }
+        }
     }
 }
 
@@ -217,11 +264,13 @@ struct Run {
 enum Source<'a> {
     /// A `k × n` matrix: row `kk` of a run starts at `cols[kk·stride + pixel]`.
     Rows { cols: &'a [f32], stride: usize },
-    /// One image's `[c, h, w]` input under a stride-1 window.
+    /// One image's `[c, h, w]` input under a window; with a horizontal stride above 1, as
+    /// split by [`split_phases`] into phases `phase_width` wide.
     Window {
         input: &'a [f32],
         shape: [usize; 3],
         window: &'a Window,
+        phase_width: usize,
     },
 }
 
@@ -363,32 +412,42 @@ impl<'a> Tile<'a> {
                 input,
                 shape: [c, h, w],
                 window,
+                phase_width,
             } => {
                 let [kh, kw] = window.kernel;
+                let [sy, sx] = window.strides.map(|s| s as isize);
+                let phase_plane = h * phase_width;
                 for ky in 0..kh {
                     for kx in 0..kw {
                         let tap = ky * kw + kx;
+                        // The tap's input column for output column `ox` is `ox·sx + offset`:
+                        // column `ox + shift` of phase `phase`, which has `columns` columns.
+                        let offset = (kx * window.dilations[1]) as isize - window.pads[1] as isize;
+                        let (phase, shift) = (offset.rem_euclid(sx), offset.div_euclid(sx));
+                        let columns = (w as isize - phase).max(0).div_euclid(sx)
+                            + ((w as isize - phase).max(0) % sx != 0) as isize;
+                        let plane = input.as_ptr().wrapping_add(phase as usize * phase_plane);
                         let mut masks = [0u16; V];
-                        let mut base = [input.as_ptr(); V];
+                        let mut base = [plane; V];
                         for v in 0..V {
                             let [oy, ox] = runs[v].at;
-                            let y =
-                                oy + (ky * window.dilations[0]) as isize - window.pads[0] as isize;
-                            let x =
-                                ox + (kx * window.dilations[1]) as isize - window.pads[1] as isize;
+                            let y = oy * sy + (ky * window.dilations[0]) as isize
+                                - window.pads[0] as isize;
+                            let x = ox + shift;
                             if (0..h as isize).contains(&y) {
                                 // Lanes whose input column is inside the row.
-                                let from = (-x).max(0);
-                                let to = (w as isize - x).min(runs[v].lanes as isize);
-                                masks[v] = lane_mask(from, to);
+                                let to = (columns - x).min(runs[v].lanes as isize);
+                                masks[v] = lane_mask(-x, to);
                             }
-                            base[v] = input.as_ptr().wrapping_offset(y * w as isize + x);
+                            base[v] = plane.wrapping_offset(y * phase_width as isize + x);
                         }
-                        // SAFETY: unmasked lanes read columns `0..w` of rows `0..h` of each
-                        // of the `c` planes of `input`; the tap's `c · ROWS` panel values are
-                        // inside the panel.
+                        // SAFETY: unmasked lanes read columns `0..columns` of rows `0..h` of
+                        // phase `phase` of each of the `c` channels of `input`; the tap's
+                        // `c · ROWS` panel values are inside the panel.
                         unsafe {
-                            multiply_add(&mut acc, panel.add(tap * c * ROWS), c, base, masks, h * w)
+                            let weights = panel.add(tap * c * ROWS);
+                            let step = sx as usize * phase_plane;
+                            multiply_add(&mut acc, weights, c, base, masks, step)
                         };
                     }
                 }
@@ -552,6 +611,15 @@ mod tests {
             ([1, 3, 8, 7], [9, 5, 5], window([5, 5], 1, 2, [2, 1, 3, 2])),
             ([1, 4, 6, 20], [8, 3, 1], window([3, 1], 1, 1, [0; 4])),
             ([1, 2, 4, 4], [3, 3, 3], window([3, 3], 1, 1, [0; 4])),
+            // Strided: phases of the input rows, some taps before the row's start.
+            ([1, 3, 23, 29], [16, 7, 7], window([7, 7], 2, 1, [3; 4])),
+            ([1, 8, 13, 13], [12, 3, 3], window([3, 3], 2, 1, [1; 4])),
+            ([2, 16, 9, 9], [8, 1, 1], window([1, 1], 2, 1, [0; 4])),
+            (
+                [1, 4, 12, 17],
+                [9, 3, 3],
+                window([3, 3], 3, 2, [2, 1, 1, 3]),
+            ),
         ];
         for (shape, [m, kh, kw], window) in cases {
             assert!(implicit_fits(&window));
@@ -563,7 +631,8 @@ mod tests {
                 implicit(x, shape, &filters, &window, (out, size), epilogue, threads)
             });
         }
-        assert!(!implicit_fits(&window([3, 3], 2, 1, [1; 4])));
+        assert!(!implicit_fits(&window([3, 3], 5, 1, [1; 4])));
+        assert!(!implicit_fits(&window([9, 9], 1, 1, [1; 4])));
         assert!(!implicit_fits(&window([1, 1], 1, 1, [0; 4])));
     }
 }
