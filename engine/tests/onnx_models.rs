@@ -810,7 +810,12 @@ fn the_search_measures_each_convolution_and_caches_its_choices_on_disk() {
     // Candidates at 2 threads: c3 gemm + 2 Winograd, dw gemm + depthwise, pw gemm, and where
     // the CPU has AVX-512 c3 packed + implicit and pw packed; ×2 threads; each run 4 times (a
     // warm-up and 3 timed rounds).
-    let runs = if walle_engine::ops::packed::available() { 9 } else { 6 } * 2 * 4;
+    let runs = if walle_engine::ops::packed::available() {
+        9
+    } else {
+        6
+    } * 2
+        * 4;
     assert_eq!((first.measured, first.cached), (runs, 0));
     assert!(first.seconds > 0.0 && first.cache_error.is_none());
     let file = first.cache_file.clone().unwrap();

@@ -183,16 +183,34 @@ pub fn implicit(
     );
     assert_eq!(c * window.kernel[0] * window.kernel[1], filters.k);
     assert!(x.len() >= n * c * h * w && out.len() >= n * filters.m * oh * ow);
-    let runs: Vec<Run> = (0..oh)
-        .flat_map(|oy| {
-            (0..ow).step_by(LANES).map(move |ox| Run {
-                pixel: oy * ow + ox,
-                lanes: (ow - ox).min(LANES),
-                at: [oy as isize, ox as isize],
-            })
-        })
-        .collect();
     let pixels = oh * ow;
+    // A stride-1 window whose output is as large as its input reads, for output pixel `p`
+    // and each tap, input element `p + offset(tap)` of the flattened plane: runs need not stop
+    // at the end of an output row, only their lanes that wrap over an edge are masked (per
+    // run and tap, worked out here once).
+    let flat = window.strides == [1, 1] && [oh, ow] == [h, w];
+    let runs: Vec<Run> = if flat {
+        (0..pixels)
+            .step_by(LANES)
+            .enumerate()
+            .map(|(index, pixel)| Run {
+                pixel,
+                lanes: (pixels - pixel).min(LANES),
+                at: [index as isize, 0],
+            })
+            .collect()
+    } else {
+        (0..oh)
+            .flat_map(|oy| {
+                (0..ow).step_by(LANES).map(move |ox| Run {
+                    pixel: oy * ow + ox,
+                    lanes: (ow - ox).min(LANES),
+                    at: [oy as isize, ox as isize],
+                })
+            })
+            .collect()
+    };
+    let flat_masks = flat.then(|| flat_masks(&runs, [h, w], window));
     let stride = window.strides[1];
     let phase_width = w.div_ceil(stride);
     let mut phases = take_columns();
@@ -210,6 +228,7 @@ pub fn implicit(
             shape: [c, h, w],
             window,
             phase_width,
+            flat_masks: flat_masks.as_deref(),
         };
         let dst = &mut out[image * filters.m * pixels..(image + 1) * filters.m * pixels];
         tiles(
@@ -223,6 +242,33 @@ pub fn implicit(
         );
     }
     return_columns(phases);
+}
+
+/// For runs over a flattened `[h, w]` plane (output as large as the input, stride 1): the mask
+/// of each run's lanes whose input element under each tap lies inside the plane (not over the
+/// edge of a row, above the first or below the last), `masks[run · taps + tap]`.
+fn flat_masks(runs: &[Run], [h, w]: [usize; 2], window: &Window) -> Vec<u16> {
+    let [kh, kw] = window.kernel;
+    let mut masks = Vec::with_capacity(runs.len() * kh * kw);
+    for run in runs {
+        for ky in 0..kh {
+            let dy = (ky * window.dilations[0]) as isize - window.pads[0] as isize;
+            for kx in 0..kw {
+                let dx = (kx * window.dilations[1]) as isize - window.pads[1] as isize;
+                let inside = |lane: usize| {
+                    let p = run.pixel + lane;
+                    let (y, x) = ((p / w) as isize + dy, (p % w) as isize + dx);
+                    (0..h as isize).contains(&y) && (0..w as isize).contains(&x)
+                };
+                masks.push(
+                    (0..run.lanes)
+                        .filter(|&l| inside(l))
+                        .fold(0, |m, l| m | 1 << l),
+                );
+            }
+        }
+    }
+    masks
 }
 
 /// Writes one image's `[c, h, w]` input as `[c, stride, h, ⌈w / stride⌉]`: phase `p` of a row
@@ -252,7 +298,8 @@ fn split_phases(input: &[f32], [c, h, w]: [usize; 3], window: &Window, out: &mut
 }
 
 /// Up to 16 consecutive output pixels: where they start in the output plane, how many, and
-/// their position (output row and column; for [`Source::Rows`], row 0 and the pixel).
+/// their position (output row and column; for [`Source::Rows`], row 0 and the pixel; for a
+/// flattened window, the run's index and 0).
 #[derive(Clone, Copy)]
 struct Run {
     pixel: usize,
@@ -265,12 +312,14 @@ enum Source<'a> {
     /// A `k × n` matrix: row `kk` of a run starts at `cols[kk·stride + pixel]`.
     Rows { cols: &'a [f32], stride: usize },
     /// One image's `[c, h, w]` input under a window; with a horizontal stride above 1, as
-    /// split by [`split_phases`] into phases `phase_width` wide.
+    /// split by [`split_phases`] into phases `phase_width` wide. With `flat_masks`, the runs
+    /// are over the flattened plane (see [`flat_masks`]).
     Window {
         input: &'a [f32],
         shape: [usize; 3],
         window: &'a Window,
         phase_width: usize,
+        flat_masks: Option<&'a [u16]>,
     },
 }
 
@@ -413,6 +462,7 @@ impl<'a> Tile<'a> {
                 shape: [c, h, w],
                 window,
                 phase_width,
+                flat_masks,
             } => {
                 let [kh, kw] = window.kernel;
                 let [sy, sx] = window.strides.map(|s| s as isize);
@@ -429,7 +479,15 @@ impl<'a> Tile<'a> {
                         let plane = input.as_ptr().wrapping_add(phase as usize * phase_plane);
                         let mut masks = [0u16; V];
                         let mut base = [plane; V];
-                        for v in 0..V {
+                        if let Some(table) = flat_masks {
+                            let dy = (ky * window.dilations[0]) as isize - window.pads[0] as isize;
+                            for v in 0..V {
+                                masks[v] = table[runs[v].at[0] as usize * kh * kw + tap];
+                                let p = runs[v].pixel as isize;
+                                base[v] = plane.wrapping_offset(p + dy * w as isize + offset);
+                            }
+                        }
+                        for v in (0..V).filter(|_| flat_masks.is_none()) {
                             let [oy, ox] = runs[v].at;
                             let y = oy * sy + (ky * window.dilations[0]) as isize
                                 - window.pads[0] as isize;
@@ -611,6 +669,10 @@ mod tests {
             ([1, 3, 8, 7], [9, 5, 5], window([5, 5], 1, 2, [2, 1, 3, 2])),
             ([1, 4, 6, 20], [8, 3, 1], window([3, 1], 1, 1, [0; 4])),
             ([1, 2, 4, 4], [3, 3, 3], window([3, 3], 1, 1, [0; 4])),
+            // Output as large as the input (flattened runs over row ends): 5×5, dilated 3×3.
+            ([1, 6, 11, 7], [10, 5, 5], window([5, 5], 1, 1, [2; 4])),
+            ([1, 5, 9, 10], [8, 3, 3], window([3, 3], 1, 2, [2; 4])),
+            ([1, 3, 6, 6], [8, 3, 3], window([3, 3], 1, 1, [0, 0, 2, 2])),
             // Strided: phases of the input rows, some taps before the row's start.
             ([1, 3, 23, 29], [16, 7, 7], window([7, 7], 2, 1, [3; 4])),
             ([1, 8, 13, 13], [12, 3, 3], window([3, 3], 2, 1, [1; 4])),
