@@ -626,14 +626,42 @@ mod tests {
         }
     }
 
-    /// Every tail: filters not a multiple of 8, pixels not a multiple of 16 or 48, bias and
-    /// Relu, 1 and 2 threads; 1×1 read in place and 3×3 strided and padded through im2col.
-    #[test]
-    fn packed_convolution_matches_the_naive_one() {
+    type Kernel = fn(
+        &[f32],
+        [usize; 4],
+        &PackedFilters,
+        &Window,
+        (&mut [MaybeUninit<f32>], [usize; 2]),
+        Epilogue,
+        usize,
+    );
+
+    /// Runs `kernel` on each case (input shape, `[filters, kh, kw]`, window) with filters
+    /// packed by `pack` (weights, filters, channels, taps), against the naive convolution.
+    fn check_cases(
+        cases: &[([usize; 4], [usize; 3], Window)],
+        pack: impl Fn(&[f32], usize, usize, usize) -> PackedFilters,
+        kernel: Kernel,
+    ) {
         if !available() {
             eprintln!("skipped: this CPU has no AVX-512");
             return;
         }
+        for (shape, [m, kh, kw], window) in cases {
+            let (c, shape) = (shape[1], *shape);
+            let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
+            let weights = Tensor::new(vec![*m, c, *kh, *kw], values(m * c * kh * kw, 2)).unwrap();
+            let filters = pack(weights.data(), *m, c, kh * kw);
+            check(&x, &weights, window, |x, out, size, epilogue, threads| {
+                kernel(x, shape, &filters, window, (out, size), epilogue, threads)
+            });
+        }
+    }
+
+    /// Every tail: filters not a multiple of 8, pixels not a multiple of 16 or 48, bias and
+    /// Relu, 1 and 2 threads; 1×1 read in place and 3×3 strided and padded through im2col.
+    #[test]
+    fn packed_convolution_matches_the_naive_one() {
         let cases = [
             ([1, 5, 7, 9], [13, 1, 1], window([1, 1], 1, 1, [0; 4])),
             ([2, 16, 13, 13], [64, 1, 1], window([1, 1], 1, 1, [0; 4])),
@@ -643,15 +671,11 @@ mod tests {
             // More filters than pixels: tiles go panel by panel.
             ([1, 8, 3, 3], [40, 1, 1], window([1, 1], 1, 1, [0; 4])),
         ];
-        for (shape, [m, kh, kw], window) in cases {
-            let c = shape[1];
-            let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
-            let weights = Tensor::new(vec![m, c, kh, kw], values(m * c * kh * kw, 2)).unwrap();
-            let filters = PackedFilters::new(weights.data(), m, c * kh * kw);
-            check(&x, &weights, &window, |x, out, size, epilogue, threads| {
-                conv(x, shape, &filters, &window, (out, size), epilogue, threads)
-            });
-        }
+        check_cases(
+            &cases,
+            |w, m, c, taps| PackedFilters::new(w, m, c * taps),
+            conv,
+        );
     }
 
     /// The implicit kernel over edges: padding on every side (uneven too), dilation, a 5×5
@@ -659,10 +683,6 @@ mod tests {
     /// vectors lie on different output rows.
     #[test]
     fn implicit_convolution_matches_the_naive_one() {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
-        }
         let cases = [
             ([1, 16, 13, 13], [24, 3, 3], window([3, 3], 1, 1, [1; 4])),
             ([2, 5, 9, 55], [11, 3, 3], window([3, 3], 1, 1, [1; 4])),
@@ -683,16 +703,8 @@ mod tests {
                 window([3, 3], 3, 2, [2, 1, 1, 3]),
             ),
         ];
-        for (shape, [m, kh, kw], window) in cases {
-            assert!(implicit_fits(&window));
-            let c = shape[1];
-            let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
-            let weights = Tensor::new(vec![m, c, kh, kw], values(m * c * kh * kw, 2)).unwrap();
-            let filters = PackedFilters::by_taps(weights.data(), m, c, kh * kw);
-            check(&x, &weights, &window, |x, out, size, epilogue, threads| {
-                implicit(x, shape, &filters, &window, (out, size), epilogue, threads)
-            });
-        }
+        assert!(cases.iter().all(|(_, _, window)| implicit_fits(window)));
+        check_cases(&cases, PackedFilters::by_taps, implicit);
         assert!(!implicit_fits(&window([3, 3], 5, 1, [1; 4])));
         assert!(!implicit_fits(&window([9, 9], 1, 1, [1; 4])));
         assert!(!implicit_fits(&window([1, 1], 1, 1, [0; 4])));
