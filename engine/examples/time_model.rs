@@ -40,7 +40,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .entry(format!("{:?}/{:?}", choice.algorithm, choice.threads))
             .or_default() += 1;
     }
-    println!("choices: {chosen:?}");
+    println!(
+        "choices: {chosen:?}; concats written in place: {}",
+        session.in_place_concats()
+    );
     let proto = pb::TensorProto::decode(std::fs::read(input)?.as_slice())?;
     let Value::F32(x) = tensor_value(&proto, None)? else {
         return Err("the input is not a float tensor".into());

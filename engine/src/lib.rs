@@ -42,6 +42,7 @@
 //!
 //! The engine stays independent of the VM, the device and the cloud.
 
+mod assemble;
 mod decompose;
 pub mod graph;
 mod lowering;
@@ -55,6 +56,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+use assemble::{Assembly, Buffers};
 use ops::Op;
 use search::ConvPlan;
 
@@ -229,6 +231,8 @@ pub struct Session {
     last_reads: Vec<Vec<String>>,
     /// For each node, the planned convolution algorithm (None: the op's own kernel).
     plans: Vec<Option<ConvPlan>>,
+    /// The concats whose inputs are written in place (see [`assemble`]).
+    assembly: Assembly,
     search: SearchReport,
     /// The threads kernels run on. A whole run happens inside the pool, so the calling thread
     /// waits asleep instead of competing with spinning workers for the cores.
@@ -308,11 +312,13 @@ impl Session {
         let (plans, search) = in_pool(pool.as_deref(), || {
             search::plan_graph(&graph, model_digest.as_deref(), options)
         });
+        let assembly = Assembly::plan(&graph, &plans);
         Session {
             graph,
             ctx: ops::Ctx { threads },
             last_reads,
             plans,
+            assembly,
             search,
             pool,
         }
@@ -321,6 +327,12 @@ impl Session {
     /// What the algorithm search chose, and what it cost, when the session was created.
     pub fn search_report(&self) -> &SearchReport {
         &self.search
+    }
+
+    /// How many concats the session assembles in place: their convolutions write straight
+    /// into the concat's output (see the `assemble` module).
+    pub fn in_place_concats(&self) -> usize {
+        self.assembly.count()
     }
 
     /// Uses `threads` threads per kernel (default: the machine's cores).
@@ -436,37 +448,25 @@ impl Session {
             .iter()
             .zip(&self.last_reads)
             .zip(&self.plans);
-        for ((node, done), plan) in steps {
+        let mut buffers = Buffers::default();
+        for (index, ((node, done), plan)) in steps.enumerate() {
             let started = profile.is_some().then(Instant::now);
-            let owned_first = match node.inputs.first() {
-                Some(first)
-                    if node.op.reuses_first_input()
-                        && done.contains(first)
-                        && !node.inputs[1..].contains(first) =>
-                {
-                    values.remove(first.as_str())
-                }
-                _ => None,
-            };
             let lookup = |name: &String| {
                 values
                     .get(name.as_str())
                     .or_else(|| self.graph.constants.get(name))
             };
-            let results = match (plan, owned_first) {
-                (Some(plan), _) => {
+            let results = match (self.assembly.concat(index), self.assembly.part(index), plan) {
+                (Some(parts), _, _) => {
+                    vec![self.finish_concat(node, index, parts, &mut buffers)?]
+                }
+                (None, Some(part), Some(plan)) => {
                     let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
-                    run_planned(plan, node, &args, self.ctx.threads)?
+                    let conv = PlannedConv::of(node, &args)?;
+                    buffers.write(part, |out| conv.run_into(plan, self.ctx.threads, out))?;
+                    Vec::new()
                 }
-                (None, Some(first)) => {
-                    let others: Vec<Option<&Value>> = node.inputs[1..].iter().map(lookup).collect();
-                    node.op
-                        .eval_owning_first(&self.ctx, &node.name, first, &others)?
-                }
-                (None, None) => {
-                    let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
-                    node.op.eval(&self.ctx, &node.name, &args)?
-                }
+                _ => self.run_node(node, done, plan.as_ref(), &mut values)?,
             };
             if let (Some(profile), Some(started)) = (profile.as_deref_mut(), started) {
                 profile.push(NodeTime {
@@ -501,45 +501,167 @@ impl Session {
     }
 }
 
-/// Runs a convolution node with its planned algorithm.
-fn run_planned(
-    plan: &ConvPlan,
-    node: &graph::Node,
-    args: &[Option<&Value>],
-    threads: usize,
-) -> Result<Vec<Value>, RunError> {
-    let Op::Conv {
-        spatial,
-        group,
-        relu,
-    } = &node.op
-    else {
-        return node.op.eval(&ops::Ctx { threads }, &node.name, args);
-    };
-    let fail = |reason: String| RunError::Kernel {
+impl Session {
+    /// Runs one node the ordinary way: its planned convolution or its op's kernel, giving
+    /// the op its first input to reuse when nothing later reads it.
+    fn run_node(
+        &self,
+        node: &graph::Node,
+        done: &[String],
+        plan: Option<&ConvPlan>,
+        values: &mut HashMap<&str, Value>,
+    ) -> Result<Vec<Value>, RunError> {
+        let owned_first = match node.inputs.first() {
+            Some(first)
+                if node.op.reuses_first_input()
+                    && done.contains(first)
+                    && !node.inputs[1..].contains(first) =>
+            {
+                values.remove(first.as_str())
+            }
+            _ => None,
+        };
+        let lookup = |name: &String| {
+            values
+                .get(name.as_str())
+                .or_else(|| self.graph.constants.get(name))
+        };
+        match (plan, owned_first) {
+            (Some(plan), _) => {
+                let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
+                match node.op {
+                    Op::Conv { .. } => {
+                        let out = PlannedConv::of(node, &args)?.run(plan, self.ctx.threads)?;
+                        Ok(vec![Value::F32(out)])
+                    }
+                    _ => node.op.eval(&self.ctx, &node.name, &args),
+                }
+            }
+            (None, Some(first)) => {
+                let others: Vec<Option<&Value>> = node.inputs[1..].iter().map(lookup).collect();
+                node.op
+                    .eval_owning_first(&self.ctx, &node.name, first, &others)
+            }
+            (None, None) => {
+                let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
+                node.op.eval(&self.ctx, &node.name, &args)
+            }
+        }
+    }
+
+    /// The output of an assembled concat (node `index`, of `parts` parts), whose inputs
+    /// wrote it in place.
+    fn finish_concat(
+        &self,
+        node: &graph::Node,
+        index: usize,
+        parts: usize,
+        buffers: &mut Buffers,
+    ) -> Result<Value, RunError> {
+        let fail = |reason: String| RunError::Kernel {
+            node: node.name.clone(),
+            op: node.op.name().into(),
+            reason,
+        };
+        let Op::Raster(raster) = &node.op else {
+            return Err(fail("an assembled concat must be a raster".into()));
+        };
+        let data = buffers
+            .finish(index, parts, raster.elements())
+            .ok_or_else(|| fail(format!("its {parts} inputs were not all written in place")))?;
+        Tensor::new(raster.shape.clone(), data)
+            .map(Value::F32)
+            .map_err(|e| fail(e.to_string()))
+    }
+}
+
+/// A convolution node's arguments, checked, for its planned algorithm.
+struct PlannedConv<'a> {
+    node: &'a graph::Node,
+    x: &'a Tensor,
+    weights: &'a Tensor,
+    bias: Option<&'a Tensor>,
+    window: ops::conv::Window,
+    group: usize,
+    relu: bool,
+}
+
+impl<'a> PlannedConv<'a> {
+    fn of(node: &'a graph::Node, args: &[Option<&'a Value>]) -> Result<PlannedConv<'a>, RunError> {
+        let fail = |reason: String| conv_error(node, reason);
+        let Op::Conv {
+            spatial,
+            group,
+            relu,
+        } = &node.op
+        else {
+            return Err(fail("a planned node must be a convolution".into()));
+        };
+        let float = |i: usize| match args.get(i).copied().flatten() {
+            Some(Value::F32(t)) => Ok(Some(t)),
+            None => Ok(None),
+            Some(_) => Err(fail(format!("input {i} must be a float tensor"))),
+        };
+        let (Some(x), Some(weights)) = (float(0)?, float(1)?) else {
+            return Err(fail("the input and the weights are required".into()));
+        };
+        let [kh, kw] = match *weights.shape() {
+            [_, _, kh, kw] => [kh, kw],
+            ref other => return Err(fail(format!("weights must be 4-D, got {other:?}"))),
+        };
+        let [h, w] = match *x.shape() {
+            [_, _, h, w] => [h, w],
+            ref other => return Err(fail(format!("input must be 4-D (NCHW), got {other:?}"))),
+        };
+        Ok(PlannedConv {
+            node,
+            x,
+            weights,
+            bias: float(2)?,
+            window: spatial.window([kh, kw], [h, w]),
+            group: *group,
+            relu: *relu,
+        })
+    }
+
+    fn run(&self, plan: &ConvPlan, threads: usize) -> Result<Tensor, RunError> {
+        plan.run(
+            self.x,
+            self.weights,
+            self.bias,
+            &self.window,
+            self.group,
+            self.relu,
+            threads,
+        )
+        .map_err(|reason| conv_error(self.node, reason))
+    }
+
+    /// [`PlannedConv::run`] into `out` (see [`ConvPlan::run_into`]).
+    fn run_into(
+        &self,
+        plan: &ConvPlan,
+        threads: usize,
+        out: &mut [std::mem::MaybeUninit<f32>],
+    ) -> Result<(), RunError> {
+        plan.run_into(
+            self.x,
+            self.weights,
+            self.bias,
+            &self.window,
+            self.group,
+            self.relu,
+            threads,
+            out,
+        )
+        .map_err(|reason| conv_error(self.node, reason))
+    }
+}
+
+fn conv_error(node: &graph::Node, reason: String) -> RunError {
+    RunError::Kernel {
         node: node.name.clone(),
         op: "Conv".into(),
         reason,
-    };
-    let float = |i: usize| match args.get(i).copied().flatten() {
-        Some(Value::F32(t)) => Ok(Some(t)),
-        None => Ok(None),
-        Some(_) => Err(fail(format!("input {i} must be a float tensor"))),
-    };
-    let (Some(x), Some(weights)) = (float(0)?, float(1)?) else {
-        return Err(fail("the input and the weights are required".into()));
-    };
-    let [kh, kw] = match *weights.shape() {
-        [_, _, kh, kw] => [kh, kw],
-        ref other => return Err(fail(format!("weights must be 4-D, got {other:?}"))),
-    };
-    let [h, w] = match *x.shape() {
-        [_, _, h, w] => [h, w],
-        ref other => return Err(fail(format!("input must be 4-D (NCHW), got {other:?}"))),
-    };
-    let window = spatial.window([kh, kw], [h, w]);
-    let out = plan
-        .run(x, weights, float(2)?, &window, *group, *relu, threads)
-        .map_err(fail)?;
-    Ok(vec![Value::F32(out)])
+    }
 }

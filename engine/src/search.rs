@@ -12,6 +12,7 @@
 //! and picks by rules of thumb.
 
 use std::collections::HashMap;
+use std::mem::MaybeUninit;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -269,6 +270,17 @@ fn shape4(t: &Tensor) -> [usize; 4] {
     }
 }
 
+/// Checks that an output slot holds exactly the `len` elements a convolution produces.
+fn fits(slot: usize, len: usize) -> Result<(), String> {
+    if slot == len {
+        Ok(())
+    } else {
+        Err(format!(
+            "the output slot holds {slot} elements; the convolution produces {len}"
+        ))
+    }
+}
+
 fn winograd_fits(window: &Window, group: usize) -> bool {
     window.kernel == [3, 3] && window.strides == [1, 1] && window.dilations == [1, 1] && group == 1
 }
@@ -291,10 +303,7 @@ impl ConvPlan {
         relu: bool,
         session_threads: usize,
     ) -> Result<Tensor, String> {
-        let threads = match self.choice.threads {
-            Threads::One => 1,
-            Threads::All => session_threads,
-        };
+        let threads = self.threads(session_threads);
         if self.choice.algorithm == Algorithm::Gemm {
             let out = conv::conv(x, weights, bias, window, group, threads)?;
             return Ok(if relu {
@@ -303,42 +312,16 @@ impl ConvPlan {
                 out
             });
         }
-        let [n, c, h, w] = match *x.shape() {
-            [n, c, h, w] => [n, c, h, w],
-            ref other => return Err(format!("input must be 4-D (NCHW), got {other:?}")),
-        };
-        let m = weights.shape()[0];
-        if c != self.channels(weights) {
-            return Err(format!(
-                "input has {c} channels; the weights expect {}",
-                self.channels(weights)
-            ));
-        }
-        let [oh, ow] = window.output(h, w)?;
+        let ([n, c, h, w], [m, oh, ow]) = self.shapes(x, weights, window)?;
         let epilogue = Epilogue {
             bias: bias.map(|b| b.data()),
             relu,
         };
-        if let (Some(filters), Algorithm::Packed | Algorithm::Implicit) =
-            (&self.packed, self.choice.algorithm)
-        {
-            let kernel = if self.choice.algorithm == Algorithm::Packed {
-                packed::conv
-            } else {
-                packed::implicit
-            };
+        if let Some(filters) = self.packed_filters() {
             let len = n * m * oh * ow;
             let mut data: Vec<f32> = Vec::with_capacity(len);
-            let out = (&mut data.spare_capacity_mut()[..len], [oh, ow]);
-            kernel(
-                x.data(),
-                [n, c, h, w],
-                filters,
-                window,
-                out,
-                epilogue,
-                threads,
-            );
+            let out = &mut data.spare_capacity_mut()[..len];
+            self.run_packed(filters, x, window, out, epilogue, threads)?;
             // SAFETY: the packed kernels write every output element (their tiles cover all
             // filters and pixels), and `len` is the capacity asked for.
             unsafe { data.set_len(len) };
@@ -368,6 +351,105 @@ impl ConvPlan {
             }
         }
         Ok(out)
+    }
+
+    /// [`ConvPlan::run`] writing the output into `out`, which must hold exactly its
+    /// elements; every element of `out` is written when this returns `Ok`. The packed
+    /// kernels write there directly; the others compute a tensor that is copied in.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_into(
+        &self,
+        x: &Tensor,
+        weights: &Tensor,
+        bias: Option<&Tensor>,
+        window: &Window,
+        group: usize,
+        relu: bool,
+        session_threads: usize,
+        out: &mut [MaybeUninit<f32>],
+    ) -> Result<(), String> {
+        let Some(filters) = self.packed_filters() else {
+            let computed = self.run(x, weights, bias, window, group, relu, session_threads)?;
+            fits(out.len(), computed.data().len())?;
+            for (slot, &value) in out.iter_mut().zip(computed.data()) {
+                slot.write(value);
+            }
+            return Ok(());
+        };
+        let ([n, _, _, _], [m, oh, ow]) = self.shapes(x, weights, window)?;
+        fits(out.len(), n * m * oh * ow)?;
+        let epilogue = Epilogue {
+            bias: bias.map(|b| b.data()),
+            relu,
+        };
+        let threads = self.threads(session_threads);
+        self.run_packed(filters, x, window, out, epilogue, threads)
+    }
+
+    /// Runs a packed or implicit plan into `out` (the output's exact length).
+    fn run_packed(
+        &self,
+        filters: &PackedFilters,
+        x: &Tensor,
+        window: &Window,
+        out: &mut [MaybeUninit<f32>],
+        epilogue: Epilogue,
+        threads: usize,
+    ) -> Result<(), String> {
+        let input = shape4(x);
+        let [_, _, h, w] = input;
+        let output = window.output(h, w)?;
+        let kernel = match self.choice.algorithm {
+            Algorithm::Packed => packed::conv,
+            _ => packed::implicit,
+        };
+        kernel(
+            x.data(),
+            input,
+            filters,
+            window,
+            (out, output),
+            epilogue,
+            threads,
+        );
+        Ok(())
+    }
+
+    /// The filters of a packed or implicit plan.
+    fn packed_filters(&self) -> Option<&PackedFilters> {
+        match self.choice.algorithm {
+            Algorithm::Packed | Algorithm::Implicit => self.packed.as_ref(),
+            _ => None,
+        }
+    }
+
+    fn threads(&self, session_threads: usize) -> usize {
+        match self.choice.threads {
+            Threads::One => 1,
+            Threads::All => session_threads,
+        }
+    }
+
+    /// The input's NCHW dimensions and the output's filters and size, checked against the
+    /// weights.
+    fn shapes(
+        &self,
+        x: &Tensor,
+        weights: &Tensor,
+        window: &Window,
+    ) -> Result<([usize; 4], [usize; 3]), String> {
+        let [n, c, h, w] = match *x.shape() {
+            [n, c, h, w] => [n, c, h, w],
+            ref other => return Err(format!("input must be 4-D (NCHW), got {other:?}")),
+        };
+        if c != self.channels(weights) {
+            return Err(format!(
+                "input has {c} channels; the weights expect {}",
+                self.channels(weights)
+            ));
+        }
+        let [oh, ow] = window.output(h, w)?;
+        Ok(([n, c, h, w], [weights.shape()[0], oh, ow]))
     }
 
     fn channels(&self, weights: &Tensor) -> usize {

@@ -911,3 +911,161 @@ fn a_profiled_run_times_every_node_and_returns_the_same_outputs() {
             .all(|n| n.op != "Conv" || n.algorithm.is_some())
     );
 }
+
+/// A fire module (SqueezeNet's): x[n,8,10,10] → 1×1 Conv s (8→4) + Relu → 1×1 Conv e1 (4→6)
+/// and 3×3 Conv e3 (4→5, pad 1) → Concat on channels → y. Also z = Concat(c, d) of two 1×1
+/// convolutions (4→3, the same weights) where `c` is used once more: read by a Relu (output
+/// v) or, with `c_is_output`, a graph output itself.
+fn fire_module(batch: i64, weights: &[Vec<f32>; 4], c_is_output: bool) -> Vec<u8> {
+    let mut e3 = node("Conv", "e3", &["s", "w3"], &["b"]);
+    e3.attribute.push(ints_attr("pads", &[1, 1, 1, 1]));
+    let mut concat = node("Concat", "concat", &["a", "b"], &["y"]);
+    concat.attribute.push(int_attr("axis", 1));
+    let mut mixed = node("Concat", "mixed", &["c", "d"], &["z"]);
+    mixed.attribute.push(int_attr("axis", 1));
+    let mut nodes = vec![
+        node("Conv", "squeeze", &["x", "ws"], &["q"]),
+        node("Relu", "relu", &["q"], &["s"]),
+        node("Conv", "e1", &["s", "w1"], &["a"]),
+        e3,
+        node("Conv", "e1c", &["s", "wb"], &["c"]),
+        node("Conv", "e1d", &["s", "wb"], &["d"]),
+        concat,
+        mixed,
+    ];
+    let third = if c_is_output {
+        "c"
+    } else {
+        nodes.push(node("Relu", "again", &["c"], &["v"]));
+        "v"
+    };
+    let inits = vec![
+        floats("ws", &[4, 8, 1, 1], &weights[0], true),
+        floats("w1", &[6, 4, 1, 1], &weights[1], true),
+        floats("w3", &[5, 4, 3, 3], &weights[2], true),
+        floats("wb", &[3, 4, 1, 1], &weights[3], true),
+    ];
+    let mut m =
+        pb::ModelProto::decode(model_with_input(nodes, inits, &[batch, 8, 10, 10]).as_slice())
+            .unwrap();
+    let graph = m.graph.as_mut().unwrap();
+    graph.output = ["y", "z", third]
+        .iter()
+        .map(|o| pb::ValueInfoProto {
+            name: o.to_string(),
+            ..Default::default()
+        })
+        .collect();
+    m.encode_to_vec()
+}
+
+/// The fire module's values computed plainly: y, z, c and Relu(c) (see [`fire_module`]).
+fn fire_reference(x: &Tensor, weights: &[Vec<f32>; 4]) -> [Tensor; 4] {
+    use walle_engine::ops::conv::{Window, conv};
+    let relu = |t: &Tensor| {
+        let data = t.data().iter().map(|v| v.max(0.0)).collect();
+        Tensor::new(t.shape().to_vec(), data).unwrap()
+    };
+    let conv_with = |x: &Tensor, w: &[f32], m: usize, k: usize| {
+        let c = x.shape()[1];
+        let weights = Tensor::new(vec![m, c, k, k], w.to_vec()).unwrap();
+        let window = Window {
+            kernel: [k, k],
+            strides: [1, 1],
+            dilations: [1, 1],
+            pads: [k / 2; 4],
+            ceil: false,
+        };
+        conv(x, &weights, None, &window, 1, 1).unwrap()
+    };
+    // Channel concat of NCHW tensors, image by image.
+    let concat = |parts: &[&Tensor]| {
+        let n = parts[0].shape()[0];
+        let mut data = Vec::new();
+        for image in 0..n {
+            for p in parts {
+                let len = p.data().len() / n;
+                data.extend_from_slice(&p.data()[image * len..(image + 1) * len]);
+            }
+        }
+        let channels = parts.iter().map(|p| p.shape()[1]).sum();
+        Tensor::new(vec![n, channels, 10, 10], data).unwrap()
+    };
+    let s = relu(&conv_with(x, &weights[0], 4, 1));
+    let e1 = conv_with(&s, &weights[1], 6, 1);
+    let e3 = conv_with(&s, &weights[2], 5, 3);
+    let c = conv_with(&s, &weights[3], 3, 1);
+    [concat(&[&e1, &e3]), concat(&[&c, &c]), relu(&c), c]
+}
+
+#[test]
+fn concats_of_convolutions_are_written_in_place_with_every_algorithm() {
+    use walle_engine::{Options, Search};
+    let weights = [
+        seeded(32, 60),
+        seeded(24, 61),
+        seeded(180, 62),
+        seeded(12, 63),
+    ];
+    for batch in [1, 2] {
+        let x = Tensor::new(vec![batch, 8, 10, 10], seeded(batch * 800, 64)).unwrap();
+        let [y, z, v, c] = fire_reference(&x, &weights);
+        for c_is_output in [false, true] {
+            let expected = [&y, &z, if c_is_output { &c } else { &v }];
+            let bytes = fire_module(batch as i64, &weights, c_is_output);
+            let dir = tempfile::tempdir().unwrap();
+            for (search, threads) in [
+                (Search::CostModel, 1),
+                (Search::CostModel, 2),
+                (Search::Measure, 2),
+            ] {
+                let options = Options {
+                    threads,
+                    search,
+                    cache_dir: Some(dir.path().to_path_buf()),
+                };
+                let session = Engine::load_with(&bytes, &options).unwrap();
+                // Only the first concat of one image is a plain layout of its inputs, each a
+                // convolution's output read by nothing else.
+                let in_place = if batch == 1 { 1 } else { 0 };
+                assert_eq!(session.in_place_concats(), in_place, "batch {batch}");
+                let mut sessions = vec![session];
+                // Every algorithm the search may choose, forced through the choices cache (a
+                // cached choice that is no candidate for a convolution is measured again).
+                if let Some(file) = sessions[0].search_report().cache_file.clone() {
+                    let text = std::fs::read_to_string(&file).unwrap();
+                    for algorithm in ["gemm", "packed", "implicit", "winograd-f2", "winograd-f4"] {
+                        let forced: String = text
+                            .lines()
+                            .map(|line| {
+                                let mut fields: Vec<&str> = line.split('\t').collect();
+                                if fields.len() == 3 {
+                                    fields[1] = algorithm;
+                                }
+                                fields.join("\t") + "\n"
+                            })
+                            .collect();
+                        std::fs::write(&file, forced).unwrap();
+                        let session = Engine::load_with(&bytes, &options).unwrap();
+                        assert_eq!(session.in_place_concats(), in_place);
+                        sessions.push(session);
+                    }
+                }
+                for session in &sessions {
+                    let outputs = session.run(vec![("x".into(), x.clone())]).unwrap();
+                    let choices = &session.search_report().choices;
+                    assert_eq!(outputs.len(), 3);
+                    for ((name, got), expected) in outputs.iter().zip(expected) {
+                        assert_eq!(got.shape(), expected.shape(), "{name}");
+                        for (i, (g, e)) in got.data().iter().zip(expected.data()).enumerate() {
+                            assert!(
+                                (g - e).abs() < 1e-4 * (1.0 + e.abs()),
+                                "{name}[{i}] with {choices:?}: {g} vs {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
