@@ -22,6 +22,9 @@ const ROWS: usize = 8;
 const LANES: usize = 16;
 /// Vectors per output tile: a tile is `ROWS` filters × `VECTORS` runs of up to 16 pixels.
 const VECTORS: usize = 3;
+
+/// Floats a core's cache is taken to hold (2 MiB, a server core's L2).
+const CACHED_FLOATS: usize = 1 << 19;
 /// The largest kernel side and stride the implicit kernel takes.
 pub const MAX_IMPLICIT_KERNEL: usize = 7;
 pub const MAX_IMPLICIT_STRIDE: usize = 4;
@@ -156,7 +159,15 @@ pub fn gemm(
         })
         .collect();
     let source = Source::Rows { cols, stride: n };
-    let order = if m > n { Order::Panels } else { Order::Runs };
+    // One panel's tiles in a row write its rows front to back (store streams a prefetcher
+    // follows) but read all the columns once per panel: worth it when there are more filters
+    // than pixels, or when the output is too large to stay in cache and the columns are not.
+    let panels_first = m > n || (m * n > CACHED_FLOATS && k * n <= CACHED_FLOATS);
+    let order = if panels_first {
+        Order::Panels
+    } else {
+        Order::Runs
+    };
     tiles(filters, &source, &runs, (out, n), epilogue, order, threads);
 }
 
