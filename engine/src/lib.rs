@@ -58,7 +58,7 @@ use std::time::Instant;
 
 use assemble::{Assembly, Buffers};
 use ops::Op;
-use search::ConvPlan;
+use search::{ConvArgs, ConvPlan};
 
 pub use graph::{DType, Dim, Graph, IoSpec, ValueInfo};
 pub use search::{Algorithm, Choice, Options, Search, SearchReport, Threads};
@@ -462,8 +462,11 @@ impl Session {
                 }
                 (None, Some(part), Some(plan)) => {
                     let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
-                    let conv = PlannedConv::of(node, &args)?;
-                    buffers.write(part, |out| conv.run_into(plan, self.ctx.threads, out))?;
+                    let conv = conv_args(node, &args)?;
+                    buffers.write(part, |out| {
+                        plan.run_into(&conv, self.ctx.threads, out)
+                            .map_err(|reason| conv_error(node, reason))
+                    })?;
                     Vec::new()
                 }
                 _ => self.run_node(node, done, plan.as_ref(), &mut values)?,
@@ -531,7 +534,9 @@ impl Session {
                 let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
                 match node.op {
                     Op::Conv { .. } => {
-                        let out = PlannedConv::of(node, &args)?.run(plan, self.ctx.threads)?;
+                        let out = plan
+                            .run(&conv_args(node, &args)?, self.ctx.threads)
+                            .map_err(|reason| conv_error(node, reason))?;
                         Ok(vec![Value::F32(out)])
                     }
                     _ => node.op.eval(&self.ctx, &node.name, &args),
@@ -576,86 +581,40 @@ impl Session {
 }
 
 /// A convolution node's arguments, checked, for its planned algorithm.
-struct PlannedConv<'a> {
-    node: &'a graph::Node,
-    x: &'a Tensor,
-    weights: &'a Tensor,
-    bias: Option<&'a Tensor>,
-    window: ops::conv::Window,
-    group: usize,
-    relu: bool,
-}
-
-impl<'a> PlannedConv<'a> {
-    fn of(node: &'a graph::Node, args: &[Option<&'a Value>]) -> Result<PlannedConv<'a>, RunError> {
-        let fail = |reason: String| conv_error(node, reason);
-        let Op::Conv {
-            spatial,
-            group,
-            relu,
-        } = &node.op
-        else {
-            return Err(fail("a planned node must be a convolution".into()));
-        };
-        let float = |i: usize| match args.get(i).copied().flatten() {
-            Some(Value::F32(t)) => Ok(Some(t)),
-            None => Ok(None),
-            Some(_) => Err(fail(format!("input {i} must be a float tensor"))),
-        };
-        let (Some(x), Some(weights)) = (float(0)?, float(1)?) else {
-            return Err(fail("the input and the weights are required".into()));
-        };
-        let [kh, kw] = match *weights.shape() {
-            [_, _, kh, kw] => [kh, kw],
-            ref other => return Err(fail(format!("weights must be 4-D, got {other:?}"))),
-        };
-        let [h, w] = match *x.shape() {
-            [_, _, h, w] => [h, w],
-            ref other => return Err(fail(format!("input must be 4-D (NCHW), got {other:?}"))),
-        };
-        Ok(PlannedConv {
-            node,
-            x,
-            weights,
-            bias: float(2)?,
-            window: spatial.window([kh, kw], [h, w]),
-            group: *group,
-            relu: *relu,
-        })
-    }
-
-    fn run(&self, plan: &ConvPlan, threads: usize) -> Result<Tensor, RunError> {
-        plan.run(
-            self.x,
-            self.weights,
-            self.bias,
-            &self.window,
-            self.group,
-            self.relu,
-            threads,
-        )
-        .map_err(|reason| conv_error(self.node, reason))
-    }
-
-    /// [`PlannedConv::run`] into `out` (see [`ConvPlan::run_into`]).
-    fn run_into(
-        &self,
-        plan: &ConvPlan,
-        threads: usize,
-        out: &mut [std::mem::MaybeUninit<f32>],
-    ) -> Result<(), RunError> {
-        plan.run_into(
-            self.x,
-            self.weights,
-            self.bias,
-            &self.window,
-            self.group,
-            self.relu,
-            threads,
-            out,
-        )
-        .map_err(|reason| conv_error(self.node, reason))
-    }
+fn conv_args<'a>(node: &graph::Node, args: &[Option<&'a Value>]) -> Result<ConvArgs<'a>, RunError> {
+    let fail = |reason: String| conv_error(node, reason);
+    let Op::Conv {
+        spatial,
+        group,
+        relu,
+    } = &node.op
+    else {
+        return Err(fail("a planned node must be a convolution".into()));
+    };
+    let float = |i: usize| match args.get(i).copied().flatten() {
+        Some(Value::F32(t)) => Ok(Some(t)),
+        None => Ok(None),
+        Some(_) => Err(fail(format!("input {i} must be a float tensor"))),
+    };
+    let (Some(x), Some(weights)) = (float(0)?, float(1)?) else {
+        return Err(fail("the input and the weights are required".into()));
+    };
+    let [kh, kw] = match *weights.shape() {
+        [_, _, kh, kw] => [kh, kw],
+        ref other => return Err(fail(format!("weights must be 4-D, got {other:?}"))),
+    };
+    let [h, w] = match *x.shape() {
+        [_, _, h, w] => [h, w],
+        ref other => return Err(fail(format!("input must be 4-D (NCHW), got {other:?}"))),
+    };
+    Ok(ConvArgs {
+        x,
+        weights,
+        bias: float(2)?,
+        window: spatial.window([kh, kw], [h, w]),
+        group: *group,
+        relu: *relu,
+    })
 }
 
 fn conv_error(node: &graph::Node, reason: String) -> RunError {

@@ -110,6 +110,16 @@ pub(crate) struct ConvPlan {
     packed: Option<PackedFilters>,
 }
 
+/// A convolution's operands and attributes, as a [`ConvPlan`] runs them.
+pub(crate) struct ConvArgs<'a> {
+    pub x: &'a Tensor,
+    pub weights: &'a Tensor,
+    pub bias: Option<&'a Tensor>,
+    pub window: Window,
+    pub group: usize,
+    pub relu: bool,
+}
+
 /// What the search needs to know about one convolution node.
 struct ConvSite<'g> {
     node: &'g Node,
@@ -220,6 +230,14 @@ impl ConvSite<'_> {
         const BUDGET: f64 = 0.25;
         let started = Instant::now();
         let x = synthetic(self.input);
+        let args = ConvArgs {
+            x: &x,
+            weights: self.weights,
+            bias: self.bias,
+            window: self.window.clone(),
+            group: self.group,
+            relu: self.relu,
+        };
         let plans: Vec<ConvPlan> = candidates.iter().map(|&c| self.plan(c)).collect();
         let mut times = vec![Vec::with_capacity(ROUNDS); plans.len()];
         let mut runs = 0;
@@ -232,15 +250,7 @@ impl ConvSite<'_> {
                 runs += plans.len();
                 for (plan, times) in plans.iter().zip(&mut times) {
                     let start = Instant::now();
-                    let out = plan.run(
-                        &x,
-                        self.weights,
-                        self.bias,
-                        &self.window,
-                        self.group,
-                        self.relu,
-                        threads,
-                    );
+                    let out = plan.run(&args, threads);
                     let seconds = start.elapsed().as_secs_f64();
                     if round > 0 && out.is_ok() {
                         times.push(seconds);
@@ -292,17 +302,15 @@ impl ConvPlan {
     }
 
     /// Runs the convolution (all images) with the planned algorithm.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn run(
-        &self,
-        x: &Tensor,
-        weights: &Tensor,
-        bias: Option<&Tensor>,
-        window: &Window,
-        group: usize,
-        relu: bool,
-        session_threads: usize,
-    ) -> Result<Tensor, String> {
+    pub(crate) fn run(&self, args: &ConvArgs, session_threads: usize) -> Result<Tensor, String> {
+        let ConvArgs {
+            x,
+            weights,
+            bias,
+            ref window,
+            group,
+            relu,
+        } = *args;
         let threads = self.threads(session_threads);
         if self.choice.algorithm == Algorithm::Gemm {
             let out = conv::conv(x, weights, bias, window, group, threads)?;
@@ -356,34 +364,28 @@ impl ConvPlan {
     /// [`ConvPlan::run`] writing the output into `out`, which must hold exactly its
     /// elements; every element of `out` is written when this returns `Ok`. The packed
     /// kernels write there directly; the others compute a tensor that is copied in.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_into(
         &self,
-        x: &Tensor,
-        weights: &Tensor,
-        bias: Option<&Tensor>,
-        window: &Window,
-        group: usize,
-        relu: bool,
+        args: &ConvArgs,
         session_threads: usize,
         out: &mut [MaybeUninit<f32>],
     ) -> Result<(), String> {
         let Some(filters) = self.packed_filters() else {
-            let computed = self.run(x, weights, bias, window, group, relu, session_threads)?;
+            let computed = self.run(args, session_threads)?;
             fits(out.len(), computed.data().len())?;
             for (slot, &value) in out.iter_mut().zip(computed.data()) {
                 slot.write(value);
             }
             return Ok(());
         };
-        let ([n, _, _, _], [m, oh, ow]) = self.shapes(x, weights, window)?;
+        let ([n, _, _, _], [m, oh, ow]) = self.shapes(args.x, args.weights, &args.window)?;
         fits(out.len(), n * m * oh * ow)?;
         let epilogue = Epilogue {
-            bias: bias.map(|b| b.data()),
-            relu,
+            bias: args.bias.map(|b| b.data()),
+            relu: args.relu,
         };
         let threads = self.threads(session_threads);
-        self.run_packed(filters, x, window, out, epilogue, threads)
+        self.run_packed(filters, args.x, &args.window, out, epilogue, threads)
     }
 
     /// Runs a packed or implicit plan into `out` (the output's exact length).
