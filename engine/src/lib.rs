@@ -451,17 +451,12 @@ impl Session {
         let mut buffers = Buffers::default();
         for (index, ((node, done), plan)) in steps.enumerate() {
             let started = profile.is_some().then(Instant::now);
-            let lookup = |name: &String| {
-                values
-                    .get(name.as_str())
-                    .or_else(|| self.graph.constants.get(name))
-            };
             let results = match (self.assembly.concat(index), self.assembly.part(index), plan) {
                 (Some(parts), _, _) => {
                     vec![self.finish_concat(node, index, parts, &mut buffers)?]
                 }
                 (None, Some(part), Some(plan)) => {
-                    let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
+                    let args = self.arguments(&node.inputs, &values);
                     let conv = conv_args(node, &args)?;
                     buffers.write(part, |out| {
                         plan.run_into(&conv, self.ctx.threads, out)
@@ -505,6 +500,22 @@ impl Session {
 }
 
 impl Session {
+    /// The values of `names` (computed or constant; `None` for one not there).
+    fn arguments<'v>(
+        &'v self,
+        names: &[String],
+        values: &'v HashMap<&str, Value>,
+    ) -> Vec<Option<&'v Value>> {
+        names
+            .iter()
+            .map(|name| {
+                values
+                    .get(name.as_str())
+                    .or_else(|| self.graph.constants.get(name))
+            })
+            .collect()
+    }
+
     /// Runs one node the ordinary way: its planned convolution or its op's kernel, giving
     /// the op its first input to reuse when nothing later reads it.
     fn run_node(
@@ -524,14 +535,9 @@ impl Session {
             }
             _ => None,
         };
-        let lookup = |name: &String| {
-            values
-                .get(name.as_str())
-                .or_else(|| self.graph.constants.get(name))
-        };
         match (plan, owned_first) {
             (Some(plan), _) => {
-                let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
+                let args = self.arguments(&node.inputs, values);
                 match node.op {
                     Op::Conv { .. } => {
                         let out = plan
@@ -543,12 +549,12 @@ impl Session {
                 }
             }
             (None, Some(first)) => {
-                let others: Vec<Option<&Value>> = node.inputs[1..].iter().map(lookup).collect();
+                let others = self.arguments(&node.inputs[1..], values);
                 node.op
                     .eval_owning_first(&self.ctx, &node.name, first, &others)
             }
             (None, None) => {
-                let args: Vec<Option<&Value>> = node.inputs.iter().map(lookup).collect();
+                let args = self.arguments(&node.inputs, values);
                 node.op.eval(&self.ctx, &node.name, &args)
             }
         }
