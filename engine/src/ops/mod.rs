@@ -88,6 +88,7 @@ pub mod raster;
 pub mod reduce;
 pub mod shape;
 pub mod winograd;
+mod winograd_blocks;
 
 use std::path::Path;
 

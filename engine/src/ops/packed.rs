@@ -17,9 +17,9 @@ use super::{Epilogue, SendPtr};
 use std::mem::MaybeUninit;
 
 /// Filter rows per panel (rows of the output tile).
-const ROWS: usize = 8;
+pub(crate) const ROWS: usize = 8;
 /// f32 lanes of one vector.
-const LANES: usize = 16;
+pub(crate) const LANES: usize = 16;
 /// Vectors per output tile: a tile is `ROWS` filters × `VECTORS` runs of up to 16 pixels.
 const VECTORS: usize = 3;
 
@@ -92,7 +92,13 @@ impl PackedFilters {
         PackedFilters::new(&reordered, m, k)
     }
 
-    fn panel(&self, index: usize) -> &[f32] {
+    /// Rows (filters) of the matrix.
+    pub(crate) fn m(&self) -> usize {
+        self.m
+    }
+
+    /// Panel `index`: its `k · ROWS` values, column by column.
+    pub(crate) fn panel(&self, index: usize) -> &[f32] {
         &self.data[index * self.k * ROWS..(index + 1) * self.k * ROWS]
     }
 }
@@ -547,7 +553,7 @@ impl<'a> Tile<'a> {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn multiply_add<const V: usize>(
+pub(crate) unsafe fn multiply_add<const V: usize>(
     acc: &mut [[std::arch::x86_64::__m512; V]; ROWS],
     panel: *const f32,
     depth: usize,

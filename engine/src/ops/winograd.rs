@@ -8,6 +8,7 @@
 //! form, at the cost of the transforms and (for F(4×4)) a little precision.
 
 use super::linalg::{MatRef, sgemm};
+use super::winograd_blocks;
 use super::{Epilogue, SendPtr};
 
 /// Which Winograd variant: the output tile edge `m` (the input tile is `m + 2`).
@@ -18,13 +19,19 @@ pub enum Tile {
 }
 
 /// The transform matrices of one variant, stored for the largest tile (6).
-struct Matrices {
+pub(super) struct Matrices {
     /// Input transform `Bᵀ` (α × α).
-    bt: [[f32; 6]; 6],
+    pub(super) bt: [[f32; 6]; 6],
     /// Filter transform `G` (α × 3).
     g: [[f32; 3]; 6],
     /// Output transform `Aᵀ` (m × α).
-    at: [[f32; 6]; 4],
+    pub(super) at: [[f32; 6]; 4],
+}
+
+/// The matrices of the variant with output tile edge `m` (2 or 4); a constant wherever `m` is.
+#[inline(always)]
+pub(super) fn matrices(m: usize) -> &'static Matrices {
+    if m == 2 { &F2 } else { &F4 }
 }
 
 const F2: Matrices = Matrices {
@@ -92,10 +99,7 @@ impl Tile {
     }
 
     fn matrices(self) -> &'static Matrices {
-        match self {
-            Tile::F2 => &F2,
-            Tile::F4 => &F4,
-        }
+        matrices(self.m())
     }
 }
 
@@ -106,13 +110,33 @@ pub struct Winograd {
     tile: Tile,
     filters: usize,
     channels: usize,
-    /// `[α²][filters][channels]`.
-    weights: Vec<f32>,
+    weights: Weights,
+}
+
+/// A [`Winograd`]'s filters, laid out for the kernel that runs them.
+#[derive(Debug, Clone)]
+enum Weights {
+    /// `[α²][filters][channels]`, for the portable kernel (GEMMs on whole planes).
+    Rows(Vec<f32>),
+    /// Packed for the AVX-512 kernel that works in blocks of tiles ([`winograd_blocks`]).
+    Blocks(winograd_blocks::Filters),
 }
 
 impl Winograd {
-    /// Transforms `[filters, channels, 3, 3]` weights (`G g Gᵀ` per filter and channel).
+    /// Transforms `[filters, channels, 3, 3]` weights (`G g Gᵀ` per filter and channel), for
+    /// the AVX-512 kernel where this CPU has it.
     pub fn new(tile: Tile, weights: &[f32], filters: usize, channels: usize) -> Winograd {
+        let blocks = winograd_blocks::simd_fits();
+        Winograd::with_kernel(tile, weights, [filters, channels], blocks)
+    }
+
+    /// [`Winograd::new`] for the blocked AVX-512 kernel (`blocks`) or the portable one.
+    fn with_kernel(
+        tile: Tile,
+        weights: &[f32],
+        [filters, channels]: [usize; 2],
+        blocks: bool,
+    ) -> Winograd {
         let (alpha, mats) = (tile.alpha(), tile.matrices());
         let plane = filters * channels;
         // Tap (a, b) of every filter and channel side by side, then G g Gᵀ for all of them
@@ -132,11 +156,19 @@ impl Winograd {
                 right(&mats.g, [alpha, 3, alpha], plane, &half, &mut out);
             },
         );
+        let weights = if blocks {
+            let positions = alpha * alpha;
+            Weights::Blocks(winograd_blocks::Filters::new(
+                &out, positions, filters, channels,
+            ))
+        } else {
+            Weights::Rows(out)
+        };
         Winograd {
             tile,
             filters,
             channels,
-            weights: out,
+            weights,
         }
     }
 
@@ -149,17 +181,51 @@ impl Winograd {
     /// `(top, left)` with zeros; the epilogue adds the bias and applies the ReLU.
     pub fn run(
         &self,
-        (input, [h, w]): (&[f32], [usize; 2]),
-        (top, left): (usize, usize),
-        (out, [oh, ow]): (&mut [f32], [usize; 2]),
+        input: (&[f32], [usize; 2]),
+        pads: (usize, usize),
+        out: (&mut [f32], [usize; 2]),
         epilogue: Epilogue,
         threads: usize,
+    ) {
+        let mut scratch = SCRATCH.take();
+        match &self.weights {
+            Weights::Blocks(filters) => winograd_blocks::run(
+                filters,
+                self.tile,
+                input,
+                pads,
+                out,
+                epilogue,
+                threads,
+                &mut scratch,
+            ),
+            Weights::Rows(weights) => {
+                let operands = (weights.as_slice(), input, out);
+                self.run_planes(operands, pads, epilogue, threads, &mut scratch)
+            }
+        }
+        SCRATCH.set(scratch);
+    }
+
+    /// [`Winograd::run`] without AVX-512: all tiles of a channel transformed at once, plane
+    /// by plane, and one GEMM per position.
+    #[allow(clippy::type_complexity)]
+    fn run_planes(
+        &self,
+        (weights, (input, [h, w]), (out, [oh, ow])): (
+            &[f32],
+            (&[f32], [usize; 2]),
+            (&mut [f32], [usize; 2]),
+        ),
+        (top, left): (usize, usize),
+        epilogue: Epilogue,
+        threads: usize,
+        scratch: &mut Vec<f32>,
     ) {
         let (m, alpha) = (self.tile.m(), self.tile.alpha());
         let tiles = [oh.div_ceil(m), ow.div_ceil(m)];
         let count = tiles[0] * tiles[1];
         let (k, c) = (self.filters, self.channels);
-        let mut scratch = SCRATCH.take();
         scratch.resize(alpha * alpha * (c + k) * count, 0.0);
         let (v, product) = scratch.split_at_mut(alpha * alpha * c * count);
         let geometry = Geometry {
@@ -186,7 +252,7 @@ impl Winograd {
                 };
                 sgemm(
                     (k, c, count),
-                    MatRef::rows(&self.weights[pos * k * c..(pos + 1) * k * c], c),
+                    MatRef::rows(&weights[pos * k * c..(pos + 1) * k * c], c),
                     MatRef::rows(&v[pos * c * count..(pos + 1) * c * count], count),
                     dst,
                     false,
@@ -213,7 +279,6 @@ impl Winograd {
                 || self.transform_output(product, row, &geometry, [oh, ow], shift, relu, dst),
             );
         });
-        SCRATCH.set(scratch);
     }
 
     /// `Bᵀ d B` for every tile of one channel, into row `channel` of each position's matrix.
@@ -413,7 +478,20 @@ mod tests {
     #[test]
     fn winograd_matches_the_definition_for_both_tiles() {
         // (channels, filters, h, w, pad): odd sizes leave partial tiles at the edges.
-        for (c, k, h, w, pad) in [(3, 4, 7, 9, 1), (8, 5, 6, 6, 0), (16, 16, 14, 13, 1)] {
+        // The third has 2 blocks of F(4×4) tiles (the second a single run) and 5 of F(2×2),
+        // and a partial panel of filters.
+        let cases = [
+            (3, 4, 7, 9, 1),
+            (8, 5, 6, 6, 0),
+            (16, 16, 14, 13, 1),
+            (20, 13, 29, 31, 1),
+        ];
+        let kernels = if winograd_blocks::simd_fits() {
+            &[true, false][..]
+        } else {
+            &[false]
+        };
+        for (c, k, h, w, pad) in cases {
             let x = Tensor::new(vec![1, c, h, w], values(c * h * w, 1)).unwrap();
             let wt = Tensor::new(vec![k, c, 3, 3], values(k * c * 9, 2)).unwrap();
             let bias = values(k, 3);
@@ -426,9 +504,13 @@ mod tests {
             };
             let [oh, ow] = win.output(h, w).unwrap();
             let expected = naive_conv(&x, &wt, &bias, &win, 1);
-            for tile in [Tile::F2, Tile::F4] {
+            let runs = [Tile::F2, Tile::F4]
+                .into_iter()
+                .flat_map(|tile| kernels.iter().map(move |&blocks| (tile, blocks)));
+            for (tile, blocks) in runs {
                 for (threads, relu) in [(1, false), (2, true)] {
-                    let plan = Winograd::new(tile, wt.data(), k, c);
+                    let plan = Winograd::with_kernel(tile, wt.data(), [k, c], blocks);
+                    assert_eq!(matches!(plan.weights, Weights::Blocks(_)), blocks);
                     let mut out = vec![f32::NAN; k * oh * ow];
                     let epilogue = Epilogue {
                         bias: Some(&bias),
@@ -445,7 +527,7 @@ mod tests {
                         let e = if relu { e.max(0.0) } else { *e };
                         assert!(
                             (g - e).abs() < 1e-3 * (1.0 + e.abs()),
-                            "{tile:?} c{c} k{k} {h}×{w} pad {pad} [{i}]: {g} vs {e}"
+                            "{tile:?} blocks {blocks} c{c} k{k} {h}×{w} pad {pad} threads {threads} [{i}]: {g} vs {e}"
                         );
                     }
                 }
