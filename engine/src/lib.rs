@@ -33,7 +33,8 @@
 //! copy. Views stay zero-work views unless merged into a neighbouring raster.
 //!
 //! **Semi-auto search** ([`search`]): when a session is created, each convolution's candidate
-//! algorithms (im2col + GEMM, Winograd F(2×2)/F(4×4) for 3×3 stride-1 kernels, direct
+//! algorithms (im2col + GEMM, a packed GEMM on im2col or in place, an implicit convolution,
+//! Winograd F(2×2)/F(4×4) for 3×3 stride-1 kernels — in blocks of tiles on AVX-512 — and direct
 //! depthwise) and thread counts are timed on this machine and the fastest is kept; the
 //! choices are cached on disk per model, device, engine version and thread count
 //! ([`Options::cache_dir`]),

@@ -32,17 +32,7 @@ pub fn depthwise(
             plane.iter_mut().for_each(|v| *v = v.max(0.0));
         }
     };
-    if threads <= 1 || channels < 2 {
-        (0..channels).for_each(channel);
-        return;
-    }
-    let per = channels.div_ceil(threads);
-    rayon::scope(|s| {
-        for first in (0..channels).step_by(per) {
-            let channel = &channel;
-            s.spawn(move |_| (first..(first + per).min(channels)).for_each(channel));
-        }
-    });
+    super::parallel_ranges(channels, threads, |range| range.for_each(&channel));
 }
 
 /// For each kernel column `kx`: the outputs `first..last` whose input column

@@ -90,6 +90,7 @@ pub mod shape;
 pub mod winograd;
 mod winograd_blocks;
 
+use std::ops::Range;
 use std::path::Path;
 
 use attrs::Attrs;
@@ -167,6 +168,37 @@ pub(crate) fn for_chunks(data: &mut [f32], f: impl Fn(usize, &mut [f32]) + Sync)
             #[inline(always)]
             || f(i * per, chunk),
         )
+    });
+}
+
+/// Ranges each thread of [`parallel_ranges`] claims, on average.
+const RANGES_PER_THREAD: usize = 4;
+
+/// Runs `f` over `0..count` cut into ranges that `threads` threads (the caller one of them)
+/// claim in order until none is left. A thread slowed down — its core taken by another
+/// process, or a worker slow to start — then takes fewer ranges instead of holding the others
+/// up, and neighbouring items still mostly run on the same thread.
+pub(crate) fn parallel_ranges(count: usize, threads: usize, f: impl Fn(Range<usize>) + Sync) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    if threads <= 1 || count < 2 {
+        return f(0..count);
+    }
+    let len = count.div_ceil(threads * RANGES_PER_THREAD);
+    let next = AtomicUsize::new(0);
+    let claim = || {
+        loop {
+            let first = next.fetch_add(len, Ordering::Relaxed);
+            if first >= count {
+                break;
+            }
+            f(first..(first + len).min(count));
+        }
+    };
+    rayon::scope(|s| {
+        for _ in 1..threads {
+            s.spawn(|_| claim());
+        }
+        claim();
     });
 }
 

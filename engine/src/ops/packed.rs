@@ -350,7 +350,7 @@ enum Order {
 }
 
 /// Computes every tile (a filter panel × [`VECTORS`] runs) of `out` (`m` rows of `stride`
-/// pixels), split over `threads` in contiguous ranges of `order`. Every output of the runs is
+/// pixels), over `threads` threads that claim ranges of `order` in turn. Every output of the runs is
 /// written (once), so `out` need not be initialised.
 fn tiles(
     filters: &PackedFilters,
@@ -388,17 +388,7 @@ fn tiles(
             unsafe { tile.compute(source, (dst, stride)) };
         }
     };
-    if threads <= 1 || count < 2 {
-        return run(0..count);
-    }
-    let per = count.div_ceil(threads);
-    rayon::scope(|s| {
-        for first in (per..count).step_by(per) {
-            let run = &run;
-            s.spawn(move |_| run(first..(first + per).min(count)));
-        }
-        run(0..per.min(count));
-    });
+    super::parallel_ranges(count, threads, run);
 }
 
 /// One output tile: a panel of up to [`ROWS`] filters × up to [`VECTORS`] runs.

@@ -6,6 +6,11 @@
 //! output transform turns each product tile back into `m × m` outputs, adding the bias and the
 //! fused ReLU. F(2×2, 3×3) does 2.25× and F(4×4, 3×3) 4× fewer multiplications than the direct
 //! form, at the cost of the transforms and (for F(4×4)) a little precision.
+//!
+//! Two kernels run it. Where the CPU has AVX-512, [`super::winograd_blocks`] works through
+//! blocks of 48 tiles, keeping each block's transformed input and products in cache and the
+//! transforms in registers. Elsewhere a portable kernel transforms whole planes and runs one
+//! GEMM per tile position.
 
 use super::linalg::{MatRef, sgemm};
 use super::winograd_blocks;

@@ -160,19 +160,9 @@ pub fn run(
     });
 }
 
-/// Runs `f(item)` for `0..count`, in contiguous ranges over `threads` threads.
+/// Runs `f(item)` for `0..count` on `threads` threads.
 fn split(count: usize, threads: usize, f: impl Fn(usize) + Sync) {
-    if threads <= 1 || count < 2 {
-        return (0..count).for_each(f);
-    }
-    let per = count.div_ceil(threads);
-    rayon::scope(|s| {
-        for first in (per..count).step_by(per) {
-            let f = &f;
-            s.spawn(move |_| (first..(first + per).min(count)).for_each(f));
-        }
-        (0..per.min(count)).for_each(&f);
-    });
+    super::parallel_ranges(count, threads, |range| range.for_each(&f));
 }
 
 /// Where a panel's outputs go.
