@@ -217,15 +217,10 @@ unsafe fn input_run<const M: usize, const A: usize>(
     stride: usize,
 ) {
     let bt = &super::winograd::matrices(M).bt;
-    // SAFETY: the arrays are 16 i32 each; gathered lanes are masked to elements inside the
+    // SAFETY: gathered lanes are masked to elements inside the
     // plane; stores go to the run's 16 lanes of each position.
     unsafe {
-        let corner_y = _mm512_loadu_si512(run.corner_y.as_ptr().cast());
-        let corner_x = _mm512_loadu_si512(run.corner_x.as_ptr().cast());
-        let offsets = _mm512_add_epi32(
-            _mm512_mullo_epi32(corner_y, _mm512_set1_epi32(w as i32)),
-            corner_x,
-        );
+        let [corner_y, corner_x, offsets] = lanes(&run.corner_y, &run.corner_x, w);
         let column_masks: [u16; A] = std::array::from_fn(|j| {
             inside(_mm512_add_epi32(corner_x, _mm512_set1_epi32(j as i32)), w) & run.tiles
         });
@@ -249,6 +244,24 @@ unsafe fn input_run<const M: usize, const A: usize>(
             }
         }
     }
+}
+
+/// The 16 lanes' rows, columns, and offsets `row · width + column` in a plane `width` wide.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn lanes(rows: &[i32; LANES], columns: &[i32; LANES], width: usize) -> [__m512i; 3] {
+    // SAFETY: each array holds the 16 i32 one load reads.
+    let (rows, columns) = unsafe {
+        (
+            _mm512_loadu_si512(rows.as_ptr().cast()),
+            _mm512_loadu_si512(columns.as_ptr().cast()),
+        )
+    };
+    let offsets = _mm512_add_epi32(
+        _mm512_mullo_epi32(rows, _mm512_set1_epi32(width as i32)),
+        columns,
+    );
+    [rows, columns, offsets]
 }
 
 /// The lanes whose value lies in `0..limit`.
@@ -362,15 +375,10 @@ unsafe fn output_run<const M: usize, const A: usize>(
 ) {
     let at = &super::winograd::matrices(M).at;
     let [oh, ow] = target.size;
-    // SAFETY: the arrays are 16 i32 each; scattered lanes are masked to pixels inside the
+    // SAFETY: scattered lanes are masked to pixels inside the
     // filter's plane.
     unsafe {
-        let out_y = _mm512_loadu_si512(run.out_y.as_ptr().cast());
-        let out_x = _mm512_loadu_si512(run.out_x.as_ptr().cast());
-        let offsets = _mm512_add_epi32(
-            _mm512_mullo_epi32(out_y, _mm512_set1_epi32(ow as i32)),
-            out_x,
-        );
+        let [out_y, out_x, offsets] = lanes(&run.out_y, &run.out_x, ow);
         let plane = target.out.at(filter * oh * ow);
         let shift = _mm512_set1_ps(bias);
         for i in 0..M {
