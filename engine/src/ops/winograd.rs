@@ -192,41 +192,33 @@ impl Winograd {
         epilogue: Epilogue,
         threads: usize,
     ) {
+        let operands = Operands {
+            input,
+            pads,
+            out,
+            epilogue,
+            threads,
+        };
         let mut scratch = SCRATCH.take();
         match &self.weights {
-            Weights::Blocks(filters) => winograd_blocks::run(
-                filters,
-                self.tile,
-                input,
-                pads,
-                out,
-                epilogue,
-                threads,
-                &mut scratch,
-            ),
-            Weights::Rows(weights) => {
-                let operands = (weights.as_slice(), input, out);
-                self.run_planes(operands, pads, epilogue, threads, &mut scratch)
+            Weights::Blocks(filters) => {
+                winograd_blocks::run(filters, self.tile, operands, &mut scratch)
             }
+            Weights::Rows(weights) => self.run_planes(weights, operands, &mut scratch),
         }
         SCRATCH.set(scratch);
     }
 
     /// [`Winograd::run`] without AVX-512: all tiles of a channel transformed at once, plane
     /// by plane, and one GEMM per position.
-    #[allow(clippy::type_complexity)]
-    fn run_planes(
-        &self,
-        (weights, (input, [h, w]), (out, [oh, ow])): (
-            &[f32],
-            (&[f32], [usize; 2]),
-            (&mut [f32], [usize; 2]),
-        ),
-        (top, left): (usize, usize),
-        epilogue: Epilogue,
-        threads: usize,
-        scratch: &mut Vec<f32>,
-    ) {
+    fn run_planes(&self, weights: &[f32], operands: Operands, scratch: &mut Vec<f32>) {
+        let Operands {
+            input: (input, [h, w]),
+            pads: (top, left),
+            out: (out, [oh, ow]),
+            epilogue,
+            threads,
+        } = operands;
         let (m, alpha) = (self.tile.m(), self.tile.alpha());
         let tiles = [oh.div_ceil(m), ow.div_ceil(m)];
         let count = tiles[0] * tiles[1];
@@ -245,12 +237,10 @@ impl Winograd {
                 || self.transform_input(plane, &geometry, row, dst),
             )
         });
-        let positions = alpha * alpha;
-        let per_thread = positions.div_ceil(threads.max(1));
         let v = &*v;
         let product_ptr = SendPtr(product.as_mut_ptr());
-        let gemm_block = |first: usize| {
-            for pos in first..(first + per_thread).min(positions) {
+        super::parallel_ranges(alpha * alpha, threads, |positions| {
+            for pos in positions {
                 // SAFETY: each position owns its own `k × count` block of `product`.
                 let dst = unsafe {
                     std::slice::from_raw_parts_mut(product_ptr.at(pos * k * count), k * count)
@@ -264,17 +254,7 @@ impl Winograd {
                     1,
                 );
             }
-        };
-        if threads > 1 {
-            rayon::scope(|s| {
-                for first in (0..positions).step_by(per_thread) {
-                    let gemm_block = &gemm_block;
-                    s.spawn(move |_| gemm_block(first));
-                }
-            });
-        } else {
-            gemm_block(0);
-        }
+        });
         let product = &*product;
         parallel_rows(k, threads, out, |row, dst| {
             let shift = epilogue.bias.map_or(0.0, |b| b[row]);
@@ -439,6 +419,16 @@ fn mix<'a>(out: &mut [f32], terms: impl Iterator<Item = (f32, &'a [f32])>) {
     }
 }
 
+/// What one [`Winograd::run`] works on: the input image and its size, the padding before its
+/// first row and column, the output planes and their size, the epilogue and the threads.
+pub(super) struct Operands<'a> {
+    pub(super) input: (&'a [f32], [usize; 2]),
+    pub(super) pads: (usize, usize),
+    pub(super) out: (&'a mut [f32], [usize; 2]),
+    pub(super) epilogue: Epilogue<'a>,
+    pub(super) threads: usize,
+}
+
 /// Input size, leading padding and tile counts of one run.
 struct Geometry {
     size: [usize; 2],
@@ -455,17 +445,7 @@ fn parallel_rows(
     f: impl Fn(usize, SendPtr) + Sync,
 ) {
     let ptr = SendPtr(buffer.as_mut_ptr());
-    if threads <= 1 || rows < 2 {
-        (0..rows).for_each(|row| f(row, ptr));
-        return;
-    }
-    let per = rows.div_ceil(threads);
-    rayon::scope(|s| {
-        for first in (0..rows).step_by(per) {
-            let f = &f;
-            s.spawn(move |_| (first..(first + per).min(rows)).for_each(|row| f(row, ptr)));
-        }
-    });
+    super::parallel_ranges(rows, threads, |range| range.for_each(|row| f(row, ptr)));
 }
 
 thread_local! {

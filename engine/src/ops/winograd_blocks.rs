@@ -22,7 +22,7 @@ use std::arch::x86_64::*;
 #[cfg(target_arch = "x86_64")]
 use super::packed::multiply_add;
 use super::packed::{LANES, PackedFilters, ROWS};
-use super::winograd::Tile;
+use super::winograd::{Operands, Tile};
 use super::{Epilogue, SendPtr};
 use std::mem::MaybeUninit;
 
@@ -102,17 +102,14 @@ impl Run {
 ///
 /// # Panics
 /// If `input` or `out` is smaller than its shape, or a plane has 2³¹ elements or more.
-#[allow(clippy::too_many_arguments)]
-pub fn run(
-    filters: &Filters,
-    tile: Tile,
-    (input, [h, w]): (&[f32], [usize; 2]),
-    pads: (usize, usize),
-    (out, [oh, ow]): (&mut [f32], [usize; 2]),
-    epilogue: Epilogue,
-    threads: usize,
-    scratch: &mut Vec<f32>,
-) {
+pub(super) fn run(filters: &Filters, tile: Tile, operands: Operands, scratch: &mut Vec<f32>) {
+    let Operands {
+        input: (input, [h, w]),
+        pads,
+        out: (out, [oh, ow]),
+        epilogue,
+        threads,
+    } = operands;
     assert!(simd_fits(), "the blocked Winograd kernel needs AVX-512");
     let (c, k) = (filters.channels, filters.positions[0].m());
     assert!(input.len() >= c * h * w && out.len() >= k * oh * ow);
