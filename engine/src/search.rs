@@ -2,8 +2,9 @@
 //! thread counts are run on this machine when a session is created and the fastest is kept.
 //!
 //! Candidates: im2col + GEMM (1×1 convolutions skip im2col) always; the same on filters packed
-//! at load by the engine's own AVX-512 kernel ([`packed`]) for ungrouped convolutions where the
-//! CPU has AVX-512; Winograd F(2×2, 3×3) and
+//! at load by the engine's own AVX-512 kernel ([`packed`]), and the input read under the window
+//! ([`packed::implicit`]), where the CPU has AVX-512 and each group has more than one input
+//! channel; Winograd F(2×2, 3×3) and
 //! F(4×4, 3×3) for 3×3 stride-1 undilated ungrouped convolutions; direct depthwise when each
 //! channel has its own filter. Each runs on one thread and on all of the session's threads.
 //! Choices are cached on disk ([`Options::cache_dir`]) under a key made of the model's digest,
@@ -59,7 +60,7 @@ impl Default for Options {
 pub enum Algorithm {
     /// im2col + GEMM (a 1×1, stride-1, unpadded convolution is one GEMM on the input).
     Gemm,
-    /// im2col + GEMM on filters packed at load ([`packed`]; AVX-512, group 1).
+    /// im2col + GEMM on filters packed at load, per group ([`packed`]; AVX-512).
     Packed,
     /// The same GEMM reading the input under the window instead of unfolding it
     /// ([`packed::implicit`]).
@@ -107,7 +108,8 @@ pub struct SearchReport {
 pub(crate) struct ConvPlan {
     choice: Choice,
     winograd: Option<Winograd>,
-    packed: Option<PackedFilters>,
+    /// Packed filters, one per group.
+    packed: Option<Vec<PackedFilters>>,
 }
 
 /// A convolution's operands and attributes, as a [`ConvPlan`] runs them.
@@ -148,7 +150,8 @@ impl ConvSite<'_> {
         let [_, c, _, _] = self.input;
         let m = self.weights.shape()[0];
         let mut algorithms = vec![Algorithm::Gemm];
-        if self.group == 1 && packed::available() {
+        // Grouped too, but not with one channel per group (depthwise, or nearly).
+        if packed::available() && (self.group == 1 || c > self.group) {
             algorithms.push(Algorithm::Packed);
             if packed::implicit_fits(&self.window) {
                 algorithms.push(Algorithm::Implicit);
@@ -207,10 +210,20 @@ impl ConvSite<'_> {
             }
             _ => None,
         };
-        let [m, c, kh, kw] = shape4(self.weights);
+        let [m, cg, kh, kw] = shape4(self.weights);
+        let mg = m / self.group.max(1);
+        let groups = self.weights.data().chunks_exact((mg * cg * kh * kw).max(1));
         let packed = match choice.algorithm {
-            Algorithm::Packed => Some(PackedFilters::new(self.weights.data(), m, c * kh * kw)),
-            Algorithm::Implicit => Some(PackedFilters::by_taps(self.weights.data(), m, c, kh * kw)),
+            Algorithm::Packed => Some(
+                groups
+                    .map(|w| PackedFilters::new(w, mg, cg * kh * kw))
+                    .collect(),
+            ),
+            Algorithm::Implicit => Some(
+                groups
+                    .map(|w| PackedFilters::by_taps(w, mg, cg, kh * kw))
+                    .collect(),
+            ),
             _ => None,
         };
         ConvPlan {
@@ -320,7 +333,7 @@ impl ConvPlan {
                 out
             });
         }
-        let ([n, c, h, w], [m, oh, ow]) = self.shapes(x, weights, window)?;
+        let ([n, c, h, w], [m, oh, ow]) = self.shapes(x, weights, window, group)?;
         let epilogue = Epilogue {
             bias: bias.map(|b| b.data()),
             relu,
@@ -378,7 +391,8 @@ impl ConvPlan {
             }
             return Ok(());
         };
-        let ([n, _, _, _], [m, oh, ow]) = self.shapes(args.x, args.weights, &args.window)?;
+        let ([n, _, _, _], [m, oh, ow]) =
+            self.shapes(args.x, args.weights, &args.window, args.group)?;
         fits(out.len(), n * m * oh * ow)?;
         let epilogue = Epilogue {
             bias: args.bias.map(|b| b.data()),
@@ -391,7 +405,7 @@ impl ConvPlan {
     /// Runs a packed or implicit plan into `out` (the output's exact length).
     fn run_packed(
         &self,
-        filters: &PackedFilters,
+        filters: &[PackedFilters],
         x: &Tensor,
         window: &Window,
         out: &mut [MaybeUninit<f32>],
@@ -418,9 +432,9 @@ impl ConvPlan {
     }
 
     /// The filters of a packed or implicit plan.
-    fn packed_filters(&self) -> Option<&PackedFilters> {
+    fn packed_filters(&self) -> Option<&[PackedFilters]> {
         match self.choice.algorithm {
-            Algorithm::Packed | Algorithm::Implicit => self.packed.as_ref(),
+            Algorithm::Packed | Algorithm::Implicit => self.packed.as_deref(),
             _ => None,
         }
     }
@@ -439,27 +453,20 @@ impl ConvPlan {
         x: &Tensor,
         weights: &Tensor,
         window: &Window,
+        group: usize,
     ) -> Result<([usize; 4], [usize; 3]), String> {
         let [n, c, h, w] = match *x.shape() {
             [n, c, h, w] => [n, c, h, w],
             ref other => return Err(format!("input must be 4-D (NCHW), got {other:?}")),
         };
-        if c != self.channels(weights) {
+        let channels = weights.shape()[1] * group;
+        if c != channels {
             return Err(format!(
-                "input has {c} channels; the weights expect {}",
-                self.channels(weights)
+                "input has {c} channels; the weights expect {channels}"
             ));
         }
         let [oh, ow] = window.output(h, w)?;
         Ok(([n, c, h, w], [weights.shape()[0], oh, ow]))
-    }
-
-    fn channels(&self, weights: &Tensor) -> usize {
-        let [m, cg, _, _] = shape4(weights);
-        match self.choice.algorithm {
-            Algorithm::Depthwise => m,
-            _ => cg,
-        }
     }
 }
 

@@ -40,8 +40,8 @@
 //! | DequantizeLinear (per tensor or per axis) | decomposition: Cast, Sub, Mul |
 //! | 1-D Conv, MaxPool, AveragePool | decomposition: Unsqueeze to a unit width, the 2-D op, Squeeze |
 //! | Add/Sub/Mul/Div with opset 6's `broadcast` and `axis` | decomposition: Unsqueeze of B, then the numpy-broadcast op |
-//! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views |
-//! | Conv | kernel chosen per node by the [search](crate::search): [`conv::conv`] (1×1 as one GEMM, otherwise im2col + GEMM, per group, on the `gemm` crate), [`packed::conv`] (the same on filters packed at load, our AVX-512 kernel), [`packed::implicit`] (stride 1: the input read under the window, no im2col), [`winograd`] F(2×2,3×3) / F(4×4,3×3), [`depthwise`] direct; bias and a fused Relu applied as the output is written |
+//! | MatMul, Gemm | kernel: [`linalg`], the `gemm` crate's kernels through strided views; a product of one row (a fully connected layer at batch 1) on more than one thread our own, streaming the matrix on all of them |
+//! | Conv | kernel chosen per node by the [search](crate::search): [`conv::conv`] (1×1 as one GEMM, otherwise im2col + GEMM, per group, on the `gemm` crate), [`packed::conv`] (the same on filters packed at load, per group, our AVX-512 kernel), [`packed::implicit`] (the input read under the window, no im2col), [`winograd`] F(2×2,3×3) / F(4×4,3×3), [`depthwise`] direct (AVX-512: one register per 16 outputs over the taps); bias and a fused Relu applied as the output is written |
 //! | MaxPool, AveragePool, GlobalAveragePool | kernel: [`conv::pool`] (separable passes; 3×3 stride-2 MaxPool in AVX-512), [`conv::global_average_pool`] |
 //! | BatchNormalization, LRN | kernel: [`nn`] (BatchNormalization after a Conv folds into it; otherwise it works in place on a last read and fuses a following Relu) |
 //! | Softmax | kernel: [`shape::softmax`] (2-D coercion before opset 13) |
@@ -209,6 +209,16 @@ pub struct Epilogue<'a> {
     pub bias: Option<&'a [f32]>,
     /// Clamp at zero after the bias (a fused Relu).
     pub relu: bool,
+}
+
+impl<'a> Epilogue<'a> {
+    /// The epilogue of the output channels from `first` on (a group's filters).
+    pub(crate) fn for_channels_from(self, first: usize) -> Epilogue<'a> {
+        Epilogue {
+            bias: self.bias.map(|b| &b[first..]),
+            relu: self.relu,
+        }
+    }
 }
 
 /// A raw output pointer that the threads of a kernel share, each writing its own part.

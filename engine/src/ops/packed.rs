@@ -103,22 +103,23 @@ impl PackedFilters {
     }
 }
 
-/// Convolves every image of `x` (NCHW) with `filters` packed by [`PackedFilters::new`] from
-/// `[m, c, kh, kw]` weights (group 1): a 1×1, stride-1, unpadded convolution reads the input
-/// in place, any other its im2col unfolding.
+/// Convolves every image of `x` (NCHW) with `filters`, one per group, packed by
+/// [`PackedFilters::new`] from each group's `[m / groups, c / groups, kh, kw]` weights: a 1×1,
+/// stride-1, unpadded convolution reads the input in place, any other its im2col unfolding.
 pub fn conv(
     x: &[f32],
     [n, c, h, w]: [usize; 4],
-    filters: &PackedFilters,
+    filters: &[PackedFilters],
     window: &Window,
     (out, [oh, ow]): (&mut [MaybeUninit<f32>], [usize; 2]),
     epilogue: Epilogue,
     threads: usize,
 ) {
     let [kh, kw] = window.kernel;
-    let (k, pixels) = (c * kh * kw, oh * ow);
-    assert_eq!(
-        k, filters.k,
+    let (cg, mg) = group_shape(filters, c);
+    let (k, pixels) = (cg * kh * kw, oh * ow);
+    assert!(
+        filters.iter().all(|f| f.k == k),
         "input channels do not match the packed filters"
     );
     let direct = [kh, kw] == [1, 1] && window.strides == [1, 1] && window.pads == [0; 4];
@@ -126,18 +127,33 @@ pub fn conv(
     if !direct && columns.len() < k * pixels {
         columns.resize(k * pixels, 0.0);
     }
+    let m = mg * filters.len();
     for image in 0..n {
-        let input = &x[image * c * h * w..(image + 1) * c * h * w];
-        let cols: &[f32] = if direct {
-            input
-        } else {
-            im2col(input, [c, h, w], window, [oh, ow], &mut columns, threads);
-            &columns[..k * pixels]
-        };
-        let dst = &mut out[image * filters.m * pixels..(image + 1) * filters.m * pixels];
-        gemm(filters, cols, pixels, dst, epilogue, threads);
+        for (g, filters) in filters.iter().enumerate() {
+            let input = &x[(image * c + g * cg) * h * w..][..cg * h * w];
+            let cols: &[f32] = if direct {
+                input
+            } else {
+                im2col(input, [cg, h, w], window, [oh, ow], &mut columns, threads);
+                &columns[..k * pixels]
+            };
+            let dst = &mut out[(image * m + g * mg) * pixels..][..mg * pixels];
+            let epilogue = epilogue.for_channels_from(g * mg);
+            gemm(filters, cols, pixels, dst, epilogue, threads);
+        }
     }
     return_columns(columns);
+}
+
+/// The input channels and the filters of each group, for `c` input channels and `filters`
+/// (one per group, all of one size).
+fn group_shape(filters: &[PackedFilters], c: usize) -> (usize, usize) {
+    let groups = filters.len();
+    assert!(
+        groups > 0 && c.is_multiple_of(groups) && filters.iter().all(|f| f.m == filters[0].m),
+        "{groups} filter groups do not divide {c} input channels evenly"
+    );
+    (c / groups, filters[0].m)
 }
 
 /// `out[m × n] = filters · cols[k × n]` (both row-major), then the epilogue.
@@ -188,7 +204,7 @@ pub fn gemm(
 pub fn implicit(
     x: &[f32],
     [n, c, h, w]: [usize; 4],
-    filters: &PackedFilters,
+    filters: &[PackedFilters],
     window: &Window,
     (out, [oh, ow]): (&mut [MaybeUninit<f32>], [usize; 2]),
     epilogue: Epilogue,
@@ -198,8 +214,14 @@ pub fn implicit(
         implicit_fits(window),
         "the implicit kernel cannot take {window:?}"
     );
-    assert_eq!(c * window.kernel[0] * window.kernel[1], filters.k);
-    assert!(x.len() >= n * c * h * w && out.len() >= n * filters.m * oh * ow);
+    let (cg, mg) = group_shape(filters, c);
+    let m = mg * filters.len();
+    assert!(
+        filters
+            .iter()
+            .all(|f| f.k == cg * window.kernel[0] * window.kernel[1])
+    );
+    assert!(x.len() >= n * c * h * w && out.len() >= n * m * oh * ow);
     let pixels = oh * ow;
     // A stride-1 window whose output is as large as its input reads, for output pixel `p`
     // and each tap, input element `p + offset(tap)` of the flattened plane: runs need not stop
@@ -240,23 +262,28 @@ pub fn implicit(
             split_phases(input, [c, h, w], window, &mut phases);
             input = &phases[..c * stride * h * phase_width];
         }
-        let source = Source::Window {
-            input,
-            shape: [c, h, w],
-            window,
-            phase_width,
-            flat_masks: flat_masks.as_deref(),
-        };
-        let dst = &mut out[image * filters.m * pixels..(image + 1) * filters.m * pixels];
-        tiles(
-            filters,
-            &source,
-            &runs,
-            (dst, pixels),
-            epilogue,
-            Order::Runs,
-            threads,
-        );
+        // A channel's input (or its phases) is this long.
+        let plane = input.len() / c;
+        for (g, filters) in filters.iter().enumerate() {
+            let source = Source::Window {
+                input: &input[g * cg * plane..(g + 1) * cg * plane],
+                shape: [cg, h, w],
+                window,
+                phase_width,
+                flat_masks: flat_masks.as_deref(),
+            };
+            let dst = &mut out[(image * m + g * mg) * pixels..][..mg * pixels];
+            let epilogue = epilogue.for_channels_from(g * mg);
+            tiles(
+                filters,
+                &source,
+                &runs,
+                (dst, pixels),
+                epilogue,
+                Order::Runs,
+                threads,
+            );
+        }
     }
     return_columns(phases);
 }
@@ -272,26 +299,43 @@ fn flat_masks(runs: &[Run], [h, w]: [usize; 2], window: &Window) -> Vec<u16> {
             let dy = (ky * window.dilations[0]) as isize - window.pads[0] as isize;
             for kx in 0..kw {
                 let dx = (kx * window.dilations[1]) as isize - window.pads[1] as isize;
-                let inside = |lane: usize| {
-                    let p = run.pixel + lane;
-                    let (y, x) = ((p / w) as isize + dy, (p % w) as isize + dx);
-                    (0..h as isize).contains(&y) && (0..w as isize).contains(&x)
-                };
-                masks.push(
-                    (0..run.lanes)
-                        .filter(|&l| inside(l))
-                        .fold(0, |m, l| m | 1 << l),
-                );
+                masks.push(flat_mask((run.pixel, run.lanes), [dy, dx], [h, w]));
             }
         }
     }
     masks
 }
 
+/// The lanes of the run of `lanes` pixels from `pixel` of a flattened `[h, w]` plane whose
+/// pixel shifted by `[dy, dx]` lies inside the plane (not over a row's end, above the first
+/// row or below the last).
+pub(crate) fn flat_mask(
+    (pixel, lanes): (usize, usize),
+    [dy, dx]: [isize; 2],
+    [h, w]: [usize; 2],
+) -> u16 {
+    let inside = |lane: usize| {
+        let p = pixel + lane;
+        let (y, x) = ((p / w) as isize + dy, (p % w) as isize + dx);
+        (0..h as isize).contains(&y) && (0..w as isize).contains(&x)
+    };
+    (0..lanes).filter(|&l| inside(l)).fold(0, |m, l| m | 1 << l)
+}
+
+/// Where a tap whose input column is `ox·sx + offset` for output column `ox` reads in a row
+/// `w` wide split into `sx` phases (see [`split_phases`]): its phase, the `shift` that makes
+/// that column `ox + shift` of the phase, and how many columns of the phase lie in the row.
+pub(crate) fn phase_columns(offset: isize, sx: isize, w: usize) -> (isize, isize, isize) {
+    let (phase, shift) = (offset.rem_euclid(sx), offset.div_euclid(sx));
+    let columns = (w as isize - phase).max(0).div_euclid(sx)
+        + ((w as isize - phase).max(0) % sx != 0) as isize;
+    (phase, shift, columns)
+}
+
 /// Writes one image's `[c, h, w]` input as `[c, stride, h, ⌈w / stride⌉]`: phase `p` of a row
 /// holds its columns `p, p + stride, …` (zero past the row's end). Only the phases some kernel
 /// tap reads are written.
-fn split_phases(input: &[f32], [c, h, w]: [usize; 3], window: &Window, out: &mut [f32]) {
+pub(crate) fn split_phases(input: &[f32], [c, h, w]: [usize; 3], window: &Window, out: &mut [f32]) {
     let stride = window.strides[1];
     let width = w.div_ceil(stride);
     let used: Vec<bool> = (0..stride)
@@ -303,15 +347,68 @@ fn split_phases(input: &[f32], [c, h, w]: [usize; 3], window: &Window, out: &mut
         })
         .collect();
     for (channel, plane) in input.chunks_exact(h * w).take(c).enumerate() {
+        if stride == 2 && used[0] && used[1] && available() {
+            let phases = &mut out[channel * 2 * h * width..][..2 * h * width];
+            let (even, odd) = phases.split_at_mut(h * width);
+            let rows = even
+                .chunks_exact_mut(width)
+                .zip(odd.chunks_exact_mut(width));
+            for (row, (even, odd)) in plane.chunks_exact(w).zip(rows) {
+                // SAFETY: AVX-512F is available; both phases hold ⌈w / 2⌉ columns.
+                unsafe { deinterleave(row, even, odd) };
+            }
+            continue;
+        }
         for p in (0..stride).filter(|&p| used[p]) {
             let phase = &mut out[(channel * stride + p) * h * width..][..h * width];
             for (row, dst) in plane.chunks_exact(w).zip(phase.chunks_exact_mut(width)) {
-                for (j, d) in dst.iter_mut().enumerate() {
-                    *d = row.get(j * stride + p).copied().unwrap_or(0.0);
-                }
+                let columns = row.get(p..).unwrap_or_default().iter().step_by(stride);
+                let filled = dst.iter_mut().zip(columns).map(|(d, &v)| *d = v).count();
+                dst[filled..].fill(0.0);
             }
         }
     }
+}
+
+/// Splits `row` into its even columns and its odd ones (the last zero when the row's width is
+/// odd), 32 columns at a time.
+///
+/// # Safety
+/// AVX-512F; `even` and `odd` must hold `⌈row.len() / 2⌉` values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let width = row.len().div_ceil(2);
+    assert!(even.len() >= width && odd.len() >= width);
+    let evens = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+    let odds = _mm512_add_epi32(evens, _mm512_set1_epi32(1));
+    for start in (0..row.len()).step_by(2 * LANES) {
+        let columns = (row.len() - start).min(2 * LANES);
+        let (low, high) = (
+            lane_mask(0, columns as isize),
+            lane_mask(0, columns as isize - LANES as isize),
+        );
+        let outputs = lane_mask(0, columns.div_ceil(2) as isize);
+        // SAFETY: the masks keep the loads inside `row` and the stores inside the phases'
+        // first `width` values.
+        unsafe {
+            let src = row.as_ptr().add(start);
+            let a = _mm512_maskz_loadu_ps(low, src);
+            let b = _mm512_maskz_loadu_ps(high, src.add(LANES));
+            let (e, o) = (
+                _mm512_permutex2var_ps(a, evens, b),
+                _mm512_permutex2var_ps(a, odds, b),
+            );
+            _mm512_mask_storeu_ps(even.as_mut_ptr().add(start / 2), outputs, e);
+            _mm512_mask_storeu_ps(odd.as_mut_ptr().add(start / 2), outputs, o);
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+unsafe fn deinterleave(_: &[f32], _: &mut [f32], _: &mut [f32]) {
+    unreachable!("split_phases deinterleaves only where available() is true")
 }
 
 /// Up to 16 consecutive output pixels: where they start in the output plane, how many, and
@@ -480,9 +577,7 @@ impl<'a> Tile<'a> {
                         // The tap's input column for output column `ox` is `ox·sx + offset`:
                         // column `ox + shift` of phase `phase`, which has `columns` columns.
                         let offset = (kx * window.dilations[1]) as isize - window.pads[1] as isize;
-                        let (phase, shift) = (offset.rem_euclid(sx), offset.div_euclid(sx));
-                        let columns = (w as isize - phase).max(0).div_euclid(sx)
-                            + ((w as isize - phase).max(0) % sx != 0) as isize;
+                        let (phase, shift, columns) = phase_columns(offset, sx, w);
                         let plane = input.as_ptr().wrapping_add(phase as usize * phase_plane);
                         let mut masks = [0u16; V];
                         let mut base = [plane; V];
@@ -570,7 +665,7 @@ pub(crate) unsafe fn multiply_add<const V: usize>(
 }
 
 /// The mask of lanes `from..to` (clamped to one vector; empty when `to ≤ from`).
-fn lane_mask(from: isize, to: isize) -> u16 {
+pub(crate) fn lane_mask(from: isize, to: isize) -> u16 {
     let (from, to) = (from.clamp(0, 16) as u32, to.clamp(0, 16) as u32);
     if to <= from {
         return 0;
@@ -603,8 +698,7 @@ mod tests {
     /// Runs `kernel` on `x` and `weights` at 1 thread without Relu and 2 threads with, against
     /// the naive convolution.
     fn check(
-        x: &Tensor,
-        weights: &Tensor,
+        (x, weights, group): (&Tensor, &Tensor, usize),
         window: &Window,
         kernel: impl Fn(&[f32], &mut [MaybeUninit<f32>], [usize; 2], Epilogue, usize),
     ) {
@@ -612,7 +706,7 @@ mod tests {
         let m = weights.shape()[0];
         let bias = values(m, 3);
         let [oh, ow] = window.output(h, w).unwrap();
-        let expected = naive_conv(x, weights, &bias, window, 1);
+        let expected = naive_conv(x, weights, &bias, window, group);
         for (threads, relu) in [(1, false), (2, true)] {
             let mut out = vec![MaybeUninit::new(f32::NAN); n * m * oh * ow];
             let epilogue = Epilogue {
@@ -626,7 +720,7 @@ mod tests {
                 let want = if relu { want.max(0.0) } else { *want };
                 assert!(
                     (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                    "{:?} {window:?} m={m} threads={threads} at {i}: {got} vs {want}",
+                    "{:?} {window:?} m={m} group={group} threads={threads} at {i}: {got} vs {want}",
                     [n, c, h, w]
                 );
             }
@@ -636,17 +730,19 @@ mod tests {
     type Kernel = fn(
         &[f32],
         [usize; 4],
-        &PackedFilters,
+        &[PackedFilters],
         &Window,
         (&mut [MaybeUninit<f32>], [usize; 2]),
         Epilogue,
         usize,
     );
 
-    /// Runs `kernel` on each case (input shape, `[filters, kh, kw]`, window) with filters
-    /// packed by `pack` (weights, filters, channels, taps), against the naive convolution.
+    /// Runs `kernel` on each case (input shape, `[filters, kh, kw]`, window) in `group`
+    /// groups, with each group's filters packed by `pack` (weights, filters, channels, taps),
+    /// against the naive convolution.
     fn check_cases(
         cases: &[([usize; 4], [usize; 3], Window)],
+        group: usize,
         pack: impl Fn(&[f32], usize, usize, usize) -> PackedFilters,
         kernel: Kernel,
     ) {
@@ -655,11 +751,17 @@ mod tests {
             return;
         }
         for (shape, [m, kh, kw], window) in cases {
-            let (c, shape) = (shape[1], *shape);
+            let (cg, mg, shape) = (shape[1] / group, m / group, *shape);
             let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
-            let weights = Tensor::new(vec![*m, c, *kh, *kw], values(m * c * kh * kw, 2)).unwrap();
-            let filters = pack(weights.data(), *m, c, kh * kw);
-            check(&x, &weights, window, |x, out, size, epilogue, threads| {
+            let len = m * cg * kh * kw;
+            let weights = Tensor::new(vec![*m, cg, *kh, *kw], values(len, 2)).unwrap();
+            let filters: Vec<PackedFilters> = weights
+                .data()
+                .chunks_exact(len / group)
+                .map(|w| pack(w, mg, cg, kh * kw))
+                .collect();
+            let operands = (&x, &weights, group);
+            check(operands, window, |x, out, size, epilogue, threads| {
                 kernel(x, shape, &filters, window, (out, size), epilogue, threads)
             });
         }
@@ -678,11 +780,14 @@ mod tests {
             // More filters than pixels: tiles go panel by panel.
             ([1, 8, 3, 3], [40, 1, 1], window([1, 1], 1, 1, [0; 4])),
         ];
-        check_cases(
-            &cases,
-            |w, m, c, taps| PackedFilters::new(w, m, c * taps),
-            conv,
-        );
+        let pack = |w: &[f32], m, c, taps| PackedFilters::new(w, m, c * taps);
+        check_cases(&cases, 1, pack, conv);
+        // Groups: 1×1 read in place, 3×3 through im2col, filters per group not a multiple of 8.
+        let grouped = [
+            ([1, 12, 9, 11], [36, 1, 1], window([1, 1], 1, 1, [0; 4])),
+            ([2, 8, 10, 7], [20, 3, 3], window([3, 3], 2, 1, [1; 4])),
+        ];
+        check_cases(&grouped, 4, pack, conv);
     }
 
     /// The implicit kernel over edges: padding on every side (uneven too), dilation, a 5×5
@@ -711,7 +816,17 @@ mod tests {
             ),
         ];
         assert!(cases.iter().all(|(_, _, window)| implicit_fits(window)));
-        check_cases(&cases, PackedFilters::by_taps, implicit);
+        check_cases(&cases, 1, PackedFilters::by_taps, implicit);
+        // Groups: flattened runs, and phases of a strided window.
+        let grouped = [
+            ([1, 12, 11, 7], [18, 3, 3], window([3, 3], 1, 1, [1; 4])),
+            (
+                [1, 6, 13, 17],
+                [10, 3, 3],
+                window([3, 3], 2, 1, [1, 0, 0, 1]),
+            ),
+        ];
+        check_cases(&grouped, 2, PackedFilters::by_taps, implicit);
         assert!(!implicit_fits(&window([3, 3], 5, 1, [1; 4])));
         assert!(!implicit_fits(&window([9, 9], 1, 1, [1; 4])));
         assert!(!implicit_fits(&window([1, 1], 1, 1, [0; 4])));
