@@ -148,12 +148,13 @@ async fn execute(shared: &Arc<Shared>, run: PendingRun) {
         .entry(task.vm_key())
         .or_default()
         .record(duration_ms, error.as_deref());
+    commit_run(shared, &task, run.journal_seq, &result, duration_ms);
+    // Counted once committed: a status that shows the run also shows its records in the outbox.
     let counter = match &result {
         Ok(_) => &shared.counters.runs_ok,
         Err(_) => &shared.counters.runs_failed,
     };
     counter.fetch_add(1, Ordering::Relaxed);
-    commit_run(shared, &task, run.journal_seq, &result, duration_ms);
     walle_proto::crash::crash_point("device-run-committed");
     rollback::note_run(shared, &task, error.as_deref());
     if let Ok(output) = &result {
