@@ -24,37 +24,45 @@ pub struct SpooledBundle {
     digest: String,
 }
 
-/// Bytes of an oversized upload read and thrown away before the refusal is sent. A client that
-/// is still writing when the server answers and closes may see a reset instead of the 413;
-/// reading a bounded excess first lets ordinary clients of a slightly-too-large bundle get the
-/// answer, while a huge or endless body is still cut off after this much.
-pub const DISCARD_BEFORE_REFUSAL: u64 = 4 * 1024 * 1024;
+/// Bytes of an oversized upload read and thrown away after the refusal is sent, and for how
+/// long at most. A server that answers and closes while the client is still writing makes the
+/// client's TCP stack see a reset, which may arrive before the client has read the 413. Reading
+/// (never storing) a bounded excess after answering — a lingering close — lets the client read
+/// the refusal, while a huge or endless body is still cut off after this much.
+pub const DISCARD_AFTER_REFUSAL: u64 = 16 * 1024 * 1024;
+const LINGER: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// Refuses an oversized upload: reads and discards at most [`DISCARD_BEFORE_REFUSAL`] more
-/// bytes of it (never storing them), then gives the 413 error.
-pub async fn refuse_oversized<E>(
-    body: impl Stream<Item = Result<Bytes, E>>,
-    limit: u64,
-) -> CloudError {
-    let mut body = std::pin::pin!(body);
-    let mut discarded: u64 = 0;
-    while discarded < DISCARD_BEFORE_REFUSAL {
-        match body.next().await {
-            Some(Ok(chunk)) => discarded += chunk.len() as u64,
-            _ => break,
-        }
-    }
+/// Refuses an oversized upload at once with the 413 error, and leaves a background task to
+/// read and discard at most [`DISCARD_AFTER_REFUSAL`] more bytes of it for at most [`LINGER`]
+/// before the connection is dropped.
+pub fn refuse_oversized<S, E>(body: S, limit: u64) -> CloudError
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut body = std::pin::pin!(body);
+        let mut discarded: u64 = 0;
+        let drain = async {
+            while discarded < DISCARD_AFTER_REFUSAL {
+                match body.next().await {
+                    Some(Ok(chunk)) => discarded += chunk.len() as u64,
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
     too_large(limit)
 }
 
 /// Writes an upload body to a temporary file below `<data_dir>/uploads`, hashing it on the way.
 /// Refuses with [`CloudError::TooLarge`] as soon as more than `limit` bytes arrive; the rest is
 /// never stored (see [`refuse_oversized`]).
-pub async fn spool<E: std::fmt::Display>(
-    data_dir: &Path,
-    body: impl Stream<Item = Result<Bytes, E>>,
-    limit: u64,
-) -> Result<SpooledBundle, CloudError> {
+pub async fn spool<S, E>(data_dir: &Path, body: S, limit: u64) -> Result<SpooledBundle, CloudError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display,
+{
     let dir = data_dir.join("uploads");
     std::fs::create_dir_all(&dir).map_err(|e| CloudError::io(&dir, e))?;
     let (file, path) = tempfile::NamedTempFile::new_in(&dir)
@@ -63,13 +71,13 @@ pub async fn spool<E: std::fmt::Display>(
     let mut file = tokio::fs::File::from_std(file);
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
-    let mut body = std::pin::pin!(body);
+    let mut body = Box::pin(body);
     while let Some(chunk) = body.next().await {
         let chunk =
             chunk.map_err(|e| CloudError::Invalid(format!("reading the upload body: {e}")))?;
         size += chunk.len() as u64;
         if size > limit {
-            return Err(refuse_oversized(body, limit).await);
+            return Err(refuse_oversized(body, limit));
         }
         hasher.update(&chunk);
         file.write_all(&chunk)

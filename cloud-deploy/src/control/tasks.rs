@@ -102,7 +102,7 @@ async fn upload_version(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|length| length > limit) {
-        return Err(catalog::refuse_oversized(body.into_data_stream(), limit).await);
+        return Err(catalog::refuse_oversized(body.into_data_stream(), limit));
     }
     let spooled = catalog::spool(&state.config.data_dir, body.into_data_stream(), limit).await?;
     let row = catalog::publish_version(&state, &name, spooled).await?;
