@@ -22,6 +22,34 @@ fn cases() -> PathBuf {
         })
 }
 
+/// The CPU and whether it has AVX-512, which Walle's packed, implicit and vectorised depthwise
+/// convolution kernels need (without it, convolutions run on the gemm crate, Winograd and the
+/// portable depthwise kernel), so that a table can be read against the host it came from.
+fn cpu_line() -> String {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx512 = false;
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!(
+        "CPU: {model}, {cores} logical cores, AVX-512 {}",
+        if avx512 {
+            "yes (Walle's own convolution kernels in use)"
+        } else {
+            "no (Walle's convolutions on the gemm crate, Winograd and portable kernels)"
+        }
+    )
+}
+
 fn median(mut runs: Vec<f64>) -> f64 {
     runs.sort_by(f64::total_cmp);
     runs[runs.len() / 2]
@@ -122,6 +150,7 @@ fn main() {
         .filter(|p| p.to_string_lossy().contains(&filter))
         .collect();
     models.sort();
+    println!("{}", cpu_line());
     println!("median ms of {runs} runs (ratio = walle / peer; < 1 is faster)");
     println!(
         "| model | threads | walle | ONNX Runtime | tract | walle/ORT | walle/tract | walle GFLOP/s | walle search ms |"
