@@ -500,13 +500,116 @@ fn broadcast_index(shape: &[usize], to: &[usize]) -> impl Iterator<Item = usize>
     })
 }
 
-/// [`Binary::apply`] for one operation (monomorphised, so the loops vectorise).
-fn apply_with(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Result<Tensor, String> {
-    let (shape, data) = super::simd(
-        #[inline(always)]
-        || zip_broadcast((a.shape(), a.data()), (b.shape(), b.data()), f),
-    )?;
-    Tensor::new(shape, data).map_err(|e| e.to_string())
+/// [`Binary::apply`] for one operation (monomorphised, so the loops vectorise): rows of the
+/// output with its axes merged as far as both operands allow, cut into one chunk per thread.
+fn apply_with(
+    a: &Tensor,
+    b: &Tensor,
+    f: impl Fn(f32, f32) -> f32 + Sync,
+) -> Result<Tensor, String> {
+    let shape = broadcast_shape(a.shape(), b.shape())?;
+    let strides = [a.shape(), b.shape()].map(|s| broadcast_strides(s, &shape));
+    let (dims, [sa, sb]) = merged_axes(&shape, [&strides[0], &strides[1]]);
+    let (a, b) = (a.data(), b.data());
+    let mut out = vec![0.0; shape.iter().product()];
+    super::for_chunks(&mut out, |offset, chunk| {
+        for_row_segments(&dims, offset, chunk, |row, col, segment| {
+            let ia = row_offset(row, &dims, &sa) + col * sa[dims.len() - 1];
+            let ib = row_offset(row, &dims, &sb) + col * sb[dims.len() - 1];
+            let len = segment.len();
+            match (sa[dims.len() - 1], sb[dims.len() - 1]) {
+                (1, 1) => {
+                    let (x, y) = (&a[ia..ia + len], &b[ib..ib + len]);
+                    for ((o, &x), &y) in segment.iter_mut().zip(x).zip(y) {
+                        *o = f(x, y);
+                    }
+                }
+                (1, 0) => {
+                    let y = b[ib];
+                    for (o, &x) in segment.iter_mut().zip(&a[ia..ia + len]) {
+                        *o = f(x, y);
+                    }
+                }
+                (0, 1) => {
+                    let x = a[ia];
+                    for (o, &y) in segment.iter_mut().zip(&b[ib..ib + len]) {
+                        *o = f(x, y);
+                    }
+                }
+                (step_a, step_b) => {
+                    for (k, o) in segment.iter_mut().enumerate() {
+                        *o = f(a[ia + k * step_a], b[ib + k * step_b]);
+                    }
+                }
+            }
+        });
+    });
+    Tensor::new(shape, out).map_err(|e| e.to_string())
+}
+
+/// `shape` and the operands' `strides` with adjacent axes merged wherever every operand reads
+/// them as one axis (broadcast over both, or contiguous across both), and axes of size 1
+/// dropped: a per-channel operand of an NCHW tensor reads as `[C, H·W]` with strides `[1, 0]`,
+/// so its rows are whole planes, not image rows. At least one axis is left.
+fn merged_axes<const N: usize>(
+    shape: &[usize],
+    strides: [&[usize]; N],
+) -> (Vec<usize>, [Vec<usize>; N]) {
+    let mut dims: Vec<usize> = Vec::new();
+    let mut merged: [Vec<usize>; N] = std::array::from_fn(|_| Vec::new());
+    for (axis, &n) in shape.iter().enumerate().filter(|&(_, &n)| n != 1) {
+        let joins = (0..N).all(|i| merged[i].last() == Some(&(strides[i][axis] * n)));
+        match dims.last_mut() {
+            Some(last) if joins => {
+                *last *= n;
+                for (merged, strides) in merged.iter_mut().zip(strides) {
+                    merged.pop();
+                    merged.push(strides[axis]);
+                }
+            }
+            _ => {
+                dims.push(n);
+                for (merged, strides) in merged.iter_mut().zip(strides) {
+                    merged.push(strides[axis]);
+                }
+            }
+        }
+    }
+    if dims.is_empty() {
+        dims.push(1);
+        merged.iter_mut().for_each(|s| s.push(0));
+    }
+    (dims, merged)
+}
+
+/// Calls `f(row, column, segment)` for each piece of `chunk` (the elements from `offset` on of
+/// a tensor of `dims`) that lies in one row (innermost axis) of it.
+#[inline(always)]
+fn for_row_segments(
+    dims: &[usize],
+    offset: usize,
+    chunk: &mut [f32],
+    mut f: impl FnMut(usize, usize, &mut [f32]),
+) {
+    let inner = dims[dims.len() - 1].max(1);
+    let mut done = 0;
+    while done < chunk.len() {
+        let (row, column) = ((offset + done) / inner, (offset + done) % inner);
+        let len = (inner - column).min(chunk.len() - done);
+        f(row, column, &mut chunk[done..done + len]);
+        done += len;
+    }
+}
+
+/// Where row `row` (of the rows of `dims`, in order) starts in an operand read with `strides`.
+fn row_offset(mut row: usize, dims: &[usize], strides: &[usize]) -> usize {
+    let outer = dims.len() - 1;
+    let mut at = 0;
+    for (&n, &stride) in dims[..outer].iter().zip(&strides[..outer]).rev() {
+        at += (row % n) * stride;
+        row /= n;
+    }
+    at
 }
 
 /// `f` of two broadcast operands, element by element: the output shape and values.
@@ -580,34 +683,35 @@ fn apply_in_place_with(
         });
         return true;
     }
-    super::simd(
-        #[inline(always)]
-        || in_place(a, b, relu, f),
-    );
-    true
-}
-
-#[inline(always)]
-fn in_place(a: &mut Tensor, b: &Tensor, relu: bool, f: impl Fn(f32, f32) -> f32) {
-    let shape = a.shape().to_vec();
-    let sb = broadcast_strides(b.shape(), &shape);
-    let inner = *shape.last().unwrap_or(&1);
-    let contiguous = *sb.last().unwrap_or(&0) == 1;
-    let rows = a.data_mut().chunks_mut(inner.max(1));
-    let full = broadcast_strides(&shape, &shape);
-    for (row, (_, ib)) in rows.zip(row_offsets(&shape, &full, &sb)) {
-        if contiguous {
-            for (x, &y) in row.iter_mut().zip(&b.data()[ib..ib + inner]) {
-                *x = f(*x, y);
+    let strides = broadcast_strides(b.shape(), a.shape());
+    let (dims, [sb]) = merged_axes(a.shape(), [&strides]);
+    let b = b.data();
+    let step = sb[dims.len() - 1];
+    super::for_chunks(a.data_mut(), |offset, chunk| {
+        for_row_segments(&dims, offset, chunk, |row, column, segment| {
+            let (ib, len) = (row_offset(row, &dims, &sb) + column * step, segment.len());
+            match step {
+                1 => {
+                    for (x, &y) in segment.iter_mut().zip(&b[ib..ib + len]) {
+                        *x = f(*x, y);
+                    }
+                }
+                0 => {
+                    let y = b[ib];
+                    segment.iter_mut().for_each(|x| *x = f(*x, y));
+                }
+                _ => {
+                    for (k, x) in segment.iter_mut().enumerate() {
+                        *x = f(*x, b[ib + k * step]);
+                    }
+                }
             }
-        } else {
-            let y = b.data()[ib];
-            row.iter_mut().for_each(|x| *x = f(*x, y));
-        }
-        if relu {
-            row.iter_mut().for_each(|x| *x = x.max(0.0));
-        }
-    }
+            if relu {
+                segment.iter_mut().for_each(|x| *x = x.max(0.0));
+            }
+        });
+    });
+    true
 }
 
 /// For each row (innermost axis) of `shape` in order, the offsets of its first element in two
@@ -697,6 +801,72 @@ mod tests {
             }
         }
         assert!(Binary::Mul.apply(&a, &Tensor::zeros(vec![2])).is_err());
+    }
+
+    /// The value of a broadcast operand of `shape` at output index `index` (right-aligned;
+    /// axes of size 1 read element 0), by the definition.
+    fn at_index(t: &Tensor, index: &[usize]) -> f32 {
+        let skip = index.len() - t.shape().len();
+        let flat = t
+            .shape()
+            .iter()
+            .zip(&index[skip..])
+            .fold(0, |flat, (&n, &i)| flat * n + if n == 1 { 0 } else { i });
+        t.data()[flat]
+    }
+
+    /// The allocating and the in-place forms on the broadcasts models make (per-channel
+    /// operands of NCHW tensors, rows, columns, scalars, both operands broadcast), on one and
+    /// on two threads with chunks that split rows, against the definition element by element.
+    #[test]
+    fn broadcasts_match_the_definition_on_one_and_two_threads() {
+        let values = |shape: &[usize], seed: usize| {
+            let len: usize = shape.iter().product();
+            let data = (0..len)
+                .map(|i| ((i * 7 + seed) % 23) as f32 - 11.0)
+                .collect();
+            Tensor::new(shape.to_vec(), data).unwrap()
+        };
+        let cases: [(&[usize], &[usize]); 8] = [
+            (&[1, 24, 57, 59], &[24, 1, 1]),
+            (&[1, 24, 57, 59], &[1, 24, 1, 1]),
+            (&[2, 12, 57, 59], &[12, 1, 59]),
+            (&[1, 24, 57, 59], &[59]),
+            (&[1, 24, 57, 59], &[1]),
+            (&[3, 1, 181, 131], &[3, 1, 181, 131]),
+            (&[24, 1, 59], &[24, 57, 1]),
+            (&[57, 1], &[1, 1200]),
+        ];
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for &(sa, sb) in &cases {
+                let (a, b) = (values(sa, 1), values(sb, 5));
+                let out = pool.install(|| Binary::Sub.apply(&a, &b)).unwrap();
+                let shape = out.shape().to_vec();
+                let mut index = vec![0; shape.len()];
+                for (flat, &got) in out.data().iter().enumerate() {
+                    let mut rest = flat;
+                    for (i, &n) in index.iter_mut().zip(&shape).rev() {
+                        *i = rest % n;
+                        rest /= n;
+                    }
+                    let expected = at_index(&a, &index) - at_index(&b, &index);
+                    assert_eq!(
+                        got, expected,
+                        "{sa:?} - {sb:?} at {index:?}, {threads} threads"
+                    );
+                }
+                if shape == a.shape() {
+                    let mut in_place = a.clone();
+                    assert!(pool.install(|| Binary::Sub.apply_in_place(&mut in_place, &b, true)));
+                    let relu: Vec<f32> = out.data().iter().map(|x| x.max(0.0)).collect();
+                    assert_eq!(in_place.data(), relu, "{sa:?} -= {sb:?}, {threads} threads");
+                }
+            }
+        }
     }
 
     #[test]
