@@ -239,7 +239,6 @@ async fn abort(state: &AppState, live: &LiveRelease, reason: &str) -> Result<(),
         )
         .await?
     {
-        state.db.restore_superseded(&live.id).await?;
         tracing::warn!(release = %live.id, %reason, "release aborted");
         notify_change(state, &live.task, &live.id).await;
     }

@@ -165,11 +165,8 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
             release.live()?.policy.stages.len()
         )));
     }
-    // A paused or aborted release must not leave devices with nothing: the releases it
-    // superseded take its devices back (resume supersedes them again).
-    if matches!(action, Action::Pause | Action::Abort | Action::Rollback) {
-        state.db.restore_superseded(id).await?;
-    }
+    // A paused or aborted release has handed its devices back to the releases it superseded
+    // (`transition_release`); a resumed one supersedes them again here.
     let updated = state
         .db
         .get_release(id)

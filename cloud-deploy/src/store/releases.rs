@@ -201,7 +201,10 @@ impl Db {
         Ok(out)
     }
 
-    /// Moves a release to `to` if it is in one of `from`; returns whether it moved.
+    /// Moves a release to `to` if it is in one of `from`; returns whether it moved. A release
+    /// that stops delivering (paused or aborted) hands its devices back in the same
+    /// transaction: the releases it superseded return to the state they had (active or paused),
+    /// so no reader, and no crash between two statements, ever sees both out of service.
     pub async fn transition_release(
         &self,
         id: &str,
@@ -216,6 +219,11 @@ impl Db {
         if !from.iter().any(|s| s.as_str() == current) {
             return Ok(false);
         }
+        let mut tx = self
+            .pool()
+            .begin()
+            .await
+            .map_err(db_err("changing release state"))?;
         let result = sqlx::query(
             "UPDATE releases SET state = $1, state_reason = $2 WHERE id = $3 AND state = $4",
         )
@@ -223,10 +231,25 @@ impl Db {
         .bind(reason)
         .bind(id)
         .bind(&current)
-        .execute(self.pool())
+        .execute(&mut *tx)
         .await
         .map_err(db_err("changing release state"))?;
-        Ok(result.rows_affected() == 1)
+        let moved = result.rows_affected() == 1;
+        if moved && matches!(to, ReleaseState::Paused | ReleaseState::Aborted) {
+            sqlx::query(
+                "UPDATE releases SET state = state_before_superseded, superseded_by = '', \
+                 state_reason = 'restored: ' || $1 || ' was aborted' \
+                 WHERE superseded_by = $1 AND state = 'superseded'",
+            )
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err("restoring superseded releases"))?;
+        }
+        tx.commit()
+            .await
+            .map_err(db_err("changing release state"))?;
+        Ok(moved)
     }
 
     /// Sets the state reason of a release that is still active (e.g. why its gate holds it);
@@ -281,21 +304,6 @@ impl Db {
         .execute(self.pool())
         .await
         .map_err(db_err("superseding releases"))?;
-        Ok(result.rows_affected())
-    }
-
-    /// Puts the releases that `aborted` superseded back in the state they had (active or
-    /// paused), so their devices roll back to them.
-    pub async fn restore_superseded(&self, aborted: &str) -> Result<u64, CloudError> {
-        let result = sqlx::query(
-            "UPDATE releases SET state = state_before_superseded, superseded_by = '', \
-             state_reason = 'restored: ' || $1 || ' was aborted' \
-             WHERE superseded_by = $1 AND state = 'superseded'",
-        )
-        .bind(aborted)
-        .execute(self.pool())
-        .await
-        .map_err(db_err("restoring superseded releases"))?;
         Ok(result.rows_affected())
     }
 
