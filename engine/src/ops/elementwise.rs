@@ -500,24 +500,52 @@ fn broadcast_index(shape: &[usize], to: &[usize]) -> impl Iterator<Item = usize>
     })
 }
 
-/// [`Binary::apply`] for one operation (monomorphised, so the loops vectorise): rows of the
-/// output with its axes merged as far as both operands allow, cut into one chunk per thread.
+/// [`Binary::apply`] for one operation (monomorphised, so the loops vectorise): as
+/// [`zip_broadcast`], with the output cut into one chunk per thread.
 fn apply_with(
     a: &Tensor,
     b: &Tensor,
     f: impl Fn(f32, f32) -> f32 + Sync,
 ) -> Result<Tensor, String> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
-    let strides = [a.shape(), b.shape()].map(|s| broadcast_strides(s, &shape));
-    let (dims, [sa, sb]) = merged_axes(&shape, [&strides[0], &strides[1]]);
-    let (a, b) = (a.data(), b.data());
+    let plan = BroadcastRows::new(a.shape(), b.shape(), &shape);
     let mut out = vec![0.0; shape.iter().product()];
     super::for_chunks(&mut out, |offset, chunk| {
-        for_row_segments(&dims, offset, chunk, |row, col, segment| {
-            let ia = row_offset(row, &dims, &sa) + col * sa[dims.len() - 1];
-            let ib = row_offset(row, &dims, &sb) + col * sb[dims.len() - 1];
+        plan.zip(offset, chunk, (a.data(), b.data()), &f)
+    });
+    Tensor::new(shape, out).map_err(|e| e.to_string())
+}
+
+/// Two operands broadcast to one output shape, read row by row on the output's axes merged
+/// as far as both allow ([`merged_axes`]).
+struct BroadcastRows {
+    dims: Vec<usize>,
+    strides: [Vec<usize>; 2],
+}
+
+impl BroadcastRows {
+    fn new(sa: &[usize], sb: &[usize], shape: &[usize]) -> BroadcastRows {
+        let strides = [sa, sb].map(|s| broadcast_strides(s, shape));
+        let (dims, strides) = merged_axes(shape, [&strides[0], &strides[1]]);
+        BroadcastRows { dims, strides }
+    }
+
+    /// Writes `f(a, b)` into `chunk`, the output's elements from `offset` on.
+    #[inline(always)]
+    fn zip<A: Copy, B: Copy, U>(
+        &self,
+        offset: usize,
+        chunk: &mut [U],
+        (a, b): (&[A], &[B]),
+        f: &impl Fn(A, B) -> U,
+    ) {
+        let last = self.dims.len() - 1;
+        let [sa, sb] = &self.strides;
+        for_row_segments(&self.dims, offset, chunk, |row, column, segment| {
+            let ia = row_offset(row, &self.dims, sa) + column * sa[last];
+            let ib = row_offset(row, &self.dims, sb) + column * sb[last];
             let len = segment.len();
-            match (sa[dims.len() - 1], sb[dims.len() - 1]) {
+            match (sa[last], sb[last]) {
                 (1, 1) => {
                     let (x, y) = (&a[ia..ia + len], &b[ib..ib + len]);
                     for ((o, &x), &y) in segment.iter_mut().zip(x).zip(y) {
@@ -543,8 +571,7 @@ fn apply_with(
                 }
             }
         });
-    });
-    Tensor::new(shape, out).map_err(|e| e.to_string())
+    }
 }
 
 /// `shape` and the operands' `strides` with adjacent axes merged wherever every operand reads
@@ -585,11 +612,11 @@ fn merged_axes<const N: usize>(
 /// Calls `f(row, column, segment)` for each piece of `chunk` (the elements from `offset` on of
 /// a tensor of `dims`) that lies in one row (innermost axis) of it.
 #[inline(always)]
-fn for_row_segments(
+fn for_row_segments<T>(
     dims: &[usize],
     offset: usize,
-    chunk: &mut [f32],
-    mut f: impl FnMut(usize, usize, &mut [f32]),
+    chunk: &mut [T],
+    mut f: impl FnMut(usize, usize, &mut [T]),
 ) {
     let inner = dims[dims.len() - 1].max(1);
     let mut done = 0;
@@ -619,47 +646,9 @@ fn zip_broadcast<A: Copy, B: Copy, U: Copy + Default>(
     (sb, b): (&[usize], &[B]),
     f: impl Fn(A, B) -> U,
 ) -> Result<(Vec<usize>, Vec<U>), String> {
-    if sa == sb {
-        return Ok((
-            sa.to_vec(),
-            a.iter().zip(b).map(|(&x, &y)| f(x, y)).collect(),
-        ));
-    }
     let shape = broadcast_shape(sa, sb)?;
     let mut out = vec![U::default(); shape.iter().product()];
-    let (stride_a, stride_b) = (broadcast_strides(sa, &shape), broadcast_strides(sb, &shape));
-    let inner = *shape.last().unwrap_or(&1);
-    let steps = (
-        *stride_a.last().unwrap_or(&0),
-        *stride_b.last().unwrap_or(&0),
-    );
-    let rows = out.chunks_mut(inner.max(1));
-    for (row, (ia, ib)) in rows.zip(row_offsets(&shape, &stride_a, &stride_b)) {
-        match steps {
-            (1, 1) => {
-                for ((o, &x), &y) in row
-                    .iter_mut()
-                    .zip(&a[ia..ia + inner])
-                    .zip(&b[ib..ib + inner])
-                {
-                    *o = f(x, y);
-                }
-            }
-            (1, 0) => {
-                let y = b[ib];
-                for (o, &x) in row.iter_mut().zip(&a[ia..ia + inner]) {
-                    *o = f(x, y);
-                }
-            }
-            (0, 1) => {
-                let x = a[ia];
-                for (o, &y) in row.iter_mut().zip(&b[ib..ib + inner]) {
-                    *o = f(x, y);
-                }
-            }
-            _ => row.fill(f(a[ia], b[ib])),
-        }
-    }
+    BroadcastRows::new(sa, sb, &shape).zip(0, &mut out, (a, b), &f);
     Ok((shape, out))
 }
 
@@ -712,32 +701,6 @@ fn apply_in_place_with(
         });
     });
     true
-}
-
-/// For each row (innermost axis) of `shape` in order, the offsets of its first element in two
-/// operands read with the strides `sa` and `sb`: an odometer over the outer axes.
-fn row_offsets<'a>(
-    shape: &'a [usize],
-    sa: &'a [usize],
-    sb: &'a [usize],
-) -> impl Iterator<Item = (usize, usize)> + 'a {
-    let outer = shape.len().saturating_sub(1);
-    let rows: usize = shape[..outer].iter().product();
-    let mut index = vec![0usize; outer];
-    (0..rows).map(move |_| {
-        let at = index
-            .iter()
-            .zip(sa.iter().zip(sb))
-            .fold((0, 0), |(ia, ib), (&i, (&x, &y))| (ia + i * x, ib + i * y));
-        for axis in (0..outer).rev() {
-            index[axis] += 1;
-            if index[axis] < shape[axis] {
-                break;
-            }
-            index[axis] = 0;
-        }
-        at
-    })
 }
 
 /// The shape two shapes broadcast to, or why they cannot.
