@@ -67,7 +67,10 @@ fn admit(extra: usize) {
     }
     // SAFETY: as in `charge`.
     let memory = unsafe { &*current };
-    if memory.live().saturating_add(extra as u64) > memory.hard_cap() {
+    // A panicking thread is let through: its unwinding and panic message (a backtrace takes
+    // megabytes) must finish, or it would park holding the locks of stderr and of the test
+    // harness's output capture, and the process could never print or exit again.
+    if memory.live().saturating_add(extra as u64) > memory.hard_cap() && !std::thread::panicking() {
         memory.parked.store(true, Ordering::Release);
         // Neither allocates nor unwinds; the pool abandons this worker (see the module doc).
         loop {
@@ -218,4 +221,36 @@ pub(crate) fn remaining_budget() -> Option<u64> {
     // SAFETY: as in `charge`.
     let memory = unsafe { &*current };
     Some(memory.budget.saturating_sub(memory.live()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Allocates `bytes` while the thread unwinds.
+    struct AllocatesOnUnwind(usize);
+
+    impl Drop for AllocatesOnUnwind {
+        fn drop(&mut self) {
+            std::hint::black_box(vec![1u8; self.0]);
+        }
+    }
+
+    #[test]
+    fn a_thread_past_its_hard_cap_while_panicking_unwinds_instead_of_parking() {
+        let memory = TaskMemory::new(1 << 20);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let unwound = std::panic::catch_unwind(|| {
+                let _charging = charge_to(&memory);
+                let _guard = AllocatesOnUnwind(8 << 20);
+                std::panic::resume_unwind(Box::new("a task's native code failed"));
+            });
+            let _ = done.send((unwound.is_err(), memory.parked()));
+        });
+        let (unwound, parked) = finished
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the panicking thread was parked by the allocator");
+        assert!(unwound && !parked);
+    }
 }
