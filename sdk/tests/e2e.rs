@@ -389,8 +389,11 @@ async fn a_version_whose_runs_keep_failing_is_rolled_back_on_the_device_and_stay
             agent.track(event).unwrap();
         }
     }
+    // The switch back and the note of why land one after the other: wait for both.
     let status = agent
-        .wait_for(TIMEOUT, |s| s.installed[0].version == "1.0.0")
+        .wait_for(TIMEOUT, |s| {
+            s.installed[0].version == "1.0.0" && !s.recent_install_failures.is_empty()
+        })
         .await
         .unwrap();
     assert_eq!(status.runs_failed, 3);
