@@ -181,15 +181,7 @@ pub fn gemm(
         })
         .collect();
     let source = Source::Rows { cols, stride: n };
-    // One panel's tiles in a row write its rows front to back (store streams a prefetcher
-    // follows) but read all the columns once per panel: worth it when there are more filters
-    // than pixels, or when the output is too large to stay in cache and the columns are not.
-    let panels_first = m > n || (m * n > CACHED_FLOATS && k * n <= CACHED_FLOATS);
-    let order = if panels_first {
-        Order::Panels
-    } else {
-        Order::Runs
-    };
+    let order = Order::for_sizes(m, n, k * n);
     tiles(filters, &source, &runs, (out, n), epilogue, order, threads);
 }
 
@@ -256,6 +248,9 @@ pub fn implicit(
     if stride > 1 && phases.len() < c * stride * h * phase_width {
         phases.resize(c * stride * h * phase_width, 0.0);
     }
+    let taps = Tap::all(window, w);
+    let order = Order::for_sizes(mg, pixels, cg * h * w);
+    let strides = window.strides.map(|s| s as isize);
     for image in 0..n {
         let mut input = &x[image * c * h * w..(image + 1) * c * h * w];
         if stride > 1 {
@@ -268,7 +263,8 @@ pub fn implicit(
             let source = Source::Window {
                 input: &input[g * cg * plane..(g + 1) * cg * plane],
                 shape: [cg, h, w],
-                window,
+                taps: &taps,
+                strides,
                 phase_width,
                 flat_masks: flat_masks.as_deref(),
             };
@@ -280,7 +276,7 @@ pub fn implicit(
                 &runs,
                 (dst, pixels),
                 epilogue,
-                Order::Runs,
+                order,
                 threads,
             );
         }
@@ -431,10 +427,50 @@ enum Source<'a> {
     Window {
         input: &'a [f32],
         shape: [usize; 3],
-        window: &'a Window,
+        taps: &'a [Tap],
+        strides: [isize; 2],
         phase_width: usize,
         flat_masks: Option<&'a [u16]>,
     },
+}
+
+/// Where one kernel tap reads, worked out once per convolution (the divisions in it would
+/// otherwise cost more than the multiply-adds of a tile whose input has few channels).
+#[derive(Clone, Copy)]
+struct Tap {
+    /// Input row of output row `oy` is `oy·sy + dy`.
+    dy: isize,
+    /// Input column of output column `ox` is `ox·sx + dx`.
+    dx: isize,
+    /// That column is column `ox + shift` of phase `phase`, which has `columns` columns.
+    phase: usize,
+    shift: isize,
+    columns: isize,
+}
+
+impl Tap {
+    /// The taps of `window` over rows `w` wide, row by row.
+    fn all(window: &Window, w: usize) -> Vec<Tap> {
+        let [kh, kw] = window.kernel;
+        let sx = window.strides[1] as isize;
+        let mut taps = Vec::with_capacity(kh * kw);
+        for ky in 0..kh {
+            let dy = (ky * window.dilations[0]) as isize - window.pads[0] as isize;
+            for kx in 0..kw {
+                let dx = (kx * window.dilations[1]) as isize - window.pads[1] as isize;
+                let (phase, shift, columns) = phase_columns(dx, sx, w);
+                let phase = phase as usize;
+                taps.push(Tap {
+                    dy,
+                    dx,
+                    phase,
+                    shift,
+                    columns,
+                });
+            }
+        }
+        taps
+    }
 }
 
 /// The order tiles are handed out in, so the tiles of one thread share an operand.
@@ -444,6 +480,22 @@ enum Order {
     Runs,
     /// All runs of one filter panel, then the next panel.
     Panels,
+}
+
+impl Order {
+    /// The order for `m` filters over `n` pixels that read `input` values in all.
+    ///
+    /// One panel's tiles in a row write its rows front to back (store streams a prefetcher
+    /// follows) but read all the input once per panel: worth it when there are more filters
+    /// than pixels, or when the output is too large to stay in cache and the input is not.
+    /// Tiles run by run instead write all `m` rows at once, a store stream per row.
+    fn for_sizes(m: usize, n: usize, input: usize) -> Order {
+        if m > n || (m * n > CACHED_FLOATS && input <= CACHED_FLOATS) {
+            Order::Panels
+        } else {
+            Order::Runs
+        }
+    }
 }
 
 /// Computes every tile (a filter panel × [`VECTORS`] runs) of `out` (`m` rows of `stride`
@@ -564,52 +616,43 @@ impl<'a> Tile<'a> {
             Source::Window {
                 input,
                 shape: [c, h, w],
-                window,
+                taps,
+                strides: [sy, sx],
                 phase_width,
                 flat_masks,
             } => {
-                let [kh, kw] = window.kernel;
-                let [sy, sx] = window.strides.map(|s| s as isize);
                 let phase_plane = h * phase_width;
-                for ky in 0..kh {
-                    for kx in 0..kw {
-                        let tap = ky * kw + kx;
-                        // The tap's input column for output column `ox` is `ox·sx + offset`:
-                        // column `ox + shift` of phase `phase`, which has `columns` columns.
-                        let offset = (kx * window.dilations[1]) as isize - window.pads[1] as isize;
-                        let (phase, shift, columns) = phase_columns(offset, sx, w);
-                        let plane = input.as_ptr().wrapping_add(phase as usize * phase_plane);
-                        let mut masks = [0u16; V];
-                        let mut base = [plane; V];
-                        if let Some(table) = flat_masks {
-                            let dy = (ky * window.dilations[0]) as isize - window.pads[0] as isize;
-                            for v in 0..V {
-                                masks[v] = table[runs[v].at[0] as usize * kh * kw + tap];
-                                let p = runs[v].pixel as isize;
-                                base[v] = plane.wrapping_offset(p + dy * w as isize + offset);
-                            }
+                // A channel's phases lie one after the other.
+                let step = sx as usize * phase_plane;
+                for (index, tap) in taps.iter().enumerate() {
+                    let plane = input.as_ptr().wrapping_add(tap.phase * phase_plane);
+                    let mut masks = [0u16; V];
+                    let mut base = [plane; V];
+                    if let Some(table) = flat_masks {
+                        for v in 0..V {
+                            masks[v] = table[runs[v].at[0] as usize * taps.len() + index];
+                            let p = runs[v].pixel as isize;
+                            base[v] = plane.wrapping_offset(p + tap.dy * w as isize + tap.dx);
                         }
-                        for v in (0..V).filter(|_| flat_masks.is_none()) {
+                    } else {
+                        for v in 0..V {
                             let [oy, ox] = runs[v].at;
-                            let y = oy * sy + (ky * window.dilations[0]) as isize
-                                - window.pads[0] as isize;
-                            let x = ox + shift;
+                            let (y, x) = (oy * sy + tap.dy, ox + tap.shift);
                             if (0..h as isize).contains(&y) {
                                 // Lanes whose input column is inside the row.
-                                let to = (columns - x).min(runs[v].lanes as isize);
+                                let to = (tap.columns - x).min(runs[v].lanes as isize);
                                 masks[v] = lane_mask(-x, to);
                             }
                             base[v] = plane.wrapping_offset(y * phase_width as isize + x);
                         }
-                        // SAFETY: unmasked lanes read columns `0..columns` of rows `0..h` of
-                        // phase `phase` of each of the `c` channels of `input`; the tap's
-                        // `c · ROWS` panel values are inside the panel.
-                        unsafe {
-                            let weights = panel.add(tap * c * ROWS);
-                            let step = sx as usize * phase_plane;
-                            multiply_add(&mut acc, weights, c, base, masks, step)
-                        };
                     }
+                    // SAFETY: unmasked lanes read columns `0..columns` of rows `0..h` of
+                    // phase `phase` of each of the `c` channels of `input`; the tap's
+                    // `c · ROWS` panel values are inside the panel.
+                    unsafe {
+                        let weights = panel.add(index * c * ROWS);
+                        multiply_add(&mut acc, weights, c, base, masks, step)
+                    };
                 }
             }
         }
@@ -809,6 +852,8 @@ mod tests {
             ([1, 3, 23, 29], [16, 7, 7], window([7, 7], 2, 1, [3; 4])),
             ([1, 8, 13, 13], [12, 3, 3], window([3, 3], 2, 1, [1; 4])),
             ([2, 16, 9, 9], [8, 1, 1], window([1, 1], 2, 1, [0; 4])),
+            // More filters than pixels: tiles go panel by panel.
+            ([1, 4, 5, 5], [24, 3, 3], window([3, 3], 2, 1, [1; 4])),
             (
                 [1, 4, 12, 17],
                 [9, 3, 3],
