@@ -55,8 +55,20 @@ async fn roll_back(shared: &Arc<Shared>, bad: InstalledTask, reason: String) {
             return;
         }
     };
+    let version = bad.version();
+    // The bad bundle is refused and the reason noted once the pointer is back on the previous
+    // version, before that version becomes the active one: whoever sees the switch (status,
+    // a restart) also sees why, and the bundle is not offered again.
     let switched = crate::connection::switch_to(shared, previous.clone(), |installer, _| {
-        installer.roll_back(bad.task()).map(drop)
+        installer.roll_back(bad.task())?;
+        shared.refuse_bundle(&bad.manifest.bundle_digest, bad.task(), &version, &reason);
+        lock(&shared.failure_streaks).remove(&bad.vm_key());
+        shared.note_failure(format!(
+            "{}: rolled back to {}: {reason}",
+            bad.vm_key(),
+            previous.version()
+        ));
+        Ok(())
     })
     .await;
     if let Err(e) = switched {
@@ -64,15 +76,7 @@ async fn roll_back(shared: &Arc<Shared>, bad: InstalledTask, reason: String) {
         shared.note_failure(format!("{}: rollback failed: {e}", bad.vm_key()));
         return;
     }
-    let version = bad.version();
     tracing::warn!(task = %bad.task(), from = %version, to = %previous.version(), %reason, "rolled back");
-    shared.refuse_bundle(&bad.manifest.bundle_digest, bad.task(), &version, &reason);
-    lock(&shared.failure_streaks).remove(&bad.vm_key());
-    shared.note_failure(format!(
-        "{}: rolled back to {}: {reason}",
-        bad.vm_key(),
-        previous.version()
-    ));
     let detail = format!("rolled back to {}: {reason}", previous.version());
     shared.report(
         task_event::Kind::RolledBack,
