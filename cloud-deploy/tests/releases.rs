@@ -464,10 +464,15 @@ async fn failures_abort_the_release_and_roll_devices_back(backend: Backend) {
         aborted["state_reason"].as_str().unwrap().contains("2 of 4"),
         "{aborted}"
     );
+    let restored = op.status(&base).await;
     assert_eq!(
-        op.status(&base).await["state"],
-        "active",
+        restored["state"], "active",
         "the previous release is restored"
+    );
+    assert_eq!(
+        restored["state_reason"],
+        format!("restored: {bad} was aborted"),
+        "{restored}"
     );
     for d in &mut devices {
         assert_eq!(d.converge().await.as_deref(), Some("1.0.0"), "rolled back");
@@ -857,10 +862,15 @@ async fn pausing_a_full_release_hands_devices_back_and_forged_reports_do_not_cou
         .call("POST", &format!("/v1/releases/{next}/pause"), None)
         .await;
     assert_eq!(code, 200);
+    let restored = op.status(&base).await;
     assert_eq!(
-        op.status(&base).await["state"],
-        "active",
+        restored["state"], "active",
         "pause restores the superseded release"
+    );
+    assert_eq!(
+        restored["state_reason"],
+        format!("restored: {next} was paused"),
+        "{restored}"
     );
     assert_eq!(upgraded.converge().await.as_deref(), Some("2.0.0"));
     assert_eq!(forger.converge().await.as_deref(), Some("1.0.0"));

@@ -238,10 +238,11 @@ impl Db {
         if moved && matches!(to, ReleaseState::Paused | ReleaseState::Aborted) {
             sqlx::query(
                 "UPDATE releases SET state = state_before_superseded, superseded_by = '', \
-                 state_reason = 'restored: ' || $1 || ' was aborted' \
+                 state_reason = 'restored: ' || $1 || ' was ' || $2 \
                  WHERE superseded_by = $1 AND state = 'superseded'",
             )
             .bind(id)
+            .bind(to.as_str())
             .execute(&mut *tx)
             .await
             .map_err(db_err("restoring superseded releases"))?;
