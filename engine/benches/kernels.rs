@@ -1,13 +1,16 @@
 //! GFLOP/s of the engine's GEMM paths on ResNet50's convolution shapes (as GEMMs: filters ×
-//! patch length × output pixels), beside the `gemm` crate on the same operands and this CPU's
-//! fp32 peak, measured with independent FMA chains. One thread; medians of several runs.
+//! patch length × output pixels): the `gemm` crate and our packed kernel on each instruction
+//! set this CPU has, on the same operands, beside this CPU's fp32 peak, measured with
+//! independent FMA chains. One thread; medians of several runs.
 
+use std::mem::MaybeUninit;
 use std::time::Instant;
 
 use walle_engine::Tensor;
 use walle_engine::ops::Epilogue;
 use walle_engine::ops::conv::{Window, conv};
 use walle_engine::ops::linalg::{MatRef, sgemm};
+use walle_engine::ops::packed::{self, Isa, PackedFilters};
 use walle_engine::ops::winograd::{Tile, Winograd};
 
 fn median_seconds(runs: usize, mut f: impl FnMut()) -> f64 {
@@ -82,27 +85,50 @@ fn main() {
         (512, 4608, 49),
         (2048, 512, 49),
     ];
-    println!("| m × k × n | gemm crate GFLOP/s | share of peak |");
-    println!("|---|---|---|");
+    let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+        .into_iter()
+        .filter(|isa| isa.supported())
+        .collect();
+    let packed_columns: String = isas
+        .iter()
+        .map(|isa| format!(" packed {isa:?} |"))
+        .collect();
+    println!("GFLOP/s (share of the AVX-512 peak):");
+    println!("| m × k × n | gemm crate |{packed_columns}");
+    println!("|---|---|{}", "---|".repeat(isas.len()));
     for (m, k, n) in shapes {
         let a: Vec<f32> = (0..m * k).map(|i| (i % 7) as f32 * 0.1).collect();
         let b: Vec<f32> = (0..k * n).map(|i| (i % 5) as f32 * 0.1).collect();
         let mut c = vec![0.0; m * n];
         let flops = (2 * m * k * n) as f64;
-        let rate = flops
-            / median_seconds(9, || {
-                sgemm(
-                    (m, k, n),
-                    MatRef::rows(&a, k),
-                    MatRef::rows(&b, n),
-                    &mut c,
-                    false,
-                    1,
-                )
+        let cell = |seconds: f64| {
+            let rate = flops / seconds / 1e9;
+            match peak {
+                Some(p) => format!(" {rate:.1} ({:.0} %) |", 100.0 * rate / p),
+                None => format!(" {rate:.1} |"),
+            }
+        };
+        let crate_cell = cell(median_seconds(9, || {
+            sgemm(
+                (m, k, n),
+                MatRef::rows(&a, k),
+                MatRef::rows(&b, n),
+                &mut c,
+                false,
+                1,
+            )
+        }));
+        let mut out = vec![MaybeUninit::new(0.0f32); m * n];
+        let packed_cells: String = isas
+            .iter()
+            .map(|&isa| {
+                let filters = PackedFilters::new(&a, m, k).with_isa(isa);
+                cell(median_seconds(9, || {
+                    packed::gemm(&filters, &b, n, &mut out, Epilogue::default(), 1)
+                }))
             })
-            / 1e9;
-        let share = peak.map_or("-".to_owned(), |p| format!("{:.0} %", 100.0 * rate / p));
-        println!("| {m} × {k} × {n} | {rate:.1} | {share} |");
+            .collect();
+        println!("| {m} × {k} × {n} |{crate_cell}{packed_cells}");
     }
     winograd_versus_gemm();
 }

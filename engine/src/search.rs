@@ -540,9 +540,10 @@ fn device() -> String {
         ];
         let simd: Vec<&str> = features.iter().filter(|f| f.1).map(|f| f.0).collect();
         format!(
-            "{} [{}] {cores} cores",
+            "{} [{}] kernels {:?} {cores} cores",
             String::from_utf8_lossy(&brand).trim(),
-            simd.join(",")
+            simd.join(","),
+            packed::Isa::detect()
         )
     }
     #[cfg(not(target_arch = "x86_64"))]

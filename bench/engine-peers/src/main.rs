@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use prost::Message;
 use walle_engine::onnx::pb;
+use walle_engine::ops::packed::Isa;
 use walle_engine::{Engine, Value};
 
 fn cases() -> PathBuf {
@@ -22,9 +23,10 @@ fn cases() -> PathBuf {
         })
 }
 
-/// The CPU and whether it has AVX-512, which Walle's packed, implicit and vectorised depthwise
-/// convolution kernels need (without it, convolutions run on the gemm crate, Winograd and the
-/// portable depthwise kernel), so that a table can be read against the host it came from.
+/// The CPU and the instruction set Walle's own kernels run on: AVX-512 (packed, implicit,
+/// blocked Winograd, vectorised depthwise), AVX2 (packed and implicit) or neither (the gemm
+/// crate and portable kernels); `WALLE_ENGINE_ISA` caps it. A table is read against the host
+/// it came from.
 fn cpu_line() -> String {
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -35,18 +37,13 @@ fn cpu_line() -> String {
                 .map(|m| m.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    #[cfg(target_arch = "x86_64")]
-    let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-    #[cfg(not(target_arch = "x86_64"))]
-    let avx512 = false;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let has = |isa: Isa| if isa.supported() { "yes" } else { "no" };
     format!(
-        "CPU: {model}, {cores} logical cores, AVX-512 {}",
-        if avx512 {
-            "yes (Walle's own convolution kernels in use)"
-        } else {
-            "no (Walle's convolutions on the gemm crate, Winograd and portable kernels)"
-        }
+        "CPU: {model}, {cores} logical cores, AVX-512 {}, AVX2 {}; Walle's kernels: {}",
+        has(Isa::Avx512),
+        has(Isa::Avx2),
+        Isa::detect().map_or("portable (no AVX2)".to_owned(), |isa| format!("{isa:?}"))
     )
 }
 

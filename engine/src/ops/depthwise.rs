@@ -26,7 +26,7 @@ pub fn depthwise(
     epilogue: Epilogue,
     threads: usize,
 ) {
-    if super::packed::available() {
+    if super::packed::avx512() {
         vectorised(image, weights, window, out, epilogue, threads)
     } else {
         portable(image, weights, window, out, epilogue, threads)
@@ -180,7 +180,7 @@ fn vectorised(
                 source = &phases;
             }
             let bias = epilogue.bias.map_or(0.0, |b| b[c]);
-            // SAFETY: `available()` was checked by the caller; every unmasked lane of the
+            // SAFETY: `avx512()` was checked by the caller; every unmasked lane of the
             // geometry reads inside a channel's source, every run writes inside one output
             // plane, and channel `c` writes only its own plane.
             unsafe {
@@ -240,7 +240,7 @@ unsafe fn channel_vectors(
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn channel_vectors(_: &[f32], _: &[f32], _: (f32, bool), _: &Geometry, _: *mut f32) {
-    unreachable!("the vectorised depthwise kernel runs only where packed::available() is true")
+    unreachable!("the vectorised depthwise kernel runs only where packed::avx512() is true")
 }
 
 /// [`depthwise`] on any CPU: each output row accumulates one shifted input row per tap.
@@ -348,7 +348,7 @@ mod tests {
     #[test]
     fn depthwise_matches_the_definition() {
         let mut kernels: Vec<(&str, Kernel)> = vec![("portable", portable)];
-        if crate::ops::packed::available() {
+        if crate::ops::packed::avx512() {
             kernels.push(("vectorised", vectorised));
         }
         // (channels, h, w, kernel, stride, pads, dilation)

@@ -87,6 +87,7 @@ pub mod packed;
 pub mod raster;
 pub mod reduce;
 pub mod shape;
+mod simd;
 pub mod winograd;
 mod winograd_blocks;
 

@@ -9,18 +9,25 @@
 //! is written once. Work is split over threads by output tiles, with no packing shared between
 //! them, which keeps small convolutions worth splitting.
 //!
-//! AVX-512 only: [`available`] says whether this CPU has it; the search offers the algorithm
-//! only where it does.
+//! With AVX2 (8 lanes, 16 registers) a tile's runs are 8 pixels wide and computed one at a
+//! time: 8 filters × 8 pixels in 8 accumulators (see [`super::simd`]).
+//!
+//! [`available`] says whether this CPU has either; the search offers the algorithms only where
+//! it does.
 
 use super::conv::{Window, im2col, return_columns, take_columns};
+pub use super::simd::{ISA_CAP_ENV, Isa};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Simd, multiply_add};
 use super::{Epilogue, SendPtr};
 use std::mem::MaybeUninit;
 
-/// Filter rows per panel (rows of the output tile).
+/// Filter rows per panel (rows of an AVX-512 output tile).
 pub(crate) const ROWS: usize = 8;
-/// f32 lanes of one vector.
+/// f32 lanes of one AVX-512 vector.
 pub(crate) const LANES: usize = 16;
-/// Vectors per output tile: a tile is `ROWS` filters × `VECTORS` runs of up to 16 pixels.
+/// Vectors per output tile: a tile is `ROWS` filters × `VECTORS` runs of up to 16 pixels
+/// (8 with AVX2).
 const VECTORS: usize = 3;
 
 /// Floats a core's cache is taken to hold (2 MiB, a server core's L2).
@@ -29,16 +36,15 @@ const CACHED_FLOATS: usize = 1 << 19;
 pub const MAX_IMPLICIT_KERNEL: usize = 7;
 pub const MAX_IMPLICIT_STRIDE: usize = 4;
 
-/// Whether this CPU can run the packed kernels.
+/// Whether this CPU can run the packed kernels (it has AVX-512 or AVX2).
 pub fn available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    Isa::detect().is_some()
+}
+
+/// Whether the kernels written for AVX-512 alone may run: the CPU has it, and
+/// [`super::simd::ISA_CAP_ENV`] does not rule it out.
+pub(crate) fn avx512() -> bool {
+    Isa::detect() == Some(Isa::Avx512)
 }
 
 /// Whether [`implicit`] can run a convolution with this window: kernel sides up to
@@ -54,12 +60,14 @@ pub fn implicit_fits(window: &Window) -> bool {
 }
 
 /// An `m × k` filter matrix as panels of [`ROWS`] rows, each stored column by column
-/// (`panel[kk·ROWS + r]`), the last panel padded with zero rows.
+/// (`panel[kk·ROWS + r]`), the last panel padded with zero rows; and the instruction set the
+/// kernels multiply it with (this CPU's widest, unless [`PackedFilters::with_isa`] says).
 #[derive(Debug, Clone)]
 pub struct PackedFilters {
     m: usize,
     k: usize,
     data: Vec<f32>,
+    isa: Isa,
 }
 
 impl PackedFilters {
@@ -74,7 +82,14 @@ impl PackedFilters {
                 panel[kk * ROWS + row % ROWS] = value;
             }
         }
-        PackedFilters { m, k, data }
+        let isa = Isa::detect().unwrap_or(Isa::Avx2);
+        PackedFilters { m, k, data, isa }
+    }
+
+    /// The same filters, multiplied with `isa`'s kernels (which the CPU must have when they
+    /// run).
+    pub fn with_isa(self, isa: Isa) -> PackedFilters {
+        PackedFilters { isa, ..self }
     }
 
     /// Packs `[m, channels, kh, kw]` weights tap by tap (`k = tap·channels + channel`), the
@@ -165,18 +180,18 @@ pub fn gemm(
     epilogue: Epilogue,
     threads: usize,
 ) {
-    let PackedFilters { m, k, .. } = *filters;
+    let PackedFilters { m, k, isa, .. } = *filters;
     assert!(
         cols.len() >= k * n && out.len() >= m * n,
         "operands smaller than {m}×{k}·{k}×{n}"
     );
-    // Runs of 16 consecutive pixels; reading the filters once matters more than reading the
-    // input once when there are more filter values than input values.
+    // Runs of a vector's worth of consecutive pixels.
+    let lanes = isa.lanes();
     let runs: Vec<Run> = (0..n)
-        .step_by(LANES)
+        .step_by(lanes)
         .map(|pixel| Run {
             pixel,
-            lanes: (n - pixel).min(LANES),
+            lanes: (n - pixel).min(lanes),
             at: [0, pixel as isize],
         })
         .collect();
@@ -215,6 +230,7 @@ pub fn implicit(
     );
     assert!(x.len() >= n * c * h * w && out.len() >= n * m * oh * ow);
     let pixels = oh * ow;
+    let lanes = filters[0].isa.lanes();
     // A stride-1 window whose output is as large as its input reads, for output pixel `p`
     // and each tap, input element `p + offset(tap)` of the flattened plane: runs need not stop
     // at the end of an output row, only their lanes that wrap over an edge are masked (per
@@ -222,20 +238,20 @@ pub fn implicit(
     let flat = window.strides == [1, 1] && [oh, ow] == [h, w];
     let runs: Vec<Run> = if flat {
         (0..pixels)
-            .step_by(LANES)
+            .step_by(lanes)
             .enumerate()
             .map(|(index, pixel)| Run {
                 pixel,
-                lanes: (pixels - pixel).min(LANES),
+                lanes: (pixels - pixel).min(lanes),
                 at: [index as isize, 0],
             })
             .collect()
     } else {
         (0..oh)
             .flat_map(|oy| {
-                (0..ow).step_by(LANES).map(move |ox| Run {
+                (0..ow).step_by(lanes).map(move |ox| Run {
                     pixel: oy * ow + ox,
-                    lanes: (ow - ox).min(LANES),
+                    lanes: (ow - ox).min(lanes),
                     at: [oy as isize, ox as isize],
                 })
             })
@@ -343,7 +359,7 @@ pub(crate) fn split_phases(input: &[f32], [c, h, w]: [usize; 3], window: &Window
         })
         .collect();
     for (channel, plane) in input.chunks_exact(h * w).take(c).enumerate() {
-        if stride == 2 && used[0] && used[1] && available() {
+        if stride == 2 && used[0] && used[1] && avx512() {
             let phases = &mut out[channel * 2 * h * width..][..2 * h * width];
             let (even, odd) = phases.split_at_mut(h * width);
             let rows = even
@@ -404,10 +420,10 @@ unsafe fn deinterleave(row: &[f32], even: &mut [f32], odd: &mut [f32]) {
 
 #[cfg(not(target_arch = "x86_64"))]
 unsafe fn deinterleave(_: &[f32], _: &mut [f32], _: &mut [f32]) {
-    unreachable!("split_phases deinterleaves only where available() is true")
+    unreachable!("split_phases deinterleaves only where avx512() is true")
 }
 
-/// Up to 16 consecutive output pixels: where they start in the output plane, how many, and
+/// Up to a vector's worth of consecutive output pixels: where they start in the output plane, how many, and
 /// their position (output row and column; for [`Source::Rows`], row 0 and the pixel; for a
 /// flattened window, the run's index and 0).
 #[derive(Clone, Copy)]
@@ -519,6 +535,9 @@ fn tiles(
         runs.iter().all(|r| r.pixel + r.lanes <= stride) && out.len() >= m * stride,
         "output smaller than {m}×{stride}"
     );
+    let isa = filters.isa;
+    assert!(isa.supported(), "this CPU cannot run the {isa:?} kernels");
+    assert!(runs.iter().all(|r| r.lanes <= isa.lanes()));
     let panels = m.div_ceil(ROWS);
     let groups: Vec<&[Run]> = runs.chunks(VECTORS).collect();
     let count = groups.len() * panels;
@@ -530,17 +549,18 @@ fn tiles(
                 Order::Panels => (index % groups.len(), index / groups.len()),
             };
             let tile = Tile::new(filters, panel, groups[group], epilogue);
-            // SAFETY: `available()` was checked when the convolution was planned; the tile
-            // writes rows `panel·ROWS..` (at most `m`) of its own runs, inside `out` (asserted
-            // above), and no other tile writes them. Its loads are masked to its runs' lanes
-            // inside the source.
-            unsafe { tile.compute(source, (dst, stride)) };
+            // SAFETY: the CPU has `isa` and the runs fit its vectors (asserted above); the
+            // tile writes rows `panel·ROWS..` (at most `m`) of its own runs, inside `out`
+            // (asserted above), and no other tile writes them. Its loads are masked to its
+            // runs' lanes inside the source.
+            unsafe { tile.compute(isa, source, (dst, stride)) };
         }
     };
     super::parallel_ranges(count, threads, run);
 }
 
 /// One output tile: a panel of up to [`ROWS`] filters × up to [`VECTORS`] runs.
+#[derive(Clone, Copy)]
 struct Tile<'a> {
     panel: &'a [f32],
     k: usize,
@@ -570,40 +590,74 @@ impl<'a> Tile<'a> {
     }
 
     /// # Safety
-    /// The CPU must have AVX-512F, and `out` must hold the tile's rows of `stride` pixels.
+    /// The CPU must have `isa`, the runs must fit its vectors, and `out` must hold the tile's
+    /// rows of `stride` pixels.
     #[cfg(target_arch = "x86_64")]
-    unsafe fn compute(&self, source: &Source, out: (SendPtr, usize)) {
+    unsafe fn compute(&self, isa: Isa, source: &Source, out: (SendPtr, usize)) {
         // SAFETY: as this function's contract.
         unsafe {
-            match self.runs.len() {
-                1 => self.compute_with::<1>(source, out),
-                2 => self.compute_with::<2>(source, out),
-                _ => self.compute_with::<3>(source, out),
+            match isa {
+                Isa::Avx512 => self.compute_avx512(source, out),
+                Isa::Avx2 => self.compute_avx2(source, out),
             }
         }
     }
 
     #[cfg(not(target_arch = "x86_64"))]
-    unsafe fn compute(&self, _: &Source, _: (SendPtr, usize)) {
+    unsafe fn compute(&self, _: Isa, _: &Source, _: (SendPtr, usize)) {
         unreachable!("the packed kernels are planned only where available() is true")
     }
 
     /// # Safety
-    /// As [`Tile::compute`].
+    /// As [`Tile::compute`], for AVX-512.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    unsafe fn compute_with<const V: usize>(
+    unsafe fn compute_avx512(&self, source: &Source, out: (SendPtr, usize)) {
+        use super::simd::Avx512;
+        // SAFETY: as this function's contract.
+        unsafe {
+            match self.runs.len() {
+                1 => self.compute_with::<Avx512, 1>(source, out),
+                2 => self.compute_with::<Avx512, 2>(source, out),
+                _ => self.compute_with::<Avx512, 3>(source, out),
+            }
+        }
+    }
+
+    /// # Safety
+    /// As [`Tile::compute`], for AVX2: one run at a time (8 accumulators, the most that leave
+    /// registers for the operands; every input vector loaded feeds all 8 filters).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn compute_avx2(&self, source: &Source, out: (SendPtr, usize)) {
+        use super::simd::Avx2;
+        for v in 0..self.runs.len() {
+            let run = Tile {
+                runs: &self.runs[v..v + 1],
+                ..*self
+            };
+            // SAFETY: as this function's contract.
+            unsafe { run.compute_with::<Avx2, 1>(source, out) };
+        }
+    }
+
+    /// Computes the tile over its first `V` runs.
+    ///
+    /// # Safety
+    /// As [`Tile::compute`], in a function that enables `S`'s instruction set.
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn compute_with<S: Simd, const V: usize>(
         &self,
         source: &Source,
         (out, stride): (SendPtr, usize),
     ) {
-        use std::arch::x86_64::*;
         let runs: [Run; V] = std::array::from_fn(|v| self.runs[v]);
-        let lanes: [u16; V] = std::array::from_fn(|v| lane_mask(0, runs[v].lanes as isize));
-        let mut acc = [[_mm512_setzero_ps(); V]; ROWS];
-        for (r, row) in acc.iter_mut().enumerate() {
-            *row = [_mm512_set1_ps(self.bias[r]); V];
-        }
+        // SAFETY (of every `S` operation below): the caller enabled `S`'s instruction set.
+        let lanes: [S::Mask; V] =
+            std::array::from_fn(|v| unsafe { S::mask(lane_mask(0, runs[v].lanes as isize)) });
+        let mut acc: [[S::Vector; V]; ROWS] =
+            std::array::from_fn(|r| [unsafe { S::splat(self.bias[r]) }; V]);
         let panel = self.panel.as_ptr();
         match *source {
             Source::Rows { cols, stride } => {
@@ -611,7 +665,7 @@ impl<'a> Tile<'a> {
                     std::array::from_fn(|v| cols.as_ptr().wrapping_add(runs[v].pixel));
                 // SAFETY: each row `kk < k` of the runs' lanes lies inside `cols` (the caller
                 // asserted `cols` holds `k × stride`), and the panel holds `k · ROWS` values.
-                unsafe { multiply_add(&mut acc, panel, self.k, base, lanes, stride) };
+                unsafe { multiply_add::<S, V>(&mut acc, panel, self.k, base, lanes, stride) };
             }
             Source::Window {
                 input,
@@ -650,58 +704,23 @@ impl<'a> Tile<'a> {
                     // phase `phase` of each of the `c` channels of `input`; the tap's
                     // `c · ROWS` panel values are inside the panel.
                     unsafe {
+                        let masks = masks.map(|bits| S::mask(bits));
                         let weights = panel.add(index * c * ROWS);
-                        multiply_add(&mut acc, weights, c, base, masks, step)
+                        multiply_add::<S, V>(&mut acc, weights, c, base, masks, step)
                     };
                 }
             }
         }
-        let zero = _mm512_setzero_ps();
         for (r, acc) in acc.iter().enumerate().take(self.rows) {
             let row = (self.first_row + r) * stride;
             for v in 0..V {
-                let value = if self.relu {
-                    _mm512_max_ps(acc[v], zero)
-                } else {
-                    acc[v]
+                // SAFETY: the run's lanes of output row `first_row + r` are inside
+                // `out`.
+                unsafe {
+                    let value = if self.relu { S::relu(acc[v]) } else { acc[v] };
+                    let full = runs[v].lanes == S::LANES;
+                    S::store(out.at(row + runs[v].pixel), lanes[v], full, value)
                 };
-                // SAFETY: the run's lanes of output row `first_row + r` are inside `out`.
-                unsafe { _mm512_mask_storeu_ps(out.at(row + runs[v].pixel), lanes[v], value) };
-            }
-        }
-    }
-}
-
-/// `acc[r][v] += Σ_kk panel[kk·ROWS + r] · base[v][kk·step ..][..16]` over `depth` steps, the
-/// loads of vector `v` masked by `masks[v]` (masked lanes read nothing and add zero).
-///
-/// # Safety
-/// AVX-512F; the unmasked lanes of every step must be readable, and the panel must hold
-/// `depth · ROWS` values.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
-#[inline]
-pub(crate) unsafe fn multiply_add<const V: usize>(
-    acc: &mut [[std::arch::x86_64::__m512; V]; ROWS],
-    panel: *const f32,
-    depth: usize,
-    base: [*const f32; V],
-    masks: [u16; V],
-    step: usize,
-) {
-    use std::arch::x86_64::*;
-    for kk in 0..depth {
-        // SAFETY: as this function's contract.
-        unsafe {
-            let x: [__m512; V] = std::array::from_fn(|v| {
-                _mm512_maskz_loadu_ps(masks[v], base[v].wrapping_add(kk * step))
-            });
-            let weights = panel.add(kk * ROWS);
-            for (r, acc) in acc.iter_mut().enumerate() {
-                let weight = _mm512_set1_ps(*weights.add(r));
-                for v in 0..V {
-                    acc[v] = _mm512_fmadd_ps(weight, x[v], acc[v]);
-                }
             }
         }
     }
@@ -789,11 +808,18 @@ mod tests {
         pack: impl Fn(&[f32], usize, usize, usize) -> PackedFilters,
         kernel: Kernel,
     ) {
-        if !available() {
-            eprintln!("skipped: this CPU has no AVX-512");
-            return;
+        let isas: Vec<Isa> = [Isa::Avx512, Isa::Avx2]
+            .into_iter()
+            .filter(|isa| isa.supported())
+            .collect();
+        if isas.is_empty() {
+            eprintln!("skipped: this CPU has neither AVX-512 nor AVX2");
         }
-        for (shape, [m, kh, kw], window) in cases {
+        for (isa, (shape, [m, kh, kw], window)) in isas
+            .iter()
+            .flat_map(|&isa| cases.iter().map(move |case| (isa, case)))
+        {
+            eprintln!("{isa:?}: {shape:?} {m}×{kh}×{kw} {window:?}");
             let (cg, mg, shape) = (shape[1] / group, m / group, *shape);
             let x = Tensor::new(shape.to_vec(), values(shape.iter().product(), 1)).unwrap();
             let len = m * cg * kh * kw;
@@ -801,7 +827,7 @@ mod tests {
             let filters: Vec<PackedFilters> = weights
                 .data()
                 .chunks_exact(len / group)
-                .map(|w| pack(w, mg, cg, kh * kw))
+                .map(|w| pack(w, mg, cg, kh * kw).with_isa(isa))
                 .collect();
             let operands = (&x, &weights, group);
             check(operands, window, |x, out, size, epilogue, threads| {
@@ -810,8 +836,9 @@ mod tests {
         }
     }
 
-    /// Every tail: filters not a multiple of 8, pixels not a multiple of 16 or 48, bias and
-    /// Relu, 1 and 2 threads; 1×1 read in place and 3×3 strided and padded through im2col.
+    /// Every tail: filters not a multiple of 8 (or 4), pixels not a multiple of 16 or 48 (8
+    /// or 24), bias and Relu, 1 and 2 threads; 1×1 read in place and 3×3 strided and padded
+    /// through im2col. On AVX-512 and AVX2, where the CPU has them.
     #[test]
     fn packed_convolution_matches_the_naive_one() {
         let cases = [

@@ -19,9 +19,9 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-#[cfg(target_arch = "x86_64")]
-use super::packed::multiply_add;
 use super::packed::{LANES, PackedFilters, ROWS};
+#[cfg(target_arch = "x86_64")]
+use super::simd::{Avx512, multiply_add};
 use super::winograd::{Operands, Tile};
 use super::{Epilogue, SendPtr};
 use std::mem::MaybeUninit;
@@ -171,7 +171,7 @@ struct Target<'a> {
 
 /// Whether this CPU can run the blocked kernels.
 pub fn simd_fits() -> bool {
-    super::packed::available()
+    super::packed::avx512()
 }
 
 /// Transforms the patches of one channel under a block's runs into `dst` (position `p` at
@@ -337,7 +337,7 @@ unsafe fn panel_block<const V: usize, const M: usize, const A: usize>(
         let base: [*const f32; V] = std::array::from_fn(|v| input.wrapping_add(v * LANES));
         let weights = packed.panel(panel).as_ptr();
         // SAFETY: the position's matrix holds `c` rows of 48, the panel `c · 8` values.
-        unsafe { multiply_add(&mut acc, weights, c, base, [u16::MAX; V], BLOCK) };
+        unsafe { multiply_add::<Avx512, V>(&mut acc, weights, c, base, [u16::MAX; V], BLOCK) };
         products[position].write(acc);
     }
     // SAFETY: the first `A²` positions (all the filters have) were written above.
