@@ -2,9 +2,9 @@
 //! thread counts are run on this machine when a session is created and the fastest is kept.
 //!
 //! Candidates: im2col + GEMM (1×1 convolutions skip im2col) always; the same on filters packed
-//! at load by the engine's own AVX-512 kernel ([`packed`]), and the input read under the window
-//! ([`packed::implicit`]), where the CPU has AVX-512 and each group has more than one input
-//! channel; Winograd F(2×2, 3×3) and
+//! at load by the engine's own AVX-512 or AVX2 kernel ([`packed`]), and the input read under
+//! the window ([`packed::implicit`]), where the CPU has one of those and each group has more
+//! than one input channel; Winograd F(2×2, 3×3) and
 //! F(4×4, 3×3) for 3×3 stride-1 undilated ungrouped convolutions; direct depthwise when each
 //! channel has its own filter. Each runs on one thread and on all of the session's threads.
 //! Choices are cached on disk ([`Options::cache_dir`]) under a key made of the model's digest,
