@@ -41,6 +41,12 @@
 //! and [`Session::search_report`] says what was chosen and what it cost.
 //! [`Search::CostModel`] skips the measuring.
 //!
+//! **Instruction sets**: the engine's own kernels run on AVX-512 or, without it, AVX2 + FMA
+//! (packed and implicit convolution; the blocked Winograd, vectorised depthwise and pooling
+//! kernels are AVX-512 only); elsewhere convolutions run on the `gemm` crate and portable
+//! kernels. `WALLE_ENGINE_ISA=avx2` (or `none`) caps what is used, to reproduce on a server
+//! what a CPU without AVX-512 sees ([`ops::packed::Isa`]).
+//!
 //! The engine stays independent of the VM, the device and the cloud.
 
 mod assemble;
