@@ -348,7 +348,7 @@ mod max3x3s2 {
             window.kernel == [3, 3]
                 && window.strides == [2, 2]
                 && window.dilations == [1, 1]
-                && std::arch::is_x86_feature_detected!("avx512f")
+                && crate::ops::packed::avx512()
         }
         #[cfg(not(target_arch = "x86_64"))]
         {

@@ -119,17 +119,18 @@ fn kernel_error(node: &str, op: &str, reason: String) -> RunError {
 pub(crate) fn simd<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f")
+        // Under the cap of `simd::ISA_CAP_ENV`, as the engine's own kernels.
+        let isa = packed::Isa::detect();
+        if isa == Some(packed::Isa::Avx512)
             && std::arch::is_x86_feature_detected!("avx512bw")
             && std::arch::is_x86_feature_detected!("avx512vl")
             && std::arch::is_x86_feature_detected!("avx512dq")
         {
-            // SAFETY: the features were detected above.
+            // SAFETY: AVX-512F was detected by `Isa::detect`, the others above.
             return unsafe { with_avx512(f) };
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            // SAFETY: as above.
+        if isa.is_some() {
+            // SAFETY: AVX2 and FMA were detected by `Isa::detect` (for either ISA).
             return unsafe { with_avx2(f) };
         }
     }

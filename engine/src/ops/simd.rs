@@ -53,7 +53,10 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             match self {
-                Isa::Avx512 => std::arch::is_x86_feature_detected!("avx512f"),
+                // Every AVX-512 CPU has AVX2 and FMA too; the AVX2 paths may rely on it.
+                Isa::Avx512 => {
+                    std::arch::is_x86_feature_detected!("avx512f") && Isa::Avx2.supported()
+                }
                 Isa::Avx2 => {
                     std::arch::is_x86_feature_detected!("avx2")
                         && std::arch::is_x86_feature_detected!("fma")
