@@ -625,8 +625,8 @@ impl<'a> Tile<'a> {
     }
 
     /// # Safety
-    /// As [`Tile::compute`], for AVX2: one run at a time (8 accumulators, the most that leave
-    /// registers for the operands; every input vector loaded feeds all 8 filters).
+    /// As [`Tile::compute`], for AVX2: one run at a time, in 8 accumulators (two runs' 16
+    /// would leave no register for the operands); every input vector loaded feeds 8 filters.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn compute_avx2(&self, source: &Source, out: (SendPtr, usize)) {
