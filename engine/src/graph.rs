@@ -258,9 +258,11 @@ impl Graph {
     /// Conv (constant weights) → BatchNormalization (constant statistics) becomes one Conv
     /// with scaled weights and a shifted bias.
     fn fold_batch_norms(&mut self) {
+        // Counted once: a fold removes the only reader of the conv's output and gives the conv
+        // the norm's outputs, whose readers stay what they were.
+        let readers = readers(self);
         let mut index = 0;
         while index < self.nodes.len() {
-            let readers = readers(self);
             if let Some(next) = self.sole_successor(index, &readers)
                 && let Some((weights, bias)) = self.folded_conv_params(index, next)
             {
@@ -332,9 +334,10 @@ impl Graph {
 
     /// Conv → Relu becomes one Conv that applies the Relu.
     fn fuse_relus(&mut self) {
+        // Counted once, as in `fold_batch_norms` (recounting per node made loading quadratic).
+        let readers = readers(self);
         let mut index = 0;
         while index < self.nodes.len() {
-            let readers = readers(self);
             let fusable = self.sole_successor(index, &readers).filter(|&next| {
                 matches!(
                     self.nodes[index].op,
