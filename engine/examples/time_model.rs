@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         threads,
         search,
         cache_dir: None,
+        on_calling_thread: false,
     };
     let start = Instant::now();
     let session = Engine::load_file_with(model.as_ref(), &options)?;

@@ -143,6 +143,8 @@ pub enum RunError {
         op: String,
         reason: String,
     },
+    #[error("stopped by its caller before node {node:?}")]
+    Stopped { node: String },
 }
 
 /// For each node, the non-constant values it is the last to read (graph outputs excluded).
@@ -246,6 +248,21 @@ pub struct Session {
     pool: Option<Arc<rayon::ThreadPool>>,
 }
 
+/// A one-thread pool whose thread is the calling one (built once per thread and kept: rayon
+/// leaks a pool that uses the current thread), so kernels run where the caller runs.
+fn calling_thread_pool() -> Option<Arc<rayon::ThreadPool>> {
+    thread_local! {
+        static HERE: Option<Arc<rayon::ThreadPool>> = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .use_current_thread()
+            .thread_name(|_| "walle-engine-here".to_owned())
+            .build()
+            .ok()
+            .map(Arc::new);
+    }
+    HERE.with(Clone::clone)
+}
+
 /// The process-wide pool of `threads` workers (one per thread count, shared by sessions);
 /// `None` if the OS refuses threads, and kernels then run on the caller and rayon's default.
 fn thread_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {
@@ -314,8 +331,12 @@ fn in_pool<T: Send>(pool: Option<&rayon::ThreadPool>, f: impl FnOnce() -> T + Se
 impl Session {
     fn new(graph: Graph, model_digest: Option<String>, options: &Options) -> Session {
         let last_reads = last_reads(&graph);
-        let threads = options.threads.max(1);
-        let pool = thread_pool(threads);
+        let (threads, pool) = if options.on_calling_thread {
+            (1, calling_thread_pool())
+        } else {
+            let threads = options.threads.max(1);
+            (threads, thread_pool(threads))
+        };
         let (plans, search) = in_pool(pool.as_deref(), || {
             search::plan_graph(&graph, model_digest.as_deref(), options)
         });
@@ -400,8 +421,18 @@ impl Session {
         &self,
         inputs: Vec<(String, Value)>,
     ) -> Result<Vec<(String, Value)>, RunError> {
+        self.run_values_until(inputs, &|| false)
+    }
+
+    /// [`Session::run_values`], asking `stop` before each node: once it says so, the run ends
+    /// with [`RunError::Stopped`] (a node in flight finishes first).
+    pub fn run_values_until(
+        &self,
+        inputs: Vec<(String, Value)>,
+        stop: &(dyn Fn() -> bool + Sync),
+    ) -> Result<Vec<(String, Value)>, RunError> {
         in_pool(self.pool.as_deref(), || {
-            awake(self.ctx.threads, || self.run_here(inputs, None))
+            awake(self.ctx.threads, || self.run_here(inputs, None, stop))
         })
     }
 
@@ -410,7 +441,9 @@ impl Session {
     pub fn run_profiled(&self, inputs: Vec<(String, Value)>) -> Result<Profiled, RunError> {
         let mut nodes = Vec::with_capacity(self.graph.nodes.len());
         let outputs = in_pool(self.pool.as_deref(), || {
-            awake(self.ctx.threads, || self.run_here(inputs, Some(&mut nodes)))
+            awake(self.ctx.threads, || {
+                self.run_here(inputs, Some(&mut nodes), &|| false)
+            })
         })?;
         Ok(Profiled { outputs, nodes })
     }
@@ -421,6 +454,7 @@ impl Session {
         &self,
         inputs: Vec<(String, Value)>,
         mut profile: Option<&mut Vec<NodeTime>>,
+        stop: &(dyn Fn() -> bool + Sync),
     ) -> Result<Vec<(String, Value)>, RunError> {
         let mut values: HashMap<&str, Value> = HashMap::new();
         let mut given: HashMap<String, Value> = inputs.into_iter().collect();
@@ -457,6 +491,11 @@ impl Session {
             .zip(&self.plans);
         let mut buffers = Buffers::default();
         for (index, ((node, done), plan)) in steps.enumerate() {
+            if stop() {
+                return Err(RunError::Stopped {
+                    node: node.name.clone(),
+                });
+            }
             let started = profile.is_some().then(Instant::now);
             let results = match (self.assembly.concat(index), self.assembly.part(index), plan) {
                 (Some(parts), _, _) => {

@@ -43,6 +43,10 @@ pub struct Options {
     pub search: Search,
     /// Where measured choices are kept between sessions (`None`: not kept).
     pub cache_dir: Option<PathBuf>,
+    /// Run on the thread that loads and runs the session, never on a pool thread (one thread:
+    /// `threads` is ignored). For an embedder that accounts, bounds or interrupts what runs on
+    /// its own thread, as the task VM does.
+    pub on_calling_thread: bool,
 }
 
 impl Default for Options {
@@ -51,6 +55,7 @@ impl Default for Options {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             search: Search::Measure,
             cache_dir: None,
+            on_calling_thread: false,
         }
     }
 }

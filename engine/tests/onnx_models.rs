@@ -786,6 +786,7 @@ fn the_search_measures_each_convolution_and_caches_its_choices_on_disk() {
         threads: 2,
         search,
         cache_dir: Some(dir.path().to_path_buf()),
+        on_calling_thread: false,
     };
     let ruled = Engine::load_with(&bytes, &options(Search::CostModel)).unwrap();
     let report = ruled.search_report();
@@ -1023,6 +1024,7 @@ fn concats_of_convolutions_are_written_in_place_with_every_algorithm() {
                     threads,
                     search,
                     cache_dir: Some(dir.path().to_path_buf()),
+                    on_calling_thread: false,
                 };
                 let session = Engine::load_with(&bytes, &options).unwrap();
                 // Only the first concat of one image is a plain layout of its inputs, each a
