@@ -11,6 +11,8 @@
 //! - [`event`]: the protobuf form of user-behaviour events, converted to the pipeline's `Event`
 //!   and validated like the JSON form.
 //! - [`tunnel`]: the tunnel's compressed record batch, bounded when read.
+//! - [`report`]: free text a device reports, cut in the middle to fit (a traceback keeps its
+//!   exception line).
 //! - [`crash`]: the crash points (fault injection by environment variable) that the cloud's and
 //!   the device's crash tests use; inert unless `WALLE_CRASH_AT` is set.
 //!
@@ -22,6 +24,7 @@ pub mod crash;
 pub mod cron;
 pub mod event;
 pub mod manifest;
+pub mod report;
 pub mod signing;
 pub mod tunnel;
 
