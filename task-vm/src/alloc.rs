@@ -8,28 +8,32 @@
 //! What is guaranteed, and what is not:
 //! * the allocator never fails an allocation because of a budget: returning null would make Rust
 //!   abort the whole process (`handle_alloc_error`), and it must not unwind. Going over budget
-//!   only marks the task; the watchdog then raises `MemoryError` in the script at its next
-//!   bytecode boundary and the run fails with [`crate::VmError::MemoryExceeded`]. Growth through
-//!   Python code (appending in a loop, building strings piece by piece) is therefore stopped
-//!   within one watchdog tick past the budget.
-//! * one native call allocates until it returns. Sequence repetition (`'x' * 10**10`), the
-//!   classic one-liner bomb, is checked against the remaining budget *before* allocating
-//!   ([`crate::prechecks`]). Any other native call (`list(range(10**10))`, `'x'.ljust(10**10)`)
-//!   meets the **hard cap**, twice the budget: an allocation that would take the task past it
-//!   parks the thread for good, before allocating. The pool then abandons that worker after the
-//!   run's deadline (its memory, at most the hard cap, stays allocated) and carries on with a
-//!   fresh one (see `pool`). So a task never holds more than twice its budget, and the process
-//!   never aborts because of a task.
+//!   only marks the task, and the first allocation past the budget in a load or run wakes the
+//!   watchdog, which raises `MemoryError` in the script at its next bytecode boundary; the run
+//!   fails with [`crate::VmError::MemoryExceeded`]. Growth through Python code (appending in a
+//!   loop, building strings piece by piece) is therefore stopped just past the budget.
+//! * one native call allocates until it returns. The native calls that are given a size or
+//!   build a result from their arguments' sizes are checked against the remaining budget
+//!   *before* they allocate, and native loops check the budget at every step (`crate::native`).
+//!   Anything else meets the **hard cap**, twice the budget: an allocation that would take the
+//!   task past it parks the thread for good, before allocating. The pool then abandons that
+//!   worker after the run's deadline (its memory, at most the hard cap, stays allocated) and
+//!   carries on with a fresh one (see `pool`). So a task never holds more than twice its
+//!   budget, and the process never aborts because of a task.
+//! * memory a task frees goes back to the system after a run that hit its budget and when a
+//!   task is unloaded ([`return_free_memory`]); RustPython's freelists are emptied after every
+//!   run (`crate::freelists`), or their storage would be freed during another task's run.
 //! * allocations are charged only while the interpreter runs (never while this crate holds a
 //!   lock another thread needs, so a parked worker blocks nobody). Counting is approximate where
-//!   a free happens while another task is current on the thread (it is charged to that task).
+//!   a free happens while another task is current on the thread (it is charged to that task):
+//!   the freelists above were the one place where that was routine.
 //! * without `TaskAllocator` installed as the `#[global_allocator]`, nothing is counted and
 //!   budgets are not enforced ([`TaskAllocator::is_installed`] tells).
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 /// The counting allocator. Install it in every binary that runs tasks:
@@ -81,9 +85,19 @@ fn admit(extra: usize) {
 
 fn charge(delta: i64) {
     let current = CURRENT.with(|c| c.get());
-    if !current.is_null() {
-        // SAFETY: `charge_to` keeps the `TaskMemory` alive while its pointer is current.
-        unsafe { (*current).live.fetch_add(delta, Ordering::Relaxed) };
+    if current.is_null() {
+        return;
+    }
+    // SAFETY: `charge_to` keeps the `TaskMemory` alive while its pointer is current.
+    let memory = unsafe { &*current };
+    let live = memory.live.fetch_add(delta, Ordering::Relaxed) + delta;
+    if delta > 0 && live > memory.budget as i64 && !memory.reported.swap(true, Ordering::Relaxed) {
+        // The first allocation past the budget in this load or run: the watchdog is woken to
+        // interrupt the script at once rather than at its next tick (a tight loop can allocate
+        // tens of megabytes in a tick). Waking it neither allocates nor blocks.
+        if let Some(wake) = memory.wake.get() {
+            wake();
+        }
     }
 }
 
@@ -125,11 +139,21 @@ unsafe impl GlobalAlloc for TaskAllocator {
     }
 }
 
+/// Gives the heap's free pages back to the system. glibc keeps what is freed in its arenas (one
+/// per worker thread), so after a task let go of a budget's worth of memory the process's RSS
+/// would stay high; trimming returns it. A few milliseconds: call it after such events only.
+pub(crate) fn return_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks and trims glibc's own arenas under their locks.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// One task's live heap and its budget.
 ///
 /// Aligned to its own cache lines: every allocation of the task updates `live`, and two tasks'
 /// counters sharing a line would make their workers, running in parallel, fight over it.
-#[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct TaskMemory {
     live: AtomicI64,
@@ -138,6 +162,10 @@ pub(crate) struct TaskMemory {
     refused: AtomicBool,
     /// Set when the allocator parked a thread at the hard cap.
     parked: AtomicBool,
+    /// Set when an allocation first took the task past its budget in this load or run.
+    reported: AtomicBool,
+    /// Wakes the watchdog watching the task (see [`TaskMemory::wake_on_overrun`]).
+    wake: OnceLock<Arc<dyn Fn() + Send + Sync>>,
 }
 
 impl TaskMemory {
@@ -147,6 +175,8 @@ impl TaskMemory {
             budget,
             refused: AtomicBool::new(false),
             parked: AtomicBool::new(false),
+            reported: AtomicBool::new(false),
+            wake: OnceLock::new(),
         })
     }
 
@@ -177,6 +207,13 @@ impl TaskMemory {
     /// Starts a new load or run: earlier refusals no longer count.
     pub(crate) fn reset_refusals(&self) {
         self.refused.store(false, Ordering::Relaxed);
+        self.reported.store(false, Ordering::Relaxed);
+    }
+
+    /// Has the allocator call `wake` (once per load or run) when an allocation takes the task
+    /// past its budget. Set once: a task is watched by one watchdog.
+    pub(crate) fn wake_on_overrun(&self, wake: impl Fn() + Send + Sync + 'static) {
+        let _ = self.wake.set(Arc::new(wake));
     }
 }
 
@@ -241,11 +278,11 @@ mod tests {
         let memory = TaskMemory::new(1 << 20);
         let (done, finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let unwound = std::panic::catch_unwind(|| {
+            let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 let _charging = charge_to(&memory);
                 let _guard = AllocatesOnUnwind(8 << 20);
                 std::panic::resume_unwind(Box::new("a task's native code failed"));
-            });
+            }));
             let _ = done.send((unwound.is_err(), memory.parked()));
         });
         let (unwound, parked) = finished

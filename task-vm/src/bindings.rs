@@ -217,16 +217,25 @@ fn host_nn_run(name: PyStrRef, inputs: PyObjectRef, vm: &VirtualMachine) -> PyRe
         .map_err(|reason| vm.new_type_error(format!("model {name}: inputs: {reason}")))?;
     let inputs = tensors_from_json(&given)
         .map_err(|reason| vm.new_value_error(format!("model {name}: {reason}")))?;
+    // The session runs on this thread, under the run's memory budget; between nodes it asks
+    // whether the run must stop (a node in flight finishes first).
+    let must_stop = || crate::watchdog::current_stop().is_some();
     let outputs = host(vm, |h| {
         let task = h.task().to_owned();
-        h.model(&name)?
-            .run_values(inputs)
-            .map_err(|e| VmError::Model {
+        match h.model(&name)?.run_values_until(inputs, &must_stop) {
+            Ok(outputs) => Ok(Some(outputs)),
+            Err(walle_engine::RunError::Stopped { .. }) => Ok(None),
+            Err(e) => Err(VmError::Model {
                 task,
                 model: name.clone(),
                 reason: e.to_string(),
-            })
+            }),
+        }
     })?;
+    let Some(outputs) = outputs else {
+        crate::native::check(vm)?;
+        return Err(vm.new_runtime_error(format!("model {name}: stopped")));
+    };
     let dict = vm.ctx.new_dict();
     for (output, value) in outputs {
         dict.set_item(output.as_str(), tensor_to_py(vm, &value), vm)?;

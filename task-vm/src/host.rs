@@ -132,11 +132,13 @@ impl Models {
                 "no such model in the bundle (it has {names:?})"
             )));
         };
-        // One engine thread: tasks already run in parallel on the VM's workers.
+        // On the worker's own thread: tasks already run in parallel on the VM's workers, the
+        // model's memory counts in the task's budget, and its runs stop at the deadline.
         let options = Options {
             threads: 1,
             search: Search::Measure,
             cache_dir: None,
+            on_calling_thread: true,
         };
         let session = Engine::load_with(bytes, &options).map_err(|e| fail(e.to_string()))?;
         Ok(slot.insert(session))

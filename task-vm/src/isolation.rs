@@ -6,8 +6,10 @@
 //! whole module state, readable and writable. So:
 //! * `type.__new__` is wrapped to record each class it makes in the making interpreter's
 //!   registry (weakly, in `_walle_sandbox.owned_types`);
-//! * `type.__subclasses__` is replaced by one that lists built-in types and the classes of the
-//!   calling interpreter only.
+//! * `type.__subclasses__` is replaced by one that lists the calling interpreter's classes and
+//!   the built-in types of [`VISIBLE_MODULES`] only: what a task can import anyway. The types of
+//!   the VM's own machinery (`_io`'s streams, `_hashlib`, `ast`, `sys`'s internals) stay out of
+//!   reach of a subclass walk.
 //!
 //! Classes made without `type.__new__` (by native code) are left out of the listings: hiding
 //! never leaks. Both patches are per thread, like the shared types.
@@ -15,7 +17,7 @@
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use rustpython_vm::builtins::{PyDictRef, PyListRef, PyType, PyTypeRef, PyWeak};
+use rustpython_vm::builtins::{PyDictRef, PyListRef, PyStr, PyType, PyTypeRef, PyWeak};
 use rustpython_vm::function::FuncArgs;
 use rustpython_vm::{AsObject, PyObjectRef, PyRef, PyResult, VirtualMachine};
 
@@ -27,6 +29,29 @@ static TYPE_NEW: OnceLock<NewFn> = OnceLock::new();
 thread_local! {
     static PATCHED: Cell<bool> = const { Cell::new(false) };
 }
+
+/// Modules whose built-in types `__subclasses__` lists: the builtins and what the whitelist
+/// (`TASK_IMPORTS`) imports, with their native halves.
+const VISIBLE_MODULES: &[&str] = &[
+    "builtins",
+    "types",
+    "typing",
+    "string.templatelib",
+    "collections",
+    "_collections",
+    "functools",
+    "itertools",
+    "operator",
+    "_operator",
+    "json",
+    "_json",
+    "random",
+    "_random",
+    "math",
+    "re",
+    "_walle_re",
+    "walle",
+];
 
 /// Name of the registry on the `_walle_sandbox` module.
 const REGISTRY: &str = "owned_types";
@@ -91,10 +116,22 @@ fn own_subclasses(zelf: PyRef<PyType>, vm: &VirtualMachine) -> PyListRef {
             let Some(ty) = sub.downcast_ref::<PyType>() else {
                 return false;
             };
-            ty.heaptype_ext.is_none() || registry.as_ref().is_some_and(|r| made_here(r, sub, vm))
+            match ty.heaptype_ext {
+                None => visible_builtin(ty, vm),
+                Some(_) => registry.as_ref().is_some_and(|r| made_here(r, sub, vm)),
+            }
         })
         .collect();
     vm.ctx.new_list(visible)
+}
+
+/// Whether a built-in type belongs to one of [`VISIBLE_MODULES`].
+fn visible_builtin(ty: &PyType, vm: &VirtualMachine) -> bool {
+    ty.__module__(vm)
+        .downcast::<PyStr>()
+        .ok()
+        .and_then(|module| module.to_str().map(|m| VISIBLE_MODULES.contains(&m)))
+        .unwrap_or(false)
 }
 
 fn made_here(registry: &PyDictRef, class: &PyObjectRef, vm: &VirtualMachine) -> bool {

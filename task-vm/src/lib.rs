@@ -25,8 +25,9 @@
 //! * `open()` raises `PermissionError`; `print()` writes to the run's log; `sys` loses the
 //!   functions that could hurt the host process (`setrecursionlimit`, `settrace`, …).
 //! * tasks sharing a worker thread share RustPython's built-in type objects;
-//!   `type.__subclasses__` only lists the calling task's own classes, so one task cannot reach
-//!   another's objects through them (`isolation`).
+//!   `type.__subclasses__` only lists the calling task's own classes and the built-in types of
+//!   the modules it may import, so one task cannot reach another's objects, nor the VM's own
+//!   machinery (`_io`, `ast`, …), through them (`isolation`).
 //!
 //! # Limits
 //!
@@ -34,18 +35,28 @@
 //! with a [`VmError`] naming the task and the limit, and leaves the worker and every other task
 //! working:
 //!
-//! * **deadline**: a watchdog thread interrupts the script at its next bytecode boundary,
-//!   re-arming RustPython's process-wide "signal pending" flag until the target interpreter has
-//!   stopped, so another busy interpreter cannot swallow the interrupt (`watchdog`). A native call
-//!   that never returns cannot be interrupted: after the deadline plus [`ABANDON_GRACE`] the pool
-//!   abandons that worker thread, starts a fresh one, reloads the other tasks it held and evicts
-//!   the culprit (`pool`). Every call returns within its deadline plus the grace.
+//! * **deadline**, counted from when the load or run starts executing (the time it waited in
+//!   its worker's queue is reported apart, [`RunTiming`]): a watchdog thread interrupts the
+//!   script at its next bytecode boundary, re-arming RustPython's process-wide "signal pending"
+//!   flag until the target interpreter has stopped, so another busy interpreter cannot swallow
+//!   the interrupt (`watchdog`). Inside native code, where there is no bytecode boundary, the
+//!   bounds of `native` stop or refuse the operations a script can make run long (native loops
+//!   over iterators and comparisons, big integers, huge allocations, deep parses), regular
+//!   expressions run on a bounded engine, and a model run stops between nodes.
 //! * **memory**: [`TaskAllocator`], installed as the `#[global_allocator]` by every binary,
-//!   charges allocations to the task running on the thread; over budget, the script gets a
-//!   `MemoryError` at its next bytecode boundary, sequence repetition (`'x' * 10**9`) is refused
-//!   before it allocates, and an allocation past twice the budget parks the thread, which the
-//!   pool then abandons. A task never holds more than twice its budget; the process never aborts
-//!   because of one (`alloc`, `prechecks`).
+//!   charges allocations to the task running on the thread (its models' too); the first
+//!   allocation past the budget wakes the watchdog, and the script gets a `MemoryError` at once;
+//!   native calls that are given a size are checked before they allocate (`native`); freed
+//!   storage RustPython keeps for reuse is dropped at the end of each run (`freelists`) and free
+//!   memory is returned to the system after a run that hit its budget. An allocation past twice
+//!   the budget parks the thread. A task never holds more than twice its budget; the process
+//!   never aborts because of one (`alloc`).
+//! * **lost workers**: what nothing bounds (a parked thread, a native call nobody foresaw) is
+//!   waited for at most the deadline plus [`ABANDON_GRACE`]; then the worker thread is let go,
+//!   a fresh one serves its queue, the other tasks it held are loaded again ahead of their queued
+//!   runs, and the culprit gets a strike; at [`QUARANTINE_STRIKES`] it is quarantined
+//!   ([`VmError::Quarantined`]). [`VmPool::health`] counts the lost threads still running and the
+//!   memory they hold, for the embedding process to restart itself past a threshold (`pool`).
 //! * **output** and **log** sizes: output over its cap fails the run; the log is truncated at its
 //!   cap with a marker (a chatty script keeps running).
 //!
@@ -57,12 +68,13 @@
 mod alloc;
 mod bindings;
 mod convert;
+mod freelists;
 pub mod host;
 mod isolation;
 mod limits;
+mod native;
 mod output;
 mod pool;
-mod prechecks;
 mod python;
 mod sandbox;
 pub mod wasm;
@@ -71,7 +83,9 @@ mod watchdog;
 pub use alloc::TaskAllocator;
 pub use host::{Level, MemoryState, Models, RunHost, StateStore, StateWrite, task_name};
 pub use limits::{Limit, Limits};
-pub use pool::{ABANDON_GRACE, RunOutput, VmPool};
+pub use pool::{
+    ABANDON_GRACE, PoolHealth, QUARANTINE_STRIKES, RunOutput, RunTiming, TimedRun, VmPool,
+};
 pub use sandbox::imports::{TASK_IMPORTS, TaskModule, bundled_modules};
 pub use wasm::{WasmLimits, WasmTask};
 
@@ -140,8 +154,8 @@ pub enum VmError {
     DeadlineExceeded { task: String, deadline_ms: u64 },
     #[error("task {task}: stopped after exceeding its memory budget of {max} bytes")]
     MemoryExceeded { task: String, max: u64 },
-    #[error("task {task} was evicted ({reason}); load it again to run it")]
-    Evicted { task: String, reason: String },
+    #[error("task {task} is quarantined: {reason}")]
+    Quarantined { task: String, reason: String },
     #[error("task {task}: WASM module does not compile: {message}")]
     WasmCompile { task: String, message: String },
     #[error("task {task}: WASM module cannot be linked: {message}")]
@@ -199,7 +213,8 @@ impl VmError {
             VmError::MemoryExceeded { .. } | VmError::MemoryLimit { .. } => "memory",
             VmError::FuelExhausted { .. } => "fuel",
             VmError::Trap { .. } | VmError::GuestFailed { .. } => "trap",
-            VmError::Evicted { .. } | VmError::NotLoaded(_) => "not_loaded",
+            VmError::Quarantined { .. } => "quarantined",
+            VmError::NotLoaded(_) => "not_loaded",
             VmError::Panicked(_) => "panic",
             VmError::WorkerGone(_) | VmError::Pool(_) => "vm",
         }

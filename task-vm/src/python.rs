@@ -50,7 +50,9 @@ impl PythonTask {
                     task: code.key.clone(),
                     traceback: format_exception(vm, &exc),
                 })?;
-                find_handler(vm, code)
+                let found = find_handler(vm, code);
+                crate::freelists::flush(vm);
+                found
             })
         };
         let log = log.finish();
@@ -82,7 +84,11 @@ impl PythonTask {
         let result = {
             let _charging = charge_to(&self.memory);
             bindings::with_host(host, || {
-                self.interpreter.enter(|vm| self.call_handler(vm, &context))
+                self.interpreter.enter(|vm| {
+                    let result = self.call_handler(vm, &context);
+                    crate::freelists::flush(vm);
+                    result
+                })
             })
         };
         let logs = log.finish();
@@ -143,12 +149,33 @@ fn stopped_error(task: &str, limits: &Limits, hit: Option<Limit>) -> Option<VmEr
 }
 
 fn find_handler(vm: &VirtualMachine, code: &TaskCode) -> Result<PyObjectRef, VmError> {
+    let compiling =
+        code.source.len() as u128 * crate::native::source::COMPILE_BYTES_PER_SOURCE_BYTE;
+    if compiling > u128::from(code.limits.memory_bytes) {
+        return Err(VmError::Compile {
+            task: code.key.clone(),
+            message: format!(
+                "{} is {} bytes; compiling it would take about {compiling} bytes, more than the task's memory budget of {}",
+                code.entry_path,
+                code.source.len(),
+                code.limits.memory_bytes
+            ),
+        });
+    }
+    crate::native::source::check(&code.source).map_err(|too_deep| VmError::Compile {
+        task: code.key.clone(),
+        message: format!(
+            "{} at {}, line {}",
+            too_deep.message, code.entry_path, too_deep.line
+        ),
+    })?;
     let compiled = vm
         .compile(&code.source, Mode::Exec, code.entry_path.clone())
         .map_err(|e| VmError::Compile {
             task: code.key.clone(),
             message: e.to_string(),
         })?;
+    crate::native::bytecode::prepare(&compiled);
     let scope = vm.new_scope_with_builtins();
     vm.run_code_obj(compiled, scope.clone())
         .map_err(|exc| VmError::Raised {

@@ -14,11 +14,13 @@
 //! Not guaranteed: a single native call (a huge regex backtrack, `10**10**8`) runs to completion
 //! before the next bytecode boundary; the interrupt lands after it.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use rustpython_vm::builtins::PyBaseExceptionRef;
 use rustpython_vm::function::FuncArgs;
 use rustpython_vm::signal::{UserSignal, UserSignalSender};
 use rustpython_vm::{AsObject, PyObjectRef, PyResult, VirtualMachine};
@@ -84,20 +86,27 @@ fn interrupt(watch: Arc<Watch>) -> UserSignal {
         if watch.finished.load(Ordering::Acquire) {
             return Ok(());
         }
-        let exception = match watch.tripped() {
-            Some(Limit::Deadline) => vm.new_exception_msg(
-                vm.ctx.exceptions.keyboard_interrupt.to_owned(),
-                "the task's deadline has passed".into(),
-            ),
-            Some(Limit::Memory) => vm.new_memory_error("the task's memory budget is exhausted"),
-            None => return Ok(()),
+        let Some(limit) = watch.tripped() else {
+            return Ok(());
         };
+        let exception = stop_exception(vm, limit);
         if watch.raised.fetch_add(1, Ordering::AcqRel) > 0 {
             // The script survived an interrupt: it catches them.
             trace_every_frame(vm);
         }
         Err(exception)
     })
+}
+
+/// The exception that stops a script at `limit`.
+pub(crate) fn stop_exception(vm: &VirtualMachine, limit: Limit) -> PyBaseExceptionRef {
+    match limit {
+        Limit::Deadline => vm.new_exception_msg(
+            vm.ctx.exceptions.keyboard_interrupt.to_owned(),
+            "the task's deadline has passed".into(),
+        ),
+        Limit::Memory => vm.new_memory_error("the task's memory budget is exhausted"),
+    }
 }
 
 /// Makes every frame of the script, present and future, raise at its next line or call.
@@ -146,9 +155,34 @@ pub(crate) struct Watchdog {
     thread: Option<JoinHandle<()>>,
 }
 
+thread_local! {
+    // The watch of the load or run executing on this thread, for checks from native code
+    // (`crate::native`). Const-initialised and without a destructor, like the allocator's.
+    static CURRENT: Cell<*const Watch> = const { Cell::new(std::ptr::null()) };
+}
+
+/// The limit that has stopped the load or run executing on this thread, if one has: its
+/// deadline has passed (as the watchdog saw at its last tick) or its memory is over budget
+/// (now). `None` outside a watched load or run.
+pub(crate) fn current_stop() -> Option<Limit> {
+    let current = CURRENT.with(|c| c.get());
+    if current.is_null() {
+        return None;
+    }
+    // SAFETY: `Armed` keeps the watch alive while its pointer is current on this thread.
+    let watch = unsafe { &*current };
+    if watch.finished.load(Ordering::Acquire) {
+        return None;
+    }
+    watch
+        .tripped()
+        .or_else(|| watch.memory.over_budget().then_some(Limit::Memory))
+}
+
 /// A watched load or run; [`Armed::finish`] ends the watch.
 pub(crate) struct Armed {
     watch: Arc<Watch>,
+    previous: *const Watch,
 }
 
 impl Armed {
@@ -166,6 +200,7 @@ impl Armed {
 impl Drop for Armed {
     fn drop(&mut self) {
         self.watch.finished.store(true, Ordering::Release);
+        CURRENT.with(|c| c.set(self.previous));
     }
 }
 
@@ -184,7 +219,8 @@ impl Watchdog {
         })
     }
 
-    /// Watches a load or run until the returned guard is finished or dropped.
+    /// Watches a load or run until the returned guard is finished or dropped. Call it on the
+    /// thread that executes the load or run: native code there asks [`current_stop`].
     pub(crate) fn arm(
         &self,
         deadline: Duration,
@@ -192,6 +228,12 @@ impl Watchdog {
         interrupt: &UserSignalSender,
     ) -> Armed {
         memory.reset_refusals();
+        let shared = Arc::downgrade(&self.shared);
+        memory.wake_on_overrun(move || {
+            if let Some(shared) = shared.upgrade() {
+                shared.wake.notify_one();
+            }
+        });
         let watch = Arc::new(Watch {
             deadline: Instant::now() + deadline,
             memory: memory.clone(),
@@ -202,7 +244,8 @@ impl Watchdog {
         });
         lock(&self.shared.watches).push(watch.clone());
         self.shared.wake.notify_one();
-        Armed { watch }
+        let previous = CURRENT.with(|c| c.replace(Arc::as_ptr(&watch)));
+        Armed { watch, previous }
     }
 }
 

@@ -191,7 +191,7 @@ fn a_failed_run_changes_no_state_and_a_staged_run_leaves_its_writes_to_the_calle
         Ok(Some(json!(1))),
         "a failed run wrote state"
     );
-    let staged = pool.run_staged("t@1", json!({})).unwrap();
+    let staged = pool.run_staged("t@1", json!({})).result.unwrap();
     assert_eq!(staged.records, [json!(2)]);
     assert_eq!(staged.state[0].value, Some(json!(2)));
     assert_eq!(

@@ -1,18 +1,34 @@
 //! A fixed pool of worker threads; each loaded task lives on exactly one of them.
 //!
-//! The watchdog stops scripts at bytecode boundaries; what it cannot stop is one native call
-//! that never returns (`sum(range(10**15))`) or a worker the allocator parked at a task's hard
-//! memory cap (see `alloc`). So every load and run is waited for at most its deadline plus
-//! [`ABANDON_GRACE`]. Past that the worker is abandoned: its thread is let go, a fresh worker
-//! takes its index, the other tasks it held are loaded again there (their module state starts
-//! over), and the task that got it stuck is evicted until it is loaded again.
+//! Each worker index has a [`JobQueue`] that outlives the thread serving it. A load or run waits
+//! in its worker's queue for as long as the jobs ahead of it take, and that wait is not its
+//! own: its deadline starts when it starts executing, and its [`RunTiming`] reports the wait
+//! and the execution separately.
+//!
+//! The watchdog and the native bounds (`native`) stop scripts near their deadline; what they
+//! cannot stop is native code nobody bounded, or a worker the allocator parked at a task's hard
+//! memory cap (see `alloc`). So an executing load or run is waited for at most its deadline
+//! plus [`ABANDON_GRACE`]. Past that its worker is **lost**:
+//!
+//! * its thread is let go: its generation is retired, so if it ever comes back it takes no
+//!   further job and ends, dropping its interpreters; it is counted in [`PoolHealth`] (threads
+//!   still running, the memory they hold) until it ends, so the embedding process can restart
+//!   itself when too much is lost;
+//! * a fresh thread serves the same queue at once, and the tasks the lost one held are loaded
+//!   again on it ahead of the queued jobs (their module state starts over), so runs queued for
+//!   them run instead of failing;
+//! * the task that got the worker lost gets a strike; at [`QUARANTINE_STRIKES`] it is
+//!   quarantined: unloaded, and its runs and loads refused with [`VmError::Quarantined`] and the
+//!   reason, until [`VmPool::release`].
 
+mod queue;
 mod worker;
 
 use std::collections::HashMap;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Duration;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
@@ -20,11 +36,16 @@ use crate::alloc::TaskMemory;
 use crate::host::{MemoryState, StateStore, StateWrite, task_name};
 use crate::watchdog::Watchdog;
 use crate::{TaskAllocator, TaskCode, VmError};
-use worker::{Job, Worker};
+use queue::JobQueue;
+use worker::{Answer, Job};
 
-/// How long past its deadline a load or run may take before its worker is abandoned. An
-/// interrupted script normally stops within milliseconds; this is for stuck native code.
+/// How long past its deadline an executing load or run may take before its worker is
+/// abandoned. An interrupted script normally stops within milliseconds; this is for native code
+/// nobody bounded.
 pub const ABANDON_GRACE: Duration = Duration::from_secs(3);
+
+/// Times a task may get its worker lost before it is quarantined.
+pub const QUARANTINE_STRIKES: u32 = 2;
 
 /// What one run produced.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,12 +59,45 @@ pub struct RunOutput {
     pub state: Vec<StateWrite>,
 }
 
+/// Where a run's time went.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RunTiming {
+    /// Waiting in its worker's queue behind other tasks' jobs.
+    pub queued: Duration,
+    /// Executing: what the deadline bounds and what a run's duration is.
+    pub executed: Duration,
+}
+
+/// A run's result and where its time went, from [`VmPool::run_staged`].
+#[derive(Debug)]
+pub struct TimedRun {
+    pub result: Result<RunOutput, VmError>,
+    pub timing: RunTiming,
+}
+
+/// What the pool has lost to stuck native code, and whom it refuses.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PoolHealth {
+    /// Abandoned worker threads that are still running (or parked); each holds a stack and its
+    /// tasks' interpreters until it ends, if ever.
+    pub lost_threads: usize,
+    /// Heap bytes those threads' tasks still hold.
+    pub lost_bytes: u64,
+    /// Workers abandoned since the pool started.
+    pub abandoned_total: u64,
+    /// Quarantined tasks and why.
+    pub quarantined: Vec<(String, String)>,
+}
+
 /// The VM pool. Calls block the calling thread until the worker answers; async callers should
 /// use `spawn_blocking`.
 pub struct VmPool {
-    workers: Mutex<Vec<Worker>>,
-    /// Which worker holds each loaded task, and how many tasks each worker holds.
+    queues: Vec<Arc<JobQueue>>,
+    /// The thread serving each queue now.
+    threads: Mutex<Vec<Option<JoinHandle<()>>>>,
+    /// Which worker holds each loaded task, strikes and quarantines.
     placement: Mutex<Placement>,
+    lost: Mutex<Lost>,
     // Dropped after the workers (see `Drop`), so no run is in flight when it stops.
     watchdog: Arc<Watchdog>,
     /// Where tasks' `walle.state` lives.
@@ -54,8 +108,10 @@ pub struct VmPool {
 struct Placement {
     by_task: HashMap<String, Placed>,
     load: Vec<usize>,
-    /// Tasks evicted for getting their worker stuck, with the error that did it.
-    evicted: HashMap<String, VmError>,
+    /// Times each task got its worker lost.
+    strikes: HashMap<String, u32>,
+    /// Quarantined tasks, with the reason.
+    quarantined: HashMap<String, String>,
 }
 
 /// A loaded task: where it lives and what is needed to load it again elsewhere.
@@ -63,6 +119,13 @@ struct Placed {
     worker: usize,
     code: TaskCode,
     memory: Arc<TaskMemory>,
+}
+
+/// Abandoned threads and the memory of the tasks they held.
+#[derive(Default)]
+struct Lost {
+    threads: Vec<(JoinHandle<()>, Vec<Arc<TaskMemory>>)>,
+    total: u64,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -87,15 +150,20 @@ impl VmPool {
             Watchdog::start()
                 .map_err(|e| VmError::Pool(format!("cannot start watchdog thread: {e}")))?,
         );
-        let workers = (0..threads)
-            .map(|index| Worker::spawn(index, 0, &watchdog, &state))
+        let queues: Vec<Arc<JobQueue>> = (0..threads).map(|_| Arc::default()).collect();
+        let handles = queues
+            .iter()
+            .enumerate()
+            .map(|(index, queue)| worker::spawn(index, 0, queue, &watchdog, &state).map(Some))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(VmPool {
-            workers: Mutex::new(workers),
+            queues,
+            threads: Mutex::new(handles),
             placement: Mutex::new(Placement {
                 load: vec![0; threads],
                 ..Placement::default()
             }),
+            lost: Mutex::default(),
             watchdog,
             state,
         })
@@ -103,31 +171,56 @@ impl VmPool {
 
     /// Number of worker threads.
     pub fn threads(&self) -> usize {
-        lock(&self.workers).len()
+        self.queues.len()
     }
 
-    /// Loads (or reloads) a task into its own interpreter on the least-loaded worker.
+    /// Loads (or reloads) a task into its own interpreter on the least-loaded worker. Its
+    /// module-level code runs under the task's deadline and memory budget.
     pub fn load(&self, code: TaskCode) -> Result<(), VmError> {
         let key = code.key.clone();
         if let Some(reason) = code.limits.problem() {
             return Err(VmError::BadLimits { task: key, reason });
         }
+        if let Some(error) = self.quarantine_error(&key) {
+            return Err(error);
+        }
         self.unload(&key);
         let memory = TaskMemory::new(code.limits.memory_bytes);
-        let worker = self.place(&code, &memory);
-        self.load_on(worker, code, &memory).map_err(|failure| {
-            self.forget(&key);
-            if let Failure::Stuck(_) = failure {
-                self.abandon(worker.0, worker.1);
+        let index = self.place(&code, &memory);
+        let deadline = code.limits.deadline;
+        let (reply, answer) = channel();
+        self.send(
+            index,
+            Job::Load {
+                code,
+                memory: memory.clone(),
+                reply,
+            },
+        )?;
+        let waited = wait(&answer, deadline);
+        match waited.outcome {
+            Outcome::Done(Ok(())) => Ok(()),
+            Outcome::Done(Err(error)) => {
+                self.forget(&key);
+                Err(error)
             }
-            failure.into_error()
-        })
+            Outcome::Stuck(generation) => {
+                let error = stuck_error(&key, &memory, deadline);
+                self.forget(&key);
+                self.lose_worker(index, generation, &key, &error);
+                Err(error)
+            }
+            Outcome::Gone => {
+                self.forget(&key);
+                Err(VmError::WorkerGone(index))
+            }
+        }
     }
 
     /// Runs a loaded task's handler with the given context, commits the state it wrote to
     /// the pool's [`StateStore`], and returns its records and log.
     pub fn run(&self, key: &str, context: Value) -> Result<RunOutput, VmError> {
-        let output = self.run_staged(key, context)?;
+        let output = self.run_staged(key, context).result?;
         self.state
             .commit(task_name(key), &output.state)
             .map_err(|reason| VmError::State {
@@ -144,23 +237,36 @@ impl VmPool {
 
     /// Runs a loaded task's handler like [`VmPool::run`] but leaves the state it wrote in
     /// [`RunOutput::state`] for the caller to commit (e.g. in one transaction with the run's
-    /// outputs). The caller must commit before the task's next run, which would not see it.
-    pub fn run_staged(&self, key: &str, context: Value) -> Result<RunOutput, VmError> {
-        let (index, deadline, memory) = self.placed(key)?;
+    /// outputs), and says where the run's time went. The caller must commit before the task's
+    /// next run, which would not see it.
+    pub fn run_staged(&self, key: &str, context: Value) -> TimedRun {
+        let (index, deadline, memory) = match self.placed(key) {
+            Ok(placed) => placed,
+            Err(error) => return TimedRun::failed(error),
+        };
         let (reply, answer) = channel();
         let job = Job::Run {
             key: key.to_owned(),
             context,
             reply,
         };
-        let generation = self.send(index, job)?;
-        wait(&answer, deadline, || stuck_error(key, &memory, deadline)).map_err(|failure| {
-            if let Failure::Stuck(error) = &failure {
-                self.evict(key, error.clone());
-                self.abandon(index, generation);
+        if let Err(error) = self.send(index, job) {
+            return TimedRun::failed(error);
+        }
+        let waited = wait(&answer, deadline);
+        let result = match waited.outcome {
+            Outcome::Done(result) => result,
+            Outcome::Stuck(generation) => {
+                let error = stuck_error(key, &memory, deadline);
+                self.lose_worker(index, generation, key, &error);
+                Err(error)
             }
-            failure.into_error()
-        })
+            Outcome::Gone => Err(VmError::WorkerGone(index)),
+        };
+        TimedRun {
+            result,
+            timing: waited.timing,
+        }
     }
 
     /// Heap bytes charged to a loaded task now (its interpreter, modules and data; what the
@@ -175,7 +281,6 @@ impl VmPool {
 
     /// Drops a task's interpreter, if loaded.
     pub fn unload(&self, key: &str) {
-        lock(&self.placement).evicted.remove(key);
         if let Some(worker) = self.forget(key) {
             let _ = self.send(
                 worker,
@@ -186,112 +291,171 @@ impl VmPool {
         }
     }
 
-    /// Sends a load to a worker (index, generation) and waits for it, within its deadline.
-    fn load_on(
-        &self,
-        worker: (usize, u64),
-        code: TaskCode,
-        memory: &Arc<TaskMemory>,
-    ) -> Result<(), Failure> {
-        let key = code.key.clone();
-        let deadline = code.limits.deadline;
-        let (reply, answer) = channel();
-        let job = Job::Load {
-            code,
-            memory: memory.clone(),
-            reply,
-        };
-        let sent = {
-            let workers = lock(&self.workers);
-            let target = &workers[worker.0];
-            if target.generation != worker.1 {
-                return Err(Failure::Error(VmError::WorkerGone(worker.0)));
-            }
-            target.jobs.send(job)
-        };
-        sent.map_err(|_| Failure::Error(VmError::WorkerGone(worker.0)))?;
-        wait(&answer, deadline, || stuck_error(&key, memory, deadline))
+    /// Quarantines a task (e.g. one its host quarantined before a restart): it is unloaded and
+    /// refused until [`VmPool::release`].
+    pub fn quarantine(&self, key: &str, reason: &str) {
+        self.unload(key);
+        lock(&self.placement)
+            .quarantined
+            .insert(key.to_owned(), reason.to_owned());
     }
 
-    /// Sends a job to the worker at `index`; returns that worker's generation.
-    fn send(&self, index: usize, job: Job) -> Result<u64, VmError> {
-        let workers = lock(&self.workers);
-        let worker = &workers[index];
-        worker
-            .jobs
-            .send(job)
-            .map_err(|_| VmError::WorkerGone(index))?;
-        Ok(worker.generation)
+    /// Lifts a task's quarantine and forgets its strikes.
+    pub fn release(&self, key: &str) {
+        let mut placement = lock(&self.placement);
+        placement.quarantined.remove(key);
+        placement.strikes.remove(key);
     }
 
-    /// Replaces the worker at `index` (if it is still that generation) and loads the other tasks
-    /// it held on the new one.
-    fn abandon(&self, index: usize, generation: u64) {
-        let fresh = match Worker::spawn(index, generation + 1, &self.watchdog, &self.state) {
-            Ok(fresh) => fresh,
-            Err(e) => {
-                tracing::error!(worker = index, error = %e, "cannot replace a stuck VM worker");
-                return;
+    /// What the pool has lost to stuck native code (threads that ended since are let go and
+    /// their memory returned to the system), and the quarantined tasks.
+    pub fn health(&self) -> PoolHealth {
+        let (lost_threads, lost_bytes, abandoned_total) = {
+            let mut lost = lock(&self.lost);
+            let before = lost.threads.len();
+            lost.threads.retain(|(thread, _)| !thread.is_finished());
+            if lost.threads.len() < before {
+                crate::alloc::return_free_memory();
             }
+            let bytes = lost
+                .threads
+                .iter()
+                .flat_map(|(_, memories)| memories)
+                .map(|memory| memory.live())
+                .sum();
+            (lost.threads.len(), bytes, lost.total)
         };
-        let old = {
-            let mut workers = lock(&self.workers);
-            if workers[index].generation != generation {
-                // Someone else replaced it already.
-                drop(workers);
-                fresh.stop();
-                return;
-            }
-            std::mem::replace(&mut workers[index], fresh)
-        };
-        old.abandon();
-        tracing::warn!(
-            worker = index,
-            "VM worker stuck past a deadline was replaced"
-        );
-        self.reload_tasks_of(index, generation + 1);
-    }
-
-    /// Loads every task placed on worker `index` again (on its new thread).
-    fn reload_tasks_of(&self, index: usize, generation: u64) {
-        let codes: Vec<TaskCode> = lock(&self.placement)
-            .by_task
-            .values()
-            .filter(|p| p.worker == index)
-            .map(|p| p.code.clone())
+        let mut quarantined: Vec<(String, String)> = lock(&self.placement)
+            .quarantined
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        for code in codes {
-            let key = code.key.clone();
-            let memory = TaskMemory::new(code.limits.memory_bytes);
-            if let Some(placed) = lock(&self.placement).by_task.get_mut(&key) {
-                placed.memory = memory.clone();
-            }
-            if let Err(failure) = self.load_on((index, generation), code, &memory) {
-                let error = failure.into_error();
-                tracing::error!(task = %key, error = %error, "reloading a task on a replaced worker failed");
-                self.evict(&key, error);
-            }
+        quarantined.sort();
+        PoolHealth {
+            lost_threads,
+            lost_bytes,
+            abandoned_total,
+            quarantined,
         }
     }
 
-    fn place(&self, code: &TaskCode, memory: &Arc<TaskMemory>) -> (usize, u64) {
-        let worker = {
-            let mut placement = lock(&self.placement);
-            let worker = (0..placement.load.len())
-                .min_by_key(|&w| placement.load[w])
-                .unwrap_or(0);
-            placement.load[worker] += 1;
-            placement.by_task.insert(
-                code.key.clone(),
-                Placed {
-                    worker,
-                    code: code.clone(),
-                    memory: memory.clone(),
-                },
-            );
-            worker
+    /// Queues work for the worker at `index`.
+    fn send(&self, index: usize, job: Job) -> Result<(), VmError> {
+        if self.queues[index].push(job) {
+            Ok(())
+        } else {
+            Err(VmError::WorkerGone(index))
+        }
+    }
+
+    /// The worker at `index` (serving as `generation`) is stuck on `culprit`'s job: lets its
+    /// thread go, starts a fresh one on the same queue, loads the tasks it held there ahead of
+    /// the queued jobs, and strikes (or quarantines) the culprit.
+    fn lose_worker(&self, index: usize, generation: u64, culprit: &str, error: &VmError) {
+        let queue = &self.queues[index];
+        let Some(fresh) = queue.retire(generation) else {
+            return; // Someone replaced it already.
         };
-        (worker, lock(&self.workers)[worker].generation)
+        let memories = self.strike(culprit, error, index);
+        let old = match worker::spawn(index, fresh, queue, &self.watchdog, &self.state) {
+            Ok(thread) => lock(&self.threads)[index].replace(thread),
+            Err(e) => {
+                tracing::error!(worker = index, error = %e, "cannot replace a stuck VM worker");
+                lock(&self.threads)[index].take()
+            }
+        };
+        {
+            let mut lost = lock(&self.lost);
+            lost.total += 1;
+            if let Some(old) = old {
+                lost.threads.push((old, memories));
+            }
+        }
+        tracing::warn!(worker = index, task = culprit, error = %error, "VM worker stuck past a deadline was replaced");
+        self.reload_tasks_of(index);
+    }
+
+    /// Counts a strike against `culprit`; quarantines it at [`QUARANTINE_STRIKES`]. Returns
+    /// the memory counters of the tasks placed on `index` (the lost thread holds them).
+    fn strike(&self, culprit: &str, error: &VmError, index: usize) -> Vec<Arc<TaskMemory>> {
+        let mut placement = lock(&self.placement);
+        let strikes = placement.strikes.entry(culprit.to_owned()).or_insert(0);
+        *strikes += 1;
+        if *strikes >= QUARANTINE_STRIKES {
+            let reason = format!(
+                "got its VM worker stuck {strikes} times; the last time: {error}",
+                strikes = *strikes
+            );
+            tracing::error!(task = culprit, %reason, "task quarantined");
+            placement.quarantined.insert(culprit.to_owned(), reason);
+            if let Some(placed) = placement.by_task.remove(culprit) {
+                placement.load[placed.worker] = placement.load[placed.worker].saturating_sub(1);
+            }
+        }
+        placement
+            .by_task
+            .values()
+            .filter(|p| p.worker == index)
+            .map(|p| p.memory.clone())
+            .collect()
+    }
+
+    /// Loads every task placed on worker `index` again, ahead of the jobs queued there, and
+    /// waits for those loads; a task that fails to load again is unloaded for good.
+    fn reload_tasks_of(&self, index: usize) {
+        let mut answers = Vec::new();
+        let jobs: Vec<Job> = {
+            let mut placement = lock(&self.placement);
+            placement
+                .by_task
+                .values_mut()
+                .filter(|p| p.worker == index)
+                .map(|placed| {
+                    placed.memory = TaskMemory::new(placed.code.limits.memory_bytes);
+                    let (reply, answer) = channel();
+                    let (key, deadline) = (placed.code.key.clone(), placed.code.limits.deadline);
+                    answers.push((key, deadline, placed.memory.clone(), answer));
+                    Job::Load {
+                        code: placed.code.clone(),
+                        memory: placed.memory.clone(),
+                        reply,
+                    }
+                })
+                .collect()
+        };
+        self.queues[index].push_front(jobs);
+        for (key, deadline, memory, answer) in answers {
+            let error = match wait(&answer, deadline).outcome {
+                Outcome::Done(Ok(())) => continue,
+                Outcome::Done(Err(error)) => error,
+                Outcome::Stuck(generation) => {
+                    let error = stuck_error(&key, &memory, deadline);
+                    self.forget(&key);
+                    self.lose_worker(index, generation, &key, &error);
+                    return;
+                }
+                Outcome::Gone => VmError::WorkerGone(index),
+            };
+            tracing::error!(task = %key, error = %error, "reloading a task on a replaced worker failed");
+            self.forget(&key);
+        }
+    }
+
+    fn place(&self, code: &TaskCode, memory: &Arc<TaskMemory>) -> usize {
+        let mut placement = lock(&self.placement);
+        let worker = (0..placement.load.len())
+            .min_by_key(|&w| placement.load[w])
+            .unwrap_or(0);
+        placement.load[worker] += 1;
+        placement.by_task.insert(
+            code.key.clone(),
+            Placed {
+                worker,
+                code: code.clone(),
+                memory: memory.clone(),
+            },
+        );
+        worker
     }
 
     fn forget(&self, key: &str) -> Option<usize> {
@@ -301,9 +465,14 @@ impl VmPool {
         Some(worker)
     }
 
-    fn evict(&self, key: &str, error: VmError) {
-        self.forget(key);
-        lock(&self.placement).evicted.insert(key.to_owned(), error);
+    fn quarantine_error(&self, key: &str) -> Option<VmError> {
+        lock(&self.placement)
+            .quarantined
+            .get(key)
+            .map(|reason| VmError::Quarantined {
+                task: key.to_owned(),
+                reason: reason.clone(),
+            })
     }
 
     /// Where a task lives, its deadline and its memory; or why it cannot run.
@@ -312,44 +481,74 @@ impl VmPool {
         if let Some(p) = placement.by_task.get(key) {
             return Ok((p.worker, p.code.limits.deadline, p.memory.clone()));
         }
-        Err(match placement.evicted.get(key) {
-            Some(error) => VmError::Evicted {
+        Err(match placement.quarantined.get(key) {
+            Some(reason) => VmError::Quarantined {
                 task: key.to_owned(),
-                reason: error.to_string(),
+                reason: reason.clone(),
             },
             None => VmError::NotLoaded(key.to_owned()),
         })
     }
 }
 
-/// Why waiting for a worker failed.
-enum Failure {
-    /// The worker answered with an error, or could not be reached.
-    Error(VmError),
-    /// The worker did not answer in time: it is stuck and must be abandoned.
-    Stuck(VmError),
-}
-
-impl Failure {
-    fn into_error(self) -> VmError {
-        match self {
-            Failure::Error(error) | Failure::Stuck(error) => error,
+impl TimedRun {
+    fn failed(error: VmError) -> TimedRun {
+        TimedRun {
+            result: Err(error),
+            timing: RunTiming::default(),
         }
     }
 }
 
-/// Waits for a worker's answer for at most `deadline` plus the grace; `stuck` makes the error.
-fn wait<T>(
-    answer: &Receiver<Result<T, VmError>>,
-    deadline: Duration,
-    stuck: impl FnOnce() -> VmError,
-) -> Result<T, Failure> {
-    match answer.recv_timeout(deadline.saturating_add(ABANDON_GRACE)) {
-        Ok(result) => result.map_err(Failure::Error),
-        Err(RecvTimeoutError::Timeout) => Err(Failure::Stuck(stuck())),
-        Err(RecvTimeoutError::Disconnected) => Err(Failure::Error(VmError::Pool(
-            "a VM worker stopped without answering".to_owned(),
-        ))),
+/// How waiting for a worker ended.
+enum Outcome<T> {
+    /// The worker answered.
+    Done(Result<T, VmError>),
+    /// The job executed past its deadline plus the grace on the thread of this generation.
+    Stuck(u64),
+    /// The job was dropped unanswered (the pool is going away).
+    Gone,
+}
+
+struct Waited<T> {
+    outcome: Outcome<T>,
+    timing: RunTiming,
+}
+
+/// Waits for a job just queued: as long as it takes to start, then at most `deadline` plus the
+/// grace to finish.
+fn wait<T>(answer: &Receiver<Answer<T>>, deadline: Duration) -> Waited<T> {
+    let queued_at = Instant::now();
+    let (started, generation) = match answer.recv() {
+        Ok(Answer::Started { at, generation }) => (at, generation),
+        Ok(Answer::Done(result)) => {
+            return Waited {
+                outcome: Outcome::Done(result),
+                timing: RunTiming {
+                    queued: queued_at.elapsed(),
+                    executed: Duration::ZERO,
+                },
+            };
+        }
+        Err(_) => {
+            return Waited {
+                outcome: Outcome::Gone,
+                timing: RunTiming::default(),
+            };
+        }
+    };
+    let queued = started.saturating_duration_since(queued_at);
+    let outcome = match answer.recv_timeout(deadline.saturating_add(ABANDON_GRACE)) {
+        Ok(Answer::Done(result)) => Outcome::Done(result),
+        Ok(Answer::Started { .. }) | Err(RecvTimeoutError::Disconnected) => Outcome::Gone,
+        Err(RecvTimeoutError::Timeout) => Outcome::Stuck(generation),
+    };
+    Waited {
+        outcome,
+        timing: RunTiming {
+            queued,
+            executed: started.elapsed(),
+        },
     }
 }
 
@@ -368,11 +567,28 @@ fn stuck_error(task: &str, memory: &TaskMemory, deadline: Duration) -> VmError {
     }
 }
 
+/// How long dropping the pool waits for its workers to finish their current jobs; a worker
+/// still busy after that is let go like a lost one (its job is stuck, and waiting would hang
+/// whoever drops the pool, e.g. an agent restarting itself to get rid of stuck workers).
+const DROP_PATIENCE: Duration = Duration::from_secs(10);
+
 impl Drop for VmPool {
     fn drop(&mut self) {
-        let workers = std::mem::take(&mut *lock(&self.workers));
-        for worker in workers {
-            worker.stop();
+        for queue in &self.queues {
+            queue.close();
+        }
+        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *lock(&self.threads))
+            .into_iter()
+            .flatten()
+            .collect();
+        let until = Instant::now() + DROP_PATIENCE;
+        while threads.iter().any(|t| !t.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for thread in threads {
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
 }

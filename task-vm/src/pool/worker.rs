@@ -3,8 +3,9 @@
 use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, channel};
+use std::sync::mpsc::Sender;
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use serde_json::Value;
 
@@ -12,6 +13,7 @@ use crate::alloc::TaskMemory;
 use crate::host::{Models, RunHost, StateStore, with_log};
 use crate::limits::Limits;
 use crate::pool::RunOutput;
+use crate::pool::queue::JobQueue;
 use crate::python::PythonTask;
 use crate::wasm::{WasmLimits, WasmTask};
 use crate::watchdog::Watchdog;
@@ -22,65 +24,47 @@ use crate::{TaskCode, VmError};
 /// is only reserved, pages are used as needed.
 const WORKER_STACK_BYTES: usize = 256 * 1024 * 1024;
 
+/// Work for a worker thread.
 pub(super) enum Job {
     Load {
         code: TaskCode,
         memory: Arc<TaskMemory>,
-        reply: Sender<Result<(), VmError>>,
+        reply: Sender<Answer<()>>,
     },
     Run {
         key: String,
         context: Value,
-        reply: Sender<Result<RunOutput, VmError>>,
+        reply: Sender<Answer<RunOutput>>,
     },
     Unload {
         key: String,
     },
 }
 
-/// The pool's handle on a worker thread.
-pub(super) struct Worker {
-    pub(super) jobs: Sender<Job>,
-    /// Bumped each time the worker at this index is replaced.
-    pub(super) generation: u64,
-    pub(super) thread: Option<JoinHandle<()>>,
+/// What a worker tells the caller of a load or run: when it started executing, then its result.
+pub(super) enum Answer<T> {
+    /// Sent by the thread serving the queue as `generation`.
+    Started {
+        at: Instant,
+        generation: u64,
+    },
+    Done(Result<T, VmError>),
 }
 
-impl Worker {
-    pub(super) fn spawn(
-        index: usize,
-        generation: u64,
-        watchdog: &Arc<Watchdog>,
-        state: &Arc<dyn StateStore>,
-    ) -> Result<Worker, VmError> {
-        let (jobs, inbox) = channel();
-        let (watchdog, state) = (watchdog.clone(), state.clone());
-        let thread = std::thread::Builder::new()
-            .name(format!("walle-vm-{index}"))
-            .stack_size(WORKER_STACK_BYTES)
-            .spawn(move || worker_loop(inbox, &watchdog, state.as_ref()))
-            .map_err(|e| VmError::Pool(format!("cannot start worker thread: {e}")))?;
-        Ok(Worker {
-            jobs,
-            generation,
-            thread: Some(thread),
-        })
-    }
-
-    /// Closes the inbox, which ends the worker loop, and waits for the thread.
-    pub(super) fn stop(mut self) {
-        drop(self.jobs);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-
-    /// Closes the inbox and lets the thread go without waiting: it is stuck in a native call or
-    /// parked at a memory cap, and ends (if ever) on its own.
-    pub(super) fn abandon(mut self) {
-        drop(self.jobs);
-        drop(self.thread.take());
-    }
+/// Starts the thread serving `queue` as `generation`.
+pub(super) fn spawn(
+    index: usize,
+    generation: u64,
+    queue: &Arc<JobQueue>,
+    watchdog: &Arc<Watchdog>,
+    state: &Arc<dyn StateStore>,
+) -> Result<JoinHandle<()>, VmError> {
+    let (queue, watchdog, state) = (queue.clone(), watchdog.clone(), state.clone());
+    std::thread::Builder::new()
+        .name(format!("walle-vm-{index}"))
+        .stack_size(WORKER_STACK_BYTES)
+        .spawn(move || serve(&queue, generation, &watchdog, state.as_ref()))
+        .map_err(|e| VmError::Pool(format!("cannot start worker thread: {e}")))
 }
 
 /// A task loaded on this worker: its program and its models.
@@ -147,27 +131,37 @@ impl Loaded {
     }
 }
 
-fn worker_loop(inbox: Receiver<Job>, watchdog: &Watchdog, state: &dyn StateStore) {
+/// Serves the queue until this generation is retired or the queue closes, then drops the
+/// interpreters it held and gives their memory back to the system.
+fn serve(queue: &JobQueue, generation: u64, watchdog: &Watchdog, state: &dyn StateStore) {
     crate::sandbox::warm_up();
     let mut tasks: HashMap<String, Loaded> = HashMap::new();
-    while let Ok(job) = inbox.recv() {
+    while let Some(job) = queue.next(generation) {
         match job {
             Job::Load {
                 code,
                 memory,
                 reply,
             } => {
+                let _ = reply.send(Answer::Started {
+                    at: Instant::now(),
+                    generation,
+                });
                 let key = code.key.clone();
                 let loaded = guarded(&key, || Loaded::load(&code, memory, watchdog));
-                let _ = reply.send(loaded.map(|task| {
+                let _ = reply.send(Answer::Done(loaded.map(|task| {
                     tasks.insert(key, task);
-                }));
+                })));
             }
             Job::Run {
                 key,
                 context,
                 reply,
             } => {
+                let _ = reply.send(Answer::Started {
+                    at: Instant::now(),
+                    generation,
+                });
                 let result = match tasks.get_mut(&key) {
                     Some(task) => guarded(&key, || task.run(&key, &context, state, watchdog)),
                     None => Err(VmError::NotLoaded(key.clone())),
@@ -176,13 +170,21 @@ fn worker_loop(inbox: Receiver<Job>, watchdog: &Watchdog, state: &dyn StateStore
                     // The interpreter was interrupted mid-operation; its state cannot be trusted.
                     tasks.remove(&key);
                 }
-                let _ = reply.send(result);
+                if matches!(result, Err(VmError::MemoryExceeded { .. })) {
+                    // The script let go of what it held when it unwound.
+                    crate::alloc::return_free_memory();
+                }
+                let _ = reply.send(Answer::Done(result));
             }
             Job::Unload { key } => {
-                tasks.remove(&key);
+                if tasks.remove(&key).is_some() {
+                    crate::alloc::return_free_memory();
+                }
             }
         }
     }
+    drop(tasks);
+    crate::alloc::return_free_memory();
 }
 
 /// Runs interpreter work so that a panic inside the VM fails only this job, not the worker.

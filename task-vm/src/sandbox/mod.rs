@@ -208,10 +208,9 @@ fn lock_down(vm: &VirtualMachine, code: &TaskCode) -> PyResult<()> {
     builtins.set_attr("open", sandbox.get_attr("open", vm)?, vm)?;
     harden_builtin_types(vm);
     crate::isolation::install(vm, &sandbox)?;
+    crate::native::install(vm)?;
     // Last: from here on, imports go through the gate.
-    builtins.set_attr("__import__", sandbox.get_attr("__import__", vm)?, vm)?;
-    crate::prechecks::install(vm);
-    Ok(())
+    builtins.set_attr("__import__", sandbox.get_attr("__import__", vm)?, vm)
 }
 
 /// Walks the built-in types reachable from `object` (as a script can, with `__subclasses__`) and

@@ -1,23 +1,14 @@
-//! Budget checks before the native calls that allocate a lot in one step.
-//!
-//! The memory budget is enforced at bytecode boundaries (see `alloc`), which is too late for a
-//! single native call that allocates gigabytes at once. Sequence repetition is the classic case
-//! (`'x' * 10**10`): here the repeat slots of the built-in sequence types are wrapped so that the
-//! result's size is compared with the running task's remaining budget before anything is
-//! allocated, and a `MemoryError` is raised instead.
-//!
-//! The slots live on the built-in type objects, which RustPython shares among all interpreters
-//! of a thread; only Walle's worker threads create interpreters, so patching them per thread is
-//! safe, and outside a task (no budget current) the wrappers just call the original.
+//! Sequence repetition (`'x' * 10**10`, the classic one-liner bomb): the repeat slots of the
+//! built-in sequence types are wrapped so that the result's size is compared with the running
+//! task's remaining budget before anything is allocated, and a `MemoryError` is raised instead.
 
-use std::cell::Cell;
 use std::sync::OnceLock;
 
 use rustpython_vm::builtins::{PyByteArray, PyBytes, PyList, PyStr, PyTuple, PyType};
 use rustpython_vm::protocol::PySequence;
 use rustpython_vm::{Py, PyObject, PyResult, VirtualMachine};
 
-use crate::alloc::{refuse_current, remaining_budget};
+use super::reserve;
 
 type RepeatFn = fn(PySequence<'_>, isize, &VirtualMachine) -> PyResult;
 
@@ -25,15 +16,8 @@ type RepeatFn = fn(PySequence<'_>, isize, &VirtualMachine) -> PyResult;
 /// functions on every thread.
 static ORIGINALS: [OnceLock<RepeatFn>; 10] = [const { OnceLock::new() }; 10];
 
-thread_local! {
-    static PATCHED: Cell<bool> = const { Cell::new(false) };
-}
-
 /// Wraps the repeat slots of this thread's built-in sequence types (once per thread).
-pub(crate) fn install(vm: &VirtualMachine) {
-    if PATCHED.with(|p| p.replace(true)) {
-        return;
-    }
+pub(super) fn install(vm: &VirtualMachine) {
     let types = &vm.ctx.types;
     let all: [&Py<PyType>; 5] = [
         types.str_type,
@@ -72,18 +56,8 @@ fn guarded<const I: usize>(seq: PySequence<'_>, n: isize, vm: &VirtualMachine) -
 
 /// Refuses a repetition whose result would not fit in the running task's remaining budget.
 fn check_repeat(obj: &PyObject, n: isize, vm: &VirtualMachine) -> PyResult<()> {
-    let Some(remaining) = remaining_budget() else {
-        return Ok(());
-    };
     let wanted = (item_bytes(obj) as u128) * (n.max(0) as u128);
-    if wanted > remaining as u128 {
-        // The run fails with the memory limit's error even if the script catches this.
-        refuse_current();
-        return Err(vm.new_memory_error(format!(
-            "repeating this sequence needs {wanted} bytes; the task has {remaining} left in its budget"
-        )));
-    }
-    Ok(())
+    reserve("repeating this sequence", wanted, vm)
 }
 
 /// Bytes one copy of the sequence takes.
