@@ -54,6 +54,8 @@ pub(crate) struct Counters {
     pub outbox_failures: AtomicU64,
     /// Runs interrupted by the previous process and queued again at start.
     pub runs_recovered: AtomicU64,
+    /// Runs of quarantined task versions, dropped (see `health`).
+    pub runs_refused: AtomicU64,
 }
 
 /// State shared by the agent's background tasks and its API.
@@ -90,6 +92,10 @@ pub(crate) struct Shared {
     pub recent_failures: Mutex<VecDeque<String>>,
     /// What the bundle cache holds and evicted.
     pub cache: Mutex<CacheStatus>,
+    /// Task versions (VM keys) the VM quarantined, with why (also in the database).
+    pub quarantined: Mutex<HashMap<String, String>>,
+    /// Why the agent asks to be restarted, once it does (see `health`).
+    pub restart: watch::Sender<Option<String>>,
     id_prefix: String,
     id_seq: AtomicU64,
 }
@@ -134,7 +140,8 @@ impl Shared {
         });
     }
 
-    /// A new task event, at now, with its detail cut at 4,000 characters.
+    /// A new task event, at now, with its detail cut to 4,000 characters (in the middle: a
+    /// traceback keeps its exception line).
     pub fn task_event(
         &self,
         kind: task_event::Kind,
@@ -143,10 +150,7 @@ impl Shared {
         release_id: &str,
         detail: &str,
     ) -> TaskEvent {
-        let mut detail = detail.to_owned();
-        if detail.chars().count() > 4000 {
-            detail = detail.chars().take(4000).collect::<String>() + "…";
-        }
+        let detail = walle_proto::report::cut_middle(detail, 4000);
         TaskEvent {
             id: self.next_id(),
             kind: kind as i32,
@@ -181,7 +185,7 @@ impl Shared {
         }
     }
 
-    fn queue_report(&self, event: TaskEvent) {
+    pub(crate) fn queue_report(&self, event: TaskEvent) {
         let payload = event.encode_to_vec();
         let change = Change {
             push: vec![(REPORTS, runner::report_item(&event, &payload))],
@@ -315,6 +319,7 @@ impl Shared {
                 journal_seq,
                 task,
                 context,
+                queued_at: Instant::now(),
             });
         }
         self.wake_runner.notify_one();
@@ -435,6 +440,22 @@ impl Shared {
             outbox_failures: c.outbox_failures.load(Ordering::Relaxed),
             recent_install_failures: lock(&self.recent_failures).iter().cloned().collect(),
             bundle_cache: *lock(&self.cache),
+            vm: self.vm_status(),
+        }
+    }
+
+    fn vm_status(&self) -> VmStatus {
+        let health = self.vm.health();
+        VmStatus {
+            lost_threads: health.lost_threads,
+            lost_bytes: health.lost_bytes,
+            workers_abandoned: health.abandoned_total,
+            quarantined: lock(&self.quarantined)
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            runs_refused: self.counters.runs_refused.load(Ordering::Relaxed),
+            restart_requested: self.restart.borrow().clone(),
         }
     }
 }
@@ -460,22 +481,25 @@ pub struct TaskStatus {
 pub struct TaskRuns {
     pub ok: u64,
     pub failed: u64,
-    /// When the last run ended (Unix ms), how long it took, and its error if it failed.
+    /// When the last run ended (Unix ms), how long it executed, how long it waited for a VM
+    /// worker before, and its error if it failed.
     pub last_at_ms: Option<i64>,
     pub last_duration_ms: Option<u64>,
+    pub last_queued_ms: Option<u64>,
     pub last_error: Option<String>,
 }
 
 impl TaskRuns {
     /// Counts a finished run.
-    pub fn record(&mut self, duration_ms: u64, error: Option<&str>) {
+    pub fn record(&mut self, duration_ms: u64, queued_ms: u64, error: Option<&str>) {
         match error {
             Some(_) => self.failed += 1,
             None => self.ok += 1,
         }
         self.last_at_ms = Some(now_ms());
         self.last_duration_ms = Some(duration_ms);
-        self.last_error = error.map(|e| e.chars().take(500).collect());
+        self.last_queued_ms = Some(queued_ms);
+        self.last_error = error.map(|e| walle_proto::report::cut_middle(e, 500));
     }
 }
 
@@ -506,6 +530,25 @@ pub struct AgentStatus {
     pub recent_install_failures: Vec<String>,
     /// Unpacked versions and partial downloads on disk, against their budget.
     pub bundle_cache: CacheStatus,
+    /// What the task VM lost to stuck native code, whom it refuses, and whether the agent asks
+    /// to be restarted.
+    pub vm: VmStatus,
+}
+
+/// The task VM's health as status shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct VmStatus {
+    /// Abandoned worker threads still running (or parked), and the heap their tasks hold.
+    pub lost_threads: usize,
+    pub lost_bytes: u64,
+    /// Workers abandoned since the agent started.
+    pub workers_abandoned: u64,
+    /// Quarantined task versions (`task@version`) and why; their runs are refused.
+    pub quarantined: BTreeMap<String, String>,
+    /// Runs of quarantined versions dropped since the agent started.
+    pub runs_refused: u64,
+    /// Why the agent asks to be restarted, if it does.
+    pub restart_requested: Option<String>,
 }
 
 /// The outbox's queues as status shows them.
@@ -599,10 +642,13 @@ impl Agent {
             recent_outputs: Mutex::new(HashMap::new()),
             recent_failures: Mutex::new(VecDeque::new()),
             cache: Mutex::new(CacheStatus::default()),
+            quarantined: Mutex::new(HashMap::new()),
+            restart: watch::channel(None).0,
             id_prefix: hex::encode(crate::random::bytes::<8>()),
             id_seq: AtomicU64::new(0),
             config,
         });
+        crate::health::restore(&shared);
         connection::restore_installed(&shared).await;
         if let Err(e) = shared.make_cache_room(0) {
             tracing::warn!(error = %e, "the active versions alone exceed the bundle cache budget");
@@ -626,6 +672,28 @@ impl Agent {
             background,
             ingest_addr,
         })
+    }
+
+    /// Why the agent asks to be restarted, if it does: its task VM lost worker threads (or
+    /// memory) past the configured threshold to native code nothing could stop. Shut the agent
+    /// down and start it again (the run journal makes that safe); the `walle-device` binary does
+    /// so by itself.
+    pub fn restart_requested(&self) -> Option<String> {
+        self.shared.restart.borrow().clone()
+    }
+
+    /// Waits until the agent asks to be restarted; returns why.
+    pub async fn wait_restart_requested(&self) -> String {
+        let mut requests = self.shared.restart.subscribe();
+        loop {
+            if let Some(reason) = requests.borrow_and_update().clone() {
+                return reason;
+            }
+            if requests.changed().await.is_err() {
+                // The agent is gone: nothing will ever ask.
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// This device's id.

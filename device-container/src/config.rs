@@ -81,6 +81,13 @@ pub struct DeviceConfig {
     /// Consecutive failed runs after which a task version is rolled back to the version before
     /// it, and never installed again on this device; 0 never rolls back.
     pub rollback_after_failures: u32,
+    /// Task VM worker threads lost to stuck native code (abandoned, still running or parked)
+    /// at which the agent asks to be restarted, to get the cores and memory back: the binary
+    /// restarts itself; an app embedding the agent sees [`crate::Agent::restart_requested`].
+    /// 0 never asks.
+    pub restart_after_lost_threads: usize,
+    /// Heap bytes the lost threads' tasks may hold before the same; 0 never asks.
+    pub restart_after_lost_bytes: u64,
     pub profile: ProfileConfig,
 }
 
@@ -104,6 +111,8 @@ impl Default for DeviceConfig {
             bundle_cache_max_bytes: 256 << 20,
             db_max_bytes: None,
             rollback_after_failures: 3,
+            restart_after_lost_threads: 2,
+            restart_after_lost_bytes: 256 << 20,
             profile: ProfileConfig::default(),
         }
     }

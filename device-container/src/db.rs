@@ -1,8 +1,9 @@
 //! The device's SQLite database: one file in the data directory (WAL), in which each component
 //! versions its own tables (`walle_pipeline::sqlite`).
 //!
-//! The agent's tables here: tasks' `walle.state` (`task_state`) and the bundles this device
-//! refused or rolled back (`refused_bundles`), which it must not install again after a restart.
+//! The agent's tables here: tasks' `walle.state` (`task_state`), the bundles this device
+//! refused or rolled back (`refused_bundles`), which it must not install again after a restart,
+//! and the task versions the VM quarantined (`quarantined_tasks`), which it must not run again.
 //! Every write is one transaction, so a crash leaves each row either old or new.
 
 use std::path::{Path, PathBuf};
@@ -30,6 +31,12 @@ const MIGRATIONS: &[&str] = &[
         digest TEXT PRIMARY KEY,
         task TEXT NOT NULL,
         version TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        at_ms INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+    // 3: task versions (VM keys, `task@version`) the VM quarantined for getting it stuck.
+    "CREATE TABLE quarantined_tasks (
+        vm_key TEXT PRIMARY KEY,
         reason TEXT NOT NULL,
         at_ms INTEGER NOT NULL
     ) WITHOUT ROWID;",
@@ -100,6 +107,31 @@ impl DeviceDb {
             .prepare("SELECT digest FROM refused_bundles")
             .map_err(read)?;
         let rows = statement.query_map([], |row| row.get(0)).map_err(read)?;
+        rows.collect::<Result<_, _>>().map_err(read)
+    }
+
+    /// Remembers that the task version `vm_key` is quarantined, and why.
+    pub fn quarantine(&self, vm_key: &str, reason: &str, at_ms: i64) -> Result<(), DbError> {
+        self.connection()
+            .execute(
+                "INSERT INTO quarantined_tasks (vm_key, reason, at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (vm_key) DO NOTHING",
+                params![vm_key, reason, at_ms],
+            )
+            .map(drop)
+            .map_err(|source| self.error("cannot record a quarantined task", source))
+    }
+
+    /// Every quarantined task version, with the reason.
+    pub fn quarantined(&self) -> Result<Vec<(String, String)>, DbError> {
+        let connection = self.connection();
+        let read = |source| self.error("cannot read quarantined tasks", source);
+        let mut statement = connection
+            .prepare("SELECT vm_key, reason FROM quarantined_tasks ORDER BY vm_key")
+            .map_err(read)?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+            .map_err(read)?;
         rows.collect::<Result<_, _>>().map_err(read)
     }
 
@@ -195,6 +227,25 @@ mod tests {
         );
         assert_eq!(db.get("other", "n").unwrap(), None);
         assert_eq!(db.get("counter", "missing").unwrap(), None);
+    }
+
+    #[test]
+    fn quarantined_tasks_survive_reopening_with_their_first_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let db = DeviceDb::open(dir.path(), None).unwrap();
+            db.quarantine("bomb@1.0.0", "got its VM worker stuck 2 times", 1)
+                .unwrap();
+            db.quarantine("bomb@1.0.0", "again", 2).unwrap();
+        }
+        let db = DeviceDb::open(dir.path(), None).unwrap();
+        assert_eq!(
+            db.quarantined().unwrap(),
+            vec![(
+                "bomb@1.0.0".to_owned(),
+                "got its VM worker stuck 2 times".to_owned()
+            )]
+        );
     }
 
     #[test]

@@ -18,6 +18,7 @@ mod connection;
 pub mod credential;
 pub mod db;
 mod download;
+mod health;
 pub mod ingest;
 pub mod install;
 mod random;
@@ -27,7 +28,7 @@ mod scheduler;
 mod timers;
 mod uplink;
 
-pub use agent::{Agent, AgentStatus, TaskStatus};
+pub use agent::{Agent, AgentStatus, TaskStatus, VmStatus};
 pub use config::{DeviceConfig, ProfileConfig};
 
 /// Everything that can go wrong in the agent, with what and where.

@@ -167,12 +167,42 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             endpoints.join(" and ")
         }
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    let restart = tokio::select! {
+        stop = tokio::signal::ctrl_c() => {
+            stop.context("waiting for Ctrl-C")?;
+            None
+        }
+        reason = agent.wait_restart_requested() => Some(reason),
+    };
     agent.flush(Duration::from_secs(5)).await.ok();
     agent.shutdown().await;
-    Ok(())
+    match restart {
+        Some(reason) => restart_self(&reason),
+        None => Ok(()),
+    }
+}
+
+/// Replaces this process with a fresh `walle-device` on the same arguments: what the task VM
+/// lost to stuck native code (threads, their memory) goes with the old image. Runs in flight
+/// were journalled, so the new process runs them again.
+fn restart_self(reason: &str) -> anyhow::Result<()> {
+    eprintln!("walle-device: restarting: {reason}");
+    let program = std::env::current_exe().context("finding this program to restart it")?;
+    let mut command = std::process::Command::new(&program);
+    command.args(std::env::args_os().skip(1));
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let error = command.exec();
+        Err(error).with_context(|| format!("restarting {}", program.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        command
+            .spawn()
+            .with_context(|| format!("restarting {}", program.display()))?;
+        Ok(())
+    }
 }
 
 async fn replay(file: &PathBuf, endpoint: &Endpoint) -> anyhow::Result<()> {

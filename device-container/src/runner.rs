@@ -16,7 +16,7 @@ use prost::Message;
 use tokio::sync::watch;
 use walle_pipeline::{Change, NewItem};
 use walle_proto::v1::{TaskEvent, task_event};
-use walle_vm::{RunOutput, VmError};
+use walle_vm::{RunOutput, RunTiming, TimedRun, VmError};
 
 use crate::agent::{RECORDS, REPORTS, RUNS, Shared, lock, now_ms};
 use crate::install::InstalledTask;
@@ -77,6 +77,7 @@ pub(crate) fn recover(shared: &Shared) {
                     journal_seq: Some(item.seq),
                     task: item.task,
                     context,
+                    queued_at: Instant::now(),
                 });
             }
             Ok(_) => give_up(shared, &item, attempts),
@@ -136,19 +137,35 @@ async fn execute(shared: &Arc<Shared>, run: PendingRun) {
     };
     let vm = shared.vm.clone();
     let key = task.vm_key();
-    let started = Instant::now();
     let context = run.context;
-    let result = tokio::task::spawn_blocking(move || vm.run_staged(&key, context))
+    let waited_here = run.queued_at.elapsed();
+    let ran = tokio::task::spawn_blocking(move || vm.run_staged(&key, context))
         .await
-        .unwrap_or_else(|e| Err(VmError::Pool(format!("run worker failed: {e}"))));
-    let duration_ms = started.elapsed().as_millis() as u64;
+        .unwrap_or_else(|e| TimedRun {
+            result: Err(VmError::Pool(format!("run worker failed: {e}"))),
+            timing: RunTiming::default(),
+        });
+    let TimedRun { result, timing } = ran;
+    // Its own time only: waiting in the agent's queue and in the VM worker's is apart.
+    let duration_ms = timing.executed.as_millis() as u64;
+    let queued_ms = (waited_here + timing.queued).as_millis() as u64;
     walle_proto::crash::crash_point("device-mid-run");
+    if let Err(VmError::Quarantined { .. }) = &result {
+        // Reported once, when it was quarantined (`health`); its runs are refused quietly.
+        shared.counters.runs_refused.fetch_add(1, Ordering::Relaxed);
+        forget(shared, run.journal_seq);
+        return;
+    }
     let error = result.as_ref().err().map(ToString::to_string);
     lock(&shared.task_runs)
         .entry(task.vm_key())
         .or_default()
-        .record(duration_ms, error.as_deref());
-    commit_run(shared, &task, run.journal_seq, &result, duration_ms);
+        .record(duration_ms, queued_ms, error.as_deref());
+    let timing = RunTimes {
+        duration_ms,
+        queued_ms,
+    };
+    commit_run(shared, &task, run.journal_seq, &result, timing);
     // Counted once committed: a status that shows the run also shows its records in the outbox.
     let counter = match &result {
         Ok(_) => &shared.counters.runs_ok,
@@ -163,6 +180,14 @@ async fn execute(shared: &Arc<Shared>, run: PendingRun) {
         }
         shared.remember_outputs(task.task(), &output.records);
     }
+    crate::health::check(shared);
+}
+
+/// A run's execution time and the time it waited before, in milliseconds.
+#[derive(Debug, Clone, Copy)]
+struct RunTimes {
+    duration_ms: u64,
+    queued_ms: u64,
 }
 
 /// Commits a finished run in one transaction: its records and report into the outbox, its
@@ -172,10 +197,10 @@ fn commit_run(
     task: &InstalledTask,
     journal_seq: Option<i64>,
     result: &Result<RunOutput, VmError>,
-    duration_ms: u64,
+    timing: RunTimes,
 ) {
     let version = task.version();
-    let report = run_report(shared, task, result, duration_ms);
+    let report = run_report(shared, task, result, timing);
     let report_payload = report.encode_to_vec();
     let (records, state): (Vec<(String, Vec<u8>)>, &[walle_vm::StateWrite]) = match result {
         Ok(output) => (
@@ -217,7 +242,7 @@ fn run_report(
     shared: &Shared,
     task: &InstalledTask,
     result: &Result<RunOutput, VmError>,
-    duration_ms: u64,
+    timing: RunTimes,
 ) -> TaskEvent {
     let (kind, detail, failure) = match result {
         Ok(_) => (task_event::Kind::RunOk, String::new(), ""),
@@ -234,7 +259,8 @@ fn run_report(
         &detail,
     );
     TaskEvent {
-        duration_ms,
+        duration_ms: timing.duration_ms,
+        queued_ms: timing.queued_ms,
         failure: failure.to_owned(),
         ..event
     }

@@ -13,6 +13,8 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 
+use std::time::Instant;
+
 use serde_json::Value;
 
 /// A task run waiting for, or holding, a VM worker.
@@ -24,6 +26,9 @@ pub(crate) struct PendingRun {
     pub task: String,
     /// The handler's `ctx`.
     pub context: Value,
+    /// When it was queued: the time until it executes is reported as waiting, not as its run
+    /// time.
+    pub queued_at: Instant,
 }
 
 /// The waiting runs and the tasks with a run in flight.
@@ -117,6 +122,7 @@ mod tests {
             journal_seq: Some(n),
             task: task.into(),
             context: Value::Null,
+            queued_at: Instant::now(),
         }
     }
 
