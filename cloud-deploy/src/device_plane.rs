@@ -244,6 +244,7 @@ fn check_event(index: usize, e: &TaskEvent) -> Result<TaskEventRow, Status> {
         at_ms: e.at_ms,
         detail: e.detail.clone(),
         duration_ms: e.duration_ms.min(i64::MAX as u64) as i64,
+        queued_ms: e.queued_ms.min(i64::MAX as u64) as i64,
         failure: e.failure.clone(),
         count: e.count.min(i64::MAX as u64) as i64,
     })

@@ -235,6 +235,8 @@ impl SimDevice {
     }
 
     /// Reports one successful run of `version` from `release_id` per duration (ms).
+    /// Reports successful runs of these durations, each having waited three times as long for
+    /// a VM worker first (which gates and aborts must not count).
     async fn report_runs(&mut self, version: &str, release_id: &str, durations_ms: &[u64]) {
         let mut events = Vec::with_capacity(durations_ms.len());
         for &duration_ms in durations_ms {
@@ -247,6 +249,7 @@ impl SimDevice {
                 release_id: release_id.into(),
                 at_ms: 1,
                 duration_ms,
+                queued_ms: 3 * duration_ms,
                 ..Default::default()
             });
         }
@@ -560,6 +563,8 @@ async fn slow_runs_hold_the_stage_until_the_p99_is_within_the_gate(backend: Back
         (&json!("active"), &json!(0))
     );
     assert_eq!(held["stats"]["runs"]["duration_p99_ms"], 900, "{held}");
+    // The time runs waited for a worker is reported apart and judged by nothing.
+    assert_eq!(held["stats"]["runs"]["queued_p99_ms"], 2_700, "{held}");
     let previous = op.status(&base).await;
     assert_eq!(
         previous["stats"]["runs"]["duration_p99_ms"], 5_000,

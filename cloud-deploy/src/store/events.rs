@@ -16,7 +16,10 @@ pub struct TaskEventRow {
     pub release_id: String,
     pub at_ms: i64,
     pub detail: String,
+    /// How long a run executed.
     pub duration_ms: i64,
+    /// How long a run waited for a VM worker before it executed.
+    pub queued_ms: i64,
     /// Kind of a failed run (`exception`, `deadline`, …); empty otherwise.
     pub failure: String,
     /// For `run_dropped`: how many runs.
@@ -28,9 +31,13 @@ pub struct TaskEventRow {
 pub struct RunMetrics {
     /// Failed runs by kind of failure (`exception`, `deadline`, `memory`, …).
     pub failures_by_kind: std::collections::BTreeMap<String, i64>,
-    /// Median and 99th-percentile duration of successful runs, in ms; absent before any.
+    /// Median and 99th-percentile duration of successful runs (the time they executed), in ms;
+    /// absent before any.
     pub duration_p50_ms: Option<i64>,
     pub duration_p99_ms: Option<i64>,
+    /// 99th-percentile time successful runs waited for a VM worker before they executed
+    /// (behind other tasks' runs), in ms: apart from their duration.
+    pub queued_p99_ms: Option<i64>,
     /// Runs devices dropped because their run queue was full.
     pub dropped: i64,
 }
@@ -135,8 +142,8 @@ impl Db {
         let mut stored = 0;
         for e in events {
             let result = sqlx::query(
-                "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms, failure, count) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (device_id, id) DO NOTHING",
+                "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms, failure, count, queued_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, id) DO NOTHING",
             )
             .bind(device_id)
             .bind(&e.id)
@@ -149,6 +156,7 @@ impl Db {
             .bind(e.duration_ms)
             .bind(&e.failure)
             .bind(e.count)
+            .bind(e.queued_ms)
             .execute(&mut *tx)
             .await
             .map_err(db_err("storing task event"))?;
@@ -196,6 +204,7 @@ impl Db {
         if runs > 0 {
             metrics.duration_p50_ms = Some(self.run_duration_at(release_id, (runs - 1) / 2).await?);
             metrics.duration_p99_ms = Some(self.run_duration_at(release_id, p99_rank(runs)).await?);
+            metrics.queued_p99_ms = Some(self.run_queued_at(release_id, p99_rank(runs)).await?);
         }
         Ok(metrics)
     }
@@ -234,6 +243,20 @@ impl Db {
         .await
         .and_then(|row| row.try_get(0))
         .map_err(db_err("reading run durations"))
+    }
+
+    /// The waiting time of the successful run at `rank` (0-based) in waiting-time order.
+    async fn run_queued_at(&self, release_id: &str, rank: i64) -> Result<i64, CloudError> {
+        sqlx::query(
+            "SELECT queued_ms FROM task_events WHERE release_id = $1 AND kind = 'run_ok' \
+             ORDER BY queued_ms LIMIT 1 OFFSET $2",
+        )
+        .bind(release_id)
+        .bind(rank)
+        .fetch_one(self.pool())
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(db_err("reading run waiting times"))
     }
 
     /// Stores tunnel records exactly once per (device, record id). Returns (stored, duplicates).
