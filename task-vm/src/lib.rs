@@ -76,6 +76,7 @@ mod native;
 mod output;
 mod pool;
 mod python;
+mod regex;
 mod sandbox;
 pub mod wasm;
 mod watchdog;
