@@ -68,6 +68,7 @@
 //! [`engine`] compiles and searches with the bounds above; [`haystack`] prepares the string
 //! and converts positions; [`module`] is the only part that knows Python objects.
 
+mod engine;
 mod haystack;
 mod template;
 mod translate;

@@ -145,6 +145,10 @@ pub(crate) struct Translation {
     /// Whether matching needs the backtracking engine (backreferences, lookarounds, atomic
     /// groups, possessive repeats, conditionals, ASCII word boundaries).
     pub(crate) backtracks: bool,
+    /// Whether one match attempt may rescan the rest of the string many times: a lookahead
+    /// that can look to the end, inside a repeat. fancy-regex counts none of that as
+    /// backtracking, so the work of one attempt grows with the square of the string's length.
+    pub(crate) rescans: bool,
     /// The most characters one match attempt may read from where it starts (lookarounds
     /// included), or `None` if unbounded.
     pub(crate) reach: Option<u64>,
@@ -281,8 +285,13 @@ pub(crate) fn translate(pattern: &[char], is_bytes: bool, flags: u32) -> Result<
     let mut names: Vec<(String, usize)> = parser.names.into_iter().collect();
     names.sort_by_key(|(_, index)| *index);
     let reach = reach(&root, &widths);
-    let mut facts = Facts::default();
-    facts.visit(&root);
+    let mut facts = Facts {
+        widths: &widths,
+        dollar: false,
+        backtracks: false,
+        rescans: false,
+    };
+    facts.visit(&root, false);
     Ok(Translation {
         groups: parser.groups.len() - 1,
         names,
@@ -290,6 +299,7 @@ pub(crate) fn translate(pattern: &[char], is_bytes: bool, flags: u32) -> Result<
         flags,
         has_dollar: facts.dollar,
         backtracks: facts.backtracks,
+        rescans: facts.rescans,
         reach: (reach < MAXWIDTH).then(|| u64::try_from(reach).unwrap_or(u64::MAX)),
         root,
     })
@@ -1407,34 +1417,43 @@ fn check_lookbehinds(node: &Node, groups: &[(u128, u128)]) -> Result<()> {
 }
 
 /// What the module needs to know about a pattern beyond its rendering.
-#[derive(Default)]
-struct Facts {
+struct Facts<'w> {
+    widths: &'w [(u128, u128)],
     dollar: bool,
     backtracks: bool,
+    rescans: bool,
 }
 
-impl Facts {
-    fn visit(&mut self, node: &Node) {
+impl Facts<'_> {
+    /// `repeated`: whether `node` may be matched more than once in one attempt.
+    fn visit(&mut self, node: &Node, repeated: bool) {
         match node {
             Node::Anchor(Anchor::End { multiline: false }) => self.dollar = true,
             Node::Anchor(Anchor::Boundary { ascii: true, .. }) => self.backtracks = true,
             Node::Backref { .. } => self.backtracks = true,
-            Node::Look { body, .. } | Node::Atomic(body) => {
+            Node::Look { behind, body, .. } => {
                 self.backtracks = true;
-                self.visit(body);
+                self.rescans |= repeated && !behind && reach(body, self.widths) >= MAXWIDTH;
+                self.visit(body, repeated);
             }
-            Node::Repeat { greed, body, .. } => {
+            Node::Atomic(body) => {
+                self.backtracks = true;
+                self.visit(body, repeated);
+            }
+            Node::Repeat {
+                max, greed, body, ..
+            } => {
                 self.backtracks |= *greed == Greed::Possessive;
-                self.visit(body);
+                self.visit(body, repeated || *max > 1);
             }
             Node::Conditional { yes, no, .. } => {
                 self.backtracks = true;
-                self.visit(yes);
-                self.visit(no);
+                self.visit(yes, repeated);
+                self.visit(no, repeated);
             }
-            Node::Group { body, .. } => self.visit(body),
+            Node::Group { body, .. } => self.visit(body, repeated),
             Node::Concat(items) | Node::Alternate(items) => {
-                items.iter().for_each(|item| self.visit(item));
+                items.iter().for_each(|item| self.visit(item, repeated));
             }
             Node::Empty
             | Node::Literal(..)
@@ -2071,5 +2090,10 @@ mod tests {
         assert_eq!(tr("ab|c{2,5}", 0).reach, Some(5));
         let t = tr("((a)b)(c)", 0);
         assert_eq!(t.parents, vec![0, 0, 1, 0]);
+        assert!(tr("(?:(?=.*a)a)+", 0).rescans);
+        assert!(tr("(?:x(?!.*a))*", 0).rescans);
+        assert!(!tr("(?=.*a)a+", 0).rescans);
+        assert!(!tr("(?:(?!abc).)*", 0).rescans);
+        assert!(!tr("(?:(?<=a)b)*", 0).rescans);
     }
 }
