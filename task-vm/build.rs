@@ -1,7 +1,8 @@
 //! Gathers the pure-Python halves of the whitelisted modules from `rustpython-pylib`'s `Lib/`
 //! (CPython's standard library as RustPython ships it) into `OUT_DIR/pylib`, with the few
-//! changes the sandbox needs, beside Walle's own `_walle_setup.py`; `src/sandbox/mod.rs` freezes
-//! that directory into the binary. Nothing of the standard library is copied into the repository.
+//! changes the sandbox needs, beside Walle's own Python modules (`_walle_setup.py`, and `re`,
+//! whose native half is `src/regex`); `src/sandbox/mod.rs` freezes that directory into the
+//! binary. Nothing of the standard library is copied into the repository.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -23,13 +24,14 @@ const MODULES: &[&str] = &[
     "keyword.py",
     "operator.py",
     "random.py",
-    "re/__init__.py",
-    "re/_casefix.py",
-    "re/_compiler.py",
-    "re/_constants.py",
-    "re/_parser.py",
     "reprlib.py",
     "types.py",
+];
+
+/// Walle's own modules: (source in this crate, file in the frozen directory).
+const OWN: &[(&str, &str)] = &[
+    ("src/sandbox/_walle_setup.py", "_walle_setup.py"),
+    ("src/regex/re.py", "re.py"),
 ];
 
 /// Changes to `random.py`: there is no `os` (entropy comes from `_random.Random()`, which seeds
@@ -63,6 +65,10 @@ fn gather() -> Result<(), String> {
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
     let lib = Path::new(rustpython_pylib::LIB_PATH);
     let pylib = out.join("pylib");
+    // Start empty: a module dropped from the lists must not stay frozen from an earlier build.
+    if pylib.exists() {
+        fs::remove_dir_all(&pylib).map_err(|e| format!("cannot clear {}: {e}", pylib.display()))?;
+    }
     for module in MODULES {
         let mut source = read(&lib.join(module))?;
         if *module == "random.py" {
@@ -70,9 +76,11 @@ fn gather() -> Result<(), String> {
         }
         write(&pylib.join(module), &source)?;
     }
-    let setup = Path::new("src/sandbox/_walle_setup.py");
-    println!("cargo::rerun-if-changed={}", setup.display());
-    write(&pylib.join("_walle_setup.py"), &read(setup)?)?;
+    for (source, frozen) in OWN {
+        let source = Path::new(source);
+        println!("cargo::rerun-if-changed={}", source.display());
+        write(&pylib.join(frozen), &read(source)?)?;
+    }
     let freeze = format!(
         "rustpython_vm::py_freeze!(dir = {:?})\n",
         pylib.display().to_string()

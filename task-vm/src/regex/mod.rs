@@ -19,20 +19,20 @@
 //!   templates ([`template`]), `split` with groups and `maxsplit`, `pos`/`endpos` (the string is
 //!   searched "as if it were `endpos` characters long", look-behinds see before `pos`).
 //!   Positions are code point indices ([`haystack`] converts them, in one pass per loop).
-//! * **No search runs away** ([`engine`]): patterns without backtracking features run in time
-//!   linear in the string (the `regex` crate's automata); patterns with them run on
-//!   fancy-regex's backtracking VM under a budget per native call, scaled down with the text a
-//!   backtrack may scan. A search that exhausts it is retried one start position at a time
-//!   with the task's deadline checked in between; a single position that needs more than its
-//!   budget fails with a `RuntimeError` naming the limit ("regular expression backtracked more
-//!   than N steps on this input (a Walle task's limit); make the pattern less ambiguous").
-//!   Loops over matches (`findall`, `finditer`, `sub`, `subn`, `split`) check the deadline and
-//!   memory budget before each search. So a regex call ends within about one budget of the
+//! * **No search runs away** ([`engine`]): patterns without backtracking features (no
+//!   backreference, lookaround, atomic group, possessive repeat or conditional) run in time
+//!   linear in the string on the `regex` crate's automata, so `(a+)+b` is simply fast. Patterns
+//!   with them run on fancy-regex's backtracking VM under a budget of backtracks per native
+//!   call (at most 2¹⁹), scaled down with the text one backtrack may scan. A search that
+//!   exhausts it is retried one start position at a time with the task's deadline checked in
+//!   between; a single position that needs more than its budget fails with a `RuntimeError`
+//!   naming the limit ("regular expression backtracked more than N steps on this input (a
+//!   Walle task's limit); make the pattern less ambiguous"). A lookahead that can read to the
+//!   end of the string, repeated, rescans the string within one attempt: such a pattern is
+//!   searched only within 2048 bytes of the start position (`RuntimeError` beyond). Loops over
+//!   matches (`findall`, `finditer`, `sub`, `subn`, `split`) check the deadline and the memory
+//!   budget before each search. So a regex call returns within about one budget's time of the
 //!   task's deadline, and the worker is never abandoned for it.
-//!
-//! Measured (debug build, dependencies at opt-level 1, this host; see the tests): one call at
-//! the full budget of 2²⁰ backtracks takes about 30 ms; a call whose budget is scaled for a
-//! long scan takes about as long.
 //!
 //! # Differences from CPython that remain
 //!
@@ -43,6 +43,8 @@
 //! * Case-insensitive matching uses Unicode simple case folding; CPython lowercases, which
 //!   differs for a few characters (`İ` matches `i` in CPython only). With ASCII semantics
 //!   (`re.ASCII`, bytes) a case-insensitive backreference still folds non-ASCII letters.
+//! * A group repeated until it matches the empty string reports its last non-empty iteration
+//!   (`(a|)*` on `aa`: group 1 is `a`; CPython reports the empty last iteration).
 //! * Unicode tables are the `regex` crate's (a newer Unicode version than CPython 3.11's).
 //! * `re.LOCALE` means ASCII semantics (the C locale).
 //! * A lone surrogate in a str is seen by the engine as U+FFFD: a pattern with `\ufffd` (or a
@@ -70,5 +72,8 @@
 
 mod engine;
 mod haystack;
+mod module;
 mod template;
 mod translate;
+
+pub(crate) use module::{NAME, module_def};

@@ -28,7 +28,6 @@ const VM_NATIVE: &[&str] = &[
     "_imp",
     "_io",
     "_operator",
-    "_sre",
     "_string",
     "_typing",
     "_types",
@@ -164,6 +163,7 @@ fn native_defs(ctx: &rustpython_vm::Context) -> Vec<&'static PyModuleDef> {
         .collect();
     defs.push(native::sandbox_module_def(ctx));
     defs.push(native::time_module_def(ctx));
+    defs.push(crate::regex::module_def(ctx));
     defs
 }
 
@@ -174,7 +174,10 @@ fn restrict_module_table(vm: &mut VirtualMachine) -> bool {
         return false;
     };
     state.module_defs.retain(|name, _| {
-        VM_NATIVE.contains(name) || STDLIB_NATIVE.contains(name) || native::NAMES.contains(name)
+        VM_NATIVE.contains(name)
+            || STDLIB_NATIVE.contains(name)
+            || native::NAMES.contains(name)
+            || *name == crate::regex::NAME
     });
     let vendored: Vec<&str> = vendored_modules().map(|(name, _)| name).collect();
     state
