@@ -311,7 +311,7 @@ mod _walle_re {
         }
     }
 
-    #[pyclass]
+    #[pyclass(flags(IMMUTABLETYPE, DISALLOW_INSTANTIATION))]
     impl Regex {
         /// Number of capturing groups.
         #[pygetset]
@@ -773,7 +773,7 @@ mod _walle_re {
         }
     }
 
-    #[pyclass]
+    #[pyclass(flags(IMMUTABLETYPE, DISALLOW_INSTANTIATION))]
     impl Scanner {
         /// The next match as a flat tuple, or `None` when there are no more.
         #[pymethod]
