@@ -77,8 +77,9 @@ pub(crate) enum Anchoring {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum EngineError {
     #[error(
-        "regular expression backtracked more than {limit} steps on this input (a Walle task's \
-         limit); make the pattern less ambiguous"
+        "regular expression backtracked more than {limit} steps at one position of this input \
+         (a Walle task's limit, lower for longer strings); make the pattern less ambiguous or \
+         the input shorter"
     )]
     Backtracks { limit: usize },
     #[error(

@@ -26,8 +26,9 @@
 //!   call (at most 2¹⁹), scaled down with the text one backtrack may scan. A search that
 //!   exhausts it is retried one start position at a time with the task's deadline checked in
 //!   between; a single position that needs more than its budget fails with a `RuntimeError`
-//!   naming the limit ("regular expression backtracked more than N steps on this input (a
-//!   Walle task's limit); make the pattern less ambiguous"). A lookahead that can read to the
+//!   naming the limit ("regular expression backtracked more than N steps at one position of
+//!   this input (a Walle task's limit, lower for longer strings); make the pattern less
+//!   ambiguous or the input shorter"). A lookahead that can read to the
 //!   end of the string, repeated, rescans the string within one attempt: such a pattern is
 //!   searched only within 2048 bytes of the start position (`RuntimeError` beyond). Loops over
 //!   matches (`findall`, `finditer`, `sub`, `subn`, `split`) check the deadline and the memory
