@@ -230,7 +230,13 @@ mod _walle_re {
             let (pos, endpos) = (clamp(pos), clamp(endpos));
             let hay = subject.haystack();
             let from = hay.byte_at(cursor, pos);
-            let end = hay.byte_at(cursor, endpos);
+            // The cursor stays at `pos`, where the matches start; the end of the string (the
+            // usual `endpos`) needs no walk.
+            let end = if endpos == subject.len {
+                subject.text.len()
+            } else {
+                hay.byte_at(&mut cursor.clone(), endpos)
+            };
             Bounds {
                 pos,
                 endpos,
