@@ -36,19 +36,22 @@ use fancy_regex::{Regex, RegexBuilder, RegexInput};
 use super::haystack::Haystack;
 use super::translate::{Dollar, Shape, Translation};
 
-/// The most backtracks one call may make (a short haystack's budget): about 36 ms of
+/// The most backtracks one call may make (a short haystack's budget): about 20 ms of
 /// catastrophic backtracking in a debug build (`measure` below).
-pub(crate) const MAX_BACKTRACKS: usize = 1 << 19;
+pub(crate) const MAX_BACKTRACKS: usize = 1 << 18;
 /// The fewest backtracks one call may make, however long the haystack.
 const MIN_BACKTRACKS: usize = 1 << 2;
 /// A backtrack costs about as much as scanning this many bytes (measured in a debug build:
 /// ~70 ns a backtrack, ~1.8 ns a byte scanned by a delegate).
 const BACKTRACK_COST: usize = 32;
-/// One call's budget, in bytes scanned.
-const WORK: usize = MAX_BACKTRACKS * BACKTRACK_COST;
+/// One call's budget, in bytes scanned: about 30 ms in a debug build.
+const WORK: usize = 1 << 24;
 /// The most bytes past the start position a pattern that rescans the string
 /// ([`Translation::rescans`]) is searched in: one attempt may cost the square of it.
 pub(crate) const RESCAN_TEXT: usize = 2048;
+/// Engines kept per pattern; past that all but the first are dropped (each holds its own
+/// automata, 10–200 kB for a typical pattern).
+const ENGINES_KEPT: usize = 8;
 
 /// The backtrack limit for one call that may scan `scan` bytes per backtrack: a power of two,
 /// so that a few engines cover every length.
@@ -93,6 +96,12 @@ pub(crate) enum EngineError {
          pattern on at most {limit} bytes past the start position, and this string has {len}"
     )]
     Rescans { limit: usize, len: usize },
+    #[error(
+        "regular expression is too large for Walle's engine: its automaton would exceed {limit} \
+         bytes (Unicode classes such as \\w are large; a repeated one, \\w{{200}}, is many times \
+         larger)"
+    )]
+    TooLarge { limit: usize },
     #[error("regular expression is not supported by Walle's engine: {0}")]
     Unsupported(String),
 }
@@ -119,6 +128,14 @@ struct EngineKey {
     limit: usize,
 }
 
+/// The engine every pattern needs, built when it is compiled.
+const FIRST_ENGINE: EngineKey = EngineKey {
+    shape: Shape::Search,
+    dollar: Dollar::End,
+    not_empty: false,
+    limit: MAX_BACKTRACKS,
+};
+
 /// A translated pattern and the engines built for it so far.
 #[derive(Debug)]
 pub(crate) struct Compiled {
@@ -134,12 +151,7 @@ impl Compiled {
             translation,
             engines: Mutex::new(HashMap::new()),
         };
-        compiled.engine(EngineKey {
-            shape: Shape::Search,
-            dollar: Dollar::End,
-            not_empty: false,
-            limit: MAX_BACKTRACKS,
-        })?;
+        compiled.engine(FIRST_ENGINE)?;
         Ok(compiled)
     }
 
@@ -184,6 +196,15 @@ impl Compiled {
             {
                 return Ok(None);
             }
+            Err(fancy_regex::Error::CompileError(e)) => {
+                return Err(match *e {
+                    fancy_regex::CompileError::InnerError(inner) => match inner.size_limit() {
+                        Some(limit) => EngineError::TooLarge { limit },
+                        None => EngineError::Unsupported(inner.to_string()),
+                    },
+                    other => EngineError::Unsupported(other.to_string()),
+                });
+            }
             Err(e) => return Err(EngineError::Unsupported(e.to_string())),
         };
         if engine.captures_len() != self.translation.groups + 1 {
@@ -192,6 +213,9 @@ impl Compiled {
                 engine.captures_len() - 1,
                 self.translation.groups
             )));
+        }
+        if engines.len() >= ENGINES_KEPT {
+            engines.retain(|kept, _| *kept == FIRST_ENGINE);
         }
         engines.insert(key, engine.clone());
         Ok(Some(engine))

@@ -62,8 +62,13 @@
 //! * The backtracking VM keeps at most 1,000,000 saved positions (fancy-regex's stack, up to
 //!   ~50 MB); past that a search fails with a `RuntimeError`, and that memory is charged to
 //!   the task's budget like any other allocation.
+//! * Compiled patterns are bigger: Unicode classes become UTF-8 automata, 10–200 kB for a
+//!   typical pattern (measured), megabytes for a repeated class (`\w{50}`: ~4 MB), all charged
+//!   to the task's memory budget. The module cache keeps the 64 most recent patterns (CPython:
+//!   512), a pattern keeps at most 8 engines (shapes and budgets, see [`engine`]).
 //! * Patterns nested more than [`translate::MAX_NESTING`] groups deep, and patterns the
-//!   `regex` crate finds too large to compile (e.g. `(?:a{1000}){1000}`), raise `re.error`.
+//!   `regex` crate finds too large to compile (`(?:a{1000}){1000}`, `\w{500}`), raise
+//!   `re.error`.
 //!
 //! # Layout
 //!

@@ -282,9 +282,9 @@ mod _walle_re {
         ) -> PyBaseExceptionRef {
             match e {
                 SearchError::Stopped(exc) => exc,
-                SearchError::Engine(e @ EngineError::Unsupported(_)) => {
-                    raise(&self.error, e.to_string(), vm.ctx.none(), vm.ctx.none(), vm)
-                }
+                SearchError::Engine(
+                    e @ (EngineError::Unsupported(_) | EngineError::TooLarge { .. }),
+                ) => raise(&self.error, e.to_string(), vm.ctx.none(), vm.ctx.none(), vm),
                 SearchError::Engine(e) => vm.new_runtime_error(e.to_string()),
             }
         }

@@ -335,7 +335,7 @@ def _next_match(pattern, string, scanner):
 
 # Compiled patterns by (type, pattern, flags); the oldest goes first when it is full.
 _cache = {}
-_MAXCACHE = 128
+_MAXCACHE = 64
 
 
 def _compile(pattern, flags):
