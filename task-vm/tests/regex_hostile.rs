@@ -181,3 +181,25 @@ fn a_task_cannot_patch_the_regex_types_other_tasks_use() {
         vec![json!(1), json!(2)]
     );
 }
+
+#[test]
+fn rustpythons_unbounded_sre_is_gone() {
+    // Neither by import nor through the import system's own frames.
+    let body = r#"
+    import re
+    sys = re.enum.sys
+    found = []
+    for load in [lambda: __import__('_sre'), lambda: sys.modules['_frozen_importlib'].__import__('_sre')]:
+        try:
+            load()
+            found.append('LOADED')
+        except ImportError:
+            found.append('refused')
+    found.append('_sre' in sys.modules)
+    return found"#;
+    let out = contain("no-sre", body).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        out.records,
+        vec![json!("refused"), json!("refused"), json!(false)]
+    );
+}
