@@ -1,7 +1,8 @@
 //! Walle's `re` against CPython's: every case of `regex_conformance/corpus.py` runs through
 //! `regex_conformance/runner.py` in a sandboxed task and in the machine's `python3` (CPython
-//! 3.11, the reference), and the results must be equal, except for the few differences the
-//! `regex` module documents, which are listed in [`KNOWN_DIFFERENCES`] and must still differ.
+//! 3.11, the reference; `WALLE_TEST_PYTHON` names another binary), and the results must be
+//! equal, except for the few differences the `regex` module documents, which are listed in
+//! [`KNOWN_DIFFERENCES`] and must still differ. Without CPython 3.11 the test fails, saying so.
 
 mod common;
 
@@ -51,33 +52,46 @@ fn source() -> String {
     format!("{CORPUS}\n{RUNNER}\n")
 }
 
+/// The CPython to compare with: `$WALLE_TEST_PYTHON`, else `python3`.
+fn cpython() -> String {
+    std::env::var("WALLE_TEST_PYTHON").unwrap_or_else(|_| "python3".to_owned())
+}
+
 /// The results CPython gives.
 fn cpython_results() -> Vec<Value> {
+    let python = cpython();
+    let version = Command::new(&python)
+        .arg("-c")
+        .arg("import sys; print('%d.%d' % sys.version_info[:2])")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "the conformance test needs CPython 3.11 as `{python}` (or set WALLE_TEST_PYTHON): {e}"
+            )
+        });
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_owned();
+    assert_eq!(
+        version, "3.11",
+        "the conformance test compares with CPython 3.11, but `{python}` is {version}; \
+         set WALLE_TEST_PYTHON to a python3.11"
+    );
     let script = format!(
         "{}\nimport json, sys\nsys.stdout.write(json.dumps(results()))\n",
         source()
     );
-    let output = Command::new("python3")
+    let output = Command::new(&python)
         .arg("-c")
         .arg(&script)
         .output()
-        .unwrap_or_else(|e| {
-            panic!("the conformance test needs CPython 3.11 as `python3` on PATH: {e}")
-        });
+        .unwrap_or_else(|e| panic!("cannot run `{python}`: {e}"));
     assert!(
         output.status.success(),
-        "python3 failed on the corpus:\n{}",
+        "{python} failed on the corpus:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let version = Command::new("python3")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default();
-    eprintln!("reference: {version}");
     match serde_json::from_slice(&output.stdout) {
         Ok(Value::Array(results)) => results,
-        other => panic!("python3 printed no result list: {other:?}"),
+        other => panic!("{python} printed no result list: {other:?}"),
     }
 }
 
