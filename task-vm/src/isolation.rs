@@ -11,15 +11,19 @@
 //!   the VM's own machinery (`_io`'s streams, `_hashlib`, `ast`, `sys`'s internals) stay out of
 //!   reach of a subclass walk.
 //!
+//! * setting or deleting an attribute of a built-in type (`itertools.count.__next__ = f`) is
+//!   refused: RustPython marks only some of its own types immutable, and a change to a shared
+//!   type would reach every task on the worker.
+//!
 //! Classes made without `type.__new__` (by native code) are left out of the listings: hiding
-//! never leaks. Both patches are per thread, like the shared types.
+//! never leaks. The patches are per thread, like the shared types.
 
 use std::cell::Cell;
 use std::sync::OnceLock;
 
-use rustpython_vm::builtins::{PyDictRef, PyListRef, PyStr, PyType, PyTypeRef, PyWeak};
-use rustpython_vm::function::FuncArgs;
-use rustpython_vm::{AsObject, PyObjectRef, PyRef, PyResult, VirtualMachine};
+use rustpython_vm::builtins::{PyDictRef, PyListRef, PyStr, PyStrRef, PyType, PyTypeRef, PyWeak};
+use rustpython_vm::function::{FuncArgs, PySetterValue};
+use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyRef, PyResult, VirtualMachine};
 
 type NewFn = fn(PyTypeRef, FuncArgs, &VirtualMachine) -> PyResult;
 
@@ -69,7 +73,56 @@ pub(crate) fn install(vm: &VirtualMachine, sandbox: &PyObjectRef) -> PyResult<()
     }
     let subclasses = vm.new_method("__subclasses__", type_type, own_subclasses);
     type_type.set_attr(vm.ctx.intern_str("__subclasses__"), subclasses.into());
+    if let Some(original) = type_type.slots.setattro.load() {
+        let _ = TYPE_SETATTRO.set(original);
+        type_type.slots.setattro.store(Some(guarded_setattro));
+    }
+    // `type.__setattr__(t, …)` and `type.__delattr__(t, …)` go through the guarded slot too.
+    let setattr = vm.new_method("__setattr__", type_type, type_setattr);
+    type_type.set_attr(vm.ctx.intern_str("__setattr__"), setattr.into());
+    let delattr = vm.new_method("__delattr__", type_type, type_delattr);
+    type_type.set_attr(vm.ctx.intern_str("__delattr__"), delattr.into());
     Ok(())
+}
+
+type SetattroFn = fn(&PyObject, &Py<PyStr>, PySetterValue, &VirtualMachine) -> PyResult<()>;
+
+/// `type`'s original attribute setter (the same function on every thread).
+static TYPE_SETATTRO: OnceLock<SetattroFn> = OnceLock::new();
+
+/// Refuses changes to built-in types; passes the rest to `type`'s own setter.
+fn guarded_setattro(
+    obj: &PyObject,
+    name: &Py<PyStr>,
+    value: PySetterValue,
+    vm: &VirtualMachine,
+) -> PyResult<()> {
+    if let Some(ty) = obj.downcast_ref::<PyType>()
+        && ty.heaptype_ext.is_none()
+    {
+        return Err(vm.new_type_error(format!(
+            "cannot set '{}' attribute of immutable type '{}'",
+            name.as_wtf8(),
+            ty.slot_name()
+        )));
+    }
+    let original = TYPE_SETATTRO
+        .get()
+        .ok_or_else(|| vm.new_system_error("walle: type.__setattr__ is not set up"))?;
+    original(obj, name, value, vm)
+}
+
+fn type_setattr(
+    zelf: PyObjectRef,
+    name: PyStrRef,
+    value: PyObjectRef,
+    vm: &VirtualMachine,
+) -> PyResult<()> {
+    guarded_setattro(&zelf, &name, PySetterValue::Assign(value), vm)
+}
+
+fn type_delattr(zelf: PyObjectRef, name: PyStrRef, vm: &VirtualMachine) -> PyResult<()> {
+    guarded_setattro(&zelf, &name, PySetterValue::Delete, vm)
 }
 
 fn recording_new(cls: PyTypeRef, args: FuncArgs, vm: &VirtualMachine) -> PyResult {

@@ -272,29 +272,37 @@ fn a_task_cannot_reach_another_tasks_objects_on_the_same_worker() {
 fn patching_builtins_or_builtin_types_does_not_reach_other_tasks() {
     let pool = VmPool::new(1).unwrap();
     let body = r#"
+    import itertools, collections, json, functools
     b = __builtins__ if isinstance(__builtins__, dict) else __builtins__.__dict__
     b['len'] = lambda x: 42
     refused = []
-    for target in [int, str, object, type, list]:
-        try:
-            setattr(target, 'walle_was_here', 1)
-        except TypeError:
-            refused.append(target.__name__)
+    for target in [int, str, object, type, list, itertools.count, collections.deque,
+                   functools.partial, type(iter([])), type(json.scanner.make_scanner)]:
+        for attempt in [lambda: setattr(target, 'walle_was_here', 1),
+                        lambda: type.__setattr__(target, 'walle_was_here', 1),
+                        lambda: setattr(target, '__next__', lambda self: 42),
+                        lambda: delattr(target, '__repr__'),
+                        lambda: type.__delattr__(target, '__repr__')]:
+            try:
+                attempt()
+                refused.append('CHANGED ' + target.__name__)
+            except (TypeError, AttributeError):
+                pass
     return [len([1]), refused]"#;
     pool.load(handler("patcher@1", body, limits())).unwrap();
     pool.load(handler(
         "other@1",
-        "    return [len([1]), hasattr(int, 'walle_was_here')]",
+        "    import itertools\n    c = itertools.count(5)\n    return [len([1]), hasattr(int, 'walle_was_here'), hasattr(itertools.count, 'walle_was_here'), next(c)]",
         limits(),
     ))
     .unwrap();
     assert_eq!(
         records(&pool, "patcher@1", json!(null)),
-        vec![json!(42), json!(["int", "str", "object", "type", "list"])]
+        vec![json!(42), json!([])]
     );
     assert_eq!(
         records(&pool, "other@1", json!(null)),
-        vec![json!(1), json!(false)]
+        vec![json!(1), json!(false), json!(false), json!(5)]
     );
 }
 
