@@ -9,6 +9,9 @@ use walle_sdk::client::RecordQuery;
 use walle_sdk::demo::{Fleet, check_records};
 use walle_sdk::events::synthetic_stream;
 
+mod support;
+use support::{Process, binary, free_port, poll_json};
+
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn example_dir() -> std::path::PathBuf {
@@ -667,109 +670,6 @@ async fn a_device_keeps_its_trusted_keys_when_a_cloud_makes_it_register_again() 
         status.recent_install_failures
     );
     fleet.shutdown().await;
-}
-
-/// A `walle-cloud` or `walle-device` process, built next to this test by `cargo build
-/// --workspace --bins` (scripts/test.sh does that first); killed on drop.
-struct Process {
-    child: std::process::Child,
-    name: &'static str,
-}
-
-impl Process {
-    fn start(name: &'static str, args: &[&str], crash_at: Option<&str>, log: &Path) -> Process {
-        let mut command = std::process::Command::new(binary(name));
-        command
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(log).unwrap())
-            .stderr(std::fs::File::create(log.with_extension("err")).unwrap());
-        match crash_at {
-            Some(point) => command.env("WALLE_CRASH_AT", point),
-            None => command.env_remove("WALLE_CRASH_AT"),
-        };
-        Process {
-            child: command.spawn().unwrap(),
-            name,
-        }
-    }
-
-    /// Waits for the process to die at its crash point (by SIGABRT, as armed).
-    async fn wait_crashed(&mut self, log: &Path) {
-        let deadline = tokio::time::Instant::now() + TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                let stderr = std::fs::read_to_string(log.with_extension("err")).unwrap();
-                assert!(
-                    !status.success() && stderr.contains("crash point"),
-                    "{} exited with {status}, not at its crash point:\n{stderr}",
-                    self.name
-                );
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{} never reached its crash point",
-                self.name
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// The path of a binary built by `cargo build --workspace --bins`.
-fn binary(name: &str) -> std::path::PathBuf {
-    // This test runs from target/<profile>/deps; the binaries sit one level up.
-    let binary = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .and_then(Path::parent)
-        .unwrap()
-        .join(name);
-    assert!(
-        binary.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first (scripts/test.sh does)",
-        binary.display()
-    );
-    binary
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// GETs `url` until `accept` takes the JSON answer; returns it.
-async fn poll_json(
-    url: &str,
-    what: &str,
-    accept: impl Fn(&serde_json::Value) -> bool,
-) -> serde_json::Value {
-    let deadline = tokio::time::Instant::now() + TIMEOUT;
-    let mut last = serde_json::Value::Null;
-    loop {
-        if let Ok(response) = reqwest::get(url).await {
-            last = response.json().await.unwrap_or_default();
-            if accept(&last) {
-                return last;
-            }
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}; last answer: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// Sends visits to a device's ingest endpoint as JSON Lines.
