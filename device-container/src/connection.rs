@@ -4,6 +4,7 @@
 //! exponential backoff with jitter. A notice is answered by a sync at a random time inside its
 //! pace window; a periodic sync covers missed notices.
 
+use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -219,16 +220,27 @@ async fn sync_and_apply(shared: &Arc<Shared>, client: &mut Client) -> Result<(),
         .await
         .map_err(|s| AgentError::Rpc("sync", s))?
         .into_inner();
+    let mut installs = Vec::new();
     for desired in response.desired {
         match desired_task::Action::try_from(desired.action) {
-            Ok(desired_task::Action::Install) => apply_install(shared, client, desired).await?,
+            Ok(desired_task::Action::Install) => installs.push(desired),
             Ok(desired_task::Action::Remove) => apply_remove(shared, &desired.task).await,
             _ => {
                 tracing::warn!(task = %desired.task, action = desired.action, "ignoring unknown sync action")
             }
         }
     }
-    Ok(())
+    // Several at once, one per VM worker: a version whose module-level code runs to its
+    // deadline holds up only its own install.
+    let results: Vec<Result<(), AgentError>> = futures::stream::iter(installs)
+        .map(|desired| {
+            let mut client = client.clone();
+            async move { apply_install(shared, &mut client, desired).await }
+        })
+        .buffer_unordered(shared.vm.threads())
+        .collect()
+        .await;
+    results.into_iter().collect()
 }
 
 async fn apply_install(
@@ -457,8 +469,17 @@ pub(crate) async fn restore_installed(shared: &Arc<Shared>) {
             return;
         }
     };
-    for task in installed {
-        match load_into_vm(shared, &task).await {
+    // Loaded several at once, one per VM worker, as installs are (see `sync_and_apply`).
+    let loaded: Vec<(InstalledTask, Result<(), String>)> = futures::stream::iter(installed)
+        .map(|task| async move {
+            let result = load_into_vm(shared, &task).await;
+            (task, result)
+        })
+        .buffer_unordered(shared.vm.threads())
+        .collect()
+        .await;
+    for (task, result) in loaded {
+        match result {
             Ok(()) => {
                 let manifest = &task.manifest.task;
                 let installed = lock(&shared.pipeline).install(

@@ -221,6 +221,69 @@ async fn a_task_abusing_native_code_costs_its_neighbour_no_run_and_no_run_time()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_whose_module_code_runs_to_its_deadline_holds_up_no_other_install() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 0).await.unwrap();
+    // Named and released first, so a device installing one at a time would take it first.
+    let slow_import = "x = sum(range(10**15))\n\ndef run(ctx):\n    return x\n";
+    let dir = task(
+        root.path(),
+        "a-slow-import",
+        slow_import,
+        "[limits]\ndeadline_ms = 15000",
+        &[],
+    );
+    release(&fleet, &dir, "a-slow-import").await;
+    release(
+        &fleet,
+        &task(root.path(), "z-benign", BENIGN, "", &[]),
+        "z-benign",
+    )
+    .await;
+    let agent = Agent::start(DeviceConfig {
+        cloud_url: fleet.cloud.grpc_url(),
+        data_dir: root.path().join("device"),
+        ingest_addr: None,
+        vm_threads: 2,
+        profile: ProfileConfig {
+            device_id: "installer".into(),
+            ..Default::default()
+        },
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    // Well before the slow import's 15 s are up, the other task is installed and runs.
+    agent
+        .wait_for(Duration::from_secs(10), |s| {
+            s.installed.iter().any(|t| t.task == "z-benign")
+        })
+        .await
+        .unwrap();
+    for event in visit("s1") {
+        agent.track(event).unwrap();
+    }
+    agent
+        .wait_for(Duration::from_secs(10), |s| {
+            s.installed
+                .iter()
+                .any(|t| t.task == "z-benign" && t.runs.ok == 1)
+        })
+        .await
+        .unwrap();
+    assert!(
+        !agent
+            .status()
+            .installed
+            .iter()
+            .any(|t| t.task == "a-slow-import")
+    );
+    // (The slow import's load ends at its deadline; the runtime waits for it at the end.)
+    drop(agent);
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_that_keeps_getting_the_vm_stuck_is_quarantined_reported_and_refused_after_a_restart()
  {
     let root = tempfile::tempdir().unwrap();
