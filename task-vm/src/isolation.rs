@@ -25,7 +25,7 @@ use rustpython_vm::builtins::{PyDictRef, PyListRef, PyStr, PyStrRef, PyType, PyT
 use rustpython_vm::function::{FuncArgs, PySetterValue};
 use rustpython_vm::{AsObject, Py, PyObject, PyObjectRef, PyRef, PyResult, VirtualMachine};
 
-type NewFn = fn(PyTypeRef, FuncArgs, &VirtualMachine) -> PyResult;
+use crate::native::NewFn;
 
 /// `type`'s original `__new__` slot (the same function on every thread).
 static TYPE_NEW: OnceLock<NewFn> = OnceLock::new();

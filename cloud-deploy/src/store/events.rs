@@ -42,6 +42,29 @@ pub struct RunMetrics {
     pub dropped: i64,
 }
 
+/// Which time of a run: how long it executed, or how long it waited before.
+#[derive(Debug, Clone, Copy)]
+enum RunTime {
+    Duration,
+    Queued,
+}
+
+impl RunTime {
+    /// The successful run at rank $2 (0-based) of release $1, in this time's order.
+    fn ranked_query(self) -> &'static str {
+        match self {
+            RunTime::Duration => {
+                "SELECT duration_ms FROM task_events WHERE release_id = $1 AND kind = 'run_ok' \
+                 ORDER BY duration_ms LIMIT 1 OFFSET $2"
+            }
+            RunTime::Queued => {
+                "SELECT queued_ms FROM task_events WHERE release_id = $1 AND kind = 'run_ok' \
+                 ORDER BY queued_ms LIMIT 1 OFFSET $2"
+            }
+        }
+    }
+}
+
 /// How long a release's successful runs took: what the health gate and abort rule compare.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct RunLatency {
@@ -202,9 +225,18 @@ impl Db {
         .map_err(db_err("reading dropped runs"))?;
         let runs = self.successful_runs(release_id).await?;
         if runs > 0 {
-            metrics.duration_p50_ms = Some(self.run_duration_at(release_id, (runs - 1) / 2).await?);
-            metrics.duration_p99_ms = Some(self.run_duration_at(release_id, p99_rank(runs)).await?);
-            metrics.queued_p99_ms = Some(self.run_queued_at(release_id, p99_rank(runs)).await?);
+            metrics.duration_p50_ms = Some(
+                self.successful_run_at(release_id, RunTime::Duration, (runs - 1) / 2)
+                    .await?,
+            );
+            metrics.duration_p99_ms = Some(
+                self.successful_run_at(release_id, RunTime::Duration, p99_rank(runs))
+                    .await?,
+            );
+            metrics.queued_p99_ms = Some(
+                self.successful_run_at(release_id, RunTime::Queued, p99_rank(runs))
+                    .await?,
+            );
         }
         Ok(metrics)
     }
@@ -213,7 +245,10 @@ impl Db {
     pub async fn run_latency(&self, release_id: &str) -> Result<RunLatency, CloudError> {
         let runs = self.successful_runs(release_id).await?;
         let p99_ms = if runs > 0 {
-            Some(self.run_duration_at(release_id, p99_rank(runs)).await?)
+            Some(
+                self.successful_run_at(release_id, RunTime::Duration, p99_rank(runs))
+                    .await?,
+            )
         } else {
             None
         };
@@ -231,32 +266,20 @@ impl Db {
             .map_err(db_err("counting successful runs"))
     }
 
-    /// The duration of the successful run at `rank` (0-based) in duration order.
-    async fn run_duration_at(&self, release_id: &str, rank: i64) -> Result<i64, CloudError> {
-        sqlx::query(
-            "SELECT duration_ms FROM task_events WHERE release_id = $1 AND kind = 'run_ok' \
-             ORDER BY duration_ms LIMIT 1 OFFSET $2",
-        )
-        .bind(release_id)
-        .bind(rank)
-        .fetch_one(self.pool())
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(db_err("reading run durations"))
-    }
-
-    /// The waiting time of the successful run at `rank` (0-based) in waiting-time order.
-    async fn run_queued_at(&self, release_id: &str, rank: i64) -> Result<i64, CloudError> {
-        sqlx::query(
-            "SELECT queued_ms FROM task_events WHERE release_id = $1 AND kind = 'run_ok' \
-             ORDER BY queued_ms LIMIT 1 OFFSET $2",
-        )
-        .bind(release_id)
-        .bind(rank)
-        .fetch_one(self.pool())
-        .await
-        .and_then(|row| row.try_get(0))
-        .map_err(db_err("reading run waiting times"))
+    /// `time` of the successful run at `rank` (0-based) in `time` order.
+    async fn successful_run_at(
+        &self,
+        release_id: &str,
+        time: RunTime,
+        rank: i64,
+    ) -> Result<i64, CloudError> {
+        sqlx::query(time.ranked_query())
+            .bind(release_id)
+            .bind(rank)
+            .fetch_one(self.pool())
+            .await
+            .and_then(|row| row.try_get(0))
+            .map_err(db_err("reading run times"))
     }
 
     /// Stores tunnel records exactly once per (device, record id). Returns (stored, duplicates).

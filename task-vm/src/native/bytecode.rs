@@ -21,12 +21,12 @@ use rustpython_vm::bytecode::{BinaryOperator, Instruction, OpArg};
 use rustpython_vm::function::FuncArgs;
 use rustpython_vm::{AsObject, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
+use super::NewFn;
+
 /// An adaptive counter that never triggers: RustPython specialises when a counter drops below
 /// 15, and counts down in steps of 16 (wrapping), so a counter at 15 stays ≡ 15 (mod 16) and
 /// never drops below it.
 const NEVER_SPECIALISE: u16 = 15;
-
-type NewFn = fn(PyTypeRef, FuncArgs, &VirtualMachine) -> PyResult;
 
 static CODE_NEW: OnceLock<NewFn> = OnceLock::new();
 

@@ -28,7 +28,7 @@ use rustpython_vm::builtins::{PyInt, PyStr, PyTypeRef};
 use rustpython_vm::function::FuncArgs;
 use rustpython_vm::{AsObject, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
-use super::reserve;
+use super::{BinaryFn, FnAddress, NewFn, TernaryFn, reserve};
 
 /// Largest integer result, in bits, an operation may produce (about 630,000 decimal digits).
 /// The bound that matters is `str()`: RustPython converts exact ints without any check, in
@@ -38,16 +38,12 @@ pub(crate) const MAX_INT_BITS: u64 = 1 << 21;
 /// Most 64-bit word operations one modular power or division may take (a fraction of a second).
 pub(crate) const MAX_WORK: u128 = 1 << 31;
 
-type Binary = fn(&PyObject, &PyObject, &VirtualMachine) -> PyResult;
-type NewFn = fn(PyTypeRef, FuncArgs, &VirtualMachine) -> PyResult;
-type Ternary = fn(&PyObject, &PyObject, &PyObject, &VirtualMachine) -> PyResult;
-
-static MULTIPLY: OnceLock<Binary> = OnceLock::new();
-static LSHIFT: OnceLock<Binary> = OnceLock::new();
-static FLOOR_DIVIDE: OnceLock<Binary> = OnceLock::new();
-static REMAINDER: OnceLock<Binary> = OnceLock::new();
-static DIVMOD: OnceLock<Binary> = OnceLock::new();
-static POWER: OnceLock<Ternary> = OnceLock::new();
+static MULTIPLY: OnceLock<BinaryFn> = OnceLock::new();
+static LSHIFT: OnceLock<BinaryFn> = OnceLock::new();
+static FLOOR_DIVIDE: OnceLock<BinaryFn> = OnceLock::new();
+static REMAINDER: OnceLock<BinaryFn> = OnceLock::new();
+static DIVMOD: OnceLock<BinaryFn> = OnceLock::new();
+static POWER: OnceLock<TernaryFn> = OnceLock::new();
 static INT_NEW: OnceLock<NewFn> = OnceLock::new();
 
 /// Wraps the int slots (on `int` and on `bool`, which copied its arithmetic).
@@ -108,28 +104,6 @@ fn patch<F: Copy + FnAddress>(
     let kept = *original.get_or_init(|| current);
     if kept.address() == current.address() {
         store(wrapper);
-    }
-}
-
-trait FnAddress {
-    fn address(&self) -> usize;
-}
-
-impl FnAddress for Binary {
-    fn address(&self) -> usize {
-        *self as usize
-    }
-}
-
-impl FnAddress for NewFn {
-    fn address(&self) -> usize {
-        *self as usize
-    }
-}
-
-impl FnAddress for Ternary {
-    fn address(&self) -> usize {
-        *self as usize
     }
 }
 

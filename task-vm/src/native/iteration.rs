@@ -21,15 +21,7 @@ use rustpython_vm::protocol::PyIterReturn;
 use rustpython_vm::types::PyComparisonOp;
 use rustpython_vm::{AsObject, PyObject, PyObjectRef, PyRef, PyResult, VirtualMachine};
 
-use super::check;
-
-type IterNext = fn(&PyObject, &VirtualMachine) -> PyResult<PyIterReturn>;
-type RichCompare = fn(
-    &PyObject,
-    &PyObject,
-    PyComparisonOp,
-    &VirtualMachine,
-) -> PyResult<Either<PyObjectRef, PyComparisonValue>>;
+use super::{FnAddress, IterNextFn, RichCompareFn, check};
 
 /// Distinct originals a table can hold; more built-in types than this have no such slot.
 const CAPACITY: usize = 192;
@@ -69,8 +61,8 @@ impl<F: Copy> Originals<F> {
     }
 }
 
-static NEXT: Originals<IterNext> = Originals::new();
-static COMPARE: Originals<RichCompare> = Originals::new();
+static NEXT: Originals<IterNextFn> = Originals::new();
+static COMPARE: Originals<RichCompareFn> = Originals::new();
 
 fn checked_next<const I: usize>(zelf: &PyObject, vm: &VirtualMachine) -> PyResult<PyIterReturn> {
     check(vm)?;
@@ -99,8 +91,8 @@ macro_rules! instantiate {
     };
 }
 
-static NEXT_WRAPPERS: [IterNext; CAPACITY] = instantiate!(checked_next; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159 160 161 162 163 164 165 166 167 168 169 170 171 172 173 174 175 176 177 178 179 180 181 182 183 184 185 186 187 188 189 190 191);
-static COMPARE_WRAPPERS: [RichCompare; CAPACITY] = instantiate!(checked_compare; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159 160 161 162 163 164 165 166 167 168 169 170 171 172 173 174 175 176 177 178 179 180 181 182 183 184 185 186 187 188 189 190 191);
+static NEXT_WRAPPERS: [IterNextFn; CAPACITY] = instantiate!(checked_next; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159 160 161 162 163 164 165 166 167 168 169 170 171 172 173 174 175 176 177 178 179 180 181 182 183 184 185 186 187 188 189 190 191);
+static COMPARE_WRAPPERS: [RichCompareFn; CAPACITY] = instantiate!(checked_compare; 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75 76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95 96 97 98 99 100 101 102 103 104 105 106 107 108 109 110 111 112 113 114 115 116 117 118 119 120 121 122 123 124 125 126 127 128 129 130 131 132 133 134 135 136 137 138 139 140 141 142 143 144 145 146 147 148 149 150 151 152 153 154 155 156 157 158 159 160 161 162 163 164 165 166 167 168 169 170 171 172 173 174 175 176 177 178 179 180 181 182 183 184 185 186 187 188 189 190 191);
 
 /// Native modules whose types must exist before the walk: their iterators are patched only if
 /// they are there to be found.
@@ -166,24 +158,6 @@ fn wrap<F: Copy + FnAddress + 'static>(
             true
         }
         None => false,
-    }
-}
-
-/// A function pointer's address, to tell originals apart (comparing function pointers directly
-/// is not meaningful; comparing what was stored in a slot is).
-trait FnAddress {
-    fn address(&self) -> usize;
-}
-
-impl FnAddress for IterNext {
-    fn address(&self) -> usize {
-        *self as usize
-    }
-}
-
-impl FnAddress for RichCompare {
-    fn address(&self) -> usize {
-        *self as usize
     }
 }
 

@@ -42,11 +42,46 @@ pub(crate) mod source;
 
 use std::cell::Cell;
 
-use rustpython_vm::{PyResult, VirtualMachine};
+use rustpython_vm::builtins::PyTypeRef;
+use rustpython_vm::function::{Either, FuncArgs, PyComparisonValue};
+use rustpython_vm::protocol::PyIterReturn;
+use rustpython_vm::types::PyComparisonOp;
+use rustpython_vm::{PyObject, PyObjectRef, PyResult, VirtualMachine};
 
 use crate::alloc::refuse_current;
 use crate::limits::Limit;
 use crate::watchdog::{current_stop, stop_exception};
+
+/// The slot functions patched here (RustPython keeps their names crate-private).
+pub(crate) type NewFn = fn(PyTypeRef, FuncArgs, &VirtualMachine) -> PyResult;
+pub(crate) type InitFn = fn(PyObjectRef, FuncArgs, &VirtualMachine) -> PyResult<()>;
+pub(crate) type BinaryFn = fn(&PyObject, &PyObject, &VirtualMachine) -> PyResult;
+pub(crate) type TernaryFn = fn(&PyObject, &PyObject, &PyObject, &VirtualMachine) -> PyResult;
+pub(crate) type IterNextFn = fn(&PyObject, &VirtualMachine) -> PyResult<PyIterReturn>;
+pub(crate) type RichCompareFn = fn(
+    &PyObject,
+    &PyObject,
+    PyComparisonOp,
+    &VirtualMachine,
+) -> PyResult<Either<PyObjectRef, PyComparisonValue>>;
+
+/// A slot function's address, to tell the functions stored in slots apart (comparing function
+/// pointers directly is not meaningful; comparing what was stored in a slot is).
+pub(crate) trait FnAddress {
+    fn address(&self) -> usize;
+}
+
+macro_rules! fn_address {
+    ($($function:ty),*) => {
+        $(impl FnAddress for $function {
+            fn address(&self) -> usize {
+                *self as usize
+            }
+        })*
+    };
+}
+
+fn_address!(NewFn, BinaryFn, TernaryFn, IterNextFn, RichCompareFn);
 
 thread_local! {
     static PATCHED: Cell<bool> = const { Cell::new(false) };

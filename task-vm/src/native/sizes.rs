@@ -15,10 +15,7 @@ use rustpython_vm::function::FuncArgs;
 use rustpython_vm::{Py, PyObject, PyObjectRef, PyResult, VirtualMachine};
 
 use super::ints::MAX_INT_BITS;
-use super::reserve;
-
-type NewFn = fn(PyTypeRef, FuncArgs, &VirtualMachine) -> PyResult;
-type InitFn = fn(PyObjectRef, FuncArgs, &VirtualMachine) -> PyResult<()>;
+use super::{InitFn, NewFn, reserve};
 
 static BYTES_NEW: OnceLock<NewFn> = OnceLock::new();
 static BYTEARRAY_INIT: OnceLock<InitFn> = OnceLock::new();
