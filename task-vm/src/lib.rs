@@ -21,13 +21,16 @@
 //!   time (`build.rs`, which also patches `random.py` not to need `os`) and are frozen into the
 //!   binary;
 //!   the native halves come from `rustpython-vm` and `rustpython-stdlib` (built without
-//!   `host_env`). `time` is Walle's own: clocks only, no `sleep`.
+//!   `host_env`). `time` is Walle's own: clocks only, no `sleep`. So is `re` (`regex`): CPython's
+//!   API on a linear-time engine with a backtracking budget, instead of RustPython's port of
+//!   `_sre`, which backtracks without bound inside native code.
 //! * `open()` raises `PermissionError`; `print()` writes to the run's log; `sys` loses the
 //!   functions that could hurt the host process (`setrecursionlimit`, `settrace`, …).
 //! * tasks sharing a worker thread share RustPython's built-in type objects;
 //!   `type.__subclasses__` only lists the calling task's own classes and the built-in types of
 //!   the modules it may import, so one task cannot reach another's objects, nor the VM's own
-//!   machinery (`_io`, `ast`, …), through them (`isolation`).
+//!   machinery (`_io`, `ast`, …), through them, and no task may change a built-in type
+//!   (`isolation`).
 //!
 //! # Limits
 //!
