@@ -81,12 +81,13 @@ impl PythonTask {
         let context = host.context().clone();
         let armed = watchdog.arm(self.limits.deadline, &self.memory, &self.interrupt);
         let log = output::capture(self.limits.max_log_bytes);
+        let before = self.memory.live();
         let result = {
             let _charging = charge_to(&self.memory);
             bindings::with_host(host, || {
                 self.interpreter.enter(|vm| {
                     let result = self.call_handler(vm, &context);
-                    crate::freelists::flush(vm);
+                    crate::freelists::flush_if_grown(vm, before, self.memory.live());
                     result
                 })
             })
