@@ -158,6 +158,7 @@ async function refresh() {
       ["runs ok / failed", (r) => `${r.stats.runs_ok} / ${r.stats.runs_failed}`],
       ["rolled back", (r) => r.stats.rolled_back],
       ["run p50 / p99 ms", (r) => `${r.stats.runs.duration_p50_ms ?? "–"} / ${r.stats.runs.duration_p99_ms ?? "–"}`],
+      ["waited p99 ms", (r) => r.stats.runs.queued_p99_ms ?? "–"],
       ["runs dropped", (r) => r.stats.runs.dropped],
       ["failures by kind", (r) => Object.entries(r.stats.runs.failures_by_kind).map(([k, n]) => `${k} ${n}`).join(", ") || "–"],
       ["per stage", (r) => stageLines(r.stats)],
