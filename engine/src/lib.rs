@@ -421,18 +421,42 @@ impl Session {
         &self,
         inputs: Vec<(String, Value)>,
     ) -> Result<Vec<(String, Value)>, RunError> {
-        self.run_values_until(inputs, &|| false)
+        self.run_values_until(inputs, &|_| true)
     }
 
-    /// [`Session::run_values`], asking `stop` before each node: once it says so, the run ends
-    /// with [`RunError::Stopped`] (a node in flight finishes first).
+    /// [`Session::run_values`], asking `admit` before each node whether it may run, with the
+    /// bytes its outputs will take when shape inference knows them (`None` otherwise, or when
+    /// the node works in place). Once `admit` says no, the run ends with [`RunError::Stopped`]
+    /// (a node in flight finishes first): an embedder stops a run at a deadline, or refuses a
+    /// node that would take more memory than it has to give.
     pub fn run_values_until(
         &self,
         inputs: Vec<(String, Value)>,
-        stop: &(dyn Fn() -> bool + Sync),
+        admit: &(dyn Fn(Option<u64>) -> bool + Sync),
     ) -> Result<Vec<(String, Value)>, RunError> {
         in_pool(self.pool.as_deref(), || {
-            awake(self.ctx.threads, || self.run_here(inputs, None, stop))
+            awake(self.ctx.threads, || self.run_here(inputs, None, admit))
+        })
+    }
+
+    /// Bytes `node`'s outputs take when their shapes are known statically; `None` when they are
+    /// not, or when the node may write over its first input instead of allocating.
+    fn output_bytes(&self, node: &graph::Node) -> Option<u64> {
+        if node.op.reuses_first_input() {
+            return None;
+        }
+        node.outputs.iter().try_fold(0u64, |total, name| {
+            let info = self.graph.value_info.get(name)?;
+            let width = match info.dtype {
+                DType::F32 => 4,
+                DType::I64 => 8,
+            };
+            let elements = info
+                .shape
+                .as_ref()?
+                .iter()
+                .try_fold(1u64, |n, &d| n.checked_mul(d as u64))?;
+            total.checked_add(elements.checked_mul(width)?)
         })
     }
 
@@ -442,7 +466,7 @@ impl Session {
         let mut nodes = Vec::with_capacity(self.graph.nodes.len());
         let outputs = in_pool(self.pool.as_deref(), || {
             awake(self.ctx.threads, || {
-                self.run_here(inputs, Some(&mut nodes), &|| false)
+                self.run_here(inputs, Some(&mut nodes), &|_| true)
             })
         })?;
         Ok(Profiled { outputs, nodes })
@@ -454,7 +478,7 @@ impl Session {
         &self,
         inputs: Vec<(String, Value)>,
         mut profile: Option<&mut Vec<NodeTime>>,
-        stop: &(dyn Fn() -> bool + Sync),
+        admit: &(dyn Fn(Option<u64>) -> bool + Sync),
     ) -> Result<Vec<(String, Value)>, RunError> {
         let mut values: HashMap<&str, Value> = HashMap::new();
         let mut given: HashMap<String, Value> = inputs.into_iter().collect();
@@ -491,7 +515,7 @@ impl Session {
             .zip(&self.plans);
         let mut buffers = Buffers::default();
         for (index, ((node, done), plan)) in steps.enumerate() {
-            if stop() {
+            if !admit(self.output_bytes(node)) {
                 return Err(RunError::Stopped {
                     node: node.name.clone(),
                 });

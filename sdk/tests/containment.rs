@@ -40,35 +40,30 @@ fn task(root: &Path, name: &str, script: &str, extra: &str, files: &[(&str, &[u8
 
 const BENIGN: &str = "def run(ctx):\n    return {'session': ctx['matched'][0]['session']}\n";
 
-/// A model whose one node asks the engine for 16,000² floats (1 GB): the task's VM worker
-/// parks at the task's hard memory cap, and the VM loses it.
+/// A model whose one node expands `x` to a shape the script passes in: asked for 16,000²
+/// floats (1 GB), nothing can check the size before the allocation, the task's VM worker parks
+/// at the task's hard memory cap, and the VM loses it.
 fn memory_bomb() -> Vec<u8> {
-    let shape = pb::TensorProto {
-        name: "shape".into(),
-        dims: vec![2],
-        data_type: pb::tensor_proto::DataType::Int64 as i32,
-        int64_data: vec![16_000, 16_000],
-        ..Default::default()
-    };
-    let float = |name: &str, dims: &[i64]| pb::ValueInfoProto {
-        name: name.into(),
-        r#type: Some(pb::TypeProto {
-            value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
-                elem_type: pb::tensor_proto::DataType::Float as i32,
-                shape: Some(pb::TensorShapeProto {
-                    dim: dims
-                        .iter()
-                        .map(|&d| pb::tensor_shape_proto::Dimension {
-                            value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
-                            ..Default::default()
-                        })
-                        .collect(),
-                }),
-            })),
+    let tensor =
+        |name: &str, dims: &[i64], elem_type: pb::tensor_proto::DataType| pb::ValueInfoProto {
+            name: name.into(),
+            r#type: Some(pb::TypeProto {
+                value: Some(pb::type_proto::Value::TensorType(pb::type_proto::Tensor {
+                    elem_type: elem_type as i32,
+                    shape: Some(pb::TensorShapeProto {
+                        dim: dims
+                            .iter()
+                            .map(|&d| pb::tensor_shape_proto::Dimension {
+                                value: Some(pb::tensor_shape_proto::dimension::Value::DimValue(d)),
+                                ..Default::default()
+                            })
+                            .collect(),
+                    }),
+                })),
+                ..Default::default()
+            }),
             ..Default::default()
-        }),
-        ..Default::default()
-    };
+        };
     pb::ModelProto {
         ir_version: 8,
         opset_import: vec![pb::OperatorSetIdProto {
@@ -84,8 +79,10 @@ fn memory_bomb() -> Vec<u8> {
                 output: vec!["y".into()],
                 ..Default::default()
             }],
-            initializer: vec![shape],
-            input: vec![float("x", &[1])],
+            input: vec![
+                tensor("x", &[1], pb::tensor_proto::DataType::Float),
+                tensor("shape", &[2], pb::tensor_proto::DataType::Int64),
+            ],
             output: vec![pb::ValueInfoProto {
                 name: "y".into(),
                 ..Default::default()
@@ -97,7 +94,7 @@ fn memory_bomb() -> Vec<u8> {
     .encode_to_vec()
 }
 
-const BOMB_SCRIPT: &str = "import walle\n\ndef run(ctx):\n    return walle.nn.load('bomb').run({'x': walle.tensor([1.0])})\n";
+const BOMB_SCRIPT: &str = "import walle\n\ndef run(ctx):\n    shape = walle.tensor([16000, 16000], dtype='i64')\n    return walle.nn.load('bomb').run({'x': walle.tensor([1.0]), 'shape': shape})\n";
 
 fn bomb_task(root: &Path) -> PathBuf {
     task(

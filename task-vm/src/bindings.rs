@@ -217,12 +217,24 @@ fn host_nn_run(name: PyStrRef, inputs: PyObjectRef, vm: &VirtualMachine) -> PyRe
         .map_err(|reason| vm.new_type_error(format!("model {name}: inputs: {reason}")))?;
     let inputs = tensors_from_json(&given)
         .map_err(|reason| vm.new_value_error(format!("model {name}: {reason}")))?;
-    // The session runs on this thread, under the run's memory budget; between nodes it asks
-    // whether the run must stop (a node in flight finishes first).
-    let must_stop = || crate::watchdog::current_stop().is_some();
+    // The session runs on this thread, under the run's memory budget; before each node it asks
+    // whether the run must stop (a node in flight finishes first) and whether the node's outputs,
+    // when their size is known, fit in what the budget has left.
+    let admit = |bytes: Option<u64>| {
+        if crate::watchdog::current_stop().is_some() {
+            return false;
+        }
+        match (bytes, crate::alloc::remaining_budget()) {
+            (Some(bytes), Some(remaining)) if bytes > remaining => {
+                crate::alloc::refuse_current();
+                false
+            }
+            _ => true,
+        }
+    };
     let outputs = host(vm, |h| {
         let task = h.task().to_owned();
-        match h.model(&name)?.run_values_until(inputs, &must_stop) {
+        match h.model(&name)?.run_values_until(inputs, &admit) {
             Ok(outputs) => Ok(Some(outputs)),
             Err(walle_engine::RunError::Stopped { .. }) => Ok(None),
             Err(e) => Err(VmError::Model {

@@ -45,7 +45,8 @@
 //!   the interrupt (`watchdog`). Inside native code, where there is no bytecode boundary, the
 //!   bounds of `native` stop or refuse the operations a script can make run long (native loops
 //!   over iterators and comparisons, big integers, huge allocations, deep parses), regular
-//!   expressions run on a bounded engine, and a model run stops between nodes.
+//!   expressions run on a bounded engine, and a model run stops between nodes (and refuses a
+//!   node whose known output size does not fit in the budget).
 //! * **memory**: [`TaskAllocator`], installed as the `#[global_allocator]` by every binary,
 //!   charges allocations to the task running on the thread (its models' too); the first
 //!   allocation past the budget wakes the watchdog, and the script gets a `MemoryError` at once;

@@ -12,6 +12,7 @@ use std::sync::mpsc::channel;
 use std::time::Duration;
 
 use common::{float_input, handler, node, onnx_model, records};
+use prost::Message;
 use serde_json::json;
 use walle_engine::onnx::pb;
 use walle_vm::{Limits, QUARANTINE_STRIKES, TaskCode, TimedRun, VmError, VmPool};
@@ -273,27 +274,43 @@ fn module_level_abuse_fails_its_load_near_the_deadline_and_others_load() {
     assert_eq!(pool.health().abandoned_total, 0);
 }
 
-/// A model whose single node asks for `side`² floats: with 16,000, a 1 GB allocation (the
-/// engine's own limit) the allocator parks at the task's hard cap (engine allocations are not
-/// checked against the budget in advance).
-fn huge_expand(side: i64) -> Vec<u8> {
-    let shape = pb::TensorProto {
+/// `Expand(x, shape)` with `x: [1]`: a constant `shape` (shape inference knows the output's
+/// size), or one the script passes in (it does not).
+fn expand_model(constant: Option<[i64; 2]>) -> Vec<u8> {
+    let shape = |values: Vec<i64>| pb::TensorProto {
         name: "shape".into(),
         dims: vec![2],
         data_type: pb::tensor_proto::DataType::Int64 as i32,
-        int64_data: vec![side, side],
+        int64_data: values,
         ..Default::default()
     };
-    onnx_model(
+    let model = onnx_model(
         vec![node("Expand", &["x", "shape"], "y")],
         float_input("x", &[1]),
-        vec![shape],
+        constant.map(|c| shape(c.to_vec())).into_iter().collect(),
         "y",
-    )
+    );
+    if constant.is_some() {
+        return model;
+    }
+    let mut model = pb::ModelProto::decode(model.as_slice()).expect("a model just encoded");
+    if let Some(graph) = model.graph.as_mut() {
+        let mut input = float_input("shape", &[2]);
+        if let Some(pb::type_proto::Value::TensorType(tensor)) =
+            input.r#type.as_mut().and_then(|t| t.value.as_mut())
+        {
+            tensor.elem_type = pb::tensor_proto::DataType::Int64 as i32;
+        }
+        graph.input.push(input);
+    }
+    model.encode_to_vec()
 }
 
+/// A task whose model asks for 16,000² floats (1 GB, the engine's own limit) with a shape it
+/// passes in: nothing can check the size before the allocation, which the allocator parks at
+/// the task's hard cap, and the VM loses the worker.
 fn model_task(key: &str) -> TaskCode {
-    let body = "    import walle\n    return walle.nn.load('bomb').run({'x': walle.tensor([1.0])})";
+    let body = "    import walle\n    shape = walle.tensor([16000, 16000], dtype='i64')\n    return walle.nn.load('bomb').run({'x': walle.tensor([1.0]), 'shape': shape})";
     let mut code = handler(
         key,
         body,
@@ -303,8 +320,21 @@ fn model_task(key: &str) -> TaskCode {
         },
     );
     code.models
-        .push(("bomb".into(), Arc::new(huge_expand(16_000))));
+        .push(("bomb".into(), Arc::new(expand_model(None))));
     code
+}
+
+#[test]
+fn a_model_node_whose_known_size_exceeds_the_budget_is_refused_before_it_allocates() {
+    let pool = VmPool::new(1).unwrap();
+    let body = "    import walle\n    return walle.nn.load('big').run({'x': walle.tensor([1.0])})";
+    let mut code = handler("big-model@1", body, Limits::default());
+    code.models
+        .push(("big".into(), Arc::new(expand_model(Some([16_000, 16_000])))));
+    pool.load(code).unwrap();
+    let error = pool.run("big-model@1", json!(null)).unwrap_err();
+    assert!(matches!(error, VmError::MemoryExceeded { .. }), "{error}");
+    assert_eq!(pool.health().abandoned_total, 0);
 }
 
 #[test]
@@ -328,16 +358,19 @@ fn a_lost_worker_is_replaced_its_queue_still_runs_and_a_repeat_offender_is_quara
     assert_eq!((health.abandoned_total, health.lost_threads), (1, 1));
     assert!(health.quarantined.is_empty());
 
-    // The second offence quarantines it.
-    for _ in 1..QUARANTINE_STRIKES {
-        let error = pool.run("bomb@1", json!(null)).unwrap_err();
-        assert!(matches!(error, VmError::MemoryExceeded { .. }), "{error}");
-    }
-    let error = pool.run("bomb@1", json!(null)).unwrap_err();
+    // The second offence quarantines it; its run queued behind is refused as quarantined.
+    assert_eq!(QUARANTINE_STRIKES, 2);
+    let stuck = spawn_staged(&pool, "bomb@1");
+    std::thread::sleep(Duration::from_millis(100));
+    let queued = spawn_staged(&pool, "bomb@1");
+    let error = wait(&stuck).result.unwrap_err();
+    assert!(matches!(error, VmError::MemoryExceeded { .. }), "{error}");
+    let error = wait(&queued).result.unwrap_err();
     assert!(
         matches!(&error, VmError::Quarantined { task, reason } if task == "bomb@1" && reason.contains("stuck")),
         "{error}"
     );
+    let error = pool.run("bomb@1", json!(null)).unwrap_err();
     assert_eq!(error.kind(), "quarantined");
     assert!(matches!(
         pool.load(model_task("bomb@1")),

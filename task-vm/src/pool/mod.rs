@@ -255,6 +255,10 @@ impl VmPool {
         }
         let waited = wait(&answer, deadline);
         let result = match waited.outcome {
+            // Queued before its task was quarantined (and so not loaded again): say so.
+            Outcome::Done(Err(VmError::NotLoaded(task))) => Err(self
+                .quarantine_error(key)
+                .unwrap_or(VmError::NotLoaded(task))),
             Outcome::Done(result) => result,
             Outcome::Stuck(generation) => {
                 let error = stuck_error(key, &memory, deadline);
