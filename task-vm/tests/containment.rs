@@ -138,6 +138,21 @@ const HOSTILE: &[(&str, &str, Expect)] = &[
         Expect::Memory,
     ),
     (
+        "translate",
+        "    return len(('a' * 10**6).translate({97: 'x' * 1000}))",
+        Expect::Memory,
+    ),
+    (
+        "split",
+        "    return len(('a ' * 10**7).split())",
+        Expect::Memory,
+    ),
+    (
+        "splitlines",
+        "    return len(('a\\n' * 10**7).splitlines())",
+        Expect::Memory,
+    ),
+    (
         "to-bytes",
         "    return len((1).to_bytes(10**10, 'big'))",
         Expect::Memory,

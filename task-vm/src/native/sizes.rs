@@ -46,7 +46,11 @@ pub(super) fn install_slots(vm: &VirtualMachine) -> PyResult<()> {
         wrap_method(vm, ty, "expandtabs", check_expandtabs)?;
         wrap_method(vm, ty, "replace", check_replace)?;
         wrap_method(vm, ty, "join", check_join)?;
+        wrap_method(vm, ty, "split", check_split)?;
+        wrap_method(vm, ty, "rsplit", check_split)?;
+        wrap_method(vm, ty, "splitlines", check_splitlines)?;
     }
+    wrap_method(vm, types.str_type, "translate", check_translate)?;
     for ty in [
         types.int_type,
         types.float_type,
@@ -187,6 +191,109 @@ fn check_replace(zelf: &PyObject, args: &FuncArgs, vm: &VirtualMachine) -> PyRes
     reserve(
         "this replacement",
         own + occurrences * (new_len - old_len),
+        vm,
+    )
+}
+
+/// What one more object in a result list takes besides its data: its header and the list's
+/// pointer to it (RustPython's str and bytes objects take 56 to 80 bytes empty).
+const PER_OBJECT_BYTES: u128 = 80;
+
+/// `split(sep=None, maxsplit=-1)` and `rsplit`: a list of pieces, one object each. The pieces
+/// are counted first (a `count` of the separator, or the words of a whitespace split), since
+/// splitting millions of them is one native call.
+fn check_split(zelf: &PyObject, args: &FuncArgs, vm: &VirtualMachine) -> PyResult<()> {
+    let Some(own) = byte_len(zelf) else {
+        return Ok(());
+    };
+    if own * PER_OBJECT_BYTES < 1 << 20 {
+        return Ok(()); // At most a few MB of pieces: nothing worth counting.
+    }
+    let pieces = match argument(args, 0, "sep").filter(|sep| !vm.is_none(sep)) {
+        Some(sep) => {
+            let n = vm.call_method(zelf, "count", (sep.clone(),))?;
+            int_value(&n).unwrap_or(0) + 1
+        }
+        None => words(zelf),
+    };
+    let pieces = match argument(args, 1, "maxsplit").and_then(|m| int_value(m)) {
+        Some(most) => pieces.min(most + 1),
+        None => pieces,
+    };
+    reserve("splitting this text", pieces * PER_OBJECT_BYTES + own, vm)
+}
+
+/// `splitlines()`: one object per line.
+fn check_splitlines(zelf: &PyObject, _args: &FuncArgs, vm: &VirtualMachine) -> PyResult<()> {
+    let Some(own) = byte_len(zelf) else {
+        return Ok(());
+    };
+    if own * PER_OBJECT_BYTES < 1 << 20 {
+        return Ok(());
+    }
+    let breaks = text_units(zelf)
+        .filter(|&c| matches!(c, 0x0a..=0x0d | 0x1c..=0x1e | 0x85 | 0x2028 | 0x2029))
+        .count() as u128;
+    reserve(
+        "splitting these lines",
+        (breaks + 1) * PER_OBJECT_BYTES + own,
+        vm,
+    )
+}
+
+/// Runs of non-whitespace in a str, bytes or bytearray.
+fn words(obj: &PyObject) -> u128 {
+    let mut words = 0;
+    let mut in_word = false;
+    for unit in text_units(obj) {
+        let space = char::from_u32(unit).is_some_and(char::is_whitespace);
+        if !space && !in_word {
+            words += 1;
+        }
+        in_word = !space;
+    }
+    words
+}
+
+/// The characters of a str (code points) or the bytes of bytes and bytearray.
+fn text_units(obj: &PyObject) -> Box<dyn Iterator<Item = u32> + '_> {
+    if let Some(s) = obj.downcast_ref::<PyStr>() {
+        Box::new(s.as_wtf8().code_points().map(|c| c.to_u32()))
+    } else if let Some(b) = obj.downcast_ref::<PyBytes>() {
+        Box::new(b.as_bytes().iter().map(|&b| u32::from(b)))
+    } else if let Some(b) = obj.downcast_ref::<PyByteArray>() {
+        Box::new(b.borrow_buf().to_vec().into_iter().map(u32::from))
+    } else {
+        Box::new(std::iter::empty())
+    }
+}
+
+/// `str.translate(table)`: each character may become the longest replacement in the table (a
+/// table that is not a dict calls Python for each character, which the deadline stops).
+fn check_translate(zelf: &PyObject, args: &FuncArgs, vm: &VirtualMachine) -> PyResult<()> {
+    let (Some(text), Some(table)) = (
+        zelf.downcast_ref::<PyStr>(),
+        args.args
+            .first()
+            .and_then(|t| t.downcast_ref::<rustpython_vm::builtins::PyDict>()),
+    ) else {
+        return Ok(());
+    };
+    let longest = table
+        .values_vec()
+        .iter()
+        .map(|value| {
+            if value.downcast_ref::<PyInt>().is_some() {
+                4
+            } else {
+                byte_len(value).unwrap_or(0)
+            }
+        })
+        .max()
+        .unwrap_or(0);
+    reserve(
+        "this translation",
+        text.char_len() as u128 * longest.max(1),
         vm,
     )
 }
