@@ -67,12 +67,12 @@ fn contain(body: &str, deadline: Duration) -> Result<Contained, Failure> {
         memory_bytes: 64 << 20,
         ..Limits::default()
     };
-    pool.load(task(
+    pool.load(TaskCode::python(
         "hostile@1",
         &format!("def run(ctx):\n    {body}\n"),
         limits,
     ))?;
-    pool.load(task(
+    pool.load(TaskCode::python(
         "neighbour@1",
         "def run(ctx):\n    return 'ok'\n",
         Limits::default(),
@@ -96,19 +96,6 @@ fn contain(body: &str, deadline: Duration) -> Result<Contained, Failure> {
         },
         neighbour_ms,
     })
-}
-
-fn task(key: &str, source: &str, limits: Limits) -> TaskCode {
-    TaskCode {
-        key: key.into(),
-        entry_path: "main.py".into(),
-        source: source.into(),
-        handler: "run".into(),
-        modules: Vec::new(),
-        limits,
-        models: Vec::new(),
-        wasm: None,
-    }
 }
 
 /// The cases, read by Python from `hostile_cases.py` (one list for both sides).

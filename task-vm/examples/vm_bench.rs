@@ -89,16 +89,7 @@ fn figure(value: &Value, unit: &str) -> String {
 }
 
 fn task(key: &str, source: &str) -> TaskCode {
-    TaskCode {
-        key: key.into(),
-        entry_path: "main.py".into(),
-        source: source.into(),
-        handler: "run".into(),
-        modules: Vec::new(),
-        limits: Limits::default(),
-        models: Vec::new(),
-        wasm: None,
-    }
+    TaskCode::python(key, source, Limits::default())
 }
 
 /// Median load time (ms), RSS growth per interpreter (KiB), heap charged per task (KiB).

@@ -118,6 +118,23 @@ pub struct TaskCode {
     pub wasm: Option<Arc<Vec<u8>>>,
 }
 
+impl TaskCode {
+    /// A Python task whose entry script (`main.py`) is `source` with handler `run`, and no
+    /// bundled modules or models: what tests, benchmarks and the sandbox's warm-up load.
+    pub fn python(key: &str, source: &str, limits: Limits) -> TaskCode {
+        TaskCode {
+            key: key.into(),
+            entry_path: "main.py".into(),
+            source: source.into(),
+            handler: "run".into(),
+            modules: Vec::new(),
+            limits,
+            models: Vec::new(),
+            wasm: None,
+        }
+    }
+}
+
 /// Why loading or running a task failed.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum VmError {

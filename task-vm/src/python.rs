@@ -214,16 +214,7 @@ mod tests {
         let watchdog = Watchdog::start().unwrap();
         let source = "import json, math, re, collections, itertools, functools, heapq, bisect, random, time\n\
                       def run(ctx):\n    return json.dumps(re.findall(r'\\d', str(ctx)))\n";
-        let code = TaskCode {
-            key: "all@1".into(),
-            entry_path: "main.py".into(),
-            source: source.into(),
-            handler: "run".into(),
-            modules: Vec::new(),
-            limits: Limits::default(),
-            models: Vec::new(),
-            wasm: None,
-        };
+        let code = TaskCode::python("all@1", source, Limits::default());
         let task =
             PythonTask::load(&code, TaskMemory::new(code.limits.memory_bytes), &watchdog).unwrap();
         let (context, state) = (serde_json::json!([1, 2]), crate::MemoryState::default());

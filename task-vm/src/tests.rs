@@ -3,19 +3,11 @@ use serde_json::json;
 use crate::{Limits, TaskCode, VmError, VmPool};
 
 fn code(key: &str, source: &str) -> TaskCode {
-    TaskCode {
-        key: key.into(),
-        entry_path: "main.py".into(),
-        source: source.into(),
-        handler: "run".into(),
-        modules: Vec::new(),
-        limits: Limits {
-            max_output_bytes: 1024,
-            ..Limits::default()
-        },
-        models: Vec::new(),
-        wasm: None,
-    }
+    let limits = Limits {
+        max_output_bytes: 1024,
+        ..Limits::default()
+    };
+    TaskCode::python(key, source, limits)
 }
 
 /// Runs and returns only the records.

@@ -128,16 +128,7 @@ pub(crate) fn build(code: &TaskCode) -> Result<Sandbox, SetupError> {
 /// process's one-time state, so that no task pays for them, and no task's thread can be parked at
 /// its memory cap while holding a process-wide lock during that set-up.
 pub(crate) fn warm_up() {
-    let code = TaskCode {
-        key: "walle-warm-up".into(),
-        entry_path: String::new(),
-        source: String::new(),
-        handler: String::new(),
-        modules: Vec::new(),
-        limits: crate::Limits::default(),
-        models: Vec::new(),
-        wasm: None,
-    };
+    let code = TaskCode::python("walle-warm-up", "", crate::Limits::default());
     if let Err(e) = build(&code) {
         tracing::error!(error = %e.0, "VM worker warm-up failed");
     }

@@ -16,16 +16,7 @@ pub const PATIENCE: Duration = Duration::from_secs(60);
 
 /// A task whose entry script is `source` with handler `run`, under `limits`.
 pub fn task(key: &str, source: &str, limits: Limits) -> TaskCode {
-    TaskCode {
-        key: key.into(),
-        entry_path: "main.py".into(),
-        source: source.into(),
-        handler: "run".into(),
-        modules: Vec::new(),
-        limits,
-        models: Vec::new(),
-        wasm: None,
-    }
+    TaskCode::python(key, source, limits)
 }
 
 /// A task whose handler body is `body` (indented by the caller with four spaces per line).
