@@ -141,9 +141,26 @@ async fn main() -> anyhow::Result<()> {
         cloud.grpc_url(),
         data_dir.join("admin.token").display()
     );
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    stop_signal().await?;
+    eprintln!("walle-cloud: stopping");
     cloud.shutdown().await;
     Ok(())
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM (what a service manager sends to stop a service).
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
+        tokio::select! {
+            stop = tokio::signal::ctrl_c() => stop.context("waiting for Ctrl-C"),
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+    }
 }

@@ -168,8 +168,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         }
     );
     let restart = tokio::select! {
-        stop = tokio::signal::ctrl_c() => {
-            stop.context("waiting for Ctrl-C")?;
+        stop = stop_signal() => {
+            stop?;
+            eprintln!("walle-device: stopping");
             None
         }
         reason = agent.wait_restart_requested() => Some(reason),
@@ -179,6 +180,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     match restart {
         Some(reason) => restart_self(&reason),
         None => Ok(()),
+    }
+}
+
+/// Waits for Ctrl-C or, on Unix, SIGTERM (what a service manager sends to stop a service).
+async fn stop_signal() -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                .context("listening for SIGTERM")?;
+        tokio::select! {
+            stop = tokio::signal::ctrl_c() => stop.context("waiting for Ctrl-C"),
+            _ = terminate.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
     }
 }
 
