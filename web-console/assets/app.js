@@ -1,191 +1,258 @@
-// Walle console: reads the control-plane API with the operator token and renders tables.
-"use strict";
+// Walle console: sign-in, the role-aware navigation and the hash router.
+// Pages live in page-*.js; each exports `render(ctx)` and builds its part of <main>.
+// ctx = {main, params, query, me, may(capability), signal, navigate(hash)}; `signal` aborts
+// when the operator leaves the page (fetches and the release's live stream stop with it).
 
-const tokenInput = document.getElementById("token");
-const statusLine = document.getElementById("status");
-// A token in the URL fragment (#token=...) is never sent to the server; take it and drop it.
-const fragmentToken = new URLSearchParams(location.hash.slice(1)).get("token");
-if (fragmentToken) {
-  sessionStorage.setItem("walle-token", fragmentToken);
-  history.replaceState(null, "", location.pathname);
+import { api, getToken, setToken, clearToken, setUnauthorizedHandler, ApiError } from "./api.js";
+import { h, alertBox, field, uid } from "./ui.js";
+
+const main = document.getElementById("main");
+const nav = document.getElementById("nav");
+const who = document.getElementById("who");
+const whoami = document.getElementById("whoami");
+const navToggle = document.getElementById("nav-toggle");
+
+let me = null; // {id, name, role, may}
+let pageController = null;
+let signInMessage = "";
+let firstRender = true;
+
+const may = (capability) => Boolean(me && me.may && me.may.includes(capability));
+
+// Routes: [pattern, module, nav section]. `:x` captures one decoded path segment.
+const ROUTES = [
+  ["overview", "page-overview.js", "Overview"],
+  ["releases", "page-releases.js", "Releases"],
+  ["releases/new", "page-new-release.js", "New release"],
+  ["releases/:id", "page-release.js", "Releases"],
+  ["releases/:id/failures", "page-failures.js", "Releases"],
+  ["tasks", "page-tasks.js", "Tasks"],
+  ["tasks/:name", "page-task.js", "Tasks"],
+  ["tasks/:name/:version", "page-version.js", "Tasks"],
+  ["devices", "page-devices.js", "Devices"],
+  ["devices/:id", "page-device.js", "Devices"],
+  ["groups", "page-groups.js", "Groups"],
+  ["groups/:name", "page-group.js", "Groups"],
+  ["data", "page-data.js", "Data"],
+  ["admin", "page-admin.js", "Admin"],
+];
+
+const NAV = [
+  ["Overview", "#/overview", () => true],
+  ["Releases", "#/releases", () => true],
+  ["New release", "#/releases/new", () => may("create_release") || may("preview_release")],
+  ["Tasks", "#/tasks", () => true],
+  ["Devices", "#/devices", () => true],
+  ["Groups", "#/groups", () => true],
+  ["Data", "#/data", () => true],
+  ["Admin", "#/admin", () => may("admin")],
+];
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, "");
+  const [pathPart, queryPart = ""] = raw.split("?");
+  const segments = pathPart.split("/").filter(Boolean);
+  return { segments, query: new URLSearchParams(queryPart) };
 }
-tokenInput.value = sessionStorage.getItem("walle-token") || "";
 
-async function api(path) {
-  const response = await fetch("/v1" + path, {
-    headers: { Authorization: "Bearer " + tokenInput.value },
-  });
-  const body = await response.json();
-  if (!response.ok) throw new Error(body.error || response.statusText);
-  return body;
-}
-
-// Installed share of targeted devices over time, as a small SVG line.
-function sparkline(samples) {
-  const svg = document.createElementNS("http://www.w3.org/2000/svg", "svg");
-  svg.setAttribute("width", "120");
-  svg.setAttribute("height", "24");
-  if (samples.length > 0) {
-    const t0 = samples[0].at_ms;
-    const span = Math.max(1, samples[samples.length - 1].at_ms - t0);
-    const points = samples.map((s) => {
-      const share = s.targeted > 0 ? s.installed / s.targeted : 0;
-      return `${(118 * (s.at_ms - t0)) / span + 1},${22 - 20 * share + 1}`;
+function match(segments) {
+  if (!segments.length) return { route: ROUTES[0], params: {} };
+  for (const route of ROUTES) {
+    const parts = route[0].split("/");
+    if (parts.length !== segments.length) continue;
+    const params = {};
+    let ok = true;
+    parts.forEach((p, i) => {
+      if (p.startsWith(":")) {
+        try {
+          params[p.slice(1)] = decodeURIComponent(segments[i]);
+        } catch {
+          params[p.slice(1)] = segments[i];
+        }
+      } else if (p !== segments[i]) ok = false;
     });
-    const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
-    line.setAttribute("points", points.join(" "));
-    line.setAttribute("fill", "none");
-    line.setAttribute("stroke", "#2b7de9");
-    line.setAttribute("stroke-width", "2");
-    svg.appendChild(line);
+    if (ok) return { route, params };
   }
-  return svg;
+  return null;
 }
 
-async function act(id, action) {
-  const response = await fetch(`/v1/releases/${id}/${action}`, {
-    method: "POST",
-    headers: { Authorization: "Bearer " + tokenInput.value },
-  });
-  const body = await response.json();
-  statusLine.textContent = response.ok ? `${action}: ${id} is now ${body.state}` : "Error: " + body.error;
-  refresh();
+function renderNav(section) {
+  nav.replaceChildren(h("ul", {}, NAV.filter(([, , show]) => show()).map(([label, href]) =>
+    h("li", {}, h("a", { href, "aria-current": label === section ? "page" : null }, label)))));
+  nav.hidden = false;
+  navToggle.hidden = false;
+  who.hidden = false;
+  whoami.replaceChildren(h("span", { class: "who-name" }, me.name || me.id), " ",
+    h("span", { class: "role" }, me.role));
+  whoami.title = `Signed in as ${me.name} (${me.id}), role ${me.role}`;
 }
 
-// The operator actions a release in this state allows, as buttons.
-function actionButtons(release) {
-  const lastStage = release.stage >= release.policy.stages.length - 1;
-  const allowed = {
-    active: lastStage ? ["pause", "rollback"] : ["pause", "advance", "rollback"],
-    paused: ["resume", "rollback"],
-  }[release.state] || [];
-  const cell = document.createElement("span");
-  for (const action of allowed) {
-    const button = document.createElement("button");
-    button.textContent = action;
-    button.addEventListener("click", () => act(release.id, action));
-    cell.appendChild(button);
-  }
-  return cell;
+function hideChrome() {
+  nav.hidden = true;
+  navToggle.hidden = true;
+  who.hidden = true;
+  nav.replaceChildren();
 }
 
-function render(tableId, columns, rows) {
-  const table = document.getElementById(tableId);
-  table.replaceChildren();
-  const head = table.insertRow();
-  for (const [title] of columns) {
-    const th = document.createElement("th");
-    th.textContent = title;
-    head.appendChild(th);
-  }
-  for (const row of rows) {
-    const tr = table.insertRow();
-    for (const [, cell] of columns) {
-      const value = cell(row);
-      const td = tr.insertCell();
-      if (value instanceof Node) td.appendChild(value);
-      else td.textContent = value;
-    }
-  }
+// ---- sign-in ----
+
+function renderSignIn() {
+  if (pageController) pageController.abort();
+  hideChrome();
+  document.title = "Sign in · Walle console";
+  const input = h("input", { type: "password", autocomplete: "off", required: true, spellcheck: "false" });
+  const errorSlot = h("div");
+  const button = h("button", { type: "submit", class: "primary" }, "Sign in");
+  const form = h("form", {
+    class: "signin card",
+    onsubmit: async (event) => {
+      event.preventDefault();
+      errorSlot.replaceChildren();
+      const token = input.value.trim();
+      if (!token) {
+        errorSlot.append(alertBox("Enter an operator token."));
+        return;
+      }
+      button.disabled = true;
+      try {
+        me = await whoAmI(token);
+        setToken(token);
+        signInMessage = "";
+        if (!location.hash || location.hash === "#/" || location.hash.startsWith("#/signin")) {
+          location.hash = "#/overview";
+        } else {
+          route();
+        }
+      } catch (e) {
+        errorSlot.append(alertBox(e, "Sign-in failed"));
+      } finally {
+        button.disabled = false;
+      }
+    },
+  },
+  h("h1", {}, "Sign in"),
+  h("p", { class: "muted" }, "Use an operator token. The first admin token is in the cloud's data directory (",
+    h("code", {}, "admin.token"), ")."),
+  signInMessage ? h("div", { class: "notice", role: "status" }, signInMessage) : null,
+  field("Operator token", input, { help: "Kept in this browser tab only (session storage) until you sign out." }),
+  errorSlot,
+  h("div", { class: "actions" }, button));
+  main.replaceChildren(form);
+  input.focus();
 }
 
-const time = (ms) => new Date(ms).toLocaleString();
-
-// Each stage's cohort: installed of targeted, failed devices, runs ok/failed.
-function stageLines(stats) {
-  const list = document.createElement("span");
-  for (const s of stats.stages) {
-    const line = document.createElement("div");
-    line.textContent = `${s.percent}%: ${s.installed}/${s.targeted} installed, ` +
-      `${s.failed_devices} failed, runs ${s.runs_ok}/${s.runs_failed}`;
-    list.appendChild(line);
-  }
-  return list;
-}
-
-const percent = (share) => `${Math.round(share * 1000) / 10}%`;
-
-// The policy's gate and abort rule, a line each, so thresholds sit beside the figures they judge.
-function policyLines(policy) {
-  const gate = policy.gate;
-  const conditions = gate.auto_advance
-    ? [`auto at ≥ ${percent(gate.min_success_rate)} ok of ≥ ${gate.min_devices} devices`]
-    : ["manual"];
-  if (gate.min_soak_secs) conditions.push(`soak ${gate.min_soak_secs} s`);
-  if (gate.max_run_p99_ms != null) conditions.push(`run p99 ≤ ${gate.max_run_p99_ms} ms`);
-  const lines = [`gate: ${conditions.join(", ")}`];
-  const abort = policy.abort;
-  if (abort) {
-    const rules = [];
-    if (abort.max_failed_devices != null) rules.push(`≥ ${abort.max_failed_devices} failed devices`);
-    if (abort.max_failure_rate != null) {
-      rules.push(`≥ ${percent(abort.max_failure_rate)} failed of ≥ ${abort.min_executed} devices`);
-    }
-    if (abort.max_run_p99_ms != null) {
-      rules.push(`run p99 > ${abort.max_run_p99_ms} ms over ≥ ${abort.min_runs} runs`);
-    }
-    lines.push(`abort: ${rules.join(" or ")}`);
-  }
-  const list = document.createElement("span");
-  for (const text of lines) {
-    const line = document.createElement("div");
-    line.textContent = text;
-    list.appendChild(line);
-  }
-  return list;
-}
-
-async function refresh() {
+// Fallback used only while the backend has not landed GET /v1/me: the token is checked against a
+// read endpoint and every capability is assumed (the API still refuses what the role may not do).
+async function whoAmI(token) {
   try {
-    const [releases, tasks, groups, devices, records] = await Promise.all([
-      api("/releases"), api("/tasks"), api("/groups"), api("/devices"), api("/records?limit=20"),
-    ]);
-    const stats = await Promise.all(releases.map(async (r) => {
-      const [status, coverage] = await Promise.all([
-        api("/releases/" + r.id), api(`/releases/${r.id}/coverage`),
-      ]);
-      return { ...status, coverage };
-    }));
-    render("releases", [
-      ["id", (r) => r.id], ["task", (r) => r.task], ["version", (r) => r.version],
-      ["state", (r) => r.state + (r.state_reason ? ` (${r.state_reason})` : "")],
-      ["stage", (r) => `${r.stage + 1}/${r.policy.stages.length}: ${r.policy.stages[r.stage]}%`],
-      ["gate / abort", (r) => policyLines(r.policy)],
-      ["installed", (r) => `${r.stats.installed}/${r.stats.targeted}`],
-      ["coverage over time", (r) => sparkline(r.coverage)],
-      ["notified / synced", (r) => `${r.stats.notified} / ${r.stats.synced}`],
-      ["install failed", (r) => r.stats.install_failed],
-      ["runs ok / failed", (r) => `${r.stats.runs_ok} / ${r.stats.runs_failed}`],
-      ["rolled back", (r) => r.stats.rolled_back],
-      ["run p50 / p99 ms", (r) => `${r.stats.runs.duration_p50_ms ?? "–"} / ${r.stats.runs.duration_p99_ms ?? "–"}`],
-      ["waited p99 ms", (r) => r.stats.runs.queued_p99_ms ?? "–"],
-      ["runs dropped", (r) => r.stats.runs.dropped],
-      ["failures by kind", (r) => Object.entries(r.stats.runs.failures_by_kind).map(([k, n]) => `${k} ${n}`).join(", ") || "–"],
-      ["per stage", (r) => stageLines(r.stats)],
-      ["created", (r) => time(r.created_at_ms)],
-      ["actions", (r) => actionButtons(r)],
-    ], stats);
-    render("tasks", [["name", (t) => t.name], ["description", (t) => t.description],
-      ["created", (t) => time(t.created_at_ms)]], tasks);
-    render("groups", [["name", (g) => g.name], ["description", (g) => g.description],
-      ["members", (g) => g.members]], groups);
-    render("devices", [
-      ["id", (d) => d.id], ["app", (d) => `${d.profile.app_id} ${d.profile.app_version}`],
-      ["tasks", (d) => d.tasks.map((t) => `${t.task}@${t.version} (${t.state})`).join(", ")],
-      ["last seen", (d) => time(d.last_seen_ms)],
-    ], devices);
-    render("records", [["device", (r) => r.device_id], ["task", (r) => `${r.task}@${r.version}`],
-      ["payload", (r) => JSON.stringify(r.payload)], ["received", (r) => time(r.received_at_ms)]], records);
-    statusLine.textContent = "Updated " + new Date().toLocaleTimeString();
+    return await api("/me", { token });
   } catch (e) {
-    statusLine.textContent = "Error: " + e.message;
+    if (!(e instanceof ApiError) || e.status !== 404) throw e;
+    await api("/tasks", { token });
+    return {
+      id: "?", name: "operator", role: "unknown (GET /v1/me missing)",
+      may: ["upload_version", "preview_release", "create_release", "act_release", "manage_groups", "admin"],
+      meMissing: e.message,
+    };
   }
 }
 
-document.getElementById("login").addEventListener("submit", (event) => {
-  event.preventDefault();
-  sessionStorage.setItem("walle-token", tokenInput.value);
-  refresh();
+function signOut(message) {
+  clearToken();
+  me = null;
+  signInMessage = message || "";
+  if (pageController) pageController.abort();
+  renderSignIn();
+}
+
+setUnauthorizedHandler((message) => {
+  if (!getToken() && !me) return;
+  signOut(`You were signed out: the cloud answered ${message}. Sign in again.`);
 });
-if (tokenInput.value) refresh();
-setInterval(() => tokenInput.value && refresh(), 5000);
+
+document.getElementById("signout").addEventListener("click", () => signOut("Signed out."));
+navToggle.addEventListener("click", () => {
+  const open = navToggle.getAttribute("aria-expanded") !== "true";
+  navToggle.setAttribute("aria-expanded", String(open));
+  nav.classList.toggle("open", open);
+});
+document.getElementById("skip").addEventListener("click", (e) => {
+  e.preventDefault();
+  main.focus();
+});
+
+// ---- router ----
+
+async function route() {
+  if (pageController) pageController.abort();
+  if (!getToken()) {
+    renderSignIn();
+    return;
+  }
+  if (!me) {
+    main.replaceChildren(h("p", { class: "muted", role: "status" }, "Checking your token…"));
+    try {
+      me = await whoAmI(getToken());
+    } catch (e) {
+      if (e instanceof ApiError && e.status === 401) return; // handler already signed out
+      hideChrome();
+      main.replaceChildren(h("h1", {}, "Cannot sign in"), alertBox(e),
+        h("button", { type: "button", onclick: () => signOut("") }, "Back to sign-in"));
+      return;
+    }
+  }
+  const { segments, query } = parseHash();
+  const found = match(segments);
+  const controller = new AbortController();
+  pageController = controller;
+  nav.classList.remove("open");
+  navToggle.setAttribute("aria-expanded", "false");
+  if (!found) {
+    renderNav("");
+    main.replaceChildren(h("h1", {}, "Page not found"),
+      h("p", {}, "No page at ", h("code", {}, location.hash), ". ", h("a", { href: "#/overview" }, "Go to the overview.")));
+    return;
+  }
+  const [, module, section] = found.route;
+  renderNav(section);
+  main.replaceChildren(h("p", { class: "muted", role: "status" }, "Loading…"));
+  const banner = me.meMissing
+    ? h("div", { class: "alert", role: "alert" }, `GET /v1/me: ${me.meMissing} — role-based hiding is off until the cloud serves it.`)
+    : null;
+  try {
+    const page = await import(`./${module}`);
+    if (controller.signal.aborted) return;
+    main.replaceChildren();
+    if (banner) main.append(banner);
+    await page.render({
+      main, params: found.params, query, me, may, signal: controller.signal,
+      navigate: (hash) => { location.hash = hash; },
+    });
+  } catch (e) {
+    if (e.name === "AbortError" || controller.signal.aborted) return;
+    if (e instanceof ApiError && e.status === 401) return;
+    if (!main.querySelector("h1")) main.append(h("h1", {}, section));
+    main.append(alertBox(e));
+  }
+  if (controller.signal.aborted) return;
+  const h1 = main.querySelector("h1");
+  document.title = `${h1 ? h1.textContent : section} · Walle console`;
+  if (!firstRender && h1) {
+    h1.setAttribute("tabindex", "-1");
+    h1.focus({ preventScroll: false });
+  }
+  firstRender = false;
+}
+
+// A token in the URL fragment (`#token=…`, printed by `walle demo`) is never sent to the server;
+// take it and drop it from the address bar.
+const fragmentToken = new URLSearchParams(location.hash.replace(/^#/, "")).get("token");
+if (fragmentToken) {
+  setToken(fragmentToken);
+  history.replaceState(null, "", `${location.pathname}#/overview`);
+}
+
+window.addEventListener("hashchange", route);
+route();
+
+export { uid };
