@@ -6,6 +6,11 @@ set -euo pipefail
 need_apt=()
 command -v python3 >/dev/null 2>&1 || need_apt+=(python3)
 command -v cc >/dev/null 2>&1 || need_apt+=(gcc)
+# The console's browser tests (scripts/console-test.sh): Debian's headless Chromium, driven by
+# playwright-core from npm (no browser download), and Node 20 or newer to run them.
+[ -x /usr/bin/chromium ] || need_apt+=(chromium chromium-driver)
+command -v node >/dev/null 2>&1 || need_apt+=(nodejs)
+command -v npm >/dev/null 2>&1 || need_apt+=(npm)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "setup: installing ${need_apt[*]}"
   apt-get update -qq && apt-get install -y -qq "${need_apt[@]}"
@@ -35,4 +40,17 @@ if [ "$(cat "$py_env/.walle-packages" 2>/dev/null)" != "$py_packages" ]; then
   # shellcheck disable=SC2086 # the list is meant to split into packages
   "$py_env/bin/pip" install -q --disable-pip-version-check $py_packages
   echo "$py_packages" > "$py_env/.walle-packages"
+fi
+
+# npm packages of the console's browser tests (playwright-core and axe-core, exact versions in
+# web-console/e2e/package-lock.json), installed with `npm ci` only when node_modules is missing or
+# the lock file changed since the last install (a stamp beside node_modules holds its sha256).
+node_major=$(node -p 'process.versions.node.split(".")[0]')
+[ "$node_major" -ge 20 ] || { echo "setup: the console tests need Node 20 or newer (found $(node --version))" >&2; exit 1; }
+e2e_dir="$(cd "$(dirname "$0")/.." && pwd)/web-console/e2e"
+e2e_lock=$(sha256sum "$e2e_dir/package-lock.json" | cut -d' ' -f1)
+if [ ! -d "$e2e_dir/node_modules" ] || [ "$(cat "$e2e_dir/node_modules/.walle-lock" 2>/dev/null)" != "$e2e_lock" ]; then
+  echo "setup: npm ci in web-console/e2e"
+  (cd "$e2e_dir" && npm ci --no-audit --no-fund --loglevel=error)
+  echo "$e2e_lock" > "$e2e_dir/node_modules/.walle-lock"
 fi
