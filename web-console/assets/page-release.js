@@ -188,7 +188,7 @@ export async function render({ main, params, signal, may }) {
     actionsKey = key;
     const hadFocus = actionsBox.contains(document.activeElement) ? document.activeElement.textContent : null;
     actionsBox.replaceChildren(
-      actions.length ? null : h("p", { class: "muted" }, "No actions are possible in this state."),
+      ...(actions.length ? [] : [h("p", { class: "muted" }, "No actions are possible in this state.")]),
       ...actions.map((a) => h("button", {
         type: "button",
         class: a.action === "abort" || a.action === "rollback" ? "danger" : "secondary",
