@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The whole test suite: unit and integration tests of every crate, plus the binary walkthrough.
+# The whole test suite: unit and integration tests of every crate, the binary walkthrough, and
+# the console's browser tests (headless Chromium against a live cloud and devices).
 # Installs what the tests need first (idempotent). This is the README's test command and what
 # .ci/run calls.
 set -euo pipefail
@@ -14,3 +15,4 @@ if cargo nextest --version >/dev/null 2>&1; then
 else
   cargo test --workspace --no-fail-fast
 fi
+bash scripts/console-test.sh

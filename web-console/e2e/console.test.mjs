@@ -1,0 +1,474 @@
+// End-to-end tests of the operator console: headless Chromium against a live walle-cloud with
+// real walle-device processes. Run with scripts/console-test.sh (or `node --test` in this folder
+// with WALLE_BIN_DIR naming the binaries' folder).
+//
+// The tests share one fleet and run in order; each sets up through the API what an earlier one
+// would have left behind when that one failed, so a broken page fails only its own test.
+
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { Fleet, waitFor } from "./fleet.mjs";
+import {
+  PHONE,
+  launchBrowser,
+  newPage,
+  signIn,
+  go,
+  heading,
+  axeViolations,
+  screenshot,
+  setNoReloadMarker,
+  assertNoReload,
+} from "./browser.mjs";
+
+const TASK = "ipv-feature";
+const DEVICES = 6;
+const FAILING_ERROR = "walle-e2e: version 1.2.0 fails on purpose";
+const ACTION_BUTTONS = ["Advance", "Pause", "Resume", "Abort", "Roll back", "Start release", "Upload", "Create token", "Revoke"];
+
+let fleet;
+let browser;
+// What the tests made, for the ones after them: release ids, the versions uploaded.
+const made = { releases: {} };
+
+before(
+  async () => {
+    fleet = await Fleet.start({ devices: DEVICES });
+    browser = await launchBrowser();
+  },
+  { timeout: 120_000 },
+);
+
+after(async () => {
+  await browser?.close().catch(() => {});
+  await fleet?.stop();
+});
+
+/**
+ * One test with a fresh browser page. On failure the error is given the page's URL, the
+ * browser's errors and the tail of every process's log, and a screenshot is saved as
+ * FAILED-<slug>.png.
+ */
+function scenario(name, timeoutMs, body) {
+  test(name, { timeout: timeoutMs }, async () => {
+    const page = await newPage(browser);
+    try {
+      await body(page);
+    } catch (e) {
+      const slug = name.replace(/[^a-z0-9]+/gi, "-").toLowerCase().slice(0, 60);
+      const shot = await screenshot(page, `FAILED-${slug}`).catch(() => "(no screenshot)");
+      const problems = page.problems.length ? `\nbrowser:\n  ${page.problems.slice(-10).join("\n  ")}` : "";
+      e.message += `\npage: ${page.url()} (screenshot ${shot})${problems}\n${fleet.logTails()}`;
+      throw e;
+    } finally {
+      await page.context().close().catch(() => {});
+    }
+  });
+}
+
+// ---- helpers ---------------------------------------------------------------------------------
+
+/** The first integer in a figure's text ("4", "4 of 6", "67 %"), or NaN. */
+async function figure(page, name) {
+  const text = await page.locator(`[data-figure="${name}"]`).first().textContent();
+  const match = /-?\d+/.exec(text ?? "");
+  return match ? Number(match[0]) : NaN;
+}
+
+async function waitFigure(page, name, predicate, what, timeoutMs = 45_000) {
+  return waitFor(
+    `the page's ${name} figure ${what}`,
+    async () => {
+      const value = await figure(page, name);
+      return predicate(value) ? { value } : false;
+    },
+    { timeoutMs },
+  ).then((r) => r.value);
+}
+
+/** Fills a text field or picks from a <select>, whichever the console made. */
+async function setField(locator, value) {
+  const tag = await locator.evaluate((el) => el.tagName.toLowerCase());
+  if (tag === "select") {
+    await waitFor(`option ${value}`, () => locator.evaluate((el, v) => [...el.options].some((o) => o.value === v || o.text === v), value));
+    await locator.selectOption(value);
+  } else {
+    await locator.fill(value);
+  }
+}
+
+async function packAndPublish(version, scriptSuffix) {
+  if (!(await fleet.hasVersion(TASK, version))) {
+    const bundle = await fleet.pack(TASK, { version, scriptSuffix });
+    await fleet.publish(bundle, TASK);
+  }
+}
+
+/** 1.0.0 released to every device through the API and installed everywhere. */
+async function ensureBaseline() {
+  if (made.releases.base) return;
+  await packAndPublish("1.0.0");
+  const release = await fleet.createRelease(TASK, "1.0.0", { stages: [100] });
+  made.releases.base = release.id;
+  await fleet.waitInstalled(TASK, "1.0.0");
+}
+
+/** Some active release to look at (the staged one when it exists). */
+async function activeReleaseId() {
+  await ensureBaseline();
+  for (const id of [made.releases.staged, made.releases.base]) {
+    if (id && (await fleet.release(id)).state === "active") return id;
+  }
+  const rows = await fleet.api("GET", `/v1/releases?task=${TASK}&state=active`);
+  assert.ok(rows.length > 0, "no active release");
+  return rows[0].id;
+}
+
+/** Opens the confirmation dialog of `action`, checks it shows the API's effect text, confirms. */
+async function confirmAction(page, releaseId, buttonName, action) {
+  const detail = await fleet.release(releaseId);
+  const offered = (detail.actions || []).find((a) => a.action === action);
+  assert.ok(offered, `the API offers no ${action} for ${releaseId}: ${JSON.stringify(detail.actions)}`);
+  await page.getByRole("button", { name: buttonName, exact: true }).click();
+  const dialog = page.locator("dialog[open]");
+  await dialog.waitFor({ state: "visible" });
+  const text = (await dialog.textContent()).replace(/\s+/g, " ");
+  assert.ok(text.includes(offered.effect.replace(/\s+/g, " ")), `the ${buttonName} dialog does not show the API's effect ${JSON.stringify(offered.effect)}: ${JSON.stringify(text)}`);
+  await dialog.getByRole("button", { name: "Confirm", exact: true }).click();
+  await dialog.waitFor({ state: "hidden" });
+}
+
+// ---- tests -----------------------------------------------------------------------------------
+
+scenario("sign-in: the form, a refused token, who I am, the navigation, sign out", 60_000, async (page) => {
+  await page.goto(`${fleet.url}/console/`);
+  await page.getByLabel("Operator token").fill("wlo_not-a-real-token");
+  await page.getByRole("button", { name: "Sign in" }).click();
+  const refused = page.getByRole("alert");
+  await refused.first().waitFor({ state: "visible" });
+  assert.match(await refused.first().textContent(), /\S/, "the refusal says nothing");
+  assert.equal(await page.locator('[data-test="whoami"]').filter({ hasText: /\S/ }).isVisible(), false, "signed in with a bad token");
+
+  await signIn(page, fleet);
+  const whoami = (await page.locator('[data-test="whoami"]').textContent()).toLowerCase();
+  assert.match(whoami, /admin/, `whoami does not show the role: ${whoami}`);
+  await heading(page, /overview/i);
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("walle.token")), fleet.adminToken);
+  const nav = page.getByRole("navigation", { name: "Main" });
+  for (const link of ["Overview", "Releases", "New release", "Tasks", "Devices", "Groups", "Data", "Admin"]) {
+    assert.equal(await nav.getByRole("link", { name: link, exact: true }).count(), 1, `no ${link} link for an admin`);
+  }
+  // The overview counts the connected fleet.
+  await waitFor("the overview to show the registered devices", async () => (await page.locator("main").textContent()).includes(String(DEVICES)));
+
+  await page.getByRole("button", { name: "Sign out" }).click();
+  await page.getByLabel("Operator token").waitFor({ state: "visible" });
+  assert.equal(await page.evaluate(() => sessionStorage.getItem("walle.token")), null, "the token is still stored after sign out");
+});
+
+scenario("tasks: upload a version through the file input, see its manifest; a duplicate is refused", 60_000, async (page) => {
+  const bundle = await fleet.pack(TASK, { version: "1.0.0" });
+  await fleet.ensureTask(TASK, "Item-page-view feature");
+  await signIn(page, fleet);
+  await go(page, `#/tasks/${TASK}`);
+  await heading(page, new RegExp(TASK));
+  await page.getByLabel("Bundle file").setInputFiles(bundle);
+  await page.getByRole("button", { name: "Upload", exact: true }).click();
+  const versionLink = page.locator(`a[href="#/tasks/${TASK}/1.0.0"]`).first();
+  await versionLink.waitFor({ state: "visible" });
+  assert.ok(await fleet.hasVersion(TASK, "1.0.0"), "the API does not list the uploaded version");
+
+  // The same bundle again: the API answers 409 and the page shows its text.
+  await page.getByLabel("Bundle file").setInputFiles(bundle);
+  await page.getByRole("button", { name: "Upload", exact: true }).click();
+  const alert = page.getByRole("alert").filter({ hasText: /exist|already|1\.0\.0/i });
+  await alert.first().waitFor({ state: "visible" });
+
+  await versionLink.click();
+  await heading(page, /1\.0\.0/);
+  const manifest = page.locator('[data-test="manifest"]');
+  await manifest.waitFor({ state: "visible" });
+  const text = await manifest.textContent();
+  assert.ok(text.includes(TASK) && text.includes("main.py") && text.includes("item-page-view"), `the manifest is not shown: ${text}`);
+});
+
+scenario("new release: preview, start, watch the chart and counts move live, advance", 120_000, async (page) => {
+  await ensureBaseline();
+  await packAndPublish("1.1.0");
+  await signIn(page, fleet);
+  await go(page, "#/releases/new");
+  await heading(page, /new release/i);
+  await setField(page.getByLabel("Task", { exact: true }), TASK);
+  await setField(page.getByLabel("Version", { exact: true }), "1.1.0");
+  await page.getByLabel("Stages", { exact: true }).fill("50, 100");
+  await page.getByRole("button", { name: "Preview", exact: true }).click();
+  const preview = page.locator('[data-test="preview"]');
+  await preview.waitFor({ state: "visible" });
+  const rows = preview.locator("tbody tr");
+  await waitFor("two preview rows", async () => (await rows.count()) === 2);
+  const lastRow = (await rows.nth(1).textContent()).replace(/\s+/g, " ");
+  assert.match(lastRow, /100/, `the last preview row is not the 100 % stage: ${lastRow}`);
+  assert.match(lastRow, /1\.1\.0/, `the 100 % stage does not list 1.1.0: ${lastRow}`);
+  assert.match(lastRow, new RegExp(`\\b${DEVICES}\\b`), `the 100 % stage does not count ${DEVICES} devices: ${lastRow}`);
+  assert.match(await preview.textContent(), /1\.0\.0/, "the preview does not show the version the held-back devices keep");
+
+  await page.getByRole("button", { name: "Start release", exact: true }).click();
+  const id = await waitFor("the release's page", () => {
+    const m = /#\/releases\/([^/?]+)$/.exec(new URL(page.url()).hash);
+    return m && m[1] !== "new" ? decodeURIComponent(m[1]) : false;
+  });
+  made.releases.staged = id;
+  const created = await fleet.release(id);
+  assert.equal(created.version, "1.1.0");
+  assert.deepEqual(created.policy.stages.map(Number), [50, 100]);
+
+  await heading(page, `Release ${TASK} 1.1.0`);
+  await setNoReloadMarker(page);
+  // Sample what the page shows every 100 ms, from inside the page, to see the figures move.
+  await page.evaluate(() => {
+    window.__samples = [];
+    setInterval(() => {
+      const installed = document.querySelector('[data-figure="installed"]')?.textContent ?? "";
+      const chart = document.querySelector('svg[role="img"][aria-label="Coverage over time"]');
+      window.__samples.push({ installed: Number((/-?\d+/.exec(installed) || [NaN])[0]), points: Number(chart?.getAttribute("data-points")) });
+    }, 100);
+  });
+  await waitFor('the live indicator to read "live"', async () => /\blive\b/i.test(await page.locator('[data-test="live"]').textContent()));
+  const chart = page.locator('svg[role="img"][aria-label="Coverage over time"]');
+  await chart.waitFor({ state: "visible" });
+  const firstPoints = Number(await chart.getAttribute("data-points"));
+
+  // Stage 1 (50 %): the devices the preview put there install; the page follows.
+  const stageOne = (await fleet.release(id)).stats.stages[0].targeted;
+  await waitFigure(page, "installed", (v) => v === stageOne, `to reach stage 1's ${stageOne} devices`);
+  await waitFor("the chart to draw new samples", async () => Number(await chart.getAttribute("data-points")) > firstPoints, { timeoutMs: 15_000 });
+
+  await confirmAction(page, id, "Advance", "advance");
+  await waitFigure(page, "installed", (v) => v === DEVICES, `to reach all ${DEVICES} devices`);
+  await waitFigure(page, "targeted", (v) => v === DEVICES, `to be ${DEVICES}`);
+  await fleet.waitInstalled(TASK, "1.1.0");
+  const stages = page.locator('[data-test="stages"] tbody tr');
+  assert.equal(await stages.count(), 2, "the per-stage table does not have the release's 2 stages");
+  assert.match(await page.locator('[data-test="state"]').textContent(), /active/i);
+
+  const samples = await page.evaluate(() => window.__samples);
+  const installedSeen = samples.map((s) => s.installed).filter((v) => !Number.isNaN(v));
+  assert.ok(Math.min(...installedSeen) < DEVICES, `the page never showed fewer than ${DEVICES} installed: ${[...new Set(installedSeen)]}`);
+  assert.equal(installedSeen.at(-1), DEVICES);
+  const points = samples.map((s) => s.points).filter((v) => !Number.isNaN(v));
+  assert.ok(points.at(-1) > points[0], `the chart's data-points did not grow: ${points[0]} -> ${points.at(-1)}`);
+  await assertNoReload(page);
+});
+
+scenario("a failing version: failure count -> failures -> device and its error; Abort rolls devices back", 150_000, async (page) => {
+  await ensureBaseline();
+  // What each device runs before the failing version arrives.
+  const before = {};
+  for (const d of fleet.devices) before[d.id] = await fleet.installedOn(d, TASK);
+  await packAndPublish("1.2.0", `def run(ctx):\n    raise RuntimeError(${JSON.stringify(FAILING_ERROR)})`);
+  const release = await fleet.createRelease(TASK, "1.2.0", { stages: [100] });
+  made.releases.failing = release.id;
+  await fleet.waitInstalled(TASK, "1.2.0");
+  for (const d of fleet.devices) {
+    const answer = await fleet.visit(d);
+    assert.equal(answer.triggered, 1, `${d.id} did not trigger a run: ${JSON.stringify(answer)}`);
+  }
+  await waitFor(`${DEVICES} failed devices in the release's statistics`, async () => (await fleet.release(release.id)).stats.failed_devices === DEVICES);
+
+  await signIn(page, fleet);
+  await go(page, `#/releases/${release.id}`);
+  await heading(page, `Release ${TASK} 1.2.0`);
+  await waitFigure(page, "failed_devices", (v) => v === DEVICES, `to show ${DEVICES}`);
+  await page.locator('[data-figure="failed_devices"] a').first().click();
+  await waitFor("the failures page", () => new URL(page.url()).hash.startsWith(`#/releases/${release.id}/failures`));
+  const failures = page.locator('[data-test="failures"]');
+  await failures.waitFor({ state: "visible" });
+  await waitFor(`${DEVICES} failure rows`, async () => (await failures.locator("tbody tr").count()) >= DEVICES);
+  const firstRow = failures.locator("tbody tr").first();
+  assert.ok((await firstRow.locator("pre").textContent()).includes(FAILING_ERROR), "the failure row does not show the device's error");
+  const deviceLink = firstRow.locator('a[href^="#/devices/"]').first();
+  const deviceId = decodeURIComponent((await deviceLink.getAttribute("href")).slice("#/devices/".length));
+  assert.ok(before[deviceId] !== undefined, `the failure names an unknown device ${deviceId}`);
+  await deviceLink.click();
+  await heading(page, new RegExp(deviceId));
+  await waitFor("the device page to show the error", async () => (await page.locator("main").textContent()).includes(FAILING_ERROR));
+
+  // Abort from the release's page, through the confirmation dialog.
+  await go(page, `#/releases/${release.id}`);
+  await heading(page, `Release ${TASK} 1.2.0`);
+  await setNoReloadMarker(page);
+  await waitFigure(page, "installed", (v) => v === DEVICES, `to show ${DEVICES}`);
+  await confirmAction(page, release.id, "Abort", "abort");
+  await waitFor("the state to read aborted", async () => /aborted/i.test(await page.locator('[data-test="state"]').textContent()));
+  await waitFigure(page, "installed", (v) => v === 0, "to drop to 0 as devices leave the version");
+  await waitFigure(page, "still_running", (v) => v === 0, "to drop to 0 once every device rolled back");
+  await assertNoReload(page);
+  assert.equal((await fleet.release(release.id)).state, "aborted");
+  for (const d of fleet.devices) {
+    await waitFor(`${d.id} back on ${before[d.id]}`, async () => (await fleet.installedOn(d, TASK)) === before[d.id], { timeoutMs: 45_000 });
+    await waitFor(`the API's tasks of ${d.id} to show ${before[d.id]}`, async () => {
+      const detail = await fleet.api("GET", `/v1/devices/${d.id}`);
+      return detail.tasks.some((t) => t.task === TASK && t.version === before[d.id]);
+    });
+  }
+  // The release of the version the devices went back to counts them installed again.
+  const previous = await activeReleaseId();
+  const previousVersion = (await fleet.release(previous)).version;
+  const onPrevious = Object.values(before).filter((v) => v === previousVersion).length;
+  await go(page, `#/releases/${previous}`);
+  await heading(page, `Release ${TASK} ${previousVersion}`);
+  await waitFigure(page, "installed", (v) => v === onPrevious, `of ${previousVersion} to return to ${onPrevious}`);
+});
+
+scenario("roles: a viewer sees no action buttons anywhere (and an admin does)", 90_000, async (page) => {
+  const releaseId = await activeReleaseId();
+  const version = (await fleet.release(releaseId)).version;
+  // Control: the admin sees the actions on the same pages.
+  await signIn(page, fleet);
+  await go(page, `#/releases/${releaseId}`);
+  await heading(page, `Release ${TASK} ${version}`);
+  await page.getByRole("button", { name: "Abort", exact: true }).waitFor({ state: "visible" });
+  await go(page, `#/tasks/${TASK}`);
+  await page.getByRole("button", { name: "Upload", exact: true }).waitFor({ state: "visible" });
+  await page.getByRole("button", { name: "Sign out" }).click();
+
+  const viewer = await fleet.createToken("e2e viewer", "viewer");
+  await signIn(page, fleet, viewer);
+  assert.match((await page.locator('[data-test="whoami"]').textContent()).toLowerCase(), /viewer/);
+  const nav = page.getByRole("navigation", { name: "Main" });
+  await nav.getByRole("link", { name: "Overview", exact: true }).waitFor();
+  assert.equal(await nav.getByRole("link", { name: "New release", exact: true }).count(), 0, "a viewer is offered New release");
+  assert.equal(await nav.getByRole("link", { name: "Admin", exact: true }).count(), 0, "a viewer is offered Admin");
+
+  // Each page with what shows it has loaded its data.
+  const pages = [
+    ["#/overview", /overview/i, () => page.locator("main").filter({ hasText: TASK }).waitFor()],
+    ["#/releases", /releases/i, () => page.locator(`a[href="#/releases/${releaseId}"]`).first().waitFor()],
+    [`#/releases/${releaseId}`, `Release ${TASK} ${version}`, () => waitFigure(page, "installed", (v) => v >= 0, "to be filled")],
+    ["#/releases/new", /new release/i, null],
+    ["#/tasks", /tasks/i, () => page.locator(`a[href="#/tasks/${TASK}"]`).first().waitFor()],
+    [`#/tasks/${TASK}`, new RegExp(TASK), () => page.locator(`a[href="#/tasks/${TASK}/1.0.0"]`).first().waitFor()],
+    [`#/tasks/${TASK}/1.0.0`, /1\.0\.0/, () => page.locator('[data-test="manifest"]').waitFor()],
+    ["#/devices", /devices/i, () => page.locator('[data-test="devices"]').filter({ hasText: fleet.devices[0].id }).waitFor()],
+    [`#/devices/${fleet.devices[0].id}`, new RegExp(fleet.devices[0].id), () => page.locator("main").filter({ hasText: TASK }).waitFor()],
+    ["#/groups", /groups/i, null],
+    ["#/data", /data/i, null],
+  ];
+  if (made.releases.failing) pages.push([`#/releases/${made.releases.failing}`, `Release ${TASK} 1.2.0`, () => waitFigure(page, "failed_devices", (v) => v >= 0, "to be filled")]);
+  const offered = [];
+  for (const [hash, name, ready] of pages) {
+    await go(page, hash);
+    if (hash === "#/releases/new") {
+      // A viewer may not create releases: the page says so or shows no form; never Start release.
+      await page.locator("h1").first().waitFor();
+    } else {
+      await heading(page, name);
+    }
+    if (ready) await ready();
+    for (const button of ACTION_BUTTONS) {
+      if ((await page.getByRole("button", { name: button, exact: true }).count()) > 0) offered.push(`${button} on ${hash}`);
+    }
+    if ((await page.locator('input[type="file"]').count()) > 0) offered.push(`a file input on ${hash}`);
+  }
+  assert.deepEqual(offered, [], `a viewer is offered actions: ${offered.join(", ")}`);
+  // The server agrees: the viewer's token may not act.
+  await assert.rejects(fleet.api("POST", `/v1/releases/${releaseId}/pause`, { token: viewer }), (e) => e.status === 403);
+});
+
+scenario("accessibility: every page passes axe (no serious or critical violations); screenshots", 150_000, async (page) => {
+  const releaseId = await activeReleaseId();
+  const version = (await fleet.release(releaseId)).version;
+  const failing = made.releases.failing;
+  await fleet.api("POST", "/v1/groups", { body: { name: "beta", description: "E2E beta phones" } }).catch((e) => {
+    if (e.status !== 409) throw e;
+  });
+  await fleet.api("POST", "/v1/groups/beta/members", { body: { add: [fleet.devices[0].id, fleet.devices[1].id], remove: [] } });
+  const device = fleet.devices[0].id;
+
+  // [screenshot name, hash, h1, ready check, also at phone size]
+  const tour = [
+    ["overview", "#/overview", /overview/i, () => page.locator("main").filter({ hasText: TASK }).waitFor(), true],
+    ["releases", "#/releases", /releases/i, () => page.locator(`a[href="#/releases/${releaseId}"]`).first().waitFor(), false],
+    ["release-new", "#/releases/new", /new release/i, () => page.getByLabel("Stages", { exact: true }).waitFor(), false],
+    ["release", `#/releases/${releaseId}`, `Release ${TASK} ${version}`, () => waitFigure(page, "installed", (v) => v > 0, "to be filled"), true],
+    ["tasks", "#/tasks", /tasks/i, () => page.locator(`a[href="#/tasks/${TASK}"]`).first().waitFor(), false],
+    ["task", `#/tasks/${TASK}`, new RegExp(TASK), () => page.locator(`a[href="#/tasks/${TASK}/1.0.0"]`).first().waitFor(), false],
+    ["version", `#/tasks/${TASK}/1.0.0`, /1\.0\.0/, () => page.locator('[data-test="manifest"]').waitFor(), false],
+    ["devices", "#/devices", /devices/i, () => page.locator('[data-test="devices"]').filter({ hasText: device }).waitFor(), true],
+    ["device", `#/devices/${device}`, new RegExp(device), () => page.locator("main").filter({ hasText: TASK }).waitFor(), false],
+    ["groups", "#/groups", /groups/i, () => page.locator('a[href="#/groups/beta"]').first().waitFor(), false],
+    ["group", "#/groups/beta", /beta/, () => page.locator("main").filter({ hasText: device }).waitFor(), false],
+    ["data", "#/data", /data/i, null, false],
+    ["admin", "#/admin", /admin/i, () => page.locator('[data-test="audit"]').waitFor(), false],
+  ];
+  if (failing) {
+    tour.push(["failures", `#/releases/${failing}/failures`, /failures/i, () => page.locator('[data-test="failures"] tbody tr').first().waitFor(), true]);
+  }
+
+  const violations = [];
+  const check = async (name) => {
+    const found = await axeViolations(page);
+    if (found.length) violations.push(`${name} (${page.url()}):\n${found.join("\n")}`);
+    await screenshot(page, name);
+  };
+
+  await page.goto(`${fleet.url}/console/`);
+  await page.getByLabel("Operator token").waitFor();
+  await check("sign-in");
+  await signIn(page, fleet);
+  const problems = [];
+  for (const [name, hash, h1, ready] of tour) {
+    try {
+      await go(page, hash);
+      await heading(page, h1);
+      if (ready) await ready();
+      await check(name);
+    } catch (e) {
+      problems.push(`${name} (${hash}) did not load: ${e.message.split("\n")[0]}`);
+    }
+  }
+  // The confirmation dialog, open.
+  try {
+    await go(page, `#/releases/${releaseId}`);
+    await heading(page, `Release ${TASK} ${version}`);
+    await page.getByRole("button", { name: "Pause", exact: true }).click();
+    await page.locator("dialog[open]").waitFor();
+    await check("release-confirm-dialog");
+    await page.locator("dialog[open]").getByRole("button", { name: "Cancel", exact: true }).click();
+    assert.equal((await fleet.release(releaseId)).state, "active", "Cancel paused the release");
+  } catch (e) {
+    problems.push(`the confirmation dialog: ${e.message.split("\n")[0]}`);
+  }
+
+  // Phone size (375 px wide) for a few pages.
+  const phone = await newPage(browser, PHONE);
+  try {
+    await phone.goto(`${fleet.url}/console/`);
+    await phone.getByLabel("Operator token").waitFor();
+    const phoneCheck = async (name) => {
+      const found = await axeViolations(phone);
+      if (found.length) violations.push(`${name} at 375 px (${phone.url()}):\n${found.join("\n")}`);
+      await screenshot(phone, `${name}-phone`);
+    };
+    await phoneCheck("sign-in");
+    await signIn(phone, fleet);
+    for (const [name, hash, h1, , atPhone] of tour) {
+      if (!atPhone) continue;
+      try {
+        await go(phone, hash);
+        await heading(phone, h1);
+        await phone.locator("main").filter({ hasText: /\S/ }).waitFor();
+        // A page wider than the phone scrolls sideways as a whole: unusable.
+        const overflow = await phone.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+        if (overflow > 1) problems.push(`${name} at 375 px is ${overflow} px wider than the screen`);
+        await phoneCheck(name);
+      } catch (e) {
+        problems.push(`${name} at 375 px did not load: ${e.message.split("\n")[0]}`);
+      }
+    }
+  } finally {
+    await phone.context().close();
+  }
+  assert.deepEqual(problems, [], problems.join("\n"));
+  assert.equal(violations.length, 0, `axe found serious or critical violations:\n${violations.join("\n")}`);
+});
