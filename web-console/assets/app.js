@@ -194,7 +194,10 @@ async function route() {
     try {
       me = await whoAmI(getToken());
     } catch (e) {
-      if (e instanceof ApiError && e.status === 401) return; // handler already signed out
+      if (e instanceof ApiError && e.status === 401) {
+        signOut(`You were signed out: the cloud answered ${e.message}. Sign in again.`);
+        return;
+      }
       hideChrome();
       main.replaceChildren(h("h1", {}, "Cannot sign in"), alertBox(e),
         h("button", { type: "button", onclick: () => signOut("") }, "Back to sign-in"));
