@@ -1,7 +1,7 @@
 // Data: a task's tunnel records with filters (newest first) and the JSON Lines export.
 
 import { api, query } from "./api.js";
-import { h, table, fmtTime, field, pageHeader, section, showError, loading, download, alertBox, enc } from "./ui.js";
+import { h, detailPre, table, fmtTime, field, pageHeader, section, showError, loading, download, alertBox, enc } from "./ui.js";
 
 const toMs = (v) => (v ? new Date(v).getTime() : "");
 
@@ -46,7 +46,7 @@ export async function render({ main, query: q, signal }) {
           { title: "Task", cell: (r) => `${r.task} ${r.version}` },
           { title: "Created", help: "When the device produced the record.", cell: (r) => fmtTime(r.created_at_ms) },
           { title: "Received", help: "When the cloud received it.", cell: (r) => fmtTime(r.received_at_ms) },
-          { title: "Payload", cell: (r) => h("pre", { class: "detail" }, JSON.stringify(r.payload, null, 1)) },
+          { title: "Payload", cell: (r) => detailPre(JSON.stringify(r.payload, null, 1)) },
         ], rows, { test: "records", caption: "Records", empty: "No records match." }));
     } catch (e) {
       if (e.name === "AbortError") return;

@@ -1,7 +1,7 @@
 // One device: profile, online state, installed task versions, groups, recent reports, failures.
 
 import { api } from "./api.js";
-import { h, table, badge, fmtTime, fmtAgo, fmtMs, pageHeader, section, alertBox, enc } from "./ui.js";
+import { h, detailPre, table, badge, fmtTime, fmtAgo, fmtMs, pageHeader, section, alertBox, enc } from "./ui.js";
 import { failureColumns } from "./page-failures.js";
 
 const PROFILE = [
@@ -39,7 +39,7 @@ export async function render({ main, params, signal }) {
       { title: "Task", cell: (t) => h("a", { href: `#/tasks/${enc(t.task)}` }, t.task) },
       { title: "Version", cell: (t) => h("a", { href: `#/tasks/${enc(t.task)}/${enc(t.version)}` }, t.version) },
       { title: "State", help: "The install state the device reported for this task.", cell: (t) => badge(t.state) },
-      { title: "Detail", cell: (t) => (t.detail ? h("pre", { class: "detail" }, t.detail) : "–") },
+      { title: "Detail", cell: (t) => (t.detail ? detailPre(t.detail) : "–") },
       { title: "Updated", cell: (t) => h("time", { title: fmtTime(t.updated_at_ms) }, fmtAgo(t.updated_at_ms)) },
     ], d.tasks || [], { test: "device-tasks", caption: "Installed task versions", empty: "No task installed." })),
     section("Recent reports", table([
@@ -48,7 +48,7 @@ export async function render({ main, params, signal }) {
       { title: "Release", cell: (e) => (e.release_id ? h("a", { href: `#/releases/${enc(e.release_id)}` }, e.release_id) : "–") },
       { title: "Duration", num: true, help: "Run duration reported by the device.", cell: (e) => fmtMs(e.duration_ms) },
       { title: "When", cell: (e) => h("time", { title: fmtTime(e.at_ms) }, fmtAgo(e.at_ms)) },
-      { title: "Detail", cell: (e) => (e.detail ? h("pre", { class: "detail" }, e.detail) : "–") },
+      { title: "Detail", cell: (e) => (e.detail ? detailPre(e.detail) : "–") },
     ], d.events || [], { test: "device-events", caption: "Recent reports", empty: "No report yet." })),
     section("Failures", table(failureColumns({ release: true }), d.failures || [], { test: "device-failures", caption: "Failures", empty: "No failures." })));
 }

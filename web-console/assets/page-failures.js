@@ -2,7 +2,7 @@
 // paginated on the server (limit/offset).
 
 import { api, query } from "./api.js";
-import { h, table, badge, fmtTime, fmtAgo, field, pageHeader, showError, loading, enc } from "./ui.js";
+import { h, detailPre, table, badge, fmtTime, fmtAgo, field, pageHeader, showError, loading, enc } from "./ui.js";
 
 const LIMIT = 50;
 const KINDS = [
@@ -21,7 +21,7 @@ export function failureColumns({ release = false } = {}) {
       ? { title: "Release", cell: (f) => h("a", { href: `#/releases/${enc(f.release_id)}` }, `${f.task} ${f.version}`) }
       : { title: "Stage", help: "The release stage (1-based) the device was in.", cell: (f) => (f.stage != null ? String(f.stage + 1) : "–") },
     { title: "When", cell: (f) => h("time", { title: fmtTime(f.at_ms) }, fmtAgo(f.at_ms)) },
-    { title: "Message", cell: (f) => (f.detail ? h("pre", { class: "detail" }, f.detail) : h("span", { class: "muted" }, "no message")) },
+    { title: "Message", cell: (f) => (f.detail ? detailPre(f.detail) : h("span", { class: "muted" }, "no message")) },
   ];
 }
 

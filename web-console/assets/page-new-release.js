@@ -213,7 +213,7 @@ export async function render({ main, query: q, signal, may }) {
 
   // ---- preview and start ----
   const previewBox = h("div", { "aria-live": "polite" });
-  const jsonView = h("pre", { class: "block" });
+  const jsonView = h("pre", { class: "block", tabindex: "0" });
   const previewButton = h("button", { type: "button", class: canCreate ? "secondary" : "primary", onclick: doPreview }, "Preview");
   const startButton = h("button", { type: "button", class: "primary", onclick: doStart }, "Start release");
   const startNote = h("p", { class: "muted", id: uid("note") });

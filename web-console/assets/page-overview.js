@@ -31,8 +31,9 @@ export async function render({ main, signal }) {
     }
     updated.textContent = `Updated ${new Date().toLocaleTimeString()}`;
     const card = (key, label, value, help, extra) => h("div", { class: "figure" },
-      h("dt", { title: help }, label, h("span", { class: "help", "aria-hidden": "true" }, "?")),
-      h("dd", { "data-figure": key, title: help }, value), h("p", { class: "sr-only" }, help), extra || null);
+      h("dt", { title: help }, label, h("span", { class: "help", "aria-hidden": "true" }, "?"),
+        h("span", { class: "sr-only" }, ` (${help})`)),
+      h("dd", { "data-figure": key, title: help }, value, extra || null));
     const devices = o.devices || {};
     const releases = o.releases || {};
     const onlineShare = devices.registered ? devices.online / devices.registered : 0;

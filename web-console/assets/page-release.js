@@ -80,8 +80,9 @@ export async function render({ main, params, signal, may }) {
     figureKeys.map(([key, label]) => {
       dds[key] = h("dd", { "data-figure": key, title: HELP[key] }, "–");
       return h("div", { class: "figure" },
-        h("dt", { title: HELP[key] }, label, h("span", { class: "help", "aria-hidden": "true" }, "?")),
-        dds[key], h("p", { class: "sr-only" }, HELP[key]));
+        h("dt", { title: HELP[key] }, label, h("span", { class: "help", "aria-hidden": "true" }, "?"),
+          h("span", { class: "sr-only" }, ` (${HELP[key]})`)),
+        dds[key]);
     }));
   const chartBox = h("div", { class: "chart-box" });
   const stagesBox = h("div");

@@ -48,8 +48,8 @@ export async function render({ main, params, signal, may }) {
       h("h3", {}, "Triggers"), objectsTable(m.triggers || [], "manifest-triggers"),
       h("h3", {}, "Features"), objectsTable(m.features || [], "manifest-features"),
       h("h3", {}, "Models"), objectsTable(m.models || [], "manifest-models"),
-      Object.keys(rest).length ? [h("h3", {}, "Other fields"), h("pre", { class: "block" }, JSON.stringify(rest, null, 2))] : null,
-      h("details", {}, h("summary", {}, "Whole manifest as JSON"), h("pre", { class: "block" }, JSON.stringify(m, null, 2)))),
+      Object.keys(rest).length ? [h("h3", {}, "Other fields"), h("pre", { class: "block", tabindex: "0" }, JSON.stringify(rest, null, 2))] : null,
+      h("details", {}, h("summary", {}, "Whole manifest as JSON"), h("pre", { class: "block", tabindex: "0" }, JSON.stringify(m, null, 2)))),
     section("Releases of this version",
       table(releaseColumns(), v.releases || [], { test: "version-releases", caption: "Releases of this version", empty: "No release uses this version." })));
 }

@@ -49,7 +49,8 @@ export const loading = (what = "Loading…") => h("p", { class: "muted", role: "
  * columns: [{title, cell: row => Node|string, help?, num?: bool}]
  */
 export function table(columns, rows, { test, caption, empty = "Nothing to show." } = {}) {
-  const wrap = h("div", { class: "table-wrap" });
+  // Focusable so keyboard users can scroll a table wider than a phone screen.
+  const wrap = h("div", { class: "table-wrap", tabindex: rows.length ? "0" : null, role: rows.length ? "group" : null, "aria-label": rows.length ? caption || "Table" : null });
   if (!rows.length) {
     wrap.append(h("p", { class: "muted empty", dataset: test ? { test } : undefined }, empty));
     return wrap;
@@ -70,9 +71,14 @@ export function table(columns, rows, { test, caption, empty = "Nothing to show."
 export function figures(items, { live = false } = {}) {
   return h("dl", { class: "figures", "aria-live": live ? "polite" : null },
     items.map((f) => h("div", { class: "figure" },
-      h("dt", { title: f.help }, f.label, f.help ? h("span", { class: "help", "aria-hidden": "true" }, "?") : null),
-      h("dd", { "data-figure": f.key, title: f.help }, f.value ?? "–"),
-      f.help ? h("p", { class: "sr-only" }, f.help) : null)));
+      h("dt", { title: f.help }, f.label, f.help ? h("span", { class: "help", "aria-hidden": "true" }, "?") : null,
+        f.help ? h("span", { class: "sr-only" }, ` (${f.help})`) : null),
+      h("dd", { "data-figure": f.key, title: f.help }, f.value ?? "–"))));
+}
+
+/** A device's message (traceback…) in a <pre>; focusable because long ones scroll. */
+export function detailPre(text) {
+  return h("pre", { class: "detail", tabindex: "0" }, text);
 }
 
 /** A status badge: text always, colour only as a second cue. */
