@@ -22,7 +22,7 @@ export async function render({ main, query: q, signal }) {
 
   main.append(pageHeader("Devices", { sub: "Registered devices, ordered by id. Search by id prefix and profile fields." }),
     h("form", {
-      class: "filters card", role: "search", "aria-label": "Search devices",
+      class: "filters card", role: "search", "aria-label": "Device filters",
       onsubmit: (e) => { e.preventDefault(); apply(); },
     },
     field("Search devices", search),

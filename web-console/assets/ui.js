@@ -154,6 +154,17 @@ export function confirmDialog({ title, body, confirmLabel = "Confirm", danger = 
       resolve(result);
     }
     dialog.addEventListener("cancel", (e) => { e.preventDefault(); close(false); });
+    // Keep Tab inside the dialog (a modal <dialog> alone lets focus leave to the browser's UI).
+    dialog.addEventListener("keydown", (e) => {
+      if (e.key !== "Tab") return;
+      const items = [...dialog.querySelectorAll("button, a[href], input, select, textarea, [tabindex='0']")]
+        .filter((el) => !el.disabled);
+      if (!items.length) return;
+      const first = items[0];
+      const last = items[items.length - 1];
+      if (e.shiftKey && document.activeElement === first) { e.preventDefault(); last.focus(); }
+      else if (!e.shiftKey && document.activeElement === last) { e.preventDefault(); first.focus(); }
+    });
     document.body.append(dialog);
     dialog.showModal();
     dialog.querySelector("button.secondary").focus();
