@@ -48,7 +48,9 @@ export async function render({ main, query: q, signal }) {
     const after = state.pages[state.pages.length - 1];
     try {
       const page = await api(`/devices${query({ ...params(), limit: LIMIT, after })}`, { signal });
-      const rows = page.devices || [];
+      // An older cloud answers a bare array; then a full page means there may be more.
+      const rows = Array.isArray(page) ? page : page.devices || [];
+      if (Array.isArray(page)) page.next = rows.length >= LIMIT ? rows[rows.length - 1].id : null;
       results.replaceChildren(table([
         { title: "Device", cell: (d) => h("a", { href: `#/devices/${enc(d.id)}` }, d.id) },
         { title: "App", cell: (d) => `${d.app_id || d.profile?.app_id || ""} ${d.profile?.app_version || ""}`.trim() },

@@ -94,6 +94,9 @@ export async function render({ main, query: q, signal, may }) {
     }
   }
 
+  // "Targeting" → "Condition 1", "Condition 1" → "Condition 1.2": a node's position for its label.
+  const childLabel = (label, i) => (label === "Targeting" ? `Condition ${i + 1}` : `${label}.${i + 1}`);
+
   // Renders a node; `path` is its policy path (policy.target, policy.target.all[0], …) and
   // `label` its human position ("Targeting", "Condition 1.2").
   function renderNode(node, path, label, onRemove) {
@@ -115,7 +118,7 @@ export async function render({ main, query: q, signal, may }) {
     if (["all", "any"].includes(node.kind)) {
       const kids = h("div", { class: "target-children" });
       node.children.forEach((child, i) => {
-        kids.append(renderNode(child, `${path}.${node.kind}[${i}]`, `${label === "Targeting" ? "Condition" : label}${label === "Targeting" ? " " : "."}${i + 1}`,
+        kids.append(renderNode(child, `${path}.${node.kind}[${i}]`, childLabel(label, i),
           () => { node.children.splice(i, 1); redrawTargets(); changed(); }));
       });
       kids.append(h("button", {
@@ -125,14 +128,14 @@ export async function render({ main, query: q, signal, may }) {
       box.append(kids);
     } else if (node.kind === "not") {
       box.append(h("div", { class: "target-children" },
-        renderNode(node.children[0], `${path}.not`, `${label === "Targeting" ? "Condition" : label} (negated)`, null)));
+        renderNode(node.children[0], `${path}.not`, childLabel(label, 0), null)));
     } else if (node.kind !== "everyone") {
       const input = h("input", {
         type: "text", value: node.value, placeholder: PLACEHOLDER[node.kind] || "",
         list: node.kind === "group" ? "nr-groups" : null,
       });
       input.addEventListener("input", () => { node.value = input.value; changed(); });
-      row.append(fieldWith(`Value for ${label.toLowerCase()}`, input, `${path}.${node.kind}`,
+      row.append(fieldWith(label === "Targeting" ? "Match value" : `Match value ${label.slice("Condition ".length)}`, input, `${path}.${node.kind}`,
         { help: LIST_KINDS.has(node.kind) ? "Comma-separated." : null }));
     }
     if (onRemove) row.append(h("button", { type: "button", class: "secondary small", onclick: onRemove }, `Remove ${label.toLowerCase()}`));

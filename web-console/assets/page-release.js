@@ -184,12 +184,14 @@ export async function render({ main, params, signal, may }) {
 
   function renderActions(r) {
     const actions = r.actions || [];
-    const key = JSON.stringify(actions);
+    const key = JSON.stringify(r.actions ?? null);
     if (key === actionsKey) return;
     actionsKey = key;
     const hadFocus = actionsBox.contains(document.activeElement) ? document.activeElement.textContent : null;
     actionsBox.replaceChildren(
-      ...(actions.length ? [] : [h("p", { class: "muted" }, "No actions are possible in this state.")]),
+      ...(actions.length ? [] : [h("p", { class: "muted" }, r.actions
+        ? "No actions are possible in this state."
+        : "No actions offered: the cloud's release status has no actions list.")]),
       ...actions.map((a) => h("button", {
         type: "button",
         class: a.action === "abort" || a.action === "rollback" ? "danger" : "secondary",
