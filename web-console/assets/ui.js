@@ -55,14 +55,15 @@ export function table(columns, rows, { test, caption, empty = "Nothing to show."
     wrap.append(h("p", { class: "muted empty", dataset: test ? { test } : undefined }, empty));
     return wrap;
   }
-  const thead = h("thead", {}, h("tr", {}, columns.map((c) =>
-    h("th", { scope: "col", title: c.help, class: c.num ? "num" : null }, c.title,
+  // Explicit roles keep the table semantics when a phone's CSS stacks rows as cards.
+  const thead = h("thead", { role: "rowgroup" }, h("tr", { role: "row" }, columns.map((c) =>
+    h("th", { scope: "col", role: "columnheader", title: c.help, class: c.num ? "num" : null }, c.title,
       c.help ? h("span", { class: "sr-only" }, ` (${c.help})`) : null))));
-  const tbody = h("tbody", {}, rows.map((row) => h("tr", {}, columns.map((c) => {
+  const tbody = h("tbody", { role: "rowgroup" }, rows.map((row) => h("tr", { role: "row" }, columns.map((c) => {
     const value = c.cell(row);
-    return h("td", { class: c.num ? "num" : null, "data-label": c.title }, value ?? "–");
+    return h("td", { role: "cell", class: c.num ? "num" : null, "data-label": c.title }, value ?? "–");
   }))));
-  wrap.append(h("table", { dataset: test ? { test } : undefined },
+  wrap.append(h("table", { role: "table", class: "stack", dataset: test ? { test } : undefined },
     caption ? h("caption", { class: "sr-only" }, caption) : null, thead, tbody));
   return wrap;
 }
