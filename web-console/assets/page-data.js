@@ -16,6 +16,8 @@ export async function render({ main, query: q, signal }) {
   const errors = h("div");
   const results = h("div", { "aria-live": "polite" });
   const exportResult = h("div");
+  const pager = h("div", { class: "pager" });
+  let cursors = []; // to_ms of each older page (records are newest first)
   api("/tasks", { signal }).then((ts) => taskList.replaceChildren(...ts.slice(0, 500).map((t) => h("option", { value: t.name })))).catch(() => {});
 
   const filters = () => ({
@@ -25,22 +27,31 @@ export async function render({ main, query: q, signal }) {
   main.append(pageHeader("Data", { sub: "Records tasks sent from devices through the tunnel, newest first." }),
     h("form", {
       class: "filters card", "aria-label": "Filter records",
-      onsubmit: (e) => { e.preventDefault(); history.replaceState(null, "", `#/data${query({ task: task.value.trim(), device: device.value.trim(), version: version.value.trim() })}`); load(); },
+      onsubmit: (e) => { e.preventDefault(); cursors = []; history.replaceState(null, "", `#/data${query({ task: task.value.trim(), device: device.value.trim(), version: version.value.trim() })}`); load(); },
     },
     field("Task", task), taskList, field("Device", device), field("Version", version),
     field("From", from), field("To", to), field("Show", limit),
     h("div", { class: "actions" },
       h("button", { type: "submit", class: "primary" }, "Show records"),
       h("button", { type: "button", class: "secondary", onclick: exportAll }, "Export JSON Lines"))),
-    exportResult, errors, section("Records", results));
+    exportResult, errors, section("Records", results, pager));
 
   async function load() {
     results.replaceChildren(loading());
     showError(errors, null);
     try {
-      const rows = await api(`/records${query({ ...filters(), limit: limit.value })}`, { signal });
+      const f = filters();
+      if (cursors.length) f.to_ms = cursors[cursors.length - 1];
+      const rows = await api(`/records${query({ ...f, limit: limit.value })}`, { signal });
+      pager.replaceChildren(
+        h("button", { type: "button", class: "secondary", disabled: !cursors.length, onclick: () => { cursors.pop(); load(); } }, "Newer records"),
+        h("button", {
+          type: "button", class: "secondary", disabled: rows.length < Number(limit.value),
+          // The API has no cursor: the next page is "produced before the oldest record shown".
+          onclick: () => { cursors.push(Math.min(...rows.map((r) => r.created_at_ms))); load(); },
+        }, "Older records"));
       results.replaceChildren(
-        h("p", { class: "muted" }, `${rows.length} record${rows.length === 1 ? "" : "s"} (at most ${limit.value}; narrow the filters or export for more).`),
+        h("p", { class: "muted" }, `${rows.length} record${rows.length === 1 ? "" : "s"}${cursors.length ? " (older page)" : ""}; at most ${limit.value} a page, newest first.`),
         table([
           { title: "Device", cell: (r) => h("a", { href: `#/devices/${enc(r.device_id)}` }, r.device_id) },
           { title: "Task", cell: (r) => `${r.task} ${r.version}` },

@@ -67,6 +67,7 @@ export async function render({ main, params, signal, may }) {
   const stateEl = h("span", { "data-test": "state" });
   const reasonEl = h("span", { "data-test": "state-reason", class: "reason" });
   const stageEl = h("span", { title: "Current stage (1-based) of the policy's stages and its cumulative share of targeted devices." });
+  const stageSince = h("span", { title: "When the current stage started." });
   const actionsBox = h("div", { class: "action-buttons" });
   const actionError = h("div");
   const figureKeys = [
@@ -93,7 +94,7 @@ export async function render({ main, params, signal, may }) {
     h("section", { class: "card status-card", "aria-label": "State" },
       h("div", { class: "status-line" },
         h("span", {}, "State: ", stateEl), reasonEl,
-        h("span", { class: "muted" }, "Stage ", stageEl),
+        h("span", { class: "muted" }, "Stage ", stageEl, " ", stageSince),
         h("span", { class: "live-wrap", title: "Whether the page is receiving live updates from the server's event stream." },
           "Updates: ", live)),
       liveError,
@@ -119,6 +120,7 @@ export async function render({ main, params, signal, may }) {
     stateEl.replaceChildren(badge(r.state));
     setText(reasonEl, r.state_reason || "");
     setText(stageEl, stageText(r));
+    setText(stageSince, r.stage_started_at_ms ? `since ${fmtTime(r.stage_started_at_ms)}` : "");
     const rate = st.success_rate ?? successRate(st.executed, st.failed_devices);
     const values = {
       targeted: fmtNum(st.targeted), installed: fmtNum(st.installed),
