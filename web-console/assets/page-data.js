@@ -57,7 +57,7 @@ export async function render({ main, query: q, signal }) {
           { title: "Task", cell: (r) => `${r.task} ${r.version}` },
           { title: "Created", help: "When the device produced the record.", cell: (r) => fmtTime(r.created_at_ms) },
           { title: "Received", help: "When the cloud received it.", cell: (r) => fmtTime(r.received_at_ms) },
-          { title: "Payload", cell: (r) => detailPre(JSON.stringify(r.payload, null, 1)) },
+          { title: "Payload", cell: (r) => detailPre(JSON.stringify(r.payload)) },
         ], rows, { test: "records", caption: "Records", empty: "No records match." }));
     } catch (e) {
       if (e.name === "AbortError") return;
