@@ -27,7 +27,7 @@ export async function launchBrowser() {
  */
 export async function newPage(browser, viewport = LAPTOP) {
   const context = await browser.newContext({ viewport });
-  context.setDefaultTimeout(15_000);
+  context.setDefaultTimeout(10_000);
   const page = await context.newPage();
   page.problems = [];
   page.on("pageerror", (e) => page.problems.push(`page error: ${e.message}`));

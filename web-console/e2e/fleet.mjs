@@ -85,7 +85,7 @@ class Proc {
     this.name = name;
     this.logPath = logPath;
     const log = fs.openSync(logPath, "a");
-    this.child = spawn(bin, args, { stdio: ["ignore", log, log], env: process.env });
+    this.child = spawn(bin, args, { stdio: ["ignore", log, log], env: { ...process.env, NO_COLOR: "1" } });
     fs.closeSync(log);
     this.exited = new Promise((resolve) => this.child.on("exit", (code, signal) => resolve({ code, signal })));
     this.exitCode = undefined;
@@ -115,7 +115,8 @@ class Proc {
     } catch {
       return "(no log)";
     }
-    return text.split("\n").slice(-lines).join("\n");
+    // eslint-disable-next-line no-control-regex
+    return text.replace(/\x1b\[[0-9;]*m/g, "").split("\n").slice(-lines).join("\n");
   }
 }
 
@@ -231,8 +232,13 @@ export class Fleet {
   }
 
   /** The last lines of every process's log, for a failing test's report. */
-  logTails(lines = 25) {
-    return this.procs.map((p) => `----- ${p.name} (${p.logPath}), last ${lines} lines\n${p.tail(lines)}`).join("\n");
+  logTails(cloudLines = 30, deviceLines = 6) {
+    return this.procs
+      .map((p) => {
+        const lines = p === this.cloud ? cloudLines : deviceLines;
+        return `----- ${p.name} (${p.logPath}), last ${lines} lines\n${p.tail(lines)}`;
+      })
+      .join("\n");
   }
 
   // ---- control plane -------------------------------------------------------------------------
@@ -327,9 +333,9 @@ export class Fleet {
     if (version) {
       const manifestPath = path.join(dir, "walle.toml");
       const manifest = await fsp.readFile(manifestPath, "utf8");
-      const changed = manifest.replace(/^version = ".*"$/m, `version = "${version}"`);
-      if (changed === manifest) throw new Error(`no version line in ${manifestPath}`);
-      await fsp.writeFile(manifestPath, changed);
+      const line = /^version = ".*"$/m;
+      if (!line.test(manifest)) throw new Error(`no version line in ${manifestPath}`);
+      await fsp.writeFile(manifestPath, manifest.replace(line, `version = "${version}"`));
     }
     if (scriptSuffix) await fsp.appendFile(path.join(dir, "main.py"), `\n${scriptSuffix}\n`);
     const out = path.join(this.dir, `${example}-${version || "src"}.walle`);
