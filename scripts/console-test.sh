@@ -15,4 +15,4 @@ rm -rf target/console-screenshots
 mkdir -p target/console-screenshots
 cd web-console/e2e
 # One file, its tests in order on one fleet; the whole run is bounded.
-exec node --test --test-reporter=spec --test-timeout=600000 console.test.mjs
+exec node --test --test-reporter=spec --test-timeout=600000 "$@" console.test.mjs

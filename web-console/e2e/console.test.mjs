@@ -58,7 +58,12 @@ function scenario(name, timeoutMs, body) {
       const slug = name.replace(/[^a-z0-9]+/gi, "-").toLowerCase().slice(0, 60);
       const shot = await screenshot(page, `FAILED-${slug}`).catch(() => "(no screenshot)");
       const problems = page.problems.length ? `\nbrowser:\n  ${page.problems.slice(-10).join("\n  ")}` : "";
-      e.message += `\npage: ${page.url()} (screenshot ${shot})${problems}\n${fleet.logTails()}`;
+      const alerts = await page
+        .locator('[role="alert"]')
+        .allTextContents()
+        .catch(() => []);
+      const shown = alerts.length ? `\nalerts on the page:\n  ${alerts.map((a) => a.trim()).join("\n  ")}` : "";
+      e.message += `\npage: ${page.url()} (screenshot ${shot})${shown}${problems}\n${fleet.logTails()}`;
       throw e;
     } finally {
       await page.context().close().catch(() => {});
@@ -103,7 +108,17 @@ async function setField(locator, value) {
     await waitFor(`option ${value}`, () => locator.evaluate((el, v) => [...el.options].some((o) => o.value === v || o.text === v), value));
     await locator.selectOption(value);
   } else {
-    await locator.fill(value);
+    // The page may fill a field itself a moment later (a default version once the task's
+    // versions load): type again until our value holds across two looks.
+    let held = 0;
+    await waitFor(`the field to keep ${JSON.stringify(value)}`, async () => {
+      if ((await locator.inputValue()) !== value) {
+        held = 0;
+        await locator.fill(value);
+        return false;
+      }
+      return ++held >= 3;
+    }, { timeoutMs: 10_000, intervalMs: 150 });
   }
 }
 
@@ -209,6 +224,7 @@ scenario("new release: preview, start, watch the chart and counts move live, adv
   await go(page, "#/releases/new");
   await heading(page, /new release/i);
   await setField(page.getByLabel("Task", { exact: true }), TASK);
+  await page.getByLabel("Task", { exact: true }).press("Tab");
   await setField(page.getByLabel("Version", { exact: true }), "1.1.0");
   await page.getByLabel("Stages", { exact: true }).fill("50, 100");
   await page.getByRole("button", { name: "Preview", exact: true }).click();
@@ -249,7 +265,11 @@ scenario("new release: preview, start, watch the chart and counts move live, adv
       window.__samples.push({ installed: Number((/-?\d+/.exec(installed) || [NaN])[0]), points: Number(chart?.getAttribute("data-points")) });
     }, 100);
   });
-  await waitFor('the live indicator to read "live"', async () => /\blive\b/i.test(await page.locator('[data-test="live"]').textContent()));
+  await waitFor('the live indicator to read "live"', async () => {
+    const text = await page.locator('[data-test="live"]').textContent();
+    if (!/^\s*live\s*$/i.test(text)) throw new Error(`it reads ${JSON.stringify(text)}`);
+    return true;
+  });
   const chart = page.locator('svg[role="img"][aria-label="Coverage over time"]');
   await chart.waitFor({ state: "visible" });
   const firstPoints = Number(await chart.getAttribute("data-points"));
