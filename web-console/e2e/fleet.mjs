@@ -121,9 +121,17 @@ class Proc {
 }
 
 const allProcs = new Set();
-process.on("exit", () => {
+const killAll = () => {
   for (const p of allProcs) if (p.running) p.child.kill("SIGKILL");
-});
+};
+// Last resort when the test process ends without `stop()` (a crash, the runner's timeout).
+process.on("exit", killAll);
+for (const signal of ["SIGINT", "SIGTERM", "SIGHUP"]) {
+  process.once(signal, () => {
+    killAll();
+    process.exit(128 + { SIGINT: 2, SIGTERM: 15, SIGHUP: 1 }[signal]);
+  });
+}
 
 export class Fleet {
   /**
