@@ -63,7 +63,10 @@ function scenario(name, timeoutMs, body) {
         .allTextContents()
         .catch(() => []);
       const shown = alerts.length ? `\nalerts on the page:\n  ${alerts.map((a) => a.trim()).join("\n  ")}` : "";
-      e.message += `\npage: ${page.url()} (screenshot ${shot})${shown}${problems}\n${fleet.logTails()}`;
+      const extra = `\npage: ${page.url()} (screenshot ${shot})${shown}${problems}\n${fleet.logTails()}`;
+      e.message += extra;
+      // The runner prints the stack, which some errors (assertions, Playwright's) fixed already.
+      if (typeof e.stack === "string" && !e.stack.includes(extra)) e.stack += extra;
       throw e;
     } finally {
       await page.context().close().catch(() => {});
