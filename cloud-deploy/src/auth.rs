@@ -74,6 +74,29 @@ pub fn required_role(method: &Method, path: &str) -> Role {
     Role::ReleaseManager
 }
 
+/// Things an operator may do, each named for the console and the CLI, with a call that stands
+/// for it: the role it needs is whatever [`required_role`] says for that call.
+const CAPABILITIES: [(&str, &str, &str); 6] = [
+    ("upload_version", "POST", "/tasks/t/versions"),
+    ("preview_release", "POST", "/releases/preview"),
+    ("create_release", "POST", "/releases"),
+    ("act_release", "POST", "/releases/r/pause"),
+    ("manage_groups", "POST", "/groups"),
+    ("admin", "GET", "/tokens"),
+];
+
+/// The capabilities a role has (see [`CAPABILITIES`]).
+pub fn capabilities(role: Role) -> Vec<&'static str> {
+    CAPABILITIES
+        .iter()
+        .filter(|(_, method, path)| {
+            let method = Method::from_bytes(method.as_bytes()).unwrap_or(Method::POST);
+            role >= required_role(&method, path)
+        })
+        .map(|(name, _, _)| *name)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -109,5 +132,25 @@ mod tests {
         assert_eq!(required_role(&Method::GET, "/tokens"), Role::Admin);
         assert!(Role::Admin > Role::ReleaseManager && Role::Developer > Role::Viewer);
         assert_eq!(Role::parse("release-manager"), Some(Role::ReleaseManager));
+    }
+
+    #[test]
+    fn capabilities_follow_the_route_rules() {
+        assert!(capabilities(Role::Viewer).is_empty());
+        assert_eq!(
+            capabilities(Role::Developer),
+            ["upload_version", "preview_release"]
+        );
+        assert_eq!(
+            capabilities(Role::ReleaseManager),
+            [
+                "upload_version",
+                "preview_release",
+                "create_release",
+                "act_release",
+                "manage_groups"
+            ]
+        );
+        assert_eq!(capabilities(Role::Admin).len(), CAPABILITIES.len());
     }
 }

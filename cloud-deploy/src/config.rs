@@ -41,6 +41,9 @@ pub struct CloudConfig {
     /// Base of the come-back hint given to devices refused a transfer (plus random jitter of the
     /// same size, so refused devices do not return together).
     pub transfer_retry_ms: u32,
+    /// Serve the web console's files from this directory instead of the copies built into the
+    /// binary: for working on the console without rebuilding the cloud.
+    pub console_dir: Option<PathBuf>,
 }
 
 impl Default for CloudConfig {
@@ -60,6 +63,7 @@ impl Default for CloudConfig {
             tls: None,
             max_concurrent_transfers: 256,
             transfer_retry_ms: 1_000,
+            console_dir: None,
         }
     }
 }

@@ -100,6 +100,9 @@ pub struct AppState {
     pub controller_active: Arc<AtomicBool>,
     /// Permits for concurrent bundle transfers.
     pub transfers: Arc<tokio::sync::Semaphore>,
+    /// Turns true when the cloud shuts down, so long-lived responses (the console's live
+    /// streams) end and let the server stop.
+    pub stopping: watch::Receiver<bool>,
 }
 
 /// A running cloud: both planes listening, until [`Cloud::shutdown`].
@@ -124,6 +127,7 @@ impl Cloud {
         let admin_token = secrets::load_or_create_admin_token(&config.data_dir)?;
         let db = store::Db::connect(&config.database_url()).await?;
         let bundles = bundles::BundleStore::open(&config.bundle_store, &config.data_dir).await?;
+        let (stop, stopped) = watch::channel(false);
         let state = AppState {
             config: Arc::new(config.clone()),
             db,
@@ -136,6 +140,7 @@ impl Cloud {
             transfers: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_transfers.max(1),
             )),
+            stopping: stopped.clone(),
         };
         // Load TLS material before listening, so a bad file fails the start with its path.
         let http_tls = config.tls.as_ref().map(|t| t.server_config()).transpose()?;
@@ -150,7 +155,6 @@ impl Cloud {
             addr: config.grpc_addr,
             source: e,
         })?;
-        let (stop, stopped) = watch::channel(false);
         let controller_interval =
             std::time::Duration::from_millis(config.controller_interval_ms.max(10));
         let mut servers = vec![

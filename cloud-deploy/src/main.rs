@@ -61,6 +61,10 @@ struct ServeArgs {
     /// Refuse devices of apps not registered through /v1/apps (each with its enrollment secret).
     #[arg(long, env = "WALLE_CLOSED_ENROLLMENT")]
     closed_enrollment: bool,
+    /// Serve the web console from this directory (e.g. `web-console/assets`) instead of the
+    /// built-in copy, to work on the console without rebuilding.
+    #[arg(long, env = "WALLE_CONSOLE_DIR")]
+    console_dir: Option<PathBuf>,
 }
 
 fn parse_bundle_store(value: &str) -> Result<BundleStoreConfig, String> {
@@ -131,6 +135,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if args.closed_enrollment {
         config.open_enrollment = false;
+    }
+    if let Some(v) = args.console_dir {
+        config.console_dir = Some(v);
     }
     let data_dir = config.data_dir.clone();
     let cloud = Cloud::start(config).await.context("starting walle-cloud")?;

@@ -78,6 +78,13 @@ impl NoticeHub {
             .count()
     }
 
+    /// Whether a device has an open stream to this replica.
+    pub fn is_connected(&self, device_id: &str) -> bool {
+        let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(device_id)
+            .is_some_and(|senders| senders.iter().any(|s| !s.is_closed()))
+    }
+
     /// Ends every stream (on shutdown).
     pub fn close_all(&self) {
         self.inner.lock().unwrap_or_else(|p| p.into_inner()).clear();

@@ -1182,11 +1182,14 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/v1/apps"),
     ("GET", "/v1/audit"),
     ("GET", "/v1/devices"),
+    ("GET", "/v1/devices/{id}"),
     ("GET", "/v1/groups"),
     ("POST", "/v1/groups"),
     ("DELETE", "/v1/groups/{name}"),
     ("GET", "/v1/groups/{name}"),
     ("POST", "/v1/groups/{name}/members"),
+    ("GET", "/v1/me"),
+    ("GET", "/v1/overview"),
     ("GET", "/v1/records"),
     ("GET", "/v1/records/export"),
     ("GET", "/v1/releases"),
@@ -1194,11 +1197,14 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("POST", "/v1/releases/preview"),
     ("GET", "/v1/releases/{id}"),
     ("GET", "/v1/releases/{id}/coverage"),
+    ("GET", "/v1/releases/{id}/failures"),
+    ("GET", "/v1/releases/{id}/live"),
     ("POST", "/v1/releases/{id}/{action}"),
     ("GET", "/v1/tasks"),
     ("POST", "/v1/tasks"),
     ("GET", "/v1/tasks/{name}/versions"),
     ("POST", "/v1/tasks/{name}/versions"),
+    ("GET", "/v1/tasks/{name}/versions/{version}"),
     ("GET", "/v1/tokens"),
     ("POST", "/v1/tokens"),
     ("POST", "/v1/tokens/{id}/revoke"),
@@ -1243,6 +1249,7 @@ async fn openapi_document_matches_the_routes_and_fuzzing_finds_no_server_error()
         let url = format!("{}{}", http.base, path)
             .replace("{name}", "x")
             .replace("{id}", "x")
+            .replace("{version}", "1.0.0")
             .replace("{action}", "pause");
         let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let (status, body) = http.send(http.client.request(method.clone(), url)).await;

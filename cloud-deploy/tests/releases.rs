@@ -339,6 +339,13 @@ async fn staged_release_is_sticky_and_advances_on_health(backend: Backend) {
         watcher.message().await.unwrap().unwrap().kind,
         notice::Kind::TaskChanged as i32
     );
+    // Before any device reported, the stage says what it waits for, with the figures.
+    let waiting = op.wait_release(&staged, |s| s["state_reason"] != "").await;
+    assert_eq!(
+        waiting["state_reason"],
+        "held at stage 1 of 2 (25%): waiting for 3 reporting devices (0 so far)",
+        "{waiting}"
+    );
     let mut in_first_stage = Vec::new();
     for (i, d) in devices.iter_mut().enumerate() {
         let expected_in = bucket(&format!("device-{i}"), &staged) < 2500;
@@ -551,11 +558,13 @@ async fn slow_runs_hold_the_stage_until_the_p99_is_within_the_gate(backend: Back
         .await;
     let held = op
         .wait_release(&staged, |s| {
-            s["state_reason"].as_str().is_some_and(|r| !r.is_empty())
+            s["state_reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("p99 900"))
         })
         .await;
     assert_eq!(
-        held["state_reason"], "held at stage 1 of 2: run p99 900 ms > 500 ms over 10 runs",
+        held["state_reason"], "held at stage 1 of 2 (50%): run p99 900 ms > 500 ms over 10 runs",
         "{held}"
     );
     assert_eq!(
@@ -651,14 +660,12 @@ async fn targeting_priority_customised_versions_and_late_joiners(backend: Backen
     low.profile.hardware_tier = "high".into();
     assert_eq!(low.converge().await.as_deref(), Some("2.0.0"));
     // The cloud keeps the changed profile (preview and statistics read the stored one).
-    let (_, devices) = op.call("GET", "/v1/devices", None).await;
-    let stored = devices
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == "l1")
-        .unwrap();
+    let (_, stored) = op.call("GET", "/v1/devices/l1", None).await;
     assert_eq!(stored["profile"]["hardware_tier"], "high", "{stored}");
+    let (_, found) = op
+        .call("GET", "/v1/devices?hardware_tier=high&q=l", None)
+        .await;
+    assert_eq!(found["devices"][0]["id"], "l1", "{found}");
     low.profile.app_version = "4.0.0".into();
     // Priority beats newness: an urgent release for old app versions wins over both.
     let urgent = op
@@ -728,20 +735,68 @@ async fn operator_actions_preview_and_invalid_policies(backend: Backend) {
         )
         .await;
     assert_eq!(code, 200, "{preview}");
+    let salt = preview["salt"].as_str().unwrap().to_owned();
+    let stages = &preview["stages"];
     let first = (0..30)
-        .filter(|i| bucket(&format!("device-{i}"), "preview") < 1000)
+        .filter(|i| bucket(&format!("device-{i}"), &salt) < 1000)
         .count();
     assert_eq!(
-        preview[0]["versions"]["2.0.0"].as_u64().unwrap_or(0) as usize,
+        stages[0]["versions"]["2.0.0"].as_u64().unwrap_or(0) as usize,
         first,
         "{preview}"
     );
     assert_eq!(
-        preview[0]["versions"]["1.0.0"].as_u64().unwrap_or(0) as usize,
+        stages[0]["versions"]["1.0.0"].as_u64().unwrap_or(0) as usize,
         30 - first,
         "{preview}"
     );
-    assert_eq!(preview[1]["versions"]["2.0.0"], 30, "{preview}");
+    assert_eq!(stages[1]["versions"]["2.0.0"], 30, "{preview}");
+    // The release started with the preview's salt takes exactly the previewed devices, stage by
+    // stage; a second preview with that salt shows the same.
+    let (code, again) = op
+        .call(
+            "POST",
+            "/v1/releases/preview",
+            Some(json!({"task": "t", "version": "2.0.0", "policy": {"stages": [10, 100]}, "salt": salt})),
+        )
+        .await;
+    assert_eq!((code, &again["stages"]), (200, stages), "{again}");
+    let (code, created) = op
+        .call(
+            "POST",
+            "/v1/releases",
+            Some(json!({"task": "t", "version": "2.0.0", "policy": {"stages": [10, 100]}, "salt": salt})),
+        )
+        .await;
+    assert_eq!(code, 201, "{created}");
+    let previewed = created["id"].as_str().unwrap().to_owned();
+    for stage in 0..2 {
+        let (_, status) = op
+            .call("GET", &format!("/v1/releases/{previewed}"), None)
+            .await;
+        assert_eq!(
+            status["stats"]["targeted"], stages[stage]["versions"]["2.0.0"],
+            "stage {stage}: {status}"
+        );
+        op.call("POST", &format!("/v1/releases/{previewed}/advance"), None)
+            .await;
+    }
+    let (code, body) = op
+        .call("POST", &format!("/v1/releases/{previewed}/abort"), None)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = op
+        .call(
+            "POST",
+            "/v1/releases",
+            Some(json!({"task": "t", "version": "2.0.0", "salt": "not hex!"})),
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().starts_with("salt:"),
+        "{body}"
+    );
 
     let id = op.release("2.0.0", json!({"stages": [10, 50, 100]})).await;
     let post = |action: &str| format!("/v1/releases/{id}/{action}");
@@ -818,7 +873,7 @@ async fn operator_actions_preview_and_invalid_policies(backend: Backend) {
     let (_, releases) = op.call("GET", "/v1/releases", None).await;
     assert_eq!(
         releases.as_array().unwrap().len(),
-        2,
+        3,
         "invalid policies created nothing"
     );
     cloud.shutdown().await;
@@ -1014,7 +1069,7 @@ async fn device_groups_target_releases_and_membership_changes_apply_at_once(back
         .await;
     assert_eq!(code, 200, "{preview}");
     assert_eq!(
-        preview[0]["versions"],
+        preview["stages"][0]["versions"],
         json!({"3.0.0": 2, "1.0.0": 1}),
         "{preview}"
     );

@@ -242,9 +242,27 @@ impl ControlClient {
             .await
     }
 
-    /// All registered devices.
+    /// All registered devices (profiles, not what they run: see [`Client::device`]), walking
+    /// the server's pages.
     pub async fn devices(&self) -> Result<Vec<Value>, ClientError> {
-        self.call("GET", "/devices", None, None).await
+        let mut all = Vec::new();
+        let mut path = "/devices?limit=1000".to_owned();
+        loop {
+            let page: Value = self.call("GET", &path, None, None).await?;
+            if let Some(devices) = page["devices"].as_array() {
+                all.extend(devices.iter().cloned());
+            }
+            match page["next"].as_str() {
+                Some(next) => path = format!("/devices?limit=1000&after={}", encode(next)),
+                None => return Ok(all),
+            }
+        }
+    }
+
+    /// One device: profile, what it runs, groups, recent reports and failures.
+    pub async fn device(&self, id: &str) -> Result<Value, ClientError> {
+        self.call("GET", &format!("/devices/{}", encode(id)), None, None)
+            .await
     }
 
     /// Received tunnel records matching `query`, newest first (at most 1,000).
@@ -275,4 +293,9 @@ impl ControlClient {
         }
         Ok(written)
     }
+}
+
+/// `text` escaped for a URL path segment or query value.
+fn encode(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

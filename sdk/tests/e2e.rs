@@ -157,9 +157,15 @@ async fn publish_release_run_and_upload_reach_the_cloud_store() {
 
     let devices = fleet.client.devices().await.unwrap();
     assert_eq!(devices.len(), 2);
-    for device in &devices {
+    for listed in &devices {
+        let device = fleet
+            .client
+            .device(listed["id"].as_str().unwrap())
+            .await
+            .unwrap();
         assert_eq!(device["tasks"][0]["version"], "1.0.0", "{device}");
         assert_eq!(device["tasks"][0]["state"], "installed", "{device}");
+        assert_eq!(device["online"], true, "{device}");
     }
     let releases: Vec<serde_json::Value> = reqwest::Client::new()
         .get(format!("{}/v1/releases", fleet.cloud.http_url()))

@@ -10,7 +10,7 @@ use utoipa_axum::routes;
 
 use super::{ErrorBody, bad_json};
 use crate::auth::Role;
-use crate::store::auth::{AppRow, AuditRow, TokenRow};
+use crate::store::auth::{AppRow, AuditFilter, AuditRow, TokenRow};
 use crate::{AppState, CloudError, secrets};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
@@ -148,24 +148,16 @@ async fn list_apps(State(state): State<AppState>) -> Result<Json<Vec<AppRow>>, C
     Ok(Json(state.db.list_apps().await?))
 }
 
-#[derive(Deserialize, utoipa::IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-struct AuditQuery {
-    /// At most this many entries, newest first (default 100).
-    limit: Option<i64>,
-}
-
 /// Lists the audit log: every mutating control-plane call, who made it and its outcome.
-#[utoipa::path(get, path = "/audit", tag = "admin", params(AuditQuery), responses(
+#[utoipa::path(get, path = "/audit", tag = "admin", params(AuditFilter), responses(
     (status = 200, body = Vec<AuditRow>),
     (status = 400, body = ErrorBody, description = "bad query"),
 ))]
 
 async fn list_audit(
     State(state): State<AppState>,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    filter: Result<Query<AuditFilter>, QueryRejection>,
 ) -> Result<Json<Vec<AuditRow>>, CloudError> {
-    let Query(query) = query.map_err(|e| CloudError::Invalid(e.body_text()))?;
-    Ok(Json(state.db.list_audit(query.limit.unwrap_or(100)).await?))
+    let Query(filter) = filter.map_err(|e| CloudError::Invalid(e.body_text()))?;
+    Ok(Json(state.db.list_audit(&filter).await?))
 }

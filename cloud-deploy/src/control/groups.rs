@@ -12,6 +12,7 @@ use walle_proto::manifest::is_valid_task_name;
 use super::{ErrorBody, bad_json};
 use crate::release::select::LiveRelease;
 use crate::store::groups::GroupRow;
+use crate::store::releases::ReleaseRow;
 use crate::{AppState, CloudError, release};
 
 /// Most members added or removed in one call.
@@ -51,6 +52,8 @@ struct GroupDetail {
     #[serde(flatten)]
     group: GroupRow,
     devices: Vec<String>,
+    /// Active and paused releases whose targeting names the group, newest first.
+    releases: Vec<ReleaseRow>,
 }
 
 /// Creates an empty device group.
@@ -90,7 +93,17 @@ async fn detail(state: &AppState, name: &str) -> Result<GroupDetail, CloudError>
         .await?
         .ok_or_else(|| CloudError::NotFound(format!("no device group {name:?}")))?;
     let devices = state.db.group_members(name).await?;
-    Ok(GroupDetail { group, devices })
+    let mut releases = Vec::new();
+    for row in state.db.live_releases().await? {
+        if row.live()?.policy.target.groups().contains(&name) {
+            releases.push(row);
+        }
+    }
+    Ok(GroupDetail {
+        group,
+        devices,
+        releases,
+    })
 }
 
 /// A device group with its members.
@@ -150,7 +163,7 @@ async fn change_members(
         .change_group_members(&name, &change.add, &change.remove)
         .await?;
     for live in releases_targeting(&state, &name).await? {
-        release::notify_change(&state, &live.task, &live.id).await;
+        release::notify_change(&state, &live).await;
     }
     Ok(Json(detail(&state, &name).await?))
 }

@@ -7,6 +7,7 @@ mod admin;
 mod console;
 mod devices;
 mod groups;
+mod overview;
 mod records;
 mod releases;
 mod tasks;
@@ -102,7 +103,8 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(devices::routes())
         .merge(groups::routes())
         .merge(records::routes())
-        .merge(admin::routes());
+        .merge(admin::routes())
+        .merge(overview::routes());
     let (router, mut doc) = OpenApiRouter::with_openapi(ControlPlaneDoc::openapi())
         .nest("/v1", routes)
         .split_for_parts();

@@ -5,12 +5,13 @@ use axum::body::Body;
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use walle_proto::manifest::is_valid_task_name;
 
 use super::{ErrorBody, bad_json};
+use crate::store::releases::{ReleaseFilter, ReleaseRow};
 use crate::store::tasks::{TaskRow, VersionRow};
 use crate::{AppState, CloudError, catalog};
 
@@ -20,6 +21,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     let (schemas, paths, versions) = routes!(list_versions, upload_version);
     OpenApiRouter::new()
         .routes(routes!(list_tasks, create_task))
+        .routes(routes!(version_detail))
         .routes((schemas, paths, versions.layer(DefaultBodyLimit::disable())))
 }
 
@@ -107,4 +109,53 @@ async fn upload_version(
     let spooled = catalog::spool(&state.config.data_dir, body.into_data_stream(), limit).await?;
     let row = catalog::publish_version(&state, &name, spooled).await?;
     Ok((StatusCode::CREATED, Json(row)))
+}
+
+/// A version with its manifest and the releases of it.
+#[derive(Serialize, utoipa::ToSchema)]
+struct VersionDetail {
+    #[serde(flatten)]
+    version: VersionRow,
+    /// The signed release manifest devices receive: runtime, entry, triggers, features,
+    /// limits, models with their digests.
+    #[schema(value_type = Object)]
+    manifest: serde_json::Value,
+    /// Releases of this version, newest first (at most 100).
+    releases: Vec<ReleaseRow>,
+}
+
+/// One version: its bundle, its manifest, and which releases use it.
+#[utoipa::path(get, path = "/tasks/{name}/versions/{version}", tag = "tasks",
+    params(
+        ("name" = String, Path, description = "task name"),
+        ("version" = String, Path, description = "version"),
+    ),
+    responses(
+        (status = 200, body = VersionDetail),
+        (status = 404, body = ErrorBody, description = "no such task version"),
+    ))]
+async fn version_detail(
+    State(state): State<AppState>,
+    Path((name, version)): Path<(String, String)>,
+) -> Result<Json<VersionDetail>, CloudError> {
+    let row = state
+        .db
+        .get_version(&name, &version)
+        .await?
+        .ok_or_else(|| CloudError::NotFound(format!("task {name:?} has no version {version:?}")))?;
+    let manifest = serde_json::from_str(&row.manifest_json).map_err(|e| {
+        CloudError::Internal(format!(
+            "stored manifest of {name} {version} is not JSON: {e}"
+        ))
+    })?;
+    let filter = ReleaseFilter {
+        task: Some(name),
+        version: Some(version),
+        ..ReleaseFilter::default()
+    };
+    Ok(Json(VersionDetail {
+        releases: state.db.list_releases(&filter).await?,
+        manifest,
+        version: row,
+    }))
 }

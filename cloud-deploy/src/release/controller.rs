@@ -69,8 +69,8 @@ pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<
 pub enum Decision {
     Abort(String),
     Advance,
-    /// Stay at this stage; with why when the gate's health conditions fail (none while it only
-    /// waits for devices, runs or soak time).
+    /// Stay at this stage, with why: what the gate waits for or which health condition fails,
+    /// with the figures. None only at the last stage, where there is nothing to advance to.
     Hold(Option<String>),
 }
 
@@ -132,27 +132,66 @@ fn gate_decision(
 ) -> Decision {
     let policy = &release.policy;
     let gate = &policy.gate;
-    if !gate.auto_advance || release.stage >= policy.last_stage() {
+    if release.stage >= policy.last_stage() {
         return Decision::Hold(None);
+    }
+    let held = |why: String| {
+        Decision::Hold(Some(format!(
+            "{HELD}{} of {} ({}%): {why}",
+            release.stage + 1,
+            policy.stages.len(),
+            policy.stages.get(release.stage).copied().unwrap_or(100.0)
+        )))
+    };
+    if !gate.auto_advance {
+        return held(
+            "waiting for an operator to advance (the gate does not advance automatically)".into(),
+        );
     }
     let failing = gate_failures(gate, health, latency);
     if !failing.is_empty() {
-        return Decision::Hold(Some(format!(
-            "{HELD}{} of {}: {}",
-            release.stage + 1,
-            policy.stages.len(),
-            failing.join("; ")
-        )));
+        return held(failing.join("; "));
     }
-    let enough_devices = health.executed >= i64::from(gate.min_devices);
-    let healthy = succeeded(health) >= gate.min_success_rate;
-    let fast = gate.max_run_p99_ms.is_none() || latency.p99_ms.is_some();
-    let soaked = now_ms - stage_started_at_ms >= (gate.min_soak_secs as i64).saturating_mul(1000);
-    if enough_devices && healthy && fast && soaked {
+    let waiting = gate_waits(gate, stage_started_at_ms, health, latency, now_ms);
+    if waiting.is_empty() {
         Decision::Advance
     } else {
-        Decision::Hold(None)
+        held(waiting.join("; "))
     }
+}
+
+/// What the gate still waits for before a healthy stage may advance, with the figures: too few
+/// reporting devices, no run reported for the latency condition, soak time left.
+fn gate_waits(
+    gate: &Gate,
+    stage_started_at_ms: i64,
+    health: &ReleaseHealth,
+    latency: &RunLatency,
+    now_ms: i64,
+) -> Vec<String> {
+    let mut waiting = Vec::new();
+    let needed = i64::from(gate.min_devices).max(1);
+    if health.executed < needed {
+        waiting.push(format!(
+            "waiting for {needed} reporting devices ({} so far)",
+            health.executed
+        ));
+    }
+    if let Some(max) = gate.max_run_p99_ms
+        && latency.p99_ms.is_none()
+    {
+        waiting.push(format!(
+            "waiting for a reported run (the gate needs run p99 <= {max} ms)"
+        ));
+    }
+    let soak_ms = (gate.min_soak_secs as i64).saturating_mul(1000);
+    if now_ms - stage_started_at_ms < soak_ms {
+        waiting.push(format!(
+            "soaking: a stage runs {} s before it advances",
+            gate.min_soak_secs
+        ));
+    }
+    waiting
 }
 
 /// The gate's health conditions that fail now, with the figures. Too few devices or runs to
@@ -202,7 +241,7 @@ fn slow_runs(p99_ms: i64, max_ms: u64, runs: i64) -> String {
 
 /// One pass over every active release.
 pub async fn tick(state: &AppState) -> Result<(), CloudError> {
-    for row in state.db.list_releases().await? {
+    for row in state.db.live_releases().await? {
         if row.state != ReleaseState::Active.as_str() {
             continue;
         }
@@ -240,7 +279,7 @@ async fn abort(state: &AppState, live: &LiveRelease, reason: &str) -> Result<(),
         .await?
     {
         tracing::warn!(release = %live.id, %reason, "release aborted");
-        notify_change(state, &live.task, &live.id).await;
+        notify_change(state, live).await;
     }
     Ok(())
 }
@@ -251,7 +290,7 @@ async fn advance(state: &AppState, live: &LiveRelease, from: i64) -> Result<(), 
         if let Some(updated) = state.db.get_release(&live.id).await? {
             supersede_if_full(state, &updated).await?;
         }
-        notify_change(state, &live.task, &live.id).await;
+        notify_change(state, live).await;
     }
     Ok(())
 }
@@ -280,17 +319,18 @@ async fn show_hold(
 /// Records targeted and installed devices of every active or paused release.
 pub async fn sample_coverage(state: &AppState) -> Result<(), CloudError> {
     let at_ms = now_ms();
-    for row in state.db.list_releases().await? {
+    for row in state.db.live_releases().await? {
         if row.state != ReleaseState::Active.as_str() && row.state != ReleaseState::Paused.as_str()
         {
             continue;
         }
-        let stats = super::stats(state, &row).await?;
+        let selection = super::stats::selection(state, &row.live()?, false).await?;
+        let stats = super::stats(state, &row, &selection).await?;
         let sample = crate::store::stats::CoverageSample {
             at_ms,
             stage: row.stage,
             targeted: stats.targeted as i64,
-            installed: stats.installed,
+            installed: stats.installed as i64,
         };
         state.db.add_sample(&row.id, &sample).await?;
     }
@@ -318,6 +358,10 @@ mod tests {
                 ..ReleasePolicy::default()
             },
         }
+    }
+
+    fn held(why: &str) -> Decision {
+        Decision::Hold(Some(format!("held at stage 1 of 2 (10%): {why}")))
     }
 
     fn health(executed: i64, failed: i64) -> ReleaseHealth {
@@ -355,13 +399,13 @@ mod tests {
         let r = release(auto(3, 0), None);
         assert_eq!(
             decide(&r, 0, &health(2, 0), &NO_RUNS, 0),
-            Decision::Hold(None),
+            held("waiting for 3 reporting devices (2 so far)"),
             "too few devices"
         );
         assert_eq!(
             decide(&r, 0, &health(3, 1), &NO_RUNS, 0),
             Decision::Hold(Some(
-                "held at stage 1 of 2: success rate 66.7% < 90.0% over 3 devices".into()
+                "held at stage 1 of 2 (10%): success rate 66.7% < 90.0% over 3 devices".into()
             )),
             "success rate too low"
         );
@@ -372,7 +416,7 @@ mod tests {
         let soaking = release(auto(3, 60), None);
         assert_eq!(
             decide(&soaking, 0, &health(10, 0), &NO_RUNS, 59_000),
-            Decision::Hold(None)
+            held("soaking: a stage runs 60 s before it advances")
         );
         assert_eq!(
             decide(&soaking, 0, &health(10, 0), &NO_RUNS, 60_000),
@@ -381,13 +425,24 @@ mod tests {
         let manual = release(Gate::default(), None);
         assert_eq!(
             decide(&manual, 0, &health(100, 0), &NO_RUNS, 0),
-            Decision::Hold(None)
+            held("waiting for an operator to advance (the gate does not advance automatically)")
         );
         let mut last = release(auto(1, 0), None);
         last.stage = 1;
         assert_eq!(
             decide(&last, 0, &health(100, 0), &NO_RUNS, 0),
             Decision::Hold(None)
+        );
+    }
+
+    #[test]
+    fn a_waiting_stage_says_what_it_waits_for_with_the_figures() {
+        let r = release(auto(5, 30), None);
+        assert_eq!(
+            decide(&r, 0, &health(1, 0), &NO_RUNS, 10_000),
+            held(
+                "waiting for 5 reporting devices (1 so far); soaking: a stage runs 30 s before it advances"
+            )
         );
     }
 
@@ -413,7 +468,7 @@ mod tests {
         let by_rate = release(Gate::default(), Some(rule(None, Some(0.5), 4)));
         assert_eq!(
             decide(&by_rate, 0, &health(3, 3), &NO_RUNS, 0),
-            Decision::Hold(None),
+            held("waiting for an operator to advance (the gate does not advance automatically)"),
             "below minimum executed"
         );
         assert!(matches!(
@@ -431,13 +486,13 @@ mod tests {
         let r = release(gate, None);
         assert_eq!(
             decide(&r, 0, &health(10, 0), &NO_RUNS, 0),
-            Decision::Hold(None),
-            "no run yet: the stage waits, it is not held"
+            held("waiting for a reported run (the gate needs run p99 <= 500 ms)"),
+            "no run yet: the stage waits, and says so"
         );
         assert_eq!(
             decide(&r, 0, &health(10, 0), &runs(143, 812), 0),
             Decision::Hold(Some(
-                "held at stage 1 of 2: run p99 812 ms > 500 ms over 143 runs".into()
+                "held at stage 1 of 2 (10%): run p99 812 ms > 500 ms over 143 runs".into()
             ))
         );
         assert_eq!(
@@ -448,7 +503,7 @@ mod tests {
         assert_eq!(
             decide(&r, 0, &health(0, 0), &runs(143, 812), 0),
             Decision::Hold(Some(
-                "held at stage 1 of 2: run p99 812 ms > 500 ms over 143 runs".into()
+                "held at stage 1 of 2 (10%): run p99 812 ms > 500 ms over 143 runs".into()
             )),
             "slow runs hold the stage even before enough devices reported"
         );
@@ -488,12 +543,12 @@ mod tests {
         let r = release(Gate::default(), Some(rule));
         assert_eq!(
             decide(&r, 0, &health(1, 0), &runs(19, 5_000), 0),
-            Decision::Hold(None),
+            held("waiting for an operator to advance (the gate does not advance automatically)"),
             "one slow device below min_runs must not abort"
         );
         assert_eq!(
             decide(&r, 0, &health(1, 0), &runs(20, 500), 0),
-            Decision::Hold(None),
+            held("waiting for an operator to advance (the gate does not advance automatically)"),
             "at the limit is within it"
         );
         assert_eq!(

@@ -28,38 +28,64 @@ use target::Profile;
 
 /// Tells every subscribed device, on every replica, that what it should run for `task` may
 /// have changed.
-pub(crate) async fn notify_change(state: &AppState, task: &str, release_id: &str) {
+pub(crate) async fn notify_change(state: &AppState, release: &LiveRelease) {
     let notice = Notice {
         kind: notice::Kind::TaskChanged as i32,
-        task: task.to_owned(),
-        release_id: release_id.to_owned(),
-        pace_window_ms: state.config.pace_window_ms,
+        task: release.task.clone(),
+        release_id: release.id.clone(),
+        pace_window_ms: release
+            .policy
+            .pace_window_ms
+            .unwrap_or(state.config.pace_window_ms),
     };
     crate::notify::publish(&state.db, &state.hub, notice).await;
 }
 
-/// Creates a release of `task@version` under `policy` and notifies devices.
+/// Creates a release of `task@version` under `policy` and notifies devices. `salt` places
+/// devices in the stages' sticky buckets: pass the one a [`preview`] chose, and the release takes
+/// exactly the devices the preview showed; without one, the release's id is the salt.
 pub async fn create_release(
     state: &AppState,
     task: &str,
     version: &str,
     policy: ReleasePolicy,
+    salt: Option<String>,
 ) -> Result<ReleaseRow, CloudError> {
     check_policy(state, &policy).await?;
+    let salt = salt.map(checked_salt).transpose()?;
     if state.db.get_version(task, version).await?.is_none() {
         return Err(CloudError::NotFound(format!(
             "task {task:?} has no version {version:?}"
         )));
     }
     let id = format!("rel_{}", hex::encode(secrets::random_bytes::<8>()?));
+    // Without a previewed salt the release's own id places its devices.
+    let salt = salt.unwrap_or_else(|| id.clone());
     let release = state
         .db
-        .create_release(&id, task, version, &policy, &id)
+        .create_release(&id, task, version, &policy, &salt)
         .await?;
     supersede_if_full(state, &release).await?;
-    notify_change(state, task, &id).await;
+    notify_change(state, &release.live()?).await;
     tracing::info!(release = %id, task, version, "release created");
     Ok(release)
+}
+
+/// A fresh bucket salt: 16 hex digits.
+fn new_salt() -> Result<String, CloudError> {
+    Ok(hex::encode(secrets::random_bytes::<8>()?))
+}
+
+/// A salt given by a caller (from a preview) must look like one the cloud draws.
+fn checked_salt(salt: String) -> Result<String, CloudError> {
+    let valid = (8..=64).contains(&salt.len()) && salt.bytes().all(|b| b.is_ascii_hexdigit());
+    if valid {
+        Ok(salt)
+    } else {
+        Err(CloudError::Invalid(format!(
+            "salt: {salt:?} is not a bucket salt (8-64 hex digits, as `POST /v1/releases/preview` returns)"
+        )))
+    }
 }
 
 /// Validates a policy, including that every group it names exists.
@@ -91,7 +117,8 @@ async fn supersede_if_full(state: &AppState, release: &ReleaseRow) -> Result<(),
 }
 
 /// What an operator can do to a release.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 #[schema(rename_all = "lowercase")]
 pub enum Action {
     Pause,
@@ -115,6 +142,122 @@ impl Action {
     }
 }
 
+/// The actions a release's state allows now: the one rule the API, the console and the CLI follow.
+pub fn allowed_actions(release: &LiveRelease) -> Vec<Action> {
+    match release.state {
+        ReleaseState::Active if release.stage < release.policy.last_stage() => vec![
+            Action::Advance,
+            Action::Pause,
+            Action::Abort,
+            Action::Rollback,
+        ],
+        ReleaseState::Active => vec![Action::Pause, Action::Abort, Action::Rollback],
+        ReleaseState::Paused => vec![Action::Resume, Action::Abort, Action::Rollback],
+        ReleaseState::Aborted | ReleaseState::Superseded => Vec::new(),
+    }
+}
+
+/// What an action would do now, in words and in devices, for the operator's confirmation.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ActionEffect {
+    pub action: Action,
+    /// What happens to which devices, with the figures.
+    pub effect: String,
+    /// The devices whose version changes (or, for pause, stays as it is instead of changing).
+    pub devices: usize,
+}
+
+/// A release with its statistics and what an operator may do to it now.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct ReleaseStatus {
+    #[serde(flatten)]
+    pub release: ReleaseRow,
+    pub stats: ReleaseStats,
+    /// Exactly the actions the release's state allows, each with its effect.
+    pub actions: Vec<ActionEffect>,
+}
+
+/// A release's status: statistics and the allowed actions with their effects.
+pub async fn status(state: &AppState, release: ReleaseRow) -> Result<ReleaseStatus, CloudError> {
+    let live = release.live()?;
+    let selection = stats::selection(state, &live, true).await?;
+    let stats = stats(state, &release, &selection).await?;
+    let actions = allowed_actions(&live)
+        .into_iter()
+        .map(|action| effect(&live, &stats, &selection, action))
+        .collect();
+    Ok(ReleaseStatus {
+        release,
+        stats,
+        actions,
+    })
+}
+
+fn effect(
+    live: &LiveRelease,
+    stats: &ReleaseStats,
+    selection: &stats::Selection,
+    action: Action,
+) -> ActionEffect {
+    let version = &live.version;
+    let (targeted, installed) = (stats.targeted, stats.installed);
+    let running = installed + stats.still_running;
+    let stage_label = |stage: usize| {
+        format!(
+            "stage {} of {} ({}%)",
+            stage + 1,
+            live.policy.stages.len(),
+            live.policy.stages.get(stage).copied().unwrap_or(100.0)
+        )
+    };
+    let (effect, devices) = match action {
+        Action::Advance => {
+            let next = selection.next_stage.unwrap_or(targeted);
+            let more = next.saturating_sub(targeted);
+            (
+                format!(
+                    "Moves to {}: {more} more devices are offered {version} ({targeted} → {next} targeted).",
+                    stage_label(live.stage + 1)
+                ),
+                more,
+            )
+        }
+        Action::Pause => {
+            let waiting = targeted - installed;
+            (
+                format!(
+                    "No device gets {version} any more: the {installed} devices running it keep it; \
+                     the {waiting} targeted devices that have not installed it keep what they run."
+                ),
+                waiting,
+            )
+        }
+        Action::Resume => {
+            let again = selection.if_resumed.unwrap_or(targeted);
+            let new = again.saturating_sub(installed);
+            (
+                format!(
+                    "{version} goes out again at {}: {again} devices targeted, {new} of them do not run it yet.",
+                    stage_label(live.stage)
+                ),
+                new,
+            )
+        }
+        Action::Abort | Action::Rollback => (
+            format!(
+                "The release stops for good. The {running} devices running {version} go back to \
+                 the version they had before (or drop the task if they had none), at their next sync."
+            ),
+            running,
+        ),
+    };
+    ActionEffect {
+        action,
+        effect,
+        devices,
+    }
+}
+
 /// Applies an operator action; `Conflict` when the release's state does not allow it.
 pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRow, CloudError> {
     let release = state
@@ -123,46 +266,41 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
         .await?
         .ok_or_else(|| CloudError::NotFound(format!("no release {id:?}")))?;
     use ReleaseState::*;
-    let moved = match action {
-        Action::Pause => {
-            state
-                .db
-                .transition_release(id, &[Active], Paused, "paused by operator")
-                .await?
-        }
-        Action::Resume => {
-            state
-                .db
-                .transition_release(id, &[Paused], Active, "")
-                .await?
-        }
-        Action::Abort => {
-            state
-                .db
-                .transition_release(id, &[Active, Paused], Aborted, "aborted by operator")
-                .await?
-        }
-        Action::Rollback => {
-            state
-                .db
-                .transition_release(id, &[Active, Paused], Aborted, "rolled back by operator")
-                .await?
-        }
-        Action::Advance => {
-            let live = release.live()?;
-            if live.state != Active || live.stage >= live.policy.last_stage() {
-                false
-            } else {
-                state.db.advance_stage(id, release.stage).await?
+    let live = release.live()?;
+    let moved = allowed_actions(&live).contains(&action)
+        && match action {
+            Action::Pause => {
+                state
+                    .db
+                    .transition_release(id, &[Active], Paused, "paused by operator")
+                    .await?
             }
-        }
-    };
+            Action::Resume => {
+                state
+                    .db
+                    .transition_release(id, &[Paused], Active, "")
+                    .await?
+            }
+            Action::Abort => {
+                state
+                    .db
+                    .transition_release(id, &[Active, Paused], Aborted, "aborted by operator")
+                    .await?
+            }
+            Action::Rollback => {
+                state
+                    .db
+                    .transition_release(id, &[Active, Paused], Aborted, "rolled back by operator")
+                    .await?
+            }
+            Action::Advance => state.db.advance_stage(id, release.stage).await?,
+        };
     if !moved {
         return Err(CloudError::Conflict(format!(
             "release {id} is {} at stage {} of {}; cannot {action:?}",
             release.state,
             release.stage + 1,
-            release.live()?.policy.stages.len()
+            live.policy.stages.len()
         )));
     }
     // A paused or aborted release has handed its devices back to the releases it superseded
@@ -173,7 +311,7 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
         .await?
         .ok_or_else(|| CloudError::NotFound(format!("no release {id:?}")))?;
     supersede_if_full(state, &updated).await?;
-    notify_change(state, &updated.task, id).await;
+    notify_change(state, &updated.live()?).await;
     tracing::info!(release = %id, ?action, state = %updated.state, stage = updated.stage, "release changed by operator");
     Ok(updated)
 }
@@ -200,6 +338,14 @@ pub(crate) async fn fleet(
             (profile, running)
         })
         .collect())
+}
+
+/// "If I start this release now": the bucket salt the preview used (pass it to create, and the
+/// release takes exactly these devices) and, per stage, who runs which version.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct Preview {
+    pub salt: String,
+    pub stages: Vec<PreviewStage>,
 }
 
 /// How many devices one stage of a previewed release gives each version.
@@ -232,8 +378,13 @@ pub async fn preview(
     task: &str,
     version: &str,
     policy: ReleasePolicy,
-) -> Result<Vec<PreviewStage>, CloudError> {
+    salt: Option<String>,
+) -> Result<Preview, CloudError> {
     policy.validate().map_err(CloudError::Invalid)?;
+    let salt = match salt {
+        Some(salt) => checked_salt(salt)?,
+        None => new_salt()?,
+    };
     let mut releases = served_releases_of(state, task).await?;
     let candidate_seq = releases.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
     let stages = policy.stages.clone();
@@ -244,7 +395,7 @@ pub async fn preview(
         version: version.to_owned(),
         state: ReleaseState::Active,
         stage: 0,
-        salt: "preview".into(),
+        salt: salt.clone(),
         policy,
     });
     let devices = fleet(state).await?;
@@ -268,7 +419,7 @@ pub async fn preview(
             versions,
         });
     }
-    Ok(out)
+    Ok(Preview { salt, stages: out })
 }
 
 /// The task-event kinds a policy's abort rule counts as failures.

@@ -22,6 +22,9 @@ pub struct ReleasePolicy {
     pub gate: Gate,
     /// Automatic abort; none when absent.
     pub abort: Option<AbortRule>,
+    /// Window (ms) over which notified devices spread their pulls, so a release to a large fleet
+    /// never arrives as one burst; the cloud's `pace_window_ms` when absent.
+    pub pace_window_ms: Option<u32>,
 }
 
 impl Default for ReleasePolicy {
@@ -32,6 +35,7 @@ impl Default for ReleasePolicy {
             priority: 0,
             gate: Gate::default(),
             abort: None,
+            pace_window_ms: None,
         }
     }
 }
@@ -110,6 +114,9 @@ fn default_failure_kinds() -> Vec<FailureKind> {
     vec![FailureKind::Install, FailureKind::Run]
 }
 
+/// Longest pace window a policy may ask for.
+pub const MAX_PACE_WINDOW_MS: u32 = 3_600_000;
+
 impl ReleasePolicy {
     /// Checks the whole policy; the error names the offending field.
     pub fn validate(&self) -> Result<(), String> {
@@ -135,6 +142,14 @@ impl ReleasePolicy {
         positive_ms("policy.gate.max_run_p99_ms", self.gate.max_run_p99_ms)?;
         if let Some(abort) = &self.abort {
             abort.validate("policy.abort")?;
+        }
+        if self
+            .pace_window_ms
+            .is_some_and(|ms| ms > MAX_PACE_WINDOW_MS)
+        {
+            return Err(format!(
+                "policy.pace_window_ms: at most {MAX_PACE_WINDOW_MS} (one hour); devices that miss a notice still pull at their periodic sync"
+            ));
         }
         Ok(())
     }

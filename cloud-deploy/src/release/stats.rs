@@ -10,24 +10,30 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::policy::{ReleasePolicy, bucket};
-use super::select::{LiveRelease, choose};
+use super::select::{LiveRelease, ReleaseState, choose};
+use super::target::Profile;
 use super::{failure_kinds, fleet, served_releases_of};
 use crate::store::events::RunMetrics;
 use crate::store::releases::{ReleaseHealth, ReleaseRow};
 use crate::{AppState, CloudError};
 
-/// A release's progress across the fleet.
+/// A release's progress across the fleet. Every figure counts devices unless it says runs or
+/// notices, and `installed <= targeted` always holds.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct ReleaseStats {
     /// Registered devices this release is selected for now (targeting, stage and priority).
     pub targeted: usize,
-    /// Devices whose active version of the task is this release's version.
-    pub installed: i64,
-    /// Share of targeted devices that have it installed.
+    /// Targeted devices whose active version of the task is this release's version.
+    pub installed: usize,
+    /// `installed / targeted` (0 when nothing is targeted).
     pub coverage: f64,
-    /// Notices about this release delivered to device streams.
+    /// Devices running this release's version that it does not target (any more): after an
+    /// abort or a pause, until they have switched back; or devices another release gave it.
+    pub still_running: usize,
+    /// Push notices about this release delivered to device streams: every subscribed device of
+    /// the task is told to pull, targeted or not, so this may exceed `targeted`.
     pub notified: i64,
-    /// Devices that pulled this release.
+    /// Devices that pulled this release (Sync handed them its version while they ran another).
     pub synced: i64,
     #[serde(flatten)]
     pub health: ReleaseHealth,
@@ -48,7 +54,7 @@ pub struct StageStats {
     pub notified: i64,
     /// Devices of this cohort that pulled the release.
     pub synced: i64,
-    /// Devices of this cohort running the release's version.
+    /// Targeted devices of this cohort running the release's version.
     pub installed: i64,
     /// Devices of this cohort that failed to install it.
     pub install_failed: i64,
@@ -61,37 +67,97 @@ pub struct StageStats {
 }
 
 /// The stage whose percentage first covers a device's bucket; `None` when no stage does.
-fn cohort(policy: &ReleasePolicy, salt: &str, device_id: &str) -> Option<usize> {
+pub fn cohort(policy: &ReleasePolicy, salt: &str, device_id: &str) -> Option<usize> {
     let b = bucket(device_id, salt);
     (0..policy.stages.len()).find(|&stage| b < policy.stage_buckets(stage))
 }
 
-/// Statistics of one release.
-pub async fn stats(state: &AppState, release: &ReleaseRow) -> Result<ReleaseStats, CloudError> {
-    let live = release.live()?;
+/// Which devices a release selects now, and how many it would select after each action that
+/// changes that: the figures an operator's confirmation quotes.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    /// Devices the release is selected for now.
+    pub targeted: Vec<String>,
+    /// How many it would select at its next stage (when it has one and is active).
+    pub next_stage: Option<usize>,
+    /// How many it would select if resumed (when paused).
+    pub if_resumed: Option<usize>,
+}
+
+/// Walks the fleet once: who the release takes now and, `with_what_ifs`, how many at its next
+/// stage and if resumed.
+pub async fn selection(
+    state: &AppState,
+    live: &LiveRelease,
+    with_what_ifs: bool,
+) -> Result<Selection, CloudError> {
     let mut releases = served_releases_of(state, &live.task).await?;
     if !releases.iter().any(|r| r.id == live.id) {
         releases.push(live.clone());
     }
-    let targeted_devices: Vec<String> = fleet(state)
+    let at = releases.iter().position(|r| r.id == live.id).unwrap_or(0);
+    let variant = |change: &dyn Fn(&mut LiveRelease)| {
+        let mut changed = releases.clone();
+        if let Some(r) = changed.get_mut(at) {
+            change(r);
+        }
+        changed
+    };
+    let can_advance = live.state == ReleaseState::Active && live.stage < live.policy.last_stage();
+    let advanced = (with_what_ifs && can_advance).then(|| variant(&|r| r.stage += 1));
+    let resumed = (with_what_ifs && live.state == ReleaseState::Paused)
+        .then(|| variant(&|r| r.state = ReleaseState::Active));
+    let picks = |set: &[LiveRelease], profile: &Profile, running: &HashMap<String, String>| {
+        choose(set, profile, running)
+            .get(&live.task)
+            .is_some_and(|r| r.id == live.id)
+    };
+    let mut out = Selection {
+        next_stage: advanced.as_ref().map(|_| 0),
+        if_resumed: resumed.as_ref().map(|_| 0),
+        ..Selection::default()
+    };
+    for (profile, running) in fleet(state).await? {
+        if let (Some(set), Some(n)) = (&advanced, out.next_stage.as_mut()) {
+            *n += usize::from(picks(set, &profile, &running));
+        }
+        if let (Some(set), Some(n)) = (&resumed, out.if_resumed.as_mut()) {
+            *n += usize::from(picks(set, &profile, &running));
+        }
+        if picks(&releases, &profile, &running) {
+            out.targeted.push(profile.device_id);
+        }
+    }
+    Ok(out)
+}
+
+/// Statistics of one release, from a [`selection`] of it.
+pub async fn stats(
+    state: &AppState,
+    release: &ReleaseRow,
+    selection: &Selection,
+) -> Result<ReleaseStats, CloudError> {
+    let live = release.live()?;
+    let running: HashSet<String> = state
+        .db
+        .installed_devices(&live.task, &live.version)
         .await?
         .into_iter()
-        .filter(|(profile, running)| {
-            choose(&releases, profile, running)
-                .get(&live.task)
-                .is_some_and(|r| r.id == live.id)
-        })
-        .map(|(profile, _)| profile.device_id)
         .collect();
-    let targeted = targeted_devices.len();
-    let installed = state.db.count_installed(&live.task, &live.version).await?;
+    let targeted = selection.targeted.len();
+    let installed = selection
+        .targeted
+        .iter()
+        .filter(|d| running.contains(*d))
+        .count();
     let kinds = failure_kinds(&live.policy);
     let health = state.db.release_health(&live.id, &kinds).await?;
     let (notified, synced) = state.db.notified_and_synced(&live.id).await?;
-    let stages = stage_stats(state, &live, &targeted_devices, &kinds).await?;
+    let stages = stage_stats(state, &live, selection, &running, &kinds).await?;
     Ok(ReleaseStats {
         targeted,
         installed,
+        still_running: running.len() - installed,
         notified,
         synced,
         coverage: if targeted == 0 {
@@ -108,7 +174,8 @@ pub async fn stats(state: &AppState, release: &ReleaseRow) -> Result<ReleaseStat
 async fn stage_stats(
     state: &AppState,
     live: &LiveRelease,
-    targeted_devices: &[String],
+    selection: &Selection,
+    running: &HashSet<String>,
     failure_kinds: &[&str],
 ) -> Result<Vec<StageStats>, CloudError> {
     let policy = &live.policy;
@@ -123,23 +190,15 @@ async fn stage_stats(
         })
         .collect();
     let of = |device: &str| cohort(policy, &live.salt, device);
-    for device in targeted_devices {
+    for device in &selection.targeted {
         if let Some(s) = of(device).and_then(|c| stages.get_mut(c)) {
             s.targeted += 1;
+            s.installed += i64::from(running.contains(device));
         }
     }
     for device in state.db.synced_devices(&live.id).await? {
         if let Some(s) = of(&device).and_then(|c| stages.get_mut(c)) {
             s.synced += 1;
-        }
-    }
-    for device in state
-        .db
-        .installed_devices(&live.task, &live.version)
-        .await?
-    {
-        if let Some(s) = of(&device).and_then(|c| stages.get_mut(c)) {
-            s.installed += 1;
         }
     }
     let mut failed: HashSet<String> = HashSet::new();

@@ -3,6 +3,7 @@
 use serde::Serialize;
 use sqlx::Row;
 
+use super::filter::Conditions;
 use super::{Db, db_err, is_unique_violation, now_ms};
 use crate::CloudError;
 
@@ -33,6 +34,25 @@ pub struct AuditRow {
 pub struct AppRow {
     pub app_id: String,
     pub created_at_ms: i64,
+}
+
+/// Which audit entries a listing returns, newest first.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct AuditFilter {
+    /// Entries whose actor (name and token id) contains this.
+    pub actor: Option<String>,
+    /// Entries of this HTTP method (POST, DELETE, …).
+    pub method: Option<String>,
+    /// Entries whose path starts with this (e.g. `/v1/releases`).
+    pub path: Option<String>,
+    /// Entries at or after this Unix time (ms).
+    pub since_ms: Option<i64>,
+    /// Entries before this Unix time (ms) (the next page: the last entry's `at_ms`).
+    pub until_ms: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
 }
 
 impl Db {
@@ -123,15 +143,35 @@ impl Db {
         Ok(())
     }
 
-    /// The newest audit entries.
-    pub async fn list_audit(&self, limit: i64) -> Result<Vec<AuditRow>, CloudError> {
-        let rows = sqlx::query(
-            "SELECT id, at_ms, actor, role, method, path, status FROM audit_log ORDER BY at_ms DESC, id LIMIT $1",
-        )
-        .bind(limit.clamp(1, 1000))
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("reading audit log"))?;
+    /// The newest audit entries matching a filter.
+    pub async fn list_audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRow>, CloudError> {
+        let mut conditions = Conditions::default();
+        if let Some(actor) = &filter.actor {
+            conditions.contains("actor", actor);
+        }
+        if let Some(method) = &filter.method {
+            conditions.text("method", "=", method.to_ascii_uppercase());
+        }
+        if let Some(path) = &filter.path {
+            conditions.starts_with("path", path);
+        }
+        if let Some(since) = filter.since_ms {
+            conditions.int("at_ms", ">=", since);
+        }
+        if let Some(until) = filter.until_ms {
+            conditions.int("at_ms", "<", until);
+        }
+        let sql = format!(
+            "SELECT id, at_ms, actor, role, method, path, status FROM audit_log{} ORDER BY at_ms DESC, id LIMIT {}",
+            conditions.where_clause(),
+            conditions.next_placeholder()
+        );
+        let rows = conditions
+            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .bind(filter.limit.unwrap_or(100).clamp(1, 1000))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("reading audit log"))?;
         rows.iter()
             .map(|row| {
                 Ok(AuditRow {

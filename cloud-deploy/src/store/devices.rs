@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 use sqlx::Row;
 
+use super::filter::Conditions;
 use super::{Db, db_err, now_ms};
 use crate::CloudError;
 
@@ -174,7 +175,7 @@ impl Db {
     /// All devices with what they run, by id.
     pub async fn list_devices(&self) -> Result<Vec<DeviceRow>, CloudError> {
         let devices = sqlx::query(
-            "SELECT id, profile_json, registered_at_ms, last_seen_ms FROM devices ORDER BY id",
+            "SELECT id, app_id, profile_json, registered_at_ms, last_seen_ms FROM devices ORDER BY id",
         )
         .fetch_all(self.pool())
         .await
@@ -185,43 +186,188 @@ impl Db {
         .fetch_all(self.pool())
         .await
         .map_err(db_err("listing device tasks"))?;
-        let mut out = Vec::with_capacity(devices.len());
-        for row in &devices {
-            let id: String = row.try_get("id").map_err(db_err("decoding device"))?;
-            let profile_json: String = row
-                .try_get("profile_json")
-                .map_err(db_err("decoding device"))?;
-            let mut device_tasks = Vec::new();
-            for t in tasks
-                .iter()
-                .filter(|t| t.try_get::<String, _>("device_id").ok().as_deref() == Some(&id))
-            {
-                device_tasks.push(DeviceTaskRow {
-                    task: t.try_get("task").map_err(db_err("decoding device task"))?,
-                    version: t
-                        .try_get("version")
-                        .map_err(db_err("decoding device task"))?,
-                    state: t.try_get("state").map_err(db_err("decoding device task"))?,
-                    detail: t
-                        .try_get("detail")
-                        .map_err(db_err("decoding device task"))?,
-                    updated_at_ms: t
-                        .try_get("updated_at_ms")
-                        .map_err(db_err("decoding device task"))?,
-                });
-            }
-            out.push(DeviceRow {
-                profile: serde_json::from_str(&profile_json).unwrap_or(serde_json::Value::Null),
-                registered_at_ms: row
-                    .try_get("registered_at_ms")
-                    .map_err(db_err("decoding device"))?,
-                last_seen_ms: row
-                    .try_get("last_seen_ms")
-                    .map_err(db_err("decoding device"))?,
-                id,
-                tasks: device_tasks,
-            });
+        let mut tasks_of: HashMap<String, Vec<DeviceTaskRow>> = HashMap::new();
+        for row in &tasks {
+            let device: String = row
+                .try_get("device_id")
+                .map_err(db_err("decoding device task"))?;
+            tasks_of
+                .entry(device)
+                .or_default()
+                .push(device_task_from_row(row).map_err(db_err("decoding device task"))?);
         }
-        Ok(out)
+        devices
+            .iter()
+            .map(|row| {
+                let summary = summary_from_row(row).map_err(db_err("decoding device"))?;
+                Ok(DeviceRow {
+                    tasks: tasks_of.remove(&summary.id).unwrap_or_default(),
+                    id: summary.id,
+                    profile: summary.profile,
+                    registered_at_ms: summary.registered_at_ms,
+                    last_seen_ms: summary.last_seen_ms,
+                })
+            })
+            .collect()
     }
+
+    /// A page of devices matching a search, by id.
+    pub async fn search_devices(
+        &self,
+        search: &DeviceSearch,
+    ) -> Result<Vec<DeviceSummary>, CloudError> {
+        let mut conditions = Conditions::default();
+        if let Some(prefix) = search.q.as_deref().filter(|q| !q.is_empty()) {
+            // The range lets the primary key index find the prefix; LIKE keeps it exact
+            // whatever the collation.
+            conditions
+                .text("id", ">=", prefix)
+                .text("id", "<", format!("{prefix}\u{10FFFF}"))
+                .starts_with("id", prefix);
+        }
+        if let Some(after) = &search.after {
+            conditions.text("id", ">", after);
+        }
+        if let Some(app) = &search.app_id {
+            conditions.text("app_id", "=", app);
+        }
+        for (field, value) in search.profile_fields() {
+            // The profile is stored as serde's compact JSON of a flat struct, so an exact field
+            // value appears as `"field":"value"` with the value JSON-escaped.
+            let value = serde_json::to_string(value).unwrap_or_default();
+            conditions.contains("profile_json", &format!("\"{field}\":{value}"));
+        }
+        if let Some(group) = &search.group {
+            conditions.raw("EXISTS (SELECT 1 FROM device_group_members m WHERE m.device_id = devices.id AND m.group_name = ");
+            conditions.text_tail(group, ")");
+        }
+        let limit = search.limit.unwrap_or(50).clamp(1, 1000);
+        let sql = format!(
+            "SELECT id, app_id, profile_json, registered_at_ms, last_seen_ms FROM devices{} ORDER BY id LIMIT {}",
+            conditions.where_clause(),
+            conditions.next_placeholder()
+        );
+        let rows = conditions
+            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("searching devices"))?;
+        rows.iter()
+            .map(summary_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(db_err("decoding devices"))
+    }
+
+    /// One device, if registered.
+    pub async fn get_device(&self, id: &str) -> Result<Option<DeviceSummary>, CloudError> {
+        let row = sqlx::query(
+            "SELECT id, app_id, profile_json, registered_at_ms, last_seen_ms FROM devices WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err("reading device"))?;
+        row.as_ref()
+            .map(summary_from_row)
+            .transpose()
+            .map_err(db_err("decoding device"))
+    }
+
+    /// What a device runs, per task.
+    pub async fn device_tasks(&self, id: &str) -> Result<Vec<DeviceTaskRow>, CloudError> {
+        let rows = sqlx::query(
+            "SELECT task, version, state, detail, updated_at_ms FROM device_tasks WHERE device_id = $1 ORDER BY task",
+        )
+        .bind(id)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("reading device tasks"))?;
+        rows.iter()
+            .map(device_task_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(db_err("decoding device tasks"))
+    }
+
+    /// How many devices are registered.
+    pub async fn count_devices(&self) -> Result<i64, CloudError> {
+        sqlx::query("SELECT COUNT(*) FROM devices")
+            .fetch_one(self.pool())
+            .await
+            .and_then(|row| row.try_get::<i64, _>(0))
+            .map_err(db_err("counting devices"))
+    }
+}
+
+/// A device without what it runs: a row of a device search.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct DeviceSummary {
+    pub id: String,
+    pub app_id: String,
+    #[schema(value_type = Object)]
+    pub profile: serde_json::Value,
+    pub registered_at_ms: i64,
+    pub last_seen_ms: i64,
+}
+
+/// Which devices a search returns: by id, `limit` at a time, after `after`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceSearch {
+    /// Devices whose id starts with this.
+    pub q: Option<String>,
+    /// Only devices of this host app.
+    pub app_id: Option<String>,
+    /// Profile fields, matched exactly.
+    pub os: Option<String>,
+    pub os_version: Option<String>,
+    pub model: Option<String>,
+    pub hardware_tier: Option<String>,
+    pub region: Option<String>,
+    pub app_version: Option<String>,
+    /// Only members of this device group.
+    pub group: Option<String>,
+    /// Only devices whose id sorts after this (the next page: the last id of this one).
+    pub after: Option<String>,
+    /// At most this many (default 50, at most 1000).
+    pub limit: Option<i64>,
+}
+
+impl DeviceSearch {
+    /// The profile fields the search asks to match, by their name in the stored profile.
+    fn profile_fields(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("os", &self.os),
+            ("os_version", &self.os_version),
+            ("model", &self.model),
+            ("hardware_tier", &self.hardware_tier),
+            ("region", &self.region),
+            ("app_version", &self.app_version),
+        ]
+        .into_iter()
+        .filter_map(|(field, value)| value.as_deref().map(|v| (field, v)))
+        .collect()
+    }
+}
+
+fn summary_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceSummary, sqlx::Error> {
+    let profile_json: String = row.try_get("profile_json")?;
+    Ok(DeviceSummary {
+        id: row.try_get("id")?,
+        app_id: row.try_get("app_id")?,
+        profile: serde_json::from_str(&profile_json).unwrap_or(serde_json::Value::Null),
+        registered_at_ms: row.try_get("registered_at_ms")?,
+        last_seen_ms: row.try_get("last_seen_ms")?,
+    })
+}
+
+fn device_task_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceTaskRow, sqlx::Error> {
+    Ok(DeviceTaskRow {
+        task: row.try_get("task")?,
+        version: row.try_get("version")?,
+        state: row.try_get("state")?,
+        detail: row.try_get("detail")?,
+        updated_at_ms: row.try_get("updated_at_ms")?,
+    })
 }

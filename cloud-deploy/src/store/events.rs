@@ -3,6 +3,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
+use super::filter::Conditions;
 use super::{Db, db_err, now_ms};
 use crate::CloudError;
 
@@ -387,5 +388,148 @@ impl Db {
             })
             .collect::<Result<_, sqlx::Error>>()
             .map_err(db_err("decoding records"))
+    }
+}
+
+/// Report kinds that are failures, shown in failure lists.
+pub const FAILURE_KINDS: [&str; 3] = ["install_failed", "run_failed", "rolled_back"];
+
+/// One failure a device reported: what failed, how, and the device's own words.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct FailureRow {
+    pub device_id: String,
+    /// `install_failed`, `run_failed` or `rolled_back`.
+    pub kind: String,
+    /// For a failed run: its kind (`exception`, `deadline`, `memory`, …); empty otherwise.
+    pub failure: String,
+    /// The device's message, e.g. a Python traceback or why it rolled back.
+    pub detail: String,
+    pub task: String,
+    pub version: String,
+    pub release_id: String,
+    pub at_ms: i64,
+}
+
+/// One report a device sent about a task.
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
+pub struct ReportRow {
+    pub kind: String,
+    pub task: String,
+    pub version: String,
+    pub release_id: String,
+    pub at_ms: i64,
+    pub detail: String,
+    pub failure: String,
+    pub duration_ms: i64,
+}
+
+/// Which failures a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct FailureQuery<'a> {
+    pub release_id: Option<&'a str>,
+    pub device_id: Option<&'a str>,
+    /// One of [`FAILURE_KINDS`]; all of them when absent.
+    pub kind: Option<&'a str>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+const FAILURE_COLUMNS: &str = "device_id, kind, failure, detail, task, version, release_id, at_ms";
+
+fn failure_from_row(row: &sqlx::any::AnyRow) -> Result<FailureRow, sqlx::Error> {
+    Ok(FailureRow {
+        device_id: row.try_get("device_id")?,
+        kind: row.try_get("kind")?,
+        failure: row.try_get("failure")?,
+        detail: row.try_get("detail")?,
+        task: row.try_get("task")?,
+        version: row.try_get("version")?,
+        release_id: row.try_get("release_id")?,
+        at_ms: row.try_get("at_ms")?,
+    })
+}
+
+impl Db {
+    /// Failures devices reported, newest first.
+    pub async fn failures(&self, query: &FailureQuery<'_>) -> Result<Vec<FailureRow>, CloudError> {
+        let mut conditions = Conditions::default();
+        match query.kind {
+            Some(kind) => conditions.text("kind", "=", kind),
+            None => conditions.raw("kind IN ('install_failed', 'run_failed', 'rolled_back')"),
+        };
+        if let Some(release) = query.release_id {
+            conditions.text("release_id", "=", release);
+        }
+        if let Some(device) = query.device_id {
+            conditions.text("device_id", "=", device);
+        }
+        let sql = format!(
+            "SELECT {FAILURE_COLUMNS} FROM task_events{} ORDER BY at_ms DESC, device_id, id LIMIT {} OFFSET {}",
+            conditions.where_clause(),
+            conditions.next_placeholder(),
+            conditions.placeholder_after(1),
+        );
+        let rows = conditions
+            .bind(sqlx::query(sqlx::AssertSqlSafe(sql)))
+            .bind(query.limit.clamp(1, 1000))
+            .bind(query.offset.max(0))
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("listing failures"))?;
+        rows.iter()
+            .map(failure_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(db_err("decoding failures"))
+    }
+
+    /// A device's most recent reports, newest first.
+    pub async fn device_reports(
+        &self,
+        device_id: &str,
+        limit: i64,
+    ) -> Result<Vec<ReportRow>, CloudError> {
+        let rows = sqlx::query(
+            "SELECT kind, task, version, release_id, at_ms, detail, failure, duration_ms \
+             FROM task_events WHERE device_id = $1 ORDER BY at_ms DESC, id LIMIT $2",
+        )
+        .bind(device_id)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("listing a device's reports"))?;
+        rows.iter()
+            .map(|row| {
+                Ok(ReportRow {
+                    kind: row.try_get("kind")?,
+                    task: row.try_get("task")?,
+                    version: row.try_get("version")?,
+                    release_id: row.try_get("release_id")?,
+                    at_ms: row.try_get("at_ms")?,
+                    detail: row.try_get("detail")?,
+                    failure: row.try_get("failure")?,
+                    duration_ms: row.try_get("duration_ms")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding a device's reports"))
+    }
+
+    /// (task, records received since `since_ms`), most records first.
+    pub async fn records_per_task_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<(String, i64)>, CloudError> {
+        let rows = sqlx::query(
+            "SELECT task, COUNT(*) AS n FROM tunnel_records WHERE received_at_ms >= $1 \
+             GROUP BY task ORDER BY n DESC, task",
+        )
+        .bind(since_ms)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("counting records per task"))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("task")?, row.try_get("n")?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding records per task"))
     }
 }

@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod devices;
 pub mod events;
+pub mod filter;
 pub mod groups;
 pub mod leases;
 pub mod releases;

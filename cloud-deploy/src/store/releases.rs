@@ -4,10 +4,28 @@
 use serde::Serialize;
 use sqlx::{AssertSqlSafe, Row};
 
+use super::filter::Conditions;
 use super::{Db, db_err, is_unique_violation, now_ms};
 use crate::CloudError;
 use crate::release::policy::ReleasePolicy;
 use crate::release::select::{LiveRelease, ReleaseState};
+
+/// Which releases a listing returns: newest first, `limit` at a time, below `before`.
+#[derive(Debug, Clone, Default, serde::Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ReleaseFilter {
+    /// Only releases of this task.
+    pub task: Option<String>,
+    /// Only releases in this state (active, paused, aborted, superseded).
+    pub state: Option<String>,
+    /// Only releases of this version (with `task`).
+    pub version: Option<String>,
+    /// Only releases created before the one with this `seq` (the next page).
+    pub before: Option<i64>,
+    /// At most this many (default 100, at most 1000).
+    pub limit: Option<i64>,
+}
 
 /// A release as the control plane shows it.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
@@ -137,13 +155,49 @@ impl Db {
     }
 
     /// All releases, newest first.
-    pub async fn list_releases(&self) -> Result<Vec<ReleaseRow>, CloudError> {
+    pub async fn list_releases(
+        &self,
+        filter: &ReleaseFilter,
+    ) -> Result<Vec<ReleaseRow>, CloudError> {
+        let mut conditions = Conditions::default();
+        if let Some(task) = &filter.task {
+            conditions.text("task", "=", task);
+        }
+        if let Some(state) = &filter.state {
+            conditions.text("state", "=", state);
+        }
+        if let Some(version) = &filter.version {
+            conditions.text("version", "=", version);
+        }
+        if let Some(before) = filter.before {
+            conditions.int("seq", "<", before);
+        }
+        let limit = filter.limit.unwrap_or(100).clamp(1, 1000);
+        let sql = format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases{} ORDER BY seq DESC LIMIT {}",
+            conditions.where_clause(),
+            conditions.next_placeholder()
+        );
+        let rows = conditions
+            .bind(sqlx::query(AssertSqlSafe(sql)))
+            .bind(limit)
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("listing releases"))?;
+        rows.iter()
+            .map(release_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(db_err("decoding releases"))
+    }
+
+    /// Active and paused releases, newest first: what the controller and the overview watch.
+    pub async fn live_releases(&self) -> Result<Vec<ReleaseRow>, CloudError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RELEASE_COLUMNS} FROM releases ORDER BY seq DESC"
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE state IN ('active', 'paused') ORDER BY seq DESC"
         )))
         .fetch_all(self.pool())
         .await
-        .map_err(db_err("listing releases"))?;
+        .map_err(db_err("listing live releases"))?;
         rows.iter()
             .map(release_from_row)
             .collect::<Result<_, _>>()

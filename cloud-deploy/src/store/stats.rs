@@ -159,6 +159,31 @@ impl Db {
         Ok(())
     }
 
+    /// A release's newest coverage sample.
+    pub async fn latest_sample(
+        &self,
+        release_id: &str,
+    ) -> Result<Option<CoverageSample>, CloudError> {
+        let row = sqlx::query(
+            "SELECT at_ms, stage, targeted, installed FROM release_samples WHERE release_id = $1 \
+             ORDER BY at_ms DESC LIMIT 1",
+        )
+        .bind(release_id)
+        .fetch_optional(self.pool())
+        .await
+        .map_err(db_err("reading coverage"))?;
+        row.map(|row| {
+            Ok(CoverageSample {
+                at_ms: row.try_get("at_ms")?,
+                stage: row.try_get("stage")?,
+                targeted: row.try_get("targeted")?,
+                installed: row.try_get("installed")?,
+            })
+        })
+        .transpose()
+        .map_err(db_err("decoding coverage"))
+    }
+
     /// A release's coverage series, oldest first.
     pub async fn samples(&self, release_id: &str) -> Result<Vec<CoverageSample>, CloudError> {
         let rows = sqlx::query(
