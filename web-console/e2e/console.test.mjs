@@ -98,7 +98,8 @@ async function waitFigure(page, name, predicate, what, timeoutMs = 45_000) {
     `the page's ${name} figure ${what}`,
     async () => {
       const value = await figure(page, name);
-      return predicate(value) ? { value } : false;
+      if (!predicate(value)) throw new Error(`it shows ${JSON.stringify(await page.locator(`[data-figure="${name}"]`).first().textContent())}`);
+      return { value };
     },
     { timeoutMs },
   ).then((r) => r.value);
@@ -339,7 +340,11 @@ scenario("a failing version: failure count -> failures -> device and its error; 
   await setNoReloadMarker(page);
   await waitFigure(page, "installed", (v) => v === DEVICES, `to show ${DEVICES}`);
   await confirmAction(page, release.id, "Abort", "abort");
-  await waitFor("the state to read aborted", async () => /aborted/i.test(await page.locator('[data-test="state"]').textContent()));
+  await waitFor("the state to read aborted", async () => {
+    const state = await page.locator('[data-test="state"]').textContent();
+    if (!/aborted/i.test(state)) throw new Error(`it reads ${JSON.stringify(state)}`);
+    return true;
+  });
   await waitFigure(page, "installed", (v) => v === 0, "to drop to 0 as devices leave the version");
   await waitFigure(page, "still_running", (v) => v === 0, "to drop to 0 once every device rolled back");
   await assertNoReload(page);
