@@ -141,20 +141,9 @@ function renderSignIn() {
   input.focus();
 }
 
-// Fallback used only while the backend has not landed GET /v1/me: the token is checked against a
-// read endpoint and every capability is assumed (the API still refuses what the role may not do).
-async function whoAmI(token) {
-  try {
-    return await api("/me", { token });
-  } catch (e) {
-    if (!(e instanceof ApiError) || e.status !== 404) throw e;
-    await api("/tasks", { token });
-    return {
-      id: "?", name: "operator", role: "unknown (GET /v1/me missing)",
-      may: ["upload_version", "preview_release", "create_release", "act_release", "manage_groups", "admin"],
-      meMissing: e.message,
-    };
-  }
+// Who the token belongs to and what it may do (GET /v1/me). Any failure is shown at sign-in.
+function whoAmI(token) {
+  return api("/me", { token });
 }
 
 function signOut(message) {
@@ -219,14 +208,10 @@ async function route() {
   const [, module, section] = found.route;
   renderNav(section);
   main.replaceChildren(h("p", { class: "muted", role: "status" }, "Loading…"));
-  const banner = me.meMissing
-    ? h("div", { class: "alert", role: "alert" }, `GET /v1/me: ${me.meMissing} — role-based hiding is off until the cloud serves it.`)
-    : null;
   try {
     const page = await import(`./${module}`);
     if (controller.signal.aborted) return;
     main.replaceChildren();
-    if (banner) main.append(banner);
     await page.render({
       main, params: found.params, query, me, may, signal: controller.signal,
       navigate: (hash) => { location.hash = hash; },

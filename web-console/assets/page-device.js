@@ -20,7 +20,7 @@ export async function render({ main, params, signal }) {
     return;
   }
   const p = d.profile || {};
-  const extra = Object.entries(p).filter(([k]) => !PROFILE.some(([key]) => key === k) && k !== "tags" && k !== "tier");
+  const extra = Object.entries(p).filter(([k]) => !PROFILE.some(([key]) => key === k) && k !== "tags");
   main.append(
     h("div", { class: "card status-card" }, h("div", { class: "status-line" },
       h("span", { title: "Online: the device has an open push stream to the cloud now." }, "State: ", badge(d.online ? "online" : "offline")),
@@ -28,7 +28,7 @@ export async function render({ main, params, signal }) {
       h("span", { class: "muted" }, `Registered ${fmtTime(d.registered_at_ms)}`))),
     h("div", { class: "grid-2" },
       section("Profile", h("dl", { class: "kv" },
-        PROFILE.map(([k, label]) => [h("dt", {}, label), h("dd", {}, String(p[k] ?? (k === "hardware_tier" ? p.tier : "") ?? "") || "–")]),
+        PROFILE.map(([k, label]) => [h("dt", {}, label), h("dd", {}, String(p[k] ?? "") || "–")]),
         h("dt", {}, "Tags"), h("dd", {}, (p.tags || []).join(", ") || "–"),
         extra.map(([k, v]) => [h("dt", {}, k), h("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))]))),
       section("Groups",

@@ -6,15 +6,13 @@ import { h, table, badge, fmtTime, fmtAgo, field, pageHeader, showError, loading
 
 const LIMIT = 50;
 const FILTERS = [
-  ["app_id", "App id"], ["app_version", "App version"], ["os", "OS"], ["model", "Model"],
-  ["tier", "Hardware tier"], ["region", "Region"], ["group", "Group"],
+  ["app_id", "App id"], ["app_version", "App version"], ["os", "OS"], ["os_version", "OS version"],
+  ["model", "Model"], ["hardware_tier", "Hardware tier"], ["region", "Region"], ["group", "Group"],
 ];
 
 export async function render({ main, query: q, signal }) {
   const search = h("input", { type: "search", value: q.get("q") || "", placeholder: "device id prefix", autocomplete: "off", spellcheck: "false" });
   const inputs = Object.fromEntries(FILTERS.map(([k]) => [k, h("input", { type: "text", value: q.get(k) || "" })]));
-  const online = h("select", {}, [["", "any"], ["true", "online"], ["false", "offline"]]
-    .map(([v, t]) => h("option", { value: v, selected: (q.get("online") || "") === v }, t)));
   const errors = h("div");
   const results = h("div", { "aria-live": "polite" });
   const pager = h("div", { class: "pager" });
@@ -27,12 +25,11 @@ export async function render({ main, query: q, signal }) {
     },
     field("Search devices", search),
     FILTERS.map(([k, label]) => field(label, inputs[k])),
-    field("Online", online),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Search"))),
     errors, results, pager);
 
   const params = () => ({
-    q: search.value.trim(), online: online.value,
+    q: search.value.trim(),
     ...Object.fromEntries(FILTERS.map(([k]) => [k, inputs[k].value.trim()])),
   });
 
@@ -48,14 +45,13 @@ export async function render({ main, query: q, signal }) {
     const after = state.pages[state.pages.length - 1];
     try {
       const page = await api(`/devices${query({ ...params(), limit: LIMIT, after })}`, { signal });
-      // An older cloud answers a bare array; then a full page means there may be more.
-      const rows = Array.isArray(page) ? page : page.devices || [];
-      if (Array.isArray(page)) page.next = rows.length >= LIMIT ? rows[rows.length - 1].id : null;
+      const rows = page.devices;
       results.replaceChildren(table([
         { title: "Device", cell: (d) => h("a", { href: `#/devices/${enc(d.id)}` }, d.id) },
         { title: "App", cell: (d) => `${d.app_id || d.profile?.app_id || ""} ${d.profile?.app_version || ""}`.trim() },
         { title: "OS", cell: (d) => `${d.profile?.os || ""} ${d.profile?.os_version || ""}`.trim() || "–" },
         { title: "Model", cell: (d) => d.profile?.model || "–" },
+        { title: "Tier", help: "Hardware tier from the device's profile.", cell: (d) => d.profile?.hardware_tier || "–" },
         { title: "Region", cell: (d) => d.profile?.region || "–" },
         { title: "Online", help: "Online: the device has an open push stream to the cloud now.", cell: (d) => badge(d.online ? "online" : "offline") },
         { title: "Last seen", help: "Last time the device talked to the cloud.", cell: (d) => h("time", { title: fmtTime(d.last_seen_ms) }, fmtAgo(d.last_seen_ms)) },

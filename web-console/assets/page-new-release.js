@@ -163,7 +163,7 @@ export async function render({ main, query: q, signal, may }) {
   const abortP99 = h("input", { type: "number", step: "1", min: "1", placeholder: "no limit" });
   const minRuns = h("input", { type: "number", step: "1", min: "0", value: "20" });
   const priority = h("input", { type: "number", step: "1", value: "0" });
-  const pace = h("input", { type: "number", step: "1000", min: "0", placeholder: "cloud default" });
+  const pace = h("input", { type: "number", step: "1000", min: "0", max: "3600000", placeholder: "cloud default" });
 
   const check = (control, text, path) => {
     const id = uid("c");
@@ -278,9 +278,8 @@ export async function render({ main, query: q, signal, may }) {
     const sent = body();
     try {
       const result = await api("/releases/preview", { method: "POST", body: sent, signal });
-      const stages = Array.isArray(result) ? result : result.stages || [];
-      preview = { salt: Array.isArray(result) ? undefined : result.salt, stages, sent };
-      renderPreview(sent, stages);
+      preview = { salt: result.salt, stages: result.stages, sent };
+      renderPreview(sent, result.stages);
     } catch (e) {
       if (e.name === "AbortError") return;
       previewBox.replaceChildren();
@@ -314,7 +313,6 @@ export async function render({ main, query: q, signal, may }) {
     clearErrors();
     startButton.disabled = true;
     const sent = preview ? { ...preview.sent, salt: preview.salt } : body();
-    if (sent.salt === undefined) delete sent.salt;
     try {
       const row = await api("/releases", { method: "POST", body: sent, signal });
       location.hash = `#/releases/${enc(row.id)}`;
@@ -339,7 +337,7 @@ export async function render({ main, query: q, signal, may }) {
       fieldWith("Stages", stagesInput, "policy.stages", { help: "Cumulative percentages of targeted devices, comma-separated and increasing, e.g. 1, 10, 100." }),
       h("div", { class: "grid-2" },
         fieldWith("Priority", priority, "policy.priority", { help: "Higher wins when several active releases of this task target a device." }),
-        fieldWith("Pace window (ms)", pace, "policy.pace_window_ms", { help: "Devices spread their pulls over this window; empty for the cloud's default." }))),
+        fieldWith("Pace window (ms)", pace, "policy.pace_window_ms", { help: "Devices spread their pulls over this window (at most 3,600,000 ms = 1 hour); empty for the cloud's default." }))),
     section("When to move on: gate",
       check(autoAdvance, "Advance automatically when the conditions hold", "policy.gate.auto_advance"),
       h("div", { class: "grid-2" },

@@ -68,6 +68,8 @@ export async function render({ main, params, signal, may }) {
   const reasonEl = h("span", { "data-test": "state-reason", class: "reason" });
   const stageEl = h("span", { title: "Current stage (1-based) of the policy's stages and its cumulative share of targeted devices." });
   const stageSince = h("span", { title: "When the current stage started." });
+  // After an abort or a pause, devices keep this version until they switch back.
+  const stillRunning = h("p", { class: "notice still-running", "data-test": "still-running", title: HELP.still_running, hidden: true });
   const actionsBox = h("div", { class: "action-buttons" });
   const actionError = h("div");
   const figureKeys = [
@@ -97,6 +99,7 @@ export async function render({ main, params, signal, may }) {
         h("span", { class: "muted" }, "Stage ", stageEl, " ", stageSince),
         h("span", { class: "live-wrap", title: "Whether the page is receiving live updates from the server's event stream." },
           "Updates: ", live)),
+      stillRunning,
       liveError,
       may("act_release") ? h("div", {}, actionsBox, actionError) : null),
     section("Figures", figs),
@@ -121,10 +124,13 @@ export async function render({ main, params, signal, may }) {
     setText(reasonEl, r.state_reason || "");
     setText(stageEl, stageText(r));
     setText(stageSince, r.stage_started_at_ms ? `since ${fmtTime(r.stage_started_at_ms)}` : "");
-    const rate = st.success_rate ?? successRate(st.executed, st.failed_devices);
+    const switchingBack = (r.state === "aborted" || r.state === "paused") && st.still_running > 0;
+    stillRunning.hidden = !switchingBack;
+    setText(stillRunning, switchingBack ? `Still running this version: ${fmtNum(st.still_running)} — switching back` : "");
+    const rate = successRate(st.executed, st.failed_devices);
     const values = {
       targeted: fmtNum(st.targeted), installed: fmtNum(st.installed),
-      coverage: fmtPct(st.coverage ?? (st.targeted ? st.installed / st.targeted : null)),
+      coverage: fmtPct(st.coverage),
       still_running: fmtNum(st.still_running), notified: fmtNum(st.notified), synced: fmtNum(st.synced),
       executed: fmtNum(st.executed), failed_devices: null, success_rate: fmtPct(rate),
       run_p50: fmtMs(runs.duration_p50_ms), run_p99: fmtMs(runs.duration_p99_ms),
@@ -186,14 +192,12 @@ export async function render({ main, params, signal, may }) {
 
   function renderActions(r) {
     const actions = r.actions || [];
-    const key = JSON.stringify(r.actions ?? null);
+    const key = JSON.stringify(actions);
     if (key === actionsKey) return;
     actionsKey = key;
     const hadFocus = actionsBox.contains(document.activeElement) ? document.activeElement.textContent : null;
     actionsBox.replaceChildren(
-      ...(actions.length ? [] : [h("p", { class: "muted" }, r.actions
-        ? "No actions are possible in this state."
-        : "No actions offered: the cloud's release status has no actions list.")]),
+      ...(actions.length ? [] : [h("p", { class: "muted" }, "No actions are possible in this state.")]),
       ...actions.map((a) => h("button", {
         type: "button",
         class: a.action === "abort" || a.action === "rollback" ? "danger" : "secondary",
