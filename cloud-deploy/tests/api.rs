@@ -670,6 +670,25 @@ async fn roles_limit_operators_and_every_mutation_is_audited(backend: Backend) {
     assert_eq!(status, StatusCode::FORBIDDEN);
     assert!(error_of(&body).contains("needs developer"), "{body}");
     assert_eq!(viewer.get("/v1/audit").await.0, StatusCode::FORBIDDEN);
+    // What each token may do, as the console asks before it shows a button.
+    let (status, me) = viewer.get("/v1/me").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        me,
+        json!({"id": tokens["viewer"].0, "name": "viewer bot", "role": "viewer", "may": []})
+    );
+    let (_, me) = as_role("release-manager").get("/v1/me").await;
+    assert_eq!(
+        me["may"],
+        json!([
+            "upload_version",
+            "preview_release",
+            "create_release",
+            "act_release",
+            "manage_groups"
+        ])
+    );
+    assert_eq!(admin.get("/v1/me").await.1["role"], "admin");
 
     let developer = as_role("developer");
     assert_eq!(

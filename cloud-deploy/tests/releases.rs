@@ -115,6 +115,38 @@ impl Operator {
         body["id"].as_str().unwrap().to_owned()
     }
 
+    /// The first `status` event of a release's live stream.
+    async fn first_live_event(&self, id: &str) -> Value {
+        let mut response = self
+            .http
+            .get(format!("{}/v1/releases/{id}/live", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/event-stream",
+            "{response:?}"
+        );
+        let mut text = String::new();
+        while !text.contains("\n\n") {
+            let chunk = tokio::time::timeout(TIMEOUT, response.chunk())
+                .await
+                .expect("the live stream sent nothing")
+                .unwrap()
+                .expect("the live stream ended");
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        let event = text.split("\n\n").next().unwrap();
+        assert!(event.starts_with("event: status\n"), "{event}");
+        let data: String = event
+            .lines()
+            .filter_map(|line| line.strip_prefix("data: "))
+            .collect();
+        serde_json::from_str(&data).unwrap()
+    }
+
     async fn status(&self, id: &str) -> Value {
         self.call("GET", &format!("/v1/releases/{id}"), None)
             .await
@@ -226,6 +258,7 @@ impl SimDevice {
             version: version.into(),
             release_id: release_id.into(),
             at_ms: 1,
+            detail: format!("KeyError: 'x' on {}", self.profile.device_id),
             ..Default::default()
         };
         let request = self.authed(ReportRequest {
@@ -460,6 +493,29 @@ async fn failures_abort_the_release_and_roll_devices_back(backend: Backend) {
     for d in &mut devices {
         assert_eq!(d.converge().await.as_deref(), Some("2.0.0"));
     }
+    // The actions an active release allows, each with what it would do to how many devices.
+    let active = op.status(&bad).await;
+    let actions: Vec<&str> = active["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["pause", "abort", "rollback"], "{active}");
+    let abort = &active["actions"][1];
+    assert_eq!(abort["devices"], 4, "{active}");
+    assert!(
+        abort["effect"]
+            .as_str()
+            .unwrap()
+            .contains("The 4 devices running 2.0.0 go back"),
+        "{active}"
+    );
+    // The live stream's first event is the same status.
+    let live = op.first_live_event(&bad).await;
+    assert_eq!(live["id"], bad.as_str());
+    assert_eq!(live["stats"]["installed"], 4, "{live}");
+    assert!(live["coverage"].is_array(), "{live}");
     // One run failure in four devices: 25 % < 50 %, no abort.
     devices[0]
         .report(task_event::Kind::RunFailed, "2.0.0", &bad)
@@ -473,6 +529,65 @@ async fn failures_abort_the_release_and_roll_devices_back(backend: Backend) {
     assert!(
         aborted["state_reason"].as_str().unwrap().contains("2 of 4"),
         "{aborted}"
+    );
+    assert_eq!(
+        aborted["actions"],
+        json!([]),
+        "an aborted release allows nothing"
+    );
+    let stats = &aborted["stats"];
+    assert!(
+        stats["installed"].as_u64() <= stats["targeted"].as_u64(),
+        "{aborted}"
+    );
+    // Why each device failed: per release (with the stage cohort) and per device.
+    let (code, failures) = op
+        .call("GET", &format!("/v1/releases/{bad}/failures"), None)
+        .await;
+    assert_eq!(code, 200, "{failures}");
+    let mut failed: Vec<&str> = failures
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["device_id"].as_str().unwrap())
+        .collect();
+    failed.sort();
+    assert_eq!(failed, ["device-0", "device-1"], "{failures}");
+    assert_eq!(failures[0]["kind"], "run_failed", "{failures}");
+    assert_eq!(failures[0]["stage"], 0, "{failures}");
+    assert!(
+        failures[0]["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("KeyError: 'x' on device-"),
+        "{failures}"
+    );
+    let (code, body) = op
+        .call(
+            "GET",
+            &format!("/v1/releases/{bad}/failures?kind=crash"),
+            None,
+        )
+        .await;
+    assert_eq!(code, 400, "{body}");
+    let (_, device) = op.call("GET", "/v1/devices/device-1", None).await;
+    assert_eq!(
+        device["failures"][0]["detail"], "KeyError: 'x' on device-1",
+        "{device}"
+    );
+    assert_eq!(
+        device["failures"][0]["release_id"],
+        bad.as_str(),
+        "{device}"
+    );
+    assert_eq!(device["tasks"][0]["version"], "2.0.0", "{device}");
+    assert_eq!(op.call("GET", "/v1/devices/nobody", None).await.0, 404);
+    let (_, overview) = op.call("GET", "/v1/overview", None).await;
+    assert_eq!(overview["devices"]["registered"], 4, "{overview}");
+    assert_eq!(
+        overview["recent_failures"].as_array().unwrap().len(),
+        2,
+        "{overview}"
     );
     let restored = op.status(&base).await;
     assert_eq!(
