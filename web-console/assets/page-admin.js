@@ -5,7 +5,6 @@ import { api, query } from "./api.js";
 import { h, table, badge, fmtTime, field, pageHeader, section, showError, loading, alertBox, confirmDialog, copyButton } from "./ui.js";
 
 const ROLES = ["viewer", "developer", "release-manager", "admin"];
-const secretOf = (body, keys) => (typeof body === "string" ? body : keys.map((k) => body && body[k]).find((v) => typeof v === "string"));
 
 function shownOnce(text, what, test) {
   return h("div", { class: "secret", "data-test": test, role: "status" },
@@ -37,10 +36,10 @@ function tokensSection(signal) {
         { title: "Id", cell: (t) => h("code", {}, t.id) },
         { title: "Role", cell: (t) => t.role },
         { title: "Created", cell: (t) => fmtTime(t.created_at_ms) },
-        { title: "State", cell: (t) => badge(t.revoked || t.revoked_at_ms ? "revoked" : "active") },
+        { title: "State", cell: (t) => badge(t.revoked_at_ms ? "revoked" : "active") },
         {
           title: "Action",
-          cell: (t) => (t.revoked || t.revoked_at_ms ? "–" : h("button", {
+          cell: (t) => (t.revoked_at_ms ? "–" : h("button", {
             type: "button", class: "danger small", "aria-label": `Revoke ${t.name}`,
             onclick: () => revoke(t),
           }, "Revoke")),
@@ -73,7 +72,7 @@ function tokensSection(signal) {
         created.replaceChildren();
         try {
           const body = await api("/tokens", { method: "POST", body: { name: name.value.trim(), role: role.value }, signal });
-          const text = secretOf(body, ["token", "secret", "text"]);
+          const text = body.token;
           created.append(text ? shownOnce(text, `${role.value} token "${name.value.trim()}"`, "new-secret")
             : alertBox(`The cloud created the token but sent no token text: ${JSON.stringify(body)}`));
           name.value = "";
@@ -114,7 +113,7 @@ function appsSection(signal) {
         created.replaceChildren();
         try {
           const body = await api("/apps", { method: "POST", body: { app_id: appId.value.trim() }, signal });
-          const text = secretOf(body, ["secret", "enrollment_secret", "token"]);
+          const text = body.enrollment_secret;
           created.append(text ? shownOnce(text, `enrollment secret for ${appId.value.trim()}`, "new-app-secret")
             : alertBox(`The cloud created the app but sent no secret: ${JSON.stringify(body)}`));
           appId.value = "";

@@ -46,7 +46,23 @@ export function uploadForm({ fixedTask, signal, onDone, taskNames = [] }) {
         fileInput.value = "";
         if (onDone) onDone(row);
       } catch (err) {
-        if (err.name !== "AbortError") result.replaceChildren(alertBox(err, "Upload failed"));
+        if (err.name === "AbortError") return;
+        result.replaceChildren(alertBox(err, "Upload failed"));
+        // A bundle for a task that does not exist yet: offer to create the task, then upload.
+        if (err.status === 404 && !fixedTask) {
+          result.append(h("button", {
+            type: "button", class: "secondary",
+            onclick: async () => {
+              try {
+                await api("/tasks", { method: "POST", body: { name: task, description: "" }, signal });
+              } catch (createErr) {
+                if (createErr.name !== "AbortError") result.replaceChildren(alertBox(createErr, "Creating the task failed"));
+                return;
+              }
+              form.requestSubmit();
+            },
+          }, `Create task ${task}, then upload`));
+        }
       } finally {
         button.disabled = false;
       }

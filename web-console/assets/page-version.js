@@ -29,12 +29,17 @@ export async function render({ main, params, signal, may }) {
     if (e.name !== "AbortError") main.append(alertBox(e, "Loading the version failed"));
     return;
   }
-  const m = v.manifest || {};
-  const known = new Set(["name", "version", "runtime", "entry", "triggers", "features", "limits", "models"]);
+  // The signed manifest devices receive: {bundle_digest, bundle_size, task: {name, version,
+  // runtime, entry, handler, description, triggers, features, limits, models}}.
+  const manifest = v.manifest;
+  const m = manifest.task || {};
+  const known = new Set(["name", "version", "runtime", "entry", "handler", "description", "triggers", "features", "limits", "models"]);
   const rest = Object.fromEntries(Object.entries(m).filter(([k]) => !known.has(k)));
+  // Limits the task sets; the others take the device's defaults (null in the manifest).
+  const limits = Object.entries(m.limits || {}).filter(([, val]) => val != null);
   main.append(
     section("Bundle", h("dl", { class: "kv" },
-      h("dt", {}, "Digest"), h("dd", {}, h("code", {}, v.bundle_digest || "–")),
+      h("dt", {}, "Digest"), h("dd", {}, h("code", { class: "wrap" }, v.bundle_digest || "–")),
       h("dt", {}, "Size"), h("dd", {}, fmtBytes(v.bundle_size)),
       h("dt", {}, "Published"), h("dd", {}, fmtTime(v.created_at_ms)))),
     h("section", { class: "card", "data-test": "manifest", "aria-labelledby": "manifest-h" },
@@ -42,14 +47,16 @@ export async function render({ main, params, signal, may }) {
       h("dl", { class: "kv" },
         h("dt", {}, "Name"), h("dd", {}, show(m.name)),
         h("dt", {}, "Version"), h("dd", {}, show(m.version)),
+        h("dt", {}, "Description"), h("dd", {}, show(m.description)),
         h("dt", {}, "Runtime"), h("dd", {}, show(m.runtime)),
-        h("dt", {}, "Entry"), h("dd", {}, show(m.entry)),
-        h("dt", {}, "Limits"), h("dd", {}, h("code", {}, show(m.limits)))),
+        h("dt", {}, "Entry"), h("dd", {}, h("code", {}, `${show(m.entry)}${m.handler ? ` → ${m.handler}()` : ""}`)),
+        h("dt", { title: "Limits this task sets; the others are the device's defaults." }, "Limits"),
+        h("dd", {}, limits.length ? limits.map(([k, val]) => h("code", { class: "chip" }, `${k} = ${show(val)}`)) : "device defaults")),
       h("h3", {}, "Triggers"), objectsTable(m.triggers || [], "manifest-triggers"),
       h("h3", {}, "Features"), objectsTable(m.features || [], "manifest-features"),
       h("h3", {}, "Models"), objectsTable(m.models || [], "manifest-models"),
       Object.keys(rest).length ? [h("h3", {}, "Other fields"), h("pre", { class: "block", tabindex: "0" }, JSON.stringify(rest, null, 2))] : null,
-      h("details", {}, h("summary", {}, "Whole manifest as JSON"), h("pre", { class: "block", tabindex: "0" }, JSON.stringify(m, null, 2)))),
+      h("details", {}, h("summary", {}, "Whole manifest as JSON"), h("pre", { class: "block", tabindex: "0" }, JSON.stringify(manifest, null, 2)))),
     section("Releases of this version",
       table(releaseColumns(), v.releases || [], { test: "version-releases", caption: "Releases of this version", empty: "No release uses this version." })));
 }
