@@ -294,8 +294,13 @@ scenario("new release: preview, start, watch the chart and counts move live, adv
 
   const samples = await page.evaluate(() => window.__samples);
   const installedSeen = samples.map((s) => s.installed).filter((v) => !Number.isNaN(v));
-  assert.ok(Math.min(...installedSeen) < DEVICES, `the page never showed fewer than ${DEVICES} installed: ${[...new Set(installedSeen)]}`);
-  assert.equal(installedSeen.at(-1), DEVICES);
+  // What the page showed, in order, each value with how long it stayed (100 ms samples).
+  const history = installedSeen
+    .reduce((runs, v) => (runs.length && runs.at(-1)[0] === v ? runs.at(-1)[1]++ : runs.push([v, 1]), runs), [])
+    .map(([v, n]) => `${v} (${n / 10} s)`)
+    .join(" -> ");
+  assert.ok(Math.min(...installedSeen) < DEVICES, `the page never showed fewer than ${DEVICES} installed: ${history}`);
+  assert.equal(installedSeen.at(-1), DEVICES, `the installed figure did not stay at ${DEVICES} (API: ${(await fleet.release(id)).stats.installed}): ${history}`);
   const points = samples.map((s) => s.points).filter((v) => !Number.isNaN(v));
   assert.ok(points.at(-1) > points[0], `the chart's data-points did not grow: ${points[0]} -> ${points.at(-1)}`);
   await assertNoReload(page);
