@@ -108,6 +108,11 @@ export async function render({ main, params, signal, may }) {
     section("Runs", runsBox),
     section("Policy", policyBox));
 
+  // Drawn at the box's own width, so axis labels stay readable on a phone.
+  const drawChart = (samples) => {
+    const width = Math.min(720, Math.max(280, chartBox.clientWidth || 720));
+    chartBox.replaceChildren(coverageChart(samples, { width, height: width < 500 ? 200 : 240 }));
+  };
   let actionsKey = "";
   let coverage = null;
   let lastDetailKey = "";
@@ -146,7 +151,7 @@ export async function render({ main, params, signal, may }) {
     }
 
     if (r.coverage) coverage = r.coverage;
-    if (coverage) chartBox.replaceChildren(coverageChart(coverage));
+    if (coverage) drawChart(coverage);
 
     const detailKey = JSON.stringify([st, r.policy, r.stage]);
     if (detailKey === lastDetailKey) {
@@ -232,7 +237,7 @@ export async function render({ main, params, signal, may }) {
 
   update(first);
   api(`/releases/${enc(id)}/coverage`, { signal }).then((c) => {
-    if (!coverage) { coverage = c; chartBox.replaceChildren(coverageChart(c)); }
+    if (!coverage) { coverage = c; drawChart(c); }
   }).catch((e) => {
     if (e.name !== "AbortError") chartBox.replaceChildren(alertBox(e, "Loading the coverage series failed"));
   });
