@@ -23,8 +23,10 @@ use crate::store::releases::{ReleaseFilter, ReleaseRow};
 use crate::store::stats::CoverageSample;
 use crate::{AppState, CloudError};
 
-/// How often a live stream looks for a change in the release it follows.
+/// How often a live stream looks for a change in the release it follows, at most.
 const LIVE_INTERVAL: Duration = Duration::from_secs(1);
+/// A live stream waits at least this many times as long as its last look took.
+const LIVE_COST_FACTOR: u32 = 4;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -173,7 +175,8 @@ async fn live_json(state: &AppState, id: &str) -> Result<String, CloudError> {
 
 /// The release's status pushed as Server-Sent Events: an `event: status` whose data is the
 /// status (as `GET /v1/releases/{id}`) with its `coverage` series, sent at once and again
-/// whenever it changes (checked every second); an `event: error` with `{"error"}` when it
+/// whenever it changes (checked every second, or less often on a fleet so large that computing
+/// the status takes more than a quarter of that); an `event: error` with `{"error"}` when it
 /// cannot be read. Comment lines keep the connection alive. Ends when the cloud stops.
 #[utoipa::path(get, path = "/releases/{id}/live", tag = "releases",
     params(("id" = String, Path, description = "release id")),
@@ -192,6 +195,7 @@ async fn live_status(
         id,
         pending: Some(first),
         last: String::new(),
+        cost: Duration::ZERO,
     };
     let stream = futures::stream::unfold(feed, |mut feed| async move {
         let event = feed.next().await?;
@@ -206,6 +210,10 @@ struct LiveFeed {
     id: String,
     pending: Option<String>,
     last: String,
+    /// How long the last status took to compute: on a large fleet a status walks every device,
+    /// so the stream waits several times that long between looks and one viewer cannot keep
+    /// the database busy.
+    cost: Duration,
 }
 
 impl LiveFeed {
@@ -216,11 +224,15 @@ impl LiveFeed {
                 Some(json) => ("status", json),
                 None => {
                     let mut stopping = self.state.stopping.clone();
+                    let pause = LIVE_INTERVAL.max(self.cost * LIVE_COST_FACTOR);
                     tokio::select! {
-                        _ = tokio::time::sleep(LIVE_INTERVAL) => {}
+                        _ = tokio::time::sleep(pause) => {}
                         _ = stopping.wait_for(|stop| *stop) => return None,
                     }
-                    match live_json(&self.state, &self.id).await {
+                    let started = std::time::Instant::now();
+                    let status = live_json(&self.state, &self.id).await;
+                    self.cost = started.elapsed();
+                    match status {
                         Ok(json) => ("status", json),
                         Err(e) => (
                             "error",
