@@ -55,7 +55,7 @@ export async function render({ main, query: q, signal }) {
         { title: "Region", cell: (d) => d.profile?.region || "–" },
         { title: "Online", help: "Online: the device has an open push stream to the cloud now.", cell: (d) => badge(d.online ? "online" : "offline") },
         { title: "Last seen", help: "Last time the device talked to the cloud.", cell: (d) => h("time", { title: fmtTime(d.last_seen_ms) }, fmtAgo(d.last_seen_ms)) },
-      ], rows, { test: "devices", caption: "Devices", empty: "No device matches." }));
+      ], rows, { test: "devices", caption: "Devices", empty: state.pages.length > 1 ? "No more devices: the previous page was the last." : "No device matches." }));
       const n = state.pages.length;
       pager.replaceChildren(
         h("button", { type: "button", class: "secondary", disabled: n === 1, onclick: () => { state.pages.pop(); load(); } }, "Previous page"),

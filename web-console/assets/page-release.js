@@ -183,7 +183,8 @@ export async function render({ main, params, signal, may }) {
         ["Rolled back", count(st.rolled_back, "rolled_back"), HELP.rolled_back],
         ["Waited p99", fmtMs(runs.queued_p99_ms), HELP.queued_p99],
         ["Runs dropped", fmtNum(runs.dropped), HELP.dropped]].map(([label, value, help]) =>
-        h("div", { class: "figure" }, h("dt", { title: help }, label), h("dd", { title: help }, value)))),
+        h("div", { class: "figure" }, h("dt", { title: help }, label, h("span", { class: "help", "aria-hidden": "true" }, "?"),
+          h("span", { class: "sr-only" }, ` (${help})`)), h("dd", { title: help }, value)))),
     h("h3", {}, "Failures by kind"),
     byKind.length
       ? h("ul", { class: "kinds" }, byKind.map(([kind, n]) => h("li", {},
