@@ -98,7 +98,7 @@ export function sse(path, { onEvent, onState, signal }) {
             return;
           }
           onState("error", error.message);
-          // A 404 (endpoint not there, or no such release) will not heal by retrying fast.
+          // An error answer (e.g. 404: no such release) is shown; retries back off to 30 s.
         } else {
           onState("live");
           delay = 1000;
