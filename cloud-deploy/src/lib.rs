@@ -100,6 +100,8 @@ pub struct AppState {
     pub controller_active: Arc<AtomicBool>,
     /// Permits for concurrent bundle transfers.
     pub transfers: Arc<tokio::sync::Semaphore>,
+    /// The last load of the whole fleet, reused while fresh on a large fleet.
+    pub fleet_cache: release::FleetCache,
     /// Turns true when the cloud shuts down, so long-lived responses (the console's live
     /// streams) end and let the server stop.
     pub stopping: watch::Receiver<bool>,
@@ -140,6 +142,7 @@ impl Cloud {
             transfers: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_transfers.max(1),
             )),
+            fleet_cache: release::FleetCache::default(),
             stopping: stopped.clone(),
         };
         // Load TLS material before listening, so a bad file fails the start with its path.

@@ -781,6 +781,23 @@ async fn targeting_priority_customised_versions_and_late_joiners(backend: Backen
         .call("GET", "/v1/devices?hardware_tier=high&q=l", None)
         .await;
     assert_eq!(found["devices"][0]["id"], "l1", "{found}");
+    // Pages: `next` only when another page follows.
+    let (_, page) = op.call("GET", "/v1/devices?limit=2", None).await;
+    assert_eq!(page["devices"].as_array().unwrap().len(), 2, "{page}");
+    let next = page["next"].as_str().unwrap().to_owned();
+    let (_, rest) = op
+        .call("GET", &format!("/v1/devices?limit=1000&after={next}"), None)
+        .await;
+    let listed = 2 + rest["devices"].as_array().unwrap().len();
+    assert_eq!(rest["next"], Value::Null, "{rest}");
+    let (_, last) = op
+        .call("GET", &format!("/v1/devices?limit={}", listed), None)
+        .await;
+    assert_eq!(
+        last["next"],
+        Value::Null,
+        "an exactly full last page: {last}"
+    );
     low.profile.app_version = "4.0.0".into();
     // Priority beats newness: an urgent release for old app versions wins over both.
     let urgent = op

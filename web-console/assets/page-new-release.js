@@ -68,7 +68,8 @@ export async function render({ main, query: q, signal, may }) {
     lastTask = task;
     api(`/tasks/${enc(task)}/versions`, { signal }).then((vs) => {
       versionList.replaceChildren(...vs.slice(0, 200).map((v) => h("option", { value: v.version })));
-      if (!versionInput.value && vs.length) versionInput.value = vs[vs.length - 1].version;
+      // The API lists versions newest first: offer the newest.
+      if (!versionInput.value && vs.length) versionInput.value = vs[0].version;
     }).catch(() => {});
   };
   taskInput.addEventListener("change", loadVersions);

@@ -229,13 +229,17 @@ export async function render({ main, params, signal, may }) {
     showError(actionError, null);
     try {
       await api(`/releases/${enc(r.id)}/${a.action}`, { method: "POST", signal });
+      const eventsBefore = liveEvents;
       const fresh = await api(`/releases/${enc(r.id)}`, { signal });
-      update(fresh);
+      // A live event that arrived meanwhile may be newer than this answer, and the stream
+      // sends only changes: never let an older status overwrite it.
+      if (liveEvents === eventsBefore) update(fresh);
     } catch (e) {
       if (e.name !== "AbortError") showError(actionError, e, `${label} failed`);
     }
   }
 
+  let liveEvents = 0;
   update(first);
   api(`/releases/${enc(id)}/coverage`, { signal }).then((c) => {
     if (!coverage) { coverage = c; drawChart(c); }
@@ -247,6 +251,7 @@ export async function render({ main, params, signal, may }) {
     signal,
     onEvent: (name, data) => {
       if (name !== "status") return;
+      liveEvents += 1;
       try {
         update(JSON.parse(data));
       } catch (e) {

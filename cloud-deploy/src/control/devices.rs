@@ -50,11 +50,16 @@ async fn search_devices(
     search: Result<Query<DeviceSearch>, QueryRejection>,
 ) -> Result<Json<DevicePage>, CloudError> {
     let Query(search) = search.map_err(|e| CloudError::Invalid(e.body_text()))?;
-    let limit = search.limit.unwrap_or(50).clamp(1, 1000);
-    let found = state.db.search_devices(&search).await?;
-    let next = (found.len() as i64 == limit)
-        .then(|| found.last().map(|d| d.id.clone()))
-        .flatten();
+    let limit = search.limit.unwrap_or(50).clamp(1, 1000) as usize;
+    // One more than the page, to know whether another page follows.
+    let probe = DeviceSearch {
+        limit: Some(limit as i64 + 1),
+        ..search
+    };
+    let mut found = state.db.search_devices(&probe).await?;
+    let more = found.len() > limit;
+    found.truncate(limit);
+    let next = more.then(|| found.last().map(|d| d.id.clone())).flatten();
     let devices = found
         .into_iter()
         .map(|device| FoundDevice {

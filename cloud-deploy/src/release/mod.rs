@@ -16,6 +16,8 @@ pub mod target;
 pub use stats::{ReleaseStats, StageStats, stats};
 
 use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use walle_proto::v1::{Notice, notice};
@@ -317,27 +319,76 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
 }
 
 /// Every registered device's profile and what it runs per task.
-pub(crate) async fn fleet(
-    state: &AppState,
-) -> Result<Vec<(Profile, HashMap<String, String>)>, CloudError> {
+pub type Fleet = Arc<Vec<(Profile, HashMap<String, String>)>>;
+
+/// Loading the fleet takes longer than this: reuse the last load for a while.
+const SLOW_FLEET_LOAD: Duration = Duration::from_millis(100);
+/// A slow load is reused for this many times as long as it took.
+const FLEET_REUSE_FACTOR: u32 = 4;
+
+/// The last fleet load, shared by statistics, previews and the live streams. Small fleets are
+/// read afresh every time (figures move at once); a fleet that takes more than
+/// [`SLOW_FLEET_LOAD`] to read is reused for [`FLEET_REUSE_FACTOR`] times its load time, so
+/// operators watching releases of a million devices cost one load per few seconds, not one per
+/// viewer per second.
+#[derive(Clone, Default)]
+pub struct FleetCache {
+    last: Arc<Mutex<Option<FleetLoad>>>,
+}
+
+struct FleetLoad {
+    fleet: Fleet,
+    at: Instant,
+    cost: Duration,
+}
+
+impl FleetCache {
+    fn fresh(&self) -> Option<Fleet> {
+        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        last.as_ref()
+            .filter(|l| l.cost > SLOW_FLEET_LOAD && l.at.elapsed() < l.cost * FLEET_REUSE_FACTOR)
+            .map(|l| l.fleet.clone())
+    }
+
+    fn store(&self, fleet: Fleet, cost: Duration) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        *last = Some(FleetLoad {
+            fleet,
+            at: Instant::now(),
+            cost,
+        });
+    }
+}
+
+/// Every registered device's profile (with its groups) and what it runs per task.
+pub(crate) async fn fleet(state: &AppState) -> Result<Fleet, CloudError> {
+    if let Some(fleet) = state.fleet_cache.fresh() {
+        return Ok(fleet);
+    }
+    let started = Instant::now();
     let mut memberships = state.db.all_memberships().await?;
-    Ok(state
-        .db
-        .list_devices()
-        .await?
-        .into_iter()
-        .map(|device| {
-            let mut profile: Profile = serde_json::from_value(device.profile).unwrap_or_default();
-            profile.groups = memberships.remove(&profile.device_id).unwrap_or_default();
-            let running = device
-                .tasks
-                .into_iter()
-                .filter(|t| t.state == "installed")
-                .map(|t| (t.task, t.version))
-                .collect();
-            (profile, running)
-        })
-        .collect())
+    let fleet: Fleet = Arc::new(
+        state
+            .db
+            .list_devices()
+            .await?
+            .into_iter()
+            .map(|device| {
+                let mut profile: Profile =
+                    serde_json::from_value(device.profile).unwrap_or_default();
+                profile.groups = memberships.remove(&profile.device_id).unwrap_or_default();
+                let running = device
+                    .tasks
+                    .into_iter()
+                    .filter(|t| t.state == "installed")
+                    .map(|t| (t.task, t.version))
+                    .collect();
+                (profile, running)
+            })
+            .collect(),
+    );
+    state.fleet_cache.store(fleet.clone(), started.elapsed());
+    Ok(fleet)
 }
 
 /// "If I start this release now": the bucket salt the preview used (pass it to create, and the
@@ -405,7 +456,7 @@ pub async fn preview(
             candidate.stage = stage;
         }
         let mut versions: HashMap<String, usize> = HashMap::new();
-        for (profile, running) in &devices {
+        for (profile, running) in devices.iter() {
             let chosen = choose(&releases, profile, running);
             let label = chosen
                 .get(task)

@@ -117,15 +117,15 @@ pub async fn selection(
         if_resumed: resumed.as_ref().map(|_| 0),
         ..Selection::default()
     };
-    for (profile, running) in fleet(state).await? {
+    for (profile, running) in fleet(state).await?.iter() {
         if let (Some(set), Some(n)) = (&advanced, out.next_stage.as_mut()) {
-            *n += usize::from(picks(set, &profile, &running));
+            *n += usize::from(picks(set, profile, running));
         }
         if let (Some(set), Some(n)) = (&resumed, out.if_resumed.as_mut()) {
-            *n += usize::from(picks(set, &profile, &running));
+            *n += usize::from(picks(set, profile, running));
         }
-        if picks(&releases, &profile, &running) {
-            out.targeted.push(profile.device_id);
+        if picks(&releases, profile, running) {
+            out.targeted.push(profile.device_id.clone());
         }
     }
     Ok(out)

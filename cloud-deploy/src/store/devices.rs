@@ -241,7 +241,7 @@ impl Db {
             conditions.raw("EXISTS (SELECT 1 FROM device_group_members m WHERE m.device_id = devices.id AND m.group_name = ");
             conditions.text_tail(group, ")");
         }
-        let limit = search.limit.unwrap_or(50).clamp(1, 1000);
+        let limit = search.limit.unwrap_or(50).clamp(1, 1001);
         let sql = format!(
             "SELECT id, app_id, profile_json, registered_at_ms, last_seen_ms FROM devices{} ORDER BY id LIMIT {}",
             conditions.where_clause(),
