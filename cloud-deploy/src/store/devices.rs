@@ -218,12 +218,15 @@ impl Db {
     ) -> Result<Vec<DeviceSummary>, CloudError> {
         let mut conditions = Conditions::default();
         if let Some(prefix) = search.q.as_deref().filter(|q| !q.is_empty()) {
-            // The range lets the primary key index find the prefix; LIKE keeps it exact
-            // whatever the collation.
-            conditions
-                .text("id", ">=", prefix)
-                .text("id", "<", format!("{prefix}\u{10FFFF}"))
-                .starts_with("id", prefix);
+            conditions.starts_with("id", prefix);
+            if self.postgres_url().is_none() {
+                // SQLite compares text bytewise: this range lets the primary key find the
+                // prefix (its LIKE is case-insensitive and cannot use the index). PostgreSQL's
+                // collations do not promise that order, so there LIKE alone decides.
+                conditions
+                    .text("id", ">=", prefix)
+                    .text("id", "<", format!("{prefix}\u{10FFFF}"));
+            }
         }
         if let Some(after) = &search.after {
             conditions.text("id", ">", after);

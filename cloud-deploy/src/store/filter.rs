@@ -39,14 +39,8 @@ impl Conditions {
 
     /// `column` starts with `prefix` (LIKE with the prefix's wildcards escaped).
     pub fn starts_with(&mut self, column: &str, prefix: &str) -> &mut Self {
-        let escaped: String = prefix
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        self.values.push(Value::Text(format!("{escaped}%")));
+        self.values
+            .push(Value::Text(format!("{}%", escape_like(prefix))));
         self.clauses
             .push(format!("{column} LIKE ${} ESCAPE '\\'", self.values.len()));
         self
@@ -54,14 +48,8 @@ impl Conditions {
 
     /// `column` contains `text` (LIKE with the text's wildcards escaped).
     pub fn contains(&mut self, column: &str, text: &str) -> &mut Self {
-        let escaped: String = text
-            .chars()
-            .flat_map(|c| match c {
-                '%' | '_' | '\\' => vec!['\\', c],
-                c => vec![c],
-            })
-            .collect();
-        self.values.push(Value::Text(format!("%{escaped}%")));
+        self.values
+            .push(Value::Text(format!("%{}%", escape_like(text))));
         self.clauses
             .push(format!("{column} LIKE ${} ESCAPE '\\'", self.values.len()));
         self
@@ -117,6 +105,18 @@ impl Conditions {
         }
         query
     }
+}
+
+/// `text` with LIKE's wildcards and escape character escaped by `\\`.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
 }
 
 #[cfg(test)]
