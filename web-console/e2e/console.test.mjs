@@ -7,7 +7,8 @@
 
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
-import { Fleet, waitFor } from "./fleet.mjs";
+import fsp from "node:fs/promises";
+import { Fleet, PROFILES, waitFor } from "./fleet.mjs";
 import {
   PHONE,
   launchBrowser,
@@ -22,6 +23,11 @@ import {
 } from "./browser.mjs";
 
 const TASK = "ipv-feature";
+// A second task with the same code (and trigger), so the Data page's task filter has something to
+// leave out.
+const SHADOW = "ipv-shadow";
+const GROUP = "e2e-pilots";
+const GHOST = "e2e-ghost-never-registered";
 const DEVICES = 6;
 const FAILING_ERROR = "walle-e2e: version 1.2.0 fails on purpose";
 const ACTION_BUTTONS = ["Advance", "Pause", "Resume", "Abort", "Roll back", "Start release", "Upload", "Create token", "Revoke"];
@@ -524,4 +530,335 @@ scenario("accessibility: every page passes axe (no serious or critical violation
     violations.length ? `axe found serious or critical violations:\n${violations.join("\n")}` : "",
   ].filter(Boolean);
   assert.equal(report.length, 0, report.join("\n"));
+});
+
+// ---- more helpers ------------------------------------------------------------------------------
+
+/** Fails when the page shows an alert or the browser logged an error. */
+async function assertNoErrors(page, when) {
+  const alerts = await page.locator('main [role="alert"]').allTextContents();
+  assert.deepEqual(alerts, [], `alerts ${when}`);
+  assert.deepEqual(page.problems, [], `browser errors ${when}`);
+}
+
+/** The first cell's text of every body row of the table with data-test=`test` ([] when empty). */
+async function firstColumn(page, test) {
+  return page.locator(`table[data-test="${test}"] tbody tr`).evaluateAll((rows) => rows.map((r) => r.cells[0].textContent.trim()));
+}
+
+/** Waits until the first column of table `test` is exactly `expected` (in any order). */
+async function waitColumn(page, test, expected, what) {
+  const want = [...expected].sort();
+  await waitFor(what, async () => {
+    const seen = (await firstColumn(page, test)).sort();
+    if (JSON.stringify(seen) !== JSON.stringify(want)) throw new Error(`the table shows ${JSON.stringify(seen)}, not ${JSON.stringify(want)}`);
+    return true;
+  }, { timeoutMs: 10_000 });
+}
+
+/** Creates group `name` through the API unless it exists. */
+async function ensureGroup(name) {
+  await fleet.api("POST", "/v1/groups", { body: { name, description: "E2E pilot phones" } }).catch((e) => {
+    if (e.status !== 409) throw e;
+  });
+}
+
+/** The second task, released to every device and installed everywhere. */
+async function ensureShadow() {
+  if (made.releases.shadow) return;
+  if (!(await fleet.hasVersion(SHADOW, "1.0.0"))) {
+    await fleet.publish(await fleet.pack(TASK, { version: "1.0.0", name: SHADOW }), SHADOW);
+  }
+  const release = await fleet.createRelease(SHADOW, "1.0.0", { stages: [100] });
+  made.releases.shadow = release.id;
+  await fleet.waitInstalled(SHADOW, "1.0.0");
+}
+
+/** The <dt> → <dd> texts of the <dl> in the section headed `title`. */
+async function sectionPairs(page, title) {
+  return page.locator("section").filter({ has: page.getByRole("heading", { level: 2, name: title, exact: true }) }).first().evaluate((s) => {
+    const pairs = {};
+    for (const dt of s.querySelectorAll("dl dt")) pairs[dt.textContent.trim()] = dt.nextElementSibling?.textContent.trim();
+    return pairs;
+  });
+}
+
+// ---- groups, devices, data, admin --------------------------------------------------------------
+
+scenario("groups: create one, add and remove members, a release targeting it is listed, deleting it is refused", 90_000, async (page) => {
+  const releaseId = await activeReleaseId();
+  const version = (await fleet.release(releaseId)).version;
+  await fleet.api("DELETE", `/v1/groups/${GROUP}`).catch((e) => {
+    if (e.status !== 404) throw e;
+  });
+  const [kept, dropped] = [fleet.devices[2].id, fleet.devices[3].id];
+
+  await signIn(page, fleet);
+  await go(page, "#/groups");
+  await heading(page, /groups/i);
+  await page.getByLabel("Group name", { exact: true }).fill(GROUP);
+  await page.getByLabel("Description", { exact: true }).fill("E2E pilot phones");
+  await page.getByRole("button", { name: "Create group", exact: true }).click();
+  await heading(page, `Group ${GROUP}`);
+  assert.equal(new URL(page.url()).hash, `#/groups/${GROUP}`);
+  assert.equal((await fleet.api("GET", `/v1/groups/${GROUP}`)).description, "E2E pilot phones");
+  await page.locator('[data-test="group-members"]').waitFor();
+  assert.deepEqual(await firstColumn(page, "group-members"), [], "a new group lists members");
+
+  // Two of the fleet's devices and one id that never registered.
+  await page.getByLabel("Device ids to add", { exact: true }).fill(`${kept}, ${dropped} ${GHOST}`);
+  await page.getByRole("button", { name: "Add members", exact: true }).click();
+  await waitColumn(page, "group-members", [kept, dropped, GHOST], "the three members to be listed");
+  assert.deepEqual([...(await fleet.api("GET", `/v1/groups/${GROUP}`)).devices].sort(), [kept, dropped, GHOST].sort());
+  await assertNoErrors(page, "after adding members");
+
+  await page.getByRole("button", { name: `Remove ${dropped}`, exact: true }).click();
+  await waitColumn(page, "group-members", [kept, GHOST], `${dropped} to leave the list`);
+  assert.deepEqual([...(await fleet.api("GET", `/v1/groups/${GROUP}`)).devices].sort(), [kept, GHOST].sort());
+  await assertNoErrors(page, "after removing a member");
+  assert.equal(await page.locator('[data-test="group-releases"] tbody tr').count(), 0, "a new group lists releases naming it");
+
+  // A release (the version the devices run already, so nothing moves) whose target names the group.
+  const release = await fleet.createRelease(TASK, version, { target: { group: GROUP }, stages: [100] });
+  made.releases.group = release.id;
+  await go(page, "#/groups");
+  await go(page, `#/groups/${GROUP}`);
+  await heading(page, `Group ${GROUP}`);
+  const listed = page.locator(`[data-test="group-releases"] a[href="#/releases/${release.id}"]`);
+  await listed.waitFor({ state: "visible" });
+  const row = await page.locator('[data-test="group-releases"] tbody tr').filter({ has: page.locator(`a[href="#/releases/${release.id}"]`) }).textContent();
+  assert.ok(row.includes(TASK) && row.includes(version), `the release row does not name ${TASK} ${version}: ${row}`);
+
+  // Deleting the group while that release is live: the page shows the API's 409 text.
+  await page.getByRole("button", { name: "Delete group", exact: true }).click();
+  const dialog = page.locator("dialog[open]");
+  await dialog.waitFor({ state: "visible" });
+  await dialog.getByRole("button", { name: "Confirm", exact: true }).click();
+  await dialog.waitFor({ state: "hidden" });
+  const refusal = await fleet.api("DELETE", `/v1/groups/${GROUP}`).then(
+    () => assert.fail("the API deleted a group a live release targets"),
+    (e) => (e.status === 409 ? e.error : assert.fail(`the API answered ${e.message}, not 409`)),
+  );
+  const alert = page.getByRole("alert").filter({ hasText: refusal });
+  await alert.first().waitFor({ state: "visible" });
+  assert.match(await alert.first().textContent(), /409/, "the alert does not give the status");
+  assert.equal(new URL(page.url()).hash, `#/groups/${GROUP}`, "the page left the group although it was not deleted");
+  await fleet.api("GET", `/v1/groups/${GROUP}`);
+});
+
+scenario("devices: search by id prefix, page forward and back, a device's profile, tasks and groups", 90_000, async (page) => {
+  await ensureBaseline();
+  await ensureGroup(GROUP);
+  const member = fleet.devices[2];
+  await fleet.api("POST", `/v1/groups/${GROUP}/members`, { body: { add: [member.id], remove: [] } });
+  const prefix = "e2e-phone-";
+  const all = fleet.devices.map((d) => d.id).sort();
+  const pageSize = 4;
+
+  // The page asks for 50 devices a page and has no page-size control: narrow its calls to 4 a
+  // page so the fleet's 6 devices take two pages (the server pages them; the page follows `next`).
+  const asked = [];
+  await page.route((url) => url.pathname === "/v1/devices", (route) => {
+    const url = new URL(route.request().url());
+    asked.push(url.search);
+    url.searchParams.set("limit", String(pageSize));
+    return route.continue({ url: url.toString() });
+  });
+  await signIn(page, fleet);
+  await go(page, "#/devices");
+  await heading(page, /devices/i);
+  await page.locator('[data-test="devices"]').waitFor();
+
+  // A prefix that matches one device only, then the fleet's common prefix.
+  const search = page.getByLabel("Search devices", { exact: true });
+  await search.fill(member.id);
+  await page.getByRole("button", { name: "Search", exact: true }).click();
+  await waitColumn(page, "devices", [member.id], `the search for ${member.id} to list it alone`);
+  await search.fill(prefix);
+  await page.getByRole("button", { name: "Search", exact: true }).click();
+  const first = all.slice(0, pageSize);
+  const second = all.slice(pageSize);
+  await waitColumn(page, "devices", first, `page 1 to list ${first}`);
+  assert.ok(asked.at(-1).includes(`q=${prefix}`), `the page did not search by prefix: ${asked.at(-1)}`);
+  assert.equal(new URL(page.url()).hash, `#/devices?q=${prefix}`, "the search is not in the address");
+  const next = page.getByRole("button", { name: "Next page", exact: true });
+  const previous = page.getByRole("button", { name: "Previous page", exact: true });
+  assert.equal(await previous.isDisabled(), true, "Previous page is offered on page 1");
+
+  await next.click();
+  await waitColumn(page, "devices", second, `page 2 to list ${second}`);
+  const page2 = await firstColumn(page, "devices");
+  assert.ok(page2.every((id) => !first.includes(id)), `page 2 repeats page 1: ${page2}`);
+  assert.equal(await next.isDisabled(), true, "Next page is offered on the last page");
+  assert.match(await page.locator(".pager").textContent(), /Page 2/);
+
+  await previous.click();
+  await waitColumn(page, "devices", first, "Previous page to come back to page 1");
+  assert.equal(await previous.isDisabled(), true, "Previous page is offered on page 1 again");
+  await assertNoErrors(page, "while paging devices");
+  await page.unroute((url) => url.pathname === "/v1/devices");
+
+  // Open the device: its profile, its installed task version, its groups.
+  const installed = await fleet.installedOn(member, TASK);
+  assert.ok(installed, `${member.id} runs no ${TASK}`);
+  await waitFor(`the API to list ${TASK} ${installed} on ${member.id}`, async () =>
+    (await fleet.api("GET", `/v1/devices/${member.id}`)).tasks.some((t) => t.task === TASK && t.version === installed));
+  await page.locator(`[data-test="devices"] a[href="#/devices/${member.id}"]`).click();
+  await heading(page, `Device ${member.id}`);
+  const profile = await sectionPairs(page, "Profile");
+  const expected = PROFILES[fleet.devices.indexOf(member) % PROFILES.length];
+  const want = {
+    "Device id": member.id, "App id": "com.example.shop", "App version": "5.2.0", OS: expected.os, "OS version": expected.os_version,
+    Model: expected.model, "Hardware tier": expected.hardware_tier, Region: expected.region, Tags: "e2e",
+  };
+  for (const [label, value] of Object.entries(want)) assert.equal(profile[label], value, `profile ${label}: ${JSON.stringify(profile)}`);
+  const tasks = await page.locator('[data-test="device-tasks"] tbody tr').evaluateAll((rows) => rows.map((r) => [...r.cells].map((c) => c.textContent.trim())));
+  const row = tasks.find((r) => r[0] === TASK);
+  assert.ok(row, `the device page lists no ${TASK}: ${JSON.stringify(tasks)}`);
+  assert.equal(row[1], installed, `the device page shows ${TASK} ${row[1]}, the device runs ${installed}`);
+  const groups = page.locator("section").filter({ has: page.getByRole("heading", { level: 2, name: "Groups", exact: true }) });
+  await groups.locator(`a[href="#/groups/${GROUP}"]`).waitFor({ state: "visible" });
+  const groupsShown = await groups.locator("li").allTextContents();
+  assert.deepEqual(groupsShown.sort(), [...(await fleet.api("GET", `/v1/devices/${member.id}`)).groups].sort());
+  await assertNoErrors(page, "on the device page");
+});
+
+scenario("data: runs upload records; filter by task, see rows, export JSON Lines of that task only", 120_000, async (page) => {
+  await ensureBaseline();
+  // A version that fails on purpose left running by an earlier test makes no records: stop it.
+  if (made.releases.failing && (await fleet.release(made.releases.failing)).state === "active") {
+    await fleet.api("POST", `/v1/releases/${made.releases.failing}/abort`);
+    await Promise.all(fleet.devices.map((d) => waitFor(`${d.id} to leave 1.2.0`, async () => (await fleet.installedOn(d, TASK)) !== "1.2.0", { timeoutMs: 45_000 })));
+  }
+  await ensureShadow();
+  const count = async (task) => (await fleet.api("GET", `/v1/records?task=${task}&limit=1000`)).length;
+  const beforeShadow = await count(SHADOW);
+  const beforeTask = await count(TASK);
+  const visited = fleet.devices.slice(0, 3);
+  for (const d of visited) {
+    const answer = await fleet.visit(d);
+    assert.equal(answer.triggered, 2, `${d.id} did not trigger both tasks: ${JSON.stringify(answer)}`);
+  }
+  // The runs' outputs come up through the tunnel as records.
+  await waitFor(`${visited.length} new records of each task`, async () =>
+    (await count(SHADOW)) >= beforeShadow + visited.length && (await count(TASK)) >= beforeTask + visited.length, { timeoutMs: 30_000 });
+  const expected = await fleet.api("GET", `/v1/records?task=${SHADOW}&limit=1000`);
+
+  await signIn(page, fleet);
+  await go(page, "#/data");
+  await heading(page, /data/i);
+  await page.getByLabel("Task", { exact: true }).fill(SHADOW);
+  await page.getByRole("button", { name: "Show records", exact: true }).click();
+  await waitFor(`${expected.length} rows of ${SHADOW}`, async () => {
+    const tasks = await page.locator('table[data-test="records"] tbody tr').evaluateAll((rows) => rows.map((r) => r.cells[1].textContent.trim()));
+    if (tasks.length !== Math.min(expected.length, 50) || tasks.some((t) => !t.startsWith(`${SHADOW} `))) throw new Error(`the rows show ${JSON.stringify(tasks)}`);
+    return true;
+  }, { timeoutMs: 10_000 });
+  assert.equal(new URL(page.url()).hash, `#/data?task=${SHADOW}`);
+  const devicesShown = new Set(await firstColumn(page, "records"));
+  for (const d of visited) assert.ok(devicesShown.has(d.id), `no record of ${d.id} shown`);
+  const payload = await page.locator('table[data-test="records"] tbody tr pre').first().textContent();
+  assert.equal(JSON.parse(payload).feature, "ipv", `the payload is not the run's output: ${payload}`);
+
+  const [download] = await Promise.all([
+    page.waitForEvent("download", { timeout: 15_000 }),
+    page.getByRole("button", { name: "Export JSON Lines", exact: true }).click(),
+  ]);
+  assert.match(download.suggestedFilename(), /\.jsonl$/);
+  const text = await fsp.readFile(await download.path(), "utf8");
+  const lines = text.split("\n").filter((l) => l.trim());
+  const records = lines.map((l, i) => {
+    try {
+      return JSON.parse(l);
+    } catch (e) {
+      throw new Error(`line ${i + 1} of the export is not JSON (${e.message}): ${l.slice(0, 200)}`);
+    }
+  });
+  assert.ok(records.length >= expected.length, `the export has ${records.length} records, the API ${expected.length}`);
+  const others = records.filter((r) => r.task !== SHADOW);
+  assert.deepEqual(others, [], `the export of ${SHADOW} holds other tasks' records`);
+  const exportedIds = new Set(records.map((r) => `${r.device_id}/${r.id}`));
+  for (const r of expected) assert.ok(exportedIds.has(`${r.device_id}/${r.id}`), `record ${r.device_id}/${r.id} is not in the export`);
+  await page.getByRole("status").filter({ hasText: /Exported/ }).waitFor();
+  await assertNoErrors(page, "after the export");
+});
+
+scenario("admin: a viewer token shown once, signs in, is revoked and then refused; the audit lists it", 90_000, async (page) => {
+  const name = `e2e-temp-${Date.now().toString(36)}`;
+  await signIn(page, fleet);
+  await go(page, "#/admin");
+  await heading(page, /admin/i);
+  await page.locator('[data-test="tokens"]').waitFor();
+  await page.getByLabel("Token name", { exact: true }).fill(name);
+  await setField(page.getByLabel("Role", { exact: true }), "viewer");
+  await page.getByRole("button", { name: "Create token", exact: true }).click();
+  const shown = page.locator('[data-test="new-secret"]');
+  await shown.waitFor({ state: "visible" });
+  const secret = (await shown.locator("code").textContent()).trim();
+  assert.match(secret, /^\S{16,}$/, `the shown token does not look like one: ${secret}`);
+  const token = (await fleet.api("GET", "/v1/tokens")).find((t) => t.name === name);
+  assert.ok(token && token.role === "viewer", `the API has no viewer token ${name}`);
+  await page.locator('[data-test="tokens"] tbody tr').filter({ hasText: name }).waitFor();
+
+  // Shown once: after leaving the page and coming back, the secret is nowhere.
+  await go(page, "#/overview");
+  await go(page, "#/admin");
+  await heading(page, /admin/i);
+  await page.locator('[data-test="tokens"] tbody tr').filter({ hasText: name }).waitFor();
+  assert.equal(await shown.count(), 0, "the new token is shown again");
+  assert.ok(!(await page.locator("body").textContent()).includes(secret), "the token text is on the page again");
+
+  // The new token signs in elsewhere, as a viewer.
+  const other = await newPage(browser);
+  try {
+    await signIn(other, fleet, secret);
+    const whoami = await other.locator('[data-test="whoami"]').textContent();
+    assert.match(whoami, /viewer/i);
+    assert.ok(whoami.includes(name), `whoami does not name the token: ${whoami}`);
+  } finally {
+    await other.context().close();
+  }
+
+  // Revoke it through the dialog.
+  await page.getByRole("button", { name: `Revoke ${name}`, exact: true }).click();
+  const dialog = page.locator("dialog[open]");
+  await dialog.waitFor({ state: "visible" });
+  assert.ok((await dialog.textContent()).includes(name), "the dialog does not name the token");
+  await dialog.getByRole("button", { name: "Confirm", exact: true }).click();
+  await dialog.waitFor({ state: "hidden" });
+  const row = page.locator('[data-test="tokens"] tbody tr').filter({ hasText: name });
+  await row.filter({ hasText: /revoked/ }).waitFor();
+  assert.equal(await page.getByRole("button", { name: `Revoke ${name}`, exact: true }).count(), 0, "a revoked token is offered Revoke");
+  const refusal = await fleet.api("GET", "/v1/me", { token: secret }).then(
+    () => assert.fail("the API still takes the revoked token"),
+    (e) => (e.status === 401 ? e.error : assert.fail(`the API answered ${e.message}, not 401`)),
+  );
+
+  // Signing in with it now fails with the API's text.
+  const again = await newPage(browser);
+  try {
+    await again.goto(`${fleet.url}/console/`);
+    await again.getByLabel("Operator token").fill(secret);
+    await again.getByRole("button", { name: "Sign in" }).click();
+    const alert = again.getByRole("alert").filter({ hasText: refusal });
+    await alert.first().waitFor({ state: "visible" });
+    assert.match(await alert.first().textContent(), /401/);
+    assert.equal(await again.locator('[data-test="whoami"]').filter({ hasText: /\S/ }).isVisible(), false, "signed in with a revoked token");
+  } finally {
+    await again.context().close();
+  }
+
+  // The audit log, filtered by path, lists the create and the revoke (and nothing else).
+  await page.getByLabel("Path", { exact: true }).fill("/v1/tokens");
+  await page.getByRole("button", { name: "Filter", exact: true }).click();
+  const revokeCall = `POST /v1/tokens/${token.id}/revoke`;
+  const audit = page.locator('table[data-test="audit"]');
+  await audit.locator("tbody tr").filter({ hasText: revokeCall }).waitFor();
+  const calls = await audit.locator("tbody tr").evaluateAll((rows) => rows.map((r) => r.cells[3].textContent.trim()));
+  const apiRows = await fleet.api("GET", "/v1/audit?path=/v1/tokens&limit=100");
+  assert.ok(calls.every((c) => /^\w+ \/v1\/tokens/.test(c)), `the filtered audit lists other calls: ${calls}`);
+  assert.deepEqual(calls, apiRows.map((a) => `${a.method} ${a.path}`), "the audit table is not the API's filtered audit");
+  const createdAt = apiRows.find((a) => a.method === "POST" && a.path === "/v1/tokens" && a.at_ms <= apiRows.find((r) => r.path.endsWith(`/${token.id}/revoke`)).at_ms);
+  assert.ok(calls.includes("POST /v1/tokens") && createdAt, `the audit does not list the token's creation: ${calls}`);
+  assert.equal(calls.filter((c) => c === revokeCall).length, 1, `the revoke is not listed once: ${calls}`);
 });

@@ -67,11 +67,17 @@ export class ApiError extends Error {
   constructor(method, urlPath, status, text) {
     super(`${method} ${urlPath} -> ${status}: ${text}`);
     this.status = status;
+    // The API's error text (the `error` field of its JSON body), else the raw body.
+    try {
+      this.error = JSON.parse(text).error ?? text;
+    } catch {
+      this.error = text;
+    }
   }
 }
 
 // Profiles that make the fleet look like one (several OSes, tiers, regions).
-const PROFILES = [
+export const PROFILES = [
   { os: "android", os_version: "14", model: "Pixel 8", hardware_tier: "high", region: "eu-west" },
   { os: "ios", os_version: "17.4", model: "iPhone 13", hardware_tier: "mid", region: "us-east" },
   { os: "android", os_version: "12", model: "Galaxy A23", hardware_tier: "low", region: "ap-south" },
@@ -331,22 +337,25 @@ export class Fleet {
 
   /**
    * Copies examples/tasks/`example` to a temporary folder, sets its version and, when given,
-   * appends `scriptSuffix` to its script (e.g. a `run` that raises), and packs it with
-   * `walle task pack`. Returns the bundle's path.
+   * appends `scriptSuffix` to its script (e.g. a `run` that raises), renames the task when `name`
+   * is given (a second task with the same code), and packs it with `walle task pack`. Returns the
+   * bundle's path.
    */
-  async pack(example, { version, scriptSuffix } = {}) {
+  async pack(example, { version, scriptSuffix, name } = {}) {
     const source = path.join(repoRoot, "examples/tasks", example);
-    const dir = await fsp.mkdtemp(path.join(this.dir, `${example}-${version || "src"}-`));
+    const label = name || example;
+    const dir = await fsp.mkdtemp(path.join(this.dir, `${label}-${version || "src"}-`));
     await fsp.cp(source, dir, { recursive: true });
-    if (version) {
-      const manifestPath = path.join(dir, "walle.toml");
+    const manifestPath = path.join(dir, "walle.toml");
+    for (const [key, value] of [["version", version], ["name", name]]) {
+      if (!value) continue;
       const manifest = await fsp.readFile(manifestPath, "utf8");
-      const line = /^version = ".*"$/m;
-      if (!line.test(manifest)) throw new Error(`no version line in ${manifestPath}`);
-      await fsp.writeFile(manifestPath, manifest.replace(line, `version = "${version}"`));
+      const line = new RegExp(`^${key} = ".*"$`, "m");
+      if (!line.test(manifest)) throw new Error(`no ${key} line in ${manifestPath}`);
+      await fsp.writeFile(manifestPath, manifest.replace(line, `${key} = "${value}"`));
     }
     if (scriptSuffix) await fsp.appendFile(path.join(dir, "main.py"), `\n${scriptSuffix}\n`);
-    const out = path.join(this.dir, `${example}-${version || "src"}.walle`);
+    const out = path.join(this.dir, `${label}-${version || "src"}.walle`);
     try {
       await run(path.join(this.bin, "walle"), ["task", "pack", dir, "-o", out], { timeout: 30_000 });
     } catch (e) {
