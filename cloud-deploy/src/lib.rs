@@ -102,6 +102,8 @@ pub struct AppState {
     pub transfers: Arc<tokio::sync::Semaphore>,
     /// The last load of the whole fleet, reused while fresh on a large fleet.
     pub fleet_cache: release::FleetCache,
+    /// Release statuses that were slow to compute, shared by viewers while fresh.
+    pub status_cache: release::StatusCache,
     /// Turns true when the cloud shuts down, so long-lived responses (the console's live
     /// streams) end and let the server stop.
     pub stopping: watch::Receiver<bool>,
@@ -143,6 +145,7 @@ impl Cloud {
                 config.max_concurrent_transfers.max(1),
             )),
             fleet_cache: release::FleetCache::default(),
+            status_cache: release::StatusCache::default(),
             stopping: stopped.clone(),
         };
         // Load TLS material before listening, so a bad file fails the start with its path.

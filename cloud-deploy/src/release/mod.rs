@@ -179,8 +179,15 @@ pub struct ReleaseStatus {
     pub actions: Vec<ActionEffect>,
 }
 
-/// A release's status: statistics and the allowed actions with their effects.
+/// A release's status: statistics and the allowed actions with their effects. On a fleet so
+/// large that computing it is slow, viewers share one computation for a while (see
+/// [`StatusCache`]); a change of the release's state or stage is always seen at once.
 pub async fn status(state: &AppState, release: ReleaseRow) -> Result<ReleaseStatus, CloudError> {
+    let key = StatusKey::of(&release);
+    if let Some(status) = state.status_cache.fresh(&release.id, &key) {
+        return Ok(status);
+    }
+    let started = Instant::now();
     let live = release.live()?;
     let selection = stats::selection(state, &live, true).await?;
     let stats = stats(state, &release, &selection).await?;
@@ -188,11 +195,77 @@ pub async fn status(state: &AppState, release: ReleaseRow) -> Result<ReleaseStat
         .into_iter()
         .map(|action| effect(&live, &stats, &selection, action))
         .collect();
-    Ok(ReleaseStatus {
+    let status = ReleaseStatus {
         release,
         stats,
         actions,
-    })
+    };
+    state
+        .status_cache
+        .store(key, status.clone(), started.elapsed());
+    Ok(status)
+}
+
+/// What must be unchanged for a cached status to stand for the release.
+#[derive(Debug, Clone, PartialEq)]
+struct StatusKey {
+    state: String,
+    state_reason: String,
+    stage: i64,
+    stage_started_at_ms: i64,
+}
+
+impl StatusKey {
+    fn of(release: &ReleaseRow) -> StatusKey {
+        StatusKey {
+            state: release.state.clone(),
+            state_reason: release.state_reason.clone(),
+            stage: release.stage,
+            stage_started_at_ms: release.stage_started_at_ms,
+        }
+    }
+}
+
+/// Statuses that took longer than [`SLOW_FLEET_LOAD`] to compute, reused for
+/// [`FLEET_REUSE_FACTOR`] times as long while the release's state and stage stay as they were:
+/// many operators watching one release of a million devices cost one computation, not one each.
+#[derive(Clone, Default)]
+pub struct StatusCache {
+    by_release: Arc<Mutex<HashMap<String, CachedStatus>>>,
+}
+
+struct CachedStatus {
+    key: StatusKey,
+    status: ReleaseStatus,
+    at: Instant,
+    cost: Duration,
+}
+
+impl StatusCache {
+    fn fresh(&self, id: &str, key: &StatusKey) -> Option<ReleaseStatus> {
+        let cache = self.by_release.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get(id)
+            .filter(|c| &c.key == key && c.at.elapsed() < c.cost * FLEET_REUSE_FACTOR)
+            .map(|c| c.status.clone())
+    }
+
+    fn store(&self, key: StatusKey, status: ReleaseStatus, cost: Duration) {
+        let mut cache = self.by_release.lock().unwrap_or_else(|p| p.into_inner());
+        if cost <= SLOW_FLEET_LOAD {
+            cache.remove(&status.release.id);
+            return;
+        }
+        cache.insert(
+            status.release.id.clone(),
+            CachedStatus {
+                key,
+                status,
+                at: Instant::now(),
+                cost,
+            },
+        );
+    }
 }
 
 fn effect(

@@ -91,6 +91,10 @@ pub async fn selection(
     live: &LiveRelease,
     with_what_ifs: bool,
 ) -> Result<Selection, CloudError> {
+    if matches!(live.state, ReleaseState::Aborted | ReleaseState::Superseded) {
+        // Such a release includes no device and no action changes that: no fleet walk.
+        return Ok(Selection::default());
+    }
     let mut releases = served_releases_of(state, &live.task).await?;
     if !releases.iter().any(|r| r.id == live.id) {
         releases.push(live.clone());
