@@ -25,7 +25,7 @@ use walle_proto::v1::{Notice, notice};
 use crate::store::releases::ReleaseRow;
 use crate::{AppState, CloudError, secrets};
 use policy::ReleasePolicy;
-use select::{LiveRelease, ReleaseState, choose};
+use select::{LiveRelease, ReleaseState, choose_for_task};
 use target::Profile;
 
 /// Tells every subscribed device, on every replica, that what it should run for `task` may
@@ -530,9 +530,7 @@ pub async fn preview(
         }
         let mut versions: HashMap<String, usize> = HashMap::new();
         for (profile, running) in devices.iter() {
-            let chosen = choose(&releases, profile, running);
-            let label = chosen
-                .get(task)
+            let label = choose_for_task(&releases, task, profile, running)
                 .map(|r| r.version.clone())
                 .unwrap_or_else(|| "none".into());
             *versions.entry(label).or_default() += 1;

@@ -231,7 +231,11 @@ fn unit_interval(field: &str, value: f64) -> Result<(), String> {
 /// The device's sticky bucket for a release, in `0..BUCKETS`. The same device and salt always
 /// give the same bucket, so as stages grow a device that was in stays in.
 pub fn bucket(device_id: &str, salt: &str) -> u32 {
-    let digest = Sha256::digest(format!("{salt}\0{device_id}").as_bytes());
+    let digest = Sha256::new()
+        .chain_update(salt.as_bytes())
+        .chain_update([0u8])
+        .chain_update(device_id.as_bytes())
+        .finalize();
     let value = u64::from_be_bytes([
         digest[0], digest[1], digest[2], digest[3], digest[4], digest[5], digest[6], digest[7],
     ]);

@@ -78,6 +78,21 @@ impl LiveRelease {
     }
 }
 
+/// The release of `task` the device should follow: [`choose`] for one task, without building a
+/// map per device (statistics and previews ask this of every device of the fleet).
+pub fn choose_for_task<'a>(
+    releases: &'a [LiveRelease],
+    task: &str,
+    profile: &Profile,
+    running: &HashMap<String, String>,
+) -> Option<&'a LiveRelease> {
+    let running = running.get(task).map(String::as_str);
+    releases
+        .iter()
+        .filter(|r| r.task == task && r.includes(profile, running))
+        .max_by_key(|r| r.rank())
+}
+
 /// For each task, the release the device should follow (absent: the task should not be there).
 pub fn choose<'a>(
     releases: &'a [LiveRelease],

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use super::policy::{ReleasePolicy, bucket};
-use super::select::{LiveRelease, ReleaseState, choose};
+use super::select::{LiveRelease, ReleaseState, choose_for_task};
 use super::target::Profile;
 use super::{failure_kinds, fleet, served_releases_of};
 use crate::store::events::RunMetrics;
@@ -82,6 +82,8 @@ pub struct Selection {
     pub next_stage: Option<usize>,
     /// How many it would select if resumed (when paused).
     pub if_resumed: Option<usize>,
+    /// The fleet as it was read for this selection.
+    pub fleet: super::Fleet,
 }
 
 /// Walks the fleet once: who the release takes now and, `with_what_ifs`, how many at its next
@@ -91,9 +93,13 @@ pub async fn selection(
     live: &LiveRelease,
     with_what_ifs: bool,
 ) -> Result<Selection, CloudError> {
+    let fleet = fleet(state).await?;
     if matches!(live.state, ReleaseState::Aborted | ReleaseState::Superseded) {
-        // Such a release includes no device and no action changes that: no fleet walk.
-        return Ok(Selection::default());
+        // Such a release includes no device and no action changes that: no walk.
+        return Ok(Selection {
+            fleet,
+            ..Selection::default()
+        });
     }
     let mut releases = served_releases_of(state, &live.task).await?;
     if !releases.iter().any(|r| r.id == live.id) {
@@ -112,16 +118,15 @@ pub async fn selection(
     let resumed = (with_what_ifs && live.state == ReleaseState::Paused)
         .then(|| variant(&|r| r.state = ReleaseState::Active));
     let picks = |set: &[LiveRelease], profile: &Profile, running: &HashMap<String, String>| {
-        choose(set, profile, running)
-            .get(&live.task)
-            .is_some_and(|r| r.id == live.id)
+        choose_for_task(set, &live.task, profile, running).is_some_and(|r| r.id == live.id)
     };
     let mut out = Selection {
         next_stage: advanced.as_ref().map(|_| 0),
         if_resumed: resumed.as_ref().map(|_| 0),
+        fleet: fleet.clone(),
         ..Selection::default()
     };
-    for (profile, running) in fleet(state).await?.iter() {
+    for (profile, running) in fleet.iter() {
         if let (Some(set), Some(n)) = (&advanced, out.next_stage.as_mut()) {
             *n += usize::from(picks(set, profile, running));
         }
@@ -142,11 +147,12 @@ pub async fn stats(
     selection: &Selection,
 ) -> Result<ReleaseStats, CloudError> {
     let live = release.live()?;
-    let running: HashSet<String> = state
-        .db
-        .installed_devices(&live.task, &live.version)
-        .await?
-        .into_iter()
+    // From the selection's read of the fleet (one read, not two).
+    let running: HashSet<String> = selection
+        .fleet
+        .iter()
+        .filter(|(_, running)| running.get(&live.task) == Some(&live.version))
+        .map(|(profile, _)| profile.device_id.clone())
         .collect();
     let targeted = selection.targeted.len();
     let installed = selection
