@@ -82,8 +82,9 @@ pub struct Selection {
     pub next_stage: Option<usize>,
     /// How many it would select if resumed (when paused).
     pub if_resumed: Option<usize>,
-    /// The fleet as it was read for this selection.
-    pub fleet: super::Fleet,
+    /// The fleet as it was read for this selection (none for a release that includes no
+    /// device, which needs no walk).
+    pub fleet: Option<super::Fleet>,
 }
 
 /// Walks the fleet once: who the release takes now and, `with_what_ifs`, how many at its next
@@ -93,14 +94,11 @@ pub async fn selection(
     live: &LiveRelease,
     with_what_ifs: bool,
 ) -> Result<Selection, CloudError> {
-    let fleet = fleet(state).await?;
     if matches!(live.state, ReleaseState::Aborted | ReleaseState::Superseded) {
-        // Such a release includes no device and no action changes that: no walk.
-        return Ok(Selection {
-            fleet,
-            ..Selection::default()
-        });
+        // Such a release includes no device and no action changes that: no fleet walk.
+        return Ok(Selection::default());
     }
+    let fleet = fleet(state).await?;
     let mut releases = served_releases_of(state, &live.task).await?;
     if !releases.iter().any(|r| r.id == live.id) {
         releases.push(live.clone());
@@ -123,7 +121,7 @@ pub async fn selection(
     let mut out = Selection {
         next_stage: advanced.as_ref().map(|_| 0),
         if_resumed: resumed.as_ref().map(|_| 0),
-        fleet: fleet.clone(),
+        fleet: Some(fleet.clone()),
         ..Selection::default()
     };
     for (profile, running) in fleet.iter() {
@@ -147,13 +145,20 @@ pub async fn stats(
     selection: &Selection,
 ) -> Result<ReleaseStats, CloudError> {
     let live = release.live()?;
-    // From the selection's read of the fleet (one read, not two).
-    let running: HashSet<String> = selection
-        .fleet
-        .iter()
-        .filter(|(_, running)| running.get(&live.task) == Some(&live.version))
-        .map(|(profile, _)| profile.device_id.clone())
-        .collect();
+    // From the selection's read of the fleet when it made one (one read, not two).
+    let running: HashSet<String> = match &selection.fleet {
+        Some(fleet) => fleet
+            .iter()
+            .filter(|(_, running)| running.get(&live.task) == Some(&live.version))
+            .map(|(profile, _)| profile.device_id.clone())
+            .collect(),
+        None => state
+            .db
+            .installed_devices(&live.task, &live.version)
+            .await?
+            .into_iter()
+            .collect(),
+    };
     let targeted = selection.targeted.len();
     let installed = selection
         .targeted
