@@ -22,7 +22,7 @@ static ALLOCATOR: walle_vm::TaskAllocator = walle_vm::TaskAllocator;
 
 fn hostile_limits() -> Limits {
     Limits {
-        deadline: Duration::from_secs(1),
+        deadline: Duration::from_secs(3),
         memory_bytes: 64 * 1024 * 1024,
         ..Limits::default()
     }
