@@ -100,13 +100,28 @@ pub struct AppState {
     pub controller_active: Arc<AtomicBool>,
     /// Permits for concurrent bundle transfers.
     pub transfers: Arc<tokio::sync::Semaphore>,
-    /// The last load of the whole fleet, reused while fresh on a large fleet.
-    pub fleet_cache: release::FleetCache,
+    /// The fleet in memory, for release statistics and previews.
+    pub fleet: release::fleet::FleetIndex,
     /// Release statuses that were slow to compute, shared by viewers while fresh.
     pub status_cache: release::StatusCache,
     /// Turns true when the cloud shuts down, so long-lived responses (the console's live
     /// streams) end and let the server stop.
     pub stopping: watch::Receiver<bool>,
+}
+
+/// Reads the fleet into memory at start, so the first release page after a restart does not
+/// wait for it (on a million devices the first read takes seconds; later reads take only what
+/// changed). A viewer that asks meanwhile shares this read.
+async fn warm_fleet(state: AppState) {
+    let started = std::time::Instant::now();
+    match state.fleet.current(&state.db).await {
+        Ok(fleet) => {
+            tracing::info!(devices = fleet.len(), took = ?started.elapsed(), "fleet read into memory")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "reading the fleet into memory at start failed; the first release page will read it")
+        }
+    }
 }
 
 /// A running cloud: both planes listening, until [`Cloud::shutdown`].
@@ -144,7 +159,7 @@ impl Cloud {
             transfers: Arc::new(tokio::sync::Semaphore::new(
                 config.max_concurrent_transfers.max(1),
             )),
-            fleet_cache: release::FleetCache::default(),
+            fleet: release::fleet::FleetIndex::default(),
             status_cache: release::StatusCache::default(),
             stopping: stopped.clone(),
         };
@@ -179,6 +194,7 @@ impl Cloud {
                 stopped,
             )));
         }
+        tokio::spawn(warm_fleet(state.clone()));
         tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "walle-cloud started");
         Ok(Cloud {
             http_addr,

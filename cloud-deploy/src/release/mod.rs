@@ -5,9 +5,11 @@
 //! - [`policy`]: stages over sticky buckets, health gate, abort rule, priority, validation;
 //! - [`select`]: the one rule that decides which release each device follows;
 //! - [`controller`]: the loop that advances and aborts releases by their health;
-//! - [`stats`]: a release's progress, in total and per stage.
+//! - [`stats`]: a release's progress, in total and per stage;
+//! - [`fleet`]: the fleet in memory, kept up to date from the database, that they walk.
 
 pub mod controller;
+pub mod fleet;
 pub mod policy;
 pub mod select;
 pub mod stats;
@@ -25,8 +27,7 @@ use walle_proto::v1::{Notice, notice};
 use crate::store::releases::ReleaseRow;
 use crate::{AppState, CloudError, secrets};
 use policy::ReleasePolicy;
-use select::{LiveRelease, ReleaseState, choose_for_task};
-use target::Profile;
+use select::{LiveRelease, ReleaseState, choose_for_task_sharing_buckets};
 
 /// Tells every subscribed device, on every replica, that what it should run for `task` may
 /// have changed.
@@ -226,8 +227,8 @@ impl StatusKey {
     }
 }
 
-/// Statuses that took longer than [`SLOW_FLEET_LOAD`] to compute, reused for
-/// [`FLEET_REUSE_FACTOR`] times as long while the release's state and stage stay as they were:
+/// Statuses that took longer than [`SLOW_STATUS`] to compute, reused for
+/// [`STATUS_REUSE_FACTOR`] times as long while the release's state and stage stay as they were:
 /// many operators watching one release of a million devices cost one computation, not one each.
 #[derive(Clone, Default)]
 pub struct StatusCache {
@@ -246,13 +247,13 @@ impl StatusCache {
         let cache = self.by_release.lock().unwrap_or_else(|p| p.into_inner());
         cache
             .get(id)
-            .filter(|c| &c.key == key && c.at.elapsed() < c.cost * FLEET_REUSE_FACTOR)
+            .filter(|c| &c.key == key && c.at.elapsed() < c.cost * STATUS_REUSE_FACTOR)
             .map(|c| c.status.clone())
     }
 
     fn store(&self, key: StatusKey, status: ReleaseStatus, cost: Duration) {
         let mut cache = self.by_release.lock().unwrap_or_else(|p| p.into_inner());
-        if cost <= SLOW_FLEET_LOAD {
+        if cost <= SLOW_STATUS {
             cache.remove(&status.release.id);
             return;
         }
@@ -391,77 +392,14 @@ pub async fn act(state: &AppState, id: &str, action: Action) -> Result<ReleaseRo
     Ok(updated)
 }
 
-/// Every registered device's profile and what it runs per task.
-pub type Fleet = Arc<Vec<(Profile, HashMap<String, String>)>>;
+/// A status that took longer than this to compute is shared by viewers for a while.
+const SLOW_STATUS: Duration = Duration::from_millis(100);
+/// A slow status is reused for this many times as long as it took.
+const STATUS_REUSE_FACTOR: u32 = 4;
 
-/// Loading the fleet takes longer than this: reuse the last load for a while.
-const SLOW_FLEET_LOAD: Duration = Duration::from_millis(100);
-/// A slow load is reused for this many times as long as it took.
-const FLEET_REUSE_FACTOR: u32 = 4;
-
-/// The last fleet load, shared by statistics, previews and the live streams. Small fleets are
-/// read afresh every time (figures move at once); a fleet that takes more than
-/// [`SLOW_FLEET_LOAD`] to read is reused for [`FLEET_REUSE_FACTOR`] times its load time, so
-/// operators watching releases of a million devices cost one load per few seconds, not one per
-/// viewer per second.
-#[derive(Clone, Default)]
-pub struct FleetCache {
-    last: Arc<Mutex<Option<FleetLoad>>>,
-}
-
-struct FleetLoad {
-    fleet: Fleet,
-    at: Instant,
-    cost: Duration,
-}
-
-impl FleetCache {
-    fn fresh(&self) -> Option<Fleet> {
-        let last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        last.as_ref()
-            .filter(|l| l.cost > SLOW_FLEET_LOAD && l.at.elapsed() < l.cost * FLEET_REUSE_FACTOR)
-            .map(|l| l.fleet.clone())
-    }
-
-    fn store(&self, fleet: Fleet, cost: Duration) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        *last = Some(FleetLoad {
-            fleet,
-            at: Instant::now(),
-            cost,
-        });
-    }
-}
-
-/// Every registered device's profile (with its groups) and what it runs per task.
-pub(crate) async fn fleet(state: &AppState) -> Result<Fleet, CloudError> {
-    if let Some(fleet) = state.fleet_cache.fresh() {
-        return Ok(fleet);
-    }
-    let started = Instant::now();
-    let mut memberships = state.db.all_memberships().await?;
-    let fleet: Fleet = Arc::new(
-        state
-            .db
-            .list_devices()
-            .await?
-            .into_iter()
-            .map(|device| {
-                let mut profile: Profile =
-                    serde_json::from_value(device.profile).unwrap_or_default();
-                profile.groups = memberships.remove(&profile.device_id).unwrap_or_default();
-                let running = device
-                    .tasks
-                    .into_iter()
-                    .filter(|t| t.state == "installed")
-                    .map(|t| (t.task, t.version))
-                    .collect();
-                (profile, running)
-            })
-            .collect(),
-    );
-    state.fleet_cache.store(fleet.clone(), started.elapsed());
-    Ok(fleet)
+/// Every registered device, brought up to date with the database (see [`fleet::FleetIndex`]).
+pub(crate) async fn fleet(state: &AppState) -> Result<fleet::Fleet, CloudError> {
+    state.fleet.current(&state.db).await
 }
 
 /// "If I start this release now": the bucket salt the preview used (pass it to create, and the
@@ -511,7 +449,6 @@ pub async fn preview(
     };
     let mut releases = served_releases_of(state, task).await?;
     let candidate_seq = releases.iter().map(|r| r.seq).max().unwrap_or(0) + 1;
-    let stages = policy.stages.clone();
     releases.push(LiveRelease {
         id: "preview".into(),
         seq: candidate_seq,
@@ -522,25 +459,51 @@ pub async fn preview(
         salt: salt.clone(),
         policy,
     });
-    let devices = fleet(state).await?;
-    let mut out = Vec::with_capacity(stages.len());
-    for (stage, percent) in stages.into_iter().enumerate() {
-        if let Some(candidate) = releases.last_mut() {
-            candidate.stage = stage;
+    // One release set per stage of the candidate; they share each device's buckets.
+    let at_stage: Vec<Vec<LiveRelease>> = (0..releases.last().map_or(0, |c| c.policy.stages.len()))
+        .map(|stage| {
+            let mut set = releases.clone();
+            if let Some(candidate) = set.last_mut() {
+                candidate.stage = stage;
+            }
+            set
+        })
+        .collect();
+    let mut counts: Vec<HashMap<String, usize>> = vec![HashMap::new(); at_stage.len()];
+    let mut buckets = vec![None; releases.len()];
+    for device in fleet(state).await?.iter() {
+        buckets.fill(None);
+        for (set, versions) in at_stage.iter().zip(&mut counts) {
+            let chosen = choose_for_task_sharing_buckets(
+                set,
+                task,
+                &device.profile,
+                &device.running,
+                &mut buckets,
+            );
+            let label = chosen.map_or("none", |r| r.version.as_str());
+            match versions.get_mut(label) {
+                Some(n) => *n += 1,
+                None => {
+                    versions.insert(label.to_owned(), 1);
+                }
+            }
         }
-        let mut versions: HashMap<String, usize> = HashMap::new();
-        for (profile, running) in devices.iter() {
-            let label = choose_for_task(&releases, task, profile, running)
-                .map(|r| r.version.clone())
-                .unwrap_or_else(|| "none".into());
-            *versions.entry(label).or_default() += 1;
-        }
-        out.push(PreviewStage {
-            stage,
-            percent,
-            versions,
-        });
     }
+    let out = at_stage
+        .iter()
+        .zip(counts)
+        .enumerate()
+        .map(|(stage, (set, versions))| PreviewStage {
+            stage,
+            percent: set
+                .last()
+                .and_then(|c| c.policy.stages.get(stage))
+                .copied()
+                .unwrap_or(100.0),
+            versions,
+        })
+        .collect();
     Ok(Preview { salt, stages: out })
 }
 

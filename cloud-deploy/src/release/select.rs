@@ -62,9 +62,19 @@ pub struct LiveRelease {
 impl LiveRelease {
     /// Whether this release includes the device, given what the device runs now.
     pub fn includes(&self, profile: &Profile, running: Option<&str>) -> bool {
+        self.includes_at(profile, running, || bucket(&profile.device_id, &self.salt))
+    }
+
+    /// [`LiveRelease::includes`], with the device's sticky bucket under this release's salt
+    /// asked for only when the targeting matches.
+    fn includes_at(
+        &self,
+        profile: &Profile,
+        running: Option<&str>,
+        bucket: impl FnOnce() -> u32,
+    ) -> bool {
         let eligible = || {
-            self.policy.target.matches(profile)
-                && bucket(&profile.device_id, &self.salt) < self.policy.stage_buckets(self.stage)
+            self.policy.target.matches(profile) && bucket() < self.policy.stage_buckets(self.stage)
         };
         match self.state {
             ReleaseState::Active => eligible(),
@@ -79,18 +89,45 @@ impl LiveRelease {
 }
 
 /// The release of `task` the device should follow: [`choose`] for one task, without building a
-/// map per device (statistics and previews ask this of every device of the fleet).
-pub fn choose_for_task<'a>(
+/// map per device (statistics and previews ask this of every device of the fleet, often for
+/// several variants of one release set that differ only in stages and states: what-ifs, a
+/// preview's stages). `buckets` holds the device's bucket for each release by position, filled
+/// on first need and shared by the variants, so its hash is computed once per release, not once
+/// per variant; pass it cleared (`None`s) for each new device.
+pub fn choose_for_task_sharing_buckets<'a>(
     releases: &'a [LiveRelease],
     task: &str,
     profile: &Profile,
     running: &HashMap<String, String>,
+    buckets: &mut [Option<u32>],
+) -> Option<&'a LiveRelease> {
+    choose_among(releases, task, profile, running, |at, release| {
+        let compute = || bucket(&profile.device_id, &release.salt);
+        match buckets.get_mut(at) {
+            Some(slot) => *slot.get_or_insert_with(compute),
+            None => compute(),
+        }
+    })
+}
+
+fn choose_among<'a>(
+    releases: &'a [LiveRelease],
+    task: &str,
+    profile: &Profile,
+    running: &HashMap<String, String>,
+    mut bucket_of: impl FnMut(usize, &LiveRelease) -> u32,
 ) -> Option<&'a LiveRelease> {
     let running = running.get(task).map(String::as_str);
-    releases
-        .iter()
-        .filter(|r| r.task == task && r.includes(profile, running))
-        .max_by_key(|r| r.rank())
+    let mut best: Option<&LiveRelease> = None;
+    for (at, release) in releases.iter().enumerate() {
+        let wins = release.task == task
+            && best.is_none_or(|b| release.rank() > b.rank())
+            && release.includes_at(profile, running, || bucket_of(at, release));
+        if wins {
+            best = Some(release);
+        }
+    }
+    best
 }
 
 /// For each task, the release the device should follow (absent: the task should not be there).

@@ -9,9 +9,9 @@ use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
+use super::fleet::{Fleet, FleetDevice};
 use super::policy::{ReleasePolicy, bucket};
-use super::select::{LiveRelease, ReleaseState, choose_for_task};
-use super::target::Profile;
+use super::select::{LiveRelease, ReleaseState, choose_for_task_sharing_buckets};
 use super::{failure_kinds, fleet, served_releases_of};
 use crate::store::events::RunMetrics;
 use crate::store::releases::{ReleaseHealth, ReleaseRow};
@@ -68,7 +68,11 @@ pub struct StageStats {
 
 /// The stage whose percentage first covers a device's bucket; `None` when no stage does.
 pub fn cohort(policy: &ReleasePolicy, salt: &str, device_id: &str) -> Option<usize> {
-    let b = bucket(device_id, salt);
+    cohort_of_bucket(policy, bucket(device_id, salt))
+}
+
+/// The stage whose percentage first covers bucket `b`.
+fn cohort_of_bucket(policy: &ReleasePolicy, b: u32) -> Option<usize> {
     (0..policy.stages.len()).find(|&stage| b < policy.stage_buckets(stage))
 }
 
@@ -76,15 +80,15 @@ pub fn cohort(policy: &ReleasePolicy, salt: &str, device_id: &str) -> Option<usi
 /// changes that: the figures an operator's confirmation quotes.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
-    /// Devices the release is selected for now.
-    pub targeted: Vec<String>,
+    /// The fleet as it was read for this selection.
+    pub fleet: Fleet,
+    /// The devices the release is selected for now: positions in `fleet`, each with the
+    /// device's bucket under the release's salt.
+    pub targeted: Vec<(usize, u32)>,
     /// How many it would select at its next stage (when it has one and is active).
     pub next_stage: Option<usize>,
     /// How many it would select if resumed (when paused).
     pub if_resumed: Option<usize>,
-    /// The fleet as it was read for this selection (none for a release that includes no
-    /// device, which needs no walk).
-    pub fleet: Option<super::Fleet>,
 }
 
 /// Walks the fleet once: who the release takes now and, `with_what_ifs`, how many at its next
@@ -94,11 +98,14 @@ pub async fn selection(
     live: &LiveRelease,
     with_what_ifs: bool,
 ) -> Result<Selection, CloudError> {
-    if matches!(live.state, ReleaseState::Aborted | ReleaseState::Superseded) {
-        // Such a release includes no device and no action changes that: no fleet walk.
-        return Ok(Selection::default());
-    }
     let fleet = fleet(state).await?;
+    if matches!(live.state, ReleaseState::Aborted | ReleaseState::Superseded) {
+        // Such a release includes no device and no action changes that: no walk.
+        return Ok(Selection {
+            fleet,
+            ..Selection::default()
+        });
+    }
     let mut releases = served_releases_of(state, &live.task).await?;
     if !releases.iter().any(|r| r.id == live.id) {
         releases.push(live.clone());
@@ -115,26 +122,38 @@ pub async fn selection(
     let advanced = (with_what_ifs && can_advance).then(|| variant(&|r| r.stage += 1));
     let resumed = (with_what_ifs && live.state == ReleaseState::Paused)
         .then(|| variant(&|r| r.state = ReleaseState::Active));
-    let picks = |set: &[LiveRelease], profile: &Profile, running: &HashMap<String, String>| {
-        choose_for_task(set, &live.task, profile, running).is_some_and(|r| r.id == live.id)
-    };
     let mut out = Selection {
         next_stage: advanced.as_ref().map(|_| 0),
         if_resumed: resumed.as_ref().map(|_| 0),
-        fleet: Some(fleet.clone()),
         ..Selection::default()
     };
-    for (profile, running) in fleet.iter() {
+    // The variants differ only in the release's stage or state: they share each device's buckets.
+    let mut buckets = vec![None; releases.len()];
+    for (position, device) in fleet.iter().enumerate() {
+        buckets.fill(None);
+        let mut picks = |set: &[LiveRelease]| {
+            choose_for_task_sharing_buckets(
+                set,
+                &live.task,
+                &device.profile,
+                &device.running,
+                &mut buckets,
+            )
+            .is_some_and(|r| r.id == live.id)
+        };
         if let (Some(set), Some(n)) = (&advanced, out.next_stage.as_mut()) {
-            *n += usize::from(picks(set, profile, running));
+            *n += usize::from(picks(set));
         }
         if let (Some(set), Some(n)) = (&resumed, out.if_resumed.as_mut()) {
-            *n += usize::from(picks(set, profile, running));
+            *n += usize::from(picks(set));
         }
-        if picks(&releases, profile, running) {
-            out.targeted.push(profile.device_id.clone());
+        if picks(&releases) {
+            // Choosing the release computed its bucket.
+            let b = buckets[at].unwrap_or_else(|| bucket(&device.profile.device_id, &live.salt));
+            out.targeted.push((position, b));
         }
     }
+    out.fleet = fleet;
     Ok(out)
 }
 
@@ -145,34 +164,23 @@ pub async fn stats(
     selection: &Selection,
 ) -> Result<ReleaseStats, CloudError> {
     let live = release.live()?;
-    // From the selection's read of the fleet when it made one (one read, not two).
-    let running: HashSet<String> = match &selection.fleet {
-        Some(fleet) => fleet
-            .iter()
-            .filter(|(_, running)| running.get(&live.task) == Some(&live.version))
-            .map(|(profile, _)| profile.device_id.clone())
-            .collect(),
-        None => state
-            .db
-            .installed_devices(&live.task, &live.version)
-            .await?
-            .into_iter()
-            .collect(),
-    };
+    let runs_it = |device: &FleetDevice| device.running.get(&live.task) == Some(&live.version);
+    let fleet = &selection.fleet;
+    let running = fleet.iter().filter(|device| runs_it(device)).count();
     let targeted = selection.targeted.len();
     let installed = selection
         .targeted
         .iter()
-        .filter(|d| running.contains(*d))
+        .filter(|(position, _)| fleet.get(*position).is_some_and(|d| runs_it(d)))
         .count();
     let kinds = failure_kinds(&live.policy);
     let health = state.db.release_health(&live.id, &kinds).await?;
     let (notified, synced) = state.db.notified_and_synced(&live.id).await?;
-    let stages = stage_stats(state, &live, selection, &running, &kinds).await?;
+    let stages = stage_stats(state, &live, selection, &runs_it, &kinds).await?;
     Ok(ReleaseStats {
         targeted,
         installed,
-        still_running: running.len() - installed,
+        still_running: running - installed,
         notified,
         synced,
         coverage: if targeted == 0 {
@@ -190,7 +198,7 @@ async fn stage_stats(
     state: &AppState,
     live: &LiveRelease,
     selection: &Selection,
-    running: &HashSet<String>,
+    runs_it: &(dyn Fn(&FleetDevice) -> bool + Sync),
     failure_kinds: &[&str],
 ) -> Result<Vec<StageStats>, CloudError> {
     let policy = &live.policy;
@@ -205,10 +213,13 @@ async fn stage_stats(
         })
         .collect();
     let of = |device: &str| cohort(policy, &live.salt, device);
-    for device in &selection.targeted {
-        if let Some(s) = of(device).and_then(|c| stages.get_mut(c)) {
+    for &(position, b) in &selection.targeted {
+        let Some(device) = selection.fleet.get(position) else {
+            continue;
+        };
+        if let Some(s) = cohort_of_bucket(policy, b).and_then(|c| stages.get_mut(c)) {
             s.targeted += 1;
-            s.installed += i64::from(running.contains(device));
+            s.installed += i64::from(runs_it(device));
         }
     }
     for device in state.db.synced_devices(&live.id).await? {

@@ -17,17 +17,6 @@ pub struct DeviceSeen {
     pub last_seen_ms: i64,
 }
 
-/// A device as the control plane lists it.
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct DeviceRow {
-    pub id: String,
-    #[schema(value_type = Object)]
-    pub profile: serde_json::Value,
-    pub registered_at_ms: i64,
-    pub last_seen_ms: i64,
-    pub tasks: Vec<DeviceTaskRow>,
-}
-
 /// What a device runs for one task.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DeviceTaskRow {
@@ -49,10 +38,11 @@ impl Db {
     ) -> Result<(), CloudError> {
         let now = now_ms();
         sqlx::query(
-            "INSERT INTO devices (id, token_hash, profile_json, registered_at_ms, last_seen_ms, app_id) \
-             VALUES ($1, $2, $3, $4, $4, $5) \
+            "INSERT INTO devices (id, token_hash, profile_json, registered_at_ms, last_seen_ms, app_id, changed_at_ms) \
+             VALUES ($1, $2, $3, $4, $4, $5, $4) \
              ON CONFLICT (id) DO UPDATE SET token_hash = excluded.token_hash, \
-             profile_json = excluded.profile_json, last_seen_ms = excluded.last_seen_ms, app_id = excluded.app_id",
+             profile_json = excluded.profile_json, last_seen_ms = excluded.last_seen_ms, app_id = excluded.app_id, \
+             changed_at_ms = excluded.changed_at_ms",
         )
         .bind(id)
         .bind(token_hash)
@@ -129,7 +119,9 @@ impl Db {
     ) -> Result<(), CloudError> {
         let query = match profile_json {
             Some(profile) => {
-                sqlx::query("UPDATE devices SET last_seen_ms = $1, profile_json = $2 WHERE id = $3")
+                sqlx::query(
+                    "UPDATE devices SET last_seen_ms = $1, changed_at_ms = $1, profile_json = $2 WHERE id = $3",
+                )
                     .bind(now_ms())
                     .bind(profile)
                     .bind(id)
@@ -170,45 +162,6 @@ impl Db {
         .await
         .map_err(db_err("recording device task"))?;
         Ok(())
-    }
-
-    /// All devices with what they run, by id.
-    pub async fn list_devices(&self) -> Result<Vec<DeviceRow>, CloudError> {
-        let devices = sqlx::query(
-            "SELECT id, app_id, profile_json, registered_at_ms, last_seen_ms FROM devices ORDER BY id",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("listing devices"))?;
-        let tasks = sqlx::query(
-            "SELECT device_id, task, version, state, detail, updated_at_ms FROM device_tasks ORDER BY device_id, task",
-        )
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("listing device tasks"))?;
-        let mut tasks_of: HashMap<String, Vec<DeviceTaskRow>> = HashMap::new();
-        for row in &tasks {
-            let device: String = row
-                .try_get("device_id")
-                .map_err(db_err("decoding device task"))?;
-            tasks_of
-                .entry(device)
-                .or_default()
-                .push(device_task_from_row(row).map_err(db_err("decoding device task"))?);
-        }
-        devices
-            .iter()
-            .map(|row| {
-                let summary = summary_from_row(row).map_err(db_err("decoding device"))?;
-                Ok(DeviceRow {
-                    tasks: tasks_of.remove(&summary.id).unwrap_or_default(),
-                    id: summary.id,
-                    profile: summary.profile,
-                    registered_at_ms: summary.registered_at_ms,
-                    last_seen_ms: summary.last_seen_ms,
-                })
-            })
-            .collect()
     }
 
     /// A page of devices matching a search, by id.

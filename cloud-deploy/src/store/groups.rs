@@ -1,7 +1,5 @@
 //! `device_groups` and `device_group_members`: named lists of device ids for targeting.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 use sqlx::Row;
 
@@ -145,6 +143,16 @@ impl Db {
             .await
             .map_err(db_err("removing group member"))?;
         }
+        // The in-memory fleet re-reads devices by this stamp (`crate::release::fleet`).
+        let now = now_ms();
+        for device in add.iter().chain(remove) {
+            sqlx::query("UPDATE devices SET changed_at_ms = $1 WHERE id = $2")
+                .bind(now)
+                .bind(device)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err("stamping group member"))?;
+        }
         tx.commit().await.map_err(db_err("changing group members"))
     }
 
@@ -155,6 +163,15 @@ impl Db {
             .begin()
             .await
             .map_err(db_err("deleting group"))?;
+        sqlx::query(
+            "UPDATE devices SET changed_at_ms = $1 WHERE id IN \
+             (SELECT device_id FROM device_group_members WHERE group_name = $2)",
+        )
+        .bind(now_ms())
+        .bind(name)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err("stamping group members"))?;
         sqlx::query("DELETE FROM device_group_members WHERE group_name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -173,24 +190,5 @@ impl Db {
         let query = sqlx::query("SELECT group_name FROM device_group_members WHERE device_id = $1")
             .bind(device_id);
         text_column(self, query, "reading device groups").await
-    }
-
-    /// Every device's groups (for preview and statistics over the whole fleet).
-    pub async fn all_memberships(&self) -> Result<HashMap<String, Vec<String>>, CloudError> {
-        let rows = sqlx::query("SELECT group_name, device_id FROM device_group_members")
-            .fetch_all(self.pool())
-            .await
-            .map_err(db_err("reading group memberships"))?;
-        let mut out: HashMap<String, Vec<String>> = HashMap::new();
-        for row in &rows {
-            let group: String = row
-                .try_get("group_name")
-                .map_err(db_err("decoding memberships"))?;
-            let device: String = row
-                .try_get("device_id")
-                .map_err(db_err("decoding memberships"))?;
-            out.entry(device).or_default().push(group);
-        }
-        Ok(out)
     }
 }

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod devices;
 pub mod events;
 pub mod filter;
+pub mod fleet;
 pub mod groups;
 pub mod leases;
 pub mod releases;

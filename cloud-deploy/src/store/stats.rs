@@ -64,20 +64,6 @@ impl Db {
         text_column(self, query, "listing synced devices").await
     }
 
-    /// Devices whose active version of `task` is `version`.
-    pub async fn installed_devices(
-        &self,
-        task: &str,
-        version: &str,
-    ) -> Result<Vec<String>, CloudError> {
-        let query = sqlx::query(
-            "SELECT device_id FROM device_tasks WHERE task = $1 AND version = $2 AND state = 'installed'",
-        )
-        .bind(task)
-        .bind(version);
-        text_column(self, query, "listing installed devices").await
-    }
-
     /// (device, event kind, number of events) reported about a release.
     pub async fn release_event_counts(
         &self,
