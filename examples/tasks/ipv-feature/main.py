@@ -13,15 +13,14 @@ in the device's database, so the count survives restarts and upgrades.
 import walle
 
 
-def action_of(event):
-    args = event.get("args") or {}
-    return args.get("action", "")
+def action_of(event: "walle.Event") -> str:
+    return str(event["args"].get("action", ""))
 
 
-def run(ctx):
+def run(ctx: "walle.Context") -> "walle.JsonLike":
     enter, leave = ctx["matched"][0], ctx["matched"][-1]
     features = ctx["features"]
-    actions = {}
+    actions: "dict[str, int]" = {}
     for e in ctx["window"]:
         if e["event"] == "click":
             name = action_of(e) or "click"
