@@ -49,17 +49,17 @@ connected() { [[ "$(get "$ingest/v1/status")" == *'"connected":true'* ]]; }
 wait_for 30 "the device to connect" connected
 
 export WALLE_CLOUD="$cloud_http" WALLE_TOKEN="$(cat "$work/cloud/admin.token")"
-"$bin/walle" task pack examples/tasks/ipv-feature -o "$work/ipv.walle"
+"$bin/walle" task pack examples/tasks/ipv-feature --out "$work/ipv.walle"
 "$bin/walle" task publish "$work/ipv.walle" >"$work/publish.log"
 "$bin/walle" release preview --task ipv-feature --version 1.0.0 --policy examples/policies/staged.json \
-  >"$work/preview.log" || fail "walle release preview failed"
+  --output json >"$work/preview.log" || fail "walle release preview failed"
 grep -q '"percent": 10' "$work/preview.log" || fail "preview does not list the stages"
-"$bin/walle" release create --task ipv-feature --version 1.0.0 >"$work/release.log"
+"$bin/walle" release create --task ipv-feature --version 1.0.0 --output json >"$work/release.log"
 release_id=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["id"])' "$work/release.log")
 # (Output is captured before grep: `cmd | grep -q` under pipefail fails when grep exits early.)
-paused=$("$bin/walle" release act "$release_id" pause)
+paused=$("$bin/walle" release pause "$release_id" --output json)
 grep -q '"state": "paused"' <<<"$paused" || fail "pause did not pause: $paused"
-resumed=$("$bin/walle" release act "$release_id" resume)
+resumed=$("$bin/walle" release resume "$release_id" --output json)
 grep -q '"state": "active"' <<<"$resumed" || fail "resume did not resume: $resumed"
 installed() { [[ "$(get "$ingest/v1/status")" == *'"version":"1.0.0"'* ]]; }
 wait_for 30 "the device to install ipv-feature 1.0.0" installed

@@ -19,6 +19,8 @@ pub enum ClientError {
     Tls { source: reqwest::Error },
     #[error("cannot write the answer: {source}")]
     Output { source: std::io::Error },
+    #[error("GET {path}: the live stream failed: {message}")]
+    Stream { path: String, message: String },
     #[error("{method} {path}: unexpected answer: {source}")]
     Decode {
         method: &'static str,
@@ -141,6 +143,7 @@ impl ControlClient {
         let url = format!("{}/v1{path}", self.base);
         let mut request = match method {
             "POST" => self.http.post(&url),
+            "DELETE" => self.http.delete(&url),
             _ => self.http.get(&url),
         }
         .bearer_auth(&self.token);
@@ -174,6 +177,33 @@ impl ControlClient {
             });
         }
         Ok(response)
+    }
+
+    /// `GET /v1{path}` (path and query already encoded: see [`encode`]).
+    pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
+        self.call("GET", path, None, None).await
+    }
+
+    /// `POST /v1{path}` with a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> Result<Value, ClientError> {
+        self.call("POST", path, None, Some(body)).await
+    }
+
+    /// `DELETE /v1{path}`.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.send("DELETE", path, None, None).await.map(drop)
+    }
+
+    /// The live progress of a release: one status per change, as the server pushes them
+    /// (`GET /v1/releases/{id}/live`, Server-Sent Events), until the release ends.
+    pub async fn release_live(&self, id: &str) -> Result<LiveStatuses, ClientError> {
+        let path = format!("/releases/{}/live", encode(id));
+        let response = self.send("GET", &path, None, None).await?;
+        Ok(LiveStatuses {
+            response,
+            path,
+            buffer: String::new(),
+        })
     }
 
     /// Creates a task.
@@ -295,7 +325,60 @@ impl ControlClient {
     }
 }
 
+/// A release's statuses as the server pushes them.
+pub struct LiveStatuses {
+    response: reqwest::Response,
+    path: String,
+    buffer: String,
+}
+
+impl LiveStatuses {
+    /// The next status; `None` when the server ended the stream.
+    pub async fn next(&mut self) -> Result<Option<Value>, ClientError> {
+        loop {
+            if let Some(end) = self.buffer.find("\n\n") {
+                let event: String = self.buffer.drain(..end + 2).collect();
+                let data: String = event
+                    .lines()
+                    .filter_map(|line| line.strip_prefix("data:"))
+                    .map(str::trim_start)
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                if data.is_empty() {
+                    continue; // a keep-alive comment
+                }
+                let kind = event.lines().find_map(|line| line.strip_prefix("event:"));
+                if kind.map(str::trim) == Some("error") {
+                    return Err(ClientError::Stream {
+                        path: self.path.clone(),
+                        message: data,
+                    });
+                }
+                return serde_json::from_str(&data).map(Some).map_err(|source| {
+                    ClientError::Stream {
+                        path: self.path.clone(),
+                        message: source.to_string(),
+                    }
+                });
+            }
+            let chunk = self
+                .response
+                .chunk()
+                .await
+                .map_err(|source| ClientError::Decode {
+                    method: "GET",
+                    path: self.path.clone(),
+                    source,
+                })?;
+            match chunk {
+                Some(bytes) => self.buffer.push_str(&String::from_utf8_lossy(&bytes)),
+                None => return Ok(None),
+            }
+        }
+    }
+}
+
 /// `text` escaped for a URL path segment or query value.
-fn encode(text: &str) -> String {
+pub fn encode(text: &str) -> String {
     form_urlencoded::byte_serialize(text.as_bytes()).collect()
 }

@@ -1,5 +1,6 @@
 //! Walle's task-authoring SDK and the `walle` CLI.
 //!
+//! - [`cli`]: the `walle` command line (arguments, profiles, tables and JSON, error reports).
 //! - [`client`]: a typed client for the cloud's control-plane HTTP API (what `walle task
 //!   publish` and `walle release …` use).
 //! - [`local`]: run a task directory over a JSONL event file in the device's sandboxed VM,
@@ -11,6 +12,7 @@
 //! uses, so what passes `walle task pack` passes upload. This crate must not reach into the
 //! cloud's storage: it speaks the public APIs only.
 
+pub mod cli;
 pub mod client;
 pub mod demo;
 pub mod events;

@@ -1,0 +1,199 @@
+//! `walle task …`: the author's loop — pack, test locally, publish — and the tasks the cloud has.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use serde_json::Value;
+
+use super::GlobalArgs;
+use super::output::{Format, Table, cell, print_json, time};
+use crate::client::encode;
+use crate::local;
+
+#[derive(Subcommand)]
+pub enum TaskCommand {
+    /// Validate a task directory and pack it into a bundle file.
+    Pack {
+        /// Task directory (holding walle.toml).
+        dir: PathBuf,
+        /// Output file [default: <name>-<version>.walle in the current directory].
+        #[arg(long = "out", value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
+    /// Run a task directory locally over a JSONL event file and print its outputs.
+    ///
+    /// Triggers fire as the events match them. Timers do not fire on their own in a local test:
+    /// `--timer NAME` runs the task once as that timer would, after the events.
+    Test {
+        /// Task directory (holding walle.toml).
+        dir: PathBuf,
+        /// JSONL file, one event per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// After the events, run the task once as its timer NAME fires: no event, features as
+        /// of the last event (repeatable).
+        #[arg(long = "timer", value_name = "NAME")]
+        timers: Vec<String>,
+    },
+    /// Upload a task version (a task directory or a packed bundle) to the cloud.
+    Publish {
+        /// Task directory or .walle bundle file.
+        path: PathBuf,
+    },
+    /// List the cloud's tasks.
+    Ls,
+    /// List a task's versions.
+    Versions {
+        /// Task name.
+        task: String,
+    },
+}
+
+/// Runs a `walle task` command.
+pub async fn run(command: TaskCommand, global: &GlobalArgs) -> anyhow::Result<()> {
+    match command {
+        TaskCommand::Pack { dir, out } => pack(&dir, out),
+        TaskCommand::Test {
+            dir,
+            events,
+            timers,
+        } => test(&dir, &events, &timers),
+        TaskCommand::Publish { path } => publish(&path, global).await,
+        TaskCommand::Ls => {
+            let tasks = global.client()?.get("/tasks").await?;
+            show(
+                global.format(),
+                &tasks,
+                &["NAME", "DESCRIPTION", "CREATED"],
+                |t| {
+                    vec![
+                        cell(&t["name"]),
+                        cell(&t["description"]),
+                        time(&t["created_at_ms"]),
+                    ]
+                },
+            )
+        }
+        TaskCommand::Versions { task } => {
+            let path = format!("/tasks/{}/versions", encode(&task));
+            let versions = global.client()?.get(&path).await?;
+            show(
+                global.format(),
+                &versions,
+                &["VERSION", "SIZE", "SHA256", "UPLOADED"],
+                |v| {
+                    vec![
+                        cell(&v["version"]),
+                        cell(&v["bundle_size"]),
+                        cell(&v["bundle_digest"]),
+                        time(&v["created_at_ms"]),
+                    ]
+                },
+            )
+        }
+    }
+}
+
+/// Prints a JSON array as a table of `columns`, or as JSON.
+pub fn show(
+    format: Format,
+    items: &Value,
+    headers: &[&str],
+    columns: impl Fn(&Value) -> Vec<String>,
+) -> anyhow::Result<()> {
+    if format == Format::Json {
+        return print_json(items);
+    }
+    let mut table = Table::new(headers);
+    for item in items.as_array().into_iter().flatten() {
+        table.row(columns(item));
+    }
+    println!("{}", table.render());
+    Ok(())
+}
+
+fn pack(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
+    let (manifest, bytes) =
+        walle_proto::bundle::pack_dir(dir).with_context(|| format!("packing {}", dir.display()))?;
+    let out = out
+        .unwrap_or_else(|| PathBuf::from(format!("{}-{}.walle", manifest.name, manifest.version)));
+    std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
+    println!(
+        "packed {} {} into {} ({} bytes, sha256 {})",
+        manifest.name,
+        manifest.version,
+        out.display(),
+        bytes.len(),
+        walle_proto::bundle::digest_hex(&bytes)
+    );
+    Ok(())
+}
+
+fn test(dir: &Path, events: &Path, timers: &[String]) -> anyhow::Result<()> {
+    let text =
+        std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let run = local::run_task(dir, &lines, timers)?;
+    for (line, error) in &run.rejected {
+        eprintln!("{}:{line}: {error}", events.display());
+    }
+    for output in &run.outputs {
+        println!("{output}");
+    }
+    for log in &run.logs {
+        eprint!("{log}");
+    }
+    for failure in &run.failures {
+        eprintln!("run failed: {failure}");
+    }
+    eprintln!(
+        "{} events, {} rejected, {} triggers fired, {} outputs, {} failed runs",
+        run.events,
+        run.rejected.len(),
+        run.fired,
+        run.outputs.len(),
+        run.failures.len()
+    );
+    if !run.timers_not_run.is_empty() {
+        eprintln!(
+            "timers not run (they do not fire on their own here; --timer NAME runs one): {}",
+            run.timers_not_run.join(", ")
+        );
+    }
+    if !run.failures.is_empty() {
+        bail!("{} runs failed", run.failures.len());
+    }
+    Ok(())
+}
+
+async fn publish(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
+    let bytes = if path.is_dir() {
+        walle_proto::bundle::pack_dir(path)
+            .with_context(|| format!("packing {}", path.display()))?
+            .1
+    } else {
+        std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
+    };
+    let manifest = walle_proto::bundle::read_bundle(&bytes)
+        .with_context(|| format!("{} is not a valid bundle", path.display()))?
+        .manifest;
+    let client = global.client()?;
+    client
+        .ensure_task(&manifest.name, &manifest.description)
+        .await?;
+    let version = client.upload_version(&manifest.name, bytes).await?;
+    if global.format() == Format::Json {
+        return print_json(&version);
+    }
+    println!(
+        "published {} {} ({} bytes, sha256 {}); release it with `walle release create --task {} --version {}`",
+        manifest.name,
+        manifest.version,
+        cell(&version["bundle_size"]),
+        cell(&version["bundle_digest"]),
+        manifest.name,
+        manifest.version
+    );
+    Ok(())
+}

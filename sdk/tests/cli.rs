@@ -1,0 +1,257 @@
+//! The `walle` binary against a live cloud and real devices, as an operator types it: login and
+//! profiles, publish, preview with its salt, create, the release verbs, watch, devices, groups,
+//! records, completion, and the errors a mistake gets.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+use support::binary;
+use walle_sdk::demo::Fleet;
+
+struct Walle {
+    config: PathBuf,
+}
+
+impl Walle {
+    /// Runs `walle ARGS` with its own profiles file and no cloud in the environment.
+    async fn run(&self, args: &[&str]) -> Output {
+        let mut command = std::process::Command::new(binary("walle"));
+        command
+            .args(args)
+            .env("WALLE_CONFIG", &self.config)
+            .env("RUST_BACKTRACE", "1")
+            .env_remove("WALLE_CLOUD")
+            .env_remove("WALLE_TOKEN")
+            .env_remove("WALLE_PROFILE")
+            .stdin(std::process::Stdio::null());
+        tokio::task::spawn_blocking(move || command.output().unwrap())
+            .await
+            .unwrap()
+    }
+
+    /// Runs a command that must succeed; its standard output.
+    async fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        let (stdout, stderr) = texts(&out);
+        assert!(
+            out.status.success(),
+            "walle {args:?} failed:\n{stderr}\n{stdout}"
+        );
+        stdout
+    }
+
+    /// Runs a command that must fail; its standard error, checked to be one report.
+    async fn fails(&self, args: &[&str]) -> String {
+        let out = self.run(args).await;
+        let (stdout, stderr) = texts(&out);
+        assert!(!out.status.success(), "walle {args:?} succeeded:\n{stdout}");
+        assert!(stderr.starts_with("error: "), "{stderr}");
+        assert_eq!(
+            stderr.matches("error:").count(),
+            1,
+            "printed twice: {stderr}"
+        );
+        assert!(
+            !stderr.contains("backtrace") && !stderr.contains("Caused by"),
+            "{stderr}"
+        );
+        stderr
+    }
+
+    async fn json(&self, args: &[&str]) -> Value {
+        let mut args = args.to_vec();
+        args.extend(["--output", "json"]);
+        serde_json::from_str(&self.ok(&args).await).unwrap()
+    }
+}
+
+fn texts(out: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/ipv-feature")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_steers_the_control_plane_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let fleet = Fleet::start(root.path(), 2).await.unwrap();
+    let cloud = fleet.cloud.http_url();
+    let token = fleet.cloud.admin_token.clone();
+    let walle = Walle {
+        config: root.path().join("walle").join("config.toml"),
+    };
+
+    // Before login: what to do next, once.
+    let error = walle.fails(&["release", "ls"]).await;
+    assert!(
+        error.contains("walle login --cloud URL --token TOKEN"),
+        "{error}"
+    );
+    let error = walle
+        .fails(&["login", "--cloud", &cloud, "--token", "wrong"])
+        .await;
+    assert!(
+        error.contains("HTTP 401") && error.contains("hint: the cloud refused the token"),
+        "{error}"
+    );
+    let said = walle
+        .ok(&[
+            "login",
+            "--cloud",
+            &cloud,
+            "--token",
+            &token,
+            "--profile",
+            "local",
+        ])
+        .await;
+    assert!(
+        said.contains("as admin") && said.contains("profile \"local\""),
+        "{said}"
+    );
+    assert!(walle.ok(&["profiles"]).await.contains(&cloud));
+
+    let published = walle
+        .ok(&["task", "publish", example().to_str().unwrap()])
+        .await;
+    assert!(
+        published.starts_with("published ipv-feature 1.0.0"),
+        "{published}"
+    );
+    assert!(walle.ok(&["task", "ls"]).await.contains("ipv-feature"));
+    let versions = walle.json(&["task", "versions", "ipv-feature"]).await;
+    assert_eq!(versions[0]["version"], "1.0.0", "{versions}");
+
+    let policy = root.path().join("policy.json");
+    std::fs::write(&policy, r#"{"stages": [50, 100]}"#).unwrap();
+    let policy = policy.to_str().unwrap();
+    let table = walle
+        .ok(&[
+            "release",
+            "preview",
+            "--task",
+            "ipv-feature",
+            "--version",
+            "1.0.0",
+            "--policy",
+            policy,
+        ])
+        .await;
+    assert!(table.starts_with("STAGE  PERCENT"), "{table}");
+    let salt = table
+        .split("--salt ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no salt in {table}"))
+        .to_owned();
+    let created = walle
+        .json(&[
+            "release",
+            "create",
+            "--task",
+            "ipv-feature",
+            "--version",
+            "1.0.0",
+            "--policy",
+            policy,
+            "--salt",
+            &salt,
+        ])
+        .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    // The release takes the devices the (first) preview showed at its first stage.
+    let first_preview: u64 = table
+        .lines()
+        .nth(1)
+        .and_then(|row| row.split_whitespace().nth(2))
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    let status = walle.json(&["release", "status", &id]).await;
+    assert_eq!(
+        status["stats"]["targeted"].as_u64(),
+        Some(first_preview),
+        "{status} vs {table}"
+    );
+
+    let listed = walle.ok(&["release", "ls", "--task", "ipv-feature"]).await;
+    assert!(
+        listed.contains(&id) && listed.contains("1/2 (50%)"),
+        "{listed}"
+    );
+    let paused = walle.ok(&["release", "pause", &id]).await;
+    assert!(paused.contains("is now paused"), "{paused}");
+    let error = walle.fails(&["release", "pause", &id]).await;
+    assert!(
+        error.contains("cannot pause now (it can: resume, abort, rollback)"),
+        "{error}"
+    );
+    walle.ok(&["release", "resume", &id]).await;
+    let advanced = walle.ok(&["release", "advance", &id]).await;
+    assert!(
+        advanced.contains("Moves to stage 2 of 2 (100%)"),
+        "{advanced}"
+    );
+    let watched = walle.ok(&["release", "watch", &id]).await;
+    assert!(watched.contains("2/2 installed"), "{watched}");
+    assert!(
+        watched.contains("installed on every targeted device"),
+        "{watched}"
+    );
+    let status = walle.ok(&["release", "status", &id]).await;
+    assert!(status.contains("installed 2 of 2 targeted"), "{status}");
+
+    let devices = walle.json(&["devices", "ls"]).await;
+    let device = devices["devices"][0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(devices["devices"].as_array().unwrap().len(), 2, "{devices}");
+    let shown = walle.ok(&["devices", "show", &device]).await;
+    assert!(shown.contains("ipv-feature  1.0.0    installed"), "{shown}");
+
+    walle
+        .ok(&["groups", "create", "beta", "--description", "testers"])
+        .await;
+    let added = walle.ok(&["groups", "add", "beta", &device]).await;
+    assert!(added.contains("group beta has 1 members"), "{added}");
+    let group = walle.ok(&["groups", "show", "beta"]).await;
+    assert!(
+        group.contains(&device) && group.contains("no live release"),
+        "{group}"
+    );
+    walle.ok(&["groups", "remove", "beta", &device]).await;
+    walle.ok(&["groups", "delete", "beta"]).await;
+    let error = walle.fails(&["groups", "show", "beta"]).await;
+    assert!(error.contains("HTTP 404"), "{error}");
+
+    let records = walle
+        .json(&["records", "ls", "--task", "ipv-feature"])
+        .await;
+    assert!(records.is_array(), "{records}");
+    let completion = walle.ok(&["completion", "bash"]).await;
+    assert!(
+        completion.contains("walle__release") || completion.contains("release"),
+        "{completion}"
+    );
+
+    // Abort asks first; without a terminal it needs --yes.
+    let error = walle.fails(&["release", "abort", &id]).await;
+    assert!(
+        error.contains("add --yes to confirm") && error.contains("The release stops for good"),
+        "{error}"
+    );
+    let aborted = walle.ok(&["release", "abort", &id, "--yes"]).await;
+    assert!(aborted.contains("is now aborted"), "{aborted}");
+    let error = walle.fails(&["release", "watch", &id]).await;
+    assert!(error.contains("is aborted: aborted by operator"), "{error}");
+
+    walle.ok(&["logout", "local"]).await;
+    let error = walle.fails(&["task", "ls"]).await;
+    assert!(error.contains("walle login"), "{error}");
+    fleet.shutdown().await;
+}
