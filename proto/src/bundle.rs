@@ -78,7 +78,8 @@ impl BundleContents {
 
 /// Packs a task directory (which must hold a valid `walle.toml`) into bundle bytes.
 ///
-/// Hidden files and directories (starting with `.`) and `__pycache__` are left out.
+/// Hidden files and directories (starting with `.`), `__pycache__` and type stubs (`*.pyi`) are
+/// left out.
 pub fn pack_dir(dir: &Path) -> Result<(TaskManifest, Vec<u8>), BundleError> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let text = std::fs::read_to_string(&manifest_path).map_err(io_err(&manifest_path))?;
@@ -114,7 +115,8 @@ fn collect_files(root: &Path, prefix: &str, out: &mut Vec<String>) -> Result<(),
     for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
         let entry = entry.map_err(io_err(&dir))?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') || name == "__pycache__" {
+        // Hidden files, Python's caches and type stubs (`*.pyi`, for editors) never run.
+        if name.starts_with('.') || name == "__pycache__" || name.ends_with(".pyi") {
             continue;
         }
         let rel = if prefix.is_empty() {
@@ -284,6 +286,8 @@ mod tests {
         )
         .unwrap();
         std::fs::write(dir.path().join(".hidden"), "secret").unwrap();
+        std::fs::create_dir_all(dir.path().join("typings/walle")).unwrap();
+        std::fs::write(dir.path().join("typings/walle/__init__.pyi"), "x: int\n").unwrap();
         dir
     }
 

@@ -1,6 +1,7 @@
 //! The `walle` command line: its arguments, where it finds the cloud, and how it reports.
 //!
 //! - [`task`]: the author's loop — pack, test locally, publish, list tasks and versions;
+//! - [`init`]: `walle task init`, a new task folder with its test and the module's stubs;
 //! - [`release`]: releases — list, preview, create, status, the operator verbs, watch;
 //! - [`fleet`]: devices and device groups;
 //! - [`records`]: what tasks uploaded through the tunnel;
@@ -10,6 +11,7 @@
 //! Errors print once, on one line per cause, with what to do next; no backtrace.
 
 pub mod fleet;
+pub mod init;
 pub mod output;
 pub mod profile;
 pub mod records;
@@ -166,7 +168,18 @@ pub async fn main() -> ExitCode {
 
 /// An error as the user reads it: what failed and why on one line, then what to do next.
 pub fn report(error: &anyhow::Error) -> String {
-    let mut text = format!("error: {error:#}");
+    // Causes joined by ": ", each once (some errors repeat their source in their own message).
+    let mut text = "error: ".to_owned();
+    for (at, cause) in error.chain().enumerate() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if at > 0 {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
     if let Some(hint) = hint(error) {
         text.push_str("\nhint: ");
         text.push_str(&hint);
@@ -314,4 +327,36 @@ fn profiles(format: Format) -> anyhow::Result<()> {
     }
     println!("{}", table.render());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_report_gives_each_cause_once_and_a_hint() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(io).context("reading policy.json");
+        assert_eq!(report(&error), "error: reading policy.json: no such file");
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {source}")]
+        struct Repeats {
+            source: std::io::Error,
+        }
+        let repeated = anyhow::Error::new(Repeats {
+            source: std::io::Error::other("inner"),
+        });
+        assert_eq!(report(&repeated), "error: outer: inner");
+        let refused = anyhow::Error::new(ClientError::Api {
+            method: "GET",
+            path: "/me".into(),
+            status: 401,
+            message: "bad token".into(),
+        });
+        let text = report(&refused);
+        assert!(
+            text.starts_with("error: GET /me failed with HTTP 401: bad token\nhint: "),
+            "{text}"
+        );
+    }
 }

@@ -7,12 +7,24 @@ use clap::Subcommand;
 use serde_json::Value;
 
 use super::GlobalArgs;
+use super::init;
 use super::output::{Format, Table, cell, print_json, time};
 use crate::client::encode;
 use crate::local;
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
+    /// Create a task folder that passes `walle task test` as created.
+    ///
+    /// The task is named after the folder. Python tasks come with sample events, the outputs
+    /// they must give (`walle task test DIR --events DIR/events.jsonl --expect
+    /// DIR/expected.jsonl`) and the `walle` module's type stubs for editors (`typings/`).
+    Init {
+        /// The new folder (its name is the task's name: lowercase letters, digits and `-`).
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t = init::Runtime::Python)]
+        runtime: init::Runtime,
+    },
     /// Validate a task directory and pack it into a bundle file.
     Pack {
         /// Task directory (holding walle.toml).
@@ -35,6 +47,10 @@ pub enum TaskCommand {
         /// of the last event (repeatable).
         #[arg(long = "timer", value_name = "NAME")]
         timers: Vec<String>,
+        /// JSONL file of the outputs the run must give, in order: the test fails on any
+        /// difference.
+        #[arg(long, value_name = "FILE")]
+        expect: Option<PathBuf>,
     },
     /// Upload a task version (a task directory or a packed bundle) to the cloud.
     Publish {
@@ -54,11 +70,28 @@ pub enum TaskCommand {
 pub async fn run(command: TaskCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     match command {
         TaskCommand::Pack { dir, out } => pack(&dir, out),
+        TaskCommand::Init { dir, runtime } => {
+            let written = init::init(&dir, runtime)?;
+            for path in &written {
+                println!("created {}", path.display());
+            }
+            let shown = dir.display();
+            let expect = if runtime == init::Runtime::Python {
+                format!(" --expect {shown}/expected.jsonl")
+            } else {
+                String::new()
+            };
+            println!(
+                "next: walle task test {shown} --events {shown}/events.jsonl{expect}\n      walle task publish {shown}"
+            );
+            Ok(())
+        }
         TaskCommand::Test {
             dir,
             events,
             timers,
-        } => test(&dir, &events, &timers),
+            expect,
+        } => test(&dir, &events, &timers, expect.as_deref()),
         TaskCommand::Publish { path } => publish(&path, global).await,
         TaskCommand::Ls => {
             let tasks = global.client()?.get("/tasks").await?;
@@ -130,7 +163,7 @@ fn pack(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(dir: &Path, events: &Path, timers: &[String]) -> anyhow::Result<()> {
+fn test(dir: &Path, events: &Path, timers: &[String], expect: Option<&Path>) -> anyhow::Result<()> {
     let text =
         std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -164,7 +197,52 @@ fn test(dir: &Path, events: &Path, timers: &[String]) -> anyhow::Result<()> {
     if !run.failures.is_empty() {
         bail!("{} runs failed", run.failures.len());
     }
+    if let Some(path) = expect {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        compare_outputs(&run.outputs, &text)
+            .map_err(|difference| anyhow::anyhow!("{}: {difference}", path.display()))?;
+        eprintln!("outputs match {}", path.display());
+    }
     Ok(())
+}
+
+/// Whether the outputs are the expected JSON lines, in order; the first difference otherwise.
+pub fn compare_outputs(outputs: &[Value], expected: &str) -> Result<(), String> {
+    let lines: Vec<(usize, &str)> = expected
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| !line.trim().is_empty())
+        .collect();
+    for (at, (number, line)) in lines.iter().enumerate() {
+        let want: Value = serde_json::from_str(line)
+            .map_err(|e| format!("line {}: not JSON: {e}", number + 1))?;
+        match outputs.get(at) {
+            Some(got) if *got == want => {}
+            Some(got) => {
+                return Err(format!(
+                    "line {}: output {} differs\n  expected {want}\n  got      {got}",
+                    number + 1,
+                    at + 1
+                ));
+            }
+            None => {
+                return Err(format!(
+                    "line {}: expected {want}, but the run gave only {} outputs",
+                    number + 1,
+                    outputs.len()
+                ));
+            }
+        }
+    }
+    match outputs.get(lines.len()) {
+        Some(extra) => Err(format!(
+            "the run gave {} outputs, {} expected; the first unexpected: {extra}",
+            outputs.len(),
+            lines.len()
+        )),
+        None => Ok(()),
+    }
 }
 
 async fn publish(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
