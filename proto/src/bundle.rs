@@ -246,8 +246,7 @@ fn parse_manifest(
     has_file: impl Fn(&str) -> bool,
 ) -> Result<TaskManifest, BundleError> {
     let manifest_bytes = manifest_bytes.ok_or(BundleError::NoManifest)?;
-    let text = std::str::from_utf8(manifest_bytes)
-        .map_err(|_| ManifestError::Syntax("walle.toml is not UTF-8".into()))?;
+    let text = std::str::from_utf8(manifest_bytes).map_err(|_| ManifestError::NotUtf8)?;
     let manifest = TaskManifest::parse(text)?;
     if let Some(missing) = manifest.required_files().find(|f| !has_file(f)) {
         return Err(BundleError::MissingFile(missing.to_owned()));

@@ -168,8 +168,19 @@ struct RawManifest {
 /// Why a manifest is not acceptable. Each variant names the field at fault.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
-    #[error("walle.toml is not valid TOML for the manifest schema: {0}")]
-    Syntax(String),
+    #[error("walle.toml:{line}:{column}: {field}{message}\n{excerpt}")]
+    Syntax {
+        /// 1-based line and column of the mistake (0 when the parser gave no position).
+        line: usize,
+        column: usize,
+        /// Where in the manifest, e.g. "`limits.deadline_ms`: " (empty when unknown).
+        field: String,
+        message: String,
+        /// The line and a caret under the column.
+        excerpt: String,
+    },
+    #[error("walle.toml is not UTF-8 text")]
+    NotUtf8,
     #[error("walle.toml: missing required field `{0}`")]
     MissingField(&'static str),
     #[error(
@@ -205,11 +216,59 @@ pub enum ManifestError {
 /// run within its limit always produces sendable records.
 pub const MAX_OUTPUT_CAP: u64 = 1024 * 1024;
 
+/// A TOML or schema error with where it is: line, column, the field's dotted path (from the
+/// line's key and the table header above it) and the line itself.
+fn syntax_error(error: &toml::de::Error, text: &str) -> ManifestError {
+    let message = error.message().trim_end().to_owned();
+    let Some(span) = error.span() else {
+        return ManifestError::Syntax {
+            line: 0,
+            column: 0,
+            field: String::new(),
+            message,
+            excerpt: String::new(),
+        };
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |at| at + 1);
+    let column = before[line_start..].chars().count() + 1;
+    let source_line = text.lines().nth(line - 1).unwrap_or("");
+    let field = field_path(text, line - 1)
+        .map(|path| format!("`{path}`: "))
+        .unwrap_or_default();
+    let excerpt = format!("    {source_line}\n    {}^", " ".repeat(column - 1));
+    ManifestError::Syntax {
+        line,
+        column,
+        field,
+        message,
+        excerpt,
+    }
+}
+
+/// The dotted path of the key set on line `index` (0-based), under the nearest table header.
+fn field_path(text: &str, index: usize) -> Option<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key = lines.get(index)?.split_once('=')?.0.trim();
+    if key.is_empty() || key.starts_with('#') || key.starts_with('{') {
+        return None;
+    }
+    let table = lines[..index].iter().rev().find_map(|line| {
+        let line = line.trim();
+        let name = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]"));
+        name.or_else(|| line.strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+    });
+    Some(match table {
+        Some(table) => format!("{}.{key}", table.trim()),
+        None => key.to_owned(),
+    })
+}
+
 impl TaskManifest {
     /// Parses and validates the text of a `walle.toml`.
     pub fn parse(text: &str) -> Result<TaskManifest, ManifestError> {
-        let raw: RawManifest =
-            toml::from_str(text).map_err(|e| ManifestError::Syntax(e.message().to_owned()))?;
+        let raw: RawManifest = toml::from_str(text).map_err(|e| syntax_error(&e, text))?;
         let name = raw.name.ok_or(ManifestError::MissingField("name"))?;
         if !is_valid_task_name(&name) {
             return Err(ManifestError::BadName(name));
@@ -519,6 +578,43 @@ cron = "0 3 * * *"
         let typo = timer("cron = \"0 3 * * *\"\ntimezone = \"UTC\"");
         let err = TaskManifest::parse(&typo).unwrap_err().to_string();
         assert!(err.contains("unknown field `timezone`"), "{err}");
+    }
+
+    #[test]
+    fn a_schema_mistake_says_line_column_field_and_shows_the_line() {
+        let text = format!("{GOOD}\n[limits]\ndeadline_ms = \"2h\"\n");
+        let error = TaskManifest::parse(&text).unwrap_err();
+        let ManifestError::Syntax {
+            line,
+            column,
+            ref field,
+            ..
+        } = error
+        else {
+            panic!("{error}")
+        };
+        assert_eq!((line, column), (13, 15), "{error}");
+        assert_eq!(field, "`limits.deadline_ms`: ");
+        let shown = error.to_string();
+        assert!(
+            shown
+                .starts_with("walle.toml:13:15: `limits.deadline_ms`: invalid type: string \"2h\""),
+            "{shown}"
+        );
+        assert!(
+            shown.ends_with("    deadline_ms = \"2h\"\n                  ^"),
+            "{shown}"
+        );
+        let unknown =
+            TaskManifest::parse(&format!("{GOOD}\n[limits]\ntimeout_ms = 5\n")).unwrap_err();
+        assert!(
+            unknown
+                .to_string()
+                .starts_with("walle.toml:13:1: `limits.timeout_ms`: unknown field `timeout_ms`"),
+            "{unknown}"
+        );
+        let broken = TaskManifest::parse("name = \"x\"\nversion = \n").unwrap_err();
+        assert!(broken.to_string().starts_with("walle.toml:2:"), "{broken}");
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //!   publish` and `walle release …` use).
 //! - [`local`]: run a task directory over a JSONL event file in the device's sandboxed VM,
 //!   without a cloud (`walle task test`).
+//! - [`validate`]: checking a task folder (manifest, bundle, script syntax, loading) before it
+//!   leaves the author's machine (`walle task validate`, and first in pack, publish and test).
 //! - [`demo`]: `walle demo`, a cloud and devices in one process, end to end.
 //! - [`events`]: synthetic user-behaviour streams with independently computed expectations.
 //!
@@ -17,3 +19,4 @@ pub mod client;
 pub mod demo;
 pub mod events;
 pub mod local;
+pub mod validate;

@@ -158,7 +158,9 @@ fn every_manifest_field_the_parser_accepts_is_documented() {
     // Every collected key is one the parser reads: the value may break validation rules
     // (`every_ms` and `cron` together), but not the schema.
     match TaskManifest::parse(&to_toml(&value)) {
-        Err(ManifestError::Syntax(e)) => panic!("the parser refuses a collected field: {e}"),
+        Err(e @ ManifestError::Syntax { .. }) => {
+            panic!("the parser refuses a collected field: {e}")
+        }
         Err(ManifestError::MissingField(f)) => panic!("a required field was not collected: {f}"),
         _ => {}
     }

@@ -82,6 +82,7 @@ mod pool;
 mod python;
 mod regex;
 mod sandbox;
+pub mod syntax;
 pub mod wasm;
 mod watchdog;
 
@@ -92,6 +93,7 @@ pub use pool::{
     ABANDON_GRACE, PoolHealth, QUARANTINE_STRIKES, RunOutput, RunTiming, TimedRun, VmPool,
 };
 pub use sandbox::imports::{TASK_IMPORTS, TaskModule, bundled_modules};
+pub use syntax::{SyntaxError, check_python};
 pub use wasm::{WasmLimits, WasmTask};
 
 use std::sync::Arc;

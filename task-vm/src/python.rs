@@ -174,7 +174,7 @@ fn find_handler(vm: &VirtualMachine, code: &TaskCode) -> Result<PyObjectRef, VmE
         .compile(&code.source, Mode::Exec, code.entry_path.clone())
         .map_err(|e| VmError::Compile {
             task: code.key.clone(),
-            message: e.to_string(),
+            message: crate::syntax::located(&e, &code.source, &code.entry_path).to_string(),
         })?;
     crate::native::bytecode::prepare(&compiled);
     let scope = vm.new_scope_with_builtins();

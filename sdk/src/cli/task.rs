@@ -10,7 +10,7 @@ use super::GlobalArgs;
 use super::init;
 use super::output::{Format, Table, cell, print_json, time};
 use crate::client::encode;
-use crate::local;
+use crate::{local, validate};
 
 #[derive(Subcommand)]
 pub enum TaskCommand {
@@ -24,6 +24,14 @@ pub enum TaskCommand {
         dir: PathBuf,
         #[arg(long, value_enum, default_value_t = init::Runtime::Python)]
         runtime: init::Runtime,
+    },
+    /// Check a task folder: manifest, bundle, every script's syntax, and loading it in the VM.
+    ///
+    /// Prints every problem found, each with its file (and line and column where it has one)
+    /// and a hint; exits 1 when there is any.
+    Validate {
+        /// Task directory (holding walle.toml).
+        dir: PathBuf,
     },
     /// Validate a task directory and pack it into a bundle file.
     Pack {
@@ -69,6 +77,7 @@ pub enum TaskCommand {
 /// Runs a `walle task` command.
 pub async fn run(command: TaskCommand, global: &GlobalArgs) -> anyhow::Result<()> {
     match command {
+        TaskCommand::Validate { dir } => validate_command(&dir, global.format()),
         TaskCommand::Pack { dir, out } => pack(&dir, out),
         TaskCommand::Init { dir, runtime } => {
             let written = init::init(&dir, runtime)?;
@@ -146,9 +155,53 @@ pub fn show(
     Ok(())
 }
 
+/// The folder's bundle, or every problem it has as one error.
+fn valid(dir: &Path) -> anyhow::Result<validate::Valid> {
+    validate::validate(dir).map_err(|problems| {
+        let listed: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        anyhow::anyhow!(
+            "{} has {} problem{}:\n{}",
+            dir.display(),
+            problems.len(),
+            if problems.len() == 1 { "" } else { "s" },
+            listed.join("\n")
+        )
+    })
+}
+
+fn validate_command(dir: &Path, format: Format) -> anyhow::Result<()> {
+    match (validate::validate(dir), format) {
+        (Ok(valid), Format::Json) => print_json(&serde_json::json!({
+            "valid": true, "name": valid.manifest.name, "version": valid.manifest.version.to_string(),
+            "problems": [],
+        })),
+        (Err(problems), Format::Json) => {
+            print_json(&serde_json::json!({"valid": false, "problems": problems}))?;
+            bail!("{} problems", problems.len())
+        }
+        (Ok(valid), Format::Table) => {
+            let m = &valid.manifest;
+            println!(
+                "{} {} is valid: {:?} runtime, {} triggers, {} features, {} timers, {} models",
+                m.name,
+                m.version,
+                m.runtime,
+                m.triggers.len(),
+                m.features.len(),
+                m.timers.len(),
+                m.models.len()
+            );
+            Ok(())
+        }
+        (Err(_), Format::Table) => valid(dir).map(drop),
+    }
+}
+
 fn pack(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
-    let (manifest, bytes) =
-        walle_proto::bundle::pack_dir(dir).with_context(|| format!("packing {}", dir.display()))?;
+    let validate::Valid {
+        manifest,
+        bundle: bytes,
+    } = valid(dir)?;
     let out = out
         .unwrap_or_else(|| PathBuf::from(format!("{}-{}.walle", manifest.name, manifest.version)));
     std::fs::write(&out, &bytes).with_context(|| format!("writing {}", out.display()))?;
@@ -164,6 +217,7 @@ fn pack(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 fn test(dir: &Path, events: &Path, timers: &[String], expect: Option<&Path>) -> anyhow::Result<()> {
+    valid(dir)?;
     let text =
         std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
@@ -247,15 +301,20 @@ pub fn compare_outputs(outputs: &[Value], expected: &str) -> Result<(), String> 
 
 async fn publish(path: &Path, global: &GlobalArgs) -> anyhow::Result<()> {
     let bytes = if path.is_dir() {
-        walle_proto::bundle::pack_dir(path)
-            .with_context(|| format!("packing {}", path.display()))?
-            .1
+        valid(path)?.bundle
     } else {
         std::fs::read(path).with_context(|| format!("reading {}", path.display()))?
     };
-    let manifest = walle_proto::bundle::read_bundle(&bytes)
-        .with_context(|| format!("{} is not a valid bundle", path.display()))?
-        .manifest;
+    let contents = walle_proto::bundle::read_bundle(&bytes)
+        .with_context(|| format!("{} is not a valid bundle", path.display()))?;
+    let problems = validate::script_problems(&contents);
+    if let Some(first) = problems.first() {
+        bail!(
+            "{} has a script that does not compile: {first}",
+            path.display()
+        );
+    }
+    let manifest = contents.manifest;
     let client = global.client()?;
     client
         .ensure_task(&manifest.name, &manifest.description)
