@@ -3,21 +3,43 @@
 //!
 //! Timers do not fire on their own here (the run takes no time); the timers asked for are fired
 //! once each after the events, as a device fires them: no event, features as of the last event.
+//! Matches that wait for time only (a trailing "not followed by", a repetition's window) fire
+//! when the clock is moved past them: to a given time, or to the end of the stream (the last
+//! event's time plus the longest trigger window).
+//!
+//! Besides what the runs produced, the run reports each firing (trigger, features, how many
+//! events it saw, outputs, logs, run time, the task's memory after the run) and warns about
+//! silent mistakes: a trigger condition on a field no event has, and triggers that never fired.
 
 use std::path::Path;
+use std::time::Instant;
 
 use anyhow::bail;
+use serde::Serialize;
+use serde_json::{Map, Value};
 use walle_pipeline::{Event, Firing, TaskPipeline, TaskRun};
 use walle_proto::bundle;
-use walle_proto::manifest::TimerSpec;
+use walle_proto::manifest::{TaskManifest, TimerSpec};
 use walle_vm::VmPool;
 
+/// How to run a task locally beyond its events.
+#[derive(Debug, Clone, Default)]
+pub struct LocalOptions {
+    /// Timers to fire once each after the events.
+    pub timers: Vec<String>,
+    /// Move the clock to this Unix time (ms) after the events.
+    pub advance_to: Option<i64>,
+    /// Move the clock past the last event by the longest trigger window.
+    pub end_of_stream: bool,
+}
+
 /// What one local run of a task over an event stream produced.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Serialize)]
 pub struct LocalRun {
     pub events: usize,
+    /// (line, why) for each line that is not an event.
     pub rejected: Vec<(usize, String)>,
-    /// Runs started: by triggers and by the timers asked for.
+    /// Runs started: by triggers, by the clock, and by the timers asked for.
     pub fired: usize,
     pub outputs: Vec<serde_json::Value>,
     /// What the runs printed, one entry per run that printed anything.
@@ -25,15 +47,50 @@ pub struct LocalRun {
     pub failures: Vec<String>,
     /// The task's timers that were not asked for, described (`nightly (cron "0 3 * * *")`).
     pub timers_not_run: Vec<String>,
+    /// Each run, in order.
+    pub firings: Vec<FiringReport>,
+    /// Mistakes that make a test pass silently.
+    pub warnings: Vec<String>,
+}
+
+/// One run of the handler.
+#[derive(Debug, Clone, Serialize)]
+pub struct FiringReport {
+    /// The trigger or timer that fired.
+    pub trigger: String,
+    /// Events matched by the trigger's positive steps and in its window.
+    pub matched: usize,
+    pub window: usize,
+    pub features: Map<String, Value>,
+    pub outputs: Vec<Value>,
+    pub logs: String,
+    pub run_ms: f64,
+    /// Heap bytes the task held after the run (its interpreter, modules and data).
+    pub memory_bytes: Option<u64>,
+    /// Why the run failed (a limit hit says which).
+    pub error: Option<String>,
 }
 
 /// Packs `task_dir` (validating it as the cloud would), feeds `events` through its triggers
 /// and runs the handler on each match, then once for each timer named in `timers`.
 pub fn run_task(task_dir: &Path, events: &[String], timers: &[String]) -> anyhow::Result<LocalRun> {
+    let options = LocalOptions {
+        timers: timers.to_vec(),
+        ..LocalOptions::default()
+    };
+    run_task_with(task_dir, events, &options)
+}
+
+/// [`run_task`] with the clock moved after the events as `options` say.
+pub fn run_task_with(
+    task_dir: &Path,
+    events: &[String],
+    options: &LocalOptions,
+) -> anyhow::Result<LocalRun> {
     let (_, packed) = bundle::pack_dir(task_dir)?;
     let contents = bundle::read_bundle(&packed)?;
     let manifest = &contents.manifest;
-    check_timers(&manifest.timers, timers)?;
+    check_timers(&manifest.timers, &options.timers)?;
     let key = format!("{}@{}", manifest.name, manifest.version);
     let read = |path: &str| {
         contents
@@ -48,6 +105,7 @@ pub fn run_task(task_dir: &Path, events: &[String], timers: &[String]) -> anyhow
     let mut pipeline = TaskPipeline::new();
     pipeline.install(&manifest.name, &manifest.triggers, &manifest.features)?;
     let mut run = LocalRun::default();
+    let mut seen: Vec<Value> = Vec::new();
     for (index, line) in events.iter().enumerate() {
         if line.trim().is_empty() {
             continue;
@@ -60,11 +118,25 @@ pub fn run_task(task_dir: &Path, events: &[String], timers: &[String]) -> anyhow
             }
         };
         run.events += 1;
+        seen.push(event.to_json());
         for task_run in pipeline.on_event(&event) {
             execute(&vm, &key, &task_run, &mut run);
         }
     }
-    let firings = timers
+    let until = options.advance_to.or_else(|| {
+        let last = pipeline.clock()?;
+        let longest = manifest.triggers.iter().filter_map(|t| t.within_ms).max()?;
+        options
+            .end_of_stream
+            .then(|| last.saturating_add(i64::try_from(longest).unwrap_or(i64::MAX / 2) + 1))
+    });
+    if let Some(ts) = until {
+        for task_run in pipeline.advance_to(ts) {
+            execute(&vm, &key, &task_run, &mut run);
+        }
+    }
+    let firings = options
+        .timers
         .iter()
         .map(|timer| Firing {
             task: manifest.name.clone(),
@@ -79,10 +151,51 @@ pub fn run_task(task_dir: &Path, events: &[String], timers: &[String]) -> anyhow
     run.timers_not_run = manifest
         .timers
         .iter()
-        .filter(|t| !timers.contains(&t.name))
+        .filter(|t| !options.timers.contains(&t.name))
         .map(describe)
         .collect();
+    run.warnings = warnings(manifest, &seen, &run);
     Ok(run)
+}
+
+/// Silent mistakes: conditions on fields no event has, triggers that never fired.
+fn warnings(manifest: &TaskManifest, events: &[Value], run: &LocalRun) -> Vec<String> {
+    let mut out = Vec::new();
+    for trigger in &manifest.triggers {
+        let fields = trigger
+            .steps
+            .iter()
+            .flat_map(|step| step.r#where.iter().map(|c| c.field.as_str()))
+            .chain(trigger.partition_by.iter().map(String::as_str));
+        let mut missing: Vec<&str> = fields
+            .filter(|field| !events.iter().any(|e| lookup(e, field).is_some()))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for field in missing {
+            out.push(format!(
+                "trigger {:?}: no event has the field {field:?}, so a condition on it never holds (a typo?)",
+                trigger.name
+            ));
+        }
+        if !run.firings.iter().any(|f| f.trigger == trigger.name) {
+            let hint = if trigger.steps.last().is_some_and(|s| s.not) {
+                " (it ends with a \"not\" step: --end-of-stream moves the clock past its window)"
+            } else {
+                ""
+            };
+            out.push(format!("trigger {:?} never fired{hint}", trigger.name));
+        }
+    }
+    out
+}
+
+/// A dotted field of an event's JSON (`args.action`).
+fn lookup<'a>(event: &'a Value, field: &str) -> Option<&'a Value> {
+    field
+        .split('.')
+        .try_fold(event, |value, part| value.get(part))
+        .filter(|v| !v.is_null())
 }
 
 /// Refuses timer names the task does not declare.
@@ -115,15 +228,34 @@ fn describe(timer: &TimerSpec) -> String {
 /// Runs the handler for one firing and keeps what it produced.
 fn execute(vm: &VmPool, key: &str, task_run: &TaskRun, run: &mut LocalRun) {
     run.fired += 1;
-    match vm.run(key, task_run.context()) {
+    let started = Instant::now();
+    let result = vm.run(key, task_run.context());
+    let mut report = FiringReport {
+        trigger: task_run.firing.trigger.clone(),
+        matched: task_run.firing.matched.len(),
+        window: task_run.firing.window.len(),
+        features: task_run.features.clone(),
+        outputs: Vec::new(),
+        logs: String::new(),
+        run_ms: started.elapsed().as_secs_f64() * 1000.0,
+        memory_bytes: vm.task_memory(key),
+        error: None,
+    };
+    match result {
         Ok(output) => {
+            report.outputs.clone_from(&output.records);
+            report.logs.clone_from(&output.logs);
             run.outputs.extend(output.records);
             if !output.logs.is_empty() {
                 run.logs.push(output.logs);
             }
         }
-        Err(e) => run.failures.push(e.to_string()),
+        Err(e) => {
+            report.error = Some(e.to_string());
+            run.failures.push(e.to_string());
+        }
     }
+    run.firings.push(report);
 }
 
 #[cfg(test)]
@@ -227,6 +359,77 @@ window = { sliding_ms = 3600000 }
         assert_eq!(
             err.to_string(),
             r#"the task has no timer "weekly" (its timers: nightly, hourly)"#
+        );
+    }
+
+    #[test]
+    fn the_clock_moves_past_a_trailing_negation_only_when_asked_and_silent_mistakes_warn() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("walle.toml"),
+            r#"name = "no-click"
+version = "1.0.0"
+runtime = "python"
+entry = "main.py"
+
+[[triggers]]
+name = "viewed-not-clicked"
+partition_by = ["session", "item"]
+within_ms = 10000
+steps = [
+    { event = "enter", page = "item" },
+    { event = "click", not = true },
+]
+
+[[triggers]]
+name = "typo"
+steps = [{ event = "click", where = [{ field = "args.nme", equals = "x" }] }]
+"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("main.py"),
+            "def run(ctx):\n    return {'item': ctx['matched'][0]['item']}\n",
+        )
+        .unwrap();
+        let events = [
+            r#"{"id":"1","ts":1000,"session":"s","page":"item","event":"enter","item":"a"}"#
+                .to_owned(),
+            r#"{"id":"2","ts":2000,"session":"s","page":"home","event":"enter"}"#.to_owned(),
+        ];
+        let quiet = run_task(dir.path(), &events, &[]).unwrap();
+        assert_eq!(quiet.fired, 0);
+        assert!(
+            quiet.warnings.iter().any(|w| w.contains("\"args.nme\"")),
+            "{:?}",
+            quiet.warnings
+        );
+        assert!(
+            quiet
+                .warnings
+                .iter()
+                .any(|w| w.contains("\"viewed-not-clicked\" never fired")
+                    && w.contains("--end-of-stream")),
+            "{:?}",
+            quiet.warnings
+        );
+        let options = LocalOptions {
+            end_of_stream: true,
+            ..LocalOptions::default()
+        };
+        let ended = run_task_with(dir.path(), &events, &options).unwrap();
+        assert_eq!(ended.outputs, [serde_json::json!({"item": "a"})]);
+        assert_eq!(ended.firings[0].trigger, "viewed-not-clicked");
+        assert_eq!(ended.firings[0].matched, 1);
+        assert!(ended.firings[0].memory_bytes.is_some());
+        let early = LocalOptions {
+            advance_to: Some(5000),
+            ..LocalOptions::default()
+        };
+        assert_eq!(
+            run_task_with(dir.path(), &events, &early).unwrap().fired,
+            0,
+            "the window is still open"
         );
     }
 }

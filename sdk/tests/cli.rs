@@ -48,12 +48,8 @@ impl Walle {
         let out = self.run(args).await;
         let (stdout, stderr) = texts(&out);
         assert!(!out.status.success(), "walle {args:?} succeeded:\n{stdout}");
-        assert!(stderr.starts_with("error: "), "{stderr}");
-        assert_eq!(
-            stderr.matches("error:").count(),
-            1,
-            "printed twice: {stderr}"
-        );
+        let reports = stderr.lines().filter(|l| l.starts_with("error: ")).count();
+        assert_eq!(reports, 1, "one error report, not {reports}: {stderr}");
         assert!(
             !stderr.contains("backtrace") && !stderr.contains("Caused by"),
             "{stderr}"
@@ -254,4 +250,145 @@ async fn an_operator_steers_the_control_plane_from_the_command_line() {
     let error = walle.fails(&["task", "ls"]).await;
     assert!(error.contains("walle login"), "{error}");
     fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_author_starts_validates_and_tests_a_task_from_the_command_line() {
+    let root = tempfile::tempdir().unwrap();
+    let walle = Walle {
+        config: root.path().join("config.toml"),
+    };
+    let dir = root.path().join("hello");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    let events = dir.join("events.jsonl");
+    let events_text = events.to_str().unwrap().to_owned();
+    let created = walle.ok(&["task", "init", &dir_text]).await;
+    assert!(created.contains("next: walle task test"), "{created}");
+    let valid = walle.ok(&["task", "validate", &dir_text]).await;
+    assert!(valid.starts_with("hello 0.1.0 is valid"), "{valid}");
+    let expected = dir.join("expected.jsonl");
+    let shown = walle
+        .ok(&[
+            "task",
+            "test",
+            &dir_text,
+            "--events",
+            &events_text,
+            "--expect",
+            expected.to_str().unwrap(),
+        ])
+        .await;
+    assert!(
+        shown.contains("run 1: item-page-view (2 matched, 3 in window)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("  features {\"clicks\":1,\"dwell_ms\":3000}"),
+        "{shown}"
+    );
+    let report = walle
+        .json(&["task", "test", &dir_text, "--events", &events_text])
+        .await;
+    assert_eq!(
+        report["firings"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    assert!(report["firings"][0]["run_ms"].is_number(), "{report}");
+
+    // A refused event line fails the test unless allowed.
+    let mut lines = std::fs::read_to_string(&events).unwrap();
+    lines.push_str("not an event\n");
+    let broken_events = root.path().join("broken.jsonl");
+    std::fs::write(&broken_events, lines).unwrap();
+    let broken = broken_events.to_str().unwrap();
+    let error = walle
+        .fails(&["task", "test", &dir_text, "--events", broken])
+        .await;
+    assert!(error.contains("1 of 9 event lines were refused"), "{error}");
+    walle
+        .ok(&[
+            "task",
+            "test",
+            &dir_text,
+            "--events",
+            broken,
+            "--allow-rejected",
+        ])
+        .await;
+
+    // A syntax error is refused by validate, test and pack, with where it is.
+    let script = dir.join("main.py");
+    let good_script = std::fs::read_to_string(&script).unwrap();
+    std::fs::write(
+        &script,
+        good_script.replace(
+            "def run(ctx: \"walle.Context\") -> \"walle.JsonLike\":",
+            "def run(ctx)",
+        ),
+    )
+    .unwrap();
+    for args in [
+        vec!["task", "validate", dir_text.as_str()],
+        vec!["task", "pack", dir_text.as_str(), "--out", "/dev/null"],
+        vec![
+            "task",
+            "test",
+            dir_text.as_str(),
+            "--events",
+            events_text.as_str(),
+        ],
+    ] {
+        let error = walle.fails(&args).await;
+        assert!(
+            error.contains("main.py:") && error.contains("    def run(ctx)\n"),
+            "{args:?}: {error}"
+        );
+    }
+
+    // --watch runs again when a file changes.
+    let mut watcher = std::process::Command::new(binary("walle"))
+        .args([
+            "task",
+            "test",
+            &dir_text,
+            "--events",
+            &events_text,
+            "--watch",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = watcher.stderr.take().unwrap();
+    let (said, heard) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = said.send(line);
+        }
+    });
+    let wait_for = |needle: &str| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let mut lines = Vec::new();
+        while std::time::Instant::now() < deadline {
+            if let Ok(line) = heard.recv_timeout(std::time::Duration::from_millis(200)) {
+                let found = line.contains(needle);
+                lines.push(line);
+                if found {
+                    return;
+                }
+            }
+        }
+        panic!("no {needle:?} from walle task test --watch: {lines:?}");
+    };
+    wait_for("Expected `:`");
+    std::fs::write(&script, &good_script).unwrap();
+    wait_for("--- changed; running again ---");
+    wait_for("passed; watching");
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
 }

@@ -41,25 +41,14 @@ pub enum TaskCommand {
         #[arg(long = "out", value_name = "FILE")]
         out: Option<PathBuf>,
     },
-    /// Run a task directory locally over a JSONL event file and print its outputs.
+    /// Run a task directory locally over a JSONL event file and show every run.
     ///
-    /// Triggers fire as the events match them. Timers do not fire on their own in a local test:
-    /// `--timer NAME` runs the task once as that timer would, after the events.
-    Test {
-        /// Task directory (holding walle.toml).
-        dir: PathBuf,
-        /// JSONL file, one event per line.
-        #[arg(long)]
-        events: PathBuf,
-        /// After the events, run the task once as its timer NAME fires: no event, features as
-        /// of the last event (repeatable).
-        #[arg(long = "timer", value_name = "NAME")]
-        timers: Vec<String>,
-        /// JSONL file of the outputs the run must give, in order: the test fails on any
-        /// difference.
-        #[arg(long, value_name = "FILE")]
-        expect: Option<PathBuf>,
-    },
+    /// Triggers fire as the events match them; each run shows its trigger, the features and
+    /// events handed to it, its outputs, logs, run time and memory. Timers do not fire on their
+    /// own in a local test: `--timer NAME` runs the task once as that timer would, after the
+    /// events. Exits 1 when a run fails, an event line is refused (unless --allow-rejected), or
+    /// the outputs differ from --expect.
+    Test(Box<TestArgs>),
     /// Upload a task version (a task directory or a packed bundle) to the cloud.
     Publish {
         /// Task directory or .walle bundle file.
@@ -72,6 +61,36 @@ pub enum TaskCommand {
         /// Task name.
         task: String,
     },
+}
+
+/// What `walle task test` runs and checks.
+#[derive(clap::Args)]
+pub struct TestArgs {
+    /// Task directory (holding walle.toml).
+    dir: PathBuf,
+    /// JSONL file, one event per line.
+    #[arg(long)]
+    events: PathBuf,
+    /// After the events, run the task once as its timer NAME fires: no event, features as of
+    /// the last event (repeatable).
+    #[arg(long = "timer", value_name = "NAME")]
+    timers: Vec<String>,
+    /// JSONL file of the outputs the run must give, in order: the test fails on any difference.
+    #[arg(long, value_name = "FILE")]
+    expect: Option<PathBuf>,
+    /// After the events, move the clock to this Unix time in ms (fires matches waiting for
+    /// time, e.g. a trailing "not followed by").
+    #[arg(long, value_name = "MS", conflicts_with = "end_of_stream")]
+    advance_to: Option<i64>,
+    /// After the events, move the clock past the last event by the longest trigger window.
+    #[arg(long)]
+    end_of_stream: bool,
+    /// Do not fail when event lines are refused.
+    #[arg(long)]
+    allow_rejected: bool,
+    /// Run again whenever a file of the task or the events file changes (Ctrl-C stops).
+    #[arg(long)]
+    watch: bool,
 }
 
 /// Runs a `walle task` command.
@@ -95,12 +114,8 @@ pub async fn run(command: TaskCommand, global: &GlobalArgs) -> anyhow::Result<()
             );
             Ok(())
         }
-        TaskCommand::Test {
-            dir,
-            events,
-            timers,
-            expect,
-        } => test(&dir, &events, &timers, expect.as_deref()),
+        TaskCommand::Test(args) if args.watch => watch_tests(&args, global.format()).await,
+        TaskCommand::Test(args) => test(&args, global.format()),
         TaskCommand::Publish { path } => publish(&path, global).await,
         TaskCommand::Ls => {
             let tasks = global.client()?.get("/tasks").await?;
@@ -216,23 +231,83 @@ fn pack(dir: &Path, out: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn test(dir: &Path, events: &Path, timers: &[String], expect: Option<&Path>) -> anyhow::Result<()> {
+fn test(args: &TestArgs, format: Format) -> anyhow::Result<()> {
+    let (dir, events) = (args.dir.as_path(), args.events.as_path());
     valid(dir)?;
     let text =
         std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
-    let run = local::run_task(dir, &lines, timers)?;
+    let options = local::LocalOptions {
+        timers: args.timers.clone(),
+        advance_to: args.advance_to,
+        end_of_stream: args.end_of_stream,
+    };
+    let run = local::run_task_with(dir, &lines, &options)?;
+    let expected = args
+        .expect
+        .as_deref()
+        .map(|path| {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok::<_, anyhow::Error>((path, compare_outputs(&run.outputs, &text)))
+        })
+        .transpose()?;
+    match format {
+        Format::Json => print_json(&serde_json::to_value(&run)?)?,
+        Format::Table => print_run(&run, events),
+    }
+    if !run.failures.is_empty() {
+        bail!("{} of {} runs failed", run.failures.len(), run.fired);
+    }
+    if !run.rejected.is_empty() && !args.allow_rejected {
+        bail!(
+            "{} of {} event lines were refused (see above; --allow-rejected accepts that)",
+            run.rejected.len(),
+            run.rejected.len() + run.events
+        );
+    }
+    if let Some((path, comparison)) = expected {
+        comparison.map_err(|difference| anyhow::anyhow!("{}: {difference}", path.display()))?;
+        if format == Format::Table {
+            eprintln!("outputs match {}", path.display());
+        }
+    }
+    Ok(())
+}
+
+/// A local run for people: each firing with what it got and gave, then warnings and a summary.
+fn print_run(run: &local::LocalRun, events: &Path) {
     for (line, error) in &run.rejected {
-        eprintln!("{}:{line}: {error}", events.display());
+        eprintln!("{}:{line}: refused: {error}", events.display());
     }
-    for output in &run.outputs {
-        println!("{output}");
+    for (n, firing) in run.firings.iter().enumerate() {
+        let memory = firing
+            .memory_bytes
+            .map(|b| format!(", memory {:.1} MiB", b as f64 / 1048576.0))
+            .unwrap_or_default();
+        println!(
+            "run {}: {} ({} matched, {} in window) {:.1} ms{memory}",
+            n + 1,
+            firing.trigger,
+            firing.matched,
+            firing.window,
+            firing.run_ms
+        );
+        if !firing.features.is_empty() {
+            println!("  features {}", Value::Object(firing.features.clone()));
+        }
+        for output in &firing.outputs {
+            println!("  output   {output}");
+        }
+        for line in firing.logs.lines() {
+            println!("  log      {line}");
+        }
+        if let Some(error) = &firing.error {
+            println!("  FAILED   {}", error.replace('\n', "\n           "));
+        }
     }
-    for log in &run.logs {
-        eprint!("{log}");
-    }
-    for failure in &run.failures {
-        eprintln!("run failed: {failure}");
+    for warning in &run.warnings {
+        eprintln!("warning: {warning}");
     }
     eprintln!(
         "{} events, {} rejected, {} triggers fired, {} outputs, {} failed runs",
@@ -248,17 +323,57 @@ fn test(dir: &Path, events: &Path, timers: &[String], expect: Option<&Path>) -> 
             run.timers_not_run.join(", ")
         );
     }
-    if !run.failures.is_empty() {
-        bail!("{} runs failed", run.failures.len());
+}
+
+/// The newest modification time among the task's files and the events file.
+fn newest_change(args: &TestArgs) -> Option<std::time::SystemTime> {
+    fn walk(path: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(meta) = std::fs::metadata(path) else {
+            return;
+        };
+        if let Ok(modified) = meta.modified() {
+            *newest = (*newest).max(Some(modified));
+        }
+        if meta.is_dir() {
+            for entry in std::fs::read_dir(path).into_iter().flatten().flatten() {
+                walk(&entry.path(), newest);
+            }
+        }
     }
-    if let Some(path) = expect {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        compare_outputs(&run.outputs, &text)
-            .map_err(|difference| anyhow::anyhow!("{}: {difference}", path.display()))?;
-        eprintln!("outputs match {}", path.display());
+    let mut newest = None;
+    walk(&args.dir, &mut newest);
+    walk(&args.events, &mut newest);
+    newest
+}
+
+/// Runs the test, then again after each change, until interrupted.
+async fn watch_tests(args: &TestArgs, format: Format) -> anyhow::Result<()> {
+    let mut last = newest_change(args);
+    loop {
+        match test(args, format) {
+            Ok(()) => eprintln!(
+                "passed; watching {} for changes (Ctrl-C stops)",
+                args.dir.display()
+            ),
+            Err(e) => eprintln!(
+                "{}\nwatching {} for changes (Ctrl-C stops)",
+                super::report(&e),
+                args.dir.display()
+            ),
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+                _ = tokio::time::sleep(std::time::Duration::from_millis(300)) => {}
+            }
+            let now = newest_change(args);
+            if now != last {
+                last = now;
+                eprintln!("--- changed; running again ---");
+                break;
+            }
+        }
     }
-    Ok(())
 }
 
 /// Whether the outputs are the expected JSON lines, in order; the first difference otherwise.
