@@ -581,9 +581,10 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts the agent: restores installed tasks from disk, then connects to the cloud (forever,
+    /// Starts the agent: checks the profile, restores installed tasks from disk, then connects to the cloud (forever,
     /// with backoff) and serves the local ingest endpoint if configured.
     pub async fn start(config: DeviceConfig) -> Result<Agent, AgentError> {
+        config.profile.check().map_err(AgentError::Profile)?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             AgentError::State(format!("cannot create {}: {e}", config.data_dir.display()))
         })?;

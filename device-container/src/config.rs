@@ -5,18 +5,30 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// The device's description of itself, sent to the cloud for targeting.
+/// The device's description of itself, sent to the cloud at Register and every Sync; release
+/// policies target devices by it (`[profile]` in the TOML file, `--app-id` … on the command
+/// line). [`ProfileConfig::check`] refuses, at start, what the cloud would refuse at Register
+/// and an app version no policy could compare.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ProfileConfig {
+    /// Device id; empty: generated once and kept in the data dir.
     pub device_id: String,
+    /// Id of the host app, e.g. `com.example.shop`.
     pub app_id: String,
+    /// Version of the host app, semver (`5.2.0`; `5` and `5.2` read as `5.0.0` and `5.2.0`).
     pub app_version: String,
+    /// Operating system, e.g. `android`, `ios`.
     pub os: String,
+    /// Version of the operating system, e.g. `14` or `17.4`.
     pub os_version: String,
+    /// Device model, e.g. `Pixel 8`.
     pub model: String,
+    /// Hardware tier, e.g. `low`, `mid`, `high`.
     pub hardware_tier: String,
+    /// Region, e.g. `eu-west`.
     pub region: String,
+    /// Free-form tags, e.g. `beta`.
     pub tags: Vec<String>,
 }
 
@@ -34,6 +46,125 @@ impl Default for ProfileConfig {
             tags: Vec::new(),
         }
     }
+}
+
+/// Longest device id, app id or tag the cloud accepts at Register.
+pub const MAX_ID_CHARS: usize = 128;
+/// Longest other profile value the cloud accepts at Register.
+pub const MAX_TEXT_CHARS: usize = 4096;
+/// Most tags the cloud accepts at Register.
+pub const MAX_TAGS: usize = 64;
+
+/// What is wrong with one profile value (worded to follow the value's name).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileValueError {
+    #[error("must not be empty")]
+    Empty,
+    #[error("must be at most {0} characters")]
+    TooLong(usize),
+    #[error("must not contain control characters")]
+    ControlCharacter,
+    #[error(
+        "{0:?} is not a version like 5.2.0: release policies compare app versions as semver, \
+         so no app_version target could ever match this device"
+    )]
+    NotAVersion(String),
+    #[error("must be at most {MAX_TAGS} tags, not {0}")]
+    TooManyTags(usize),
+}
+
+/// A profile field the cloud would refuse at Register, or could never target.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("profile.{field}: {problem}")]
+pub struct ProfileError {
+    /// The field, as named in the `[profile]` table of the TOML file.
+    pub field: &'static str,
+    pub problem: ProfileValueError,
+}
+
+impl ProfileConfig {
+    /// Checks every field against what the cloud accepts at Register (its limits are mirrored
+    /// here so that a bad value stops the agent at start, not at its first contact with the
+    /// cloud) and the app version against what release targeting can compare. An OS version
+    /// targeting cannot compare is only warned about: its format is the platform's, not the
+    /// app's to choose.
+    pub fn check(&self) -> Result<(), ProfileError> {
+        let at = |field| move |problem| ProfileError { field, problem };
+        if !self.device_id.is_empty() {
+            check_id(&self.device_id).map_err(at("device_id"))?;
+        }
+        check_id(&self.app_id).map_err(at("app_id"))?;
+        check_app_version(&self.app_version).map_err(at("app_version"))?;
+        for (field, value) in [
+            ("os", &self.os),
+            ("os_version", &self.os_version),
+            ("model", &self.model),
+            ("hardware_tier", &self.hardware_tier),
+            ("region", &self.region),
+        ] {
+            check_text(value).map_err(at(field))?;
+        }
+        if self.tags.len() > MAX_TAGS {
+            return Err(at("tags")(ProfileValueError::TooManyTags(self.tags.len())));
+        }
+        for tag in &self.tags {
+            check_id(tag).map_err(at("tags"))?;
+        }
+        if !self.os_version.is_empty() && lenient_version(&self.os_version).is_none() {
+            tracing::warn!(
+                os_version = %self.os_version,
+                "profile.os_version is not a version like 14 or 17.4: \
+                 no os_version target will match this device"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// An id (device id, app id, tag): not empty, at most [`MAX_ID_CHARS`] printable characters.
+pub fn check_id(value: &str) -> Result<(), ProfileValueError> {
+    if value.is_empty() {
+        return Err(ProfileValueError::Empty);
+    }
+    if value.chars().count() > MAX_ID_CHARS {
+        return Err(ProfileValueError::TooLong(MAX_ID_CHARS));
+    }
+    if value.chars().any(char::is_control) {
+        return Err(ProfileValueError::ControlCharacter);
+    }
+    Ok(())
+}
+
+/// Other profile text: at most [`MAX_TEXT_CHARS`] characters, may be empty.
+pub fn check_text(value: &str) -> Result<(), ProfileValueError> {
+    if value.chars().count() > MAX_TEXT_CHARS {
+        return Err(ProfileValueError::TooLong(MAX_TEXT_CHARS));
+    }
+    Ok(())
+}
+
+/// The app version: one release targeting can compare (see [`lenient_version`]).
+pub fn check_app_version(value: &str) -> Result<(), ProfileValueError> {
+    check_text(value)?;
+    match lenient_version(value) {
+        Some(_) => Ok(()),
+        None => Err(ProfileValueError::NotAVersion(value.to_owned())),
+    }
+}
+
+/// Reads a version as release targeting does (the cloud's `release::target::lenient_version`):
+/// `14` → 14.0.0, `17.4` → 17.4.0, `5.2.0-beta` as is.
+pub fn lenient_version(text: &str) -> Option<semver::Version> {
+    let text = text.trim();
+    if let Ok(v) = semver::Version::parse(text) {
+        return Some(v);
+    }
+    let padded = match text.split('.').count() {
+        1 => format!("{text}.0.0"),
+        2 => format!("{text}.0"),
+        _ => return None,
+    };
+    semver::Version::parse(&padded).ok()
 }
 
 /// Everything the agent needs. Every field has a default except the device id, which is
@@ -128,13 +259,20 @@ impl DeviceConfig {
         }
     }
 
-    /// Reads a TOML config file; absent fields take their defaults.
+    /// Reads a TOML config file; absent fields take their defaults. Its profile is checked
+    /// ([`ProfileConfig::check`]), so that a mistake in it is reported with the file's name.
     pub fn from_toml_file(path: &std::path::Path) -> Result<DeviceConfig, crate::AgentError> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             crate::AgentError::Config(format!("cannot read {}: {e}", path.display()))
         })?;
-        toml::from_str(&text)
-            .map_err(|e| crate::AgentError::Config(format!("{}: {}", path.display(), e.message())))
+        let config: DeviceConfig = toml::from_str(&text).map_err(|e| {
+            crate::AgentError::Config(format!("{}: {}", path.display(), e.message()))
+        })?;
+        config
+            .profile
+            .check()
+            .map_err(|e| crate::AgentError::Config(format!("{}: {e}", path.display())))?;
+        Ok(config)
     }
 }
 
@@ -195,5 +333,64 @@ mod tests {
         };
         let back: DeviceConfig = toml::from_str(&toml::to_string(&off).unwrap()).unwrap();
         assert_eq!(back.ingest_addr, None);
+    }
+
+    #[test]
+    fn a_profile_the_cloud_would_refuse_is_refused_with_its_field() {
+        assert_eq!(ProfileConfig::default().check(), Ok(()));
+        let with = |edit: fn(&mut ProfileConfig)| {
+            let mut profile = ProfileConfig::default();
+            edit(&mut profile);
+            profile.check()
+        };
+        assert_eq!(with(|p| p.app_version = "5".into()), Ok(()));
+        assert_eq!(with(|p| p.app_version = "5.2.0-beta.1".into()), Ok(()));
+        // Not a version targeting reads, but an OS's own format: warned about, not refused.
+        assert_eq!(with(|p| p.os_version = "10.0.19045.3803".into()), Ok(()));
+        let err = with(|p| p.app_version = "five".into()).unwrap_err();
+        assert_eq!(err.field, "app_version");
+        assert!(
+            err.to_string()
+                .starts_with("profile.app_version: \"five\" is not a version like 5.2.0"),
+            "{err}"
+        );
+        let err = with(|p| p.app_id = String::new()).unwrap_err();
+        assert_eq!(err.to_string(), "profile.app_id: must not be empty");
+        let err = with(|p| p.device_id = "x".repeat(MAX_ID_CHARS + 1)).unwrap_err();
+        assert_eq!(err.field, "device_id");
+        let err = with(|p| p.tags = vec!["beta".into(), "a\tb".into()]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "profile.tags: must not contain control characters"
+        );
+        let err = with(|p| p.tags = (0..=MAX_TAGS).map(|i| i.to_string()).collect()).unwrap_err();
+        assert_eq!(err.problem, ProfileValueError::TooManyTags(MAX_TAGS + 1));
+        let err = with(|p| p.region = "r".repeat(MAX_TEXT_CHARS + 1)).unwrap_err();
+        assert_eq!(err.field, "region");
+    }
+
+    #[test]
+    fn the_profile_is_read_from_toml_and_checked_with_the_file_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.toml");
+        std::fs::write(
+            &path,
+            "[profile]\napp_id = \"com.example.shop\"\napp_version = \"5.2.0\"\ntags = [\"beta\"]\n",
+        )
+        .unwrap();
+        let config = DeviceConfig::from_toml_file(&path).unwrap();
+        assert_eq!(config.profile.app_id, "com.example.shop");
+        assert_eq!(config.profile.app_version, "5.2.0");
+        assert_eq!(config.profile.tags, ["beta"]);
+        assert_eq!(
+            config.profile.hardware_tier, "mid",
+            "absent fields keep their default"
+        );
+        std::fs::write(&path, "[profile]\napp_version = \"latest\"\n").unwrap();
+        let err = DeviceConfig::from_toml_file(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("device.toml: profile.app_version: \"latest\" is not a version"),
+            "{err}"
+        );
     }
 }

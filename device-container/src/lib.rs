@@ -29,13 +29,15 @@ mod timers;
 mod uplink;
 
 pub use agent::{Agent, AgentStatus, TaskStatus, VmStatus};
-pub use config::{DeviceConfig, ProfileConfig};
+pub use config::{DeviceConfig, ProfileConfig, ProfileError};
 
 /// Everything that can go wrong in the agent, with what and where.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     #[error("configuration: {0}")]
     Config(String),
+    #[error("configuration: {0}")]
+    Profile(config::ProfileError),
     #[error("device state: {0}")]
     State(String),
     #[error("device storage is full, event not accepted: {0}")]

@@ -2,13 +2,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use walle_device::config::parse_addr_or_off;
+use walle_device::config::{self, ProfileValueError, parse_addr_or_off};
 use walle_device::ingest::Endpoint;
-use walle_device::{Agent, DeviceConfig};
+use walle_device::{Agent, DeviceConfig, ProfileConfig};
 
 // Charges each task's allocations to its memory budget (see walle_vm::TaskAllocator).
 #[global_allocator]
@@ -28,7 +29,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the agent: connect to the cloud and serve the local ingest endpoint.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Send a recorded JSONL event stream to a running agent's ingest endpoint.
     Replay {
         /// JSONL file, one event per line.
@@ -79,7 +80,7 @@ struct RunArgs {
     #[arg(long, env = "WALLE_DEVICE_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// Device id [default: generated once and kept in the data dir].
-    #[arg(long, env = "WALLE_DEVICE_ID")]
+    #[arg(long, env = "WALLE_DEVICE_ID", value_parser = id)]
     device_id: Option<String>,
     /// Local ingest endpoint address, or `off` [default: 127.0.0.1:7070].
     #[arg(long, env = "WALLE_INGEST_ADDR", value_name = "ADDR|off", value_parser = IngestAddr::parse)]
@@ -94,6 +95,85 @@ struct RunArgs {
     /// PEM certificate to trust for an https:// cloud.
     #[arg(long, env = "WALLE_CLOUD_CA_CERT")]
     cloud_ca_cert: Option<PathBuf>,
+    #[command(flatten)]
+    profile: ProfileArgs,
+}
+
+/// The device profile (`[profile]` in the config file), which release policies target.
+#[derive(clap::Args)]
+#[command(
+    next_help_heading = "Device profile (what release policies target; sent at registration and every sync)"
+)]
+struct ProfileArgs {
+    /// Id of the host app [default: com.example.app].
+    #[arg(long, env = "WALLE_DEVICE_APP_ID", value_name = "ID", value_parser = id)]
+    app_id: Option<String>,
+    /// Version of the host app, semver: 5.2.0 (5.2 reads as 5.2.0) [default: 1.0.0].
+    #[arg(long, env = "WALLE_DEVICE_APP_VERSION", value_name = "VERSION", value_parser = app_version)]
+    app_version: Option<String>,
+    /// Operating system, e.g. android, ios [default: this machine's, e.g. linux].
+    #[arg(long, env = "WALLE_DEVICE_OS", value_parser = text)]
+    os: Option<String>,
+    /// Version of the operating system, e.g. 14 or 17.4 [default: none].
+    #[arg(long, env = "WALLE_DEVICE_OS_VERSION", value_name = "VERSION", value_parser = text)]
+    os_version: Option<String>,
+    /// Device model, e.g. "Pixel 8" [default: none].
+    #[arg(long, env = "WALLE_DEVICE_MODEL", value_parser = text)]
+    model: Option<String>,
+    /// Hardware tier, e.g. low, mid, high [default: mid].
+    #[arg(long, env = "WALLE_DEVICE_HARDWARE_TIER", value_name = "TIER", value_parser = text)]
+    hardware_tier: Option<String>,
+    /// Region, e.g. eu-west [default: none].
+    #[arg(long, env = "WALLE_DEVICE_REGION", value_parser = text)]
+    region: Option<String>,
+    /// A tag; repeat the flag or separate tags with commas (`--tag beta,qa`). Replaces the
+    /// config file's tags [default: none].
+    #[arg(
+        long = "tag",
+        env = "WALLE_DEVICE_TAGS",
+        value_name = "TAG",
+        value_delimiter = ',',
+        value_parser = id
+    )]
+    tags: Option<Vec<String>>,
+}
+
+impl ProfileArgs {
+    /// Overrides the config file's profile with the flags given.
+    fn apply(self, profile: &mut ProfileConfig) {
+        let fields = [
+            (self.app_id, &mut profile.app_id),
+            (self.app_version, &mut profile.app_version),
+            (self.os, &mut profile.os),
+            (self.os_version, &mut profile.os_version),
+            (self.model, &mut profile.model),
+            (self.hardware_tier, &mut profile.hardware_tier),
+            (self.region, &mut profile.region),
+        ];
+        for (flag, field) in fields {
+            if let Some(value) = flag {
+                *field = value;
+            }
+        }
+        if let Some(tags) = self.tags {
+            profile.tags = tags;
+        }
+    }
+}
+
+/// `--device-id`, `--app-id`, `--tag`: what the cloud accepts as an id.
+fn id(text: &str) -> Result<String, ProfileValueError> {
+    config::check_id(text).map(|()| text.to_owned())
+}
+
+/// `--app-version`: a version release policies can compare.
+fn app_version(text: &str) -> Result<String, ProfileValueError> {
+    config::check_app_version(text).map(|()| text.to_owned())
+}
+
+/// The other profile flags: text the cloud accepts.
+fn text(text: &str) -> Result<String, ProfileValueError> {
+    config::check_text(text).map(|()| text.to_owned())
 }
 
 /// `--ingest-addr`: an address, or `off` (`None`).
@@ -107,21 +187,32 @@ impl IngestAddr {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
-    match Cli::parse().command {
-        Command::Run(args) => run(args).await,
+    let result = match Cli::parse().command {
+        Command::Run(args) => run(*args).await,
         Command::Replay { file, target } => replay(&file, &target.endpoint()).await,
-        Command::Status { target } => {
-            let status = target.endpoint().status().await?;
-            println!("{}", serde_json::to_string_pretty(&status)?);
-            Ok(())
+        Command::Status { target } => status(&target.endpoint()).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            // Once, causes on one line, and no backtrace: these are the user's mistakes or the
+            // world's (a bad value, a cloud or agent that is not there), not this program's.
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
         }
     }
+}
+
+async fn status(endpoint: &Endpoint) -> anyhow::Result<()> {
+    let status = endpoint.status().await?;
+    println!("{}", serde_json::to_string_pretty(&status)?);
+    Ok(())
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
@@ -150,6 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if let Some(v) = args.cloud_ca_cert {
         config.cloud_ca_cert = Some(v);
     }
+    args.profile.apply(&mut config.profile);
     let socket = config.ingest_socket.clone();
     let agent = Agent::start(config).await.context("starting the agent")?;
     let mut endpoints: Vec<String> = agent

@@ -1380,3 +1380,198 @@ async fn the_device_binary_serves_ingest_on_a_unix_socket_that_replay_and_status
         "{stderr}"
     );
 }
+
+/// GETs the cloud's `/v1/devices/{id}` until the device has registered; its `profile`.
+async fn registered_profile(cloud: &walle_cloud::Cloud, id: &str) -> serde_json::Value {
+    let url = format!("{}/v1/devices/{id}", cloud.http_url());
+    let client = reqwest::Client::new();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let response = client
+            .get(&url)
+            .bearer_auth(&cloud.admin_token)
+            .send()
+            .await
+            .unwrap();
+        if response.status().is_success() {
+            let detail: serde_json::Value = response.json().await.unwrap();
+            return detail["profile"].clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "device {id} never registered: {}",
+            response.text().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_device_binary_registers_the_profile_its_flags_env_and_config_file_give() {
+    let root = tempfile::tempdir().unwrap();
+    let cloud = walle_cloud::Cloud::start(walle_cloud::CloudConfig {
+        data_dir: root.path().join("cloud"),
+        http_addr: "127.0.0.1:0".parse().unwrap(),
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let cloud_url = cloud.grpc_url();
+    // A config file that sets every field; the flags and the environment must override each.
+    let config = root.path().join("device.toml");
+    std::fs::write(
+        &config,
+        r#"
+[profile]
+app_id = "com.example.file"
+app_version = "3.1"
+os = "ios"
+os_version = "17.4"
+model = "iPhone 13"
+hardware_tier = "low"
+region = "us-east"
+tags = ["from-file"]
+"#,
+    )
+    .unwrap();
+    let start = |id: &str, extra: &[&str], env: &[(&str, &str)]| {
+        let data_dir = root.path().join(id);
+        let mut command = std::process::Command::new(binary("walle-device"));
+        command
+            .args(["run", "--cloud", &cloud_url, "--ingest-addr", "off"])
+            .args(["--device-id", id, "--data-dir", data_dir.to_str().unwrap()])
+            .args(extra)
+            .envs(env.iter().copied())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(root.path().join(format!("{id}.err"))).unwrap());
+        Process::spawn("walle-device", &mut command)
+    };
+    let config = config.to_str().unwrap();
+    // The README's device: what examples/policies/staged.json targets.
+    let flags = start(
+        "by-flags",
+        &[
+            "--config",
+            config,
+            "--app-id",
+            "com.example.shop",
+            "--app-version",
+            "5.2.0",
+            "--os",
+            "android",
+            "--os-version",
+            "14",
+            "--model",
+            "Pixel 8",
+            "--hardware-tier",
+            "high",
+            "--region",
+            "eu-west",
+            "--tag",
+            "beta,qa",
+            "--tag",
+            "canary",
+        ],
+        &[],
+    );
+    let env = start(
+        "by-env",
+        &["--config", config],
+        &[
+            ("WALLE_DEVICE_APP_ID", "com.example.shop"),
+            ("WALLE_DEVICE_APP_VERSION", "5.2.0"),
+            ("WALLE_DEVICE_OS", "android"),
+            ("WALLE_DEVICE_OS_VERSION", "14"),
+            ("WALLE_DEVICE_MODEL", "Pixel 8"),
+            ("WALLE_DEVICE_HARDWARE_TIER", "high"),
+            ("WALLE_DEVICE_REGION", "eu-west"),
+            ("WALLE_DEVICE_TAGS", "beta,qa,canary"),
+        ],
+    );
+    let file = start("by-file", &["--config", config], &[]);
+    let expected = |id: &str| {
+        serde_json::json!({
+            "device_id": id,
+            "app_id": "com.example.shop",
+            "app_version": "5.2.0",
+            "os": "android",
+            "os_version": "14",
+            "model": "Pixel 8",
+            "hardware_tier": "high",
+            "region": "eu-west",
+            "tags": ["beta", "qa", "canary"],
+        })
+    };
+    let policy: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policies/staged.json"),
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    let target: walle_cloud::release::target::Target =
+        serde_json::from_value(policy["target"].clone()).unwrap();
+    for id in ["by-flags", "by-env"] {
+        let profile = registered_profile(&cloud, id).await;
+        assert_eq!(profile, expected(id), "{id}");
+        let profile: walle_cloud::release::target::Profile =
+            serde_json::from_value(profile).unwrap();
+        assert!(target.matches(&profile), "staged.json targets {id}");
+    }
+    let profile = registered_profile(&cloud, "by-file").await;
+    assert_eq!(
+        profile,
+        serde_json::json!({
+            "device_id": "by-file",
+            "app_id": "com.example.file",
+            "app_version": "3.1",
+            "os": "ios",
+            "os_version": "17.4",
+            "model": "iPhone 13",
+            "hardware_tier": "low",
+            "region": "us-east",
+            "tags": ["from-file"],
+        })
+    );
+    drop((flags, env, file));
+
+    // A value the cloud could not use stops the device at start, before it contacts the cloud,
+    // and names the value and where it came from.
+    let (code, _, stderr) = walle_device(vec![
+        "run".into(),
+        "--app-version".into(),
+        "five".into(),
+        "--data-dir".into(),
+        root.path().join("refused").display().to_string(),
+        "--cloud".into(),
+        cloud_url.clone(),
+    ])
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("invalid value 'five' for '--app-version <VERSION>'")
+            && stderr.contains("not a version like 5.2.0"),
+        "{stderr}"
+    );
+    let bad = root.path().join("bad.toml");
+    std::fs::write(&bad, "[profile]\ntags = [\"beta\", \"\"]\n").unwrap();
+    let (code, _, stderr) = walle_device(vec![
+        "run".into(),
+        "--config".into(),
+        bad.display().to_string(),
+        "--data-dir".into(),
+        root.path().join("refused").display().to_string(),
+        "--cloud".into(),
+        cloud_url.clone(),
+    ])
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("bad.toml: profile.tags: must not be empty")
+            && !stderr.contains("Caused by")
+            && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    cloud.shutdown().await;
+}

@@ -34,6 +34,14 @@ impl Process {
         }
     }
 
+    /// Spawns `command` (one of the workspace's binaries, see [`binary`]), killed on drop.
+    pub fn spawn(name: &'static str, command: &mut std::process::Command) -> Process {
+        Process {
+            child: command.spawn().unwrap(),
+            name,
+        }
+    }
+
     /// Waits for the process to die at its crash point (by SIGABRT, as armed).
     pub async fn wait_crashed(&mut self, log: &Path) {
         let deadline = tokio::time::Instant::now() + PATIENCE;
