@@ -29,11 +29,12 @@ if [ -z "${WALLE_TEST_POSTGRES_URL:-}" ] && ! pg_up; then
 fi
 
 # Python tools the tests run: moto (an S3-compatible server for the bundle-store tests),
-# schemathesis (fuzzes the control plane from its OpenAPI document), and onnx + onnxruntime (the
-# engine's conformance cases and their reference outputs). They live in a private venv
+# schemathesis (fuzzes the control plane from its OpenAPI document), onnx + onnxruntime (the
+# engine's conformance cases and their reference outputs), and mypy (type-checks the example
+# scripts and a `walle task init` folder against the `walle` stubs). They live in a private venv
 # (WALLE_PY_ENV, default ~/.cache/walle-py), reinstalled only when the pinned list changes.
 py_env="${WALLE_PY_ENV:-$HOME/.cache/walle-py}"
-py_packages="moto[server]==5.2.5 schemathesis==4.32.5 onnx==1.19.0 onnxruntime==1.31.1"
+py_packages="moto[server]==5.2.5 schemathesis==4.32.5 onnx==1.19.0 onnxruntime==1.31.1 mypy==2.4.1"
 if [ "$(cat "$py_env/.walle-packages" 2>/dev/null)" != "$py_packages" ]; then
   echo "setup: installing $py_packages into $py_env"
   python3 -m venv "$py_env"

@@ -1,5 +1,5 @@
 //! Helpers shared by the SDK's end-to-end tests: the workspace's binaries as processes, free
-//! loopback ports, polling a JSON endpoint.
+//! loopback ports, polling a JSON endpoint, the test venv's Python tools.
 
 #![allow(dead_code)]
 
@@ -87,6 +87,18 @@ pub fn binary(name: &str) -> std::path::PathBuf {
         binary.display()
     );
     binary
+}
+
+/// A tool of the test venv (`WALLE_PY_ENV`, by default `~/.cache/walle-py`), which
+/// `scripts/setup.sh` installs.
+pub fn python_tool(name: &str) -> String {
+    let venv = std::env::var("WALLE_PY_ENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/walle-py",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    format!("{venv}/bin/{name}")
 }
 
 pub fn free_port() -> u16 {
