@@ -87,21 +87,9 @@ pub fn run_task_with(
     events: &[String],
     options: &LocalOptions,
 ) -> anyhow::Result<LocalRun> {
-    let (_, packed) = bundle::pack_dir(task_dir)?;
-    let contents = bundle::read_bundle(&packed)?;
-    let manifest = &contents.manifest;
+    let loaded = load(task_dir)?;
+    let (vm, key, manifest) = (&loaded.vm, loaded.key.as_str(), &loaded.manifest);
     check_timers(&manifest.timers, &options.timers)?;
-    let key = format!("{}@{}", manifest.name, manifest.version);
-    let read = |path: &str| {
-        contents
-            .file(path)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| format!("the bundle has no {path}"))
-    };
-    let code = walle_device::code::task_code(key.clone(), manifest, read, &contents.files)
-        .map_err(anyhow::Error::msg)?;
-    let vm = VmPool::new(1)?;
-    vm.load(code)?;
     let mut pipeline = TaskPipeline::new();
     pipeline.install(&manifest.name, &manifest.triggers, &manifest.features)?;
     let mut run = LocalRun::default();
@@ -120,7 +108,7 @@ pub fn run_task_with(
         run.events += 1;
         seen.push(event.to_json());
         for task_run in pipeline.on_event(&event) {
-            execute(&vm, &key, &task_run, &mut run);
+            execute(vm, key, &task_run, &mut run);
         }
     }
     let until = options.advance_to.or_else(|| {
@@ -132,7 +120,7 @@ pub fn run_task_with(
     });
     if let Some(ts) = until {
         for task_run in pipeline.advance_to(ts) {
-            execute(&vm, &key, &task_run, &mut run);
+            execute(vm, key, &task_run, &mut run);
         }
     }
     let firings = options
@@ -146,7 +134,7 @@ pub fn run_task_with(
         })
         .collect();
     for task_run in pipeline.runs_for(firings) {
-        execute(&vm, &key, &task_run, &mut run);
+        execute(vm, key, &task_run, &mut run);
     }
     run.timers_not_run = manifest
         .timers
@@ -156,6 +144,96 @@ pub fn run_task_with(
         .collect();
     run.warnings = warnings(manifest, &seen, &run);
     Ok(run)
+}
+
+/// A task folder packed, checked and loaded in a VM of its own, as a device loads it.
+struct Loaded {
+    vm: VmPool,
+    key: String,
+    manifest: TaskManifest,
+    limits: walle_vm::Limits,
+}
+
+fn load(task_dir: &Path) -> anyhow::Result<Loaded> {
+    let (_, packed) = bundle::pack_dir(task_dir)?;
+    let contents = bundle::read_bundle(&packed)?;
+    let manifest = contents.manifest.clone();
+    let key = format!("{}@{}", manifest.name, manifest.version);
+    let read = |path: &str| {
+        contents
+            .file(path)
+            .map(<[u8]>::to_vec)
+            .ok_or_else(|| format!("the bundle has no {path}"))
+    };
+    let code = walle_device::code::task_code(key.clone(), &manifest, read, &contents.files)
+        .map_err(anyhow::Error::msg)?;
+    let limits = code.limits;
+    let vm = VmPool::new(1)?;
+    vm.load(code)?;
+    Ok(Loaded {
+        vm,
+        key,
+        manifest,
+        limits,
+    })
+}
+
+/// Run times and memory of a task's handler over the firings of an event stream.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Handler runs timed (the stream's firings, repeated).
+    pub runs: usize,
+    /// Distinct firings of the stream.
+    pub firings: usize,
+    pub failed: usize,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub max_ms: f64,
+    /// The most heap the task held after a run.
+    pub peak_memory_bytes: u64,
+    /// The task's limits as the VM applies them (declared, or the VM's defaults).
+    pub deadline_ms: u64,
+    pub memory_limit_bytes: u64,
+}
+
+/// Feeds `events` through the task's triggers once, then runs the handler `runs` times over
+/// the firings (in turn) and measures each run.
+pub fn bench_task(task_dir: &Path, events: &[String], runs: usize) -> anyhow::Result<BenchReport> {
+    let loaded = load(task_dir)?;
+    let mut pipeline = TaskPipeline::new();
+    let manifest = &loaded.manifest;
+    pipeline.install(&manifest.name, &manifest.triggers, &manifest.features)?;
+    let mut contexts = Vec::new();
+    for line in events.iter().filter(|l| !l.trim().is_empty()) {
+        if let Ok(event) = Event::from_json(line) {
+            contexts.extend(pipeline.on_event(&event).iter().map(TaskRun::context));
+        }
+    }
+    if contexts.is_empty() {
+        bail!("no trigger fired over these events: nothing to time (`walle task test` shows why)");
+    }
+    let mut times = Vec::with_capacity(runs);
+    let (mut failed, mut peak) = (0, 0);
+    for context in contexts.iter().cycle().take(runs.max(1)) {
+        let started = Instant::now();
+        let result = loaded.vm.run(&loaded.key, context.clone());
+        times.push(started.elapsed().as_secs_f64() * 1000.0);
+        failed += usize::from(result.is_err());
+        peak = peak.max(loaded.vm.task_memory(&loaded.key).unwrap_or(0));
+    }
+    times.sort_by(f64::total_cmp);
+    let at = |q: f64| times[((times.len() - 1) as f64 * q).round() as usize];
+    Ok(BenchReport {
+        runs: times.len(),
+        firings: contexts.len(),
+        failed,
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
+        max_ms: at(1.0),
+        peak_memory_bytes: peak,
+        deadline_ms: u64::try_from(loaded.limits.deadline.as_millis()).unwrap_or(u64::MAX),
+        memory_limit_bytes: loaded.limits.memory_bytes,
+    })
 }
 
 /// Silent mistakes: conditions on fields no event has, triggers that never fired.

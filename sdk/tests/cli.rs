@@ -392,3 +392,69 @@ async fn an_author_starts_validates_and_tests_a_task_from_the_command_line() {
     watcher.kill().unwrap();
     watcher.wait().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_author_times_a_task_against_its_limits_and_a_gate() {
+    let root = tempfile::tempdir().unwrap();
+    let walle = Walle {
+        config: root.path().join("config.toml"),
+    };
+    let dir = root.path().join("timed");
+    let dir_text = dir.to_str().unwrap().to_owned();
+    walle.ok(&["task", "init", &dir_text]).await;
+    let events = dir.join("events.jsonl");
+    let events = events.to_str().unwrap();
+    let report = walle
+        .json(&[
+            "task", "bench", &dir_text, "--events", events, "--runs", "50",
+        ])
+        .await;
+    assert_eq!(
+        (report["runs"].as_u64(), report["firings"].as_u64()),
+        (Some(50), Some(2)),
+        "{report}"
+    );
+    let (p50, p99) = (
+        report["p50_ms"].as_f64().unwrap(),
+        report["p99_ms"].as_f64().unwrap(),
+    );
+    assert!(p50 > 0.0 && p50 <= p99, "{report}");
+    assert_eq!(
+        report["deadline_ms"], 200,
+        "the manifest's deadline: {report}"
+    );
+    assert_eq!(report["memory_limit_bytes"], 16_777_216, "{report}");
+    assert!(
+        report["peak_memory_bytes"].as_u64().unwrap() > 0,
+        "{report}"
+    );
+    let table = walle
+        .ok(&[
+            "task", "bench", &dir_text, "--events", events, "--runs", "20",
+        ])
+        .await;
+    assert!(
+        table.contains("run time  p50") && table.contains("of 16.0 MiB"),
+        "{table}"
+    );
+    // A gate no run can meet fails the bench.
+    let policy = root.path().join("strict.json");
+    std::fs::write(&policy, r#"{"gate": {"max_run_p99_ms": 0.0001}}"#).unwrap();
+    let error = walle
+        .fails(&[
+            "task",
+            "bench",
+            &dir_text,
+            "--events",
+            events,
+            "--runs",
+            "20",
+            "--policy",
+            policy.to_str().unwrap(),
+        ])
+        .await;
+    assert!(
+        error.contains("is over the gate's max_run_p99_ms"),
+        "{error}"
+    );
+}

@@ -49,6 +49,24 @@ pub enum TaskCommand {
     /// events. Exits 1 when a run fails, an event line is refused (unless --allow-rejected), or
     /// the outputs differ from --expect.
     Test(Box<TestArgs>),
+    /// Time a task's handler: p50 / p99 run time and peak memory against its limits and a
+    /// release gate's `max_run_p99_ms`.
+    ///
+    /// Feeds the events through the task's triggers once, then runs the handler over the
+    /// firings, in turn, `--runs` times. Exits 1 when a run fails or the p99 is over the gate.
+    Bench {
+        /// Task directory (holding walle.toml).
+        dir: PathBuf,
+        /// JSONL file, one event per line.
+        #[arg(long)]
+        events: PathBuf,
+        /// How many runs to time.
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// A release policy (JSON) whose gate's `max_run_p99_ms` the p99 must meet.
+        #[arg(long)]
+        policy: Option<PathBuf>,
+    },
     /// Upload a task version (a task directory or a packed bundle) to the cloud.
     Publish {
         /// Task directory or .walle bundle file.
@@ -116,6 +134,12 @@ pub async fn run(command: TaskCommand, global: &GlobalArgs) -> anyhow::Result<()
         }
         TaskCommand::Test(args) if args.watch => watch_tests(&args, global.format()).await,
         TaskCommand::Test(args) => test(&args, global.format()),
+        TaskCommand::Bench {
+            dir,
+            events,
+            runs,
+            policy,
+        } => bench(&dir, &events, runs, policy.as_deref(), global.format()),
         TaskCommand::Publish { path } => publish(&path, global).await,
         TaskCommand::Ls => {
             let tasks = global.client()?.get("/tasks").await?;
@@ -323,6 +347,74 @@ fn print_run(run: &local::LocalRun, events: &Path) {
             run.timers_not_run.join(", ")
         );
     }
+}
+
+fn bench(
+    dir: &Path,
+    events: &Path,
+    runs: usize,
+    policy: Option<&Path>,
+    format: Format,
+) -> anyhow::Result<()> {
+    let manifest = valid(dir)?.manifest;
+    let gate = super::release::read_policy(policy)?["gate"]["max_run_p99_ms"].as_f64();
+    let text =
+        std::fs::read_to_string(events).with_context(|| format!("reading {}", events.display()))?;
+    let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+    let report = local::bench_task(dir, &lines, runs)?;
+    if format == Format::Json {
+        let mut value = serde_json::to_value(&report)?;
+        value["gate_max_run_p99_ms"] = serde_json::json!(gate);
+        print_json(&value)?;
+    } else {
+        let mib = |bytes: u64| bytes as f64 / 1048576.0;
+        println!(
+            "{} {}: {} runs over {} firings, {} failed",
+            manifest.name, manifest.version, report.runs, report.firings, report.failed
+        );
+        println!(
+            "run time  p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  (deadline {} ms: p99 is {:.1}% of it)",
+            report.p50_ms,
+            report.p99_ms,
+            report.max_ms,
+            report.deadline_ms,
+            100.0 * report.p99_ms / report.deadline_ms.max(1) as f64
+        );
+        println!(
+            "memory    peak {:.1} MiB of {:.1} MiB ({:.0}%)",
+            mib(report.peak_memory_bytes),
+            mib(report.memory_limit_bytes),
+            100.0 * report.peak_memory_bytes as f64 / report.memory_limit_bytes.max(1) as f64
+        );
+        match gate {
+            Some(max) => println!(
+                "gate      max_run_p99_ms {max}: {}",
+                if report.p99_ms <= max {
+                    "passes"
+                } else {
+                    "FAILS"
+                }
+            ),
+            None => println!(
+                "gate      none given (--policy FILE checks a release gate's max_run_p99_ms)"
+            ),
+        }
+        println!("(this machine's timings: a phone's CPU is slower; keep a margin)");
+    }
+    if report.failed > 0 {
+        bail!(
+            "{} of {} runs failed (`walle task test` shows why)",
+            report.failed,
+            report.runs
+        );
+    }
+    if let Some(max) = gate.filter(|max| report.p99_ms > *max) {
+        bail!(
+            "p99 run time {:.2} ms is over the gate's max_run_p99_ms {max}",
+            report.p99_ms
+        );
+    }
+    Ok(())
 }
 
 /// The newest modification time among the task's files and the events file.
