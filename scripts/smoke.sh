@@ -82,8 +82,13 @@ assert records["sku-7"]["dwell_ms"] == 5000 and records["sku-7"]["clicks"] == 0,
 grep -q '"runs_ok": 2' "$work/status.log" || fail "device status does not show 2 runs: $(cat "$work/status.log")"
 "$bin/walle-device" status --socket "$work/ingest.sock" >"$work/status-socket.log"
 grep -q '"runs_ok": 2' "$work/status-socket.log" || fail "status over the socket: $(cat "$work/status-socket.log")"
-"$bin/walle" task test examples/tasks/ipv-feature --events examples/events/ipv-sample.jsonl >"$work/local.log" 2>&1 \
-  || fail "walle task test failed"
+# The sample has one line the pipeline refuses (a "teleport" event): that fails a test unless allowed.
+if "$bin/walle" task test examples/tasks/ipv-feature --events examples/events/ipv-sample.jsonl >"$work/local.log" 2>&1; then
+  fail "walle task test passed with a refused event line"
+fi
+grep -q "1 of 10 event lines were refused" "$work/local.log" || fail "the refused line was not reported: $(cat "$work/local.log")"
+"$bin/walle" task test examples/tasks/ipv-feature --events examples/events/ipv-sample.jsonl --allow-rejected \
+  >"$work/local.log" 2>&1 || fail "walle task test failed: $(cat "$work/local.log")"
 grep -q '"dwell_ms":10000' "$work/local.log" || fail "walle task test did not print the feature"
 
 "$bin/walle" demo >"$work/demo.log" 2>&1 || fail "walle demo exited non-zero"

@@ -147,7 +147,7 @@ pub fn run_task_with(
 }
 
 /// A task folder packed, checked and loaded in a VM of its own, as a device loads it.
-struct Loaded {
+pub(crate) struct Loaded {
     vm: VmPool,
     key: String,
     manifest: TaskManifest,
@@ -156,7 +156,12 @@ struct Loaded {
 
 fn load(task_dir: &Path) -> anyhow::Result<Loaded> {
     let (_, packed) = bundle::pack_dir(task_dir)?;
-    let contents = bundle::read_bundle(&packed)?;
+    load_bundle(&bundle::read_bundle(&packed)?).map_err(anyhow::Error::msg)
+}
+
+/// Loads a bundle's task in a VM of its own, as a device does; the VM's or the loader's
+/// words when it does not load.
+pub(crate) fn load_bundle(contents: &bundle::BundleContents) -> Result<Loaded, String> {
     let manifest = contents.manifest.clone();
     let key = format!("{}@{}", manifest.name, manifest.version);
     let read = |path: &str| {
@@ -165,11 +170,10 @@ fn load(task_dir: &Path) -> anyhow::Result<Loaded> {
             .map(<[u8]>::to_vec)
             .ok_or_else(|| format!("the bundle has no {path}"))
     };
-    let code = walle_device::code::task_code(key.clone(), &manifest, read, &contents.files)
-        .map_err(anyhow::Error::msg)?;
+    let code = walle_device::code::task_code(key.clone(), &manifest, read, &contents.files)?;
     let limits = code.limits;
-    let vm = VmPool::new(1)?;
-    vm.load(code)?;
+    let vm = VmPool::new(1).map_err(|e| e.to_string())?;
+    vm.load(code).map_err(|e| e.to_string())?;
     Ok(Loaded {
         vm,
         key,

@@ -101,23 +101,13 @@ pub fn script_problems(contents: &BundleContents) -> Vec<Problem> {
 
 /// Loads the task in a VM as a device would: models, handler, module-level code.
 fn load_problem(contents: &BundleContents) -> Result<(), Problem> {
-    let manifest = &contents.manifest;
-    let key = format!("{}@{}", manifest.name, manifest.version);
-    let read = |path: &str| {
-        contents
-            .file(path)
-            .map(<[u8]>::to_vec)
-            .ok_or_else(|| format!("the bundle has no {path}"))
-    };
-    let problem = |message: String| Problem {
-        file: manifest.entry.clone(),
-        message,
-        hint: Some("this is what a device would report when installing the version".into()),
-    };
-    let code =
-        walle_device::code::task_code(key, manifest, read, &contents.files).map_err(problem)?;
-    let vm = walle_vm::VmPool::new(1).map_err(|e| problem(e.to_string()))?;
-    vm.load(code).map_err(|e| problem(e.to_string()))
+    crate::local::load_bundle(contents)
+        .map(drop)
+        .map_err(|message| Problem {
+            file: contents.manifest.entry.clone(),
+            message,
+            hint: Some("this is what a device would report when installing the version".into()),
+        })
 }
 
 fn manifest_problem(error: &ManifestError) -> Problem {

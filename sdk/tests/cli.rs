@@ -225,10 +225,74 @@ async fn an_operator_steers_the_control_plane_from_the_command_line() {
     let error = walle.fails(&["groups", "show", "beta"]).await;
     assert!(error.contains("HTTP 404"), "{error}");
 
+    // Records: a device sends some, `ls` lists them and `tail` follows new ones.
+    let agent = &fleet.agents[0];
+    let visit = |seed| walle_sdk::events::synthetic_stream(seed, 1, 1_000_000).0;
+    for event in visit(7) {
+        agent.track(event).unwrap();
+    }
+    agent
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
     let records = walle
         .json(&["records", "ls", "--task", "ipv-feature"])
         .await;
-    assert!(records.is_array(), "{records}");
+    assert!(
+        records.as_array().is_some_and(|r| !r.is_empty()),
+        "{records}"
+    );
+    let mut tail = std::process::Command::new(binary("walle"))
+        .args([
+            "records",
+            "tail",
+            "--task",
+            "ipv-feature",
+            "-n",
+            "1",
+            "--interval",
+            "0.2",
+            "--output",
+            "json",
+        ])
+        .env("WALLE_CONFIG", &walle.config)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = tail.stdout.take().unwrap();
+    let (said, heard) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = said.send(line);
+        }
+    });
+    let next_record = || {
+        let line = heard
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("walle records tail printed nothing");
+        serde_json::from_str::<Value>(&line).unwrap()
+    };
+    let newest = next_record();
+    assert_eq!(
+        newest, records[0],
+        "tail -n 1 starts with the newest record"
+    );
+    for event in visit(8) {
+        agent.track(event).unwrap();
+    }
+    agent
+        .flush(std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let arrived = next_record();
+    assert_eq!(arrived["task"], "ipv-feature", "{arrived}");
+    assert_ne!(arrived["id"], newest["id"]);
+    tail.kill().unwrap();
+    tail.wait().unwrap();
     let completion = walle.ok(&["completion", "bash"]).await;
     assert!(
         completion.contains("walle__release") || completion.contains("release"),

@@ -112,6 +112,44 @@ const WASM_MODULE: &str = include_str!("../../../examples/tasks/wasm-counter/mai
 
 const MYPY_INI: &str = "[mypy]\nmypy_path = typings\n";
 
+/// An example task to start from (`examples/tasks/`), renamed after the new folder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Template {
+    /// Item-page-view features: dwell time and actions per visit, windows over the session.
+    IpvFeature,
+    /// Re-ranks the feed items a user was shown with an ONNX model (`make_model.py` writes it).
+    Rerank,
+    /// Predicts the next query category with an ONNX model (`make_model.py` writes it).
+    Intent,
+    /// The WebAssembly run counter.
+    WasmCounter,
+}
+
+impl Template {
+    /// The example's files (path, text).
+    fn files(self) -> &'static [(&'static str, &'static str)] {
+        macro_rules! example {
+            ($name:literal: $($file:literal),+) => {
+                &[$(($file, include_str!(concat!("../../../examples/tasks/", $name, "/", $file)))),+]
+            };
+        }
+        match self {
+            Template::IpvFeature => {
+                example!("ipv-feature": "walle.toml", "main.py", "events.jsonl")
+            }
+            Template::Rerank => {
+                example!("rerank": "walle.toml", "main.py", "events.jsonl", "make_model.py")
+            }
+            Template::Intent => {
+                example!("intent": "walle.toml", "main.py", "events.jsonl", "make_model.py")
+            }
+            Template::WasmCounter => {
+                example!("wasm-counter": "walle.toml", "main.wat", "events.jsonl")
+            }
+        }
+    }
+}
+
 /// The runtime of a new task.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Runtime {
@@ -119,13 +157,21 @@ pub enum Runtime {
     Wasm,
 }
 
-/// Writes a new task folder `dir/` named after its last component; returns the files written.
-pub fn init(dir: &Path, runtime: Runtime) -> anyhow::Result<Vec<PathBuf>> {
+/// Writes a new task folder `dir/` named after its last component, from `template` or else the
+/// basic task of `runtime`; returns the files written.
+pub fn init(
+    dir: &Path,
+    runtime: Runtime,
+    template: Option<Template>,
+) -> anyhow::Result<Vec<PathBuf>> {
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("{} has no name to give the task", dir.display()))?;
-    let files = files(name, runtime);
+    let files = match template {
+        Some(template) => from_example(name, template),
+        None => files(name, runtime),
+    };
     // The manifest goes through the parser that packing and the cloud use, so a bad name is
     // refused with the parser's own words before anything is written.
     let manifest = files
@@ -156,6 +202,44 @@ pub fn init(dir: &Path, runtime: Runtime) -> anyhow::Result<Vec<PathBuf>> {
         written.push(path);
     }
     Ok(written)
+}
+
+/// An example's files with the task renamed; Python ones get the stubs too.
+fn from_example(name: &str, template: Template) -> Vec<(&'static str, String)> {
+    let mut out: Vec<(&'static str, String)> = template
+        .files()
+        .iter()
+        .map(|&(path, text)| {
+            let text = if path == walle_proto::manifest::MANIFEST_FILE {
+                rename(text, name)
+            } else {
+                text.to_owned()
+            };
+            (path, text)
+        })
+        .collect();
+    if out.iter().any(|(path, _)| path.ends_with(".py")) {
+        out.push(("typings/walle/__init__.pyi", STUBS.to_owned()));
+        out.push((".mypy.ini", MYPY_INI.to_owned()));
+    }
+    out
+}
+
+/// The manifest with its top-level `name` (the first `name = ` line) set to `name`.
+fn rename(manifest: &str, name: &str) -> String {
+    let mut renamed = false;
+    let lines: Vec<String> = manifest
+        .lines()
+        .map(|line| {
+            if !renamed && line.starts_with("name = ") {
+                renamed = true;
+                format!("name = \"{name}\"")
+            } else {
+                line.to_owned()
+            }
+        })
+        .collect();
+    lines.join("\n") + "\n"
 }
 
 fn files(name: &str, runtime: Runtime) -> Vec<(&'static str, String)> {
@@ -192,7 +276,7 @@ mod tests {
     fn a_new_python_task_passes_its_own_test_and_packs_without_the_stubs() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("my-task");
-        let written = init(&dir, Runtime::Python).unwrap();
+        let written = init(&dir, Runtime::Python, None).unwrap();
         assert_eq!(written.len(), 6);
         let run = run(&dir);
         assert!(
@@ -214,7 +298,7 @@ mod tests {
         );
         assert!(dir.join("typings/walle/__init__.pyi").exists());
         // A second init into the same folder changes nothing.
-        let error = init(&dir, Runtime::Python).unwrap_err().to_string();
+        let error = init(&dir, Runtime::Python, None).unwrap_err().to_string();
         assert!(error.contains("is not empty"), "{error}");
     }
 
@@ -222,16 +306,42 @@ mod tests {
     fn a_new_wasm_task_runs_and_a_bad_name_is_refused() {
         let root = tempfile::tempdir().unwrap();
         let dir = root.path().join("counter");
-        init(&dir, Runtime::Wasm).unwrap();
+        init(&dir, Runtime::Wasm, None).unwrap();
         let run = run(&dir);
         assert!(run.failures.is_empty(), "{:?}", run.failures);
         assert_eq!((run.fired, run.outputs.len()), (2, 2));
         let error = format!(
             "{:#}",
-            init(&root.path().join("My Task"), Runtime::Python).unwrap_err()
+            init(&root.path().join("My Task"), Runtime::Python, None).unwrap_err()
         );
         assert!(error.contains("\"My Task\" cannot name a task"), "{error}");
         assert!(!root.path().join("My Task").exists());
+    }
+
+    #[test]
+    fn an_example_template_is_renamed_and_runs() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("my-ipv");
+        init(&dir, Runtime::Python, Some(Template::IpvFeature)).unwrap();
+        let manifest = std::fs::read_to_string(dir.join("walle.toml")).unwrap();
+        assert!(
+            manifest.contains("name = \"my-ipv\"")
+                && manifest.contains("name = \"item-page-view\"")
+        );
+        let ipv = run(&dir);
+        assert!(
+            ipv.failures.is_empty() && ipv.fired > 0,
+            "{:?}",
+            ipv.failures
+        );
+        assert!(dir.join("typings/walle/__init__.pyi").exists());
+        let rerank = root.path().join("my-rerank");
+        init(&rerank, Runtime::Python, Some(Template::Rerank)).unwrap();
+        assert!(rerank.join("make_model.py").exists());
+        let wasm = root.path().join("my-counter");
+        init(&wasm, Runtime::Python, Some(Template::WasmCounter)).unwrap();
+        assert!(!wasm.join("typings").exists());
+        assert_eq!(run(&wasm).outputs.len(), 3);
     }
 
     #[test]

@@ -24,6 +24,9 @@ pub enum TaskCommand {
         dir: PathBuf,
         #[arg(long, value_enum, default_value_t = init::Runtime::Python)]
         runtime: init::Runtime,
+        /// Start from an example task instead (renamed after the folder).
+        #[arg(long, value_enum, conflicts_with = "runtime")]
+        template: Option<init::Template>,
     },
     /// Check a task folder: manifest, bundle, every script's syntax, and loading it in the VM.
     ///
@@ -116,13 +119,22 @@ pub async fn run(command: TaskCommand, global: &GlobalArgs) -> anyhow::Result<()
     match command {
         TaskCommand::Validate { dir } => validate_command(&dir, global.format()),
         TaskCommand::Pack { dir, out } => pack(&dir, out),
-        TaskCommand::Init { dir, runtime } => {
-            let written = init::init(&dir, runtime)?;
+        TaskCommand::Init {
+            dir,
+            runtime,
+            template,
+        } => {
+            let written = init::init(&dir, runtime, template)?;
             for path in &written {
                 println!("created {}", path.display());
             }
             let shown = dir.display();
-            let expect = if runtime == init::Runtime::Python {
+            if written.iter().any(|p| p.ends_with("make_model.py")) {
+                println!(
+                    "next: python {shown}/make_model.py   (writes the model; needs onnx and numpy)"
+                );
+            }
+            let expect = if written.iter().any(|p| p.ends_with("expected.jsonl")) {
                 format!(" --expect {shown}/expected.jsonl")
             } else {
                 String::new()
