@@ -883,6 +883,32 @@ async fn operator_actions_preview_and_invalid_policies(backend: Backend) {
         "{preview}"
     );
     assert_eq!(stages[1]["versions"]["2.0.0"], 30, "{preview}");
+    assert_eq!(
+        (
+            preview["devices"].as_u64(),
+            preview["outside_target"].as_u64()
+        ),
+        (Some(30), Some(0)),
+        "{preview}"
+    );
+    // A target no device matches says so, instead of only showing nobody getting the version.
+    let (code, nobody) = op
+        .call(
+            "POST",
+            "/v1/releases/preview",
+            Some(json!({"task": "t", "version": "2.0.0", "policy": {"target": {"region": ["nowhere"]}}})),
+        )
+        .await;
+    assert_eq!(
+        (code, nobody["outside_target"].as_u64()),
+        (200, Some(30)),
+        "{nobody}"
+    );
+    assert_eq!(
+        nobody["stages"][0]["versions"].get("2.0.0"),
+        None,
+        "{nobody}"
+    );
     // The release started with the preview's salt takes exactly the previewed devices, stage by
     // stage; a second preview with that salt shows the same.
     let (code, again) = op

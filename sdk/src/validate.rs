@@ -56,7 +56,16 @@ pub fn validate(dir: &Path) -> Result<Valid, Vec<Problem>> {
             hint: Some("a task folder holds a walle.toml; `walle task init NAME` makes one".into()),
         }]
     })?;
-    let manifest = TaskManifest::parse(&text).map_err(|e| vec![manifest_problem(&e)])?;
+    let manifest = TaskManifest::parse(&text).map_err(|e| {
+        // The parser stops at its first mistake; look at each part on its own for the others.
+        // One mistake: the parser's report is the precise one (line, column, the line itself).
+        let each = manifest_problems(&text);
+        if each.len() <= 1 {
+            vec![manifest_problem(&e)]
+        } else {
+            each
+        }
+    })?;
     let (_, packed) = bundle::pack_dir(dir).map_err(|e| vec![bundle_problem(&e)])?;
     let contents = bundle::read_bundle(&packed).map_err(|e| vec![bundle_problem(&e)])?;
     let problems = script_problems(&contents);
@@ -68,6 +77,97 @@ pub fn validate(dir: &Path) -> Result<Valid, Vec<Problem>> {
         manifest,
         bundle: packed,
     })
+}
+
+/// The manifest's mistakes, each part checked on its own so that one mistake does not hide the
+/// next: every top-level field's type, each trigger, feature and timer, and `[limits]`. Empty
+/// when the text is not TOML at all (the parser's own error says where) or when every part is
+/// fine on its own (what is left is between parts, which the parser reports).
+pub fn manifest_problems(text: &str) -> Vec<Problem> {
+    use walle_pipeline::{FeatureSpec, PatternSpec};
+    use walle_proto::manifest::{Limits, TimerSpec};
+    let Ok(table) = text.parse::<toml::Table>() else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    let mut report = |path: String, key: &str, occurrence: usize, message: String| {
+        let line = line_of(text, key, occurrence).map_or(String::new(), |l| format!("{l}:"));
+        problems.push(Problem {
+            file: MANIFEST_FILE.into(),
+            message: format!("{MANIFEST_FILE}:{line} `{path}`: {message}"),
+            hint: Some("docs/authoring.md#walletoml-reference lists every field".into()),
+        });
+    };
+    for (key, value) in &table {
+        match key.as_str() {
+            "name" | "version" | "runtime" | "entry" | "handler" | "description" => {
+                if !value.is_str() {
+                    report(key.clone(), key, 0, format!("must be a string, not {}", value.type_str()));
+                }
+            }
+            "models" => {
+                if let Err(e) = value.clone().try_into::<Vec<String>>() {
+                    report(key.clone(), key, 0, e.message().to_owned());
+                }
+            }
+            "limits" => {
+                // Field by field, so each mistake is named with its own path.
+                let fields = value.as_table().cloned().unwrap_or_default();
+                if !value.is_table() {
+                    report(key.clone(), "limits", 0, format!("must be a table, not {}", value.type_str()));
+                }
+                for (field, limit) in fields {
+                    let one = toml::Table::from_iter([(field.clone(), limit)]);
+                    if let Err(e) = toml::Value::Table(one).try_into::<Limits>() {
+                        report(format!("limits.{field}"), &field, 0, e.message().to_owned());
+                    }
+                }
+            }
+            "triggers" | "features" | "timers" => {
+                let items = value.as_array().map(Vec::as_slice).unwrap_or_default();
+                for (at, item) in items.iter().enumerate() {
+                    let header = format!("[[{key}]]");
+                    let path = format!("{key}[{at}]");
+                    let found = match key.as_str() {
+                        "triggers" => item.clone().try_into::<PatternSpec>().map_err(|e| e.message().to_owned()).and_then(|t| {
+                            walle_pipeline::validate_patterns(std::slice::from_ref(&t)).map_err(|e| e.to_string())
+                        }),
+                        "features" => item.clone().try_into::<FeatureSpec>().map_err(|e| e.message().to_owned()).and_then(|f| {
+                            walle_pipeline::validate_features(std::slice::from_ref(&f)).map_err(|e| e.to_string())
+                        }),
+                        _ => item.clone().try_into::<TimerSpec>().map(drop).map_err(|e| e.message().to_owned()),
+                    };
+                    if let Err(message) = found {
+                        report(path, &header, at, message);
+                    }
+                }
+            }
+            other => report(
+                other.to_owned(),
+                other,
+                0,
+                "unknown field (fields: name, version, runtime, entry, handler, description, models, triggers, features, timers, limits)".into(),
+            ),
+        }
+    }
+    problems
+}
+
+/// The 1-based line where `key = ` (or a `[table]` header) appears for the `occurrence`-th time.
+fn line_of(text: &str, key: &str, occurrence: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, line)| {
+            let line = line.trim_start();
+            if key.starts_with('[') {
+                line.starts_with(key)
+            } else {
+                line.strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            }
+        })
+        .nth(occurrence)
+        .map(|(at, _)| at + 1)
 }
 
 /// The syntax errors of every Python file in a bundle.
@@ -181,6 +281,30 @@ mod tests {
             shown[1].starts_with("main.py:3:") && shown[1].contains("def run(ctx)"),
             "{shown:?}"
         );
+    }
+
+    #[test]
+    fn every_mistake_of_a_manifest_is_listed_not_only_the_first() {
+        let manifest = format!(
+            "{MANIFEST}handlr = \"run\"\n\n[[triggers]]\nname = \"a\"\nsteps = [{{ evnt = \"click\" }}]\n\n\
+             [[triggers]]\nname = \"b\"\nsteps = [{{ event = \"leave\" }}]\n\n[limits]\ndeadline_ms = \"2s\"\n"
+        );
+        let dir = task(&[
+            ("walle.toml", &manifest),
+            ("main.py", "def run(ctx):\n    return 1\n"),
+        ]);
+        let problems = validate(dir.path()).unwrap_err();
+        let shown: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(problems.len(), 4, "{shown:#?}");
+        let all = shown.join("\n");
+        for expected in [
+            "walle.toml:5: `handlr`: unknown field",
+            "walle.toml:7: `triggers[0]`: unknown field `evnt`",
+            "walle.toml:11: `triggers[1]`: trigger `b` step 1 tests event type `leave`",
+            "walle.toml:16: `limits.deadline_ms`: invalid type: string \"2s\", expected u64",
+        ] {
+            assert!(all.contains(expected), "no {expected:?} in:\n{all}");
+        }
     }
 
     #[test]

@@ -408,6 +408,10 @@ pub(crate) async fn fleet(state: &AppState) -> Result<fleet::Fleet, CloudError> 
 pub struct Preview {
     pub salt: String,
     pub stages: Vec<PreviewStage>,
+    /// Registered devices, and how many of them the policy's target does not match (they never
+    /// get the version, at any stage): why a stage may give it to fewer devices than expected.
+    pub devices: usize,
+    pub outside_target: usize,
 }
 
 /// How many devices one stage of a previewed release gives each version.
@@ -471,7 +475,15 @@ pub async fn preview(
         .collect();
     let mut counts: Vec<HashMap<String, usize>> = vec![HashMap::new(); at_stage.len()];
     let mut buckets = vec![None; releases.len()];
-    for device in fleet(state).await?.iter() {
+    let devices = fleet(state).await?;
+    let outside_target = match releases.last() {
+        Some(candidate) => devices
+            .iter()
+            .filter(|d| !candidate.policy.target.matches(&d.profile))
+            .count(),
+        None => 0,
+    };
+    for device in devices.iter() {
         buckets.fill(None);
         for (set, versions) in at_stage.iter().zip(&mut counts) {
             let chosen = choose_for_task_sharing_buckets(
@@ -504,7 +516,12 @@ pub async fn preview(
             versions,
         })
         .collect();
-    Ok(Preview { salt, stages: out })
+    Ok(Preview {
+        salt,
+        stages: out,
+        devices: devices.len(),
+        outside_target,
+    })
 }
 
 /// The task-event kinds a policy's abort rule counts as failures.

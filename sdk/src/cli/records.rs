@@ -24,7 +24,7 @@ pub enum RecordsCommand {
         #[command(flatten)]
         filter: RecordFilterArgs,
         /// Output file [default: standard output].
-        #[arg(long = "out", value_name = "FILE")]
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
     },
     /// The last records, then new ones as they arrive (until Ctrl-C).

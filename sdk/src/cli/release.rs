@@ -205,10 +205,17 @@ fn print_preview(format: Format, preview: &Value, task: &str, version: &str) -> 
         "Devices per version at each stage (\"none\": the task is not installed). Start exactly this with\n  walle release create --task {task} --version {version} --salt {} [--policy FILE]",
         cell(&preview["salt"])
     );
-    if labels.iter().all(|l| l == "none") {
+    let (devices, outside) = (
+        count(&preview["devices"]),
+        count(&preview["outside_target"]),
+    );
+    if outside > 0 {
         println!(
-            "No registered device would get {version}: check the policy's target against `walle devices ls`."
+            "{outside} of {devices} registered devices do not match the policy's target and never get {version} (`walle devices ls` shows their profiles)."
         );
+    }
+    if devices == 0 {
+        println!("No device is registered yet: the figures are all zero.");
     }
     Ok(())
 }

@@ -41,7 +41,7 @@ pub enum TaskCommand {
         /// Task directory (holding walle.toml).
         dir: PathBuf,
         /// Output file [default: <name>-<version>.walle in the current directory].
-        #[arg(long = "out", value_name = "FILE")]
+        #[arg(long = "out", short = 'o', value_name = "FILE")]
         out: Option<PathBuf>,
     },
     /// Run a task directory locally over a JSONL event file and show every run.
