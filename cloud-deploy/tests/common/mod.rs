@@ -57,7 +57,7 @@ impl Backend {
         }
     }
 
-    fn database_url(&self) -> Option<String> {
+    pub fn database_url(&self) -> Option<String> {
         match self {
             Backend::Sqlite => None,
             Backend::Postgres {
