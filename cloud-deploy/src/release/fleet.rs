@@ -8,7 +8,8 @@
 //! but committed after it, and clocks of replicas that disagree by less than the margin.
 //! Devices are never deleted, so a re-read only replaces or adds entries.
 //!
-//! Viewers share reads: a caller that waited while another read finished uses that read.
+//! Viewers share reads: a caller that waited while a read that began after its call finished
+//! uses that read (one that began earlier may miss a change the caller has seen).
 //! Entries are shared (`Arc`), so handing out the fleet copies pointers, and applying a change
 //! while a walk holds the old fleet copies the list of pointers, never the profiles.
 
@@ -61,7 +62,8 @@ struct Loaded {
     position: HashMap<String, usize>,
     /// Where the next read starts (`None`: nothing read yet, read everything).
     next_read_from_ms: Option<i64>,
-    read_at: Option<Instant>,
+    /// When the last read began.
+    read_started: Option<Instant>,
 }
 
 impl FleetIndex {
@@ -69,7 +71,8 @@ impl FleetIndex {
     pub async fn current(&self, db: &Db) -> Result<Fleet, CloudError> {
         let asked = Instant::now();
         let mut loaded = self.loaded.lock().await;
-        if loaded.read_at.is_some_and(|at| at >= asked) {
+        // Only a read that started after this call sees every change made before it.
+        if loaded.read_started.is_some_and(|at| at >= asked) {
             return Ok(loaded.devices.clone());
         }
         let started_ms = now_ms();
@@ -78,7 +81,7 @@ impl FleetIndex {
         let changed = rows.len();
         loaded.apply(rows);
         loaded.next_read_from_ms = Some(started_ms - CLOCK_MARGIN_MS);
-        loaded.read_at = Some(Instant::now());
+        loaded.read_started = Some(started);
         tracing::debug!(changed, devices = loaded.devices.len(), took = ?started.elapsed(), "fleet read");
         Ok(loaded.devices.clone())
     }
