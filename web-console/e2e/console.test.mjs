@@ -298,6 +298,9 @@ scenario("new release: preview, start, watch the chart and counts move live, adv
   assert.equal(await stages.count(), 2, "the per-stage table does not have the release's 2 stages");
   assert.match(await page.locator('[data-test="state"]').textContent(), /active/i);
 
+  // The sampler runs every 100 ms: let it take one after the figure reached its final value.
+  await waitFor(`the sampler to see ${DEVICES} installed`, async () =>
+    (await page.evaluate(() => window.__samples.at(-1)?.installed)) === DEVICES, { timeoutMs: 5_000 });
   const samples = await page.evaluate(() => window.__samples);
   const installedSeen = samples.map((s) => s.installed).filter((v) => !Number.isNaN(v));
   // What the page showed, in order, each value with how long it stayed (100 ms samples).
