@@ -64,6 +64,21 @@ impl Walle {
     }
 }
 
+/// The lines a child process writes to `stream`, as they come, through a reader thread.
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> std::sync::mpsc::Receiver<String> {
+    let (said, heard) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stream)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = said.send(line);
+        }
+    });
+    heard
+}
+
 fn texts(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -260,16 +275,7 @@ async fn an_operator_steers_the_control_plane_from_the_command_line() {
         .spawn()
         .unwrap();
     let stdout = tail.stdout.take().unwrap();
-    let (said, heard) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = said.send(line);
-        }
-    });
+    let heard = lines_of(stdout);
     let next_record = || {
         let line = heard
             .recv_timeout(std::time::Duration::from_secs(60))
@@ -425,16 +431,7 @@ async fn an_author_starts_validates_and_tests_a_task_from_the_command_line() {
         .spawn()
         .unwrap();
     let stderr = watcher.stderr.take().unwrap();
-    let (said, heard) = std::sync::mpsc::channel::<String>();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = said.send(line);
-        }
-    });
+    let heard = lines_of(stderr);
     let wait_for = |needle: &str| {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         let mut lines = Vec::new();
