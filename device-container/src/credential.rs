@@ -42,14 +42,16 @@ fn path(data_dir: &Path) -> PathBuf {
 pub fn load(data_dir: &Path) -> Result<Option<Credential>, AgentError> {
     let path = path(data_dir);
     match std::fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| AgentError::State(format!("{} is corrupt: {e}", path.display()))),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| AgentError::CorruptFile {
+                    path: path.clone(),
+                    source,
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(AgentError::State(format!(
-            "cannot read {}: {e}",
-            path.display()
-        ))),
+        Err(e) => Err(AgentError::file("read", &path)(e)),
     }
 }
 
@@ -57,11 +59,13 @@ pub fn load(data_dir: &Path) -> Result<Option<Credential>, AgentError> {
 pub fn store(data_dir: &Path, credential: &Credential) -> Result<(), AgentError> {
     let path = path(data_dir);
     let temp = data_dir.join(".credential.json.tmp");
-    let bytes = serde_json::to_vec_pretty(credential)
-        .map_err(|e| AgentError::State(format!("encoding credential: {e}")))?;
+    let bytes = serde_json::to_vec_pretty(credential).map_err(|source| AgentError::Encode {
+        what: "credential",
+        source,
+    })?;
     std::fs::write(&temp, bytes)
         .and_then(|_| std::fs::rename(&temp, &path))
-        .map_err(|e| AgentError::State(format!("cannot write {}: {e}", path.display())))
+        .map_err(AgentError::file("write", &path))
 }
 
 /// The configured device id, or one generated on first start and kept in the data dir.
@@ -74,15 +78,9 @@ pub fn device_id(data_dir: &Path, configured: &str) -> Result<String, AgentError
         Ok(id) if !id.trim().is_empty() => return Ok(id.trim().to_owned()),
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(AgentError::State(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )));
-        }
+        Err(e) => return Err(AgentError::file("read", &path)(e)),
     }
     let id = format!("dev-{}", hex::encode(crate::random::bytes::<8>()));
-    std::fs::write(&path, &id)
-        .map_err(|e| AgentError::State(format!("cannot write {}: {e}", path.display())))?;
+    std::fs::write(&path, &id).map_err(AgentError::file("write", &path))?;
     Ok(id)
 }

@@ -1,4 +1,4 @@
-//! Verified, atomic installs of task bundles on the device's disk.
+//! Task versions on the device's disk: verified, atomic unpacking and the active pointer.
 //!
 //! Layout below the install root:
 //! ```text

@@ -19,13 +19,14 @@ use walle_pipeline::Firing;
 use walle_proto::cron::CronSchedule;
 use walle_proto::manifest::{TimerSchedule, TimerSpec};
 
-use crate::agent::{Shared, lock, now_ms};
+use super::Intake;
+use crate::clock::now_ms;
 
 /// How often due timers are looked for; a timer fires at most this late.
 const TICK: Duration = Duration::from_millis(200);
 
 /// Queues timer runs until stopped.
-pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+pub(crate) async fn run(intake: Arc<Intake>, mut stop: watch::Receiver<bool>) {
     let mut timetable = Timetable::default();
     let mut tick = tokio::time::interval(TICK);
     loop {
@@ -37,17 +38,16 @@ pub(crate) async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             instant: Instant::now(),
             wall_ms: now_ms(),
         };
-        let firings = {
-            let active = lock(&shared.active);
+        let firings = intake.active.with(|active| {
             let tasks = active.values().map(|task| TimedTask {
                 key: task.vm_key(),
                 task: task.task(),
                 timers: &task.manifest.task.timers,
             });
             timetable.due(tasks, now)
-        };
+        });
         if !firings.is_empty() {
-            shared.queue_timer_runs(firings);
+            intake.submit_timer_runs(firings);
         }
     }
 }

@@ -11,7 +11,7 @@ use walle_proto::manifest::ReleaseManifest;
 use walle_proto::v1::FetchBundleRequest;
 
 use crate::AgentError;
-use crate::connection::Client;
+use crate::cloud::Client;
 
 /// Largest bundle the agent downloads, whatever a manifest claims.
 const MAX_BUNDLE_BYTES: u64 = 256 * 1024 * 1024;
@@ -129,10 +129,7 @@ struct Part {
 
 impl Part {
     fn open(dir: &Path, manifest: &ReleaseManifest) -> Result<Part, AgentError> {
-        let io = |what: &str, path: &Path, e: std::io::Error| {
-            AgentError::State(format!("{what} {}: {e}", path.display()))
-        };
-        std::fs::create_dir_all(dir).map_err(|e| io("cannot create", dir, e))?;
+        std::fs::create_dir_all(dir).map_err(AgentError::file("create", dir))?;
         let path = part_path(dir, manifest);
         let mut bytes = std::fs::read(&path).unwrap_or_default();
         if bytes.len() as u64 > manifest.bundle_size {
@@ -144,7 +141,7 @@ impl Part {
             .truncate(false)
             .open(&path)
             .and_then(|file| file.set_len(bytes.len() as u64).map(|()| file))
-            .map_err(|e| io("cannot open", &path, e))?;
+            .map_err(AgentError::file("open", &path))?;
         if !bytes.is_empty() {
             tracing::info!(
                 digest = %manifest.bundle_digest,

@@ -27,8 +27,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use walle_proto::v1::EventBatch;
 
+use super::Intake;
 use crate::AgentError;
-use crate::agent::{AgentStatus, Shared};
+use crate::status::AgentStatus;
 
 pub use client::{ClientError, Endpoint};
 
@@ -52,18 +53,37 @@ pub struct RejectedLine {
     pub error: String,
 }
 
+/// The agent's status, as the endpoint serves it.
+pub(crate) type StatusSource = Arc<dyn Fn() -> AgentStatus + Send + Sync>;
+
+/// What the endpoint's handlers hold: the intake to feed, and where status comes from.
+#[derive(Clone)]
+struct EndpointState {
+    intake: Arc<Intake>,
+    status: StatusSource,
+}
+
+/// Where the endpoint listens (from the device configuration).
+pub(crate) struct Listen<'a> {
+    pub addr: Option<SocketAddr>,
+    pub socket: Option<&'a std::path::Path>,
+}
+
 /// Starts the configured endpoints (loopback TCP, Unix socket, both or neither); returns the
 /// bound TCP address and the server tasks, which stop when `stop` turns true.
 pub(crate) async fn start(
-    shared: &Arc<Shared>,
+    listen: Listen<'_>,
+    intake: Arc<Intake>,
+    status: StatusSource,
     stop: watch::Receiver<bool>,
 ) -> Result<(Option<SocketAddr>, Vec<JoinHandle<()>>), AgentError> {
+    let state = EndpointState { intake, status };
     // Both listeners first, so that a refusal of either leaves nothing listening.
-    let unix = match &shared.config.ingest_socket {
+    let unix = match listen.socket {
         Some(path) => Some(socket::bind(path).await?),
         None => None,
     };
-    let tcp = match shared.config.ingest_addr {
+    let tcp = match listen.addr {
         Some(addr) => Some(bind_tcp(addr).await?),
         None => None,
     };
@@ -73,14 +93,14 @@ pub(crate) async fn start(
         tracing::info!(socket = %file.path().display(), "ingest endpoint listening");
         servers.push(spawn_server(
             listener,
-            router(shared.clone()),
+            router(state.clone()),
             stop.clone(),
             Some(file),
         ));
     }
     if let Some((listener, addr)) = tcp {
         tracing::info!(%addr, "ingest endpoint listening");
-        servers.push(spawn_server(listener, router(shared.clone()), stop, None));
+        servers.push(spawn_server(listener, router(state), stop, None));
         bound = Some(addr);
     }
     Ok((bound, servers))
@@ -96,12 +116,12 @@ async fn bind_tcp(addr: SocketAddr) -> Result<(tokio::net::TcpListener, SocketAd
     Ok((listener, bound))
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn router(state: EndpointState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_events))
         .route("/v1/status", get(status))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .with_state(shared)
+        .with_state(state)
 }
 
 /// Serves `app` on `listener` until `stop`; then removes the socket file, if any.
@@ -130,7 +150,7 @@ where
 }
 
 async fn ingest_events(
-    State(shared): State<Arc<Shared>>,
+    State(state): State<EndpointState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<IngestResult>, (StatusCode, String)> {
@@ -157,22 +177,22 @@ async fn ingest_events(
             )
         })?;
         for (index, event) in batch.events.into_iter().enumerate() {
-            record(index + 1, shared.track_proto(event));
+            record(index + 1, state.intake.track_proto(event));
         }
     } else {
         let text = std::str::from_utf8(&body)
             .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not UTF-8: {e}")))?;
         for (index, line) in text.lines().enumerate() {
             if !line.trim().is_empty() {
-                record(index + 1, shared.track_json(line));
+                record(index + 1, state.intake.track_json(line));
             }
         }
     }
     Ok(Json(result))
 }
 
-async fn status(State(shared): State<Arc<Shared>>) -> Json<AgentStatus> {
-    Json(shared.status())
+async fn status(State(state): State<EndpointState>) -> Json<AgentStatus> {
+    Json((state.status)())
 }
 
 #[cfg(test)]
@@ -209,7 +229,7 @@ mod tests {
         ProtoEvent {
             id: id.into(),
             // Recent: the store's retention deletes events older than a week.
-            ts: crate::agent::now_ms(),
+            ts: crate::clock::now_ms(),
             session: "s".into(),
             page: "item".into(),
             event: kind as i32,
@@ -250,7 +270,7 @@ mod tests {
         assert_eq!(answer.accepted, 1);
         let lines: Vec<usize> = answer.rejected.iter().map(|r| r.line).collect();
         assert_eq!(lines, [2, 3]);
-        let now = crate::agent::now_ms();
+        let now = crate::clock::now_ms();
         let jsonl = format!(
             "{}\n{{oops\n{}",
             format_args!(
@@ -321,7 +341,7 @@ mod tests {
         assert_eq!(mode(&path), 0o600, "only the agent's user may connect");
 
         let socket = Endpoint::Socket(path.clone());
-        let now = crate::agent::now_ms();
+        let now = crate::clock::now_ms();
         let jsonl = format!(
             "{}\n{{oops\n",
             format_args!(
