@@ -106,8 +106,11 @@ impl BundleStore {
     pub fn local(root: &Path) -> Result<BundleStore, CloudError> {
         std::fs::create_dir_all(root).map_err(|e| CloudError::io(root, e))?;
         let location = format!("file://{}", root.display());
-        let store = LocalFileSystem::new_with_prefix(root)
-            .map_err(|e| CloudError::Storage(format!("bundle store {location}: {e}")))?;
+        let store =
+            LocalFileSystem::new_with_prefix(root).map_err(|source| CloudError::Storage {
+                context: format!("bundle store {location}"),
+                source,
+            })?;
         Ok(BundleStore {
             store: Arc::new(store),
             location,
@@ -138,7 +141,10 @@ impl BundleStore {
         }
         let s3 = builder
             .build()
-            .map_err(|e| CloudError::Config(format!("bundle store {location}: {e}")))?;
+            .map_err(|source| CloudError::StorageConfig {
+                location: location.clone(),
+                source,
+            })?;
         let store: Arc<dyn ObjectStore> = if config.prefix.is_empty() {
             Arc::new(s3)
         } else {
@@ -153,7 +159,10 @@ impl BundleStore {
         self.store
             .list_with_delimiter(Some(&ObjectPath::from("bundles")))
             .await
-            .map_err(|e| CloudError::Storage(format!("bundle store {}: {e}", self.location)))?;
+            .map_err(|source| CloudError::Storage {
+                context: format!("bundle store {}", self.location),
+                source,
+            })?;
         Ok(())
     }
 
@@ -222,8 +231,9 @@ impl BundleStore {
             writer
                 .wait_for_capacity(PARTS_IN_FLIGHT)
                 .await
-                .map_err(|e| {
-                    CloudError::Storage(format!("uploading a part to {}: {e}", self.location))
+                .map_err(|source| CloudError::Storage {
+                    context: format!("uploading a part to {}", self.location),
+                    source,
                 })?;
             writer.write(&buffer[..n]);
         }
@@ -252,7 +262,10 @@ impl BundleStore {
             .boxed())
     }
 
-    fn error(&self, doing: &str, digest: &str, e: object_store::Error) -> CloudError {
-        CloudError::Storage(format!("{doing} bundle {digest} in {}: {e}", self.location))
+    fn error(&self, doing: &str, digest: &str, source: object_store::Error) -> CloudError {
+        CloudError::Storage {
+            context: format!("{doing} bundle {digest} in {}", self.location),
+            source,
+        }
     }
 }

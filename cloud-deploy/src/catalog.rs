@@ -142,7 +142,7 @@ pub async fn publish_version(
         bundle_digest: bundle.digest.clone(),
         bundle_size: i64::try_from(bundle.size).unwrap_or(i64::MAX),
         manifest_json: String::from_utf8(signed.manifest_json)
-            .map_err(|e| CloudError::Internal(format!("signed manifest is not UTF-8: {e}")))?,
+            .map_err(CloudError::ManifestNotUtf8)?,
         signature_hex: hex::encode(signed.signature),
         key_id: signed.key_id,
         created_at_ms: now_ms(),
@@ -163,5 +163,8 @@ async fn check_spooled(
             .map_err(|e| CloudError::Invalid(e.to_string()))
     })
     .await
-    .map_err(|e| CloudError::Internal(format!("bundle validation panicked: {e}")))?
+    .map_err(|source| CloudError::Panicked {
+        what: "bundle validation",
+        source,
+    })?
 }

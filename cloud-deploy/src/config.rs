@@ -71,11 +71,15 @@ impl Default for CloudConfig {
 impl CloudConfig {
     /// Reads a TOML config file; absent fields take their defaults.
     pub fn from_toml_file(path: &std::path::Path) -> Result<CloudConfig, crate::CloudError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            crate::CloudError::Config(format!("cannot read {}: {e}", path.display()))
-        })?;
-        toml::from_str(&text)
-            .map_err(|e| crate::CloudError::Config(format!("{}: {}", path.display(), e.message())))
+        let text =
+            std::fs::read_to_string(path).map_err(|source| crate::CloudError::ConfigRead {
+                path: path.to_owned(),
+                source,
+            })?;
+        toml::from_str(&text).map_err(|source| crate::CloudError::ConfigSyntax {
+            path: path.to_owned(),
+            source,
+        })
     }
 
     /// The database URL in effect.

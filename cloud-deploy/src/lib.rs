@@ -26,7 +26,7 @@ pub mod store;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -40,19 +40,73 @@ use walle_proto::v1::device_plane_server::DevicePlaneServer;
 pub use config::CloudConfig;
 
 /// Everything that can go wrong in the cloud, with what and where.
+///
+/// A variant that wraps a lower-level error keeps it as its [`source`](std::error::Error::source)
+/// and also shows it in its text, which is what the control plane (HTTP 500 bodies) and the
+/// device plane (`INTERNAL` statuses) answer with. The variants holding only a message are the
+/// ones callers answer with as they are (`Invalid` … `TooLarge`), plus `Config` and `Internal`
+/// for the failures that have no underlying error.
 #[derive(Debug, thiserror::Error)]
 pub enum CloudError {
+    /// A setting or a file the cloud starts from is unusable (no underlying error).
     #[error("configuration: {0}")]
     Config(String),
-    #[error("I/O error on {path}: {source}")]
-    Io {
-        path: std::path::PathBuf,
+    /// The config file cannot be read.
+    #[error("configuration: cannot read {}: {source}", path.display())]
+    ConfigRead {
+        path: PathBuf,
+        #[source]
         source: std::io::Error,
     },
-    #[error("database: {0}")]
-    Database(String),
-    #[error("bundle storage: {0}")]
-    Storage(String),
+    /// The config file is not TOML of a [`CloudConfig`].
+    #[error("configuration: {}: {}", path.display(), source.message())]
+    ConfigSyntax {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    /// The TLS certificate or key is unusable.
+    #[error("configuration: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The operating system gave no random bytes (for keys and tokens).
+    #[error("configuration: no OS randomness available: {0}")]
+    NoRandomness(#[source] getrandom::Error),
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The database cannot be reached at its URL (shown without its password).
+    #[error("database: connecting to {url}: {source}")]
+    DatabaseUnreachable {
+        url: String,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The database schema cannot be brought up to date.
+    #[error("database: migrating: {0}")]
+    Migration(#[source] sqlx::migrate::MigrateError),
+    /// A database statement failed while `doing` something.
+    #[error("database: {doing}: {source}")]
+    Database {
+        doing: &'static str,
+        #[source]
+        source: sqlx::Error,
+    },
+    /// The bundle store's settings do not make a store (e.g. an S3 bucket without a region).
+    #[error("configuration: bundle store {location}: {source}")]
+    StorageConfig {
+        location: String,
+        #[source]
+        source: object_store::Error,
+    },
+    /// The bundle store failed; `context` says at what and where (bundle, store location).
+    #[error("bundle storage: {context}: {source}")]
+    Storage {
+        context: String,
+        #[source]
+        source: object_store::Error,
+    },
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -70,6 +124,31 @@ pub enum CloudError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A record the cloud stored itself does not read back (`what` names it).
+    #[error("internal error: {what}: {source}")]
+    CorruptRecord {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A value could not be encoded as JSON.
+    #[error("internal error: encoding {what}: {source}")]
+    Encoding {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A manifest the cloud signed is not UTF-8 text.
+    #[error("internal error: signed manifest is not UTF-8: {0}")]
+    ManifestNotUtf8(#[source] std::string::FromUtf8Error),
+    /// Work moved off the async threads panicked.
+    #[error("internal error: {what} panicked: {source}")]
+    Panicked {
+        what: &'static str,
+        #[source]
+        source: tokio::task::JoinError,
+    },
+    /// A rule the cloud keeps itself was broken (no underlying error).
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -315,5 +394,49 @@ async fn serve_grpc(
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "device plane server failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    #[test]
+    fn errors_keep_their_cause_and_still_show_it() {
+        let e = store::db_err("listing tasks")(sqlx::Error::RowNotFound);
+        let cause = sqlx::Error::RowNotFound.to_string();
+        assert_eq!(e.to_string(), format!("database: listing tasks: {cause}"));
+        assert_eq!(e.source().map(|s| s.to_string()), Some(cause));
+        assert!(matches!(
+            e,
+            CloudError::Database {
+                doing: "listing tasks",
+                source: sqlx::Error::RowNotFound
+            }
+        ));
+    }
+
+    #[test]
+    fn a_config_file_that_does_not_parse_is_named_with_the_parsers_message() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cloud.toml");
+        std::fs::write(&path, "http_addr = 5\n").unwrap();
+        let e = CloudConfig::from_toml_file(&path).unwrap_err();
+        let CloudError::ConfigSyntax { source, .. } = &e else {
+            panic!("{e:?}");
+        };
+        assert_eq!(
+            e.to_string(),
+            format!("configuration: {}: {}", path.display(), source.message())
+        );
+        let e = CloudConfig::from_toml_file(&dir.path().join("absent.toml")).unwrap_err();
+        assert!(matches!(e, CloudError::ConfigRead { .. }), "{e:?}");
+        assert!(
+            e.to_string().starts_with("configuration: cannot read "),
+            "{e}"
+        );
+        assert!(e.source().is_some());
     }
 }

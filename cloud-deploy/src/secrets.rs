@@ -64,8 +64,7 @@ pub fn token_hash(token: &str) -> String {
 /// Random bytes from the operating system.
 pub fn random_bytes<const N: usize>() -> Result<[u8; N], CloudError> {
     let mut bytes = [0u8; N];
-    getrandom::fill(&mut bytes)
-        .map_err(|e| CloudError::Config(format!("no OS randomness available: {e}")))?;
+    getrandom::fill(&mut bytes).map_err(CloudError::NoRandomness)?;
     Ok(bytes)
 }
 

@@ -11,11 +11,37 @@ use serde::{Deserialize, Serialize};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
-use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 
 use crate::CloudError;
+
+/// Why the TLS certificate or key cannot serve, naming the file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A PEM file does not parse; `what` is `certificate` or `key`.
+    #[error("TLS {what} {}: {source}", path.display())]
+    Pem {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: pem::Error,
+    },
+    /// The certificate file holds no certificate.
+    #[error("TLS certificate {}: no certificate in the file", path.display())]
+    NoCertificate { path: PathBuf },
+    /// The key does not belong to the certificate, or either is of a kind rustls refuses.
+    #[error("TLS certificate/key pair {}: {source}", path.display())]
+    KeyPair {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    /// The crypto provider offers none of the protocol versions asked for.
+    #[error("TLS: {0}")]
+    Protocols(#[source] rustls::Error),
+}
 
 /// A slow or silent client gets this long to finish its handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,6 +58,15 @@ fn read(path: &Path) -> Result<Vec<u8>, CloudError> {
     std::fs::read(path).map_err(|e| CloudError::io(path, e))
 }
 
+/// Turns a PEM parsing error into one naming the file and what it should hold.
+fn unparsable<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(pem::Error) -> TlsError + 'a {
+    move |source| TlsError::Pem {
+        what,
+        path: path.to_owned(),
+        source,
+    }
+}
+
 impl TlsFiles {
     /// The PEM bytes of (certificate chain, private key).
     pub fn load(&self) -> Result<(Vec<u8>, Vec<u8>), CloudError> {
@@ -41,29 +76,28 @@ impl TlsFiles {
     /// A rustls server configuration (ring provider) for the control plane.
     pub fn server_config(&self) -> Result<rustls::ServerConfig, CloudError> {
         let (cert_pem, key_pem) = self.load()?;
-        let bad = |what: &str, path: &Path, e: String| {
-            CloudError::Config(format!("TLS {what} {}: {e}", path.display()))
-        };
         let certs = CertificateDer::pem_slice_iter(&cert_pem)
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bad("certificate", &self.cert_pem, e.to_string()))?;
+            .map_err(unparsable("certificate", &self.cert_pem))?;
         if certs.is_empty() {
-            return Err(bad(
-                "certificate",
-                &self.cert_pem,
-                "no certificate in the file".into(),
-            ));
+            return Err(TlsError::NoCertificate {
+                path: self.cert_pem.clone(),
+            }
+            .into());
         }
-        let key = PrivateKeyDer::from_pem_slice(&key_pem)
-            .map_err(|e| bad("key", &self.key_pem, e.to_string()))?;
+        let key =
+            PrivateKeyDer::from_pem_slice(&key_pem).map_err(unparsable("key", &self.key_pem))?;
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
         .with_safe_default_protocol_versions()
-        .map_err(|e| CloudError::Config(format!("TLS: {e}")))?
+        .map_err(TlsError::Protocols)?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| bad("certificate/key pair", &self.cert_pem, e.to_string()))?;
+        .map_err(|source| TlsError::KeyPair {
+            path: self.cert_pem.clone(),
+            source,
+        })?;
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(config)
     }

@@ -169,8 +169,10 @@ async fn live_json(state: &AppState, id: &str) -> Result<String, CloudError> {
         status: release::status(state, release).await?,
         coverage: state.db.samples(id).await?,
     };
-    serde_json::to_string(&live)
-        .map_err(|e| CloudError::Internal(format!("encoding release status: {e}")))
+    serde_json::to_string(&live).map_err(|source| CloudError::Encoding {
+        what: "release status",
+        source,
+    })
 }
 
 /// The release's status pushed as Server-Sent Events: an `event: status` whose data is the

@@ -143,11 +143,11 @@ async fn version_detail(
         .get_version(&name, &version)
         .await?
         .ok_or_else(|| CloudError::NotFound(format!("task {name:?} has no version {version:?}")))?;
-    let manifest = serde_json::from_str(&row.manifest_json).map_err(|e| {
-        CloudError::Internal(format!(
-            "stored manifest of {name} {version} is not JSON: {e}"
-        ))
-    })?;
+    let manifest =
+        serde_json::from_str(&row.manifest_json).map_err(|source| CloudError::CorruptRecord {
+            what: format!("stored manifest of {name} {version} is not JSON"),
+            source,
+        })?;
     let filter = ReleaseFilter {
         task: Some(name),
         version: Some(version),

@@ -34,7 +34,10 @@ impl Db {
             .max_connections(8)
             .connect(url)
             .await
-            .map_err(|e| CloudError::Database(format!("connecting to {}: {e}", redact(url))))?;
+            .map_err(|source| CloudError::DatabaseUnreachable {
+                url: redact(url),
+                source,
+            })?;
         if url.starts_with("sqlite:") {
             // WAL lets readers (syncs, console) proceed while a writer (reports) commits.
             sqlx::query("PRAGMA journal_mode = WAL")
@@ -44,12 +47,12 @@ impl Db {
             sqlx::migrate!("./migrations/sqlite")
                 .run(&pool)
                 .await
-                .map_err(|e| CloudError::Database(format!("migrating: {e}")))?;
+                .map_err(CloudError::Migration)?;
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             sqlx::migrate!("./migrations/postgres")
                 .run(&pool)
                 .await
-                .map_err(|e| CloudError::Database(format!("migrating: {e}")))?;
+                .map_err(CloudError::Migration)?;
         } else {
             return Err(CloudError::Config(format!(
                 "unsupported database URL {}: use sqlite://PATH or postgres://USER@HOST/DB",
@@ -94,7 +97,7 @@ pub(crate) async fn text_column<'q>(
 
 /// Maps a sqlx error to a `CloudError` saying what was being done.
 pub(crate) fn db_err(doing: &'static str) -> impl Fn(sqlx::Error) -> CloudError {
-    move |e| CloudError::Database(format!("{doing}: {e}"))
+    move |source| CloudError::Database { doing, source }
 }
 
 /// Whether a sqlx error is a unique-key violation.

@@ -48,9 +48,13 @@ pub struct ReleaseRow {
 impl ReleaseRow {
     /// The release in the form the selection rule uses.
     pub fn live(&self) -> Result<LiveRelease, CloudError> {
-        let policy: ReleasePolicy = serde_json::from_value(self.policy.clone()).map_err(|e| {
-            CloudError::Internal(format!("stored policy of {} is invalid: {e}", self.id))
-        })?;
+        let policy: ReleasePolicy =
+            serde_json::from_value(self.policy.clone()).map_err(|source| {
+                CloudError::CorruptRecord {
+                    what: format!("stored policy of {} is invalid", self.id),
+                    source,
+                }
+            })?;
         Ok(LiveRelease {
             id: self.id.clone(),
             seq: self.seq,
@@ -123,8 +127,10 @@ impl Db {
         salt: &str,
     ) -> Result<ReleaseRow, CloudError> {
         let now = now_ms();
-        let policy_json = serde_json::to_string(policy)
-            .map_err(|e| CloudError::Internal(format!("encoding policy: {e}")))?;
+        let policy_json = serde_json::to_string(policy).map_err(|source| CloudError::Encoding {
+            what: "policy",
+            source,
+        })?;
         // `seq` is MAX + 1: on PostgreSQL two concurrent creates can pick the same number and
         // one fails the UNIQUE constraint; it simply takes the next.
         let mut attempt = 0;
