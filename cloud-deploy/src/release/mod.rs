@@ -93,7 +93,9 @@ fn checked_salt(salt: String) -> Result<String, CloudError> {
 
 /// Validates a policy, including that every group it names exists.
 pub async fn check_policy(state: &AppState, policy: &ReleasePolicy) -> Result<(), CloudError> {
-    policy.validate().map_err(CloudError::Invalid)?;
+    policy
+        .validate()
+        .map_err(|e| CloudError::Invalid(e.to_string()))?;
     for group in policy.target.groups() {
         if !state.db.group_exists(group).await? {
             return Err(CloudError::Invalid(format!(
@@ -446,7 +448,9 @@ pub async fn preview(
     policy: ReleasePolicy,
     salt: Option<String>,
 ) -> Result<Preview, CloudError> {
-    policy.validate().map_err(CloudError::Invalid)?;
+    policy
+        .validate()
+        .map_err(|e| CloudError::Invalid(e.to_string()))?;
     let salt = match salt {
         Some(salt) => checked_salt(salt)?,
         None => new_salt()?,

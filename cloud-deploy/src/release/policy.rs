@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::target::Target;
+use super::target::{Target, TargetError};
 
 /// Buckets per 100 %: stages are resolved to basis points, so 0.5 % is expressible.
 pub const BUCKETS: u32 = 10_000;
@@ -117,24 +117,63 @@ fn default_failure_kinds() -> Vec<FailureKind> {
 /// Longest pace window a policy may ask for.
 pub const MAX_PACE_WINDOW_MS: u32 = 3_600_000;
 
+/// A policy that cannot be followed as written; the text starts with the offending field (e.g.
+/// `policy.stages[1]`), as the control plane answers it.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error("policy.stages: give at least one stage (e.g. [1, 10, 50, 100])")]
+    NoStages,
+    #[error("policy.stages[{index}]: {stage} is not a percentage in (0, 100]")]
+    StageNotAPercentage { index: usize, stage: f64 },
+    #[error(
+        "policy.stages[{index}]: {stage} is not above the previous stage {previous}; stages are cumulative and strictly increasing"
+    )]
+    StagesNotIncreasing {
+        index: usize,
+        stage: f64,
+        previous: f64,
+    },
+    /// A share (a success or failure rate) outside 0–1.
+    #[error("{field}: {value} is not between 0 and 1")]
+    NotAShare { field: String, value: f64 },
+    /// A duration limit of 0 ms.
+    #[error("{field}: must be at least 1 (ms)")]
+    ZeroDuration { field: String },
+    /// An abort rule with no limit, which could never abort.
+    #[error("{field}: give max_failed_devices, max_failure_rate and/or max_run_p99_ms")]
+    NoAbortLimit { field: String },
+    #[error("{field}.max_failed_devices: must be at least 1")]
+    ZeroFailedDevices { field: String },
+    #[error("{field}.kinds: give at least one of \"install\", \"run\"")]
+    NoFailureKinds { field: String },
+    #[error("{field}.min_runs: must be at least 1 (runs reported before max_run_p99_ms applies)")]
+    ZeroMinRuns { field: String },
+    #[error(
+        "policy.pace_window_ms: at most {MAX_PACE_WINDOW_MS} (one hour); devices that miss a notice still pull at their periodic sync"
+    )]
+    PaceWindowTooLong { ms: u32 },
+}
+
 impl ReleasePolicy {
     /// Checks the whole policy; the error names the offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), PolicyError> {
         self.target.validate("policy.target")?;
         if self.stages.is_empty() {
-            return Err("policy.stages: give at least one stage (e.g. [1, 10, 50, 100])".into());
+            return Err(PolicyError::NoStages);
         }
         let mut previous = 0.0;
-        for (i, &stage) in self.stages.iter().enumerate() {
+        for (index, &stage) in self.stages.iter().enumerate() {
             if !stage.is_finite() || stage <= 0.0 || stage > 100.0 {
-                return Err(format!(
-                    "policy.stages[{i}]: {stage} is not a percentage in (0, 100]"
-                ));
+                return Err(PolicyError::StageNotAPercentage { index, stage });
             }
             if stage <= previous {
-                return Err(format!(
-                    "policy.stages[{i}]: {stage} is not above the previous stage {previous}; stages are cumulative and strictly increasing"
-                ));
+                return Err(PolicyError::StagesNotIncreasing {
+                    index,
+                    stage,
+                    previous,
+                });
             }
             previous = stage;
         }
@@ -143,13 +182,8 @@ impl ReleasePolicy {
         if let Some(abort) = &self.abort {
             abort.validate("policy.abort")?;
         }
-        if self
-            .pace_window_ms
-            .is_some_and(|ms| ms > MAX_PACE_WINDOW_MS)
-        {
-            return Err(format!(
-                "policy.pace_window_ms: at most {MAX_PACE_WINDOW_MS} (one hour); devices that miss a notice still pull at their periodic sync"
-            ));
+        if let Some(ms) = self.pace_window_ms.filter(|&ms| ms > MAX_PACE_WINDOW_MS) {
+            return Err(PolicyError::PaceWindowTooLong { ms });
         }
         Ok(())
     }
@@ -182,49 +216,49 @@ impl ReleasePolicy {
 
 impl AbortRule {
     /// Checks the rule; `field` is where it sits in the policy (e.g. `policy.abort`).
-    fn validate(&self, field: &str) -> Result<(), String> {
+    fn validate(&self, field: &str) -> Result<(), PolicyError> {
+        let field = field.to_owned();
         if self.max_failed_devices.is_none()
             && self.max_failure_rate.is_none()
             && self.max_run_p99_ms.is_none()
         {
-            return Err(format!(
-                "{field}: give max_failed_devices, max_failure_rate and/or max_run_p99_ms"
-            ));
+            return Err(PolicyError::NoAbortLimit { field });
         }
         if self.max_failed_devices == Some(0) {
-            return Err(format!("{field}.max_failed_devices: must be at least 1"));
+            return Err(PolicyError::ZeroFailedDevices { field });
         }
         if let Some(rate) = self.max_failure_rate {
             unit_interval(&format!("{field}.max_failure_rate"), rate)?;
         }
         if self.kinds.is_empty() {
-            return Err(format!(
-                "{field}.kinds: give at least one of \"install\", \"run\""
-            ));
+            return Err(PolicyError::NoFailureKinds { field });
         }
         positive_ms(&format!("{field}.max_run_p99_ms"), self.max_run_p99_ms)?;
         if self.min_runs == 0 {
-            return Err(format!(
-                "{field}.min_runs: must be at least 1 (runs reported before max_run_p99_ms applies)"
-            ));
+            return Err(PolicyError::ZeroMinRuns { field });
         }
         Ok(())
     }
 }
 
 /// A duration limit, when given, must be at least 1 ms.
-fn positive_ms(field: &str, value: Option<u64>) -> Result<(), String> {
+fn positive_ms(field: &str, value: Option<u64>) -> Result<(), PolicyError> {
     match value {
-        Some(0) => Err(format!("{field}: must be at least 1 (ms)")),
+        Some(0) => Err(PolicyError::ZeroDuration {
+            field: field.to_owned(),
+        }),
         _ => Ok(()),
     }
 }
 
-fn unit_interval(field: &str, value: f64) -> Result<(), String> {
+fn unit_interval(field: &str, value: f64) -> Result<(), PolicyError> {
     if (0.0..=1.0).contains(&value) {
         Ok(())
     } else {
-        Err(format!("{field}: {value} is not between 0 and 1"))
+        Err(PolicyError::NotAShare {
+            field: field.to_owned(),
+            value,
+        })
     }
 }
 
@@ -248,7 +282,8 @@ mod tests {
 
     fn policy(json: &str) -> Result<ReleasePolicy, String> {
         let policy: ReleasePolicy = serde_json::from_str(json).map_err(|e| e.to_string())?;
-        policy.validate().map(|_| policy)
+        policy.validate().map_err(|e| e.to_string())?;
+        Ok(policy)
     }
 
     #[test]

@@ -142,10 +142,12 @@ impl Target {
     }
 
     /// Checks requirements parse and lists are non-empty; the error names the field.
-    pub fn validate(&self, path: &str) -> Result<(), String> {
+    pub fn validate(&self, path: &str) -> Result<(), TargetError> {
         let nonempty = |field: &str, list: &[String]| {
             if list.is_empty() || list.iter().any(|s| s.trim().is_empty()) {
-                Err(format!("{path}.{field}: give at least one non-empty value"))
+                Err(TargetError::EmptyList {
+                    field: format!("{path}.{field}"),
+                })
             } else {
                 Ok(())
             }
@@ -158,7 +160,9 @@ impl Target {
                     "any"
                 };
                 if matches!(self, Target::Any(_)) && list.is_empty() {
-                    return Err(format!("{path}.any: give at least one predicate"));
+                    return Err(TargetError::EmptyAny {
+                        field: format!("{path}.any"),
+                    });
                 }
                 for (i, t) in list.iter().enumerate() {
                     t.validate(&format!("{path}.{name}[{i}]"))?;
@@ -172,20 +176,61 @@ impl Target {
                 } else {
                     "os_version"
                 };
-                semver::VersionReq::parse(req).map(drop).map_err(|e| {
-                    format!("{path}.{field}: {req:?} is not a semver requirement: {e}")
+                semver::VersionReq::parse(req).map(drop).map_err(|source| {
+                    TargetError::NotARequirement {
+                        field: format!("{path}.{field}"),
+                        requirement: req.clone(),
+                        source,
+                    }
                 })
             }
             Target::AppId(s) | Target::Os(s) | Target::Tag(s) | Target::Group(s)
                 if s.trim().is_empty() =>
             {
-                Err(format!("{path}: value is empty"))
+                Err(TargetError::EmptyValue {
+                    field: path.to_owned(),
+                })
             }
             Target::Model(l) => nonempty("model", l),
             Target::HardwareTier(l) => nonempty("hardware_tier", l),
             Target::Region(l) => nonempty("region", l),
             Target::DeviceIds(l) => nonempty("device_ids", l),
             _ => Ok(()),
+        }
+    }
+}
+
+/// A target that cannot be evaluated as written; `field` is where it sits in the policy
+/// (e.g. `policy.target.all[1].app_version`).
+#[derive(Debug, thiserror::Error)]
+pub enum TargetError {
+    /// `any` with no predicate, which would match no device.
+    #[error("{field}: give at least one predicate")]
+    EmptyAny { field: String },
+    /// A version predicate that is not a semver requirement.
+    #[error("{field}: {requirement:?} is not a semver requirement: {source}")]
+    NotARequirement {
+        field: String,
+        requirement: String,
+        #[source]
+        source: semver::Error,
+    },
+    /// An id, OS, tag or group predicate with an empty value.
+    #[error("{field}: value is empty")]
+    EmptyValue { field: String },
+    /// A list predicate with no value, or an empty one.
+    #[error("{field}: give at least one non-empty value")]
+    EmptyList { field: String },
+}
+
+impl TargetError {
+    /// Where the offending predicate sits.
+    pub fn field(&self) -> &str {
+        match self {
+            TargetError::EmptyAny { field }
+            | TargetError::NotARequirement { field, .. }
+            | TargetError::EmptyValue { field }
+            | TargetError::EmptyList { field } => field,
         }
     }
 }
@@ -244,16 +289,19 @@ mod tests {
     fn validation_names_the_field() {
         let err = target(r#"{"all": [{"tag": "x"}, {"app_version": ">>5"}]}"#)
             .validate("policy.target")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("policy.target.all[1].app_version"), "{err}");
         let err = target(r#"{"any": []}"#)
             .validate("policy.target")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("policy.target.any"), "{err}");
         assert!(serde_json::from_str::<Target>(r#"{"colour": "red"}"#).is_err());
         let err = target(r#"{"not": {"group": " "}}"#)
             .validate("policy.target")
-            .unwrap_err();
+            .unwrap_err()
+            .to_string();
         assert!(err.starts_with("policy.target.not"), "{err}");
     }
 
