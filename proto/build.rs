@@ -10,6 +10,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={proto}");
     }
     let descriptors = protox::compile(protos, ["."])?;
-    tonic_prost_build::configure().compile_fds(descriptors)?;
+    // The device profile is one type everywhere: the message on the wire, the device's
+    // `[profile]` config and the JSON the cloud stores (`profile::DeviceProfile`). Missing fields
+    // read as empty, as on the wire; the device applies its own defaults on top.
+    tonic_prost_build::configure()
+        .type_attribute(
+            ".walle.device.v1.DeviceProfile",
+            "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",
+        )
+        .compile_fds(descriptors)?;
     Ok(())
 }

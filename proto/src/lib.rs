@@ -2,6 +2,8 @@
 //!
 //! - [`v1`]: the device-plane gRPC protocol (`walle/device/v1/device.proto`), compiled with
 //!   `protox` so no system `protoc` is needed: messages plus tonic client and server.
+//! - [`profile`]: the device profile (the `DeviceProfile` message, also the device's
+//!   `[profile]` config and the cloud's stored JSON) and the limits the cloud applies to it.
 //! - [`manifest`]: `walle.toml`, the task manifest, with validation that names the field at
 //!   fault, and the [`manifest::ReleaseManifest`] the cloud signs.
 //! - [`cron`]: the five-field cron schedules of task timers, evaluated in UTC.
@@ -24,6 +26,7 @@ pub mod crash;
 pub mod cron;
 pub mod event;
 pub mod manifest;
+pub mod profile;
 pub mod report;
 pub mod signing;
 pub mod tunnel;
