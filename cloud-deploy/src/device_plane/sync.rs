@@ -10,7 +10,7 @@ use walle_proto::v1::{
     DesiredTask, InstalledTask, SignedManifest, SyncRequest, SyncResponse, desired_task,
 };
 
-use super::validation::{check_id, check_profile, profile_json, profile_of};
+use super::validation::{check_id, check_profile, profile_json};
 use super::{DevicePlaneService, MAX_BATCH, internal};
 use crate::release::select::{LiveRelease, choose};
 use crate::release::target::Profile;
@@ -86,7 +86,7 @@ pub(super) async fn sync(
         }
     }
     let mut profile = match (profile, seen) {
-        (Some(p), _) => profile_of(p),
+        (Some(p), _) => Profile::from(p.clone()),
         (None, Some(seen)) => serde_json::from_str(&seen.profile_json).unwrap_or_default(),
         (None, None) => Profile::default(),
     };

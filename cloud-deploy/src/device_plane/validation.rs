@@ -3,83 +3,68 @@
 //! the field.
 
 use tonic::Status;
+use walle_proto::profile::{
+    self, MAX_ID_CHARS, MAX_TAGS, MAX_TEXT_CHARS, ProfileError, ProfileValueError,
+};
 use walle_proto::v1::{
     DeviceProfile, Rejected, TaskEvent, TunnelRecord, UploadRequest, task_event,
 };
 
-use crate::release::target::Profile;
 use crate::store::events::{NewRecord, TaskEventRow};
 
 /// Largest accepted tunnel record payload (what a task may declare as its output cap).
 const MAX_RECORD_BYTES: usize = walle_proto::manifest::MAX_OUTPUT_CAP as usize;
-/// Largest accepted identifier (device id, event id, record id, task name, version).
-const MAX_ID_CHARS: usize = 128;
-/// Largest accepted free-text field (profile fields, failure details).
-const MAX_TEXT_CHARS: usize = 4096;
 
+/// An identifier (device id, event id, record id, task name, version): the profile's id rule.
 pub(super) fn check_id(field: &str, value: &str) -> Result<(), Status> {
-    if value.is_empty() {
-        return Err(Status::invalid_argument(format!("`{field}` is empty")));
-    }
-    if value.chars().count() > MAX_ID_CHARS || value.chars().any(char::is_control) {
-        return Err(Status::invalid_argument(format!(
-            "`{field}` must be at most {MAX_ID_CHARS} printable characters"
-        )));
-    }
-    Ok(())
+    profile::check_id(value).map_err(|problem| id_status(field, &problem))
 }
 
+/// Free text (profile values, failure details): the profile's text rule.
 pub(super) fn check_text(field: &str, value: &str) -> Result<(), Status> {
-    if value.chars().count() > MAX_TEXT_CHARS {
-        return Err(Status::invalid_argument(format!(
-            "`{field}` is longer than {MAX_TEXT_CHARS} characters"
-        )));
-    }
-    Ok(())
+    profile::check_text(value).map_err(|_| text_status(field))
 }
 
+fn id_status(field: &str, problem: &ProfileValueError) -> Status {
+    match problem {
+        ProfileValueError::Empty => Status::invalid_argument(format!("`{field}` is empty")),
+        _ => Status::invalid_argument(format!(
+            "`{field}` must be at most {MAX_ID_CHARS} printable characters"
+        )),
+    }
+}
+
+fn text_status(field: &str) -> Status {
+    Status::invalid_argument(format!(
+        "`{field}` is longer than {MAX_TEXT_CHARS} characters"
+    ))
+}
+
+/// The profile of a Register or Sync, within the cloud's limits
+/// ([`DeviceProfile::check_limits`]).
 pub(super) fn check_profile(profile: Option<&DeviceProfile>) -> Result<&DeviceProfile, Status> {
     let p = profile.ok_or_else(|| Status::invalid_argument("`profile` is required"))?;
-    check_id("profile.device_id", &p.device_id)?;
-    check_id("profile.app_id", &p.app_id)?;
-    for (field, value) in [
-        ("profile.app_version", &p.app_version),
-        ("profile.os", &p.os),
-        ("profile.os_version", &p.os_version),
-        ("profile.model", &p.model),
-        ("profile.hardware_tier", &p.hardware_tier),
-        ("profile.region", &p.region),
-    ] {
-        check_text(field, value)?;
-    }
-    if p.tags.len() > 64 {
-        return Err(Status::invalid_argument(
-            "`profile.tags` has more than 64 tags",
-        ));
-    }
-    for tag in &p.tags {
-        check_id("profile.tags[]", tag)?;
-    }
+    p.check_limits().map_err(|e| profile_status(&e))?;
     Ok(p)
 }
 
-pub(super) fn profile_of(p: &DeviceProfile) -> Profile {
-    Profile {
-        device_id: p.device_id.clone(),
-        app_id: p.app_id.clone(),
-        app_version: p.app_version.clone(),
-        os: p.os.clone(),
-        os_version: p.os_version.clone(),
-        model: p.model.clone(),
-        hardware_tier: p.hardware_tier.clone(),
-        region: p.region.clone(),
-        tags: p.tags.clone(),
-        groups: Vec::new(),
+/// A profile's fault in the device plane's words.
+fn profile_status(e: &ProfileError) -> Status {
+    match (e.field, &e.problem) {
+        (_, ProfileValueError::TooManyTags(_)) => {
+            Status::invalid_argument(format!("`profile.tags` has more than {MAX_TAGS} tags"))
+        }
+        ("tags", problem) => id_status("profile.tags[]", problem),
+        (field @ ("device_id" | "app_id"), problem) => {
+            id_status(&format!("profile.{field}"), problem)
+        }
+        (field, _) => text_status(&format!("profile.{field}")),
     }
 }
 
+/// What the cloud stores of a profile (`devices.profile_json`).
 pub(super) fn profile_json(p: &DeviceProfile) -> String {
-    serde_json::to_string(&profile_of(p)).unwrap_or_default()
+    serde_json::to_string(p).unwrap_or_default()
 }
 
 pub(super) fn event_kind_name(kind: i32) -> Option<&'static str> {
@@ -184,4 +169,70 @@ pub(super) fn check_event(index: usize, e: &TaskEvent) -> Result<TaskEventRow, S
         failure: e.failure.clone(),
         count: e.count.min(i64::MAX as u64) as i64,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn phone() -> DeviceProfile {
+        DeviceProfile {
+            device_id: "d1".into(),
+            app_id: "com.example.shop".into(),
+            app_version: "latest".into(),
+            tags: vec!["beta".into()],
+            ..DeviceProfile::default()
+        }
+    }
+
+    fn refusal(edit: fn(&mut DeviceProfile)) -> String {
+        let mut profile = phone();
+        edit(&mut profile);
+        match check_profile(Some(&profile)) {
+            Ok(_) => String::new(),
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::InvalidArgument);
+                status.message().to_owned()
+            }
+        }
+    }
+
+    #[test]
+    fn a_profile_is_refused_in_the_device_planes_words() {
+        // Any app version text is accepted: only the device insists on a comparable one.
+        assert_eq!(refusal(|_| {}), "");
+        assert_eq!(
+            check_profile(None).unwrap_err().message(),
+            "`profile` is required"
+        );
+        for (edit, message) in [
+            (
+                (|p| p.device_id.clear()) as fn(&mut DeviceProfile),
+                "`profile.device_id` is empty",
+            ),
+            (
+                |p| p.app_id = "a\nb".into(),
+                "`profile.app_id` must be at most 128 printable characters",
+            ),
+            (
+                |p| p.device_id = "d".repeat(129),
+                "`profile.device_id` must be at most 128 printable characters",
+            ),
+            (
+                |p| p.region = "r".repeat(4097),
+                "`profile.region` is longer than 4096 characters",
+            ),
+            (
+                |p| p.app_version = "5".repeat(4097),
+                "`profile.app_version` is longer than 4096 characters",
+            ),
+            (
+                |p| p.tags = vec!["t".into(); 65],
+                "`profile.tags` has more than 64 tags",
+            ),
+            (|p| p.tags.push(String::new()), "`profile.tags[]` is empty"),
+        ] {
+            assert_eq!(refusal(edit), message);
+        }
+    }
 }

@@ -17,6 +17,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
+use walle_proto::v1::DeviceProfile;
+
 use super::target::Profile;
 use crate::CloudError;
 use crate::store::fleet::FleetRow;
@@ -37,11 +39,13 @@ pub struct FleetDevice {
 impl FleetDevice {
     fn from_row(row: FleetRow) -> FleetDevice {
         // A profile the cloud stored itself; one that no longer parses still has its id.
-        let mut profile: Profile = serde_json::from_str(&row.profile_json).unwrap_or_default();
-        profile.device_id = row.id;
-        profile.groups = row.groups;
+        let mut device: DeviceProfile = serde_json::from_str(&row.profile_json).unwrap_or_default();
+        device.device_id = row.id;
         FleetDevice {
-            profile,
+            profile: Profile {
+                device,
+                groups: row.groups,
+            },
             running: row.running,
         }
     }

@@ -155,6 +155,7 @@ pub fn choose<'a>(
 mod tests {
     use super::*;
     use crate::release::target::Target;
+    use walle_proto::v1::DeviceProfile;
 
     fn release(id: &str, seq: i64, version: &str, stages: Vec<f64>, priority: i32) -> LiveRelease {
         LiveRelease {
@@ -174,11 +175,11 @@ mod tests {
     }
 
     fn device(i: usize) -> Profile {
-        Profile {
+        Profile::from(DeviceProfile {
             device_id: format!("device-{i}"),
             hardware_tier: if i.is_multiple_of(2) { "high" } else { "low" }.into(),
-            ..Profile::default()
-        }
+            ..DeviceProfile::default()
+        })
     }
 
     fn version_of(releases: &[LiveRelease], p: &Profile) -> Option<String> {

@@ -1,24 +1,49 @@
 //! Targeting: predicates over the device profile, combined with all/any/not.
 
-use serde::{Deserialize, Serialize};
+use std::ops::Deref;
 
-/// The profile fields targeting reads (what devices send at Register and Sync).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use walle_proto::v1::DeviceProfile;
+
+pub use walle_proto::profile::lenient_version;
+
+/// A device as targeting sees it: the profile it sent at Register and Sync, and the named device
+/// groups it is a member of (looked up by the cloud, never sent by the device, never stored with
+/// the profile). Reads of profile fields go through to the [`DeviceProfile`]; its serde form is
+/// the profile's alone.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Profile {
-    pub device_id: String,
-    pub app_id: String,
-    pub app_version: String,
-    pub os: String,
-    pub os_version: String,
-    pub model: String,
-    pub hardware_tier: String,
-    pub region: String,
-    pub tags: Vec<String>,
-    /// Named device groups the device is a member of (looked up by the cloud, never sent by the
-    /// device, never stored with the profile).
-    #[serde(skip)]
+    pub device: DeviceProfile,
     pub groups: Vec<String>,
+}
+
+impl From<DeviceProfile> for Profile {
+    fn from(device: DeviceProfile) -> Profile {
+        Profile {
+            device,
+            groups: Vec::new(),
+        }
+    }
+}
+
+impl Deref for Profile {
+    type Target = DeviceProfile;
+
+    fn deref(&self) -> &DeviceProfile {
+        &self.device
+    }
+}
+
+impl Serialize for Profile {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.device.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Profile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Profile, D::Error> {
+        DeviceProfile::deserialize(d).map(Profile::from)
+    }
 }
 
 /// Which devices a release is for. `{"all": []}` (the default) matches every device.
@@ -61,21 +86,6 @@ impl Default for Target {
     fn default() -> Self {
         Target::All(Vec::new())
     }
-}
-
-/// Reads a version leniently: `14` → 14.0.0, `17.4` → 17.4.0, `5.2.0-beta` as is.
-pub fn lenient_version(text: &str) -> Option<semver::Version> {
-    let text = text.trim();
-    if let Ok(v) = semver::Version::parse(text) {
-        return Some(v);
-    }
-    let parts: Vec<&str> = text.split('.').collect();
-    let padded = match parts.len() {
-        1 => format!("{text}.0.0"),
-        2 => format!("{text}.0"),
-        _ => return None,
-    };
-    semver::Version::parse(&padded).ok()
 }
 
 fn version_satisfies(requirement: &str, version: &str) -> bool {
@@ -241,15 +251,17 @@ mod tests {
 
     fn phone() -> Profile {
         Profile {
-            device_id: "d1".into(),
-            app_id: "shop".into(),
-            app_version: "5.2.0".into(),
-            os: "Android".into(),
-            os_version: "14".into(),
-            model: "Pixel 8".into(),
-            hardware_tier: "high".into(),
-            region: "eu".into(),
-            tags: vec!["beta".into()],
+            device: DeviceProfile {
+                device_id: "d1".into(),
+                app_id: "shop".into(),
+                app_version: "5.2.0".into(),
+                os: "Android".into(),
+                os_version: "14".into(),
+                model: "Pixel 8".into(),
+                hardware_tier: "high".into(),
+                region: "eu".into(),
+                tags: vec!["beta".into()],
+            },
             groups: vec!["qa".into()],
         }
     }
