@@ -5,166 +5,33 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+pub use walle_proto::profile::{
+    MAX_ID_CHARS, MAX_TAGS, MAX_TEXT_CHARS, ProfileError, ProfileValueError, check_app_version,
+    check_id, check_text, lenient_version,
+};
+
 /// The device's description of itself, sent to the cloud at Register and every Sync; release
 /// policies target devices by it (`[profile]` in the TOML file, `--app-id` … on the command
-/// line). [`ProfileConfig::check`] refuses, at start, what the cloud would refuse at Register
-/// and an app version no policy could compare.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ProfileConfig {
-    /// Device id; empty: generated once and kept in the data dir.
-    pub device_id: String,
-    /// Id of the host app, e.g. `com.example.shop`.
-    pub app_id: String,
-    /// Version of the host app, semver (`5.2.0`; `5` and `5.2` read as `5.0.0` and `5.2.0`).
-    pub app_version: String,
-    /// Operating system, e.g. `android`, `ios`.
-    pub os: String,
-    /// Version of the operating system, e.g. `14` or `17.4`.
-    pub os_version: String,
-    /// Device model, e.g. `Pixel 8`.
-    pub model: String,
-    /// Hardware tier, e.g. `low`, `mid`, `high`.
-    pub hardware_tier: String,
-    /// Region, e.g. `eu-west`.
-    pub region: String,
-    /// Free-form tags, e.g. `beta`.
-    pub tags: Vec<String>,
-}
+/// line). It is the protocol's [`DeviceProfile`](walle_proto::profile::DeviceProfile) itself;
+/// its `check` refuses, at start, what the cloud would refuse at Register and an app version no
+/// policy could compare. Its `Default` is the wire's (every field empty): the device's defaults
+/// are [`default_profile`], which [`DeviceConfig::default`] and a `[profile]` table start from.
+pub type ProfileConfig = walle_proto::profile::DeviceProfile;
 
-impl Default for ProfileConfig {
-    fn default() -> Self {
-        ProfileConfig {
-            device_id: String::new(),
-            app_id: "com.example.app".into(),
-            app_version: "1.0.0".into(),
-            os: std::env::consts::OS.into(),
-            os_version: String::new(),
-            model: String::new(),
-            hardware_tier: "mid".into(),
-            region: String::new(),
-            tags: Vec::new(),
-        }
+/// The profile of a device that was told nothing about itself: app `com.example.app` 1.0.0, this
+/// machine's OS, hardware tier `mid`, and a device id generated at first start.
+pub fn default_profile() -> ProfileConfig {
+    ProfileConfig {
+        device_id: String::new(),
+        app_id: "com.example.app".into(),
+        app_version: "1.0.0".into(),
+        os: std::env::consts::OS.into(),
+        os_version: String::new(),
+        model: String::new(),
+        hardware_tier: "mid".into(),
+        region: String::new(),
+        tags: Vec::new(),
     }
-}
-
-/// Longest device id, app id or tag the cloud accepts at Register.
-pub const MAX_ID_CHARS: usize = 128;
-/// Longest other profile value the cloud accepts at Register.
-pub const MAX_TEXT_CHARS: usize = 4096;
-/// Most tags the cloud accepts at Register.
-pub const MAX_TAGS: usize = 64;
-
-/// What is wrong with one profile value (worded to follow the value's name).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ProfileValueError {
-    #[error("must not be empty")]
-    Empty,
-    #[error("must be at most {0} characters")]
-    TooLong(usize),
-    #[error("must not contain control characters")]
-    ControlCharacter,
-    #[error(
-        "{0:?} is not a version like 5.2.0: release policies compare app versions as semver, \
-         so no app_version target could ever match this device"
-    )]
-    NotAVersion(String),
-    #[error("must be at most {MAX_TAGS} tags, not {0}")]
-    TooManyTags(usize),
-}
-
-/// A profile field the cloud would refuse at Register, or could never target.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("profile.{field}: {problem}")]
-pub struct ProfileError {
-    /// The field, as named in the `[profile]` table of the TOML file.
-    pub field: &'static str,
-    pub problem: ProfileValueError,
-}
-
-impl ProfileConfig {
-    /// Checks every field against what the cloud accepts at Register (its limits are mirrored
-    /// here so that a bad value stops the agent at start, not at its first contact with the
-    /// cloud) and the app version against what release targeting can compare. An OS version
-    /// targeting cannot compare is only warned about: its format is the platform's, not the
-    /// app's to choose.
-    pub fn check(&self) -> Result<(), ProfileError> {
-        let at = |field| move |problem| ProfileError { field, problem };
-        if !self.device_id.is_empty() {
-            check_id(&self.device_id).map_err(at("device_id"))?;
-        }
-        check_id(&self.app_id).map_err(at("app_id"))?;
-        check_app_version(&self.app_version).map_err(at("app_version"))?;
-        for (field, value) in [
-            ("os", &self.os),
-            ("os_version", &self.os_version),
-            ("model", &self.model),
-            ("hardware_tier", &self.hardware_tier),
-            ("region", &self.region),
-        ] {
-            check_text(value).map_err(at(field))?;
-        }
-        if self.tags.len() > MAX_TAGS {
-            return Err(at("tags")(ProfileValueError::TooManyTags(self.tags.len())));
-        }
-        for tag in &self.tags {
-            check_id(tag).map_err(at("tags"))?;
-        }
-        if !self.os_version.is_empty() && lenient_version(&self.os_version).is_none() {
-            tracing::warn!(
-                os_version = %self.os_version,
-                "profile.os_version is not a version like 14 or 17.4: \
-                 no os_version target will match this device"
-            );
-        }
-        Ok(())
-    }
-}
-
-/// An id (device id, app id, tag): not empty, at most [`MAX_ID_CHARS`] printable characters.
-pub fn check_id(value: &str) -> Result<(), ProfileValueError> {
-    if value.is_empty() {
-        return Err(ProfileValueError::Empty);
-    }
-    if value.chars().count() > MAX_ID_CHARS {
-        return Err(ProfileValueError::TooLong(MAX_ID_CHARS));
-    }
-    if value.chars().any(char::is_control) {
-        return Err(ProfileValueError::ControlCharacter);
-    }
-    Ok(())
-}
-
-/// Other profile text: at most [`MAX_TEXT_CHARS`] characters, may be empty.
-pub fn check_text(value: &str) -> Result<(), ProfileValueError> {
-    if value.chars().count() > MAX_TEXT_CHARS {
-        return Err(ProfileValueError::TooLong(MAX_TEXT_CHARS));
-    }
-    Ok(())
-}
-
-/// The app version: one release targeting can compare (see [`lenient_version`]).
-pub fn check_app_version(value: &str) -> Result<(), ProfileValueError> {
-    check_text(value)?;
-    match lenient_version(value) {
-        Some(_) => Ok(()),
-        None => Err(ProfileValueError::NotAVersion(value.to_owned())),
-    }
-}
-
-/// Reads a version as release targeting does (the cloud's `release::target::lenient_version`):
-/// `14` → 14.0.0, `17.4` → 17.4.0, `5.2.0-beta` as is.
-pub fn lenient_version(text: &str) -> Option<semver::Version> {
-    let text = text.trim();
-    if let Ok(v) = semver::Version::parse(text) {
-        return Some(v);
-    }
-    let padded = match text.split('.').count() {
-        1 => format!("{text}.0.0"),
-        2 => format!("{text}.0"),
-        _ => return None,
-    };
-    semver::Version::parse(&padded).ok()
 }
 
 /// Everything the agent needs. Every field has a default except the device id, which is
@@ -219,6 +86,9 @@ pub struct DeviceConfig {
     pub restart_after_lost_threads: usize,
     /// Heap bytes the lost threads' tasks may hold before the same; 0 never asks.
     pub restart_after_lost_bytes: u64,
+    /// The fields a `[profile]` table gives replace those of [`default_profile`]; other keys are
+    /// refused.
+    #[serde(deserialize_with = "profile_over_defaults")]
     pub profile: ProfileConfig,
 }
 
@@ -244,7 +114,7 @@ impl Default for DeviceConfig {
             rollback_after_failures: 3,
             restart_after_lost_threads: 2,
             restart_after_lost_bytes: 256 << 20,
-            profile: ProfileConfig::default(),
+            profile: default_profile(),
         }
     }
 }
@@ -274,6 +144,33 @@ impl DeviceConfig {
             .map_err(|e| crate::AgentError::Config(format!("{}: {e}", path.display())))?;
         Ok(config)
     }
+}
+
+/// A `[profile]` table: [`default_profile`] with the fields it gives replaced, refusing any other
+/// key as `deny_unknown_fields` would. The table goes through JSON values so the fields are
+/// listed only in the profile type.
+fn profile_over_defaults<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<ProfileConfig, D::Error> {
+    use serde::de::Error;
+    let given = serde_json::Map::<String, serde_json::Value>::deserialize(d)?;
+    if let Some(unknown) = given
+        .keys()
+        .find(|key| !ProfileConfig::FIELDS.contains(&key.as_str()))
+    {
+        return Err(D::Error::unknown_field(unknown, ProfileConfig::FIELDS));
+    }
+    let mut profile = match serde_json::to_value(default_profile()) {
+        Ok(serde_json::Value::Object(fields)) => fields,
+        Ok(other) => {
+            return Err(D::Error::custom(format!(
+                "the default profile is not a table: {other}"
+            )));
+        }
+        Err(e) => return Err(D::Error::custom(e)),
+    };
+    profile.extend(given);
+    serde_json::from_value(serde_json::Value::Object(profile)).map_err(D::Error::custom)
 }
 
 /// `ingest_addr` in TOML: an address, or `"off"`.
@@ -337,9 +234,9 @@ mod tests {
 
     #[test]
     fn a_profile_the_cloud_would_refuse_is_refused_with_its_field() {
-        assert_eq!(ProfileConfig::default().check(), Ok(()));
+        assert_eq!(default_profile().check(), Ok(()));
         let with = |edit: fn(&mut ProfileConfig)| {
-            let mut profile = ProfileConfig::default();
+            let mut profile = default_profile();
             edit(&mut profile);
             profile.check()
         };
@@ -367,6 +264,32 @@ mod tests {
         assert_eq!(err.problem, ProfileValueError::TooManyTags(MAX_TAGS + 1));
         let err = with(|p| p.region = "r".repeat(MAX_TEXT_CHARS + 1)).unwrap_err();
         assert_eq!(err.field, "region");
+    }
+
+    #[test]
+    fn a_profile_table_replaces_only_the_fields_it_gives() {
+        let config: DeviceConfig = toml::from_str("[profile]\nregion = \"eu-west\"\n").unwrap();
+        assert_eq!(
+            config.profile,
+            ProfileConfig {
+                region: "eu-west".into(),
+                ..default_profile()
+            }
+        );
+        let config: DeviceConfig = toml::from_str("").unwrap();
+        assert_eq!(config.profile, default_profile());
+        let err = toml::from_str::<DeviceConfig>("[profile]\ncolour = \"red\"\n").unwrap_err();
+        assert!(
+            err.message()
+                .starts_with("unknown field `colour`, expected one of `device_id`, `app_id`"),
+            "{err}"
+        );
+        let err = toml::from_str::<DeviceConfig>("[profile]\ntags = \"beta\"\n").unwrap_err();
+        assert!(err.message().contains("invalid type"), "{err}");
+        // What is written out reads back.
+        let back: DeviceConfig =
+            toml::from_str(&toml::to_string(&DeviceConfig::default()).unwrap()).unwrap();
+        assert_eq!(back.profile, default_profile());
     }
 
     #[test]

@@ -130,7 +130,7 @@ async fn device(fleet: &Fleet, data_dir: &Path) -> Agent {
         rollback_after_failures: 0,
         profile: ProfileConfig {
             device_id: "hostile-host".into(),
-            ..Default::default()
+            ..walle_device::config::default_profile()
         },
         ..Default::default()
     })
@@ -244,7 +244,7 @@ async fn a_version_whose_module_code_runs_to_its_deadline_holds_up_no_other_inst
         vm_threads: 2,
         profile: ProfileConfig {
             device_id: "installer".into(),
-            ..Default::default()
+            ..walle_device::config::default_profile()
         },
         ..Default::default()
     })

@@ -96,7 +96,7 @@ async fn restart_first_demo_device(cloud_url: &str, data_dir: &Path) -> walle_de
         profile: walle_device::ProfileConfig {
             device_id: "demo-device-1".into(),
             app_id: "com.example.shop".into(),
-            ..Default::default()
+            ..walle_device::config::default_profile()
         },
         ..Default::default()
     })
@@ -618,7 +618,7 @@ async fn a_device_and_the_sdk_work_with_a_tls_cloud() {
         vm_threads: 1,
         profile: walle_device::ProfileConfig {
             device_id: "tls-phone".into(),
-            ..Default::default()
+            ..walle_device::config::default_profile()
         },
         ..Default::default()
     })
@@ -1056,7 +1056,7 @@ async fn runs_dropped_by_a_full_queue_are_counted_and_reported_to_the_cloud() {
         run_queue: 1,
         profile: walle_device::ProfileConfig {
             device_id: "small-queue".into(),
-            ..Default::default()
+            ..walle_device::config::default_profile()
         },
         ..Default::default()
     })
@@ -1259,7 +1259,7 @@ async fn a_task_over_its_own_queue_limit_drops_its_runs_and_not_the_other_tasks(
         vm_threads: 2,
         profile: walle_device::ProfileConfig {
             device_id: "two-tasks".into(),
-            ..Default::default()
+            ..walle_device::config::default_profile()
         },
         ..Default::default()
     })
