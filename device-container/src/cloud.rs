@@ -62,18 +62,11 @@ fn endpoint(config: &DeviceConfig) -> Result<Endpoint, AgentError> {
         .map_err(|e| AgentError::Config(format!("TLS with cloud_ca_cert {}: {e}", ca.display())))
 }
 
-/// How this device describes itself at Register and Sync.
+/// How this device describes itself at Register and Sync: its configured profile, with the
+/// device id it settled on.
 pub(crate) fn profile(config: &DeviceConfig, device_id: &str) -> DeviceProfile {
-    let p = &config.profile;
     DeviceProfile {
         device_id: device_id.to_owned(),
-        app_id: p.app_id.clone(),
-        app_version: p.app_version.clone(),
-        os: p.os.clone(),
-        os_version: p.os_version.clone(),
-        model: p.model.clone(),
-        hardware_tier: p.hardware_tier.clone(),
-        region: p.region.clone(),
-        tags: p.tags.clone(),
+        ..config.profile.clone()
     }
 }
