@@ -3,12 +3,17 @@
 # ingesting 1,000 events/s through the local endpoint, and on-disk bytes per 1,000 stored events.
 # Release binaries: builds them into CARGO_TARGET_DIR (default ~/.cache/walle-bench-target).
 #   bash bench/device/run.sh [SECONDS_OF_INGEST (30)] [EVENTS_PER_SECOND (1000)]
+# BENCH_BIN=DIR uses the walle-cloud, walle-device and walle binaries in DIR instead of building.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/walle-bench-target}"
 seconds="${1:-30}"; rate="${2:-1000}"
-cargo build --release -p walle-cloud -p walle-device -p walle-sdk --bins >&2
-bin="$CARGO_TARGET_DIR/release"
+if [ -n "${BENCH_BIN:-}" ]; then
+  bin="$BENCH_BIN"   # binaries built beforehand, e.g. to compare two commits
+else
+  cargo build --release -p walle-cloud -p walle-device -p walle-sdk --bins >&2
+  bin="$CARGO_TARGET_DIR/release"
+fi
 work="$(mktemp -d)"; pids=()
 cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
