@@ -932,8 +932,11 @@ async fn operator_actions_preview_and_invalid_policies(backend: Backend) {
         let (_, status) = op
             .call("GET", &format!("/v1/releases/{previewed}"), None)
             .await;
+        // A stage the preview gives nobody lists no count for the version (10 % of 30 devices
+        // is none about one time in 25).
         assert_eq!(
-            status["stats"]["targeted"], stages[stage]["versions"]["2.0.0"],
+            status["stats"]["targeted"].as_u64(),
+            Some(stages[stage]["versions"]["2.0.0"].as_u64().unwrap_or(0)),
             "stage {stage}: {status}"
         );
         op.call("POST", &format!("/v1/releases/{previewed}/advance"), None)
