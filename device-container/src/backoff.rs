@@ -8,13 +8,39 @@ use crate::random;
 /// of the current step ("equal jitter"), so a fleet that lost the cloud at the same moment does
 /// not come back in lockstep.
 #[derive(Debug, Clone)]
-pub(crate) struct Backoff {
+pub struct Backoff {
     min: Duration,
     max: Duration,
     step: Duration,
 }
 
+/// Shortest spread of the first reconnect after a lost session (see [`after_loss`]).
+const MIN_LOSS_SPREAD: Duration = Duration::from_secs(2);
+/// Longest spread of the first reconnect after a lost session.
+const MAX_LOSS_SPREAD: Duration = Duration::from_secs(300);
+
+/// How long to wait before the first reconnect after an established session was lost: a
+/// uniformly random time within the cloud's pace window (at least 2 s). When a cloud restarts
+/// or a replica dies, every device it held loses its stream at the same moment; drawing the
+/// first attempt from the window the cloud spreads fleet-wide events over (it sizes that for its
+/// fleet) keeps them from coming back in one instant. Later attempts follow [`Backoff`].
+pub fn after_loss(pace_window: Duration) -> Duration {
+    let window = pace_window.clamp(MIN_LOSS_SPREAD, MAX_LOSS_SPREAD);
+    random::jitter(window.as_millis() as u64)
+}
+
+/// Shortest and longest delay between attempts to reach the cloud.
+const RECONNECT_MIN: Duration = Duration::from_millis(200);
+const RECONNECT_MAX: Duration = Duration::from_secs(30);
+
 impl Backoff {
+    /// The policy the agent reconnects to the cloud with (and `walle fleet simulate`'s devices,
+    /// so what the simulator measures about reconnect storms holds for real devices).
+    pub fn reconnect() -> Backoff {
+        Backoff::new(RECONNECT_MIN, RECONNECT_MAX)
+    }
+
+    /// Delays from `min` doubling up to `max`.
     pub fn new(min: Duration, max: Duration) -> Backoff {
         Backoff {
             min,
@@ -53,5 +79,27 @@ mod tests {
         }
         backoff.reset();
         assert!(backoff.next_delay() <= min);
+    }
+
+    #[test]
+    fn a_reconnect_after_a_loss_is_drawn_from_the_pace_window_within_bounds() {
+        let draws: Vec<Duration> = (0..2000)
+            .map(|_| after_loss(Duration::from_secs(10)))
+            .collect();
+        assert!(draws.iter().all(|d| *d < Duration::from_secs(10)));
+        // Spread over the window, not bunched: each tenth of it gets a share.
+        for tenth in 0..10 {
+            let low = Duration::from_secs(tenth);
+            let count = draws
+                .iter()
+                .filter(|d| **d >= low && **d < low + Duration::from_secs(1))
+                .count();
+            assert!(
+                (100..300).contains(&count),
+                "{count} draws in second {tenth}"
+            );
+        }
+        assert!((0..100).all(|_| after_loss(Duration::ZERO) < MIN_LOSS_SPREAD));
+        assert!((0..100).all(|_| after_loss(Duration::from_secs(9999)) < MAX_LOSS_SPREAD));
     }
 }

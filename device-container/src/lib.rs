@@ -47,7 +47,7 @@
 
 mod activation;
 pub mod agent;
-mod backoff;
+pub mod backoff;
 mod clock;
 mod cloud;
 pub mod config;

@@ -79,14 +79,15 @@ pub(super) async fn subscribe(
 ) -> Result<Response<ReceiverStream<Result<Notice, Status>>>, Status> {
     let device = service.authenticate(&request).await?;
     let receiver = service.state.hub.subscribe(&device);
-    // The device syncs on HELLO, which covers anything it missed while disconnected.
+    // The device syncs as it connects, which covers anything it missed while disconnected;
+    // HELLO tells it the pace window, over which it spreads a reconnect after losing the stream.
     service.state.hub.notify_one_fresh(
         &device,
         Notice {
             kind: notice::Kind::Hello as i32,
             task: String::new(),
             release_id: String::new(),
-            pace_window_ms: 0,
+            pace_window_ms: service.state.config.pace_window_ms,
         },
     );
     tracing::debug!(%device, "device subscribed");

@@ -19,7 +19,7 @@ mod session;
 mod sync;
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
@@ -57,6 +57,8 @@ pub(crate) struct Activation {
     cache: Mutex<CacheStatus>,
     recent_failures: Mutex<VecDeque<String>>,
     connected: AtomicBool,
+    /// The cloud's pace window, from its last HELLO: a reconnect after a loss is spread over it.
+    pace_window_ms: AtomicU32,
     /// The session's client while connected, for the uplink.
     client: watch::Sender<Option<Client>>,
 }
@@ -91,6 +93,7 @@ impl Activation {
             cache: Mutex::new(CacheStatus::default()),
             recent_failures: Mutex::new(VecDeque::new()),
             connected: AtomicBool::new(false),
+            pace_window_ms: AtomicU32::new(0),
             client: parts.client,
         })
     }

@@ -12,19 +12,16 @@ use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
-use walle_proto::v1::{RegisterRequest, SubscribeRequest};
+use walle_proto::v1::{RegisterRequest, SubscribeRequest, notice};
 
 use super::Activation;
 use crate::backoff::Backoff;
 use crate::credential::{self, Credential};
 use crate::{AgentError, cloud, random};
 
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(30);
-
 /// Runs sessions until stopped.
 pub(crate) async fn run(activation: Arc<Activation>, mut stop: watch::Receiver<bool>) {
-    let mut backoff = Backoff::new(BACKOFF_MIN, BACKOFF_MAX);
+    let mut backoff = Backoff::reconnect();
     loop {
         let outcome = tokio::select! {
             outcome = session(&activation) => outcome,
@@ -35,10 +32,13 @@ pub(crate) async fn run(activation: Arc<Activation>, mut stop: watch::Receiver<b
         if let Err(e) = outcome {
             tracing::warn!(device = %activation.device_id, error = %e, "cloud session ended");
         }
-        if was_connected {
+        let delay = if was_connected {
             backoff.reset();
-        }
-        let delay = backoff.next_delay();
+            let window = activation.pace_window_ms.load(Ordering::Relaxed);
+            crate::backoff::after_loss(Duration::from_millis(u64::from(window)))
+        } else {
+            backoff.next_delay()
+        };
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
             _ = stop.wait_for(|s| *s) => return,
@@ -78,6 +78,12 @@ async fn session(activation: &Activation) -> Result<(), AgentError> {
                 let notice = message
                     .map_err(|s| AgentError::Rpc("subscribe stream", s))?
                     .ok_or_else(|| AgentError::Transport("cloud closed the notice stream".into()))?;
+                if notice.kind == notice::Kind::Hello as i32 {
+                    // The sync on connect (above) already caught up; HELLO tells the cloud's
+                    // pace window, over which a reconnect after a loss is spread.
+                    activation.pace_window_ms.store(notice.pace_window_ms, Ordering::Relaxed);
+                    continue;
+                }
                 tokio::time::sleep(random::jitter(u64::from(notice.pace_window_ms))).await;
                 activation.sync_and_apply(&mut client).await?;
             }
