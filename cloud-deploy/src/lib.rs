@@ -18,6 +18,7 @@ pub mod catalog;
 pub mod config;
 pub mod control;
 pub mod device_plane;
+pub mod limits;
 pub mod notify;
 pub mod release;
 pub mod secrets;
