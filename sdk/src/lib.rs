@@ -8,6 +8,8 @@
 //! - [`validate`]: checking a task folder (manifest, bundle, script syntax, loading) before it
 //!   leaves the author's machine (`walle task validate`, and first in pack, publish and test).
 //! - [`demo`]: `walle demo`, a cloud and devices in one process, end to end.
+//! - [`simulate`]: `walle fleet simulate`, many lightweight devices speaking the real device
+//!   plane to a real cloud, for scale and fault tests.
 //! - [`events`]: synthetic user-behaviour streams with independently computed expectations.
 //!
 //! Packing and manifest validation come from `walle_proto::bundle`, the same code the cloud
@@ -19,4 +21,5 @@ pub mod client;
 pub mod demo;
 pub mod events;
 pub mod local;
+pub mod simulate;
 pub mod validate;

@@ -4,6 +4,7 @@
 //! - [`init`]: `walle task init`, a new task folder with its test and the module's stubs;
 //! - [`release`]: releases — list, preview, create, status, the operator verbs, watch;
 //! - [`fleet`]: devices and device groups;
+//! - [`simulate`]: `walle fleet simulate`, a simulated fleet against a real cloud;
 //! - [`records`]: what tasks uploaded through the tunnel;
 //! - [`profile`]: `walle login` and the saved profiles;
 //! - [`output`]: tables for people, JSON (`--output json`) for scripts.
@@ -16,6 +17,7 @@ pub mod output;
 pub mod profile;
 pub mod records;
 pub mod release;
+pub mod simulate;
 pub mod task;
 
 use std::path::PathBuf;
@@ -112,6 +114,9 @@ enum Command {
     /// Named device groups that releases can target.
     #[command(subcommand)]
     Groups(fleet::GroupsCommand),
+    /// Simulated device fleets, for scale and fault tests of a cloud.
+    #[command(subcommand)]
+    Fleet(simulate::FleetCommand),
     /// Read what tasks uploaded through the tunnel.
     #[command(subcommand)]
     Records(records::RecordsCommand),
@@ -214,6 +219,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(command) => fleet::run_devices(command, &global).await,
         Command::Groups(command) => fleet::run_groups(command, &global).await,
         Command::Records(command) => records::run(command, &global).await,
+        Command::Fleet(command) => simulate::run(command, &global).await,
         Command::Login => login(&global).await,
         Command::Logout { name } => logout(name),
         Command::Profiles => profiles(global.format()),
