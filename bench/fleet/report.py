@@ -1,13 +1,30 @@
-"""Turns one fleet run (the simulator's JSON summary and the /proc samples) into a table row.
+"""Turns one fleet run (the simulator's JSON summary, its progress lines and the /proc samples)
+into a table row.
 
-    python3 report.py SIM.json SAMPLES.csv CLOUD_PID SIM_PID BACKEND PACE_MS
+    python3 report.py SIM.json SIM.err SAMPLES.csv CLOUD_PID SIM_PID BACKEND PACE_MS
 """
 import csv
 import json
+import re
 import sys
 
-sim_path, samples_path, cloud_pid, sim_pid, backend, pace_ms = sys.argv[1:7]
+sim_path, progress_path, samples_path, cloud_pid, sim_pid, backend, pace_ms = sys.argv[1:8]
 summary = json.load(open(sim_path))
+
+
+def release_peaks(path):
+    """Peak syncs/s, installs/s and MB/s over the progress lines after the release was created."""
+    peaks, released = [0.0, 0.0, 0.0], False
+    for line in open(path):
+        if line.startswith("release ") and " created" in line:
+            released = True
+        m = re.search(r"\| (\d+) syncs/s (\d+) installs/s ([\d.]+) MB/s", line)
+        if released and m:
+            peaks = [max(p, float(v)) for p, v in zip(peaks, m.groups())]
+    return peaks
+
+
+sync_peak, install_peak, mb_peak = release_peaks(progress_path)
 ticks_per_sec = 100  # os.sysconf("SC_CLK_TCK") on Linux
 rows = {}
 for row in csv.DictReader(open(samples_path)):
@@ -50,8 +67,8 @@ print(
     f"{summary['connect_ms'] / 1000:.1f} s | {mb(idle_rss):.0f} MB | "
     f"{(idle_rss - base_rss) / max(connections, 1):.1f} KB | {mb(peak_rss):.0f} MB | "
     f"{secs(r.get('time_to_50_percent_ms'))} / {secs(r.get('time_to_90_percent_ms'))} / "
-    f"{secs(r.get('time_to_99_percent_ms'))} | {peaks['syncs_per_sec']:.0f} | "
-    f"{peaks['notices_per_sec']:.0f} | {peaks['bundle_bytes_per_sec'] / 1e6:.1f} MB/s | "
+    f"{secs(r.get('time_to_99_percent_ms'))} | {sync_peak:.0f} | {install_peak:.0f} | "
+    f"{peaks['notices_per_sec']:.0f} | {mb_peak:.1f} MB/s | "
     f"{cpu_release:.1f} s in {release_secs:.0f} s ({cpu_release / max(release_secs, 1e-9) * 100:.0f} %) | "
     f"{mb(client_peak):.0f} MB |"
 )

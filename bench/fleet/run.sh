@@ -52,4 +52,4 @@ if ! wait "$sim"; then
 fi
 kill "$sampler" 2>/dev/null || true; wait "$sampler" 2>/dev/null || true
 [ -n "${BENCH_KEEP:-}" ] && cp "$work/sim.json" "$work/sim.err" "$work/samples.csv" "$BENCH_KEEP/"
-python3 bench/fleet/report.py "$work/sim.json" "$work/samples.csv" "$cloud" "$sim" "$backend" "$pace_ms"
+python3 bench/fleet/report.py "$work/sim.json" "$work/sim.err" "$work/samples.csv" "$cloud" "$sim" "$backend" "$pace_ms"

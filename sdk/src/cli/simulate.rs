@@ -294,6 +294,9 @@ async fn simulate(args: SimulateArgs, global: &GlobalArgs) -> anyhow::Result<()>
     outcome
 }
 
+/// How often a timed release's status is read from the cloud.
+const STATUS_PERIOD: Duration = Duration::from_secs(5);
+
 /// Creates the release, then waits until `until` percent of its targeted devices installed it
 /// (or it aborts); returns the timings.
 async fn timed_release(
@@ -314,9 +317,15 @@ async fn timed_release(
     eprintln!("release {id} of {task}@{version} created");
     let deadline = start + timeout;
     let mut status = Value::Null;
+    let mut asked = start;
     loop {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        status = client.release_status(&id).await.unwrap_or(status);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // The release's statistics cost the cloud a walk over the fleet: ask for them every
+        // few seconds (for the targeted count and an abort), not at every check.
+        if status.is_null() || asked.elapsed() >= STATUS_PERIOD {
+            status = client.release_status(&id).await.unwrap_or(status);
+            asked = Instant::now();
+        }
         let targeted = status["stats"]["targeted"].as_u64().unwrap_or(0) as f64;
         let installed = simulation.snapshot().watched_installed as f64;
         let state = status["state"].as_str().unwrap_or_default();
@@ -327,6 +336,7 @@ async fn timed_release(
             break;
         }
     }
+    status = client.release_status(&id).await.unwrap_or(status);
     let targeted = status["stats"]["targeted"].as_u64().unwrap_or(0) as usize;
     let of = if targeted > 0 {
         targeted
