@@ -153,9 +153,15 @@ impl BundleStore {
         Ok(BundleStore { store, location })
     }
 
-    /// Lists the bundle prefix once, so a wrong bucket, endpoint or credential fails the start
-    /// instead of the first upload.
-    async fn check_reachable(&self) -> Result<(), CloudError> {
+    /// Where the store is: `file:///…` or `s3://bucket/prefix`.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// Lists the bundle prefix (one cheap call, whatever the number of bundles): at start, so
+    /// a wrong bucket, endpoint or credential fails the start instead of the first upload, and
+    /// for `/v1/health`.
+    pub async fn check_reachable(&self) -> Result<(), CloudError> {
         self.store
             .list_with_delimiter(Some(&ObjectPath::from("bundles")))
             .await

@@ -82,6 +82,12 @@ impl CloudConfig {
         })
     }
 
+    /// Where tunnel records (`Upload`) are stored, as the start-up log names it: today always
+    /// the metadata database.
+    pub fn records_sink_name(&self) -> &'static str {
+        "database"
+    }
+
     /// The database URL in effect.
     pub fn database_url(&self) -> String {
         self.database_url.clone().unwrap_or_else(|| {

@@ -8,7 +8,8 @@
 //!
 //! State lives in a SQL database ([`store`], SQLite by default), bundles in an object store
 //! ([`bundles`], the local filesystem by default), and the ed25519 publisher key that signs every
-//! manifest in the data dir ([`secrets`]).
+//! manifest in the data dir ([`secrets`]). What an operator's monitoring reads — `/metrics`,
+//! `/v1/health`, `/v1/ready` — is counted in [`metrics`] and served by the control plane.
 //!
 //! This crate must not run task code or know how devices execute tasks.
 
@@ -19,6 +20,7 @@ pub mod config;
 pub mod control;
 pub mod device_plane;
 pub mod limits;
+pub mod metrics;
 pub mod notify;
 pub mod release;
 pub mod secrets;
@@ -172,6 +174,8 @@ pub struct AppState {
     pub bundles: bundles::BundleStore,
     pub publisher: Arc<Publisher>,
     pub hub: notify::NoticeHub,
+    /// What `/metrics` exposes; the device plane and the notice hub count into it.
+    pub metrics: metrics::Metrics,
     /// sha256 of the operator (admin) token.
     pub admin_token_hash: String,
     /// Identifies this process among replicas (e.g. as lease holder).
@@ -227,12 +231,14 @@ impl Cloud {
         let db = store::Db::connect(&config.database_url()).await?;
         let bundles = bundles::BundleStore::open(&config.bundle_store, &config.data_dir).await?;
         let (stop, stopped) = watch::channel(false);
+        let metrics = metrics::Metrics::new();
         let state = AppState {
             config: Arc::new(config.clone()),
             db,
             bundles,
             publisher: Arc::new(publisher),
-            hub: notify::NoticeHub::default(),
+            hub: notify::NoticeHub::new(metrics.notices_sent()),
+            metrics,
             admin_token_hash: secrets::token_hash(&admin_token),
             replica_id: format!("replica-{}", hex::encode(secrets::random_bytes::<6>()?)),
             controller_active: Arc::new(AtomicBool::new(false)),
@@ -275,7 +281,16 @@ impl Cloud {
             )));
         }
         tokio::spawn(warm_fleet(state.clone()));
-        tracing::info!(%http_addr, %grpc_addr, data_dir = %config.data_dir.display(), "walle-cloud started");
+        tracing::info!(
+            %http_addr,
+            %grpc_addr,
+            data_dir = %config.data_dir.display(),
+            database = %state.db.display_url(),
+            bundle_store = %state.bundles.location(),
+            records_sink = config.records_sink_name(),
+            enrollment = if config.open_enrollment { "open" } else { "closed" },
+            "walle-cloud started"
+        );
         Ok(Cloud {
             http_addr,
             grpc_addr,

@@ -1,5 +1,6 @@
 //! `walle-cloud`: the Walle cloud server.
 
+use std::io::{IsTerminal, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -27,8 +28,34 @@ enum Command {
     Openapi,
 }
 
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people (coloured only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs to stderr in `format`, at the levels `RUST_LOG` sets [default: info].
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 #[derive(clap::Args)]
 struct ServeArgs {
+    /// Log format on stderr; the levels come from RUST_LOG (e.g. `info`,
+    /// `walle_cloud=debug,sqlx=warn`) [default: text].
+    #[arg(long, env = "WALLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, hide_default_value = true)]
+    log_format: LogFormat,
     /// TOML config file; flags below override its values.
     #[arg(long, env = "WALLE_CLOUD_CONFIG")]
     config: Option<PathBuf>,
@@ -93,21 +120,14 @@ fn parse_bundle_store(value: &str) -> Result<BundleStoreConfig, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
     let args = match Cli::parse().command {
         Command::Serve(args) => *args,
         Command::Openapi => {
-            let doc = walle_cloud::control::openapi()
-                .to_pretty_json()
-                .context("encoding the OpenAPI document")?;
-            println!("{doc}");
-            return Ok(());
+            init_logging(LogFormat::Text);
+            return print_openapi();
         }
     };
+    init_logging(args.log_format);
     let mut config = match &args.config {
         Some(path) => CloudConfig::from_toml_file(path)?,
         None => CloudConfig::default(),
@@ -152,6 +172,19 @@ async fn main() -> anyhow::Result<()> {
     eprintln!("walle-cloud: stopping");
     cloud.shutdown().await;
     Ok(())
+}
+
+/// Writes the OpenAPI document to stdout. A reader that stops early (`walle-cloud openapi |
+/// head`) has taken what it wanted: a closed pipe ends the program quietly, with success.
+fn print_openapi() -> anyhow::Result<()> {
+    let doc = walle_cloud::control::openapi()
+        .to_pretty_json()
+        .context("encoding the OpenAPI document")?;
+    let mut out = std::io::stdout().lock();
+    match writeln!(out, "{doc}").and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        written => written.context("writing the OpenAPI document to stdout"),
+    }
 }
 
 /// Waits for Ctrl-C or, on Unix, SIGTERM (what a service manager sends to stop a service).

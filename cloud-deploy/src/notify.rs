@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
 use tonic::Status;
 use walle_proto::v1::Notice;
@@ -22,9 +23,19 @@ pub struct NoticeHub {
     /// Counts notices seen by this replica: what devices should run may have changed since the
     /// count moved (see [`crate::served_cache`]).
     changes: Arc<AtomicU64>,
+    /// Counts notices handed to device streams (a metric, see [`crate::metrics`]).
+    sent: Counter,
 }
 
 impl NoticeHub {
+    /// A hub that counts the notices it hands to device streams in `sent`.
+    pub fn new(sent: Counter) -> NoticeHub {
+        NoticeHub {
+            sent,
+            ..NoticeHub::default()
+        }
+    }
+
     /// The change counter; it moves whenever a notice is published or delivered here.
     pub fn changes(&self) -> u64 {
         self.changes.load(Ordering::SeqCst)
@@ -48,8 +59,10 @@ impl NoticeHub {
     /// Sends a notice to the newest stream of one device (e.g. the HELLO on a fresh stream).
     pub fn notify_one_fresh(&self, device_id: &str, notice: Notice) {
         let map = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(sender) = map.get(device_id).and_then(|senders| senders.last()) {
-            let _ = sender.try_send(Ok(notice));
+        if let Some(sender) = map.get(device_id).and_then(|senders| senders.last())
+            && sender.try_send(Ok(notice)).is_ok()
+        {
+            self.sent.inc();
         }
     }
 
@@ -67,6 +80,7 @@ impl NoticeHub {
             }
         }
         map.retain(|_, senders| !senders.is_empty());
+        self.sent.inc_by(delivered as u64);
         delivered
     }
 

@@ -1207,8 +1207,10 @@ const OPERATIONS: &[(&str, &str)] = &[
     ("DELETE", "/v1/groups/{name}"),
     ("GET", "/v1/groups/{name}"),
     ("POST", "/v1/groups/{name}/members"),
+    ("GET", "/v1/health"),
     ("GET", "/v1/me"),
     ("GET", "/v1/overview"),
+    ("GET", "/v1/ready"),
     ("GET", "/v1/records"),
     ("GET", "/v1/records/export"),
     ("GET", "/v1/releases"),
@@ -1246,8 +1248,17 @@ async fn openapi_document_matches_the_routes_and_fuzzing_finds_no_server_error()
         for method in ["get", "post", "put", "delete", "patch"] {
             if let Some(operation) = item.get(method) {
                 documented.push((method.to_uppercase(), path.clone()));
-                assert!(
+                // Public operations say so with an empty requirement list, and cannot be
+                // refused a token; every other one can.
+                let public = operation.get("security") == Some(&json!([]));
+                assert_eq!(
+                    public,
+                    ["/v1/health", "/v1/ready"].contains(&path.as_str()),
+                    "{method} {path}"
+                );
+                assert_eq!(
                     operation["responses"].get("401").is_some(),
+                    !public,
                     "{method} {path}"
                 );
             }
@@ -1279,7 +1290,13 @@ async fn openapi_document_matches_the_routes_and_fuzzing_finds_no_server_error()
         );
     }
     let (status, body) = http.get("/v1/not-a-route").await;
-    assert_eq!((status, body), (StatusCode::NOT_FOUND, Value::Null));
+    assert_eq!(
+        (status, body),
+        (
+            StatusCode::NOT_FOUND,
+            json!({"error": "no such route: GET /v1/not-a-route"})
+        )
+    );
 
     // A property-based run from the document (schemathesis, installed by scripts/setup.sh):
     // examples, boundary values, random and stateful sequences. It must find no 5xx, and every

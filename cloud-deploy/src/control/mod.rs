@@ -1,12 +1,15 @@
 //! The control plane: HTTP/JSON API for operators, the web console and the `walle` CLI.
 //!
-//! Every `/v1` route except `/v1/health` needs `Authorization: Bearer <operator token>` and the
-//! role [`crate::auth`] names for it; every mutating call is written to the audit log.
+//! Every `/v1` route except `/v1/health`, `/v1/ready` and `/v1/openapi.json` needs
+//! `Authorization: Bearer <operator token>` and the role [`crate::auth`] names for it; every
+//! mutating call is written to the audit log. `/metrics` (Prometheus) needs no token either.
+//! An unknown `/v1` route answers 404 with the same JSON error body as every other error.
 
 mod admin;
 mod console;
 mod devices;
 mod groups;
+mod ops;
 mod overview;
 mod records;
 mod releases;
@@ -94,9 +97,17 @@ impl utoipa::Modify for OperatorAuth {
     }
 }
 
-/// The operator API: its axum router (without authentication) and its OpenAPI document,
-/// built from the same route list so the two cannot drift apart.
-fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+/// The API's routers and its OpenAPI document, built from the same route lists so the two
+/// cannot drift apart.
+struct Api {
+    /// The operator API, without its authentication layer.
+    operator: Router<AppState>,
+    /// The routes that need no token (health, readiness).
+    public: Router<AppState>,
+    doc: utoipa::openapi::OpenApi,
+}
+
+fn api() -> Api {
     let routes = OpenApiRouter::new()
         .merge(tasks::routes())
         .merge(releases::routes())
@@ -105,30 +116,49 @@ fn api() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(records::routes())
         .merge(admin::routes())
         .merge(overview::routes());
-    let (router, mut doc) = OpenApiRouter::with_openapi(ControlPlaneDoc::openapi())
+    let (operator, mut doc) = OpenApiRouter::with_openapi(ControlPlaneDoc::openapi())
         .nest("/v1", routes)
         .split_for_parts();
     // After the routes are in: it adds to every operation.
     utoipa::Modify::modify(&OperatorAuth, &mut doc);
-    (router, doc)
+    let (public, mut public_doc) = OpenApiRouter::new()
+        .nest("/v1", ops::routes())
+        .split_for_parts();
+    // An empty requirement list overrides the document's global operator token.
+    for item in public_doc.paths.paths.values_mut() {
+        if let Some(operation) = item.get.as_mut() {
+            operation.security = Some(Vec::new());
+        }
+    }
+    doc.merge(public_doc);
+    Api {
+        operator,
+        public,
+        doc,
+    }
 }
 
 /// The control plane's OpenAPI document (also served at `/v1/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().1
+    api().doc
 }
 
 /// The whole control-plane router.
 pub fn router(state: AppState) -> Router {
-    let (api, doc) = api();
-    let api = api.route_layer(middleware::from_fn_with_state(
+    let Api {
+        operator,
+        public,
+        doc,
+    } = api();
+    let operator = operator.route_layer(middleware::from_fn_with_state(
         state.clone(),
         require_operator,
     ));
     let doc = std::sync::Arc::new(doc);
     Router::new()
-        .merge(api)
-        .route("/v1/health", get(health))
+        .merge(operator)
+        .merge(public)
+        .route("/metrics", get(ops::metrics))
         .route(
             "/v1/openapi.json",
             get(move || {
@@ -137,11 +167,18 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .merge(console::routes())
+        .fallback(no_such_route)
         .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "status": "ok" }))
+/// An unknown `/v1` route is an API error like any other (JSON body); elsewhere a bare 404.
+async fn no_such_route(method: Method, uri: axum::http::Uri) -> Response {
+    let path = uri.path();
+    if path == "/v1" || path.starts_with("/v1/") {
+        CloudError::NotFound(format!("no such route: {method} {path}")).into_response()
+    } else {
+        StatusCode::NOT_FOUND.into_response()
+    }
 }
 
 /// Authenticates the operator, checks the route's role, and audits every mutating call.

@@ -101,7 +101,9 @@ impl DevicePlane for DevicePlaneService {
     }
 
     async fn sync(&self, request: Request<SyncRequest>) -> Result<Response<SyncResponse>, Status> {
-        sync::sync(self, request).await
+        let answer = sync::sync(self, request).await;
+        self.state.metrics.sync_call(answer.is_ok());
+        answer
     }
 
     type FetchBundleStream = BoxedStream<BundleChunk>;

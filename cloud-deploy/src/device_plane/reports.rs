@@ -67,6 +67,10 @@ pub(super) async fn report(
             .await
             .map_err(internal)?;
     }
+    service
+        .state
+        .metrics
+        .report_events_accepted(u64::from(accepted));
     Ok(Response::new(ReportResponse { accepted, rejected }))
 }
 
@@ -97,6 +101,10 @@ pub(super) async fn upload(
         .await
         .map_err(internal)?;
     walle_proto::crash::crash_point("cloud-upload-committed");
+    service
+        .state
+        .metrics
+        .upload_records_accepted(u64::from(stored), u64::from(duplicates));
     Ok(Response::new(UploadResponse {
         stored,
         duplicates,

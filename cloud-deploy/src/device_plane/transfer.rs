@@ -84,6 +84,7 @@ pub(super) async fn fetch_bundle(
         .read_from(&digest, offset)
         .await
         .map_err(internal)?;
+    let metrics = service.state.metrics.clone();
     tokio::spawn(async move {
         // Held until the transfer ends or the device goes away.
         let _permit = permit;
@@ -106,6 +107,7 @@ pub(super) async fn fetch_bundle(
                 if tx.send(Ok(chunk)).await.is_err() {
                     return;
                 }
+                metrics.bundle_bytes_sent(piece.len());
             }
         }
     });

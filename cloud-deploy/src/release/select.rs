@@ -23,6 +23,14 @@ pub enum ReleaseState {
 }
 
 impl ReleaseState {
+    /// Every state a release can be in.
+    pub const ALL: [ReleaseState; 4] = [
+        ReleaseState::Active,
+        ReleaseState::Paused,
+        ReleaseState::Aborted,
+        ReleaseState::Superseded,
+    ];
+
     /// The name stored in the database and shown by the API.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -35,14 +43,7 @@ impl ReleaseState {
 
     /// Parses a stored state name.
     pub fn parse(text: &str) -> Option<ReleaseState> {
-        [
-            ReleaseState::Active,
-            ReleaseState::Paused,
-            ReleaseState::Aborted,
-            ReleaseState::Superseded,
-        ]
-        .into_iter()
-        .find(|s| s.as_str() == text)
+        ReleaseState::ALL.into_iter().find(|s| s.as_str() == text)
     }
 }
 

@@ -70,6 +70,20 @@ impl Db {
         (!self.url.starts_with("sqlite:")).then_some(self.url.as_str())
     }
 
+    /// The URL without its password, for logs and messages.
+    pub fn display_url(&self) -> String {
+        redact(&self.url)
+    }
+
+    /// Asks the database the cheapest question there is (`SELECT 1`): whether it answers.
+    pub async fn ping(&self) -> Result<(), CloudError> {
+        sqlx::query("SELECT 1")
+            .execute(self.pool())
+            .await
+            .map_err(db_err("probing the database"))?;
+        Ok(())
+    }
+
     /// The underlying pool, for the table modules.
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
@@ -113,9 +127,63 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A database URL without its password: the one in `user:password@` and a `password=`
+/// parameter.
 fn redact(url: &str) -> String {
-    match url.split_once('@') {
-        Some((_, host)) => format!("…@{host}"),
-        None => url.to_owned(),
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let base = match base.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((user_info, host)) => {
+                let user = user_info
+                    .split_once(':')
+                    .map_or(user_info, |(user, _)| user);
+                format!("{scheme}://{user}@{host}")
+            }
+            None => base.to_owned(),
+        },
+        None => base.to_owned(),
+    };
+    match query {
+        Some(query) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|param| match param.split_once('=') {
+                    Some((key, _)) if key.eq_ignore_ascii_case("password") => {
+                        format!("{key}=…")
+                    }
+                    _ => param.to_owned(),
+                })
+                .collect();
+            format!("{base}?{}", params.join("&"))
+        }
+        None => base,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn a_redacted_url_keeps_everything_but_the_password() {
+        assert_eq!(
+            redact("postgres://walle:s3cret@db.internal:5432/walle?sslmode=require"),
+            "postgres://walle@db.internal:5432/walle?sslmode=require"
+        );
+        assert_eq!(
+            redact("postgres://db/walle?user=walle&password=s3cret"),
+            "postgres://db/walle?user=walle&password=…"
+        );
+        assert_eq!(
+            redact("postgres://walle@db/walle"),
+            "postgres://walle@db/walle"
+        );
+        assert_eq!(
+            redact("sqlite:///var/lib/walle/walle.db?mode=rwc"),
+            "sqlite:///var/lib/walle/walle.db?mode=rwc"
+        );
     }
 }

@@ -196,6 +196,18 @@ impl Db {
             .map_err(db_err("decoding releases"))
     }
 
+    /// How many releases are in each state (states no release is in are absent).
+    pub async fn count_releases_by_state(&self) -> Result<Vec<(String, i64)>, CloudError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) FROM releases GROUP BY state")
+            .fetch_all(self.pool())
+            .await
+            .map_err(db_err("counting releases by state"))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err("decoding release counts"))
+    }
+
     /// Active and paused releases, newest first: what the controller and the overview watch.
     pub async fn live_releases(&self) -> Result<Vec<ReleaseRow>, CloudError> {
         let rows = sqlx::query(AssertSqlSafe(format!(
