@@ -1,5 +1,6 @@
 //! `walle-device`: the Walle device agent.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -68,8 +69,34 @@ impl Target {
     }
 }
 
+/// How log lines are written (to stderr).
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    /// Lines for people (coloured only on a terminal).
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Logs to stderr in `format`, at the levels `RUST_LOG` sets [default: info].
+fn init_logging(format: LogFormat) {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}
+
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Log format on stderr; the levels come from RUST_LOG (e.g. `info`,
+    /// `walle_device=debug`) [default: text].
+    #[arg(long, env = "WALLE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, hide_default_value = true)]
+    log_format: LogFormat,
     /// TOML config file; flags below override its values.
     #[arg(long, env = "WALLE_DEVICE_CONFIG")]
     config: Option<PathBuf>,
@@ -188,12 +215,12 @@ impl IngestAddr {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
-        .init();
-    let result = match Cli::parse().command {
+    let command = Cli::parse().command;
+    init_logging(match &command {
+        Command::Run(args) => args.log_format,
+        Command::Replay { .. } | Command::Status { .. } => LogFormat::Text,
+    });
+    let result = match command {
         Command::Run(args) => run(*args).await,
         Command::Replay { file, target } => replay(&file, &target.endpoint()).await,
         Command::Status { target } => status(&target.endpoint()).await,

@@ -7,10 +7,12 @@
 //!   application/x-protobuf`, one `walle.device.v1.EventBatch`. Answers how many were accepted
 //!   and, for each rejected event, its line (or 1-based position in the batch) and the reason.
 //! - `GET /v1/status` — the agent status as JSON.
+//! - `GET /metrics` — the same status in the Prometheus text format ([`metrics`]).
 //!
 //! [`Endpoint`] is a client of either form.
 
 mod client;
+mod metrics;
 mod socket;
 
 use std::net::SocketAddr;
@@ -120,6 +122,7 @@ fn router(state: EndpointState) -> Router {
     Router::new()
         .route("/v1/events", post(ingest_events))
         .route("/v1/status", get(status))
+        .route("/metrics", get(prometheus_metrics))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -193,6 +196,18 @@ async fn ingest_events(
 
 async fn status(State(state): State<EndpointState>) -> Json<AgentStatus> {
     Json((state.status)())
+}
+
+async fn prometheus_metrics(
+    State(state): State<EndpointState>,
+) -> Result<([(header::HeaderName, &'static str); 1], String), (StatusCode, String)> {
+    let text = metrics::encode(&(state.status)()).map_err(|_| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding the metrics failed".to_owned(),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, metrics::CONTENT_TYPE)], text))
 }
 
 #[cfg(test)]
