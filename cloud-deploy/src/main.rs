@@ -160,6 +160,12 @@ async fn main() -> anyhow::Result<()> {
         config.console_dir = Some(v);
     }
     let data_dir = config.data_dir.clone();
+    let open_files = walle_cloud::limits::raise_open_file_limit();
+    tracing::info!(
+        open_files,
+        "open-file limit: at most about {} device connections",
+        open_files.saturating_sub(256)
+    );
     let cloud = Cloud::start(config).await.context("starting walle-cloud")?;
     eprintln!(
         "walle-cloud: control plane {} (console at /console/), device plane {}\n\

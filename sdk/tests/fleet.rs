@@ -39,11 +39,14 @@ impl CloudProcess {
         }
     }
 
+    /// Starts the cloud. Devices fall back to a sync every 15 s: a replica killed between
+    /// storing a stage change and its LISTEN/NOTIFY fan-out takes that notice with it, and the
+    /// other replica's devices learn of the stage only from their periodic sync.
     async fn start(&mut self) {
         let data = self.dir.join("cloud-data");
         let config = self.dir.join(format!("{}.toml", self.name));
         let mut toml = format!(
-            "data_dir = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ngrpc_addr = \"127.0.0.1:{}\"\npace_window_ms = 1000\ncontroller_interval_ms = 200\n",
+            "data_dir = {:?}\nhttp_addr = \"127.0.0.1:{}\"\ngrpc_addr = \"127.0.0.1:{}\"\npace_window_ms = 1000\ncontroller_interval_ms = 200\nsync_interval_secs = 15\n",
             data, self.http_port, self.grpc_port
         );
         if let Some(url) = &self.database_url {
