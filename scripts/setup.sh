@@ -28,6 +28,24 @@ if [ -z "${WALLE_TEST_POSTGRES_URL:-}" ] && ! pg_up; then
   pg_up || { echo "setup: PostgreSQL is needed on 127.0.0.1:5432 (or set WALLE_TEST_POSTGRES_URL)" >&2; exit 1; }
 fi
 
+# The records-sink tests publish to NATS JetStream on 127.0.0.1:4222 (WALLE_TEST_NATS_URL to use
+# another server). If nothing listens there, install Debian's nats-server and start it with
+# JetStream, its store below ~/.cache/walle-nats; it keeps running after this script.
+nats_up() { python3 -c 'import socket; socket.create_connection(("127.0.0.1", 4222), 2)' 2>/dev/null; }
+if [ -z "${WALLE_TEST_NATS_URL:-}" ] && ! nats_up; then
+  if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+    echo "setup: installing nats-server"
+    apt-get update -qq && apt-get install -y -qq nats-server
+  fi
+  nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
+  nats_dir="$HOME/.cache/walle-nats"
+  mkdir -p "$nats_dir"
+  echo "setup: starting nats-server with JetStream on 127.0.0.1:4222 (store in $nats_dir)"
+  nohup "$nats_bin" -js -a 127.0.0.1 -p 4222 -sd "$nats_dir" >"$nats_dir/nats-server.log" 2>&1 &
+  for _ in $(seq 1 50); do nats_up && break; sleep 0.2; done
+  nats_up || { echo "setup: nats-server did not come up on 127.0.0.1:4222 (see $nats_dir/nats-server.log)" >&2; exit 1; }
+fi
+
 # Python tools the tests run: moto (an S3-compatible server for the bundle-store tests),
 # schemathesis (fuzzes the control plane from its OpenAPI document), onnx + onnxruntime (the
 # engine's conformance cases and their reference outputs), and mypy (type-checks the example
