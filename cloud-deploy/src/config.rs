@@ -44,6 +44,9 @@ pub struct CloudConfig {
     /// Serve the web console's files from this directory instead of the copies built into the
     /// binary: for working on the console without rebuilding the cloud.
     pub console_dir: Option<PathBuf>,
+    /// Where uploaded tunnel records go: `"database"` (the default) or
+    /// `"nats://HOST[:PORT]/STREAM"`, a NATS JetStream stream (see [`crate::records_sink`]).
+    pub records_sink: crate::records_sink::RecordsSinkConfig,
 }
 
 impl Default for CloudConfig {
@@ -64,6 +67,7 @@ impl Default for CloudConfig {
             max_concurrent_transfers: 256,
             transfer_retry_ms: 1_000,
             console_dir: None,
+            records_sink: crate::records_sink::RecordsSinkConfig::Database,
         }
     }
 }

@@ -7,9 +7,11 @@
 //!   to for push notices, sync and fetch bundles from, and report and upload to.
 //!
 //! State lives in a SQL database ([`store`], SQLite by default), bundles in an object store
-//! ([`bundles`], the local filesystem by default), and the ed25519 publisher key that signs every
-//! manifest in the data dir ([`secrets`]). What an operator's monitoring reads — `/metrics`,
-//! `/v1/health`, `/v1/ready` — is counted in [`metrics`] and served by the control plane.
+//! ([`bundles`], the local filesystem by default), the tunnel records devices upload in the
+//! [`records_sink`] (the database by default, or a NATS JetStream stream), and the ed25519
+//! publisher key that signs every manifest in the data dir ([`secrets`]). What an operator's
+//! monitoring reads — `/metrics`, `/v1/health`, `/v1/ready` — is counted in [`metrics`] and
+//! served by the control plane.
 //!
 //! This crate must not run task code or know how devices execute tasks.
 
@@ -22,6 +24,7 @@ pub mod device_plane;
 pub mod limits;
 pub mod metrics;
 pub mod notify;
+pub mod records_sink;
 pub mod release;
 pub mod secrets;
 pub mod served_cache;
@@ -110,6 +113,9 @@ pub enum CloudError {
         #[source]
         source: object_store::Error,
     },
+    /// The records sink (NATS JetStream) cannot be reached or did not store a batch.
+    #[error("records sink: {0}")]
+    RecordsSink(#[from] records_sink::SinkError),
     #[error("{0}")]
     Invalid(String),
     #[error("{0}")]
@@ -172,6 +178,8 @@ pub struct AppState {
     pub config: Arc<CloudConfig>,
     pub db: store::Db,
     pub bundles: bundles::BundleStore,
+    /// Where uploaded tunnel records go.
+    pub records: records_sink::RecordsSink,
     pub publisher: Arc<Publisher>,
     pub hub: notify::NoticeHub,
     /// What `/metrics` exposes; the device plane and the notice hub count into it.
@@ -230,12 +238,14 @@ impl Cloud {
         let admin_token = secrets::load_or_create_admin_token(&config.data_dir)?;
         let db = store::Db::connect(&config.database_url()).await?;
         let bundles = bundles::BundleStore::open(&config.bundle_store, &config.data_dir).await?;
+        let records = records_sink::RecordsSink::open(&config.records_sink, db.clone()).await?;
         let (stop, stopped) = watch::channel(false);
         let metrics = metrics::Metrics::new();
         let state = AppState {
             config: Arc::new(config.clone()),
             db,
             bundles,
+            records,
             publisher: Arc::new(publisher),
             hub: notify::NoticeHub::new(metrics.notices_sent()),
             metrics,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use walle_cloud::bundles::{BundleStoreConfig, S3Config};
+use walle_cloud::records_sink::{RecordsSinkConfig, SinkUrlError};
 use walle_cloud::{Cloud, CloudConfig};
 
 #[derive(Parser)]
@@ -92,6 +93,15 @@ struct ServeArgs {
     /// built-in copy, to work on the console without rebuilding.
     #[arg(long, env = "WALLE_CONSOLE_DIR")]
     console_dir: Option<PathBuf>,
+    /// Where uploaded tunnel records go: `database` (the metadata database, the default) or
+    /// `nats://HOST[:PORT]/STREAM`, a NATS JetStream stream (created if absent; subjects
+    /// STREAM.records.<task>, message id `<device>:<record id>`).
+    #[arg(long, env = "WALLE_RECORDS_SINK", value_parser = parse_records_sink)]
+    records_sink: Option<RecordsSinkConfig>,
+}
+
+fn parse_records_sink(value: &str) -> Result<RecordsSinkConfig, String> {
+    value.parse().map_err(|e: SinkUrlError| e.to_string())
 }
 
 fn parse_bundle_store(value: &str) -> Result<BundleStoreConfig, String> {
@@ -158,6 +168,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if let Some(v) = args.console_dir {
         config.console_dir = Some(v);
+    }
+    if let Some(v) = args.records_sink {
+        config.records_sink = v;
     }
     let data_dir = config.data_dir.clone();
     let open_files = walle_cloud::limits::raise_open_file_limit();

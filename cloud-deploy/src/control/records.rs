@@ -1,4 +1,6 @@
 //! `/v1/records`: what devices uploaded through the tunnel, listed as JSON or exported as JSONL.
+//! With the JetStream records sink the records are in the stream, not the database, and both
+//! answer 409 saying where to read them.
 
 use axum::Json;
 use axum::body::Body;
@@ -11,6 +13,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::ErrorBody;
+use crate::records_sink::RecordsSinkConfig;
 use crate::store::events::{RecordCursor, RecordFilter, RecordRow};
 use crate::{AppState, CloudError};
 
@@ -24,11 +27,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 #[utoipa::path(get, path = "/records", tag = "records", params(RecordFilter), responses(
     (status = 200, body = Vec<RecordRow>),
     (status = 400, body = ErrorBody, description = "bad query"),
+    (status = 409, body = ErrorBody, description = "records go to a NATS JetStream stream"),
 ))]
 async fn list_records(
     State(state): State<AppState>,
     filter: Result<Query<RecordFilter>, QueryRejection>,
 ) -> Result<Json<Vec<RecordRow>>, CloudError> {
+    in_database(&state.config.records_sink)?;
     let Query(filter) = filter.map_err(|e| CloudError::Invalid(e.body_text()))?;
     Ok(Json(state.db.list_records(&filter).await?))
 }
@@ -41,11 +46,13 @@ async fn list_records(
     (status = 200, content_type = "application/x-ndjson", body = String,
         description = "one JSON record per line"),
     (status = 400, body = ErrorBody, description = "bad query"),
+    (status = 409, body = ErrorBody, description = "records go to a NATS JetStream stream"),
 ))]
 async fn export_records(
     State(state): State<AppState>,
     filter: Result<Query<RecordFilter>, QueryRejection>,
 ) -> Result<Response, CloudError> {
+    in_database(&state.config.records_sink)?;
     let Query(filter) = filter.map_err(|e| CloudError::Invalid(e.body_text()))?;
     // The first page is read before answering, so a failing database gives an error status
     // rather than a 200 with a cut-off body.
@@ -69,6 +76,20 @@ async fn export_records(
         Body::from_stream(pages),
     )
         .into_response())
+}
+
+/// Refuses to list records the database does not hold, saying where they are instead.
+fn in_database(sink: &RecordsSinkConfig) -> Result<(), CloudError> {
+    match sink {
+        RecordsSinkConfig::Database => Ok(()),
+        RecordsSinkConfig::JetStream(js) => Err(CloudError::Conflict(format!(
+            "this cloud sends tunnel records to the NATS JetStream stream {stream} at {server} \
+             (subjects {stream}.records.<task>), not to its database: read them there, e.g. \
+             `nats stream view {stream}` or a JetStream consumer",
+            stream = js.stream,
+            server = js.server_shown(),
+        ))),
+    }
 }
 
 /// Records as JSON Lines.

@@ -76,6 +76,8 @@ pub(super) fn internal(e: CloudError) -> Status {
     match e {
         CloudError::NotFound(m) => Status::not_found(m),
         CloudError::Invalid(m) => Status::invalid_argument(m),
+        // The records sink is away or refused: the device keeps the records and retries.
+        e @ CloudError::RecordsSink(_) => Status::unavailable(e.to_string()),
         other => Status::internal(other.to_string()),
     }
 }

@@ -1,5 +1,5 @@
 //! `Report` (task events: installs, runs, failures, rollbacks) and `Upload` (tunnel records,
-//! stored once by record id). Each item is checked on its own: the good ones are kept and each
+//! stored once by record id in the [`records sink`](crate::records_sink)). Each item is checked on its own: the good ones are kept and each
 //! bad one is answered with its reason.
 
 use tonic::{Request, Response, Status};
@@ -94,10 +94,11 @@ pub(super) async fn upload(
             Err(status) => rejected.push(rejection(i, &id, &status)),
         }
     }
-    let (stored, duplicates) = service
+    // Answered only once the sink holds every record: until then the device keeps them.
+    let appended = service
         .state
-        .db
-        .insert_records(&device, &rows)
+        .records
+        .append(&device, &rows)
         .await
         .map_err(internal)?;
     walle_proto::crash::crash_point("cloud-upload-committed");
@@ -106,8 +107,8 @@ pub(super) async fn upload(
         .metrics
         .upload_records_accepted(u64::from(stored), u64::from(duplicates));
     Ok(Response::new(UploadResponse {
-        stored,
-        duplicates,
+        stored: appended.stored,
+        duplicates: appended.duplicates,
         rejected,
     }))
 }
