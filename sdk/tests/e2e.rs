@@ -699,11 +699,28 @@ async fn post_visits(ingest: &str, visits: &[(String, String)]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_the_cloud_mid_ingest_and_the_device_mid_upload_stores_every_record_once() {
+    crash_mid_upload(None).await;
+}
+
+/// The same two crashes with the records going to a NATS JetStream stream: the cloud dies after
+/// JetStream acknowledged the batch and before it answered; the device after that answer and
+/// before it cleared its outbox. Each record is in the stream once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_the_cloud_and_the_device_mid_upload_puts_every_record_in_jetstream_once() {
+    let stream = support::JetStreamStream::new("e2e_crash").await;
+    crash_mid_upload(Some(&stream)).await;
+}
+
+/// Kills the cloud right after it stored its first upload (in the database, or in `stream`),
+/// then the device right after the cloud acknowledged one, and checks that every visit's record
+/// is stored exactly once, in the order produced.
+async fn crash_mid_upload(stream: Option<&support::JetStreamStream>) {
     let root = tempfile::tempdir().unwrap();
     let (cloud_dir, device_dir) = (root.path().join("cloud"), root.path().join("device"));
     let (http, grpc, ingest) = (free_port(), free_port(), free_port());
     let http_addr = format!("127.0.0.1:{http}");
     let grpc_addr = format!("127.0.0.1:{grpc}");
+    let sink = stream.map_or_else(|| "database".to_owned(), |s| s.setting());
     let cloud_args = [
         "serve",
         "--data-dir",
@@ -712,6 +729,8 @@ async fn killing_the_cloud_mid_ingest_and_the_device_mid_upload_stores_every_rec
         &http_addr,
         "--grpc-addr",
         &grpc_addr,
+        "--records-sink",
+        &sink,
     ];
     let cloud_url = format!("http://{grpc_addr}");
     let ingest_addr = format!("127.0.0.1:{ingest}");
@@ -803,19 +822,24 @@ async fn killing_the_cloud_mid_ingest_and_the_device_mid_upload_stores_every_rec
     assert_eq!(status["outbox"]["records"]["dropped"], 0);
 
     // Every visit's record is stored exactly once, and they list in the order produced.
-    let mut export = Vec::new();
-    client
-        .export_records(
-            &RecordQuery::task("ipv-feature", Some("crash-1")),
-            &mut export,
-        )
-        .await
-        .unwrap();
-    let records: Vec<serde_json::Value> = String::from_utf8(export)
-        .unwrap()
-        .lines()
-        .map(|line| serde_json::from_str(line).unwrap())
-        .collect();
+    let records: Vec<serde_json::Value> = match stream {
+        Some(stream) => stream.records().await,
+        None => {
+            let mut export = Vec::new();
+            client
+                .export_records(
+                    &RecordQuery::task("ipv-feature", Some("crash-1")),
+                    &mut export,
+                )
+                .await
+                .unwrap();
+            String::from_utf8(export)
+                .unwrap()
+                .lines()
+                .map(|line| serde_json::from_str(line).unwrap())
+                .collect()
+        }
+    };
     let mut sessions: Vec<String> = records
         .iter()
         .map(|r| r["payload"]["session"].as_str().unwrap().to_owned())

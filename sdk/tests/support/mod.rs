@@ -1,5 +1,5 @@
 //! Helpers shared by the SDK's end-to-end tests: the workspace's binaries as processes, free
-//! loopback ports, polling a JSON endpoint, the test venv's Python tools.
+//! loopback ports, polling a JSON endpoint, the test venv's Python tools, a JetStream stream.
 
 #![allow(dead_code)]
 
@@ -129,5 +129,72 @@ pub async fn poll_json(
             "timed out waiting for {what}; last answer: {last}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A NATS JetStream stream of one test on the server at `WALLE_TEST_NATS_URL` (default
+/// `nats://127.0.0.1:4222`, which `scripts/setup.sh` starts), for a cloud's `--records-sink`;
+/// deleted on drop. The test fails, saying why, when the server is down.
+pub struct JetStreamStream {
+    pub name: String,
+    js: async_nats::jetstream::Context,
+}
+
+fn nats_url() -> String {
+    std::env::var("WALLE_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
+}
+
+impl JetStreamStream {
+    pub async fn new(label: &str) -> JetStreamStream {
+        let url = nats_url();
+        let client = async_nats::connect(&url).await.unwrap_or_else(|e| {
+            panic!(
+                "NATS with JetStream is needed at {url} for this test (scripts/setup.sh starts \
+                 one, or set WALLE_TEST_NATS_URL): {e}"
+            )
+        });
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        JetStreamStream {
+            name: format!("WALLE_TEST_{label}_{}_{nanos}", std::process::id()),
+            js: async_nats::jetstream::new(client),
+        }
+    }
+
+    /// The cloud's `--records-sink` setting for this stream.
+    pub fn setting(&self) -> String {
+        format!("{}/{}", nats_url(), self.name)
+    }
+
+    /// The bodies of every message in the stream, in stream order.
+    pub async fn records(&self) -> Vec<serde_json::Value> {
+        let mut stream = self.js.get_stream(&self.name).await.unwrap();
+        let state = stream.info().await.unwrap().state.clone();
+        if state.messages == 0 {
+            return Vec::new();
+        }
+        let mut records = Vec::new();
+        for seq in state.first_sequence..=state.last_sequence {
+            let message = stream.get_raw_message(seq).await.unwrap();
+            records.push(serde_json::from_slice(&message.payload).unwrap());
+        }
+        records
+    }
+}
+
+impl Drop for JetStreamStream {
+    fn drop(&mut self) {
+        let (js, name) = (self.js.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: delete from a helper thread with its own.
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(js.delete_stream(&name)).ok()
+        })
+        .join();
     }
 }
