@@ -253,8 +253,8 @@ pub enum SinkError {
 pub enum RecordsSink {
     /// The metadata database's `tunnel_records` table.
     Database(Db),
-    /// A NATS JetStream stream.
-    JetStream(JetStreamSink),
+    /// A NATS JetStream stream (boxed: its connection state is much larger than a pool handle).
+    JetStream(Box<JetStreamSink>),
 }
 
 /// A connection to the NATS server and the stream records go to.
@@ -276,9 +276,9 @@ impl RecordsSink {
     pub async fn open(config: &RecordsSinkConfig, db: Db) -> Result<RecordsSink, CloudError> {
         match config {
             RecordsSinkConfig::Database => Ok(RecordsSink::Database(db)),
-            RecordsSinkConfig::JetStream(js) => {
-                Ok(RecordsSink::JetStream(JetStreamSink::open(js.clone()).await?))
-            }
+            RecordsSinkConfig::JetStream(js) => Ok(RecordsSink::JetStream(Box::new(
+                JetStreamSink::open(js.clone()).await?,
+            ))),
         }
     }
 
@@ -335,7 +335,8 @@ impl JetStreamSink {
             })?;
         let info = stream.cached_info();
         let takes_ours = info.config.subjects.iter().any(|s| {
-            s == ">" || *s == format!("{}.>", config.stream)
+            s == ">"
+                || *s == format!("{}.>", config.stream)
                 || *s == format!("{}.records.>", config.stream)
         });
         if !takes_ours {
@@ -476,7 +477,9 @@ fn redact(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_owned();
     };
-    let (authority, path) = rest.split_once('/').map_or((rest, None), |(a, p)| (a, Some(p)));
+    let (authority, path) = rest
+        .split_once('/')
+        .map_or((rest, None), |(a, p)| (a, Some(p)));
     let Some((userinfo, host)) = authority.rsplit_once('@') else {
         return url.to_owned();
     };
@@ -555,7 +558,11 @@ mod tests {
                 },
             ),
         ] {
-            assert_eq!(setting.parse::<RecordsSinkConfig>(), Err(error), "{setting}");
+            assert_eq!(
+                setting.parse::<RecordsSinkConfig>(),
+                Err(error),
+                "{setting}"
+            );
         }
         let message = "nats://h:4222".parse::<RecordsSinkConfig>().unwrap_err();
         assert!(message.to_string().contains("names no stream"), "{message}");

@@ -242,7 +242,13 @@ async fn uploaded_records_arrive_in_the_stream_once_each_and_a_resent_batch_is_s
     );
     assert_eq!(
         stream.ids().await,
-        ["phone%3A2:r1", "phone-1:r1", "phone-1:r2", "phone-1:r3", "phone-1:r4"]
+        [
+            "phone%3A2:r1",
+            "phone-1:r1",
+            "phone-1:r2",
+            "phone-1:r3",
+            "phone-1:r4"
+        ]
     );
 
     // The database holds none of them, and the records API says where they are.
@@ -351,7 +357,8 @@ async fn the_cloud_does_not_start_without_its_records_stream() {
         panic!("started on a stream that does not take its subjects");
     };
     assert!(
-        e.to_string().contains(&format!("stream {} takes subjects", stream.name)),
+        e.to_string()
+            .contains(&format!("stream {} takes subjects", stream.name)),
         "{e}"
     );
 }
@@ -405,7 +412,10 @@ impl CloudProcess {
                     std::fs::read_to_string(&self.stderr).unwrap_or_default()
                 );
             }
-            assert!(tokio::time::Instant::now() < deadline, "walle-cloud never came up");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "walle-cloud never came up"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -478,7 +488,11 @@ async fn a_cloud_killed_between_jetstreams_ack_and_its_answer_stores_the_batch_o
         ids.sort();
         ids
     };
-    assert_eq!(stream.ids().await, expected, "acknowledged before the crash");
+    assert_eq!(
+        stream.ids().await,
+        expected,
+        "acknowledged before the crash"
+    );
 
     // The device never got its answer, so its outbox still holds the batch: it sends it again
     // to the restarted cloud, which finds every record already in the stream.

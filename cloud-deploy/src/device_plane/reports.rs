@@ -105,7 +105,7 @@ pub(super) async fn upload(
     service
         .state
         .metrics
-        .upload_records_accepted(u64::from(stored), u64::from(duplicates));
+        .upload_records_accepted(u64::from(appended.stored), u64::from(appended.duplicates));
     Ok(Response::new(UploadResponse {
         stored: appended.stored,
         duplicates: appended.duplicates,
