@@ -1,4 +1,5 @@
-//! Exponential backoff with jitter, for everything that retries the cloud.
+//! Exponential backoff with jitter and the cloud's come-back hints, for everything that retries
+//! the cloud.
 
 use std::time::Duration;
 
@@ -12,6 +13,25 @@ pub struct Backoff {
     min: Duration,
     max: Duration,
     step: Duration,
+}
+
+/// Longest come-back hint obeyed.
+pub const MAX_RETRY_HINT: Duration = Duration::from_secs(60);
+
+/// The come-back hint of a transfer the cloud refused because it is busy
+/// (`RESOURCE_EXHAUSTED` with `retry-after-ms` metadata), at most [`MAX_RETRY_HINT`].
+pub fn retry_hint(status: &tonic::Status) -> Option<Duration> {
+    if status.code() != tonic::Code::ResourceExhausted {
+        return None;
+    }
+    let millis: u64 = status
+        .metadata()
+        .get("retry-after-ms")?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(millis).min(MAX_RETRY_HINT))
 }
 
 /// Shortest spread of the first reconnect after a lost session (see [`after_loss`]).

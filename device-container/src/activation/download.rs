@@ -6,11 +6,14 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use tonic::{Code, Status};
+use tonic::Status;
 use walle_proto::manifest::ReleaseManifest;
 use walle_proto::v1::FetchBundleRequest;
 
 use crate::AgentError;
+#[cfg(test)]
+use crate::backoff::MAX_RETRY_HINT;
+use crate::backoff::retry_hint;
 use crate::cloud::Client;
 
 /// Largest bundle the agent downloads, whatever a manifest claims.
@@ -27,24 +30,6 @@ enum FetchFailure {
 
 /// Most come-back hints obeyed for one download before giving up until the next sync.
 const MAX_BUSY_RETRIES: usize = 30;
-/// Longest come-back hint obeyed.
-const MAX_RETRY_HINT: Duration = Duration::from_secs(60);
-
-/// The come-back hint of a refused transfer (`RESOURCE_EXHAUSTED` with `retry-after-ms`).
-fn retry_hint(status: &Status) -> Option<Duration> {
-    if status.code() != Code::ResourceExhausted {
-        return None;
-    }
-    let millis: u64 = status
-        .metadata()
-        .get("retry-after-ms")?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(millis).min(MAX_RETRY_HINT))
-}
-
 /// Downloads a bundle into `<dir>/<digest>.part`, resuming from what an earlier attempt or an
 /// earlier run of the agent left there, and coming back when the cloud says it is busy. Returns
 /// the bytes once there are as many as the signed manifest says; the caller verifies them and

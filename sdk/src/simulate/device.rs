@@ -22,7 +22,7 @@ use tokio::time::sleep;
 use tonic::Code;
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
-use walle_device::backoff::Backoff;
+use walle_device::backoff::{Backoff, retry_hint};
 use walle_proto::manifest::ReleaseManifest;
 use walle_proto::v1::desired_task::Action;
 use walle_proto::v1::device_plane_client::DevicePlaneClient;
@@ -610,21 +610,6 @@ fn check_bundle(bundle: &[u8], manifest: &ReleaseManifest) -> Result<(), String>
 /// cause).
 fn describe(status: &tonic::Status) -> String {
     format!("{:?}: {}", status.code(), status.message())
-}
-
-/// The come-back hint of a transfer the cloud refused because it is busy.
-fn retry_hint(status: &tonic::Status) -> Option<Duration> {
-    if status.code() != Code::ResourceExhausted {
-        return None;
-    }
-    let millis: u64 = status
-        .metadata()
-        .get("retry-after-ms")?
-        .to_str()
-        .ok()?
-        .parse()
-        .ok()?;
-    Some(Duration::from_millis(millis.min(60_000)))
 }
 
 /// Counts a device as connected while it lives.
