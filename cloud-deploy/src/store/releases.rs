@@ -137,8 +137,8 @@ impl Db {
         loop {
             let inserted = sqlx::query(
             "INSERT INTO releases (id, seq, task, version, state, created_at_ms, policy_json, salt, stage, \
-             stage_started_at_ms, priority, state_reason) \
-             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, 'active', $4, $5, $6, 0, $4, $7, '' FROM releases",
+             stage_started_at_ms, priority, state_reason, changed_at_ms) \
+             SELECT $1, COALESCE(MAX(seq), 0) + 1, $2, $3, 'active', $4, $5, $6, 0, $4, $7, '', $4 FROM releases",
         )
         .bind(id)
         .bind(task)
@@ -222,6 +222,24 @@ impl Db {
             .map_err(db_err("decoding releases"))
     }
 
+    /// Releases, in any state, whose state or stage changed at or after `since_ms`.
+    pub async fn releases_changed_since(
+        &self,
+        since_ms: i64,
+    ) -> Result<Vec<ReleaseRow>, CloudError> {
+        let rows = sqlx::query(AssertSqlSafe(format!(
+            "SELECT {RELEASE_COLUMNS} FROM releases WHERE changed_at_ms >= $1 ORDER BY seq"
+        )))
+        .bind(since_ms)
+        .fetch_all(self.pool())
+        .await
+        .map_err(db_err("listing changed releases"))?;
+        rows.iter()
+            .map(release_from_row)
+            .collect::<Result<_, _>>()
+            .map_err(db_err("decoding releases"))
+    }
+
     /// One release.
     pub async fn get_release(&self, id: &str) -> Result<Option<ReleaseRow>, CloudError> {
         let row = sqlx::query(AssertSqlSafe(format!(
@@ -296,13 +314,16 @@ impl Db {
             .begin()
             .await
             .map_err(db_err("changing release state"))?;
+        let now = now_ms();
         let result = sqlx::query(
-            "UPDATE releases SET state = $1, state_reason = $2 WHERE id = $3 AND state = $4",
+            "UPDATE releases SET state = $1, state_reason = $2, changed_at_ms = $5 \
+             WHERE id = $3 AND state = $4",
         )
         .bind(to.as_str())
         .bind(reason)
         .bind(id)
         .bind(&current)
+        .bind(now)
         .execute(&mut *tx)
         .await
         .map_err(db_err("changing release state"))?;
@@ -310,11 +331,12 @@ impl Db {
         if moved && matches!(to, ReleaseState::Paused | ReleaseState::Aborted) {
             sqlx::query(
                 "UPDATE releases SET state = state_before_superseded, superseded_by = '', \
-                 state_reason = 'restored: ' || $1 || ' was ' || $2 \
+                 state_reason = 'restored: ' || $1 || ' was ' || $2, changed_at_ms = $3 \
                  WHERE superseded_by = $1 AND state = 'superseded'",
             )
             .bind(id)
             .bind(to.as_str())
+            .bind(now)
             .execute(&mut *tx)
             .await
             .map_err(db_err("restoring superseded releases"))?;
@@ -342,7 +364,8 @@ impl Db {
     /// someone else advanced it first).
     pub async fn advance_stage(&self, id: &str, from: i64) -> Result<bool, CloudError> {
         let result = sqlx::query(
-            "UPDATE releases SET stage = $1, stage_started_at_ms = $2 WHERE id = $3 AND stage = $4 AND state = 'active'",
+            "UPDATE releases SET stage = $1, stage_started_at_ms = $2, changed_at_ms = $2 \
+             WHERE id = $3 AND stage = $4 AND state = 'active'",
         )
         .bind(from + 1)
         .bind(now_ms())
@@ -366,7 +389,7 @@ impl Db {
         let result = sqlx::query(
             "UPDATE releases SET state = 'superseded', superseded_by = $1, \
              state_before_superseded = state, \
-             state_reason = 'covered by newer full release ' || $1 \
+             state_reason = 'covered by newer full release ' || $1, changed_at_ms = $5 \
              WHERE task = $2 AND state IN ('active', 'paused') AND seq < $3 AND priority <= $4 \
              AND EXISTS (SELECT 1 FROM releases AS newer WHERE newer.id = $1 AND newer.state = 'active')",
         )
@@ -374,6 +397,7 @@ impl Db {
         .bind(task)
         .bind(seq)
         .bind(i64::from(priority))
+        .bind(now_ms())
         .execute(self.pool())
         .await
         .map_err(db_err("superseding releases"))?;
