@@ -30,15 +30,34 @@ impl Db {
     /// Connects and brings the schema up to date.
     pub async fn connect(url: &str) -> Result<Db, CloudError> {
         sqlx::any::install_default_drivers();
+        let sqlite = url.starts_with("sqlite:");
         let pool = AnyPoolOptions::new()
             .max_connections(8)
+            // sqlx pings a connection as it goes back to the pool (and drops a broken one);
+            // a second ping before each acquire would add a round trip to every query — on
+            // SQLite a hand-off to the connection's thread. Without it, a connection that died
+            // while idle (PostgreSQL restarted) fails one query and is dropped.
+            .test_before_acquire(false)
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if sqlite {
+                        // In WAL mode, NORMAL syncs the log at checkpoints rather than at every
+                        // commit: a commit survives the cloud's own crash (kill -9), and only a
+                        // power loss or OS crash can take back the last ones.
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
+                    Ok(())
+                })
+            })
             .connect(url)
             .await
             .map_err(|source| CloudError::DatabaseUnreachable {
                 url: redact(url),
                 source,
             })?;
-        if url.starts_with("sqlite:") {
+        if sqlite {
             // WAL lets readers (syncs, console) proceed while a writer (reports) commits.
             sqlx::query("PRAGMA journal_mode = WAL")
                 .execute(&pool)
@@ -87,6 +106,19 @@ impl Db {
     /// The underlying pool, for the table modules.
     pub(crate) fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Begins a transaction that reads before it writes. On SQLite it takes the write lock at
+    /// once (`BEGIN IMMEDIATE`): a transaction that took its snapshot with a read cannot wait
+    /// for the lock later; it fails (`SQLITE_BUSY_SNAPSHOT`) if another writer committed since.
+    pub(crate) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.postgres_url().is_none() {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        } else {
+            self.pool.begin().await
+        }
     }
 
     /// Closes every connection.
