@@ -6,7 +6,8 @@
 //!   pure function over the served releases, the one chosen per task and what the device runs;
 //! - [`transfer`]: `FetchBundle`, resumable bundle streaming under a transfer budget;
 //! - [`reports`]: `Report` (task events) and `Upload` (tunnel records);
-//! - [`validation`]: the checks every input passes at this boundary.
+//! - [`validation`]: the checks every input passes at this boundary;
+//! - [`tokens`]: device tokens recently confirmed by the database, so calls skip that read.
 //!
 //! Every input is validated here, at the boundary, and rejected with `INVALID_ARGUMENT` naming
 //! the field; nothing from a rejected request is stored.
@@ -14,6 +15,7 @@
 mod reports;
 mod session;
 pub mod sync;
+mod tokens;
 mod transfer;
 mod validation;
 
@@ -39,6 +41,7 @@ const MAX_BATCH: usize = 1000;
 pub struct DevicePlaneService {
     pub(super) state: AppState,
     pub(super) served: crate::served_cache::ServedCache,
+    tokens: tokens::TokenCache,
 }
 
 impl DevicePlaneService {
@@ -47,6 +50,7 @@ impl DevicePlaneService {
         DevicePlaneService {
             state,
             served: crate::served_cache::ServedCache::default(),
+            tokens: tokens::TokenCache::default(),
         }
     }
 
@@ -61,12 +65,19 @@ impl DevicePlaneService {
             .ok_or_else(|| {
                 Status::unauthenticated("`authorization` metadata must be `Bearer <device token>`")
             })?;
-        self.state
+        let hash = secrets::token_hash(token);
+        if let Some(device) = self.tokens.device(&hash) {
+            return Ok(device);
+        }
+        let device = self
+            .state
             .db
-            .device_by_token_hash(&secrets::token_hash(token))
+            .device_by_token_hash(&hash)
             .await
             .map_err(internal)?
-            .ok_or_else(|| Status::unauthenticated("unknown device token; register again"))
+            .ok_or_else(|| Status::unauthenticated("unknown device token; register again"))?;
+        self.tokens.confirmed(&hash, &device);
+        Ok(device)
     }
 }
 

@@ -65,6 +65,7 @@ pub(super) async fn register(
         )
         .await
         .map_err(internal)?;
+    service.tokens.forget_device(&profile.device_id);
     tracing::info!(device = %profile.device_id, "device registered");
     Ok(Response::new(RegisterResponse {
         device_token: token,
