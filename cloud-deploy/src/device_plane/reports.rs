@@ -28,45 +28,20 @@ pub(super) async fn report(
             Err(status) => rejected.push(rejection(i, &e.id, &status)),
         }
     }
-    let db = &service.state.db;
     // Release health and install counts drive automatic advance and abort, so only events
     // about a release this device was actually handed, for its task and version, count.
     // Others are dropped (and logged), not stored: one stray event must not fail the batch.
-    let mut trusted = Vec::with_capacity(rows.len());
-    for row in rows {
-        if row.release_id.is_empty() {
-            trusted.push(row);
-            continue;
-        }
-        let pulled = db
-            .pulled_release(&row.release_id, &device)
-            .await
-            .map_err(internal)?;
-        if pulled.as_ref() == Some(&(row.task.clone(), row.version.clone())) {
-            trusted.push(row);
-        } else {
-            tracing::warn!(%device, release = %row.release_id, task = %row.task, version = %row.version,
-                "dropping a report about a release this device was not handed");
-        }
-    }
-    let rows = trusted;
-    let accepted = db
-        .insert_task_events(&device, &rows)
+    let stored = service
+        .state
+        .db
+        .store_report(&device, rows)
         .await
         .map_err(internal)?;
-    for row in rows.iter().filter(|r| !r.release_id.is_empty()) {
-        let state = match row.kind {
-            "installed" => "installed",
-            // The device abandoned this version locally (it reports the version it went
-            // back to as installed next).
-            "rolled_back" => "rolled_back",
-            "removed" => "removed",
-            _ => continue,
-        };
-        db.set_device_task(&device, &row.task, &row.version, state, &row.detail)
-            .await
-            .map_err(internal)?;
+    for row in &stored.untrusted {
+        tracing::warn!(%device, release = %row.release_id, task = %row.task, version = %row.version,
+            "dropping a report about a release this device was not handed");
     }
+    let accepted = stored.accepted;
     service
         .state
         .metrics

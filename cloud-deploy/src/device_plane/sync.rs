@@ -50,7 +50,7 @@ pub(super) async fn sync(
     let db = &service.state.db;
     // A steady-state Sync only reads: the device row and its task rows are written only when
     // something changed (or last_seen is stale), so a fleet polling in place costs no writes.
-    let seen = db.device_seen(&device).await.map_err(internal)?;
+    let (seen, recorded) = db.device_for_sync(&device).await.map_err(internal)?;
     if let (Some(p), Some(seen)) = (profile, &seen)
         && !seen.app_id.is_empty()
         && p.app_id != seen.app_id
@@ -75,7 +75,6 @@ pub(super) async fn sync(
         .await
         .map_err(internal)?;
     }
-    let recorded = db.device_task_versions(&device).await.map_err(internal)?;
     for t in &request.installed {
         let changed = recorded.get(&t.task) != Some(&(t.version.clone(), "installed".to_owned()));
         // Rows only for tasks that exist: a device cannot fill the table with made-up names.

@@ -9,6 +9,7 @@ use walle_proto::v1::{BundleChunk, FetchBundleRequest};
 
 use super::{BoxedStream, DevicePlaneService, internal};
 use crate::secrets;
+use crate::store::releases::BundleAccess;
 
 /// Largest bundle chunk sent in one message.
 const CHUNK_BYTES: usize = 64 * 1024;
@@ -46,26 +47,24 @@ pub(super) async fn fetch_bundle(
             "`digest` must be 64 lowercase hex characters (sha256)",
         ));
     }
-    let size = service
-        .state
-        .db
-        .bundle_is_known(&digest)
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| Status::not_found(format!("no bundle with digest {digest}")))?
-        as u64;
     // Only bundles of releases this device was handed (no browsing other apps' bundles).
-    if !service
+    let size = match service
         .state
         .db
-        .device_may_fetch(&device, &digest)
+        .bundle_for_device(&device, &digest)
         .await
         .map_err(internal)?
     {
-        return Err(Status::not_found(format!(
-            "no bundle with digest {digest} for this device"
-        )));
-    }
+        BundleAccess::Size(size) => size as u64,
+        BundleAccess::Unknown => {
+            return Err(Status::not_found(format!("no bundle with digest {digest}")));
+        }
+        BundleAccess::NotHanded => {
+            return Err(Status::not_found(format!(
+                "no bundle with digest {digest} for this device"
+            )));
+        }
+    };
     if offset > size {
         return Err(Status::out_of_range(format!(
             "offset {offset} is past the bundle's {size} bytes"

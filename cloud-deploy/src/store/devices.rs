@@ -72,35 +72,34 @@ impl Db {
 
     /// What Sync needs to decide whether to write: the stored profile and last-seen time.
     pub async fn device_seen(&self, id: &str) -> Result<Option<DeviceSeen>, CloudError> {
-        let row =
-            sqlx::query("SELECT app_id, profile_json, last_seen_ms FROM devices WHERE id = $1")
-                .bind(id)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(db_err("reading device"))?;
-        row.map(|r| {
-            Ok(DeviceSeen {
-                app_id: r.try_get("app_id")?,
-                profile_json: r.try_get("profile_json")?,
-                last_seen_ms: r.try_get("last_seen_ms")?,
-            })
-        })
-        .transpose()
-        .map_err(db_err("decoding device"))
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(db_err("reading device"))?;
+        device_seen(&mut conn, id).await
     }
 
-    /// Task → (version, state) as last recorded for a device.
-    pub async fn device_task_versions(
+    /// [`Db::device_seen`] and what the device was last recorded running (task → (version,
+    /// state)), read on one connection.
+    pub async fn device_for_sync(
         &self,
         id: &str,
-    ) -> Result<HashMap<String, (String, String)>, CloudError> {
+    ) -> Result<(Option<DeviceSeen>, HashMap<String, (String, String)>), CloudError> {
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(db_err("reading device"))?;
+        let seen = device_seen(&mut conn, id).await?;
         let rows =
             sqlx::query("SELECT task, version, state FROM device_tasks WHERE device_id = $1")
                 .bind(id)
-                .fetch_all(self.pool())
+                .fetch_all(&mut *conn)
                 .await
                 .map_err(db_err("reading device tasks"))?;
-        rows.iter()
+        let tasks = rows
+            .iter()
             .map(|r| {
                 Ok((
                     r.try_get("task")?,
@@ -108,7 +107,8 @@ impl Db {
                 ))
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(db_err("decoding device tasks"))
+            .map_err(db_err("decoding device tasks"))?;
+        Ok((seen, tasks))
     }
 
     /// Records that a device was seen, with its current profile.
@@ -146,22 +146,12 @@ impl Db {
         state: &str,
         detail: &str,
     ) -> Result<(), CloudError> {
-        sqlx::query(
-            "INSERT INTO device_tasks (device_id, task, version, state, detail, updated_at_ms) \
-             VALUES ($1, $2, $3, $4, $5, $6) \
-             ON CONFLICT (device_id, task) DO UPDATE SET version = excluded.version, \
-             state = excluded.state, detail = excluded.detail, updated_at_ms = excluded.updated_at_ms",
-        )
-        .bind(device_id)
-        .bind(task)
-        .bind(version)
-        .bind(state)
-        .bind(detail)
-        .bind(now_ms())
-        .execute(self.pool())
-        .await
-        .map_err(db_err("recording device task"))?;
-        Ok(())
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(db_err("recording device task"))?;
+        set_device_task(&mut conn, device_id, task, version, state, detail).await
     }
 
     /// A page of devices matching a search, by id.
@@ -326,4 +316,51 @@ fn device_task_from_row(row: &sqlx::any::AnyRow) -> Result<DeviceTaskRow, sqlx::
         detail: row.try_get("detail")?,
         updated_at_ms: row.try_get("updated_at_ms")?,
     })
+}
+
+/// Sets what a device runs for a task, on `conn` (e.g. inside a report's transaction).
+pub(super) async fn set_device_task(
+    conn: &mut sqlx::AnyConnection,
+    device_id: &str,
+    task: &str,
+    version: &str,
+    state: &str,
+    detail: &str,
+) -> Result<(), CloudError> {
+    sqlx::query(
+        "INSERT INTO device_tasks (device_id, task, version, state, detail, updated_at_ms) \
+         VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (device_id, task) DO UPDATE SET version = excluded.version, \
+         state = excluded.state, detail = excluded.detail, updated_at_ms = excluded.updated_at_ms",
+    )
+    .bind(device_id)
+    .bind(task)
+    .bind(version)
+    .bind(state)
+    .bind(detail)
+    .bind(now_ms())
+    .execute(conn)
+    .await
+    .map_err(db_err("recording device task"))?;
+    Ok(())
+}
+
+async fn device_seen(
+    conn: &mut sqlx::AnyConnection,
+    id: &str,
+) -> Result<Option<DeviceSeen>, CloudError> {
+    let row = sqlx::query("SELECT app_id, profile_json, last_seen_ms FROM devices WHERE id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err("reading device"))?;
+    row.map(|r| {
+        Ok(DeviceSeen {
+            app_id: r.try_get("app_id")?,
+            profile_json: r.try_get("profile_json")?,
+            last_seen_ms: r.try_get("last_seen_ms")?,
+        })
+    })
+    .transpose()
+    .map_err(db_err("decoding device"))
 }

@@ -1,11 +1,63 @@
 //! Tables `task_events` (device reports) and `tunnel_records` (task outputs).
 
 use serde::{Deserialize, Serialize};
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::filter::Conditions;
 use super::{Db, db_err, now_ms};
 use crate::CloudError;
+
+/// What [`Db::store_report`] did with a report.
+#[derive(Debug, Default)]
+pub struct StoredReport {
+    /// Events stored (new to this device).
+    pub accepted: u32,
+    /// Events about a release this device was not handed (for their task and version).
+    pub untrusted: Vec<TaskEventRow>,
+}
+
+/// What a device runs for a task after reporting an event of `kind` about a release.
+fn device_task_state(kind: &str) -> Option<&'static str> {
+    match kind {
+        "installed" => Some("installed"),
+        // The device abandoned this version locally (it reports the version it went back to
+        // as installed next).
+        "rolled_back" => Some("rolled_back"),
+        "removed" => Some("removed"),
+        _ => None,
+    }
+}
+
+async fn insert_task_events(
+    conn: &mut AnyConnection,
+    device_id: &str,
+    events: &[TaskEventRow],
+) -> Result<u32, CloudError> {
+    let mut stored = 0;
+    for e in events {
+        let result = sqlx::query(
+            "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms, failure, count, queued_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, id) DO NOTHING",
+        )
+        .bind(device_id)
+        .bind(&e.id)
+        .bind(e.kind)
+        .bind(&e.task)
+        .bind(&e.version)
+        .bind(&e.release_id)
+        .bind(e.at_ms)
+        .bind(&e.detail)
+        .bind(e.duration_ms)
+        .bind(&e.failure)
+        .bind(e.count)
+        .bind(e.queued_ms)
+        .execute(&mut *conn)
+        .await
+        .map_err(db_err("storing task event"))?;
+        stored += result.rows_affected() as u32;
+    }
+    Ok(stored)
+}
 
 /// One reported task event, as stored.
 #[derive(Debug, Clone)]
@@ -151,45 +203,52 @@ fn p99_rank(runs: i64) -> i64 {
 }
 
 impl Db {
-    /// Stores a device's task events; an event id already stored for that device is skipped.
-    /// Returns how many were new.
-    pub async fn insert_task_events(
+    /// Stores one device report in one transaction. An event about a release counts only if
+    /// Sync handed this device that release, for that task and version; others come back in
+    /// [`StoredReport::untrusted`], unstored. An event id already stored for the device is
+    /// skipped. Installs, rollbacks and removals about a release also set what the device runs.
+    pub async fn store_report(
         &self,
         device_id: &str,
-        events: &[TaskEventRow],
-    ) -> Result<u32, CloudError> {
+        rows: Vec<TaskEventRow>,
+    ) -> Result<StoredReport, CloudError> {
         let mut tx = self
-            .pool()
-            .begin()
+            .begin_write()
             .await
             .map_err(db_err("starting report transaction"))?;
-        let mut stored = 0;
-        for e in events {
-            let result = sqlx::query(
-                "INSERT INTO task_events (device_id, id, kind, task, version, release_id, at_ms, detail, duration_ms, failure, count, queued_ms) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) ON CONFLICT (device_id, id) DO NOTHING",
-            )
-            .bind(device_id)
-            .bind(&e.id)
-            .bind(e.kind)
-            .bind(&e.task)
-            .bind(&e.version)
-            .bind(&e.release_id)
-            .bind(e.at_ms)
-            .bind(&e.detail)
-            .bind(e.duration_ms)
-            .bind(&e.failure)
-            .bind(e.count)
-            .bind(e.queued_ms)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err("storing task event"))?;
-            stored += result.rows_affected() as u32;
+        let mut trusted = Vec::with_capacity(rows.len());
+        let mut untrusted = Vec::new();
+        for row in rows {
+            let handed = row.release_id.is_empty()
+                || super::releases::pulled_release(&mut tx, &row.release_id, device_id).await?
+                    == Some((row.task.clone(), row.version.clone()));
+            if handed {
+                trusted.push(row);
+            } else {
+                untrusted.push(row);
+            }
+        }
+        let accepted = insert_task_events(&mut tx, device_id, &trusted).await?;
+        for row in trusted.iter().filter(|r| !r.release_id.is_empty()) {
+            if let Some(state) = device_task_state(row.kind) {
+                super::devices::set_device_task(
+                    &mut tx,
+                    device_id,
+                    &row.task,
+                    &row.version,
+                    state,
+                    &row.detail,
+                )
+                .await?;
+            }
         }
         tx.commit()
             .await
             .map_err(db_err("committing task events"))?;
-        Ok(stored)
+        Ok(StoredReport {
+            accepted,
+            untrusted,
+        })
     }
 
     /// What devices reported about the runs of one release's version.

@@ -457,43 +457,35 @@ impl Db {
         })
     }
 
-    /// The (task, version) of `release_id` if `device_id` was handed it by Sync; `None` otherwise.
-    pub async fn pulled_release(
-        &self,
-        release_id: &str,
-        device_id: &str,
-    ) -> Result<Option<(String, String)>, CloudError> {
-        let row = sqlx::query(
-            "SELECT r.task, r.version FROM release_syncs s JOIN releases r ON r.id = s.release_id \
-             WHERE s.release_id = $1 AND s.device_id = $2",
-        )
-        .bind(release_id)
-        .bind(device_id)
-        .fetch_optional(self.pool())
-        .await
-        .map_err(db_err("checking reported release"))?;
-        row.map(|r| Ok((r.try_get("task")?, r.try_get("version")?)))
-            .transpose()
-            .map_err(db_err("decoding reported release"))
-    }
-
-    /// Whether `device_id` was handed a release whose bundle has this digest.
-    pub async fn device_may_fetch(
+    /// Whether a bundle with this digest exists and `device_id` may fetch it (it was handed a
+    /// release of that bundle), read on one connection.
+    pub async fn bundle_for_device(
         &self,
         device_id: &str,
         digest: &str,
-    ) -> Result<bool, CloudError> {
-        let row = sqlx::query(
+    ) -> Result<BundleAccess, CloudError> {
+        let mut conn = self
+            .pool()
+            .acquire()
+            .await
+            .map_err(db_err("looking up bundle"))?;
+        let Some(size) = super::tasks::bundle_size(&mut conn, digest).await? else {
+            return Ok(BundleAccess::Unknown);
+        };
+        let handed = sqlx::query(
             "SELECT 1 AS handed FROM release_syncs s JOIN releases r ON r.id = s.release_id \
              JOIN task_versions v ON v.task = r.task AND v.version = r.version \
              WHERE s.device_id = $1 AND v.bundle_digest = $2 LIMIT 1",
         )
         .bind(device_id)
         .bind(digest)
-        .fetch_optional(self.pool())
+        .fetch_optional(&mut *conn)
         .await
         .map_err(db_err("checking bundle access"))?;
-        Ok(row.is_some())
+        Ok(match handed {
+            Some(_) => BundleAccess::Size(size),
+            None => BundleAccess::NotHanded,
+        })
     }
 
     /// Devices whose active version of `task` is `version`.
@@ -506,4 +498,35 @@ impl Db {
             .and_then(|row| row.try_get::<i64, _>(0))
             .map_err(db_err("counting installs"))
     }
+}
+
+/// What [`Db::bundle_for_device`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BundleAccess {
+    /// No task version has a bundle with this digest.
+    Unknown,
+    /// The bundle exists, but no release of it was handed to this device.
+    NotHanded,
+    /// The device may fetch the bundle, of this many bytes.
+    Size(i64),
+}
+
+/// The (task, version) of `release_id` if `device_id` was handed it by Sync; `None` otherwise.
+pub(super) async fn pulled_release(
+    conn: &mut sqlx::AnyConnection,
+    release_id: &str,
+    device_id: &str,
+) -> Result<Option<(String, String)>, CloudError> {
+    let row = sqlx::query(
+        "SELECT r.task, r.version FROM release_syncs s JOIN releases r ON r.id = s.release_id \
+         WHERE s.release_id = $1 AND s.device_id = $2",
+    )
+    .bind(release_id)
+    .bind(device_id)
+    .fetch_optional(conn)
+    .await
+    .map_err(db_err("checking reported release"))?;
+    row.map(|r| Ok((r.try_get("task")?, r.try_get("version")?)))
+        .transpose()
+        .map_err(db_err("decoding reported release"))
 }

@@ -160,17 +160,19 @@ impl Db {
             .collect::<Result<_, _>>()
             .map_err(db_err("decoding task versions"))
     }
+}
 
-    /// Whether some stored version has this bundle digest (only those bundles are served).
-    pub async fn bundle_is_known(&self, digest: &str) -> Result<Option<i64>, CloudError> {
-        let row =
-            sqlx::query("SELECT bundle_size FROM task_versions WHERE bundle_digest = $1 LIMIT 1")
-                .bind(digest)
-                .fetch_optional(self.pool())
-                .await
-                .map_err(db_err("looking up bundle"))?;
-        row.map(|r| r.try_get::<i64, _>("bundle_size"))
-            .transpose()
-            .map_err(db_err("decoding bundle size"))
-    }
+/// The size of the bundle with this digest, if a task version has it.
+pub(super) async fn bundle_size(
+    conn: &mut sqlx::AnyConnection,
+    digest: &str,
+) -> Result<Option<i64>, CloudError> {
+    let row = sqlx::query("SELECT bundle_size FROM task_versions WHERE bundle_digest = $1 LIMIT 1")
+        .bind(digest)
+        .fetch_optional(conn)
+        .await
+        .map_err(db_err("looking up bundle"))?;
+    row.map(|r| r.try_get::<i64, _>("bundle_size"))
+        .transpose()
+        .map_err(db_err("decoding bundle size"))
 }
