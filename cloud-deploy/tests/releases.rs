@@ -295,6 +295,22 @@ impl SimDevice {
         );
     }
 
+    /// Opens the notice stream and checks that it starts with HELLO.
+    async fn subscribe(&self) -> tonic::Streaming<walle_proto::v1::Notice> {
+        let mut notices = self
+            .client
+            .clone()
+            .subscribe(self.authed(SubscribeRequest {}))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            next_notice(&mut notices).await.kind,
+            notice::Kind::Hello as i32
+        );
+        notices
+    }
+
     /// Downloads the bundle last handed by Sync and checks it against the signed digest.
     async fn fetch_desired_bundle(&mut self) -> Vec<u8> {
         let request = self.authed(FetchBundleRequest {
@@ -1310,17 +1326,7 @@ async fn two_replicas_on_one_postgres_behave_as_one_service() {
 
     // A device on replica B hears about a release created through replica A.
     let mut device = SimDevice::register(&b, "device-on-b", "mid").await;
-    let mut notices = device
-        .client
-        .clone()
-        .subscribe(device.authed(SubscribeRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        notices.message().await.unwrap().unwrap().kind,
-        notice::Kind::Hello as i32
-    );
+    let mut notices = device.subscribe().await;
     let op_a = Operator::new(&a);
     op_a.publish(dir.path(), "1.0.0").await;
     op_a.publish(dir.path(), "2.0.0").await;
@@ -1420,17 +1426,7 @@ async fn the_replica_taking_the_lease_re_announces_changes_whose_notice_died() {
     };
 
     let device = SimDevice::register(&other, "device-on-the-survivor", "mid").await;
-    let mut notices = device
-        .client
-        .clone()
-        .subscribe(device.authed(SubscribeRequest {}))
-        .await
-        .unwrap()
-        .into_inner();
-    assert_eq!(
-        next_notice(&mut notices).await.kind,
-        notice::Kind::Hello as i32
-    );
+    let mut notices = device.subscribe().await;
     let op = Operator::new(&controller);
     op.publish(dir.path(), "1.0.0").await;
     op.publish(dir.path(), "2.0.0").await;
@@ -1480,4 +1476,27 @@ async fn next_notice(
         .expect("a notice in time")
         .unwrap()
         .expect("the stream stays open")
+}
+
+/// A device that registers again gets a new token, and its old one stops working at once on
+/// that replica, even though its calls had put the old one in the replica's token cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registering_again_retires_the_old_token_at_once() {
+    let backend = Backend::sqlite();
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start(&backend, dir.path()).await;
+    let mut before = SimDevice::register(&cloud, "re-enrolled", "mid").await;
+    before.desired().await;
+    before.desired().await;
+    let mut after = SimDevice::register(&cloud, "re-enrolled", "mid").await;
+    assert_ne!(before.token, after.token);
+    let refused = before
+        .client
+        .clone()
+        .sync(before.authed(SyncRequest::default()))
+        .await
+        .expect_err("the old token is refused");
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    after.desired().await;
+    cloud.shutdown().await;
 }
