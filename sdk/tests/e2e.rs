@@ -465,7 +465,13 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
         agents,
         client,
     } = fleet;
-    for event in visit("s1", "sku-2", 0) {
+    // Events of now: the restarted agent applies its event retention at once, and events from
+    // 1970 are past any retention age.
+    let start = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    for event in visit("s1", "sku-2", start) {
         agents[0].track(event).unwrap();
     }
     agents[0].flush(TIMEOUT).await.unwrap();
@@ -482,8 +488,8 @@ async fn a_restarted_device_comes_back_with_its_installed_task() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(before, visit("s1", "sku-2", 0));
-    for event in visit("s2", "sku-2", 0) {
+    assert_eq!(before, visit("s1", "sku-2", start));
+    for event in visit("s2", "sku-2", start + 10_000) {
         agent.track(event).unwrap();
     }
     agent.flush(TIMEOUT).await.unwrap();
