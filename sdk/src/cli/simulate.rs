@@ -229,9 +229,13 @@ async fn simulate(args: SimulateArgs, global: &GlobalArgs) -> anyhow::Result<()>
         config.urls.join(", ")
     );
     let progress = Progress::start(&simulation);
+    // With churn some devices are offline at any moment: the fleet is up once every device
+    // has connected (registered) once.
+    let churn = config.churn_per_min > 0.0;
     let connected = simulation
         .wait_until("every device connected", timeout, |s| {
-            s.connected as usize >= config.devices
+            let up = if churn { s.registered } else { s.connected };
+            up as usize >= config.devices
         })
         .await;
     let connect_time = simulation.started().elapsed();
