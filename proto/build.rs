@@ -13,7 +13,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The device profile is one type everywhere: the message on the wire, the device's
     // `[profile]` config and the JSON the cloud stores (`profile::DeviceProfile`). Missing fields
     // read as empty, as on the wire; the device applies its own defaults on top.
+    // Every stream's buffers start small (`codec.rs`): a replica holds one idle Subscribe
+    // stream per connected device.
     tonic_prost_build::configure()
+        .codec_path("crate::codec::DevicePlaneCodec")
         .type_attribute(
             ".walle.device.v1.DeviceProfile",
             "#[derive(serde::Serialize, serde::Deserialize)] #[serde(default)]",

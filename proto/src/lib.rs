@@ -2,6 +2,8 @@
 //!
 //! - [`v1`]: the device-plane gRPC protocol (`walle/device/v1/device.proto`), compiled with
 //!   `protox` so no system `protoc` is needed: messages plus tonic client and server.
+//! - [`codec`]: the codec the generated client and server use: prost with small starting
+//!   buffers, as a replica holds one mostly idle stream per device.
 //! - [`profile`]: the device profile (the `DeviceProfile` message, also the device's
 //!   `[profile]` config and the cloud's stored JSON) and the limits the cloud applies to it.
 //! - [`manifest`]: `walle.toml`, the task manifest, with validation that names the field at
@@ -22,6 +24,7 @@
 //! no networking, no storage.
 
 pub mod bundle;
+pub mod codec;
 pub mod crash;
 pub mod cron;
 pub mod event;
