@@ -32,11 +32,13 @@ fi
 # another server). If nothing listens there, install Debian's nats-server and start it with
 # JetStream, its store below ~/.cache/walle-nats; it keeps running after this script.
 nats_up() { python3 -c 'import socket; socket.create_connection(("127.0.0.1", 4222), 2)' 2>/dev/null; }
+# The records-sink test that stops a NATS server mid-run starts one of its own: the binary is
+# needed even where a server already listens.
+if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
+  echo "setup: installing nats-server"
+  apt-get update -qq && apt-get install -y -qq nats-server
+fi
 if [ -z "${WALLE_TEST_NATS_URL:-}" ] && ! nats_up; then
-  if ! command -v nats-server >/dev/null 2>&1 && [ ! -x /usr/sbin/nats-server ]; then
-    echo "setup: installing nats-server"
-    apt-get update -qq && apt-get install -y -qq nats-server
-  fi
   nats_bin=$(command -v nats-server || echo /usr/sbin/nats-server)
   nats_dir="$HOME/.cache/walle-nats"
   mkdir -p "$nats_dir"

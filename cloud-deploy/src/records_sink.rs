@@ -237,6 +237,15 @@ pub enum SinkError {
         stream: String,
         subjects: Vec<String>,
     },
+    /// The stream cannot be looked up now (the health probe): the server is away, or the
+    /// stream was deleted under the running cloud.
+    #[error("NATS at {url}: JetStream stream {stream} does not answer: {source}")]
+    Unreachable {
+        url: String,
+        stream: String,
+        #[source]
+        source: jetstream::context::GetStreamError,
+    },
     /// JetStream did not store a record: refused, not acknowledged in time, or unreachable.
     #[error("JetStream stream {stream} did not store record {record} of device {device}: {source}")]
     Publish {
@@ -294,6 +303,15 @@ impl RecordsSink {
                 Ok(Appended { stored, duplicates })
             }
             RecordsSink::JetStream(sink) => sink.append(device, records).await,
+        }
+    }
+
+    /// Whether the sink would store a batch now (the health probe): for JetStream, its stream
+    /// answers a lookup; the database sink is probed as the database.
+    pub async fn check_reachable(&self) -> Result<(), CloudError> {
+        match self {
+            RecordsSink::Database(_) => Ok(()),
+            RecordsSink::JetStream(sink) => sink.check_reachable().await,
         }
     }
 }
@@ -354,6 +372,19 @@ impl JetStreamSink {
         tracing::info!(server = %url, stream = %config.stream, messages = info.state.messages,
             "records go to JetStream");
         Ok(JetStreamSink { config, context })
+    }
+
+    /// Looks the stream up (one request to the server).
+    async fn check_reachable(&self) -> Result<(), CloudError> {
+        self.context
+            .get_stream(&self.config.stream)
+            .await
+            .map_err(|source| SinkError::Unreachable {
+                url: self.config.server_shown(),
+                stream: self.config.stream.clone(),
+                source,
+            })?;
+        Ok(())
     }
 
     /// The sink's server and stream.

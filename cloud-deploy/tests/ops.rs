@@ -258,7 +258,8 @@ async fn health_and_readiness_answer_503_naming_a_database_that_is_gone() {
         get_json(format!("{base}/v1/health")).await,
         (
             StatusCode::OK,
-            json!({"status": "ok", "database": "ok", "bundle_store": "ok", "failing": []})
+            json!({"status": "ok", "database": "ok", "bundle_store": "ok", "records_sink": "ok",
+                "failing": []})
         )
     );
     assert_eq!(

@@ -1,6 +1,8 @@
 //! The JetStream records sink against a real NATS server with JetStream: `WALLE_TEST_NATS_URL`,
 //! default `nats://127.0.0.1:4222` (scripts/setup.sh starts one where it is missing). These tests
-//! fail, not skip, when it is down. Each uses a stream of its own, deleted at the end.
+//! fail, not skip, when it is down. Each uses a stream of its own, deleted at the end. The test
+//! that stops its NATS server mid-run starts a server of its own (Debian's `nats-server`, which
+//! scripts/setup.sh installs), so the shared one is never stopped.
 
 use std::time::Duration;
 
@@ -46,6 +48,7 @@ fn unique_name(label: &str) -> String {
 struct TestStream {
     name: String,
     js: jetstream::Context,
+    url: String,
 }
 
 impl TestStream {
@@ -53,12 +56,23 @@ impl TestStream {
         TestStream {
             name: unique_name(label),
             js: jetstream().await,
+            url: nats_url(),
+        }
+    }
+
+    /// A stream on the server at `url`.
+    async fn on(url: &str, label: &str) -> TestStream {
+        let client = async_nats::connect(url).await.unwrap();
+        TestStream {
+            name: unique_name(label),
+            js: jetstream::new(client),
+            url: url.to_owned(),
         }
     }
 
     /// The `--records-sink` setting for this stream.
     fn setting(&self) -> String {
-        format!("{}/{}", nats_url(), self.name)
+        format!("{}/{}", self.url, self.name)
     }
 
     fn sink(&self) -> RecordsSinkConfig {
@@ -361,6 +375,134 @@ async fn the_cloud_does_not_start_without_its_records_stream() {
             .contains(&format!("stream {} takes subjects", stream.name)),
         "{e}"
     );
+}
+
+/// A NATS server with JetStream of this test's own, on a free port, its store in a temporary
+/// directory that outlives a restart; killed on drop.
+struct NatsServer {
+    child: std::process::Child,
+    port: u16,
+    store: tempfile::TempDir,
+}
+
+impl NatsServer {
+    async fn start() -> NatsServer {
+        let store = tempfile::tempdir().unwrap();
+        let port = free_addr().rsplit_once(':').unwrap().1.parse().unwrap();
+        let child = Self::spawn(port, store.path()).await;
+        NatsServer { child, port, store }
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    async fn spawn(port: u16, store: &std::path::Path) -> std::process::Child {
+        let binary = ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())
+            .expect("nats-server is not installed: run scripts/setup.sh");
+        let child = std::process::Command::new(binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        while tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "nats-server never listened"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        child
+    }
+
+    /// kill -9: the server goes away at once, as a crashed broker would.
+    fn kill(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    /// Starts the server again on the same port and store.
+    async fn restart(&mut self) {
+        self.child = Self::spawn(self.port, self.store.path()).await;
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The cloud's `/v1/health` answer: (HTTP status, body).
+async fn health(cloud: &Cloud) -> (StatusCode, Value) {
+    let response = reqwest::get(format!("{}/v1/health", cloud.http_url()))
+        .await
+        .unwrap();
+    (response.status(), response.json().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_server_stopped_mid_run_fails_uploads_until_it_is_back_and_stores_each_record_once()
+{
+    let mut nats = NatsServer::start().await;
+    let stream = TestStream::on(&nats.url(), "stopped").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = start_cloud(dir.path(), stream.sink()).await;
+    let mut client = DevicePlaneClient::connect(cloud.grpc_url()).await.unwrap();
+    let token = register(&mut client, "phone-1").await;
+    let first: Vec<TunnelRecord> = (1..=2).map(|n| record(n, "t")).collect();
+    assert_eq!(upload(&client, &token, &first).await.unwrap(), (2, 0));
+    assert_eq!(health(&cloud).await.0, StatusCode::OK);
+
+    nats.kill();
+    // The device's upload is refused, not acknowledged: its outbox keeps the records.
+    let second: Vec<TunnelRecord> = (3..=5).map(|n| record(n, "t")).collect();
+    let refused = upload(&client, &token, &second).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused}");
+    assert!(refused.message().contains(&stream.name), "{refused}");
+    // The operator sees which part failed; the replica stays ready (Sync and installs go on).
+    let (status, body) = health(&cloud).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["failing"], json!(["records_sink"]), "{body}");
+    let ready = reqwest::get(format!("{}/v1/ready", cloud.http_url()))
+        .await
+        .unwrap();
+    assert_eq!(ready.status(), StatusCode::OK);
+
+    // The server comes back with its store: the cloud reconnects by itself, and the device's
+    // retry stores what is missing. Messages the cloud had queued while the server was away
+    // may have reached it on reconnect; they count as duplicates, never as second copies.
+    nats.restart().await;
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    let (stored, duplicates) = loop {
+        match upload(&client, &token, &second).await {
+            Ok(answer) => break answer,
+            Err(e) => {
+                assert_eq!(e.code(), Code::Unavailable, "{e}");
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "uploads still refused a minute after NATS came back: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert_eq!(stored + duplicates, 3);
+    assert_eq!(
+        stream.ids().await,
+        (1..=5).map(|n| format!("phone-1:r{n}")).collect::<Vec<_>>()
+    );
+    assert_eq!(health(&cloud).await.0, StatusCode::OK);
+    cloud.shutdown().await;
 }
 
 /// A `walle-cloud serve` process with the JetStream sink; killed on drop.

@@ -1,5 +1,6 @@
 //! What an operator's tooling asks without a token: `/v1/health` (does every part this replica
-//! depends on answer), `/v1/ready` (should a load balancer send it traffic) and `/metrics`
+//! depends on answer: the database, the bundle store and, when records go there, the JetStream
+//! stream), `/v1/ready` (should a load balancer send it traffic) and `/metrics`
 //! (Prometheus, see [`crate::metrics`]).
 //!
 //! Each probe is bounded by [`PROBE_TIMEOUT`], so a database or bucket that hangs makes the
@@ -21,6 +22,7 @@ use utoipa_axum::routes;
 use crate::bundles::BundleStore;
 use crate::metrics::{self, Metrics, Snapshot};
 use crate::notify::NoticeHub;
+use crate::records_sink::RecordsSink;
 use crate::store::Db;
 use crate::{AppState, CloudError};
 
@@ -32,6 +34,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 pub(super) struct Probes {
     db: Db,
     bundles: BundleStore,
+    records: RecordsSink,
     metrics: Metrics,
     hub: NoticeHub,
     transfers: Arc<Semaphore>,
@@ -44,6 +47,7 @@ impl FromRef<AppState> for Probes {
         Probes {
             db: state.db.clone(),
             bundles: state.bundles.clone(),
+            records: state.records.clone(),
             metrics: state.metrics.clone(),
             hub: state.hub.clone(),
             transfers: state.transfers.clone(),
@@ -69,7 +73,11 @@ pub(super) struct Health {
     database: String,
     /// `ok`, or why the bundle store failed its probe (listing the bundle prefix).
     bundle_store: String,
-    /// The failing parts (`database`, `bundle_store`); empty when all is well.
+    /// `ok`, or why the records sink failed its probe (with the JetStream sink, looking up its
+    /// stream; the database sink is the database). A failing sink does not make the replica
+    /// unready: only uploads wait for it, and devices keep their records until it is back.
+    records_sink: String,
+    /// The failing parts (`database`, `bundle_store`, `records_sink`); empty when all is well.
     failing: Vec<String>,
     /// With a 503: what failed, in words.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -87,7 +95,8 @@ pub(super) struct Readiness {
     error: Option<String>,
 }
 
-/// Whether every part this replica depends on answers: its database and its bundle store.
+/// Whether every part this replica depends on answers: its database, its bundle store and its
+/// records sink.
 #[utoipa::path(
     get,
     path = "/health",
@@ -98,11 +107,12 @@ pub(super) struct Readiness {
     )
 )]
 async fn health(State(probes): State<Probes>) -> (StatusCode, Json<Health>) {
-    let (database, bundle_store) = tokio::join!(
+    let (database, bundle_store, records_sink) = tokio::join!(
         probe_database(&probes),
         bounded("bundle store", probes.bundles.check_reachable()),
+        bounded("records sink", probes.records.check_reachable()),
     );
-    let (status, body) = health_verdict(database, bundle_store);
+    let (status, body) = health_verdict(database, bundle_store, records_sink);
     (status, Json(body))
 }
 
@@ -175,8 +185,13 @@ async fn bounded<T>(
 fn health_verdict(
     database: Result<(), String>,
     bundle_store: Result<(), String>,
+    records_sink: Result<(), String>,
 ) -> (StatusCode, Health) {
-    let parts = [("database", database), ("bundle_store", bundle_store)];
+    let parts = [
+        ("database", database),
+        ("bundle_store", bundle_store),
+        ("records_sink", records_sink),
+    ];
     let failing: Vec<String> = parts
         .iter()
         .filter(|(_, result)| result.is_err())
@@ -186,13 +201,14 @@ fn health_verdict(
         .iter()
         .filter_map(|(_, result)| result.as_ref().err().cloned())
         .collect();
-    let [(_, database), (_, bundle_store)] = parts;
+    let [(_, database), (_, bundle_store), (_, records_sink)] = parts;
     let word = |result: Result<(), String>| result.err().unwrap_or_else(|| "ok".to_owned());
     let healthy = failing.is_empty();
     let body = Health {
         status: if healthy { "ok" } else { "unavailable" }.to_owned(),
         database: word(database),
         bundle_store: word(bundle_store),
+        records_sink: word(records_sink),
         failing,
         error: (!healthy).then(|| errors.join("; ")),
     };
@@ -231,13 +247,14 @@ mod tests {
 
     #[test]
     fn health_names_each_failing_part_and_answers_503() {
-        let (status, body) = health_verdict(Ok(()), Ok(()));
+        let (status, body) = health_verdict(Ok(()), Ok(()), Ok(()));
         assert_eq!(status, StatusCode::OK);
         assert_eq!(
             serde_json::to_value(&body).unwrap(),
-            serde_json::json!({"status": "ok", "database": "ok", "bundle_store": "ok", "failing": []})
+            serde_json::json!({"status": "ok", "database": "ok", "bundle_store": "ok",
+                "records_sink": "ok", "failing": []})
         );
-        let (status, body) = health_verdict(Ok(()), Err("bucket gone".into()));
+        let (status, body) = health_verdict(Ok(()), Err("bucket gone".into()), Ok(()));
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body.failing, ["bundle_store"]);
         assert_eq!(body.bundle_store, "bucket gone");
@@ -246,6 +263,7 @@ mod tests {
         let (status, body) = health_verdict(
             Err("database: refused".into()),
             Err("bundle storage: gone".into()),
+            Ok(()),
         );
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(body.failing, ["database", "bundle_store"]);
@@ -253,6 +271,10 @@ mod tests {
             body.error.as_deref(),
             Some("database: refused; bundle storage: gone")
         );
+        let (status, body) = health_verdict(Ok(()), Ok(()), Err("stream R: gone".into()));
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body.failing, ["records_sink"]);
+        assert_eq!(body.records_sink, "stream R: gone");
     }
 
     #[test]
