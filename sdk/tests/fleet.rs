@@ -379,7 +379,7 @@ async fn a_replica_killed_under_load_hands_its_devices_to_the_other_and_the_rele
     connected(&sim, devices).await;
 
     // Released through B, reaching A's devices through LISTEN/NOTIFY; A dies midway.
-    sim.watch("fleet-task", "1.0.0");
+    let released = sim.watch("fleet-task", "1.0.0");
     let release = client
         .create_release_with(
             "fleet-task",
@@ -395,6 +395,11 @@ async fn a_replica_killed_under_load_hands_its_devices_to_the_other_and_the_rele
     })
     .await
     .unwrap();
+    let fanout = sim.counters().notice_fanout(released, 2);
+    assert!(
+        fanout[0].notices > 0 && fanout[1].notices > 0,
+        "both replicas' devices heard of the release: {fanout:?}"
+    );
     a.kill();
     let done = sim
         .wait_until(

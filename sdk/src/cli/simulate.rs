@@ -351,6 +351,20 @@ async fn timed_release(
         .counters()
         .time_to_shares(start, of, &[0.5, 0.9, 0.99, until / 100.0]);
     let ms = |d: Option<Duration>| d.map_or(Value::Null, |d| json!(d.as_millis() as u64));
+    let fanout: Vec<Value> = simulation
+        .counters()
+        .notice_fanout(start, simulation.config().urls.len())
+        .into_iter()
+        .map(|f| {
+            json!({
+                "replica": f.replica,
+                "notices": f.notices,
+                "first_ms": ms(f.first),
+                "p50_ms": ms(f.p50),
+                "p99_ms": ms(f.p99),
+            })
+        })
+        .collect();
     let timing = json!({
         "id": id,
         "task": task,
@@ -365,6 +379,7 @@ async fn timed_release(
         "time_to_99_percent_ms": ms(times[2]),
         "time_to_until_ms": ms(times[3]),
         "until_percent": until,
+        "notices_by_replica": fanout,
     });
     if times[3].is_none() {
         bail!(
@@ -465,6 +480,21 @@ fn print_summary(format: Format, summary: &Value) -> anyhow::Result<()> {
             secs(&release["time_to_90_percent_ms"]),
             secs(&release["time_to_99_percent_ms"]),
         );
+        let fanout = release["notices_by_replica"].as_array();
+        for replica in fanout
+            .into_iter()
+            .flatten()
+            .filter(|_| fanout.is_some_and(|f| f.len() > 1))
+        {
+            println!(
+                "  replica {}: {} notices, first after {}, 50 % after {}, 99 % after {}",
+                replica["replica"],
+                replica["notices"],
+                secs(&replica["first_ms"]),
+                secs(&replica["p50_ms"]),
+                secs(&replica["p99_ms"]),
+            );
+        }
     }
     let peaks = &summary["peaks"];
     let rate = |v: &Value| format!("{:.0}", v.as_f64().unwrap_or(0.0));

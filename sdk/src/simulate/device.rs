@@ -191,7 +191,7 @@ impl Device {
                             *pace_window = Duration::from_millis(u64::from(notice.pace_window_ms));
                             continue;
                         }
-                        Counters::bump(&fleet.counters.notices);
+                        fleet.counters.noticed(self.replica);
                         let at = Instant::now() + jitter(u64::from(notice.pace_window_ms));
                         next_sync = Some(next_sync.map_or(at, |s| s.min(at)));
                     }

@@ -48,6 +48,8 @@ pub struct Counters {
 struct Times {
     /// When each device first installed the watched version.
     watched_installs: Vec<Instant>,
+    /// When each notice arrived while a version is watched, and from which replica.
+    watched_notices: Vec<(usize, Instant)>,
     /// When each lost stream was re-opened, and when it was lost.
     reconnects: Vec<(Instant, Instant)>,
 }
@@ -78,7 +80,44 @@ impl Counters {
     pub fn reset_watched(&self) {
         if let Ok(mut times) = self.times.lock() {
             times.watched_installs.clear();
+            times.watched_notices.clear();
         }
+    }
+
+    /// A device connected to `replica` got a "task changed" notice.
+    pub fn noticed(&self, replica: usize) {
+        Counters::bump(&self.notices);
+        if let Ok(mut times) = self.times.lock()
+            && times.watched_notices.len() < MAX_RECONNECT_RECORDS
+        {
+            times.watched_notices.push((replica, Instant::now()));
+        }
+    }
+
+    /// How the notices of the watched version reached the devices of each of `replicas`
+    /// replicas, counted from `start` (the release's creation): see [`NoticeFanout`].
+    pub fn notice_fanout(&self, start: Instant, replicas: usize) -> Vec<NoticeFanout> {
+        let Ok(times) = self.times.lock() else {
+            return Vec::new();
+        };
+        (0..replicas)
+            .map(|replica| {
+                let mut delays: Vec<Duration> = times
+                    .watched_notices
+                    .iter()
+                    .filter(|(r, _)| *r == replica)
+                    .map(|(_, at)| at.saturating_duration_since(start))
+                    .collect();
+                delays.sort();
+                NoticeFanout {
+                    replica,
+                    notices: delays.len(),
+                    first: delays.first().copied(),
+                    p50: (!delays.is_empty()).then(|| percentile(&delays, 0.50)),
+                    p99: (!delays.is_empty()).then(|| percentile(&delays, 0.99)),
+                }
+            })
+            .collect()
     }
 
     /// A device installed the version being watched.
@@ -156,6 +195,19 @@ impl Counters {
         let times = self.times.lock().ok()?;
         ReconnectSpread::of(&times.reconnects)
     }
+}
+
+/// How fast a release's notices reached the devices held by one replica. The release is created
+/// on one replica; the others learn of it through the database (PostgreSQL `LISTEN/NOTIFY`), so
+/// a slow fan-out shows as a later `first` on them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NoticeFanout {
+    pub replica: usize,
+    pub notices: usize,
+    /// From the release's creation to the first notice, the median and the 99th percentile.
+    pub first: Option<Duration>,
+    pub p50: Option<Duration>,
+    pub p99: Option<Duration>,
 }
 
 /// How spread out in time the reconnects after a loss were: a thundering herd puts most of them
