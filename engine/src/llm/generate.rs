@@ -534,6 +534,12 @@ mod tests {
     }
 
     #[test]
+    fn a_session_can_move_to_another_thread() {
+        fn send<T: Send>() {}
+        send::<Session>();
+    }
+
+    #[test]
     fn log_probability_is_the_log_softmax() {
         let logits = [1.0f32, 2.0, 3.0];
         let total: f64 = logits.iter().map(|&l| f64::from(l).exp()).sum();
