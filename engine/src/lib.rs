@@ -49,8 +49,10 @@
 //!
 //! **Small LLMs** ([`llm`]): GGUF files of Llama-family models, memory-mapped and checked
 //! ([`llm::Gguf`]), their quantized weights (Q4_0, Q4_1, Q8_0) multiplied by vectors on AVX2 /
-//! AVX-512 / VNNI kernels ([`llm::QuantMatrix`]), and their byte-level BPE tokenizer
-//! ([`llm::Tokenizer`]). This side shares only the instruction-set cap with the ONNX side.
+//! AVX-512 / VNNI kernels ([`llm::QuantMatrix`]), their byte-level BPE tokenizer
+//! ([`llm::Tokenizer`]), the transformer's forward pass over the mapped weights
+//! ([`llm::LlamaModel`]), and one conversation's KV cache, generation and scoring
+//! ([`llm::Session`]). This side shares only the instruction-set cap with the ONNX side.
 //!
 //! The engine stays independent of the VM, the device and the cloud.
 

@@ -536,6 +536,69 @@ impl<'a> QuantMatrix<'a> {
             });
         Ok(())
     }
+
+    /// `out[t · rows + r] = row r · xs[t]` for every vector `t` of a batch (a prompt's tokens),
+    /// rows split over the current rayon pool, on [`Kernel::detect`]. Each weight row is read
+    /// from memory once and multiplied by every vector of the batch while it is in cache, so a
+    /// batch of `n` vectors costs one pass over the weights, not `n`. Each product is the
+    /// same dot product [`QuantMatrix::matvec`] computes, so the results are equal to `n`
+    /// matvecs bit for bit.
+    pub fn matmul(&self, xs: &[Activation], out: &mut [f32]) -> Result<(), QuantError> {
+        self.matmul_with(Kernel::detect(), xs, out)
+    }
+
+    /// [`QuantMatrix::matmul`] on a chosen kernel.
+    pub fn matmul_with(
+        &self,
+        kernel: Kernel,
+        xs: &[Activation],
+        out: &mut [f32],
+    ) -> Result<(), QuantError> {
+        let n = xs.len();
+        let mismatch = |vector| QuantError::Mismatch {
+            rows: self.rows,
+            cols: self.cols,
+            vector,
+            out: out.len(),
+        };
+        if let Some(x) = xs.iter().find(|x| x.len() != self.cols) {
+            return Err(mismatch(x.len()));
+        }
+        if self.rows.checked_mul(n) != Some(out.len()) {
+            return Err(mismatch(self.cols));
+        }
+        if n == 0 || self.rows == 0 {
+            return Ok(());
+        }
+        let kernel = if kernel.supported() {
+            kernel
+        } else {
+            Kernel::Scalar
+        };
+        let per_task = (64 * 1024 / self.row_bytes.max(1))
+            .min(self.rows.div_ceil(4 * rayon::current_num_threads()))
+            .max(1);
+        // Row-major while computing (a task owns whole rows), token-major when returned.
+        let mut by_row = vec![0f32; out.len()];
+        by_row
+            .par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(task, outs)| {
+                let first = task * per_task;
+                for (i, row_out) in outs.chunks_exact_mut(n).enumerate() {
+                    let w = self.row_data(first + i);
+                    for (o, x) in row_out.iter_mut().zip(xs) {
+                        *o = dot(self.ty, kernel, w, x);
+                    }
+                }
+            });
+        for (r, row) in by_row.chunks_exact(n).enumerate() {
+            for (t, &v) in row.iter().enumerate() {
+                out[t * self.rows + r] = v;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// One row (`w`, whole blocks) times `x` (as many values), on a supported `kernel`.
@@ -993,6 +1056,54 @@ mod tests {
             m.matvec(&x, &mut out).unwrap();
             assert_eq!(out, [w[..32].iter().sum(), w[32..].iter().sum()]);
         }
+    }
+
+    #[test]
+    fn matmul_equals_one_matvec_per_vector_on_every_kernel() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for ty in [
+            GgmlType::Q8_0,
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::F32,
+        ] {
+            for (rows, cols, n) in [(1, 32, 1), (7, 64, 3), (130, 96, 17)] {
+                let data = if ty == GgmlType::F32 {
+                    (0..rows * cols)
+                        .flat_map(|_| rng.gen_range(-1.0f32..1.0).to_le_bytes())
+                        .collect()
+                } else {
+                    random_matrix(&mut rng, ty, rows, cols, false)
+                };
+                let m = QuantMatrix::new(ty, rows, cols, &data).unwrap();
+                let xs: Vec<Activation> = (0..n)
+                    .map(|_| {
+                        let v: Vec<f32> = (0..cols).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+                        Activation::quantize(&v).unwrap()
+                    })
+                    .collect();
+                for kernel in Kernel::available() {
+                    let mut batch = vec![0f32; rows * n];
+                    m.matmul_with(kernel, &xs, &mut batch).unwrap();
+                    for (t, x) in xs.iter().enumerate() {
+                        let mut one = vec![0f32; rows];
+                        m.matvec_with(kernel, x, &mut one).unwrap();
+                        assert_eq!(
+                            &batch[t * rows..(t + 1) * rows],
+                            &one[..],
+                            "{ty} {kernel:?}"
+                        );
+                    }
+                }
+            }
+        }
+        let data = vec![0u8; 34 * 2];
+        let m = QuantMatrix::new(GgmlType::Q8_0, 2, 32, &data).unwrap();
+        let x = Activation::quantize(&[0.0; 32]).unwrap();
+        let wide = Activation::quantize(&[0.0; 64]).unwrap();
+        assert!(m.matmul(&[x.clone(), x.clone()], &mut [0.0; 4]).is_ok());
+        assert!(m.matmul(&[x.clone(), wide], &mut [0.0; 4]).is_err());
+        assert!(m.matmul(&[x], &mut [0.0; 4]).is_err());
     }
 
     #[test]
