@@ -287,6 +287,7 @@ impl Cloud {
             servers.push(tokio::spawn(notify::listen(
                 state.db.clone(),
                 state.hub.clone(),
+                state.config.pace_window_ms,
                 stopped,
             )));
         }

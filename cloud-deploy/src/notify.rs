@@ -110,7 +110,8 @@ pub const CHANNEL: &str = "walle_notices";
 
 /// Sends a notice to every subscribed device of every replica: through PostgreSQL
 /// `NOTIFY` when the cloud runs on PostgreSQL (each replica's [`listen`] delivers it to its own
-/// devices), straight to this replica's devices otherwise.
+/// devices), straight to this replica's devices otherwise. For a change that touched no release
+/// row (a group's members); a release change uses [`committed`].
 pub async fn publish(db: &crate::store::Db, hub: &NoticeHub, notice: Notice) {
     // This replica's own Syncs see the change at once, before PostgreSQL echoes the notice.
     hub.mark_changed();
@@ -134,6 +135,18 @@ pub async fn publish(db: &crate::store::Db, hub: &NoticeHub, notice: Notice) {
     }
 }
 
+/// Tells devices about a release change this replica has committed. On PostgreSQL the change's
+/// own transaction sent the notice (the `releases_notice` trigger of migration 0016), so it
+/// reaches every replica's devices even if this one dies now; on SQLite this replica is the only
+/// one, and its devices hear it here.
+pub async fn committed(db: &crate::store::Db, hub: &NoticeHub, notice: Notice) {
+    hub.mark_changed();
+    if db.postgres_url().is_none() {
+        let delivered = hub.notify_all(&notice);
+        count_delivered(db, &notice, delivered).await;
+    }
+}
+
 async fn count_delivered(db: &crate::store::Db, notice: &Notice, delivered: usize) {
     if notice.release_id.is_empty() {
         return;
@@ -143,13 +156,19 @@ async fn count_delivered(db: &crate::store::Db, notice: &Notice, delivered: usiz
     }
 }
 
-fn parse_notice(payload: &str) -> Option<Notice> {
+/// A notice from the channel; a null `pace_window_ms` (a release without its own, as the
+/// trigger sends it) takes `default_pace_ms`.
+fn parse_notice(payload: &str, default_pace_ms: u32) -> Option<Notice> {
     let value: serde_json::Value = serde_json::from_str(payload).ok()?;
+    let pace_window_ms = match &value["pace_window_ms"] {
+        serde_json::Value::Null => default_pace_ms,
+        pace => u32::try_from(pace.as_u64()?).ok()?,
+    };
     Some(Notice {
         kind: i32::try_from(value["kind"].as_i64()?).ok()?,
         task: value["task"].as_str()?.to_owned(),
         release_id: value["release_id"].as_str()?.to_owned(),
-        pace_window_ms: u32::try_from(value["pace_window_ms"].as_u64()?).ok()?,
+        pace_window_ms,
     })
 }
 
@@ -158,6 +177,7 @@ fn parse_notice(payload: &str) -> Option<Notice> {
 pub async fn listen(
     db: crate::store::Db,
     hub: NoticeHub,
+    default_pace_ms: u32,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(url) = db.postgres_url().map(str::to_owned) else {
@@ -169,7 +189,7 @@ pub async fn listen(
             listener.listen(CHANNEL).await?;
             loop {
                 let notification = listener.recv().await?;
-                match parse_notice(notification.payload()) {
+                match parse_notice(notification.payload(), default_pace_ms) {
                     Some(notice) => {
                         let delivered = hub.notify_all(&notice);
                         count_delivered(&db, &notice, delivered).await;

@@ -1402,17 +1402,23 @@ async fn two_replicas_on_one_postgres_behave_as_one_service() {
     survivor.shutdown().await;
 }
 
-/// A replica that commits a release change and dies before publishing its notice leaves the
-/// other replicas' devices in the dark until their periodic sync. The replica that takes the
-/// controller lease re-announces every release changed within one sync interval, and only those.
+/// On PostgreSQL a release change's notice is part of its transaction: whoever commits it (here
+/// a bare SQL update, as a replica that died right after its commit leaves it), every replica's
+/// devices hear of it; a change rolled back sends nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_replica_taking_the_lease_re_announces_changes_whose_notice_died() {
+async fn a_committed_release_change_reaches_every_replica_even_if_its_writer_dies() {
     let backend = Backend::postgres().await;
     let dir = tempfile::tempdir().unwrap();
     let (dir_a, dir_b) = (dir.path().join("a"), dir.path().join("b"));
     let replica = |data_dir: std::path::PathBuf| {
         let backend = &backend;
-        async move { start_with(backend, &data_dir, |c| c.sync_interval_secs = 60).await }
+        async move {
+            start_with(backend, &data_dir, |c| {
+                c.sync_interval_secs = 60;
+                c.pace_window_ms = 777;
+            })
+            .await
+        }
     };
     let a = replica(dir_a.clone()).await;
     std::fs::create_dir_all(&dir_b).unwrap();
@@ -1420,52 +1426,61 @@ async fn the_replica_taking_the_lease_re_announces_changes_whose_notice_died() {
         std::fs::copy(dir_a.join(secret), dir_b.join(secret)).unwrap();
     }
     let b = replica(dir_b).await;
-    let (controller, other) = match single_controller(&[&a, &b]).await {
-        0 => (a, b),
-        _ => (b, a),
-    };
 
-    let device = SimDevice::register(&other, "device-on-the-survivor", "mid").await;
+    let device = SimDevice::register(&b, "device-on-b", "mid").await;
     let mut notices = device.subscribe().await;
-    let op = Operator::new(&controller);
+    let op = Operator::new(&a);
     op.publish(dir.path(), "1.0.0").await;
     op.publish(dir.path(), "2.0.0").await;
-    let old = op.release("1.0.0", json!({"stages": [50, 100]})).await;
-    assert_eq!(next_notice(&mut notices).await.release_id, old);
+    let old = op
+        .release(
+            "1.0.0",
+            json!({"stages": [50, 100], "pace_window_ms": 1234}),
+        )
+        .await;
+    let created = next_notice(&mut notices).await;
+    assert_eq!(
+        (created.release_id.as_str(), created.pace_window_ms),
+        (old.as_str(), 1234),
+        "a release created on A reaches B's device with its own pace window"
+    );
     let fresh = op.release("2.0.0", json!({"stages": [50, 100]})).await;
-    assert_eq!(next_notice(&mut notices).await.release_id, fresh);
+    let created = next_notice(&mut notices).await;
+    assert_eq!(created.release_id, fresh);
 
-    // What the controller committed just before it died: `fresh` advanced (its notice never
-    // went out); `old` last changed two sync intervals ago, so every device has synced since.
     let db = sqlx::AnyPool::connect(&backend.database_url().unwrap())
         .await
         .unwrap();
-    let now = now_ms();
+    // Rolled back: no notice.
+    let mut tx = db.begin().await.unwrap();
+    sqlx::query("UPDATE releases SET stage = 1, changed_at_ms = $1 WHERE id = $2")
+        .bind(now_ms())
+        .bind(&old)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    // Committed by a writer that publishes nothing itself.
     sqlx::query(
         "UPDATE releases SET stage = 1, stage_started_at_ms = $1, changed_at_ms = $1 WHERE id = $2",
     )
-    .bind(now)
+    .bind(now_ms())
     .bind(&fresh)
     .execute(&db)
     .await
     .unwrap();
-    sqlx::query("UPDATE releases SET changed_at_ms = $1 WHERE id = $2")
-        .bind(now - 120_000)
-        .bind(&old)
-        .execute(&db)
-        .await
-        .unwrap();
-    controller.shutdown().await;
-    single_controller(&[&other]).await;
-
-    // Notices go out in release order, so had `old` been re-announced it would come first.
-    let announced = next_notice(&mut notices).await;
+    let advanced = next_notice(&mut notices).await;
     assert_eq!(
-        (announced.kind, announced.release_id.as_str()),
-        (notice::Kind::TaskChanged as i32, fresh.as_str()),
-        "the survivor re-announces the change whose notice died, and not the old one"
+        (
+            advanced.kind,
+            advanced.release_id.as_str(),
+            advanced.pace_window_ms
+        ),
+        (notice::Kind::TaskChanged as i32, fresh.as_str(), 777),
+        "the committed change, not the rolled-back one, with the cloud's default pace"
     );
-    other.shutdown().await;
+    a.shutdown().await;
+    b.shutdown().await;
 }
 
 async fn next_notice(

@@ -163,7 +163,7 @@ async fn change_members(
         .change_group_members(&name, &change.add, &change.remove)
         .await?;
     for live in releases_targeting(&state, &name).await? {
-        release::notify_change(&state, &live).await;
+        release::notify_targets_changed(&state, &live).await;
     }
     Ok(Json(detail(&state, &name).await?))
 }

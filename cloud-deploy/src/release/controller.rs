@@ -43,9 +43,6 @@ pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<
         };
         if held != state.controller_active.swap(held, Ordering::SeqCst) {
             tracing::info!(replica = %state.replica_id, held, "release controller lease changed hands");
-            if held && let Err(e) = announce_recent_changes(&state).await {
-                tracing::warn!(error = %e, "cannot re-announce recently changed releases");
-            }
         }
         if !held {
             continue;
@@ -65,20 +62,6 @@ pub async fn run(state: AppState, interval: Duration, mut stop: watch::Receiver<
     {
         tracing::warn!(error = %e, "cannot give up the controller lease");
     }
-}
-
-/// Re-announces every release that changed within the last sync interval. The replica that
-/// changed it commits the change before it publishes the notice, so a replica that died between
-/// the two (the previous lease holder, most likely) left devices that will only hear of it at
-/// their periodic sync; older changes those syncs have already delivered.
-async fn announce_recent_changes(state: &AppState) -> Result<(), CloudError> {
-    let since = now_ms() - i64::from(state.config.sync_interval_secs) * 1000;
-    for row in state.db.releases_changed_since(since).await? {
-        tracing::info!(release = %row.id, state = %row.state, stage = row.stage + 1,
-            "re-announcing a recently changed release on taking the controller lease");
-        notify_change(state, &row.live()?).await;
-    }
-    Ok(())
 }
 
 /// What one tick decided for one release.

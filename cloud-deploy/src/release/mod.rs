@@ -29,10 +29,9 @@ use crate::{AppState, CloudError, secrets};
 use policy::ReleasePolicy;
 use select::{LiveRelease, ReleaseState, choose_for_task_sharing_buckets};
 
-/// Tells every subscribed device, on every replica, that what it should run for `task` may
-/// have changed.
-pub(crate) async fn notify_change(state: &AppState, release: &LiveRelease) {
-    let notice = Notice {
+/// The notice that what devices should run for `release`'s task may have changed.
+fn change_notice(state: &AppState, release: &LiveRelease) -> Notice {
+    Notice {
         kind: notice::Kind::TaskChanged as i32,
         task: release.task.clone(),
         release_id: release.id.clone(),
@@ -40,8 +39,20 @@ pub(crate) async fn notify_change(state: &AppState, release: &LiveRelease) {
             .policy
             .pace_window_ms
             .unwrap_or(state.config.pace_window_ms),
-    };
-    crate::notify::publish(&state.db, &state.hub, notice).await;
+    }
+}
+
+/// Tells every subscribed device, on every replica, that `release` changed: called once the
+/// change (which stamped the release's `changed_at_ms`) has committed. On PostgreSQL the commit
+/// itself carried the notice to every replica ([`crate::notify::committed`]).
+pub(crate) async fn notify_change(state: &AppState, release: &LiveRelease) {
+    crate::notify::committed(&state.db, &state.hub, change_notice(state, release)).await;
+}
+
+/// Tells every subscribed device, on every replica, that who `release` targets changed without
+/// the release itself changing (a group it names gained or lost members).
+pub(crate) async fn notify_targets_changed(state: &AppState, release: &LiveRelease) {
+    crate::notify::publish(&state.db, &state.hub, change_notice(state, release)).await;
 }
 
 /// Creates a release of `task@version` under `policy` and notifies devices. `salt` places

@@ -222,24 +222,6 @@ impl Db {
             .map_err(db_err("decoding releases"))
     }
 
-    /// Releases, in any state, whose state or stage changed at or after `since_ms`.
-    pub async fn releases_changed_since(
-        &self,
-        since_ms: i64,
-    ) -> Result<Vec<ReleaseRow>, CloudError> {
-        let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {RELEASE_COLUMNS} FROM releases WHERE changed_at_ms >= $1 ORDER BY seq"
-        )))
-        .bind(since_ms)
-        .fetch_all(self.pool())
-        .await
-        .map_err(db_err("listing changed releases"))?;
-        rows.iter()
-            .map(release_from_row)
-            .collect::<Result<_, _>>()
-            .map_err(db_err("decoding releases"))
-    }
-
     /// One release.
     pub async fn get_release(&self, id: &str) -> Result<Option<ReleaseRow>, CloudError> {
         let row = sqlx::query(AssertSqlSafe(format!(
