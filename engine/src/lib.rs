@@ -271,6 +271,17 @@ fn calling_thread_pool() -> Option<Arc<rayon::ThreadPool>> {
     HERE.with(Clone::clone)
 }
 
+/// Runs `f` with every kernel it starts on the calling thread (a pool of one whose thread is
+/// this one), for a caller that must keep the work where it is: the task VM, whose memory
+/// budget and deadline follow the thread. The LLM's kernels split their rows over the current
+/// rayon pool, which outside this would be rayon's global one.
+pub fn on_calling_thread<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    match calling_thread_pool() {
+        Some(pool) => pool.install(f),
+        None => f(),
+    }
+}
+
 /// The process-wide pool of `threads` workers (one per thread count, shared by sessions);
 /// `None` if the OS refuses threads, and kernels then run on the caller and rayon's default.
 fn thread_pool(threads: usize) -> Option<Arc<rayon::ThreadPool>> {

@@ -170,7 +170,16 @@ pub(crate) fn load_bundle(contents: &bundle::BundleContents) -> Result<Loaded, S
             .map(<[u8]>::to_vec)
             .ok_or_else(|| format!("the bundle has no {path}"))
     };
-    let code = walle_device::code::task_code(key.clone(), &manifest, read, &contents.files)?;
+    // The bundle is in memory here: a language model is the task's own copy of its bytes.
+    let language_model =
+        |path: &str| read(path).map(|bytes| walle_vm::LlmSource::Bytes(std::sync::Arc::new(bytes)));
+    let code = walle_device::code::task_code(
+        key.clone(),
+        &manifest,
+        read,
+        &contents.files,
+        language_model,
+    )?;
     let limits = code.limits;
     let vm = VmPool::new(1).map_err(|e| e.to_string())?;
     vm.load(code).map_err(|e| e.to_string())?;

@@ -249,6 +249,12 @@ pub(crate) fn refuse_current() {
     }
 }
 
+/// Counts `bytes` that are not the allocator's (a memory-mapped model's weights) in the budget
+/// of the task current on this thread, for as long as the task lives.
+pub(crate) fn charge_outside_heap(bytes: u64) {
+    charge(i64::try_from(bytes).unwrap_or(i64::MAX));
+}
+
 /// Bytes the task current on this thread may still allocate, if one is current.
 pub(crate) fn remaining_budget() -> Option<u64> {
     let current = CURRENT.with(|c| c.get());

@@ -8,7 +8,7 @@
 
 use std::cell::{Cell, RefCell};
 
-use rustpython_vm::builtins::PyStrRef;
+use rustpython_vm::builtins::{PyBaseExceptionRef, PyStrRef};
 use rustpython_vm::compiler::Mode;
 use rustpython_vm::{PyObjectRef, PyResult, VirtualMachine};
 use serde_json::Value;
@@ -33,7 +33,7 @@ thread_local! {
 /// Builds the `walle` module in `vm` and registers it in `sys.modules`.
 pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
     let dict = vm.ctx.new_dict();
-    let natives: [(&str, PyObjectRef); 7] = [
+    let natives: [(&str, PyObjectRef); 13] = [
         (
             "_host_context",
             vm.new_function("_host_context", host_context).into(),
@@ -59,6 +59,33 @@ pub(crate) fn install(vm: &VirtualMachine) -> PyResult<()> {
         (
             "_host_nn_run",
             vm.new_function("_host_nn_run", host_nn_run).into(),
+        ),
+        (
+            "_host_llm_load",
+            vm.new_function("_host_llm_load", host_llm_load).into(),
+        ),
+        (
+            "_host_llm_generate",
+            vm.new_function("_host_llm_generate", host_llm_generate)
+                .into(),
+        ),
+        (
+            "_host_llm_chat_prompt",
+            vm.new_function("_host_llm_chat_prompt", host_llm_chat_prompt)
+                .into(),
+        ),
+        (
+            "_host_llm_tokenize",
+            vm.new_function("_host_llm_tokenize", host_llm_tokenize)
+                .into(),
+        ),
+        (
+            "_host_llm_score",
+            vm.new_function("_host_llm_score", host_llm_score).into(),
+        ),
+        (
+            "_host_llm_stats",
+            vm.new_function("_host_llm_stats", host_llm_stats).into(),
         ),
     ];
     for (name, function) in natives {
@@ -253,6 +280,182 @@ fn host_nn_run(name: PyStrRef, inputs: PyObjectRef, vm: &VirtualMachine) -> PyRe
         dict.set_item(output.as_str(), tensor_to_py(vm, &value), vm)?;
     }
     Ok(dict.into())
+}
+
+/// Whether the run may go on: neither its deadline nor its memory budget has stopped it.
+fn within_limits() -> bool {
+    crate::watchdog::current_stop().is_none()
+}
+
+/// Raises the limit's error when the run's limits stopped a model call; else `what` stopped.
+fn stopped_by_limits(vm: &VirtualMachine, what: &str) -> PyBaseExceptionRef {
+    match crate::native::check(vm) {
+        Err(exc) => exc,
+        Ok(()) => vm.new_runtime_error(format!("{what}: stopped")),
+    }
+}
+
+/// Loads language model `name` with room for `context` tokens.
+fn host_llm_load(name: PyStrRef, context: usize, vm: &VirtualMachine) -> PyResult<()> {
+    let name = text(&name, vm)?;
+    host(vm, |h| {
+        let task = h.task().to_owned();
+        h.llms().load(&task, &name, context)
+    })
+}
+
+/// Generates from `prompt` under `options` (`max_tokens`, `temperature`, `top_k`, `top_p`,
+/// `repetition_penalty`, `seed`, `stop`); returns `(text, tokens, finish)`.
+fn host_llm_generate(
+    name: PyStrRef,
+    prompt: PyStrRef,
+    options: PyObjectRef,
+    vm: &VirtualMachine,
+) -> PyResult<PyObjectRef> {
+    let name = text(&name, vm)?;
+    let prompt = text(&prompt, vm)?;
+    let options = py_to_json(vm, &options, u64::MAX)
+        .map_err(|reason| vm.new_type_error(format!("model {name}: options: {reason}")))?;
+    let request = generate_request(&options)
+        .map_err(|reason| vm.new_value_error(format!("model {name}: {reason}")))?;
+    let generated = host(vm, |h| {
+        let task = h.task().to_owned();
+        h.llms()
+            .generate(&task, &name, &prompt, &request, &within_limits)
+    })?;
+    if generated.finish == "stopped" {
+        return Err(stopped_by_limits(vm, &format!("model {name}")));
+    }
+    Ok(vm
+        .new_tuple((
+            vm.ctx.new_str(generated.text),
+            generated.tokens,
+            vm.ctx.new_str(generated.finish),
+        ))
+        .into())
+}
+
+/// The generation options a script passed, checked.
+fn generate_request(options: &Value) -> Result<crate::llm::GenerateRequest, String> {
+    let number = |key: &str, default: f64| -> Result<f64, String> {
+        match &options[key] {
+            Value::Null => Ok(default),
+            value => value
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| format!("{key} must be a number, not {value}")),
+        }
+    };
+    let count = |key: &str, default: u64| -> Result<u64, String> {
+        match &options[key] {
+            Value::Null => Ok(default),
+            value => value
+                .as_u64()
+                .ok_or_else(|| format!("{key} must be a whole number ≥ 0, not {value}")),
+        }
+    };
+    let top_p = number("top_p", 1.0)?;
+    if !(0.0..=1.0).contains(&top_p) {
+        return Err(format!("top_p must be within 0..1, not {top_p}"));
+    }
+    let stop = match &options["stop"] {
+        Value::Null => Vec::new(),
+        Value::String(one) => vec![one.clone()],
+        Value::Array(many) => many
+            .iter()
+            .map(|s| s.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .ok_or("stop must be a string or a list of strings")?,
+        other => {
+            return Err(format!(
+                "stop must be a string or a list of strings, not {other}"
+            ));
+        }
+    };
+    Ok(crate::llm::GenerateRequest {
+        max_tokens: usize::try_from(count("max_tokens", 64)?).unwrap_or(usize::MAX),
+        sampling: walle_engine::llm::Sampling {
+            temperature: number("temperature", 0.0)? as f32,
+            top_k: usize::try_from(count("top_k", 0)?).unwrap_or(usize::MAX),
+            top_p: top_p as f32,
+            repetition_penalty: number("repetition_penalty", 1.0)? as f32,
+            seed: count("seed", 0)?,
+            ..walle_engine::llm::Sampling::default()
+        },
+        stop,
+    })
+}
+
+/// The chat prompt of `messages` (a list of `(role, content)`).
+fn host_llm_chat_prompt(
+    name: PyStrRef,
+    messages: PyObjectRef,
+    vm: &VirtualMachine,
+) -> PyResult<PyObjectRef> {
+    let name = text(&name, vm)?;
+    let given = py_to_json(vm, &messages, u64::MAX)
+        .map_err(|reason| vm.new_type_error(format!("model {name}: messages: {reason}")))?;
+    let messages: Vec<(String, String)> = given
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|m| match m.as_array().map(Vec::as_slice) {
+            Some([Value::String(role), Value::String(content)]) => {
+                Some((role.clone(), content.clone()))
+            }
+            _ => None,
+        })
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            vm.new_type_error(format!(
+                "model {name}: messages are {{\"role\": ..., \"content\": ...}} dicts"
+            ))
+        })?;
+    let prompt = host(vm, |h| {
+        let task = h.task().to_owned();
+        h.llms().chat_prompt(&task, &name, &messages)
+    })?;
+    Ok(vm.ctx.new_str(prompt).into())
+}
+
+/// The token ids of `text`.
+fn host_llm_tokenize(
+    name: PyStrRef,
+    text_: PyStrRef,
+    vm: &VirtualMachine,
+) -> PyResult<PyObjectRef> {
+    let name = text(&name, vm)?;
+    let given = text(&text_, vm)?;
+    let tokens = host(vm, |h| {
+        let task = h.task().to_owned();
+        h.llms().tokenize(&task, &name, &given)
+    })?;
+    Ok(json_to_py(vm, &Value::from(tokens)))
+}
+
+/// `(log_likelihood, tokens_scored)` of `text`.
+fn host_llm_score(name: PyStrRef, text_: PyStrRef, vm: &VirtualMachine) -> PyResult<PyObjectRef> {
+    let name = text(&name, vm)?;
+    let given = text(&text_, vm)?;
+    let scored = host(vm, |h| {
+        let task = h.task().to_owned();
+        h.llms().score(&task, &name, &given, &within_limits)
+    })?;
+    let Some((log_likelihood, tokens)) = scored else {
+        return Err(stopped_by_limits(vm, &format!("model {name}")));
+    };
+    Ok(vm
+        .new_tuple((vm.ctx.new_float(log_likelihood), tokens))
+        .into())
+}
+
+/// `{"weight_bytes", "cache_bytes"}` of the task's language models.
+fn host_llm_stats(vm: &VirtualMachine) -> PyResult<PyObjectRef> {
+    let (weights, cache) = host(vm, |h| Ok(h.llms().bytes()))?;
+    Ok(json_to_py(
+        vm,
+        &serde_json::json!({"weight_bytes": weights, "cache_bytes": cache}),
+    ))
 }
 
 fn dtype_name(dtype: DType) -> &'static str {

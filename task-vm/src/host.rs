@@ -103,6 +103,8 @@ impl Level {
 pub struct Models {
     bytes: HashMap<String, Arc<Vec<u8>>>,
     sessions: HashMap<String, Session>,
+    /// The bundle's language models (`walle.llm`).
+    llms: crate::llm::Llms,
 }
 
 impl Models {
@@ -111,7 +113,14 @@ impl Models {
         Models {
             bytes: models.iter().cloned().collect(),
             sessions: HashMap::new(),
+            llms: crate::llm::Llms::default(),
         }
+    }
+
+    /// With the bundle's language models too (their file name without `.gguf`).
+    pub fn with_llms(mut self, llms: &[(String, crate::llm::LlmSource)]) -> Models {
+        self.llms = crate::llm::Llms::new(llms);
+        self
     }
 
     /// The session of model `name`, loaded on first use.
@@ -266,6 +275,11 @@ impl<'a> RunHost<'a> {
     /// The engine session of the bundle's model `name`.
     pub fn model(&mut self, name: &str) -> Result<&Session, VmError> {
         self.models.session(self.task, name)
+    }
+
+    /// The task's language models.
+    pub fn llms(&mut self) -> &mut crate::llm::Llms {
+        &mut self.models.llms
     }
 
     /// Ends the run: the records it uploaded, then the handler's `returned` ones.

@@ -76,6 +76,7 @@ mod freelists;
 pub mod host;
 mod isolation;
 mod limits;
+pub mod llm;
 mod native;
 mod output;
 mod pool;
@@ -89,6 +90,7 @@ mod watchdog;
 pub use alloc::TaskAllocator;
 pub use host::{Level, MemoryState, Models, RunHost, StateStore, StateWrite, task_name};
 pub use limits::{Limit, Limits};
+pub use llm::LlmSource;
 pub use pool::{
     ABANDON_GRACE, PoolHealth, QUARANTINE_STRIKES, RunOutput, RunTiming, TimedRun, VmPool,
 };
@@ -115,6 +117,8 @@ pub struct TaskCode {
     pub limits: Limits,
     /// The bundle's ONNX models by name (file name without `.onnx`), for `walle.nn.load`.
     pub models: Vec<(String, Arc<Vec<u8>>)>,
+    /// The bundle's language models by name (file name without `.gguf`), for `walle.llm.load`.
+    pub llms: Vec<(String, LlmSource)>,
     /// For a task with `runtime = "wasm"`: its module (binary or WAT text), run in wasmtime
     /// ([`WasmTask`]) instead of `source` in Python.
     pub wasm: Option<Arc<Vec<u8>>>,
@@ -132,6 +136,7 @@ impl TaskCode {
             modules: Vec::new(),
             limits,
             models: Vec::new(),
+            llms: Vec::new(),
             wasm: None,
         }
     }

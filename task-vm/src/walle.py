@@ -2,7 +2,7 @@
 state and logging. Pure Python over a few native calls (the names starting with `_host_`),
 which the VM puts into this module's namespace before running it."""
 
-__all__ = ["Tensor", "tensor", "zeros", "nn", "context", "upload", "state", "log"]
+__all__ = ["Tensor", "tensor", "zeros", "nn", "llm", "context", "upload", "state", "log"]
 
 _DTYPES = ("f32", "i64")
 
@@ -225,6 +225,79 @@ class _NN:
 
 
 nn = _NN()
+
+
+_GENERATE_OPTIONS = ("max_tokens", "temperature", "top_k", "top_p", "repetition_penalty",
+                     "seed", "stop")
+
+
+def _options(given):
+    unknown = sorted(set(given) - set(_GENERATE_OPTIONS))
+    if unknown:
+        raise TypeError("unknown generation option(s) %s; the options are %s"
+                        % (", ".join(unknown), ", ".join(_GENERATE_OPTIONS)))
+    return {k: v for k, v in given.items() if v is not None}
+
+
+class LLM:
+    """A language model of the task's bundle (a GGUF file), run on the device's engine.
+
+    Each call is a conversation of its own. Generation stops at the model's end of turn, a stop
+    string, or max_tokens; the run's deadline and memory budget stop it too."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name):
+        self.name = name
+
+    def generate(self, prompt, **options):
+        """The model's continuation of `prompt` (special tokens such as <|im_start|> are
+        read as such). Options: max_tokens (64), temperature (0: greedy), top_k (0: all),
+        top_p (1.0), repetition_penalty (1.0), seed (0), stop (a string or a list)."""
+        text, _tokens, _finish = _host_llm_generate(self.name, str(prompt), _options(options))
+        return text
+
+    def chat(self, messages, **options):
+        """The assistant's answer to `messages`: a string (the user's turn) or a list of
+        {"role": "system" | "user", "content": str} with one user message."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        pairs = []
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("content"), str):
+                raise TypeError("chat messages are {\"role\": ..., \"content\": str} dicts")
+            pairs.append([str(m.get("role", "user")), m["content"]])
+        return self.generate(_host_llm_chat_prompt(self.name, pairs), **options)
+
+    def tokenize(self, text):
+        """The token ids of `text` (as plain text: no special tokens)."""
+        return _host_llm_tokenize(self.name, str(text))
+
+    def score(self, text):
+        """The log-likelihood (natural log) of `text`'s tokens after its first, each given
+        those before it: higher is likelier."""
+        log_likelihood, _tokens = _host_llm_score(self.name, str(text))
+        return log_likelihood
+
+    def __repr__(self):
+        return "LLM(%r)" % (self.name,)
+
+
+class _LLMs:
+    """`walle.llm`: the bundle's language models."""
+
+    def load(self, name, context=2048):
+        """The bundle's language model `name` (its file name without `.gguf`), with room for
+        `context` tokens per conversation. Its weights and cache count in the task's memory."""
+        _host_llm_load(name, int(context))
+        return LLM(name)
+
+    def stats(self):
+        """{"weight_bytes", "cache_bytes"} of the task's loaded language models."""
+        return _host_llm_stats()
+
+
+llm = _LLMs()
 
 
 def context():

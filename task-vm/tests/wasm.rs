@@ -433,6 +433,7 @@ fn the_pool_runs_the_example_beside_a_python_task_with_state_and_logs() {
         modules: Vec::new(),
         limits: Limits::default(),
         models: Vec::new(),
+        llms: Vec::new(),
         wasm: wasm.map(Arc::new),
     };
     pool.load(task("wasm-counter@1.0.0", "", Some(wat)))

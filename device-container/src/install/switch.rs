@@ -176,10 +176,24 @@ impl Versions {
             let file = installed.dir.join(path);
             std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))
         };
+        // A language model stays in the installed bundle, memory-mapped by the VM.
+        let language_model = |path: &str| {
+            let file = installed.dir.join(path);
+            if file.is_file() {
+                Ok(walle_vm::LlmSource::File(file))
+            } else {
+                Err(format!("the installed bundle has no {}", file.display()))
+            }
+        };
         let files = python_files(&installed.dir)?;
-        let code =
-            super::code::task_code(installed.vm_key(), &installed.manifest.task, read, &files)
-                .map_err(SwitchError::Code)?;
+        let code = super::code::task_code(
+            installed.vm_key(),
+            &installed.manifest.task,
+            read,
+            &files,
+            language_model,
+        )
+        .map_err(SwitchError::Code)?;
         let vm = self.vm.clone();
         tokio::task::spawn_blocking(move || vm.load(code))
             .await

@@ -100,7 +100,7 @@ impl Loaded {
         };
         Ok(Loaded {
             program,
-            models: Models::new(&code.models),
+            models: Models::new(&code.models).with_llms(&code.llms),
             limits: code.limits,
         })
     }
