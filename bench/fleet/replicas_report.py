@@ -21,6 +21,10 @@ def secs(ms):
     return "-" if ms is None else f"{ms / 1000:.1f} s"
 
 
+def millis(ms):
+    return "-" if ms is None else f"{ms} ms"
+
+
 settled, ended = summary["settled_at_unix_ms"], summary["ended_at_unix_ms"]
 release = summary.get("release", {})
 print(
@@ -44,7 +48,7 @@ for index, pid in enumerate(cloud_pids):
     f = fanout.get(index, {})
     print(
         f"| {index}{' (creates the release)' if index == 0 else ''} | {f.get('notices', 0):,} | "
-        f"{secs(f.get('first_ms'))} / {secs(f.get('p50_ms'))} / {secs(f.get('p99_ms'))} | "
+        f"{millis(f.get('first_ms'))} / {millis(f.get('p50_ms'))} / {millis(f.get('p99_ms'))} | "
         f"{max((s[1] for s in idle), default=0) / 1024:.0f} MB | "
         f"{max((s[1] for s in samples), default=0) / 1024:.0f} MB | "
         f"{cpu:.1f} s in {span:.0f} s |"
