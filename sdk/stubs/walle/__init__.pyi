@@ -25,7 +25,7 @@ exception: uploads past the task's output limit and a failing state store.
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, Literal, TypeAlias, TypedDict, overload
 
-__all__ = ["Tensor", "tensor", "zeros", "nn", "context", "upload", "state", "log"]
+__all__ = ["Tensor", "tensor", "zeros", "nn", "llm", "context", "upload", "state", "log"]
 
 # ---------------------------------------------------------------------------------------------
 # Type checking only: the shapes of what the host hands over and accepts.
@@ -272,6 +272,99 @@ class _NN:
 
 nn: _NN
 """The bundle's models: `walle.nn.load("ranker").run({"x": walle.tensor(...)})`."""
+
+
+class ChatMessage(TypedDict):
+    """One message of `LLM.chat`."""
+
+    role: Literal["system", "user"]
+    content: str
+
+
+class LLMStats(TypedDict):
+    """What `walle.llm.stats()` reports, in bytes."""
+
+    weight_bytes: int
+    cache_bytes: int
+
+
+class LLM:
+    """A language model (GGUF file) of the task's bundle, run on the device's engine.
+
+    Get one with `walle.llm.load`. Each `generate`, `chat` and `score` is a conversation of
+    its own. Everything runs on the task's thread, under its deadline and memory budget: the
+    prompt is evaluated in chunks and the answer token by token, and a run past its deadline
+    or budget stops within one of them with the limit's error."""
+
+    name: str
+    """The model's name: its file name without `.gguf`."""
+
+    def __init__(self, name: str) -> None:
+        """Made by `walle.llm.load`; constructing one yourself loads nothing."""
+
+    def generate(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: str | list[str] | None = None,
+    ) -> str:
+        """The model's continuation of `prompt`, whose special tokens (`<|im_start|>`, …) are
+        read as such. Stops at the model's end of turn, at a stop string (not included), or
+        after `max_tokens`. `temperature` 0 is greedy; `top_k` 0 keeps every token; `seed`
+        makes sampling repeatable. Raises `TypeError` for an unknown option and `ValueError`
+        for an out-of-range one (`top_p` outside 0..1)."""
+
+    def chat(
+        self,
+        messages: str | list[ChatMessage],
+        *,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_k: int = 0,
+        top_p: float = 1.0,
+        repetition_penalty: float = 1.0,
+        seed: int = 0,
+        stop: str | list[str] | None = None,
+    ) -> str:
+        """The assistant's answer to one user turn (a string, or one `user` message and at
+        most one `system` message), written with the model's chat template."""
+
+    def tokenize(self, text: str) -> list[int]:
+        """The token ids of `text`, read as plain text."""
+
+    def score(self, text: str) -> float:
+        """The natural-log likelihood of `text`'s tokens after the first, each given the ones
+        before it: higher is likelier (compare texts of similar length)."""
+
+    def __repr__(self) -> str:
+        """`LLM('next-query')`."""
+
+
+class _LLMs:
+    """The type of `walle.llm`."""
+
+    def load(self, name: str, context: int = 2048) -> LLM:
+        """The bundle's language model `name` (`models/next-query.gguf` is `"next-query"`),
+        with room for `context` tokens per conversation (at most the model's own).
+
+        The file is memory-mapped once per device and shared by every task that loads it; its
+        weights, and the cache as it grows, count in this task's memory budget. Raises
+        `RuntimeError` when the bundle has no such model (the message lists the ones it has),
+        the file is not a model the engine runs, or the weights and a full context's cache do
+        not fit in what the budget has left (the message gives the sizes)."""
+
+    def stats(self) -> LLMStats:
+        """Bytes held by the task's loaded language models: weights and caches."""
+
+
+llm: _LLMs
+"""The bundle's language models: `walle.llm.load("next-query").chat("...")`."""
 
 
 # ---------------------------------------------------------------------------------------------
