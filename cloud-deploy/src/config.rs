@@ -57,7 +57,9 @@ impl Default for CloudConfig {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             database_url: None,
             bundle_store: crate::bundles::BundleStoreConfig::Local,
-            max_bundle_bytes: 64 * 1024 * 1024,
+            // A device takes bundles up to 256 MiB: a task with a small language model
+            // (SmolLM2-135M is 94 MiB) fits.
+            max_bundle_bytes: 256 * 1024 * 1024,
             open_enrollment: true,
             sync_interval_secs: 300,
             pace_window_ms: 2_000,

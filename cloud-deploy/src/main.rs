@@ -77,7 +77,7 @@ struct ServeArgs {
     /// (AWS_ENDPOINT, AWS_REGION, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ALLOW_HTTP).
     #[arg(long, env = "WALLE_BUNDLE_STORE", value_parser = parse_bundle_store)]
     bundle_store: Option<BundleStoreConfig>,
-    /// Largest accepted bundle upload in bytes [default: 67108864].
+    /// Largest accepted bundle upload in bytes [default: 268435456].
     #[arg(long, env = "WALLE_MAX_BUNDLE_BYTES")]
     max_bundle_bytes: Option<u64>,
     /// PEM certificate chain: serve both planes over TLS (with --tls-key).

