@@ -73,7 +73,8 @@ pub struct TaskManifest {
     /// Function in the entry script called with the trigger context.
     pub handler: String,
     pub description: String,
-    /// Paths of ONNX models inside the bundle.
+    /// Paths of models inside the bundle: ONNX (`walle.nn`) and GGUF language models (`.gguf`,
+    /// `walle.llm`).
     pub models: Vec<String>,
     pub triggers: Vec<PatternSpec>,
     /// Named features computed for each firing and handed to the task (`[[features]]`); not
