@@ -106,11 +106,7 @@ impl Llms {
 
     /// Loads model `name` with room for `context` tokens (once; later loads return at once).
     pub fn load(&mut self, task: &str, name: &str, context: usize) -> Result<(), VmError> {
-        let fail = |reason: String| VmError::Model {
-            task: task.to_owned(),
-            model: name.to_owned(),
-            reason,
-        };
+        let fail = model_error(task, name);
         let slot = match self.loaded.entry(name.to_owned()) {
             Entry::Occupied(_) => return Ok(()),
             Entry::Vacant(slot) => slot,
@@ -147,11 +143,9 @@ impl Llms {
     }
 
     fn llm(&mut self, task: &str, name: &str) -> Result<&mut TaskLlm, VmError> {
-        self.loaded.get_mut(name).ok_or_else(|| VmError::Model {
-            task: task.to_owned(),
-            model: name.to_owned(),
-            reason: "not loaded: call walle.llm.load first".into(),
-        })
+        self.loaded
+            .get_mut(name)
+            .ok_or_else(|| model_error(task, name)("not loaded: call walle.llm.load first".into()))
     }
 
     /// The tokens of `text` (no special tokens recognised, no BOS).
@@ -168,11 +162,7 @@ impl Llms {
         messages: &[(String, String)],
     ) -> Result<String, VmError> {
         let llm = self.llm(task, name)?;
-        let fail = |reason: String| VmError::Model {
-            task: task.to_owned(),
-            model: name.to_owned(),
-            reason,
-        };
+        let fail = model_error(task, name);
         chat_prompt(&llm.loaded.tokenizer, messages).map_err(fail)
     }
 
@@ -187,11 +177,7 @@ impl Llms {
         keep_going: &(dyn Fn() -> bool + Sync),
     ) -> Result<Generated, VmError> {
         let llm = self.llm(task, name)?;
-        let fail = |reason: String| VmError::Model {
-            task: task.to_owned(),
-            model: name.to_owned(),
-            reason,
-        };
+        let fail = model_error(task, name);
         let tokens = prompt_tokens(&llm.loaded.tokenizer, prompt);
         let session = &mut llm.session;
         session.reset();
@@ -241,11 +227,7 @@ impl Llms {
         keep_going: &(dyn Fn() -> bool + Sync),
     ) -> Result<Option<(f64, usize)>, VmError> {
         let llm = self.llm(task, name)?;
-        let fail = |reason: String| VmError::Model {
-            task: task.to_owned(),
-            model: name.to_owned(),
-            reason,
-        };
+        let fail = model_error(task, name);
         let tokens = prompt_tokens(&llm.loaded.tokenizer, text);
         let session = &mut llm.session;
         session.reset();
@@ -266,6 +248,15 @@ impl Llms {
                 c + llm.session.cache_bytes() as u64,
             )
         })
+    }
+}
+
+/// The error of model `name` of `task`, for a reason.
+fn model_error<'a>(task: &'a str, name: &'a str) -> impl Fn(String) -> VmError + 'a {
+    move |reason| VmError::Model {
+        task: task.to_owned(),
+        model: name.to_owned(),
+        reason,
     }
 }
 
