@@ -45,7 +45,12 @@ for t in $threads; do
         case "$s" in
             ours) "$bin" ours "$model" "$work/tokens.txt" "$t" ;;
             llama.cpp) "$venv/bin/python" llama_cpp_bench.py "$model" "$work/tokens.txt" "$t" ;;
-            candle) RAYON_NUM_THREADS="$t" "$bin" candle "$model" "$work/tokens.txt" "$t" ;;
+            # candle's Q4_1 has no SIMD path (~15 tokens/s of prefill here): up to 1,024
+            # tokens, one run each, unless CANDLE_MAX says otherwise.
+            candle) RAYON_NUM_THREADS="$t" WALLE_LLM_BENCH_MAX="${CANDLE_MAX:-1024}" WALLE_LLM_BENCH_RUNS=1 \
+                "$bin" candle "$model" "$work/tokens.txt" "$t" ;;
+            # An earlier build of this bench (OURS_BEFORE=path), for before/after in one run.
+            ours-before) "$OURS_BEFORE" ours "$model" "$work/tokens.txt" "$t" | sed 's/"system":"ours"/"system":"ours-before"/' ;;
             *) echo "unknown system $s" >&2; exit 1 ;;
         esac | tee -a "$work/results.jsonl"
     done

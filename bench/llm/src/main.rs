@@ -139,6 +139,17 @@ fn argmax(logits: &[f32]) -> u32 {
 }
 
 fn run(system: &str, threads: usize, prompt: &[u32], mut lm: impl Lm) -> Result<()> {
+    // A slow peer gets a shorter protocol: one run per prefill, no figure past `max` tokens.
+    let env = |key: &str, default: usize| {
+        std::env::var(key)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    let (max, runs) = (
+        env("WALLE_LLM_BENCH_MAX", 4096),
+        env("WALLE_LLM_BENCH_RUNS", 3),
+    );
     let info = lm.info().replace('"', "'");
     let line = |metric: &str, n: usize, seconds: f64, tokens: usize| {
         println!(
@@ -149,9 +160,9 @@ fn run(system: &str, threads: usize, prompt: &[u32], mut lm: impl Lm) -> Result<
     // Warm-up: the weights into the page cache and the kernels' first touch.
     lm.reset()?;
     lm.forward(&prompt[..16])?;
-    for n in PREFILLS {
+    for n in PREFILLS.into_iter().filter(|&n| n <= max) {
         let mut times = Vec::new();
-        for _ in 0..3 {
+        for _ in 0..runs {
             lm.reset()?;
             let start = Instant::now();
             std::hint::black_box(lm.forward(&prompt[..n])?);
@@ -159,7 +170,7 @@ fn run(system: &str, threads: usize, prompt: &[u32], mut lm: impl Lm) -> Result<
         }
         line("prefill", n, median(times), n);
     }
-    for c in CONTEXTS {
+    for c in CONTEXTS.into_iter().filter(|&c| c <= max) {
         lm.reset()?;
         let mut logits = Vec::new();
         for chunk in prompt[..c - DECODED].chunks(1024) {
@@ -208,11 +219,9 @@ impl Lm for Ours {
     }
 
     fn forward(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
-        Ok(self.model.forward(
-            &mut self.cache,
-            tokens,
-            walle_engine::llm::Logits::Last,
-        )?)
+        Ok(self
+            .model
+            .forward(&mut self.cache, tokens, walle_engine::llm::Logits::Last)?)
     }
 
     fn info(&self) -> String {
