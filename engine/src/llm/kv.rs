@@ -82,6 +82,24 @@ impl Rows {
         }
     }
 
+    /// Elements `0..len` as f32: borrowed, or converted into `scratch` (in parallel, in
+    /// chunks: a long context converts megabytes).
+    fn read_all<'a>(&'a self, len: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
+        use rayon::prelude::*;
+        match self {
+            Rows::F32(v) => &v[..len.min(v.len())],
+            Rows::F16(v) => {
+                let v = &v[..len.min(v.len())];
+                scratch.resize(v.len(), 0.0);
+                scratch
+                    .par_chunks_mut(1 << 15)
+                    .zip(v.par_chunks(1 << 15))
+                    .for_each(|(out, v)| v.convert_to_f32_slice(out));
+                scratch
+            }
+        }
+    }
+
     fn truncate(&mut self, len: usize) {
         match self {
             Rows::F32(v) => v.truncate(len),
@@ -215,6 +233,27 @@ impl KvCache {
         self.keys[layer].read(start..start + self.head_dim, scratch)
     }
 
+    /// Layer `layer`'s keys and values of positions `0..positions` (written, committed or
+    /// not; fewer if fewer were written), rows of [`KvCache::row`] values position after
+    /// position, as f32: borrowed when stored in f32, else converted into the scratch
+    /// buffers. Attention reads a layer this way once per forward pass, however many tokens
+    /// attend to it.
+    pub fn layer<'a>(
+        &'a self,
+        layer: usize,
+        positions: usize,
+        scratch: &'a mut (Vec<f32>, Vec<f32>),
+    ) -> (&'a [f32], &'a [f32]) {
+        let len = positions.saturating_mul(self.row);
+        match (self.keys.get(layer), self.values.get(layer)) {
+            (Some(k), Some(v)) => (
+                k.read_all(len, &mut scratch.0),
+                v.read_all(len, &mut scratch.1),
+            ),
+            _ => (&[], &[]),
+        }
+    }
+
     /// Head `head`'s value of position `position` in layer `layer`, as [`KvCache::key`].
     pub fn value<'a>(
         &'a self,
@@ -260,6 +299,9 @@ mod tests {
             cache.truncate(1);
             assert_eq!(cache.len(), 1);
             assert_eq!(cache.key(0, 0, 1, &mut scratch), &[4.0, 5.0, 6.0, 7.0]);
+            let mut rows = (Vec::new(), Vec::new());
+            let (k, v) = cache.layer(1, 1, &mut rows);
+            assert_eq!((k, v), (&keys[..8], &values[..8]));
         }
     }
 }

@@ -542,6 +542,7 @@ impl LlamaModel {
         let (mut q, mut att, mut o) = (vec![0f32; n * d], vec![0f32; n * d], vec![0f32; n * d]);
         let (mut k, mut v) = (vec![0f32; n * kv], vec![0f32; n * kv]);
         let (mut gate, mut up) = (vec![0f32; n * ffn], vec![0f32; n * ffn]);
+        let mut kv_rows = (Vec::new(), Vec::new());
         for (l, layer) in self.layers.iter().enumerate() {
             rms_norm(&x, &layer.attn_norm, p.rms_epsilon, &mut h);
             let xs = quantize_rows(&h, d)?;
@@ -560,7 +561,15 @@ impl LlamaModel {
             self.rope.apply(&mut q, n, &angles);
             self.rope.apply(&mut k, n, &angles);
             cache.write(l, &k, &v);
-            attend(cache, l, start, &q, &mut att, p);
+            attend(
+                cache,
+                l,
+                start,
+                &q,
+                &mut att,
+                (p, self.kernel),
+                &mut kv_rows,
+            );
             let xs = quantize_rows(&att, d)?;
             self.project(layer.output, &xs, &mut o)?;
             add(&mut x, &o);
@@ -625,10 +634,11 @@ fn add_rows(x: &mut [f32], bias: &[f32]) {
     }
 }
 
-/// `Σ a·b` in eight lanes (so it vectorizes).
+/// `Σ a·b` in sixteen lanes (so it vectorizes, to one AVX-512 register or two AVX2 ones).
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
-    let (a8, b8) = (a.chunks_exact(8), b.chunks_exact(8));
+    let mut lanes = [0f32; 16];
+    let (a8, b8) = (a.chunks_exact(16), b.chunks_exact(16));
     let tail: f32 = a8
         .remainder()
         .iter()
@@ -646,47 +656,117 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// Causal grouped-query attention of the query tokens in `q` (at positions `start..`) over
 /// layer `layer` of the cache, into `out` (both tokens × heads × head dimensions). One task
 /// per (token, KV head): the group of query heads sharing that KV head reads each key and
-/// value once.
+/// value once. The layer's keys and values are converted to f32 once per pass (not once per
+/// token), and the tasks run on the widest instructions the model's kernel allows.
 fn attend(
     cache: &KvCache,
     layer: usize,
     start: usize,
     q: &[f32],
     out: &mut [f32],
-    params: &LlamaParams,
+    (params, kernel): (&LlamaParams, Kernel),
+    scratch: &mut (Vec<f32>, Vec<f32>),
 ) {
     let (kv_heads, hd) = (params.head_count_kv, params.head_dim());
+    let row = kv_heads * hd;
     let group = params.head_count / kv_heads;
     let width = group * hd;
     let scale = 1.0 / (hd as f32).sqrt();
+    let tokens = q.len() / width.max(1) / kv_heads.max(1);
+    let (keys, values) = cache.layer(layer, start + tokens, scratch);
+    let task = Heads {
+        keys,
+        values,
+        start,
+        row,
+        hd,
+        kv_heads,
+        group,
+        scale,
+    };
     out.par_chunks_mut(width)
         .zip(q.par_chunks(width))
         .enumerate()
-        .for_each(|(task, (out, q))| {
-            let (token, kv_head) = (task / kv_heads, task % kv_heads);
-            let positions = start + token + 1;
-            let mut scores = vec![0f32; group * positions];
-            let mut scratch = vec![0f32; hd];
-            for p in 0..positions {
-                let key = cache.key(layer, p, kv_head, &mut scratch);
-                for (j, qh) in q.chunks_exact(hd).enumerate() {
-                    scores[j * positions + p] = dot(qh, key) * scale;
+        .for_each(|(i, (out, q))| task.run(kernel, i, q, out));
+}
+
+/// One attention task: the query heads of one token that share one KV head.
+struct Heads<'a> {
+    keys: &'a [f32],
+    values: &'a [f32],
+    start: usize,
+    row: usize,
+    hd: usize,
+    kv_heads: usize,
+    group: usize,
+    scale: f32,
+}
+
+impl Heads<'_> {
+    /// Task `task` (token `task / kv_heads`, KV head `task % kv_heads`) on the widest
+    /// instructions `kernel` allows: the same arithmetic in the same order on each, so the
+    /// results do not depend on the CPU.
+    fn run(&self, kernel: Kernel, task: usize, q: &[f32], out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx2,fma")]
+            unsafe fn avx512(h: &Heads<'_>, task: usize, q: &[f32], out: &mut [f32]) {
+                h.body(task, q, out)
+            }
+            #[target_feature(enable = "avx2,fma")]
+            unsafe fn avx2(h: &Heads<'_>, task: usize, q: &[f32], out: &mut [f32]) {
+                h.body(task, q, out)
+            }
+            // SAFETY: a kernel other than Scalar is only chosen when the CPU supports it
+            // (`Kernel::detect`, `LlamaModel::with_kernel`), and each needs these features.
+            match kernel {
+                Kernel::Avx512 | Kernel::Avx512Vnni if kernel.supported() => unsafe {
+                    return avx512(self, task, q, out);
+                },
+                Kernel::Avx2 if kernel.supported() => unsafe { return avx2(self, task, q, out) },
+                _ => {}
+            }
+        }
+        let _ = kernel;
+        self.body(task, q, out)
+    }
+
+    #[inline(always)]
+    fn body(&self, task: usize, q: &[f32], out: &mut [f32]) {
+        let Heads {
+            keys,
+            values,
+            start,
+            row,
+            hd,
+            kv_heads,
+            group,
+            scale,
+        } = *self;
+        let (token, kv_head) = (task / kv_heads, task % kv_heads);
+        let positions = (start + token + 1).min(keys.len() / row.max(1));
+        let at = |p: usize| p * row + kv_head * hd;
+        let mut scores = vec![0f32; group * positions];
+        for p in 0..positions {
+            let key = &keys[at(p)..at(p) + hd];
+            for (j, qh) in q.chunks_exact(hd).enumerate() {
+                scores[j * positions + p] = dot(qh, key) * scale;
+            }
+        }
+        for s in scores.chunks_exact_mut(positions.max(1)) {
+            softmax(s);
+        }
+        out.fill(0.0);
+        for p in 0..positions {
+            let value = &values[at(p)..at(p) + hd];
+            for (j, oh) in out.chunks_exact_mut(hd).enumerate() {
+                let w = scores[j * positions + p];
+                for (o, &v) in oh.iter_mut().zip(value) {
+                    *o += w * v;
                 }
             }
-            for s in scores.chunks_exact_mut(positions) {
-                softmax(s);
-            }
-            out.fill(0.0);
-            for p in 0..positions {
-                let value = cache.value(layer, p, kv_head, &mut scratch);
-                for (j, oh) in out.chunks_exact_mut(hd).enumerate() {
-                    let w = scores[j * positions + p];
-                    for (o, &v) in oh.iter_mut().zip(value) {
-                        *o += w * v;
-                    }
-                }
-            }
-        });
+        }
+    }
 }
 
 /// `x = exp(x − max x) / Σ exp(x − max x)`, in place.

@@ -25,6 +25,18 @@
 //! 16-bit pair sum saturates — and only the order of the f32 sums differs. A matvec splits the
 //! rows over the current rayon pool.
 //!
+//! The VNNI kernel (`x86::dots_vnni`, the one this project's usual host runs) takes
+//! [`GROUP`] = 4 blocks per step, as ggml's Q4_1 × Q8_1 does the minimum: the vector is
+//! quantized once per product into the order the step wants (each block's first 16 values for
+//! the 4 blocks, then their last 16) with each block's `[d_x, d_x · Σ q_x]` beside it, so a
+//! step is 2 `vpdpbusd` on the unpacked nibbles (`vpand`, `vpsrlw`), one f16 → f32 conversion
+//! of the 4 blocks' `d, m` pairs, one multiply by the vector's pairs (which gives both the
+//! scales and the minimum's terms) and one FMA. Q4_0 and Q8_0 go through the same step
+//! (their constant −8 and, for Q8_0's signed weights made unsigned, −128 in place of the
+//! minimum). For a batch ([`QuantMatrix::matmul`]) the step unpacks a group once and
+//! multiplies it by 4 tokens' vectors, in the same instructions per token as a matvec, so
+//! the two stay equal bit for bit.
+//!
 //! Everything here is checked once where a [`QuantMatrix`] or [`Activation`] is built (sizes
 //! and whole blocks); after that the kernels cannot fail.
 
@@ -259,6 +271,37 @@ pub struct Activation {
     scales: Vec<f32>,
     /// Each block's sum of its quantized values.
     sums: Vec<i32>,
+    /// The quantized values in the order of the grouped kernels ([`GROUP`] blocks at a time:
+    /// the first 16 values of each block of the group, then the last 16; the last group may
+    /// hold fewer blocks).
+    grouped: Vec<i8>,
+    /// Per block, `[d_x, d_x · Σ q_x]`: what a weight block's scale and its minimum (or
+    /// constant offset) multiply.
+    terms: Vec<f32>,
+}
+
+/// Blocks the grouped kernels handle per step.
+const GROUP: usize = 4;
+
+/// `qs` (whole blocks) in the grouped kernels' order (see [`Activation`]).
+fn group_values(qs: &[i8]) -> Vec<i8> {
+    let mut out = Vec::with_capacity(qs.len());
+    for group in qs.chunks(GROUP * BLOCK) {
+        for half in 0..2 {
+            for block in group.chunks_exact(BLOCK) {
+                out.extend_from_slice(&block[half * 16..half * 16 + 16]);
+            }
+        }
+    }
+    out
+}
+
+fn block_terms(scales: &[f32], sums: &[i32]) -> Vec<f32> {
+    scales
+        .iter()
+        .zip(sums)
+        .flat_map(|(&d, &s)| [d, d * s as f32])
+        .collect()
 }
 
 impl Activation {
@@ -288,6 +331,8 @@ impl Activation {
         }
         Ok(Activation {
             values: x.to_vec(),
+            grouped: group_values(&qs),
+            terms: block_terms(&scales, &sums),
             qs,
             scales,
             sums,
@@ -301,7 +346,7 @@ impl Activation {
             return Err(QuantError::VectorLength(qs.len()));
         }
         let qs: Vec<i8> = qs.into_iter().map(|q| q.max(-127)).collect();
-        let sums = qs
+        let sums: Vec<i32> = qs
             .chunks_exact(BLOCK)
             .map(|b| b.iter().map(|&q| i32::from(q)).sum())
             .collect();
@@ -312,6 +357,8 @@ impl Activation {
             .collect();
         Ok(Activation {
             values,
+            grouped: group_values(&qs),
+            terms: block_terms(&scales, &sums),
             qs,
             scales,
             sums,
@@ -587,8 +634,10 @@ impl<'a> QuantMatrix<'a> {
                 let first = task * per_task;
                 for (i, row_out) in outs.chunks_exact_mut(n).enumerate() {
                     let w = self.row_data(first + i);
-                    for (o, x) in row_out.iter_mut().zip(xs) {
-                        *o = dot(self.ty, kernel, w, x);
+                    if !dots_batch(self.ty, kernel, w, xs, row_out) {
+                        for (o, x) in row_out.iter_mut().zip(xs) {
+                            *o = dot(self.ty, kernel, w, x);
+                        }
                     }
                 }
             });
@@ -624,13 +673,50 @@ fn dot(ty: GgmlType, kernel: Kernel, w: &[u8], x: &Activation) -> f32 {
                         Kernel::Scalar => {}
                         Kernel::Avx2 => return x86::dot_avx2(ty, w, x),
                         Kernel::Avx512 => return x86::dot_avx512::<false>(ty, w, x),
-                        Kernel::Avx512Vnni => return x86::dot_avx512::<true>(ty, w, x),
+                        Kernel::Avx512Vnni => return x86::dots_vnni::<1>(ty, w, &[x])[0],
                     }
                 }
             }
             let _ = kernel;
             dot_scalar(ty, w, x)
         }
+    }
+}
+
+/// `out[t] = w · xs[t]` for every vector of a batch on a kernel that unpacks each weight
+/// block once for several vectors, if `kernel` has one for `ty` (false: nothing written).
+fn dots_batch(ty: GgmlType, kernel: Kernel, w: &[u8], xs: &[Activation], out: &mut [f32]) -> bool {
+    let blocks = matches!(ty, GgmlType::Q8_0 | GgmlType::Q4_0 | GgmlType::Q4_1);
+    if kernel != Kernel::Avx512Vnni || !blocks {
+        return false;
+    }
+    #[cfg(target_arch = "x86_64")]
+    {
+        // Tiles of 4 vectors: 4 accumulator pairs and the unpacked group fit the registers.
+        let mut tiles = xs.chunks_exact(4);
+        let mut outs = out.chunks_exact_mut(4);
+        for (x, o) in (&mut tiles).zip(&mut outs) {
+            // SAFETY: the kernel was checked to be supported by this CPU, and `w` holds
+            // exactly as many blocks as each vector (checked by the caller).
+            o.copy_from_slice(&unsafe {
+                x86::dots_vnni::<4>(ty, w, &[&x[0], &x[1], &x[2], &x[3]])
+            });
+        }
+        // SAFETY: as above.
+        unsafe {
+            match (tiles.remainder(), outs.into_remainder()) {
+                ([a], [o]) => *o = x86::dots_vnni::<1>(ty, w, &[a])[0],
+                ([a, b], o) => o.copy_from_slice(&x86::dots_vnni::<2>(ty, w, &[a, b])),
+                ([a, b, c], o) => o.copy_from_slice(&x86::dots_vnni::<3>(ty, w, &[a, b, c])),
+                _ => {}
+            }
+        }
+        true
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (w, xs, out);
+        false
     }
 }
 
@@ -684,7 +770,7 @@ mod x86 {
     //! vector values; `u8 × i8` products then sum in 32-bit lanes. Q8_0 weights are signed:
     //! their absolute value multiplies the vector value with the weight's sign.
 
-    use super::{Activation, BLOCK, GgmlType};
+    use super::{Activation, BLOCK, GROUP, GgmlType};
     use std::arch::x86_64::*;
 
     /// The f16 at `p` (unaligned) as f32.
@@ -875,6 +961,173 @@ mod x86 {
             total
         }
     }
+    /// A group of [`GROUP`] blocks of `ty` (`p`: the first block's first byte) for
+    /// `vpdpbusd`: the first 16 weights of each block (64 unsigned bytes), the last 16, and
+    /// the blocks' `[d, c]` pairs as f32, where `c` is what multiplies `d_x · Σ q_x`: Q4_1's
+    /// minimum, Q4_0's `−8 · d` (its nibbles are unsigned, centred on 8), Q8_0's `−128 · d`
+    /// (its signed weights are made unsigned by adding 128).
+    #[inline(always)]
+    unsafe fn group4(ty: GgmlType, p: *const u8) -> (__m512i, __m512i, __m256) {
+        unsafe {
+            let size = ty.block_bytes();
+            let at = |i: usize, offset: usize| _mm_loadu_si128(p.add(i * size + offset).cast());
+            let gather = |offset: usize| {
+                let v = _mm512_castsi128_si512(at(0, offset));
+                let v = _mm512_inserti32x4(v, at(1, offset), 1);
+                let v = _mm512_inserti32x4(v, at(2, offset), 2);
+                _mm512_inserti32x4(v, at(3, offset), 3)
+            };
+            let word = |i: usize| (p.add(i * size) as *const u32).read_unaligned() as i32;
+            let half = |i: usize| i32::from((p.add(i * size) as *const u16).read_unaligned());
+            match ty {
+                GgmlType::Q4_1 => {
+                    let raw = gather(4);
+                    let mask = _mm512_set1_epi8(0x0F);
+                    let heads = _mm_setr_epi32(word(0), word(1), word(2), word(3));
+                    (
+                        _mm512_and_si512(raw, mask),
+                        _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask),
+                        _mm256_cvtph_ps(heads),
+                    )
+                }
+                GgmlType::Q4_0 => {
+                    let raw = gather(2);
+                    let mask = _mm512_set1_epi8(0x0F);
+                    let d = _mm_mullo_epi32(
+                        _mm_setr_epi32(half(0), half(1), half(2), half(3)),
+                        _mm_set1_epi32(0x0001_0001),
+                    );
+                    let c = _mm256_setr_ps(1.0, -8.0, 1.0, -8.0, 1.0, -8.0, 1.0, -8.0);
+                    (
+                        _mm512_and_si512(raw, mask),
+                        _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask),
+                        _mm256_mul_ps(_mm256_cvtph_ps(d), c),
+                    )
+                }
+                _ => {
+                    let flip = _mm512_set1_epi8(-128);
+                    let d = _mm_mullo_epi32(
+                        _mm_setr_epi32(half(0), half(1), half(2), half(3)),
+                        _mm_set1_epi32(0x0001_0001),
+                    );
+                    let c = _mm256_setr_ps(1.0, -128.0, 1.0, -128.0, 1.0, -128.0, 1.0, -128.0);
+                    (
+                        _mm512_xor_si512(gather(2), flip),
+                        _mm512_xor_si512(gather(18), flip),
+                        _mm256_mul_ps(_mm256_cvtph_ps(d), c),
+                    )
+                }
+            }
+        }
+    }
+
+    /// One block of `ty` as [`group4`] makes a group: its two halves and `(d, c)`.
+    #[inline(always)]
+    unsafe fn block128(ty: GgmlType, p: *const u8) -> (__m128i, __m128i, f32, f32) {
+        unsafe {
+            let mask = _mm_set1_epi8(0x0F);
+            match ty {
+                GgmlType::Q4_1 => {
+                    let raw = _mm_loadu_si128(p.add(4).cast());
+                    let low = _mm_and_si128(raw, mask);
+                    let high = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                    (low, high, half(p), half(p.add(2)))
+                }
+                GgmlType::Q4_0 => {
+                    let raw = _mm_loadu_si128(p.add(2).cast());
+                    let low = _mm_and_si128(raw, mask);
+                    let high = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                    let d = half(p);
+                    (low, high, d, -8.0 * d)
+                }
+                _ => {
+                    let flip = _mm_set1_epi8(-128);
+                    let low = _mm_xor_si128(_mm_loadu_si128(p.add(2).cast()), flip);
+                    let high = _mm_xor_si128(_mm_loadu_si128(p.add(18).cast()), flip);
+                    let d = half(p);
+                    (low, high, d, -128.0 * d)
+                }
+            }
+        }
+    }
+
+    /// Row `w` (whole blocks of a block type) times each of `T` vectors of as many values,
+    /// with AVX-512 VNNI. The weights of each group of [`GROUP`] blocks are unpacked once
+    /// and multiplied by every vector, so a batch pays the unpacking once per `T` tokens;
+    /// each vector's result is computed by the same instructions in the same order whatever
+    /// `T` is, so a batch equals one product per vector bit for bit.
+    ///
+    /// Per group: `vpdpbusd` of the unsigned weights with the grouped vector values (lanes
+    /// `4i..4i + 4` hold block `i`'s integer sums), converted to f32 and multiplied by each
+    /// block's `d · d_x` spread over its lanes; the blocks' `c · d_x · Σ q_x` terms are
+    /// summed in a separate vector (its odd lanes).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F/BW/VL/VNNI, AVX2, FMA and F16C; every vector in `xs` must
+    /// have as many blocks as `w`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn dots_vnni<const T: usize>(
+        ty: GgmlType,
+        w: &[u8],
+        xs: &[&Activation; T],
+    ) -> [f32; T] {
+        let size = ty.block_bytes();
+        let blocks = w.len() / size;
+        let groups = blocks / GROUP;
+        let mut out = [0f32; T];
+        unsafe {
+            // Lanes 4i..4i + 4 take block i's `d · d_x` (lane 2i of the pairs).
+            let spread = _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6);
+            let mut acc = [_mm512_setzero_ps(); T];
+            let mut offsets = [_mm256_setzero_ps(); T];
+            for g in 0..groups {
+                let (low, high, heads) = group4(ty, w.as_ptr().add(g * GROUP * size));
+                for t in 0..T {
+                    let x = xs[t].grouped.as_ptr().add(g * GROUP * BLOCK);
+                    let ints = _mm512_dpbusd_epi32(
+                        _mm512_setzero_si512(),
+                        low,
+                        _mm512_loadu_si512(x.cast()),
+                    );
+                    let ints =
+                        _mm512_dpbusd_epi32(ints, high, _mm512_loadu_si512(x.add(64).cast()));
+                    let terms = _mm256_loadu_ps(xs[t].terms.as_ptr().add(g * 2 * GROUP));
+                    let products = _mm256_mul_ps(heads, terms);
+                    let scale = _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(products));
+                    acc[t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(ints), scale, acc[t]);
+                    offsets[t] = _mm256_add_ps(offsets[t], products);
+                }
+            }
+            for t in 0..T {
+                let odd = _mm256_blend_ps(_mm256_setzero_ps(), offsets[t], 0b1010_1010);
+                out[t] = _mm512_reduce_add_ps(acc[t]) + hsum256(odd);
+            }
+            let tail = blocks - groups * GROUP;
+            for j in 0..tail {
+                let b = groups * GROUP + j;
+                let (low, high, d, c) = block128(ty, w.as_ptr().add(b * size));
+                for t in 0..T {
+                    let x = xs[t].grouped.as_ptr().add(groups * GROUP * BLOCK);
+                    let ints = _mm_dpbusd_epi32(
+                        _mm_setzero_si128(),
+                        low,
+                        _mm_loadu_si128(x.add(16 * j).cast()),
+                    );
+                    let ints = _mm_dpbusd_epi32(
+                        ints,
+                        high,
+                        _mm_loadu_si128(x.add(16 * (tail + j)).cast()),
+                    );
+                    let ints = _mm_add_epi32(ints, _mm_shuffle_epi32(ints, 0b01_00_11_10));
+                    let ints = _mm_add_epi32(ints, _mm_shuffle_epi32(ints, 0b10_11_00_01));
+                    let dot = _mm_cvtsi128_si32(ints) as f32;
+                    let (dx, dxs) = (xs[t].terms[2 * b], xs[t].terms[2 * b + 1]);
+                    out[t] += d * dx * dot + c * dxs;
+                }
+            }
+        }
+        out
+    }
 }
 
 #[cfg(test)]
@@ -978,7 +1231,7 @@ mod tests {
     fn simd_integer_parts_equal_the_scalar_exactly() {
         let mut rng = StdRng::seed_from_u64(7);
         for ty in TYPES {
-            for (rows, cols) in [(1, 32), (7, 64), (13, 96), (33, 576)] {
+            for (rows, cols) in [(1, 32), (7, 64), (13, 96), (4, 128), (9, 160), (33, 576)] {
                 let data = random_matrix(&mut rng, ty, rows, cols, true);
                 let m = QuantMatrix::new(ty, rows, cols, &data).unwrap();
                 let qs = (0..cols).map(|_| rng.gen_range(-127i8..=127)).collect();
@@ -1067,7 +1320,13 @@ mod tests {
             GgmlType::Q4_1,
             GgmlType::F32,
         ] {
-            for (rows, cols, n) in [(1, 32, 1), (7, 64, 3), (130, 96, 17)] {
+            for (rows, cols, n) in [
+                (1, 32, 1),
+                (7, 64, 3),
+                (9, 160, 6),
+                (130, 96, 17),
+                (5, 576, 8),
+            ] {
                 let data = if ty == GgmlType::F32 {
                     (0..rows * cols)
                         .flat_map(|_| rng.gen_range(-1.0f32..1.0).to_le_bytes())
