@@ -9,7 +9,9 @@
 //! lose); reads always give f32.
 //!
 //! Memory grows with the positions written, not with the capacity: [`KvCache::bytes`] is what
-//! is allocated now, [`KvCache::bytes_per_position`] what each further position costs.
+//! is allocated now, [`KvCache::bytes_per_position`] what each further position costs. Storage
+//! doubles as it grows but never past the capacity, so a full cache is at most
+//! `capacity × bytes_per_position` (what `walle.llm.load` checks against a task's budget).
 //!
 //! Writing is two steps, so a forward pass that fails half-way leaves nothing half-written:
 //! each layer [`KvCache::write`]s the rows of the positions being computed (from `len()` on),
@@ -55,9 +57,21 @@ impl Rows {
     }
 
     /// Writes `values` at element `at`, growing the storage if needed (`at` is at most the
-    /// current length: positions are written in order).
-    fn write(&mut self, at: usize, values: &[f32]) {
+    /// current length: positions are written in order), never past `limit` elements unless
+    /// `values` needs it: storage doubles as it grows, but stops at the cache's capacity.
+    fn write(&mut self, at: usize, values: &[f32], limit: usize) {
         let end = at + values.len();
+        let (len, allocated) = match self {
+            Rows::F32(v) => (v.len(), v.capacity()),
+            Rows::F16(v) => (v.len(), v.capacity()),
+        };
+        if end > allocated {
+            let target = (2 * allocated).clamp(end, limit.max(end));
+            match self {
+                Rows::F32(v) => v.reserve_exact(target - len),
+                Rows::F16(v) => v.reserve_exact(target - len),
+            }
+        }
         match self {
             Rows::F32(v) => {
                 v.resize(at, 0.0);
@@ -199,9 +213,10 @@ impl KvCache {
     /// the row widths; the rows are not part of the cache before [`KvCache::commit`].
     pub fn write(&mut self, layer: usize, keys: &[f32], values: &[f32]) {
         let at = self.len * self.row;
+        let limit = self.capacity * self.row;
         if let (Some(k), Some(v)) = (self.keys.get_mut(layer), self.values.get_mut(layer)) {
-            k.write(at, keys);
-            v.write(at, values);
+            k.write(at, keys, limit);
+            v.write(at, values, limit);
         }
     }
 
@@ -303,5 +318,26 @@ mod tests {
             let (k, v) = cache.layer(1, 1, &mut rows);
             assert_eq!((k, v), (&keys[..8], &values[..8]));
         }
+    }
+
+    #[test]
+    fn storage_doubles_as_positions_come_but_never_past_the_capacity() {
+        let mut cache = KvCache::new(KvPrecision::F16, 2, 3, 64, 600);
+        let row = vec![0.5f32; 192];
+        for position in 0..600 {
+            for layer in 0..2 {
+                cache.write(layer, &row, &row);
+            }
+            cache.commit(1);
+            assert!(
+                cache.bytes() <= 600 * cache.bytes_per_position(),
+                "{} bytes after {} positions",
+                cache.bytes(),
+                position + 1
+            );
+            // Doubling: never more than twice what is held (plus the first position).
+            assert!(cache.bytes() <= 2 * (position + 1) * cache.bytes_per_position());
+        }
+        assert_eq!(cache.bytes(), 600 * cache.bytes_per_position());
     }
 }
