@@ -10,24 +10,12 @@
 # Release binaries as in run.sh (BENCH_BIN=DIR to use ready ones).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/walle-bench-target}"
 replicas="${1:-2}"; devices="${2:-10000}"; per_connection="${3:-1}"; pace_ms="${4:-30000}"
-if [ -n "${BENCH_BIN:-}" ]; then
-  bin="$BENCH_BIN"
-else
-  cargo build --release -p walle-cloud -p walle-sdk --bins >&2
-  bin="$CARGO_TARGET_DIR/release"
-fi
-work="$(mktemp -d)"; pids=()
+source bench/fleet/common.sh
+release_binaries walle-cloud walle-sdk
 db="walle_fleet_replicas_$$"
-cleanup() {
-  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true
-  rm -rf "$work"
-  psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >&2
-}
-trap cleanup EXIT
+trap 'cleanup; psql -q -h 127.0.0.1 -U postgres -d test -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" >&2' EXIT
 psql -q -h 127.0.0.1 -U postgres -d test -c "CREATE DATABASE $db" >&2
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 planes=(); clouds=(); first_http=""
 for i in $(seq 0 $((replicas - 1))); do
   http=$(free_port); grpc=$(free_port)

@@ -9,18 +9,9 @@
 # BENCH_BIN=DIR uses the walle-cloud and walle binaries in DIR. The header: bench/fleet/README.md.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/walle-bench-target}"
 backend="${1:-sqlite}"; devices="${2:-10000}"; per_connection="${3:-1}"; pace_ms="${4:-30000}"
-if [ -n "${BENCH_BIN:-}" ]; then
-  bin="$BENCH_BIN"
-else
-  cargo build --release -p walle-cloud -p walle-sdk --bins >&2
-  bin="$CARGO_TARGET_DIR/release"
-fi
-work="$(mktemp -d)"; pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/fleet/common.sh
+release_binaries walle-cloud walle-sdk
 http=$(free_port); grpc=$(free_port)
 database_line=""
 if [ "$backend" = postgres ]; then

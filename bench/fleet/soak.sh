@@ -8,18 +8,9 @@
 # Release binaries as in run.sh (BENCH_BIN=DIR to use given ones).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/walle-bench-target}"
 seconds="${1:-1800}"; devices="${2:-2000}"
-if [ -n "${BENCH_BIN:-}" ]; then
-  bin="$BENCH_BIN"
-else
-  cargo build --release -p walle-cloud -p walle-device -p walle-sdk --bins >&2
-  bin="$CARGO_TARGET_DIR/release"
-fi
-work="$(mktemp -d)"; pids=()
-cleanup() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source bench/fleet/common.sh
+release_binaries walle-cloud walle-device walle-sdk
 http=$(free_port); grpc=$(free_port); ingest=$(free_port)
 RUST_LOG=warn "$bin/walle-cloud" serve --data-dir "$work/cloud" --http-addr "127.0.0.1:$http" \
   --grpc-addr "127.0.0.1:$grpc" >"$work/cloud.log" 2>&1 &
