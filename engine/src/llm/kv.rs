@@ -85,17 +85,6 @@ impl Rows {
         }
     }
 
-    fn read<'a>(&'a self, range: std::ops::Range<usize>, scratch: &'a mut [f32]) -> &'a [f32] {
-        match self {
-            Rows::F32(v) => &v[range],
-            Rows::F16(v) => {
-                let out = &mut scratch[..range.len()];
-                v[range].convert_to_f32_slice(out);
-                out
-            }
-        }
-    }
-
     /// Elements `0..len` as f32: borrowed, or converted into `scratch` (in parallel, in
     /// chunks: a long context converts megabytes).
     fn read_all<'a>(&'a self, len: usize, scratch: &'a mut Vec<f32>) -> &'a [f32] {
@@ -135,7 +124,6 @@ pub struct KvCache {
     precision: KvPrecision,
     /// Values per position per layer (`kv_heads × head_dim`).
     row: usize,
-    head_dim: usize,
     capacity: usize,
     len: usize,
     keys: Vec<Rows>,
@@ -155,7 +143,6 @@ impl KvCache {
         KvCache {
             precision,
             row: kv_heads * head_dim,
-            head_dim,
             capacity,
             len: 0,
             keys: (0..layers).map(|_| Rows::new(precision)).collect(),
@@ -235,19 +222,6 @@ impl KvCache {
         }
     }
 
-    /// Head `head`'s key of position `position` in layer `layer` (written, committed or not),
-    /// as f32 (`scratch` holds a converted F16 row; it must hold `head_dim` values).
-    pub fn key<'a>(
-        &'a self,
-        layer: usize,
-        position: usize,
-        head: usize,
-        scratch: &'a mut [f32],
-    ) -> &'a [f32] {
-        let start = position * self.row + head * self.head_dim;
-        self.keys[layer].read(start..start + self.head_dim, scratch)
-    }
-
     /// Layer `layer`'s keys and values of positions `0..positions` (written, committed or
     /// not; fewer if fewer were written), rows of [`KvCache::row`] values position after
     /// position, as f32: borrowed when stored in f32, else converted into the scratch
@@ -268,18 +242,6 @@ impl KvCache {
             _ => (&[], &[]),
         }
     }
-
-    /// Head `head`'s value of position `position` in layer `layer`, as [`KvCache::key`].
-    pub fn value<'a>(
-        &'a self,
-        layer: usize,
-        position: usize,
-        head: usize,
-        scratch: &'a mut [f32],
-    ) -> &'a [f32] {
-        let start = position * self.row + head * self.head_dim;
-        self.values[layer].read(start..start + self.head_dim, scratch)
-    }
 }
 
 #[cfg(test)]
@@ -298,10 +260,14 @@ mod tests {
             }
             cache.commit(2);
             assert_eq!((cache.len(), cache.room()), (2, 1));
-            let mut scratch = [0f32; 4];
-            assert_eq!(cache.key(1, 1, 0, &mut scratch), &[8.0, 9.0, 10.0, 11.0]);
+            let mut rows = (Vec::new(), Vec::new());
+            // Layer 1's key of position 1, head 0; layer 0's value of position 0, head 1.
             assert_eq!(
-                cache.value(0, 0, 1, &mut scratch),
+                &cache.layer(1, 2, &mut rows).0[8..12],
+                &[8.0, 9.0, 10.0, 11.0]
+            );
+            assert_eq!(
+                &cache.layer(0, 2, &mut rows).1[4..8],
                 &[-4.0, -5.0, -6.0, -7.0]
             );
             // An uncommitted write is overwritten by the next.
@@ -309,12 +275,11 @@ mod tests {
             cache.write(0, &[2.0; 8], &[2.0; 8]);
             cache.write(1, &[2.0; 8], &[2.0; 8]);
             cache.commit(1);
-            assert_eq!(cache.key(0, 2, 1, &mut scratch), &[2.0; 4]);
+            assert_eq!(&cache.layer(0, 3, &mut rows).0[20..24], &[2.0; 4]);
             assert!(cache.bytes() >= 3 * cache.bytes_per_position());
             cache.truncate(1);
             assert_eq!(cache.len(), 1);
-            assert_eq!(cache.key(0, 0, 1, &mut scratch), &[4.0, 5.0, 6.0, 7.0]);
-            let mut rows = (Vec::new(), Vec::new());
+            assert_eq!(&cache.layer(0, 1, &mut rows).0[4..8], &[4.0, 5.0, 6.0, 7.0]);
             let (k, v) = cache.layer(1, 1, &mut rows);
             assert_eq!((k, v), (&keys[..8], &values[..8]));
         }
